@@ -1,0 +1,122 @@
+"""`connfix inventory check`: a read-only preflight of one environment."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+
+from connfix.errors import ConnfixError
+from connfix.inventory import Environment, Host
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    """Whether the database answers, as whom, and whether the admin way in works."""
+
+    target: str
+    ok: bool
+    via: str | None = None
+    role: str | None = None
+    is_superuser: bool = False
+    server_version: str | None = None
+    max_connections: int | None = None
+    detail: str = ""
+    admin_ok: bool | None = None  # None: not configured
+    admin_detail: str = "not configured"
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """Whether one host is reachable over SSH with a known key and has the unit."""
+
+    name: str
+    address: str
+    reachable: bool
+    host_key: str  # known | unknown/changed | n/a
+    unit_present: bool
+    detail: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether every check passed on this host."""
+        return self.reachable and self.host_key == "known" and self.unit_present
+
+
+@dataclass(frozen=True)
+class EnvironmentCheck:
+    """The whole preflight of one environment."""
+
+    environment: str
+    database: DatabaseCheck
+    hosts: list[HostCheck]
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether the database and every host passed."""
+        admin_fine = self.database.admin_ok is not False
+        return self.database.ok and admin_fine and all(h.ok for h in self.hosts)
+
+
+def check_database(env: Environment) -> DatabaseCheck:
+    """Connect once (falling back to the admin connection) and read the server settings."""
+    from connfix import pg
+
+    target = pg.describe_dsn(env.database.dsn)
+    try:
+        with pg.open_session(env.database) as session:
+            info = session.info
+            via, refusal = session.via, session.refusal
+    except ConnfixError as exc:
+        result = DatabaseCheck(target=target, ok=False, detail=str(exc))
+    else:
+        detail = f"refused ({refusal}); used the admin connection" if refusal else "connected"
+        result = DatabaseCheck(
+            target=target, ok=True, via=via, role=info.role, is_superuser=info.is_superuser,
+            server_version=info.server_version, max_connections=info.max_connections,
+            detail=detail,
+        )
+    if env.database.has_admin:
+        admin_ok, admin_detail = pg.probe_admin(env.database)
+        result = DatabaseCheck(**{**result.__dict__, "admin_ok": admin_ok,
+                                  "admin_detail": admin_detail})
+    return result
+
+
+def check_host(env: Environment, host: Host) -> HostCheck:
+    """Connect to one host and check the service unit is present; read-only."""
+    from connfix import remote
+
+    started = time.monotonic()
+    conn = remote.Remote(host, env.ssh)
+    try:
+        try:
+            conn.open()
+        except remote.HostKeyRefused as exc:
+            return HostCheck(host.name, host.ssh_address, True, "refused", False, str(exc),
+                             time.monotonic() - started)
+        except ConnectionError as exc:
+            return HostCheck(host.name, host.ssh_address, False, "n/a", False, str(exc),
+                             time.monotonic() - started)
+        unit = shlex.quote(env.service.unit)
+        result = conn.run(f"systemctl show -p LoadState --value {unit}")
+        present = result.ok and result.stdout.strip() == "loaded"
+        if present:
+            detail = "ok"
+        elif result.ok:
+            detail = f"service {env.service.unit} not found (LoadState={result.stdout.strip()})"
+        else:
+            detail = result.describe()
+        return HostCheck(host.name, host.ssh_address, True, "known", present, detail,
+                         time.monotonic() - started)
+    finally:
+        conn.close()
+
+
+def check_environment(name: str, env: Environment) -> EnvironmentCheck:
+    """Check the database and, in parallel, every host; change nothing."""
+    from connfix import remote
+
+    hosts = remote.parallel(env.hosts, lambda h: check_host(env, h))
+    return EnvironmentCheck(name, check_database(env), hosts)

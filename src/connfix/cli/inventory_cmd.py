@@ -1,0 +1,40 @@
+"""`connfix inventory ...`"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from connfix.cli.options import inventory_option
+from connfix.errors import ExitStatus
+
+
+@click.group()
+def inventory() -> None:
+    """Check the inventory of environments."""
+
+
+@inventory.command("check")
+@click.argument("environment")
+@inventory_option
+def check(environment: str, inventory_path: str | None) -> None:
+    """Check one environment read-only: database, admin connection, every host.
+
+    Exit status 0 only when every check passes; 3 when the database or a host cannot
+    be reached; 2 when the inventory is invalid.
+
+    \b
+    Example:
+      connfix inventory check prod
+      connfix inventory check lab
+    """
+    from connfix import render
+    from connfix.check import check_environment
+    from connfix.inventory import resolve_environment
+
+    _, env = resolve_environment(inventory_path, environment)
+    result = check_environment(environment, env)
+    render.environment_check(result)
+    if not result.ok:
+        sys.exit(ExitStatus.UNREACHABLE)

@@ -1,0 +1,86 @@
+"""`connfix lab ...`: the disposable incident lab."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def lab() -> None:
+    """A disposable incident lab on this machine (root): PostgreSQL and app hosts.
+
+    \b
+    Example:
+      connfix lab up --hosts 3 --max-connections 20
+      connfix lab leak app2 --count 6 --idle-in-transaction
+      connfix lab status
+      connfix lab down
+    """
+
+
+@lab.command("up")
+@click.option("--hosts", default=3, show_default=True, help="Number of app hosts.")
+@click.option("--max-connections", default=20, show_default=True,
+              help="PostgreSQL max_connections.")
+@click.option("--pool-size", default=3, show_default=True, help="Connections per app host.")
+def up(hosts: int, max_connections: int, pool_size: int) -> None:
+    """Build the lab (idempotent): PostgreSQL, N hosts with sshd and the app, an inventory.
+
+    \b
+    Example:
+      connfix lab up --hosts 4
+    """
+    from connfix import render
+    from connfix.lab import lab as core
+
+    render.lab_up(core.up(hosts, max_connections, pool_size))
+
+
+@lab.command("leak")
+@click.argument("host")
+@click.option("--count", default=5, show_default=True, help="Connections to leak.")
+@click.option("--idle-in-transaction", is_flag=True,
+              help="Leave them idle in transaction instead of idle.")
+def leak(host: str, count: int, idle_in_transaction: bool) -> None:
+    """Make HOST's app open COUNT more connections and keep them.
+
+    \b
+    Example:
+      connfix lab leak app1 --count 6
+    """
+    from connfix import render
+    from connfix.lab import lab as core
+
+    pids = core.leak(host, count, idle_in_transaction)
+    kind = "idle in transaction" if idle_in_transaction else "idle"
+    render.out.print(f"{host} leaked {len(pids)} {kind} connection(s): backend pids"
+                     f" {', '.join(map(str, pids))}")
+
+
+@lab.command("status")
+def status() -> None:
+    """Show the lab: server, hosts, app pids, connections per host.
+
+    \b
+    Example:
+      connfix lab status
+    """
+    from connfix import render
+    from connfix.lab import lab as core
+
+    render.lab_status(core.status())
+
+
+@lab.command("down")
+def down() -> None:
+    """Remove everything the lab made (processes, namespaces, links, files).
+
+    \b
+    Example:
+      connfix lab down
+    """
+    from connfix import render
+    from connfix.lab import lab as core
+
+    removed = core.down()
+    render.out.print("removed: " + ", ".join(removed) if removed else "no lab to remove")

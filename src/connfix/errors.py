@@ -1,0 +1,51 @@
+"""The exception hierarchy and the exit statuses they map to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Exit statuses, as documented in the README."""
+
+    OK = 0
+    UNHEALTHY = 1  # still unhealthy, or a step failed and the run halted
+    BAD_INPUT = 2  # inventory, runbook or flags
+    UNREACHABLE = 3  # the database or a host cannot be reached
+    INTERRUPTED = 130
+
+
+class ConnfixError(Exception):
+    """Base of every error connfix reports to the operator without a traceback."""
+
+    exit_status: ExitStatus = ExitStatus.UNHEALTHY
+
+
+class InputError(ConnfixError):
+    """Bad input: a file, a field or a flag."""
+
+    exit_status = ExitStatus.BAD_INPUT
+
+
+class InventoryError(InputError):
+    """The inventory is missing, unreadable or invalid."""
+
+
+class RunbookError(InputError):
+    """A runbook is missing, unreadable or invalid."""
+
+
+class DatabaseUnavailable(ConnfixError):
+    """The database cannot be reached, or refused every way in that is configured."""
+
+    exit_status = ExitStatus.UNREACHABLE
+
+
+class HostUnreachable(ConnfixError):
+    """An SSH host cannot be reached or authenticated."""
+
+    exit_status = ExitStatus.UNREACHABLE
+
+
+class LabError(ConnfixError):
+    """The incident lab could not be built, inspected or removed."""

@@ -1,0 +1,390 @@
+"""The inventory: environments, their database, app service, SSH settings and hosts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from connfix.errors import InventoryError
+from connfix.units import parse_duration
+from connfix.yamlfile import Located, PathT, YamlError, format_path, load_file
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_UNIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,250}$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
+
+DEFAULT_RESTART = "sudo -n systemctl restart {unit}"
+LAB_ENVIRONMENT = "lab"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _check_env_var(value: str | None) -> str | None:
+    if value is not None and not _ENV_VAR.match(value):
+        raise ValueError(f"not an environment variable name: {value!r}")
+    return value
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Tell whether a libpq DSN (key=value or URI) carries a password."""
+    from connfix import pg  # psycopg is only imported by pg
+
+    return "password" in pg.parse_dsn(dsn)
+
+
+class Database(_Model):
+    """How to reach the database, and how to get in when it is full."""
+
+    dsn: str = Field(min_length=1)
+    password_env: str | None = None
+    admin_dsn: str | None = None
+    admin_dsn_env: str | None = None
+    admin_password_env: str | None = None
+    connect_timeout: Duration = 5.0
+    statement_timeout: Duration = 5.0
+
+    _v_env = field_validator("password_env", "admin_dsn_env", "admin_password_env")(
+        _check_env_var
+    )
+
+    @field_validator("dsn", "admin_dsn")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            has_password = dsn_has_password(value)
+        except ValueError as exc:
+            raise ValueError(f"not a valid libpq connection string: {exc}") from None
+        if has_password:
+            raise ValueError(
+                "the connection string contains a password; secrets never live in the"
+                " inventory: use .pgpass (passfile=...), PGPASSWORD, a service file, or"
+                " password_env / admin_dsn_env"
+            )
+        return value
+
+    @field_validator("connect_timeout", "statement_timeout")
+    @classmethod
+    def _timeout_range(cls, value: float) -> float:
+        if not 0.1 <= value <= 300:
+            raise ValueError("must be between 100ms and 5m")
+        return value
+
+    @property
+    def has_admin(self) -> bool:
+        """Tell whether an admin / reserved-slot connection is configured."""
+        return bool(self.admin_dsn or self.admin_dsn_env)
+
+
+class Service(_Model):
+    """The application service on every app host."""
+
+    unit: str
+    pool_size: int = Field(ge=1, le=10_000)
+    workers: int = Field(default=1, ge=1, le=1_000)
+    application_name: str | None = None
+    restart_command: str = DEFAULT_RESTART
+    health_check: str | None = None
+    health_timeout: Duration = 60.0
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_name(cls, value: str) -> str:
+        if not _UNIT.match(value):
+            raise ValueError(
+                f"not a systemd unit name: {value!r} (letters, digits and :_.@- only)"
+            )
+        return value
+
+    @field_validator("restart_command")
+    @classmethod
+    def _restart(cls, value: str) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be parsed as a command: {exc}") from None
+        if not words:
+            raise ValueError("must not be empty")
+        placeholders = set(re.findall(r"\{([^{}]*)\}", value))
+        if placeholders - {"unit"}:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(placeholders - {'unit'})}; only {{unit}} exists"
+            )
+        return value
+
+    def restart_argv(self) -> str:
+        """Return the restart command with the unit name shell-quoted."""
+        return self.restart_command.replace("{unit}", shlex.quote(self.unit))
+
+
+class Ssh(_Model):
+    """SSH settings; unset values come from ~/.ssh/config and the agent."""
+
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+    connect_timeout: Duration = 10.0
+    command_timeout: Duration = 120.0
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", value):
+            raise ValueError(f"not a user name: {value!r}")
+        return value
+
+
+class Host(_Model):
+    """One app server: its name, its SSH address, and the address PostgreSQL sees."""
+
+    name: str
+    ssh_address: str
+    db_address: str | None = None
+    pool_size: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"not a host name: {value!r} (letters, digits and ._- only)")
+        return value
+
+    @field_validator("ssh_address")
+    @classmethod
+    def _ssh_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise ValueError(f"not an IP address or host name: {value!r}") from None
+        return value
+
+    @field_validator("db_address")
+    @classmethod
+    def _db_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(
+                f"not an IP address: {value!r} (the client_addr PostgreSQL sees)"
+            ) from None
+
+    @property
+    def client_addr(self) -> str | None:
+        """Return the address this host's sessions show in pg_stat_activity."""
+        if self.db_address:
+            return self.db_address
+        try:
+            return str(ipaddress.ip_address(self.ssh_address))
+        except ValueError:
+            return None
+
+
+class Thresholds(_Model):
+    """When utilization counts as warning or critical, and the pool-math buffer."""
+
+    warning: float = Field(default=0.8, gt=0, le=1)
+    critical: float = Field(default=0.95, gt=0, le=1)
+    buffer: int = Field(default=5, ge=0, le=10_000)
+    idle_suspect_age: Duration = 600.0
+
+    @model_validator(mode="after")
+    def _order(self) -> Thresholds:
+        if self.warning > self.critical:
+            raise ValueError("warning must not be above critical")
+        return self
+
+
+class Protected(_Model):
+    """Users and application names that are never terminated."""
+
+    users: list[str] = Field(default_factory=list)
+    applications: list[str] = Field(default_factory=list)
+
+
+class Environment(_Model):
+    """One environment: a database and the app fleet in front of it."""
+
+    description: str | None = None
+    database: Database
+    service: Service
+    ssh: Ssh = Field(default_factory=Ssh)
+    hosts: list[Host] = Field(min_length=1)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    protected: Protected = Field(default_factory=Protected)
+    incidents_dir: str | None = None
+
+
+class Inventory(_Model):
+    """The whole inventory file."""
+
+    version: int = 1
+    environments: dict[str, Environment] = Field(min_length=1)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only version 1 exists")
+        return value
+
+
+class LoadedInventory:
+    """An inventory with its source, so errors can point into the file."""
+
+    def __init__(self, path: Path, inventory: Inventory, located: Located) -> None:
+        self.path = path
+        self.inventory = inventory
+        self.located = located
+
+    def environment(self, name: str) -> Environment:
+        """Return one environment or raise InventoryError naming the ones that exist."""
+        env = self.inventory.environments.get(name)
+        if env is None:
+            known = ", ".join(sorted(self.inventory.environments)) or "none"
+            raise InventoryError(
+                f"{self.path}:{self.located.line_of(('environments',))}: no environment"
+                f" {name!r} in the inventory (environments: {known})"
+            )
+        return env
+
+
+def _error_at(path: Path, located: Located, loc: PathT, message: str) -> InventoryError:
+    where = format_path(loc) or "(top level)"
+    return InventoryError(f"{path}:{located.line_of(loc)}: {where}: {message}")
+
+
+def _pydantic_message(error: Any) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; inventory.example.yaml lists every field)"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def parse_inventory(path: Path, located: Located) -> Inventory:
+    """Validate a loaded document; raise one InventoryError naming file, line and field."""
+    if not isinstance(located.data, dict):
+        raise InventoryError(
+            f"{path}:1: the inventory must be a mapping with an 'environments' key"
+        )
+    try:
+        inventory = Inventory.model_validate(located.data)
+    except ValidationError as exc:
+        errors = sorted(
+            exc.errors(), key=lambda e: located.line_of(tuple(e["loc"]))
+        )
+        messages = [
+            str(_error_at(path, located, tuple(e["loc"]), _pydantic_message(e)))
+            for e in errors
+        ]
+        extra = f"\n({len(messages) - 1} more error(s) below)" if len(messages) > 1 else ""
+        raise InventoryError(messages[0] + extra + "".join("\n" + m for m in messages[1:]))
+    for env_name, env in inventory.environments.items():
+        if not _NAME.match(env_name):
+            raise _error_at(
+                path, located, ("environments", env_name), "environment names use letters,"
+                " digits and ._- only"
+            )
+        seen: dict[str, int] = {}
+        addresses: dict[str, int] = {}
+        for index, host in enumerate(env.hosts):
+            if host.name in seen:
+                raise _error_at(
+                    path, located, ("environments", env_name, "hosts", index, "name"),
+                    f"duplicate host {host.name!r} (also hosts[{seen[host.name]}])",
+                )
+            seen[host.name] = index
+            addr = host.client_addr
+            if addr is not None:
+                if addr in addresses:
+                    raise _error_at(
+                        path, located,
+                        ("environments", env_name, "hosts", index, "db_address"),
+                        f"address {addr} is already hosts[{addresses[addr]}]: PostgreSQL"
+                        " could not tell the two hosts apart",
+                    )
+                addresses[addr] = index
+    return inventory
+
+
+def load_inventory(path: Path) -> LoadedInventory:
+    """Load and validate an inventory file."""
+    try:
+        located = load_file(path)
+    except YamlError as exc:
+        raise InventoryError(f"{path}:{exc.line}: {exc.message}") from None
+    return LoadedInventory(path, parse_inventory(path, located), located)
+
+
+def lab_inventory_path() -> Path:
+    """Return where `connfix lab up` writes the lab's inventory."""
+    from connfix.lab.paths import lab_dir
+
+    return lab_dir() / "inventory.yaml"
+
+
+def find_inventory(explicit: str | None, environment: str | None) -> Path:
+    """Find the inventory: --inventory, $CONNFIX_INVENTORY, ./inventory.yaml, the lab's."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise InventoryError(f"{path}: no such inventory file (from --inventory)")
+        return path
+    from_env = os.environ.get("CONNFIX_INVENTORY")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise InventoryError(f"{path}: no such inventory file (from CONNFIX_INVENTORY)")
+        return path
+    local = Path("inventory.yaml")
+    if local.is_file():
+        return local
+    if environment == LAB_ENVIRONMENT:
+        lab = lab_inventory_path()
+        if lab.is_file():
+            return lab
+        raise InventoryError(
+            f"no inventory for environment 'lab': {lab} does not exist; run `connfix lab up`"
+        )
+    raise InventoryError(
+        "no inventory found: pass --inventory PATH, set CONNFIX_INVENTORY, or create"
+        " ./inventory.yaml (inventory.example.yaml shows every field)"
+    )
+
+
+def resolve_environment(explicit: str | None, name: str) -> tuple[LoadedInventory, Environment]:
+    """Find, load and validate the inventory, and return the named environment."""
+    path = find_inventory(explicit, name)
+    loaded = load_inventory(path)
+    implicit = not explicit and not os.environ.get("CONNFIX_INVENTORY")
+    if implicit and name == LAB_ENVIRONMENT and name not in loaded.inventory.environments:
+        lab = lab_inventory_path()
+        if lab.is_file():
+            loaded = load_inventory(lab)
+    return loaded, loaded.environment(name)

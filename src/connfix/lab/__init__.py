@@ -1,0 +1,1 @@
+"""The incident lab: a disposable copy of the outage on one Linux machine."""

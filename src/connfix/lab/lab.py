@@ -1,0 +1,606 @@
+"""Build, inspect, leak into and remove the incident lab.
+
+Everything `up` makes is recorded in state.json as it is made, so `down` removes exactly
+that (and a half-built lab too), never anything found by a broad name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connfix.errors import LabError
+from connfix.lab import paths
+from connfix.lab.paths import (
+    APP_PORT,
+    APPLICATION_NAME,
+    BRIDGE,
+    DATABASE,
+    DB_ADDRESS,
+    PG_PORT,
+    SUBNET,
+    UNIT,
+    lab_dir,
+)
+
+SSHD = "/usr/sbin/sshd"
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "ssh-keygen": "openssh-client",
+    "sudo": "sudo",
+    "curl": "curl",
+    "runuser": "util-linux",
+}
+
+
+@dataclass
+class LabState:
+    """What the lab made; persisted after every step of `up`."""
+
+    hosts: int = 0
+    max_connections: int = 0
+    pool_size: int = 0
+    pg_bin: str = ""
+    pg_data: str = ""
+    bridge: str | None = None
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    netns_etc: list[str] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)
+    sshd_pids: dict[str, int] = field(default_factory=dict)
+    pg_started: bool = False
+    complete: bool = False
+
+    @staticmethod
+    def path() -> Path:
+        return lab_dir() / "state.json"
+
+    @classmethod
+    def load(cls) -> LabState | None:
+        try:
+            data = json.loads(cls.path().read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{cls.path()}: unreadable lab state: {exc}") from None
+        return cls(**data)
+
+    def save(self) -> None:
+        tmp = self.path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        tmp.replace(self.path())
+
+
+def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise LabError(f"command not found: {argv[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
+    if check and proc.returncode != 0:
+        out = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise LabError(f"`{' '.join(argv)}` failed with status {proc.returncode}: " + " / ".join(out))
+    return proc
+
+
+def find_pg_bin() -> Path | None:
+    """Return the newest Debian PostgreSQL server bin directory, if any."""
+    root = Path("/usr/lib/postgresql")
+    if not root.is_dir():
+        return None
+    versions = sorted(
+        (p for p in root.iterdir() if (p / "bin" / "initdb").is_file()),
+        key=lambda p: int(p.name) if p.name.isdigit() else 0,
+    )
+    return versions[-1] / "bin" if versions else None
+
+
+def check_prerequisites() -> Path:
+    """Check root and the Debian packages the lab uses; return the PostgreSQL bin dir."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, sshd): run it as root")
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
+    if not Path(SSHD).is_file():
+        missing.append("openssh-server")
+    pg_bin = find_pg_bin()
+    if pg_bin is None:
+        missing.append("postgresql")
+    if missing:
+        raise LabError(
+            "the lab needs Debian packages that are not installed: "
+            + ", ".join(missing)
+            + f"\n  install them with: apt-get install -y {' '.join(missing)}"
+        )
+    assert pg_bin is not None
+    return pg_bin
+
+
+def _as_postgres(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return _run(["runuser", "-u", "postgres", "--", *argv], timeout=timeout)
+
+
+def passfile() -> Path:
+    return lab_dir() / "pgpass"
+
+
+def dsn(user: str, host: str = DB_ADDRESS) -> str:
+    """Return a DSN for a lab role; the password comes from the lab's passfile."""
+    return f"host={host} port={PG_PORT} dbname={DATABASE} user={user} passfile={passfile()}"
+
+
+def bootstrap_dsn() -> str:
+    return f"host={lab_dir() / 'pg' / 'run'} port={PG_PORT} dbname=postgres user=postgres"
+
+
+def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None:
+    from connfix import pg
+
+    base = lab_dir() / "pg"
+    data = base / "data"
+    run_dir = base / "run"
+    base.mkdir(mode=0o755, exist_ok=True)
+    run_dir.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(base, "postgres", "postgres")
+    shutil.chown(run_dir, "postgres", "postgres")
+    state.pg_bin = str(pg_bin)
+    state.pg_data = str(data)
+    state.save()
+    _as_postgres([str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8", "--locale=C"], timeout=120)
+    with (data / "pg_hba.conf").open("w") as hba:
+        hba.write(
+            "# connfix lab\n"
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            f"host all all {SUBNET}.0/24 scram-sha-256\n"
+        )
+    options = (
+        f"-c listen_addresses='127.0.0.1,{DB_ADDRESS}' -c port={PG_PORT}"
+        f" -c max_connections={max_connections} -c unix_socket_directories='{run_dir}'"
+        " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    state.pg_started = True
+    state.save()
+    _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"),
+                  "-o", options, "-w", "-t", "60", "start"], timeout=90)
+    passwords = {
+        "app_password": secrets.token_urlsafe(18),
+        "connfix_password": secrets.token_urlsafe(18),
+        "admin_password": secrets.token_urlsafe(18),
+    }
+    pgpass = passfile()
+    fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        for user, key in (("app", "app_password"), ("connfix", "connfix_password"),
+                          ("connfix_admin", "admin_password")):
+            out.write(f"*:{PG_PORT}:*:{user}:{passwords[key]}\n")
+    pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
+
+
+def _network(state: LabState, hosts: int) -> None:
+    _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    state.bridge = BRIDGE
+    state.save()
+    _run(["ip", "addr", "add", f"{DB_ADDRESS}/24", "dev", BRIDGE])
+    _run(["ip", "link", "set", BRIDGE, "up"])
+    for index in range(1, hosts + 1):
+        ns, veth, peer = paths.namespace(index), f"cfxv{index}", f"cfxp{index}"
+        _run(["ip", "netns", "add", ns])
+        state.namespaces.append(ns)
+        state.save()
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer])
+        state.links.append(veth)
+        state.save()
+        _run(["ip", "link", "set", peer, "netns", ns])
+        _run(["ip", "-n", ns, "link", "set", peer, "name", "eth0"])
+        _run(["ip", "-n", ns, "addr", "add", f"{paths.host_address(index)}/24", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "link", "set", veth, "master", BRIDGE])
+        _run(["ip", "link", "set", veth, "up"])
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if not path.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+
+
+def _host(state: LabState, index: int, pool_size: int) -> None:
+    name, ns, address = paths.host_name(index), paths.namespace(index), paths.host_address(index)
+    hdir = paths.host_dir(name)
+    bindir = hdir / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    (hdir / "app.json").write_text(json.dumps({
+        "host": name,
+        "unit": UNIT,
+        "dsn": dsn("app"),
+        "pool_size": pool_size,
+        "application_name": APPLICATION_NAME,
+        "http_port": APP_PORT,
+    }, indent=2))
+    wrapper = bindir / "systemctl"
+    wrapper.write_text(
+        "#!/bin/sh\n# connfix lab: systemctl stand-in for this host\n"
+        f"CONNFIX_LAB_DIR='{lab_dir()}' CONNFIX_LAB_HOST='{name}' "
+        f"PYTHONPATH='{_package_root()}' exec '{sys.executable}' -m connfix.lab.standin \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    # `sudo` resets PATH to secure_path; inside this host's namespace (only there:
+    # `ip netns exec` bind-mounts /etc/netns/<ns>/* over /etc) it puts the stand-in first.
+    etc = Path("/etc/netns") / ns
+    if not etc.parent.exists() and str(etc.parent) not in state.created_dirs:
+        state.created_dirs.append(str(etc.parent))
+    state.netns_etc.append(str(etc))
+    state.save()
+    (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
+    sudoers = etc / "sudoers.d" / "connfix-lab"
+    sudoers.write_text(
+        f'Defaults secure_path="{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n'
+    )
+    sudoers.chmod(0o440)
+    (etc / "sudoers.d").chmod(0o755)
+    key = hdir / "ssh_host_ed25519_key"
+    _keygen(key, f"connfix-lab-{name}")
+    client_pub = (lab_dir() / "ssh" / "id_ed25519.pub").read_text()
+    (hdir / "authorized_keys").write_text(client_pub)
+    config = hdir / "sshd_config"
+    config.write_text(
+        f"ListenAddress {address}\nPort 22\nHostKey {key}\nPidFile {hdir / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {hdir / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUseDNS no\n"
+        "MaxSessions 50\nMaxStartups 100:30:200\n"
+        f"SetEnv CONNFIX_LAB_HOST={name} PATH={bindir}:/usr/local/sbin:/usr/local/bin:"
+        "/usr/sbin:/usr/bin:/sbin:/bin\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    pidfile = hdir / "sshd.pid"
+    pidfile.unlink(missing_ok=True)
+    _run(["ip", "netns", "exec", ns, SSHD, "-f", str(config), "-E", str(hdir / "sshd.log")])
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not pidfile.exists():
+        raise LabError(f"sshd of {name} did not start; see {hdir / 'sshd.log'}")
+    state.sshd_pids[name] = int(pidfile.read_text().strip())
+    state.save()
+    _run(["ip", "netns", "exec", ns, str(wrapper), "start", UNIT])
+
+
+def _package_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _known_hosts(hosts: int) -> None:
+    lines = []
+    for index in range(1, hosts + 1):
+        pub = (paths.host_dir(paths.host_name(index)) / "ssh_host_ed25519_key.pub").read_text()
+        keytype, blob = pub.split()[:2]
+        lines.append(f"{paths.host_address(index)} {keytype} {blob}\n")
+    (lab_dir() / "ssh" / "known_hosts").write_text("".join(lines))
+
+
+def app_request(index: int, path: str, method: str = "GET", timeout: float = 5) -> Any:
+    """Call a lab app's HTTP endpoint from the root namespace; return its JSON."""
+    url = f"http://{paths.host_address(index)}:{APP_PORT}{path}"
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace").strip()
+        raise LabError(f"{url}: HTTP {exc.code} {body}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise LabError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _wait_healthy(hosts: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    for index in range(1, hosts + 1):
+        while True:
+            try:
+                app_request(index, "/health", timeout=2)
+                break
+            except LabError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the app on {paths.host_name(index)} did not become healthy: {exc}"
+                    ) from None
+                time.sleep(0.05)
+
+
+def write_inventory(hosts: int, pool_size: int) -> Path:
+    """Write the inventory of environment `lab`."""
+    ssh_dir = lab_dir() / "ssh"
+    host_lines = "".join(
+        f"      - name: {paths.host_name(i)}\n"
+        f"        ssh_address: {paths.host_address(i)}\n"
+        f"        db_address: {paths.host_address(i)}\n"
+        for i in range(1, hosts + 1)
+    )
+    text = f"""\
+# Written by `connfix lab up`: the incident lab's environment. Passwords are in the
+# lab's passfile, never here. An admin DSN in $CONNFIX_LAB_ADMIN_DSN takes precedence
+# over admin_dsn.
+version: 1
+environments:
+  lab:
+    description: connfix incident lab ({hosts} hosts)
+    database:
+      dsn: "{dsn('connfix')}"
+      admin_dsn: "{dsn('connfix_admin', '127.0.0.1')}"
+      admin_dsn_env: CONNFIX_LAB_ADMIN_DSN
+      connect_timeout: 3s
+      statement_timeout: 5s
+    service:
+      unit: {UNIT}
+      pool_size: {pool_size}
+      application_name: {APPLICATION_NAME}
+      restart_command: "sudo -n systemctl restart {{unit}}"
+      health_check: "curl -fsS --max-time 2 http://127.0.0.1:{APP_PORT}/health"
+      health_timeout: 30s
+    ssh:
+      user: root
+      port: 22
+      identity_file: {ssh_dir / 'id_ed25519'}
+      known_hosts_file: {ssh_dir / 'known_hosts'}
+      connect_timeout: 5s
+      command_timeout: 60s
+    hosts:
+{host_lines}    thresholds:
+      warning: 0.8
+      critical: 0.95
+      buffer: 2
+    protected:
+      users: []
+      applications: []
+"""
+    path = lab_dir() / "inventory.yaml"
+    path.write_text(text)
+    return path
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What `lab up` did."""
+
+    already_up: bool
+    hosts: int
+    max_connections: int
+    pool_size: int
+    inventory: Path
+    seconds: float
+
+
+def up(hosts: int, max_connections: int, pool_size: int) -> UpResult:
+    """Build the lab, or confirm the one that is up matches; idempotent."""
+    started = time.monotonic()
+    if not 1 <= hosts <= 200:
+        raise LabError("--hosts must be between 1 and 200")
+    if not 5 <= max_connections <= 10_000:
+        raise LabError("--max-connections must be between 5 and 10000")
+    pg_bin = check_prerequisites()
+    state = LabState.load()
+    if state is not None:
+        if state.complete and not problems(state):
+            wanted = (hosts, max_connections, pool_size)
+            have = (state.hosts, state.max_connections, state.pool_size)
+            if wanted != have:
+                raise LabError(
+                    f"the lab is already up with {state.hosts} hosts, max_connections"
+                    f" {state.max_connections}, pool size {state.pool_size}; run"
+                    " `connfix lab down` first to build a different one"
+                )
+            return UpResult(True, hosts, max_connections, pool_size,
+                            lab_dir() / "inventory.yaml", time.monotonic() - started)
+        down()  # half-built or broken: start over from nothing
+    root = lab_dir()
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    state = LabState(hosts=hosts, max_connections=max_connections, pool_size=pool_size)
+    state.save()
+    (root / "ssh").mkdir(mode=0o700, exist_ok=True)
+    _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
+    _network(state, hosts)
+    _start_postgres(state, pg_bin, max_connections)
+    for index in range(1, hosts + 1):
+        _host(state, index, pool_size)
+    _known_hosts(hosts)
+    _wait_healthy(hosts)
+    inventory = write_inventory(hosts, pool_size)
+    state.complete = True
+    state.save()
+    return UpResult(False, hosts, max_connections, pool_size, inventory,
+                    time.monotonic() - started)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _kill_all(pids: list[int], grace: float = 3.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """Return the pids running in one of the lab's namespaces."""
+    proc = _run(["ip", "netns", "pids", ns], check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+def down() -> list[str]:
+    """Remove exactly what the lab recorded making; return what was removed."""
+    state = LabState.load()
+    root = lab_dir()
+    removed: list[str] = []
+    if state is None:
+        if root.exists() and (root / "inventory.yaml").exists():
+            raise LabError(f"{root} has no state.json; remove it by hand if it is a lab")
+        return removed
+    for ns in state.namespaces:
+        # every process in the host's namespace is the lab's: sshd, its sessions, the app
+        pids = namespace_pids(ns)
+        _kill_all(pids)
+        if pids:
+            removed.append(f"{len(pids)} process(es) in {ns}")
+    for name, pid in state.sshd_pids.items():
+        if _alive(pid):
+            _kill_all([pid])
+            removed.append(f"sshd of {name} (pid {pid})")
+    for link in state.links:
+        if _run(["ip", "link", "show", link], check=False).returncode == 0:
+            _run(["ip", "link", "del", link], check=False)
+            removed.append(f"link {link}")
+    for ns in state.namespaces:
+        if _run(["ip", "netns", "del", ns], check=False).returncode == 0:
+            removed.append(f"namespace {ns}")
+    for etc in state.netns_etc:
+        if Path(etc).exists():
+            shutil.rmtree(etc, ignore_errors=True)
+            removed.append(etc)
+    for made in state.created_dirs:
+        try:
+            Path(made).rmdir()  # only if empty: something else may have used it since
+            removed.append(made)
+        except OSError:
+            pass
+    if state.bridge and _run(["ip", "link", "show", state.bridge], check=False).returncode == 0:
+        _run(["ip", "link", "del", state.bridge], check=False)
+        removed.append(f"bridge {state.bridge}")
+    if state.pg_started and state.pg_data and Path(state.pg_data, "postmaster.pid").exists():
+        _run(["runuser", "-u", "postgres", "--", str(Path(state.pg_bin) / "pg_ctl"), "-D",
+              state.pg_data, "-m", "immediate", "-w", "-t", "30", "stop"], check=False)
+        removed.append("PostgreSQL")
+    shutil.rmtree(root, ignore_errors=True)
+    removed.append(str(root))
+    return removed
+
+
+def problems(state: LabState) -> list[str]:
+    """Return what is wrong with a lab that should be up."""
+    found = []
+    if not Path(state.pg_data, "postmaster.pid").exists():
+        found.append("PostgreSQL is not running")
+    for ns in state.namespaces:
+        if not Path("/run/netns", ns).exists():
+            found.append(f"namespace {ns} is missing")
+    for name, pid in state.sshd_pids.items():
+        if not _alive(pid):
+            found.append(f"sshd of {name} is not running")
+    return found
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One lab host as `lab status` shows it."""
+
+    name: str
+    address: str
+    sshd_pid: int | None
+    app_pid: int | None
+    pool: int
+    leaked: int
+    backends: int
+    idle: int
+    idle_in_transaction: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """The whole lab as `lab status` shows it."""
+
+    up: bool
+    problems: list[str]
+    server_version: str
+    max_connections: int
+    client_backends: int
+    hosts: list[HostStatus]
+
+
+@dataclass(frozen=True)
+class _Count:
+    client_addr: str | None
+    total: int
+    idle: int
+    idle_in_transaction: int
+
+
+def status() -> Status:
+    """Report the lab: server, hosts, app pids and connections per host."""
+    from connfix import pg
+
+    state = LabState.load()
+    if state is None:
+        return Status(False, ["the lab is not up (run `connfix lab up`)"], "", 0, 0, [])
+    found = problems(state)
+    counts: dict[str | None, _Count] = {}
+    version, max_conn, total = "", 0, 0
+    if not found or Path(state.pg_data, "postmaster.pid").exists():
+        try:
+            with pg.Session(pg.connect(bootstrap_dsn()), "admin", None) as session:
+                version = session.info.server_version
+                max_conn = session.info.max_connections
+                rows = session.all("lab_connections", _Count)
+            counts = {row.client_addr: row for row in rows}
+            total = sum(row.total for row in rows)
+        except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
+            found.append(f"cannot query PostgreSQL: {str(exc).strip()}")
+    hosts = []
+    for index in range(1, state.hosts + 1):
+        name, address = paths.host_name(index), paths.host_address(index)
+        try:
+            app = app_request(index, "/status", timeout=2)
+        except LabError:
+            app = {}
+        sshd = state.sshd_pids.get(name)
+        row = counts.get(address, _Count(address, 0, 0, 0))
+        hosts.append(HostStatus(
+            name, address, sshd if sshd and _alive(sshd) else None, app.get("pid"),
+            len(app.get("pool", [])), len(app.get("leaked", [])),
+            row.total, row.idle, row.idle_in_transaction,
+        ))
+    return Status(not found, found, version, max_conn, total, hosts)
+
+
+def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
+    """Make one lab host's app open `count` more connections and keep them."""
+    state = LabState.load()
+    if state is None or not state.complete:
+        raise LabError("the lab is not up (run `connfix lab up`)")
+    names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
+    if host not in names:
+        raise LabError(f"no lab host {host!r} (hosts: {', '.join(names)})")
+    if not 1 <= count <= 10_000:
+        raise LabError("--count must be between 1 and 10000")
+    mode = "idle_in_transaction" if idle_in_transaction else "idle"
+    result = app_request(names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST",
+                         timeout=60)
+    return [int(p) for p in result["leaked"]]

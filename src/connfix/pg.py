@@ -1,0 +1,258 @@
+"""The only module that talks to PostgreSQL (psycopg 3); SQL lives in queries/*.sql."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+from psycopg.rows import class_row
+
+from connfix.errors import DatabaseUnavailable, InputError
+
+if TYPE_CHECKING:
+    from connfix.inventory import Database
+
+APPLICATION_NAME = "connfix"
+T = TypeVar("T")
+
+# Prefixes of the server's refusal messages (see POSTGRES.md); the text follows lc_messages,
+# so the raw message is always shown as well.
+_REFUSALS: tuple[tuple[str, str], ...] = (
+    ("sorry, too many clients already", "too_many_clients"),
+    ("remaining connection slots are reserved", "reserved_slots"),
+    ("too many connections for role", "role_limit"),
+    ("too many connections for database", "database_limit"),
+    ("too many connections for user", "role_limit"),
+    ("rds_reserved", "reserved_slots"),
+)
+
+REFUSAL_TEXT = {
+    "too_many_clients": "the server has no connection slots left (too many clients)",
+    "reserved_slots": "only reserved connection slots are left",
+    "role_limit": "the role reached its CONNECTION LIMIT",
+    "database_limit": "the database reached its CONNECTION LIMIT",
+}
+
+
+def classify_refusal(message: str) -> str | None:
+    """Return the kind of connection refusal a server message means, or None."""
+    lowered = message.lower()
+    for needle, kind in _REFUSALS:
+        if needle in lowered:
+            return kind
+    return None
+
+
+def server_message(exc: BaseException) -> str:
+    """Return the server's own words from a connection error, one line."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"FATAL:\s*(.*)", text)
+    return match.group(1) if match else text
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """Parse a libpq connection string or URI; raise ValueError if it is not one."""
+    try:
+        return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+
+
+def describe_dsn(dsn: str) -> str:
+    """Describe where a DSN points, without anything secret: user@host:port/dbname."""
+    try:
+        parts = parse_dsn(dsn)
+    except ValueError:
+        return "(unparsable connection string)"
+    user = parts.get("user", os.environ.get("PGUSER", "(default user)"))
+    host = parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST", "(socket)")
+    port = parts.get("port", os.environ.get("PGPORT", "5432"))
+    db = parts.get("dbname", os.environ.get("PGDATABASE", user))
+    return f"{user}@{host}:{port}/{db}"
+
+
+@cache
+def query(name: str) -> str:
+    """Return the text of queries/<name>.sql."""
+    return resources.files("connfix").joinpath("queries", f"{name}.sql").read_text("utf-8")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What connfix learns about the server and itself on connecting."""
+
+    role: str
+    is_superuser: bool
+    read_all_stats: bool
+    signal_backend: bool
+    server_version: str
+    server_version_num: int
+    max_connections: int
+    superuser_reserved_connections: int
+    reserved_connections: int
+    backend_pid: int
+    database: str
+
+
+class Session:
+    """One autocommit connection, with how it was obtained."""
+
+    def __init__(self, conn: psycopg.Connection[Any], via: str, refusal: str | None) -> None:
+        self.conn = conn
+        self.via = via  # "primary" or "admin"
+        self.refusal = refusal  # the refusal that sent us to the admin connection
+        self.info = self.one("server_info", ServerInfo)
+
+    def all(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> list[T]:
+        """Run queries/<name>.sql and return its rows as `row` instances."""
+        with self.conn.cursor(row_factory=class_row(row)) as cur:
+            cur.execute(query(name), params)  # type: ignore[arg-type]
+            return cur.fetchall()
+
+    def one(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> T:
+        """Run queries/<name>.sql and return its single row."""
+        rows = self.all(name, row, params)
+        if len(rows) != 1:
+            raise DatabaseUnavailable(f"query {name} returned {len(rows)} rows, expected 1")
+        return rows[0]
+
+    def close(self) -> None:
+        """Close the connection, ignoring a server that already went away."""
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            pass
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _password(env_var: str | None, what: str) -> str | None:
+    if not env_var:
+        return None
+    value = os.environ.get(env_var)
+    if value is None:
+        raise InputError(f"{what}: environment variable {env_var} is not set")
+    return value
+
+
+def connect(
+    dsn: str,
+    *,
+    password: str | None = None,
+    connect_timeout: float = 5.0,
+    statement_timeout: float = 5.0,
+) -> psycopg.Connection[Any]:
+    """Open one autocommit connection named connfix with a short statement_timeout."""
+    options = parse_dsn(dsn).get("options", "")
+    timeout_ms = max(1, int(statement_timeout * 1000))
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": max(1, round(connect_timeout)),
+        "options": f"{options} -c statement_timeout={timeout_ms}".strip(),
+    }
+    if password is not None:
+        kwargs["password"] = password
+    return psycopg.connect(dsn, **kwargs)
+
+
+def open_session(db: Database) -> Session:
+    """Connect to an environment's database, using the admin connection when refused.
+
+    One attempt per way in: a full server is never hammered with retries.
+    """
+    primary_error: psycopg.OperationalError | None = None
+    try:
+        conn = connect(
+            db.dsn,
+            password=_password(db.password_env, "database.password_env"),
+            connect_timeout=db.connect_timeout,
+            statement_timeout=db.statement_timeout,
+        )
+        return Session(conn, "primary", None)
+    except psycopg.OperationalError as exc:
+        primary_error = exc
+    message = server_message(primary_error)
+    kind = classify_refusal(message)
+    where = describe_dsn(db.dsn)
+    if kind is None:
+        raise DatabaseUnavailable(f"cannot connect to {where}: {message}")
+    if not db.has_admin:
+        raise DatabaseUnavailable(
+            f"the database refused connfix at {where}: {REFUSAL_TEXT[kind]}\n"
+            f"  server said: {message}\n"
+            "  configure a way in for a full server: database.admin_dsn_env (an environment"
+            " variable holding a superuser or pg_use_reserved_connections DSN) or"
+            " database.admin_dsn (without a password)"
+        )
+    admin_dsn = _admin_dsn(db)
+    if not admin_dsn:
+        raise DatabaseUnavailable(
+            f"the database refused connfix at {where} ({message}) and the admin"
+            f" connection is not available: environment variable {db.admin_dsn_env}"
+            " is not set"
+        )
+    try:
+        conn = _connect_admin(db, admin_dsn)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"the database refused connfix at {where} ({message}), and the admin connection"
+            f" to {describe_dsn(admin_dsn)} failed too: {server_message(exc)}"
+        ) from None
+    return Session(conn, "admin", message)
+
+
+def _admin_dsn(db: Database) -> str | None:
+    """Return the admin DSN: the named environment variable first, then the file's."""
+    if db.admin_dsn_env and os.environ.get(db.admin_dsn_env):
+        return os.environ[db.admin_dsn_env]
+    return db.admin_dsn
+
+
+def _connect_admin(db: Database, admin_dsn: str) -> psycopg.Connection[Any]:
+    return connect(
+        admin_dsn,
+        password=_password(db.admin_password_env, "database.admin_password_env"),
+        connect_timeout=db.connect_timeout,
+        statement_timeout=db.statement_timeout,
+    )
+
+
+def probe_admin(db: Database) -> tuple[bool, str]:
+    """Try the admin connection once; return (works, what happened)."""
+    admin_dsn = _admin_dsn(db)
+    if not admin_dsn:
+        if db.has_admin:
+            return False, f"environment variable {db.admin_dsn_env} is not set"
+        return False, "not configured"
+    try:
+        conn = _connect_admin(db, admin_dsn)
+    except psycopg.OperationalError as exc:
+        return False, server_message(exc)
+    with Session(conn, "admin", None) as session:
+        info = session.info
+    kind = "superuser" if info.is_superuser else "not a superuser"
+    return True, f"works as {info.role} ({kind})"
+
+
+def execute_file(dsn: str, name: str, params: dict[str, Any]) -> None:
+    """Run each statement of queries/<name>.sql on its own, binding params client-side.
+
+    For utility statements (CREATE ROLE … PASSWORD), which take no server-side parameters.
+    """
+    statements = [s.strip() for s in query(name).split(";\n") if s.strip()]
+    with connect(dsn) as conn, psycopg.ClientCursor(conn) as cur:
+        for statement in statements:
+            lines = [ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")]
+            if lines:
+                cur.execute("\n".join(lines), params)  # type: ignore[call-overload]

@@ -1,0 +1,189 @@
+"""The only module that talks SSH (fabric / paramiko).
+
+Host keys are checked strictly: an unknown or changed key is refused, never added.
+Every call returns a CommandResult per host instead of raising from deep inside.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+if TYPE_CHECKING:
+    from connfix.inventory import Host, Ssh
+
+T = TypeVar("T")
+TAIL_LINES = 10
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """Return the last lines of some output, stripped."""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did on one host."""
+
+    host: str
+    command: str
+    exit_code: int | None  # None: it never ran to completion (no connection, timeout)
+    stdout: str
+    stderr: str
+    duration: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether the command ran and exited 0."""
+        return self.error is None and self.exit_code == 0
+
+    @property
+    def output_tail(self) -> str:
+        """Return the last lines of stderr and stdout, for messages."""
+        return tail("\n".join(part for part in (self.stdout, self.stderr) if part.strip()))
+
+    def describe(self) -> str:
+        """Describe a failure as the operator needs it: host, command, status, output."""
+        if self.ok:
+            return f"{self.host}: `{self.command}` succeeded"
+        head = f"{self.host}: `{self.command}` "
+        head += self.error if self.error else f"exited with status {self.exit_code}"
+        return head + (f"\n{self.output_tail}" if self.output_tail else "")
+
+
+def known_hosts_path(ssh: Ssh, conn: Connection) -> Path:
+    """Return the known_hosts file: the inventory's, then ~/.ssh/config's, then the default."""
+    if ssh.known_hosts_file:
+        return Path(ssh.known_hosts_file).expanduser()
+    from_config = conn.ssh_config.get("userknownhostsfile")
+    if from_config:
+        first = str(from_config).split()[0]
+        return Path(os.path.expanduser(first))
+    return Path("~/.ssh/known_hosts").expanduser()
+
+
+class HostKeyRefused(Exception):
+    """The host's key is unknown or differs from the known one."""
+
+
+class Remote:
+    """One SSH connection to one inventory host, opened with strict host-key checking."""
+
+    def __init__(self, host: Host, ssh: Ssh) -> None:
+        self.host = host
+        self.ssh = ssh
+        connect_kwargs: dict[str, Any] = {
+            "banner_timeout": ssh.connect_timeout,
+            "auth_timeout": ssh.connect_timeout,
+        }
+        if ssh.identity_file:
+            connect_kwargs["key_filename"] = [str(Path(ssh.identity_file).expanduser())]
+        self.conn = Connection(
+            host.ssh_address,
+            user=ssh.user,
+            port=ssh.port,
+            connect_timeout=max(1, round(ssh.connect_timeout)),
+            connect_kwargs=connect_kwargs,
+            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
+        )
+        self.known_hosts = known_hosts_path(ssh, self.conn)
+        self.conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def open(self) -> None:
+        """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
+        if self.conn.is_connected:
+            return
+        client = self.conn.client
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except FileNotFoundError:
+            pass
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyRefused(f"cannot read known_hosts {self.known_hosts}: {exc}") from None
+        name = self._key_name()
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRefused(
+                f"host key for {name} has CHANGED (got {exc.key.get_name()}"
+                f" {exc.key.get_fingerprint().hex()}); refusing to connect. If the host was"
+                f" rebuilt on purpose, remove the old key with `ssh-keygen -R '{name}'"
+                f" -f {self.known_hosts}` and add the new one after checking it"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRefused(
+                    f"host key for {name} is unknown (not in {self.known_hosts}); refusing to"
+                    f" connect. Check the key out of band, then add it, e.g. `ssh-keyscan"
+                    f" -p {self._port()} {self.host.ssh_address} >> {self.known_hosts}`"
+                ) from None
+            raise ConnectionError(f"SSH to {name} failed: {exc}") from None
+        except (socket.timeout, TimeoutError):
+            raise ConnectionError(
+                f"SSH to {name} timed out after {self.ssh.connect_timeout:.0f}s"
+            ) from None
+        except OSError as exc:
+            raise ConnectionError(f"SSH to {name} failed: {exc.strerror or exc}") from None
+
+    def _port(self) -> int:
+        return int(self.conn.port)
+
+    def _key_name(self) -> str:
+        port = self._port()
+        return self.conn.host if port == 22 else f"[{self.conn.host}]:{port}"
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run one command; never raises for remote failures, returns what happened."""
+        started = time.monotonic()
+        limit = timeout if timeout is not None else self.ssh.command_timeout
+        try:
+            self.open()
+        except (HostKeyRefused, ConnectionError) as exc:
+            return CommandResult(
+                self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
+            )
+        try:
+            result = self.conn.run(command, timeout=max(1, round(limit)))
+        except CommandTimedOut as exc:
+            out = exc.result
+            return CommandResult(
+                self.host.name, command, None, out.stdout, out.stderr,
+                time.monotonic() - started, f"timed out after {limit:.0f}s",
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            return CommandResult(
+                self.host.name, command, None, "", "", time.monotonic() - started,
+                f"SSH connection lost: {exc}",
+            )
+        return CommandResult(
+            self.host.name, command, int(result.exited), result.stdout, result.stderr,
+            time.monotonic() - started,
+        )
+
+    def close(self) -> None:
+        """Close the connection."""
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection must not fail the run
+            pass
+
+
+def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 16) -> list[Any]:
+    """Run `fn` on every item in threads, keeping the input order in the result."""
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))

@@ -1,0 +1,147 @@
+"""Load YAML safely and remember where every value came from.
+
+PyYAML's SafeLoader already refuses tags that construct objects; on top of it this
+refuses duplicate keys (PyYAML silently keeps the last), non-scalar keys, documents
+that are huge or nested absurdly deep, and alias bombs. Every value is located by its
+path, so validation errors can name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 32
+MAX_NODES = 50_000
+
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:" + name
+    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+}
+
+PathT = tuple[str | int, ...]
+
+
+class YamlError(ValueError):
+    """A YAML document that cannot be loaded; `line` is 1-based, 0 when unknown."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass
+class Located:
+    """A loaded document with the line of every path in it."""
+
+    data: Any
+    lines: dict[PathT, int] = field(default_factory=dict)
+
+    def line_of(self, path: PathT) -> int:
+        """Return the line of the deepest known prefix of `path`."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line:
+                return line
+        return 0
+
+
+def format_path(path: PathT) -> str:
+    """Render ('environments', 'prod', 'hosts', 1, 'name') as environments.prod.hosts[1].name."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_text(text: str) -> Located:
+    """Parse one YAML document into plain Python values with a line map."""
+    if len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else 0
+            problem = exc.problem or exc.context or "invalid YAML"
+            raise YamlError(f"YAML syntax error: {problem}", line) from None
+        except yaml.YAMLError as exc:
+            raise YamlError(f"YAML error: {exc}") from None
+        located = Located(data=None)
+        if node is None:
+            return located
+        counter = [0]
+        located.data = _build(loader, node, (), located.lines, counter, 0)
+        return located
+    finally:
+        loader.dispose()
+
+
+def load_file(path: Path) -> Located:
+    """Read and parse `path`; raise YamlError for anything unreadable."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise YamlError("file is not UTF-8 text") from None
+    except OSError as exc:
+        raise YamlError(f"cannot read the file: {exc.strerror or exc}") from None
+    return load_text(text)
+
+
+def _build(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: PathT,
+    lines: dict[PathT, int],
+    counter: list[int],
+    depth: int,
+) -> Any:
+    line = node.start_mark.line + 1
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise YamlError(f"document has more than {MAX_NODES} values (alias bomb?)", line)
+    if depth > MAX_DEPTH:
+        raise YamlError(f"document is nested deeper than {MAX_DEPTH} levels", line)
+    if node.tag not in _PLAIN_TAGS:
+        raise YamlError(f"YAML tag {node.tag!r} is not allowed (plain values only)", line)
+    lines.setdefault(path, line)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlError("only plain keys are allowed (no merge keys, no complex keys)",
+                                key_node.start_mark.line + 1)
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in result:
+                raise YamlError(
+                    f"duplicate key {format_path((*path, key))!r}"
+                    f" (first at line {lines.get((*path, key), '?')})",
+                    key_node.start_mark.line + 1,
+                )
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            result[key] = _build(loader, value_node, (*path, key), lines, counter, depth + 1)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(loader, item, (*path, index), lines, counter, depth + 1)
+            for index, item in enumerate(node.value)
+        ]
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise YamlError(f"bad value: {exc}", line) from None
