@@ -73,14 +73,20 @@ def check_database(env: Environment) -> DatabaseCheck:
     else:
         detail = f"refused ({refusal}); used the admin connection" if refusal else "connected"
         result = DatabaseCheck(
-            target=target, ok=True, via=via, role=info.role, is_superuser=info.is_superuser,
-            server_version=info.server_version, max_connections=info.max_connections,
+            target=target,
+            ok=True,
+            via=via,
+            role=info.role,
+            is_superuser=info.is_superuser,
+            server_version=info.server_version,
+            max_connections=info.max_connections,
             detail=detail,
         )
     if env.database.has_admin:
         admin_ok, admin_detail = pg.probe_admin(env.database)
-        result = DatabaseCheck(**{**result.__dict__, "admin_ok": admin_ok,
-                                  "admin_detail": admin_detail})
+        result = DatabaseCheck(
+            **{**result.__dict__, "admin_ok": admin_ok, "admin_detail": admin_detail}
+        )
     return result
 
 
@@ -94,11 +100,25 @@ def check_host(env: Environment, host: Host) -> HostCheck:
         try:
             conn.open()
         except remote.HostKeyRefused as exc:
-            return HostCheck(host.name, host.ssh_address, True, "refused", False, str(exc),
-                             time.monotonic() - started)
+            return HostCheck(
+                host.name,
+                host.ssh_address,
+                True,
+                "refused",
+                False,
+                str(exc),
+                time.monotonic() - started,
+            )
         except ConnectionError as exc:
-            return HostCheck(host.name, host.ssh_address, False, "n/a", False, str(exc),
-                             time.monotonic() - started)
+            return HostCheck(
+                host.name,
+                host.ssh_address,
+                False,
+                "n/a",
+                False,
+                str(exc),
+                time.monotonic() - started,
+            )
         unit = shlex.quote(env.service.unit)
         result = conn.run(f"systemctl show -p LoadState --value {unit}")
         present = result.ok and result.stdout.strip() == "loaded"
@@ -108,8 +128,9 @@ def check_host(env: Environment, host: Host) -> HostCheck:
             detail = f"service {env.service.unit} not found (LoadState={result.stdout.strip()})"
         else:
             detail = result.describe()
-        return HostCheck(host.name, host.ssh_address, True, "known", present, detail,
-                         time.monotonic() - started)
+        return HostCheck(
+            host.name, host.ssh_address, True, "known", present, detail, time.monotonic() - started
+        )
     finally:
         conn.close()
 

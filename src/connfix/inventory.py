@@ -62,9 +62,7 @@ class Database(_Model):
     connect_timeout: Duration = 5.0
     statement_timeout: Duration = 5.0
 
-    _v_env = field_validator("password_env", "admin_dsn_env", "admin_password_env")(
-        _check_env_var
-    )
+    _v_env = field_validator("password_env", "admin_dsn_env", "admin_password_env")(_check_env_var)
 
     @field_validator("dsn", "admin_dsn")
     @classmethod
@@ -111,9 +109,7 @@ class Service(_Model):
     @classmethod
     def _unit_name(cls, value: str) -> str:
         if not _UNIT.match(value):
-            raise ValueError(
-                f"not a systemd unit name: {value!r} (letters, digits and :_.@- only)"
-            )
+            raise ValueError(f"not a systemd unit name: {value!r} (letters, digits and :_.@- only)")
         return value
 
     @field_validator("restart_command")
@@ -296,27 +292,30 @@ def parse_inventory(path: Path, located: Located) -> Inventory:
     try:
         inventory = Inventory.model_validate(located.data)
     except ValidationError as exc:
-        errors = sorted(
-            exc.errors(), key=lambda e: located.line_of(tuple(e["loc"]))
-        )
+        errors = sorted(exc.errors(), key=lambda e: located.line_of(tuple(e["loc"])))
         messages = [
-            str(_error_at(path, located, tuple(e["loc"]), _pydantic_message(e)))
-            for e in errors
+            str(_error_at(path, located, tuple(e["loc"]), _pydantic_message(e))) for e in errors
         ]
         extra = f"\n({len(messages) - 1} more error(s) below)" if len(messages) > 1 else ""
-        raise InventoryError(messages[0] + extra + "".join("\n" + m for m in messages[1:]))
+        raise InventoryError(
+            messages[0] + extra + "".join("\n" + m for m in messages[1:])
+        ) from None
     for env_name, env in inventory.environments.items():
         if not _NAME.match(env_name):
             raise _error_at(
-                path, located, ("environments", env_name), "environment names use letters,"
-                " digits and ._- only"
+                path,
+                located,
+                ("environments", env_name),
+                "environment names use letters, digits and ._- only",
             )
         seen: dict[str, int] = {}
         addresses: dict[str, int] = {}
         for index, host in enumerate(env.hosts):
             if host.name in seen:
                 raise _error_at(
-                    path, located, ("environments", env_name, "hosts", index, "name"),
+                    path,
+                    located,
+                    ("environments", env_name, "hosts", index, "name"),
                     f"duplicate host {host.name!r} (also hosts[{seen[host.name]}])",
                 )
             seen[host.name] = index
@@ -324,7 +323,8 @@ def parse_inventory(path: Path, located: Located) -> Inventory:
             if addr is not None:
                 if addr in addresses:
                     raise _error_at(
-                        path, located,
+                        path,
+                        located,
                         ("environments", env_name, "hosts", index, "db_address"),
                         f"address {addr} is already hosts[{addresses[addr]}]: PostgreSQL"
                         " could not tell the two hosts apart",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -112,7 +113,7 @@ class Session:
     def all(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> list[T]:
         """Run queries/<name>.sql and return its rows as `row` instances."""
         with self.conn.cursor(row_factory=class_row(row)) as cur:
-            cur.execute(query(name), params)  # type: ignore[arg-type]
+            cur.execute(query(name), params)
             return cur.fetchall()
 
     def one(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> T:
@@ -124,10 +125,8 @@ class Session:
 
     def close(self) -> None:
         """Close the connection, ignoring a server that already went away."""
-        try:
+        with contextlib.suppress(psycopg.Error):
             self.conn.close()
-        except psycopg.Error:
-            pass
 
     def __enter__(self) -> Session:
         return self
@@ -255,4 +254,4 @@ def execute_file(dsn: str, name: str, params: dict[str, Any]) -> None:
         for statement in statements:
             lines = [ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")]
             if lines:
-                cur.execute("\n".join(lines), params)  # type: ignore[call-overload]
+                cur.execute("\n".join(lines), params)

@@ -6,8 +6,8 @@ Every call returns a CommandResult per host instead of raising from deep inside.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +129,7 @@ class Remote:
                     f" -p {self._port()} {self.host.ssh_address} >> {self.known_hosts}`"
                 ) from None
             raise ConnectionError(f"SSH to {name} failed: {exc}") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise ConnectionError(
                 f"SSH to {name} timed out after {self.ssh.connect_timeout:.0f}s"
             ) from None
@@ -158,26 +158,38 @@ class Remote:
         except CommandTimedOut as exc:
             out = exc.result
             return CommandResult(
-                self.host.name, command, None, out.stdout, out.stderr,
-                time.monotonic() - started, f"timed out after {limit:.0f}s",
+                self.host.name,
+                command,
+                None,
+                out.stdout,
+                out.stderr,
+                time.monotonic() - started,
+                f"timed out after {limit:.0f}s",
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             return CommandResult(
-                self.host.name, command, None, "", "", time.monotonic() - started,
+                self.host.name,
+                command,
+                None,
+                "",
+                "",
+                time.monotonic() - started,
                 f"SSH connection lost: {exc}",
             )
         return CommandResult(
-            self.host.name, command, int(result.exited), result.stdout, result.stderr,
+            self.host.name,
+            command,
+            int(result.exited),
+            result.stdout,
+            result.stderr,
             time.monotonic() - started,
         )
 
     def close(self) -> None:
         """Close the connection."""
-        try:
+        with contextlib.suppress(Exception):
             self.conn.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection must not fail the run
-            pass
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 16) -> list[Any]:

@@ -32,7 +32,7 @@ def format_duration(seconds: float) -> str:
     """Render seconds compactly: 0.4s, 42s, 3m05s, 2h10m."""
     if seconds < 10:
         return f"{seconds:.1f}s"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole < 60:
         return f"{whole}s"
     if whole < 3600:

@@ -121,9 +121,14 @@ def _build(
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                raise YamlError("only plain keys are allowed (no merge keys, no complex keys)",
-                                key_node.start_mark.line + 1)
+            if (
+                not isinstance(key_node, yaml.ScalarNode)
+                or key_node.tag == "tag:yaml.org,2002:merge"
+            ):
+                raise YamlError(
+                    "only plain keys are allowed (no merge keys, no complex keys)",
+                    key_node.start_mark.line + 1,
+                )
             key = loader.construct_object(key_node)
             if not isinstance(key, str):
                 key = str(key)

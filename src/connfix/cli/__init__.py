@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -13,12 +12,36 @@ from connfix.cli.lab_cmd import lab
 from connfix.errors import ConnfixError, ExitStatus
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ConnfixGroup(click.Group):
+    """A group that turns connfix's errors into a message and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConnfixError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"connfix: error: {exc}", err=True)
+            ctx.exit(exc.exit_status)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("connfix: interrupted", err=True)
+            ctx.exit(ExitStatus.INTERRUPTED)
+
+
+@click.group(cls=ConnfixGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="connfix")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Diagnose and fix PostgreSQL connection exhaustion ("too many clients").
+
+    \b
+    Exit status:
+      0    healthy / done
+      1    still unhealthy, or a step failed and the run halted
+      2    bad input (inventory, runbook, flags)
+      3    the database or a host cannot be reached
+      130  interrupted
 
     \b
     Example:
@@ -32,24 +55,6 @@ cli.add_command(inventory)
 cli.add_command(lab)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Run the CLI and turn connfix's errors into messages and exit statuses."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        return cli.main(args=argv, prog_name="connfix", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(ExitStatus.INTERRUPTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitStatus.BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except ConnfixError as exc:
-        if debug:
-            raise
-        click.echo(f"connfix: error: {exc}", err=True)
-        sys.exit(exc.exit_status)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(ExitStatus.INTERRUPTED)
+def main() -> None:
+    """Run the command line."""
+    cli(prog_name="connfix")

@@ -20,8 +20,9 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--hosts", default=3, show_default=True, help="Number of app hosts.")
-@click.option("--max-connections", default=20, show_default=True,
-              help="PostgreSQL max_connections.")
+@click.option(
+    "--max-connections", default=20, show_default=True, help="PostgreSQL max_connections."
+)
 @click.option("--pool-size", default=3, show_default=True, help="Connections per app host.")
 def up(hosts: int, max_connections: int, pool_size: int) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts with sshd and the app, an inventory.
@@ -39,8 +40,9 @@ def up(hosts: int, max_connections: int, pool_size: int) -> None:
 @lab.command("leak")
 @click.argument("host")
 @click.option("--count", default=5, show_default=True, help="Connections to leak.")
-@click.option("--idle-in-transaction", is_flag=True,
-              help="Leave them idle in transaction instead of idle.")
+@click.option(
+    "--idle-in-transaction", is_flag=True, help="Leave them idle in transaction instead of idle."
+)
 def leak(host: str, count: int, idle_in_transaction: bool) -> None:
     """Make HOST's app open COUNT more connections and keep them.
 
@@ -53,8 +55,9 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> None:
 
     pids = core.leak(host, count, idle_in_transaction)
     kind = "idle in transaction" if idle_in_transaction else "idle"
-    render.out.print(f"{host} leaked {len(pids)} {kind} connection(s): backend pids"
-                     f" {', '.join(map(str, pids))}")
+    render.out.print(
+        f"{host} leaked {len(pids)} {kind} connection(s): backend pids {', '.join(map(str, pids))}"
+    )
 
 
 @lab.command("status")

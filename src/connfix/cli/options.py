@@ -13,7 +13,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def inventory_option(fn: F) -> F:
     """Add --inventory PATH (else $CONNFIX_INVENTORY, ./inventory.yaml, the lab's)."""
     return click.option(
-        "--inventory", "-i", "inventory_path", metavar="PATH",
+        "--inventory",
+        "-i",
+        "inventory_path",
+        metavar="PATH",
         help="Inventory file (default: $CONNFIX_INVENTORY, then ./inventory.yaml; the lab's"
-             " inventory for environment 'lab').",
+        " inventory for environment 'lab').",
     )(fn)

@@ -6,6 +6,7 @@ that (and a half-built lab too), never anything found by a broad name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,19 +23,10 @@ from typing import Any
 
 from connfix.errors import LabError
 from connfix.lab import paths
-from connfix.lab.paths import (
-    APP_PORT,
-    APPLICATION_NAME,
-    BRIDGE,
-    DATABASE,
-    DB_ADDRESS,
-    PG_PORT,
-    SUBNET,
-    UNIT,
-    lab_dir,
-)
+from connfix.lab.paths import APP_PORT, APPLICATION_NAME, DATABASE, UNIT, lab_dir
 
 SSHD = "/usr/sbin/sshd"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REQUIRED_TOOLS = {
     "ip": "iproute2",
     "ssh-keygen": "openssh-client",
@@ -82,7 +74,9 @@ class LabState:
         tmp.replace(self.path())
 
 
-def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], *, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
@@ -91,7 +85,9 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> subproc
         raise LabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
     if check and proc.returncode != 0:
         out = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise LabError(f"`{' '.join(argv)}` failed with status {proc.returncode}: " + " / ".join(out))
+        raise LabError(
+            f"`{' '.join(argv)}` failed with status {proc.returncode}: " + " / ".join(out)
+        )
     return proc
 
 
@@ -135,13 +131,14 @@ def passfile() -> Path:
     return lab_dir() / "pgpass"
 
 
-def dsn(user: str, host: str = DB_ADDRESS) -> str:
+def dsn(user: str, host: str | None = None) -> str:
     """Return a DSN for a lab role; the password comes from the lab's passfile."""
-    return f"host={host} port={PG_PORT} dbname={DATABASE} user={user} passfile={passfile()}"
+    host = host or paths.db_address()
+    return f"host={host} port={paths.pg_port()} dbname={DATABASE} user={user} passfile={passfile()}"
 
 
 def bootstrap_dsn() -> str:
-    return f"host={lab_dir() / 'pg' / 'run'} port={PG_PORT} dbname=postgres user=postgres"
+    return f"host={lab_dir() / 'pg' / 'run'} port={paths.pg_port()} dbname=postgres user=postgres"
 
 
 def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None:
@@ -157,24 +154,52 @@ def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None
     state.pg_bin = str(pg_bin)
     state.pg_data = str(data)
     state.save()
-    _as_postgres([str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8", "--locale=C"], timeout=120)
+    _as_postgres(
+        [
+            str(pg_bin / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
+        timeout=120,
+    )
     with (data / "pg_hba.conf").open("w") as hba:
         hba.write(
             "# connfix lab\n"
             "local all all trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
-            f"host all all {SUBNET}.0/24 scram-sha-256\n"
+            f"host all all {paths.subnet()}.0/24 scram-sha-256\n"
         )
     options = (
-        f"-c listen_addresses='127.0.0.1,{DB_ADDRESS}' -c port={PG_PORT}"
+        f"-c listen_addresses='127.0.0.1,{paths.db_address()}' -c port={paths.pg_port()}"
         f" -c max_connections={max_connections} -c unix_socket_directories='{run_dir}'"
         " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
     state.pg_started = True
     state.save()
-    _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"),
-                  "-o", options, "-w", "-t", "60", "start"], timeout=90)
+    _as_postgres(
+        [
+            str(pg_bin / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        timeout=90,
+    )
     passwords = {
         "app_password": secrets.token_urlsafe(18),
         "connfix_password": secrets.token_urlsafe(18),
@@ -183,20 +208,24 @@ def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None
     pgpass = passfile()
     fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        for user, key in (("app", "app_password"), ("connfix", "connfix_password"),
-                          ("connfix_admin", "admin_password")):
-            out.write(f"*:{PG_PORT}:*:{user}:{passwords[key]}\n")
+        for user, key in (
+            ("app", "app_password"),
+            ("connfix", "connfix_password"),
+            ("connfix_admin", "admin_password"),
+        ):
+            out.write(f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n")
     pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
 
 
 def _network(state: LabState, hosts: int) -> None:
-    _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    state.bridge = BRIDGE
+    _run(["ip", "link", "add", paths.bridge(), "type", "bridge"])
+    state.bridge = paths.bridge()
     state.save()
-    _run(["ip", "addr", "add", f"{DB_ADDRESS}/24", "dev", BRIDGE])
-    _run(["ip", "link", "set", BRIDGE, "up"])
+    _run(["ip", "addr", "add", f"{paths.db_address()}/24", "dev", paths.bridge()])
+    _run(["ip", "link", "set", paths.bridge(), "up"])
     for index in range(1, hosts + 1):
-        ns, veth, peer = paths.namespace(index), f"cfxv{index}", f"cfxp{index}"
+        ns = paths.namespace(index)
+        veth, peer = paths.veth(index)
         _run(["ip", "netns", "add", ns])
         state.namespaces.append(ns)
         state.save()
@@ -208,7 +237,7 @@ def _network(state: LabState, hosts: int) -> None:
         _run(["ip", "-n", ns, "addr", "add", f"{paths.host_address(index)}/24", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "link", "set", veth, "master", BRIDGE])
+        _run(["ip", "link", "set", veth, "master", paths.bridge()])
         _run(["ip", "link", "set", veth, "up"])
 
 
@@ -222,14 +251,19 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
     hdir = paths.host_dir(name)
     bindir = hdir / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
-    (hdir / "app.json").write_text(json.dumps({
-        "host": name,
-        "unit": UNIT,
-        "dsn": dsn("app"),
-        "pool_size": pool_size,
-        "application_name": APPLICATION_NAME,
-        "http_port": APP_PORT,
-    }, indent=2))
+    (hdir / "app.json").write_text(
+        json.dumps(
+            {
+                "host": name,
+                "unit": UNIT,
+                "dsn": dsn("app"),
+                "pool_size": pool_size,
+                "application_name": APPLICATION_NAME,
+                "http_port": APP_PORT,
+            },
+            indent=2,
+        )
+    )
     wrapper = bindir / "systemctl"
     wrapper.write_text(
         "#!/bin/sh\n# connfix lab: systemctl stand-in for this host\n"
@@ -246,9 +280,7 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
     state.save()
     (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
     sudoers = etc / "sudoers.d" / "connfix-lab"
-    sudoers.write_text(
-        f'Defaults secure_path="{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n'
-    )
+    sudoers.write_text(f'Defaults secure_path="{bindir}:{SYSTEM_PATH}"\n')
     sudoers.chmod(0o440)
     (etc / "sudoers.d").chmod(0o755)
     key = hdir / "ssh_host_ed25519_key"
@@ -262,8 +294,7 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUseDNS no\n"
         "MaxSessions 50\nMaxStartups 100:30:200\n"
-        f"SetEnv CONNFIX_LAB_HOST={name} PATH={bindir}:/usr/local/sbin:/usr/local/bin:"
-        "/usr/sbin:/usr/bin:/sbin:/bin\n"
+        f"SetEnv CONNFIX_LAB_HOST={name} PATH={bindir}:{SYSTEM_PATH}\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     pidfile = hdir / "sshd.pid"
@@ -339,8 +370,8 @@ environments:
   lab:
     description: connfix incident lab ({hosts} hosts)
     database:
-      dsn: "{dsn('connfix')}"
-      admin_dsn: "{dsn('connfix_admin', '127.0.0.1')}"
+      dsn: "{dsn("connfix")}"
+      admin_dsn: "{dsn("connfix_admin", "127.0.0.1")}"
       admin_dsn_env: CONNFIX_LAB_ADMIN_DSN
       connect_timeout: 3s
       statement_timeout: 5s
@@ -354,8 +385,8 @@ environments:
     ssh:
       user: root
       port: 22
-      identity_file: {ssh_dir / 'id_ed25519'}
-      known_hosts_file: {ssh_dir / 'known_hosts'}
+      identity_file: {ssh_dir / "id_ed25519"}
+      known_hosts_file: {ssh_dir / "known_hosts"}
       connect_timeout: 5s
       command_timeout: 60s
     hosts:
@@ -403,8 +434,14 @@ def up(hosts: int, max_connections: int, pool_size: int) -> UpResult:
                     f" {state.max_connections}, pool size {state.pool_size}; run"
                     " `connfix lab down` first to build a different one"
                 )
-            return UpResult(True, hosts, max_connections, pool_size,
-                            lab_dir() / "inventory.yaml", time.monotonic() - started)
+            return UpResult(
+                True,
+                hosts,
+                max_connections,
+                pool_size,
+                lab_dir() / "inventory.yaml",
+                time.monotonic() - started,
+            )
         down()  # half-built or broken: start over from nothing
     root = lab_dir()
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -421,8 +458,7 @@ def up(hosts: int, max_connections: int, pool_size: int) -> UpResult:
     inventory = write_inventory(hosts, pool_size)
     state.complete = True
     state.save()
-    return UpResult(False, hosts, max_connections, pool_size, inventory,
-                    time.monotonic() - started)
+    return UpResult(False, hosts, max_connections, pool_size, inventory, time.monotonic() - started)
 
 
 def _alive(pid: int) -> bool:
@@ -435,19 +471,15 @@ def _alive(pid: int) -> bool:
 
 def _kill_all(pids: list[int], grace: float = 3.0) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     for pid in pids:
         if _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def namespace_pids(ns: str) -> list[int]:
@@ -496,8 +528,24 @@ def down() -> list[str]:
         _run(["ip", "link", "del", state.bridge], check=False)
         removed.append(f"bridge {state.bridge}")
     if state.pg_started and state.pg_data and Path(state.pg_data, "postmaster.pid").exists():
-        _run(["runuser", "-u", "postgres", "--", str(Path(state.pg_bin) / "pg_ctl"), "-D",
-              state.pg_data, "-m", "immediate", "-w", "-t", "30", "stop"], check=False)
+        _run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(Path(state.pg_bin) / "pg_ctl"),
+                "-D",
+                state.pg_data,
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
+            check=False,
+        )
         removed.append("PostgreSQL")
     shutil.rmtree(root, ignore_errors=True)
     removed.append(str(root))
@@ -571,7 +619,7 @@ def status() -> Status:
                 rows = session.all("lab_connections", _Count)
             counts = {row.client_addr: row for row in rows}
             total = sum(row.total for row in rows)
-        except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
+        except Exception as exc:
             found.append(f"cannot query PostgreSQL: {str(exc).strip()}")
     hosts = []
     for index in range(1, state.hosts + 1):
@@ -582,11 +630,19 @@ def status() -> Status:
             app = {}
         sshd = state.sshd_pids.get(name)
         row = counts.get(address, _Count(address, 0, 0, 0))
-        hosts.append(HostStatus(
-            name, address, sshd if sshd and _alive(sshd) else None, app.get("pid"),
-            len(app.get("pool", [])), len(app.get("leaked", [])),
-            row.total, row.idle, row.idle_in_transaction,
-        ))
+        hosts.append(
+            HostStatus(
+                name,
+                address,
+                sshd if sshd and _alive(sshd) else None,
+                app.get("pid"),
+                len(app.get("pool", [])),
+                len(app.get("leaked", [])),
+                row.total,
+                row.idle,
+                row.idle_in_transaction,
+            )
+        )
     return Status(not found, found, version, max_conn, total, hosts)
 
 
@@ -601,6 +657,7 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
     if not 1 <= count <= 10_000:
         raise LabError("--count must be between 1 and 10000")
     mode = "idle_in_transaction" if idle_in_transaction else "idle"
-    result = app_request(names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST",
-                         timeout=60)
+    result = app_request(
+        names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST", timeout=60
+    )
     return [int(p) for p in result["leaked"]]

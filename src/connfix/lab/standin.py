@@ -133,12 +133,14 @@ def main(argv: list[str]) -> int:
         return start()
     if verb == "status":
         pid = main_pid()
-        print(f"* {unit} - connfix lab app\n   Active: {'active (running)' if pid else 'inactive (dead)'}")
+        state = "active (running)" if pid else "inactive (dead)"
+        print(f"* {unit} - connfix lab app\n   Active: {state}")
         if pid:
             print(f" Main PID: {pid}")
         return 0 if pid else 3
     if verb == "cat":
-        print(f"# {unit} (connfix lab stand-in)\n[Service]\nExecStart={sys.executable} -m connfix.lab.app")
+        print(f"# {unit} (connfix lab stand-in)\n[Service]")
+        print(f"ExecStart={sys.executable} -m connfix.lab.app")
         return 0
     print(f"Unknown command verb {verb}.", file=sys.stderr)
     return 1

@@ -1,0 +1,5 @@
+"""`python -m connfix`."""
+
+from connfix.cli import main
+
+main()

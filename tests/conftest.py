@@ -1,0 +1,124 @@
+"""Shared fixtures: the suite runs its own incident lab (CONNFIX_LAB_ID=7)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+# The suite's lab lives beside an operator's rehearsal lab (id 0), never on top of it.
+os.environ["CONNFIX_LAB_ID"] = "7"
+os.environ.pop("CONNFIX_LAB_DIR", None)
+os.environ.pop("CONNFIX_INVENTORY", None)
+
+LAB_HOSTS = 3
+LAB_MAX_CONNECTIONS = 20
+LAB_POOL_SIZE = 3
+
+
+def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+class Lab:
+    """Handles onto the running test lab."""
+
+    def __init__(self) -> None:
+        from connfix.lab import lab as core
+        from connfix.lab import paths
+
+        self.core = core
+        self.paths = paths
+        self.inventory = paths.lab_dir() / "inventory.yaml"
+
+    def superuser(self) -> psycopg.Connection[Any]:
+        """A superuser connection over the lab's Unix socket, for assertions."""
+        return psycopg.connect(self.core.bootstrap_dsn(), autocommit=True)
+
+    def client_backends(self) -> list[dict[str, Any]]:
+        """Every client backend but our own, straight from pg_stat_activity."""
+        with self.superuser() as conn:
+            cur = conn.execute(
+                "SELECT pid, usename, application_name, host(client_addr) AS client_addr,"
+                " state FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid()"
+            )
+            cols = [c.name for c in cur.description or []]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def app_dsn(self) -> str:
+        return self.core.dsn("app")
+
+    def restart_app(self, index: int) -> None:
+        """Restart one host's app the way its own systemctl would, and wait for health."""
+        ns = self.paths.namespace(index)
+        wrapper = self.paths.host_dir(self.paths.host_name(index)) / "bin" / "systemctl"
+        self.core._run(["ip", "netns", "exec", ns, str(wrapper), "restart", "labapp.service"])
+        retry(lambda: _healthy(self.core, index))
+
+    def reset(self) -> None:
+        """Bring every app back to its plain pool (no leaks)."""
+        for index in range(1, LAB_HOSTS + 1):
+            status = self.core.app_request(index, "/status")
+            if status["leaked"]:
+                self.restart_app(index)
+
+    def inventory_with(self, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+        """Write a copy of the lab inventory changed by `change`; return its path."""
+        data = yaml.safe_load(self.inventory.read_text())
+        change(data["environments"]["lab"])
+        path = tmp_path / "inventory.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+
+def _healthy(core: Any, index: int) -> bool:
+    try:
+        core.app_request(index, "/health", timeout=2)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The suite's lab: built once, removed at the end."""
+    from connfix.lab import lab as core
+
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (network namespaces, sshd)")
+    core.down()  # leftovers of an aborted earlier run
+    core.up(hosts=LAB_HOSTS, max_connections=LAB_MAX_CONNECTIONS, pool_size=LAB_POOL_SIZE)
+    handle = Lab()
+    yield handle
+    core.down()
+
+
+@pytest.fixture
+def clean_lab(lab: Lab) -> Iterator[Lab]:
+    """The lab without leaks before and after the test."""
+    lab.reset()
+    yield lab
+    lab.reset()
+
+
+@pytest.fixture
+def lab_env(lab: Lab) -> Any:
+    """The lab environment from its inventory."""
+    from connfix.inventory import load_inventory
+
+    return load_inventory(lab.inventory).environment("lab")

@@ -1,0 +1,135 @@
+"""The incident lab: real PostgreSQL, real sshd per namespace, real apps; and `down`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connfix.lab import lab as core
+from connfix.lab import paths
+from tests.conftest import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
+
+
+def test_each_host_holds_its_pool_from_its_own_address(clean_lab: Lab) -> None:
+    backends = [b for b in clean_lab.client_backends() if b["application_name"] == "labapp"]
+    by_addr = Counter(b["client_addr"] for b in backends)
+    assert by_addr == {paths.host_address(i): LAB_POOL_SIZE for i in range(1, LAB_HOSTS + 1)}
+
+
+def test_status_matches_pg_stat_activity(clean_lab: Lab) -> None:
+    clean_lab.core.leak("app2", 2, idle_in_transaction=False)
+    clean_lab.core.leak("app3", 1, idle_in_transaction=True)
+    status = core.status()
+    assert status.up and not status.problems
+    assert status.server_version.startswith("15")
+    backends = clean_lab.client_backends()
+    by_addr = Counter(b["client_addr"] for b in backends)
+    for host in status.hosts:
+        assert host.backends == by_addr[host.address]
+        assert host.pool == LAB_POOL_SIZE
+    app2, app3 = status.hosts[1], status.hosts[2]
+    assert (app2.backends, app2.leaked, app2.idle) == (5, 2, 5)
+    assert (app3.backends, app3.leaked, app3.idle_in_transaction) == (4, 1, 1)
+    states = Counter(b["state"] for b in backends if b["client_addr"] == app3.address)
+    assert states["idle in transaction"] == 1
+
+
+def test_leak_of_an_unknown_host_is_refused(lab: Lab) -> None:
+    with pytest.raises(core.LabError, match="no lab host 'app9'"):
+        core.leak("app9", 1, idle_in_transaction=False)
+
+
+def test_sudo_systemctl_restart_over_ssh_gives_a_new_main_pid(clean_lab: Lab, lab_env: Any) -> None:
+    from connfix import remote
+
+    conn = remote.Remote(lab_env.hosts[0], lab_env.ssh)
+    try:
+        before = conn.run("systemctl show -p MainPID --value labapp.service")
+        assert before.ok and int(before.stdout) > 0
+        restarted = conn.run(lab_env.service.restart_argv())
+        assert restarted.ok, restarted.describe()
+        after = conn.run("systemctl show -p MainPID --value labapp.service")
+        assert int(after.stdout) not in (0, int(before.stdout))
+        health = lab_env.service.health_check
+        retry(lambda: conn.run(health).ok)
+        assert conn.run("systemctl is-active labapp.service").stdout.strip() == "active"
+    finally:
+        conn.close()
+
+
+def test_up_refuses_a_different_shape_while_up(lab: Lab) -> None:
+    with pytest.raises(core.LabError, match="already up with 3 hosts"):
+        core.up(hosts=5, max_connections=20, pool_size=3)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_down_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> None:
+    """A second, small lab (id 8) beside the suite's: up, up again, down, nothing left."""
+    monkeypatch.setenv("CONNFIX_LAB_ID", "8")
+    core.down()
+    first = core.up(hosts=2, max_connections=10, pool_size=2)
+    assert not first.already_up
+    assert core.up(hosts=2, max_connections=10, pool_size=2).already_up  # idempotent
+    state = core.LabState.load()
+    assert state is not None
+    pg_pid = int(Path(state.pg_data, "postmaster.pid").read_text().split()[0])
+    pids = [pg_pid, *state.sshd_pids.values()]
+    for ns in state.namespaces:
+        pids.extend(core.namespace_pids(ns))
+    assert len(pids) >= 1 + 2 + 2  # postgres, 2 sshd, 2 apps
+    lab_dir = paths.lab_dir()
+
+    core.down()
+
+    assert not any(_alive(pid) for pid in pids)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "cfx8-" not in listed
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "cfx8" not in links
+    assert not lab_dir.exists()
+    assert not any(Path("/etc/netns", ns).exists() for ns in state.namespaces)
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", 54328)) != 0
+    assert core.down() == []  # nothing left to remove
+    # the suite's own lab is untouched
+    monkeypatch.setenv("CONNFIX_LAB_ID", "7")
+    assert core.status().up
+    assert os.path.isdir(lab.paths.lab_dir())
+
+
+def test_down_after_a_half_built_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab whose `up` failed midway is removed by `down` all the same."""
+    monkeypatch.setenv("CONNFIX_LAB_ID", "8")
+    core.down()
+    monkeypatch.setattr(core, "_start_postgres", _boom)
+    with pytest.raises(core.LabError, match="injected"):
+        core.up(hosts=1, max_connections=10, pool_size=1)
+    assert Path("/run/netns/cfx8-app1").exists()
+    removed = core.down()
+    assert "namespace cfx8-app1" in removed
+    assert not Path("/run/netns/cfx8-app1").exists()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "cfx8" not in links
+
+
+def _boom(*args: object) -> None:
+    raise core.LabError("injected failure")
+
+
+def test_prerequisites_name_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "SSHD", "/nonexistent/sshd")
+    with pytest.raises(core.LabError, match="apt-get install -y openssh-server"):
+        core.check_prerequisites()

@@ -1,0 +1,138 @@
+"""The database layer, against the lab's real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from connfix import pg
+from connfix.cli import cli
+from connfix.errors import DatabaseUnavailable
+from tests.conftest import Lab
+
+PG16_MESSAGES = [
+    (
+        "remaining connection slots are reserved for roles with privileges of the"
+        ' "pg_use_reserved_connections" role',
+        "reserved_slots",
+    ),
+    (
+        "remaining connection slots are reserved for roles with the SUPERUSER attribute",
+        "reserved_slots",
+    ),
+    (
+        "remaining connection slots are reserved for non-replication superuser connections",
+        "reserved_slots",
+    ),
+    ("sorry, too many clients already", "too_many_clients"),
+    ('too many connections for role "app"', "role_limit"),
+    ('too many connections for database "appdb"', "database_limit"),
+    ("remaining connection slots are reserved for rds_reserved", "reserved_slots"),
+    ('password authentication failed for user "app"', None),
+    ("could not connect to server: Connection refused", None),
+]
+
+
+@pytest.mark.parametrize(("message", "kind"), PG16_MESSAGES)
+def test_classify_refusal(message: str, kind: str | None) -> None:
+    assert pg.classify_refusal(message) == kind
+    assert pg.classify_refusal(f"connection failed: FATAL:  {message}") == kind
+
+
+def test_dsn_description_never_contains_the_password() -> None:
+    described = pg.describe_dsn("host=db1 port=5433 dbname=app user=u password=s3cret")
+    assert described == "u@db1:5433/app"
+
+
+def test_session_is_named_autocommit_with_statement_timeout(lab_env: Any) -> None:
+    with pg.open_session(lab_env.database) as session:
+        assert session.via == "primary"
+        assert session.info.role == "connfix"
+        assert session.info.max_connections == 20
+        assert session.info.superuser_reserved_connections == 3
+        assert session.conn.autocommit
+        row = session.conn.execute(
+            "SELECT application_name, current_setting('statement_timeout')"
+            " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        assert row == ("connfix", "5s")
+
+
+@pytest.fixture
+def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Fill every ordinary slot of the lab's server for real, with `app` sessions."""
+    fillers: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(30):
+            try:
+                fillers.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert "remaining connection slots are reserved" in str(exc)
+                break
+        else:
+            pytest.fail("the server never filled up")
+        yield fillers
+    finally:
+        for conn in fillers:
+            conn.close()
+
+
+def test_full_server_falls_back_to_the_admin_connection(
+    full_server: list[Any], lab_env: Any
+) -> None:
+    with pytest.raises(psycopg.OperationalError) as refused:
+        pg.connect(lab_env.database.dsn)
+    assert pg.classify_refusal(str(refused.value)) == "reserved_slots"
+    with pg.open_session(lab_env.database) as session:
+        assert session.via == "admin"
+        assert session.info.is_superuser
+        assert session.refusal is not None
+        assert "remaining connection slots are reserved" in session.refusal
+
+
+def test_full_server_without_admin_says_what_to_configure(
+    full_server: list[Any], lab_env: Any
+) -> None:
+    db = lab_env.database.model_copy(update={"admin_dsn": None, "admin_dsn_env": None})
+    with pytest.raises(DatabaseUnavailable) as caught:
+        pg.open_session(db)
+    message = str(caught.value)
+    assert caught.value.exit_status == 3
+    assert "only reserved connection slots are left" in message
+    assert "server said: remaining connection slots are reserved" in message
+    assert "admin_dsn_env" in message
+
+
+def test_inventory_check_on_a_full_server_says_it_used_the_admin_connection(
+    full_server: list[Any], lab: Lab
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["inventory", "check", "lab", "-i", str(lab.inventory)], terminal_width=200
+    )
+    assert "used the admin connection" in result.output, result.output
+    assert "via the admin connection" in result.output
+    assert result.exit_code == 0, result.output
+
+
+def test_admin_dsn_from_the_environment_wins(
+    full_server: list[Any], lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "CONNFIX_LAB_ADMIN_DSN",
+        lab_env.database.admin_dsn.replace("user=connfix_admin", "user=nosuchrole"),
+    )
+    with pytest.raises(DatabaseUnavailable, match="admin connection to nosuchrole@"):
+        pg.open_session(lab_env.database)
+
+
+def test_unreachable_database_is_exit_3(lab_env: Any, tmp_path: Path) -> None:
+    db = lab_env.database.model_copy(
+        update={"dsn": "host=127.0.0.1 port=1 dbname=x user=y", "connect_timeout": 1.0}
+    )
+    with pytest.raises(DatabaseUnavailable, match=r"cannot connect to y@127\.0\.0\.1:1/x"):
+        pg.open_session(db)

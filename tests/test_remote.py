@@ -1,0 +1,122 @@
+"""The SSH layer against the lab's real sshd: results per host, strict host keys."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connfix import remote
+from connfix.inventory import Host
+from tests.conftest import Lab
+
+
+def _remote(lab_env: Any, index: int = 0, **ssh: Any) -> remote.Remote:
+    return remote.Remote(lab_env.hosts[index], lab_env.ssh.model_copy(update=ssh))
+
+
+def test_run_returns_exit_code_output_and_duration(lab_env: Any) -> None:
+    conn = _remote(lab_env)
+    try:
+        ok = conn.run("echo hello; echo $CONNFIX_LAB_HOST")
+        assert ok.ok and ok.exit_code == 0
+        assert ok.stdout.split() == ["hello", "app1"]
+        assert ok.host == "app1" and ok.duration > 0
+        failed = conn.run("echo some output; echo oops >&2; exit 7")
+        assert not failed.ok and failed.exit_code == 7 and failed.error is None
+        assert "oops" in failed.output_tail and "some output" in failed.output_tail
+        assert "app1: `echo some output; echo oops >&2; exit 7` exited with status 7" in (
+            failed.describe()
+        )
+    finally:
+        conn.close()
+
+
+def test_command_timeout(lab_env: Any) -> None:
+    conn = _remote(lab_env)
+    try:
+        result = conn.run("sleep 5", timeout=1)
+        assert result.exit_code is None and result.error == "timed out after 1s"
+        assert result.duration < 4
+    finally:
+        conn.close()
+
+
+def test_output_tail_keeps_the_last_lines(lab_env: Any) -> None:
+    conn = _remote(lab_env)
+    try:
+        result = conn.run("seq 1 100; exit 1")
+        assert result.output_tail.splitlines() == [str(n) for n in range(91, 101)]
+    finally:
+        conn.close()
+
+
+def test_parallel_results_keep_host_order(lab_env: Any) -> None:
+    results = remote.parallel(
+        lab_env.hosts, lambda h: remote.Remote(h, lab_env.ssh).run("echo $CONNFIX_LAB_HOST")
+    )
+    assert [r.stdout.strip() for r in results] == ["app1", "app2", "app3"]
+
+
+def test_unknown_host_key_is_refused(lab_env: Any, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    conn = _remote(lab_env, known_hosts_file=str(empty))
+    with pytest.raises(remote.HostKeyRefused, match=r"is unknown .*ssh-keyscan"):
+        conn.open()
+    result = conn.run("true")
+    assert not result.ok and result.error is not None and "unknown" in result.error
+    assert empty.read_text() == ""  # never added silently
+
+
+def test_changed_host_key_is_refused(lab: Lab, lab_env: Any, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    keytype, blob = other.with_suffix(".pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{lab_env.hosts[0].ssh_address} {keytype} {blob}\n")
+    conn = _remote(lab_env, known_hosts_file=str(known))
+    with pytest.raises(remote.HostKeyRefused, match=r"has CHANGED.*ssh-keygen -R"):
+        conn.open()
+    assert known.read_text() == f"{lab_env.hosts[0].ssh_address} {keytype} {blob}\n"
+
+
+def test_unreachable_host_is_a_result_not_an_exception(lab_env: Any) -> None:
+    ghost = Host(name="ghost", ssh_address=lab_env.hosts[0].ssh_address.rsplit(".", 1)[0] + ".99")
+    conn = remote.Remote(ghost, lab_env.ssh.model_copy(update={"connect_timeout": 1.0}))
+    result = conn.run("true")
+    assert result.exit_code is None and not result.ok
+    assert result.error is not None and "ghost" not in result.error  # names the address
+    assert ghost.ssh_address in result.error
+
+
+def test_ssh_config_is_honoured(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User, identity and known_hosts from ~/.ssh/config when the inventory leaves them out."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    (home / ".ssh" / "config").write_text(
+        f"Host {lab_env.hosts[1].ssh_address}\n"
+        "  User root\n"
+        f"  IdentityFile {ssh_dir / 'id_ed25519'}\n"
+        f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    conn = remote.Remote(
+        lab_env.hosts[1],
+        lab_env.ssh.model_copy(
+            update={"user": None, "identity_file": None, "known_hosts_file": None}
+        ),
+    )
+    try:
+        assert conn.known_hosts == ssh_dir / "known_hosts"
+        result = conn.run("id -un")
+        assert result.ok, result.describe()
+        assert result.stdout.strip() == "root"
+    finally:
+        conn.close()
