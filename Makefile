@@ -1,0 +1,27 @@
+# One task runner; CI (.ci/run) calls `make test` unchanged.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup lint test demo clean-lab
+
+setup:
+	bash scripts/setup.sh
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+# The whole suite, lab tests included (needs root: namespaces, sshd, PostgreSQL).
+test: lint
+	$(BIN)/pytest
+
+# The main job on the lab: build it, make a host leak, check the environment.
+demo: setup
+	$(BIN)/connfix lab up
+	$(BIN)/connfix lab leak app2 --count 6
+	$(BIN)/connfix lab status
+	$(BIN)/connfix inventory check lab
+
+clean-lab:
+	$(BIN)/connfix lab down
