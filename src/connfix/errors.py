@@ -41,6 +41,10 @@ class DatabaseUnavailable(ConnfixError):
     exit_status = ExitStatus.UNREACHABLE
 
 
+class UnsupportedServer(ConnfixError):
+    """The server's version is older than connfix supports."""
+
+
 class HostUnreachable(ConnfixError):
     """An SSH host cannot be reached or authenticated."""
 

@@ -188,6 +188,10 @@ class Host(_Model):
                 f"not an IP address: {value!r} (the client_addr PostgreSQL sees)"
             ) from None
 
+    def pool_capacity(self, service: Service) -> int:
+        """Return how many connections this host may hold: pool size × workers."""
+        return (self.pool_size or service.pool_size) * service.workers
+
     @property
     def client_addr(self) -> str | None:
         """Return the address this host's sessions show in pg_stat_activity."""
@@ -206,6 +210,7 @@ class Thresholds(_Model):
     critical: float = Field(default=0.95, gt=0, le=1)
     buffer: int = Field(default=5, ge=0, le=10_000)
     idle_suspect_age: Duration = 600.0
+    idle_in_transaction_suspect_age: Duration = 60.0
 
     @model_validator(mode="after")
     def _order(self) -> Thresholds:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg.rows import class_row
 
-from connfix.errors import DatabaseUnavailable, InputError
+from connfix.errors import DatabaseUnavailable, InputError, UnsupportedServer
 
 if TYPE_CHECKING:
     from connfix.inventory import Database
@@ -78,10 +78,31 @@ def describe_dsn(dsn: str) -> str:
     return f"{user}@{host}:{port}/{db}"
 
 
+MIN_SERVER_VERSION = 120000
+
+
+def pick_variant(files: list[str], name: str, server_version_num: int | None) -> str:
+    """Choose the file for a query: <name>.pgNN.sql with the highest NN not above the
+    server's major version, else <name>.sql."""
+    if server_version_num is not None:
+        major = server_version_num // 10000
+        variants = []
+        for file in files:
+            middle = file.removeprefix(f"{name}.pg").removesuffix(".sql")
+            if file.startswith(f"{name}.pg") and file.endswith(".sql") and middle.isdigit():
+                variants.append((int(middle), file))
+        chosen = [file for version, file in sorted(variants) if version <= major]
+        if chosen:
+            return chosen[-1]
+    return f"{name}.sql"
+
+
 @cache
-def query(name: str) -> str:
-    """Return the text of queries/<name>.sql."""
-    return resources.files("connfix").joinpath("queries", f"{name}.sql").read_text("utf-8")
+def query(name: str, server_version_num: int | None = None) -> str:
+    """Return the SQL of a query for a server version (see pick_variant)."""
+    folder = resources.files("connfix").joinpath("queries")
+    files = [entry.name for entry in folder.iterdir()]
+    return folder.joinpath(pick_variant(files, name, server_version_num)).read_text("utf-8")
 
 
 @dataclass(frozen=True)
@@ -109,11 +130,17 @@ class Session:
         self.via = via  # "primary" or "admin"
         self.refusal = refusal  # the refusal that sent us to the admin connection
         self.info = self.one("server_info", ServerInfo)
+        if self.info.server_version_num < MIN_SERVER_VERSION:
+            self.close()
+            raise UnsupportedServer(
+                f"PostgreSQL {self.info.server_version} is not supported: connfix needs 12 or newer"
+            )
 
     def all(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> list[T]:
         """Run queries/<name>.sql and return its rows as `row` instances."""
         with self.conn.cursor(row_factory=class_row(row)) as cur:
-            cur.execute(query(name), params)
+            version = getattr(getattr(self, "info", None), "server_version_num", None)
+            cur.execute(query(name, version), params)
             return cur.fetchall()
 
     def one(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> T:

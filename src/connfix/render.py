@@ -12,6 +12,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from connfix.check import EnvironmentCheck
+    from connfix.diagnosis import Diagnosis
     from connfix.lab.lab import Status, UpResult
 
 
@@ -123,3 +124,123 @@ def lab_status(status: Status) -> None:
     out.print(table)
     for problem in status.problems:
         out.print(f"[red]problem:[/red] {escape(problem)}")
+
+
+_SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+
+
+def _age(seconds: float | None) -> str:
+    from connfix.units import format_duration
+
+    return "-" if seconds is None else format_duration(seconds)
+
+
+def _counts_table(title: str, counts: dict[str, int], lower_bound: bool) -> Table:
+    table = Table(title=title + (" (lower bounds)" if lower_bound else ""), title_justify="left")
+    table.add_column(title.split()[-1])
+    table.add_column("connections", justify="right")
+    for key, value in counts.items():
+        table.add_row(escape(key or "(none)"), str(value))
+    return table
+
+
+def diagnosis(d: Diagnosis) -> None:
+    """Print a diagnosis: header, by state, by host with suspects, idle transactions, pools."""
+    style = _SEVERITY_STYLE[d.severity]
+    out.print(
+        f"[bold]{escape(d.environment)}[/bold]: PostgreSQL {escape(d.server_version)},"
+        f" connected as {escape(d.connected_as)} via the {d.via} connection"
+    )
+    if d.refusal:
+        out.print(
+            f"[yellow]the database refused the ordinary connection[/yellow]"
+            f" ({escape(d.refusal)}); diagnosed through the admin connection"
+        )
+    out.print(
+        f"usable {d.usable_connections} (max_connections {d.max_connections}"
+        f" − superuser_reserved {d.superuser_reserved_connections}"
+        f" − reserved {d.reserved_connections})   used {d.client_backends}"
+        f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
+    )
+    for reason in d.severity_reasons:
+        out.print(f"  - {escape(reason)}")
+    lower = not d.visibility_complete
+    if lower:
+        out.print(
+            f"[yellow]visibility incomplete:[/yellow] {d.hidden_sessions} session(s) of other"
+            f" roles are hidden from {escape(d.connected_as)} (grant pg_read_all_stats);"
+            " they are counted, but their state and host are unknown: the per-state and"
+            " per-host counts are lower bounds"
+        )
+    out.print(_counts_table("by state", d.by_state, lower))
+    hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
+    for column in (
+        "host",
+        "address",
+        "conns",
+        "pool",
+        "idle",
+        "idle in tx",
+        "active",
+        "oldest idle",
+        "suspect",
+    ):
+        hosts.add_column(
+            column,
+            justify="left" if column in ("host", "address", "suspect") else "right",
+            overflow="fold",
+        )
+    for h in d.by_host:
+        hosts.add_row(
+            escape(h.host),
+            escape(h.client_addr or "-"),
+            str(h.count),
+            str(h.pool_size) if h.pool_size is not None else "-",
+            str(h.idle),
+            str(h.idle_in_transaction),
+            str(h.active),
+            _age(h.oldest_idle_seconds),
+            "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
+        )
+    out.print(hosts)
+    if d.idle_in_transaction:
+        iit = Table(title="oldest idle in transaction", title_justify="left")
+        for column in (
+            "pid",
+            "user",
+            "application",
+            "host",
+            "in transaction",
+            "idle",
+            "blocking",
+            "query",
+        ):
+            iit.add_column(column, overflow="fold")
+        for s in d.idle_in_transaction:
+            iit.add_row(
+                str(s.pid),
+                escape(s.usename or ""),
+                escape(s.application_name),
+                escape(s.host),
+                _age(s.xact_seconds),
+                _age(s.idle_seconds),
+                ", ".join(map(str, s.blocking)) or "-",
+                escape(s.query or ""),
+            )
+        out.print(iit)
+    if d.connection_limits:
+        limits = Table(title="CONNECTION LIMITs", title_justify="left")
+        for column in ("kind", "name", "used", "limit"):
+            limits.add_column(column)
+        for item in d.connection_limits:
+            limits.add_row(item.kind, escape(item.name), str(item.used), str(item.limit))
+        out.print(limits)
+    apps = ", ".join(f"{escape(k or '(none)')} {v}" for k, v in d.by_application.items())
+    users = ", ".join(f"{escape(k or '(hidden)')} {v}" for k, v in d.by_user.items())
+    out.print(f"by application: {apps or '-'}")
+    out.print(f"by user: {users or '-'}")
+    check = d.pool_check
+    mark = "[green]" if check.safe else "[red]"
+    out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
+    if d.suspects:
+        out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from connfix import __version__
+from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
 from connfix.errors import ConnfixError, ExitStatus
@@ -46,11 +47,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     Example:
       connfix inventory check prod
+      connfix diagnose prod --json
       connfix lab up && connfix lab leak app1 --count 6
     """
     ctx.obj = {"debug": debug}
 
 
+cli.add_command(diagnose)
 cli.add_command(inventory)
 cli.add_command(lab)
 

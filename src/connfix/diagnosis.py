@@ -1,0 +1,376 @@
+"""Diagnose: an exact, read-only picture of who holds the connections.
+
+`take_snapshot` reads the server once; `analyse` is pure arithmetic over those rows and
+the inventory, so it can be tested on its own and replayed from a journal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connfix.inventory import Environment
+    from connfix.pg import ServerInfo, Session
+
+HIDDEN_STATE = "unknown (insufficient privilege)"
+LOCAL = "(local socket)"
+HIDDEN = "(hidden)"
+NOT_IN_INVENTORY = "(not in inventory)"
+TOP_IDLE_IN_TRANSACTION = 5
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One client backend from pg_stat_activity."""
+
+    pid: int
+    usename: str | None
+    application_name: str
+    client_addr: str | None
+    datname: str | None
+    state: str | None
+    visible: bool
+    backend_start: datetime | None
+    state_change: datetime | None
+    idle_seconds: float | None
+    xact_seconds: float | None
+    wait_event_type: str | None
+    blocked_by: list[int] | None
+    query: str | None
+
+    @property
+    def idle_in_transaction(self) -> bool:
+        """Tell whether the session sits in an open transaction doing nothing."""
+        return bool(self.state and self.state.startswith("idle in transaction"))
+
+
+@dataclass(frozen=True)
+class ConnectionLimit:
+    """A role or database CONNECTION LIMIT and its use."""
+
+    kind: str
+    name: str
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """The connections one client address holds, attributed to an inventory host."""
+
+    host: str
+    client_addr: str | None
+    count: int
+    idle: int
+    idle_in_transaction: int
+    active: int
+    old_idle: int
+    oldest_idle_seconds: float | None
+    pool_size: int | None
+    suspect: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class IdleTransaction:
+    """A session idle in transaction, with whom it blocks."""
+
+    pid: int
+    usename: str | None
+    application_name: str
+    host: str
+    client_addr: str | None
+    state: str
+    xact_seconds: float | None
+    idle_seconds: float | None
+    blocking: list[int]
+    query: str | None
+
+
+@dataclass(frozen=True)
+class PoolCheck:
+    """servers × pool size against what the database can give, minus a buffer."""
+
+    servers: int
+    pool_size: int
+    workers: int
+    total: int
+    usable_connections: int
+    buffer: int
+    limit: int
+    safe: bool
+    recommended_pool_size: int
+
+    def sentence(self) -> str:
+        """Say the check the way an operator reads it."""
+        per = str(self.pool_size) + (f" × {self.workers} workers" if self.workers > 1 else "")
+        verdict = "safe" if self.safe else "NOT safe"
+        relation = "≤" if self.safe else ">"
+        text = (
+            f"{self.servers} servers × {per} = {self.total} {relation} {self.limit}"
+            f" ({self.usable_connections} usable − {self.buffer} buffer): {verdict}"
+        )
+        if not self.safe:
+            text += f"; pool size {self.recommended_pool_size} per server would fit"
+        return text
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Everything `connfix diagnose` reports; `to_json` is the stable interface."""
+
+    environment: str
+    taken_at: str
+    seconds: float
+    connected_as: str
+    via: str
+    refusal: str | None
+    server_version: str
+    server_version_num: int
+    max_connections: int
+    superuser_reserved_connections: int
+    reserved_connections: int
+    usable_connections: int
+    client_backends: int
+    utilization: float
+    severity: str
+    severity_reasons: list[str]
+    visibility_complete: bool
+    hidden_sessions: int
+    by_state: dict[str, int]
+    by_host: list[HostUsage]
+    by_application: dict[str, int]
+    by_user: dict[str, int]
+    by_database: dict[str, int]
+    idle_in_transaction: list[IdleTransaction]
+    connection_limits: list[ConnectionLimit]
+    pool_check: PoolCheck
+    suspects: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """Tell whether severity is ok."""
+        return self.severity == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the machine-readable form (see README: diagnose --json)."""
+        data = asdict(self)
+        data["utilization"] = round(self.utilization, 4)
+        return data
+
+
+def usable_connections(info: ServerInfo) -> int:
+    """Return the slots ordinary roles can use: max − superuser reserved − reserved."""
+    return max(
+        0,
+        info.max_connections - info.superuser_reserved_connections - info.reserved_connections,
+    )
+
+
+def pool_check(env: Environment, usable: int) -> PoolCheck:
+    """Check servers × pool size against the usable limit minus the buffer."""
+    servers = len(env.hosts)
+    workers = env.service.workers
+    total = sum(host.pool_capacity(env.service) for host in env.hosts)
+    buffer = env.thresholds.buffer
+    limit = max(0, usable - buffer)
+    recommended = limit // (servers * workers) if servers else 0
+    return PoolCheck(
+        servers=servers,
+        pool_size=env.service.pool_size,
+        workers=workers,
+        total=total,
+        usable_connections=usable,
+        buffer=buffer,
+        limit=limit,
+        safe=total <= limit,
+        recommended_pool_size=recommended,
+    )
+
+
+def _severity(
+    env: Environment, utilization: float, limits: list[ConnectionLimit]
+) -> tuple[str, list[str]]:
+    thresholds = env.thresholds
+    level, reasons = 0, []
+    if utilization >= thresholds.critical:
+        level = 2
+        reasons.append(f"utilization {utilization:.0%} ≥ critical {thresholds.critical:.0%}")
+    elif utilization >= thresholds.warning:
+        level = 1
+        reasons.append(f"utilization {utilization:.0%} ≥ warning {thresholds.warning:.0%}")
+    for item in limits:
+        if item.limit == 0 or item.used >= item.limit:
+            level = 2
+            reasons.append(
+                f"{item.kind} {item.name!r} is at its CONNECTION LIMIT ({item.used}/{item.limit})"
+            )
+        elif item.used >= thresholds.warning * item.limit:
+            level = max(level, 1)
+            reasons.append(
+                f"{item.kind} {item.name!r} is near its CONNECTION LIMIT ({item.used}/{item.limit})"
+            )
+    return ("ok", "warning", "critical")[level], reasons
+
+
+def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
+    by_addr = {host.client_addr: host for host in env.hosts if host.client_addr}
+    groups: dict[str | None, list[Backend]] = {}
+    for backend in backends:
+        key = backend.client_addr if backend.visible else HIDDEN
+        groups.setdefault(key, []).append(backend)
+    old_age = env.thresholds.idle_suspect_age
+    iit_age = env.thresholds.idle_in_transaction_suspect_age
+    usages = []
+    for known in env.hosts:  # every inventory host, also one holding nothing
+        if known.client_addr:
+            groups.setdefault(known.client_addr, [])
+    for addr, members in groups.items():
+        host = by_addr.get(addr) if addr not in (None, HIDDEN) else None
+        idle = [b for b in members if b.state == "idle"]
+        iit = [b for b in members if b.idle_in_transaction]
+        old_idle = [b for b in idle if (b.idle_seconds or 0) >= old_age]
+        stuck = [b for b in iit if (b.xact_seconds or 0) >= iit_age]
+        ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
+        pool = host.pool_capacity(env.service) if host else None
+        reasons = []
+        if pool is not None and len(members) > pool:
+            reasons.append(
+                f"holds {len(members)} connections, pool size {pool} (+{len(members) - pool})"
+            )
+            if old_idle:
+                reasons.append(f"{len(old_idle)} idle for over {old_age:.0f}s")
+        if host is not None and stuck:
+            reasons.append(f"{len(stuck)} idle in transaction for over {iit_age:.0f}s")
+        if host is not None:
+            name = host.name
+        elif addr == HIDDEN:
+            name = HIDDEN
+        elif addr is None:
+            name = LOCAL
+        else:
+            name = NOT_IN_INVENTORY
+        usages.append(
+            HostUsage(
+                host=name,
+                client_addr=None if addr == HIDDEN else addr,
+                count=len(members),
+                idle=len(idle),
+                idle_in_transaction=len(iit),
+                active=sum(1 for b in members if b.state == "active"),
+                old_idle=len(old_idle),
+                oldest_idle_seconds=max(ages) if ages else None,
+                pool_size=pool,
+                suspect=bool(reasons),
+                reasons=reasons,
+            )
+        )
+    # suspects first, most over their pool first; then by count
+    usages.sort(
+        key=lambda u: (not u.suspect, -(u.count - (u.pool_size or u.count)), -u.count, u.host)
+    )
+    return usages
+
+
+def analyse(
+    environment: str,
+    env: Environment,
+    info: ServerInfo,
+    backends: list[Backend],
+    limits: list[ConnectionLimit],
+    *,
+    via: str = "primary",
+    refusal: str | None = None,
+    seconds: float = 0.0,
+    taken_at: str | None = None,
+) -> Diagnosis:
+    """Turn one snapshot of pg_stat_activity into the diagnosis."""
+    usable = usable_connections(info)
+    count = len(backends)
+    utilization = count / usable if usable else 1.0
+    severity, reasons = _severity(env, utilization, limits)
+    hidden = sum(1 for b in backends if not b.visible)
+    states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in backends)
+    hosts = _hosts(env, backends)
+    host_of: dict[str | None, str] = {u.client_addr: u.host for u in hosts if u.client_addr}
+    blocking: dict[int, list[int]] = {}
+    for b in backends:
+        for blocker in b.blocked_by or []:
+            blocking.setdefault(blocker, []).append(b.pid)
+    iit = sorted(
+        (b for b in backends if b.idle_in_transaction), key=lambda b: -(b.xact_seconds or 0)
+    )
+    return Diagnosis(
+        environment=environment,
+        taken_at=taken_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=round(seconds, 4),
+        connected_as=info.role,
+        via=via,
+        refusal=refusal,
+        server_version=info.server_version,
+        server_version_num=info.server_version_num,
+        max_connections=info.max_connections,
+        superuser_reserved_connections=info.superuser_reserved_connections,
+        reserved_connections=info.reserved_connections,
+        usable_connections=usable,
+        client_backends=count,
+        utilization=utilization,
+        severity=severity,
+        severity_reasons=reasons,
+        visibility_complete=hidden == 0,
+        hidden_sessions=hidden,
+        by_state=dict(states.most_common()),
+        by_host=hosts,
+        by_application=dict(Counter(b.application_name for b in backends).most_common()),
+        by_user=dict(Counter(b.usename or "" for b in backends).most_common()),
+        by_database=dict(Counter(b.datname or "" for b in backends).most_common()),
+        idle_in_transaction=[
+            IdleTransaction(
+                pid=b.pid,
+                usename=b.usename,
+                application_name=b.application_name,
+                host=host_of.get(
+                    b.client_addr, LOCAL if b.client_addr is None else NOT_IN_INVENTORY
+                ),
+                client_addr=b.client_addr,
+                state=b.state or "",
+                xact_seconds=b.xact_seconds,
+                idle_seconds=b.idle_seconds,
+                blocking=sorted(blocking.get(b.pid, [])),
+                query=b.query,
+            )
+            for b in iit[:TOP_IDLE_IN_TRANSACTION]
+        ],
+        connection_limits=limits,
+        pool_check=pool_check(env, usable),
+        suspects=[u.host for u in hosts if u.suspect],
+    )
+
+
+def take_snapshot(session: Session, environment: str, env: Environment) -> Diagnosis:
+    """Read pg_stat_activity once (autocommit: a fresh snapshot) and analyse it."""
+    started = time.monotonic()
+    backends = session.all("activity", Backend)
+    limits = session.all("connection_limits", ConnectionLimit)
+    return analyse(
+        environment,
+        env,
+        session.info,
+        backends,
+        limits,
+        via=session.via,
+        refusal=session.refusal,
+        seconds=time.monotonic() - started,
+    )
+
+
+def diagnose(environment: str, env: Environment) -> Diagnosis:
+    """Connect (falling back to the admin connection when full) and diagnose once."""
+    from connfix import pg
+
+    with pg.open_session(env.database) as session:
+        return take_snapshot(session, environment, env)
