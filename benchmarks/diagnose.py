@@ -1,0 +1,87 @@
+"""Benchmark: `connfix diagnose lab --json` on a lab holding 1,000 client backends.
+
+Prints the median wall time of the whole connfix process next to psql running the same
+queries, their ratio, and the median of `connfix --help`. Needs root (it builds its own
+lab, number 5, and removes it at the end unless --keep).
+
+    .venv/bin/python benchmarks/diagnose.py [--runs 9] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ["CONNFIX_LAB_ID"] = "5"
+os.environ.pop("CONNFIX_LAB_DIR", None)
+
+from connfix import pg  # noqa: E402
+from connfix.lab import lab  # noqa: E402
+
+HOSTS, POOL, MAX_CONNECTIONS = 4, 250, 1100
+
+
+def connfix_bin() -> list[str]:
+    script = Path(sys.executable).with_name("connfix")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "connfix"]
+
+
+def timed(argv: list[str], runs: int, ok: tuple[int, ...] = (0,)) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
+        times.append(time.perf_counter() - started)
+        if proc.returncode not in ok:
+            sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    args = parser.parse_args()
+    lab.down()
+    started = time.perf_counter()
+    lab.up(hosts=HOSTS, max_connections=MAX_CONNECTIONS, pool_size=POOL)
+    print(f"lab up: {HOSTS} hosts × pool {POOL}, max_connections {MAX_CONNECTIONS}"
+          f" ({time.perf_counter() - started:.1f}s)")
+    try:
+        with pg.Session(pg.connect(lab.bootstrap_dsn()), "admin", None) as session:
+            count = session.conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchone()
+        print(f"client backends: {count[0] if count else '?'}")
+        queries = resources.files("connfix").joinpath("queries")
+        psql = ["psql", "-X", "-q", "-A", "-t", "-d", lab.dsn("connfix"),
+                "-f", str(queries / "activity.sql"), "-f", str(queries / "connection_limits.sql")]
+        connfix = [*connfix_bin(), "diagnose", "lab", "--json"]
+        rounds = {"connfix diagnose --json": [], "psql, same queries": [],
+                  "connfix --help": []}
+        # interleaved, so both see the same machine
+        for _ in range(args.runs):
+            rounds["connfix diagnose --json"] += timed(connfix, 1, ok=(0, 1))
+            rounds["psql, same queries"] += timed(psql, 1)
+            rounds["connfix --help"] += timed([*connfix_bin(), "--help"], 1)
+        medians = {name: statistics.median(values) for name, values in rounds.items()}
+        print(f"\nmedian of {args.runs} runs, interleaved:")
+        for name, value in medians.items():
+            print(f"  {name:26s} {value:6.3f} s")
+        ratio = medians["connfix diagnose --json"] / medians["psql, same queries"]
+        print(f"  ratio connfix / psql       {ratio:6.2f}×")
+        print("targets: diagnose < 0.600 s, --help < 0.250 s")
+    finally:
+        if not args.keep:
+            lab.down()
+
+
+if __name__ == "__main__":
+    main()
