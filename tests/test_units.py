@@ -27,7 +27,13 @@ def test_parse_refuses(bad: object) -> None:
 
 
 def test_format() -> None:
-    assert format_duration(0.42) == "0.4s"
+    assert format_duration(0.42) == "420ms"
+    assert format_duration(1.25) == "1.2s"
     assert format_duration(42) == "42s"
     assert format_duration(185) == "3m05s"
     assert format_duration(7800) == "2h10m"
+
+
+def test_format_whole_seconds_without_decimals() -> None:
+    assert format_duration(5) == "5s"
+    assert format_duration(5.0) == "5s"

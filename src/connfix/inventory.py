@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,14 @@ from pydantic import (
 
 from connfix.errors import InventoryError
 from connfix.units import parse_duration
-from connfix.yamlfile import Located, PathT, YamlError, format_path, load_file
+from connfix.yamlfile import (
+    Located,
+    PathT,
+    YamlError,
+    describe_at,
+    describe_validation,
+    load_file,
+)
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -274,18 +281,7 @@ class LoadedInventory:
 
 
 def _error_at(path: Path, located: Located, loc: PathT, message: str) -> InventoryError:
-    where = format_path(loc) or "(top level)"
-    return InventoryError(f"{path}:{located.line_of(loc)}: {where}: {message}")
-
-
-def _pydantic_message(error: Any) -> str:
-    kind = error.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown field (check the spelling; inventory.example.yaml lists every field)"
-    if kind == "missing":
-        return "required field is missing"
-    message = str(error.get("msg", "invalid"))
-    return message.removeprefix("Value error, ")
+    return InventoryError(describe_at(path, located, loc, message))
 
 
 def parse_inventory(path: Path, located: Located) -> Inventory:
@@ -297,14 +293,8 @@ def parse_inventory(path: Path, located: Located) -> Inventory:
     try:
         inventory = Inventory.model_validate(located.data)
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: located.line_of(tuple(e["loc"])))
-        messages = [
-            str(_error_at(path, located, tuple(e["loc"]), _pydantic_message(e))) for e in errors
-        ]
-        extra = f"\n({len(messages) - 1} more error(s) below)" if len(messages) > 1 else ""
-        raise InventoryError(
-            messages[0] + extra + "".join("\n" + m for m in messages[1:])
-        ) from None
+        hint = "check the spelling; inventory.example.yaml lists every field"
+        raise InventoryError(describe_validation(path, located, list(exc.errors()), hint)) from None
     for env_name, env in inventory.environments.items():
         if not _NAME.match(env_name):
             raise _error_at(

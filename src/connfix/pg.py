@@ -282,3 +282,41 @@ def execute_file(dsn: str, name: str, params: dict[str, Any]) -> None:
             lines = [ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")]
             if lines:
                 cur.execute("\n".join(lines), params)
+
+
+@dataclass(frozen=True)
+class LockAcquired:
+    """The answer of pg_try_advisory_lock."""
+
+    acquired: bool
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The session holding an environment's lock."""
+
+    pid: int
+    usename: str | None
+    client_addr: str | None
+    application_name: str
+    backend_start: Any
+    held_seconds: float | None
+
+
+def environment_lock_key(environment: str) -> dict[str, int]:
+    """Return the two int4 keys of an environment's advisory lock (both non-negative)."""
+    import zlib
+
+    return {
+        "key1": int.from_bytes(b"cnfx", "big"),
+        "key2": zlib.crc32(environment.encode()) & 0x7FFFFFFF,
+    }
+
+
+def try_environment_lock(session: Session, environment: str) -> LockHolder | None:
+    """Take the environment's lock for this session; return the holder if someone has it."""
+    key = environment_lock_key(environment)
+    if session.one("lock_try", LockAcquired, key).acquired:
+        return None
+    holders = session.all("lock_holder", LockHolder, key)
+    return holders[0] if holders else LockHolder(0, None, None, "", None, None)

@@ -11,9 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from connfix.actions.base import Plan
     from connfix.check import EnvironmentCheck
     from connfix.diagnosis import Diagnosis
+    from connfix.engine import TriageResult
     from connfix.lab.lab import Status, UpResult
+    from connfix.runbook import Runbook, Step
 
 
 def _width(stream: TextIO) -> int | None:
@@ -244,3 +249,81 @@ def diagnosis(d: Diagnosis) -> None:
     out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
     if d.suspects:
         out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def runbook(book: Runbook) -> None:
+    """Print a runbook as a readable plan."""
+    out.print(
+        f"[bold]{escape(book.name)}[/bold]  ({escape(book.source)}, sha256 {book.sha256[:12]})"
+    )
+    out.print(escape(book.summary))
+    out.print(f"healthy when: {escape(book.healthy)}  (escalation stops as soon as it holds)")
+    for index, step in enumerate(book.steps, start=1):
+        flags = []
+        if step.mutating:
+            flags.append("changes things")
+        if step.confirm:
+            flags.append("asks first")
+        flags.append(f"on failure: {step.on_failure}")
+        out.print(f"\n{index}. [bold]{escape(step.id)}[/bold] — {step.action} ({', '.join(flags)})")
+        if step.description:
+            out.print(f"   {escape(step.description)}")
+        if step.when:
+            out.print(f"   only when: {escape(step.when)}")
+        params = step.params.model_dump(exclude_none=True)
+        if params:
+            out.print("   " + escape(", ".join(f"{k}={v}" for k, v in params.items())))
+
+
+class RichUI:
+    """The engine's operator interface: progress and prompts on stderr, plans on stdout."""
+
+    def started(self, journal: Path, dry_run: bool) -> None:
+        if dry_run:
+            err.print("[bold yellow]DRY RUN[/bold yellow]: diagnosing for real, changing nothing")
+        err.print(f"journal: {escape(str(journal))}")
+
+    def diagnosis(self, d: Diagnosis) -> None:
+        for usage in d.by_host:
+            if usage.suspect:
+                err.print(f"  suspect {escape(usage.host)}: {escape('; '.join(usage.reasons))}")
+
+    def step(self, index: int, total: int, step: Step, status: str, detail: str) -> None:
+        colour = {
+            "ok": "green",
+            "failed": "red",
+            "skipped": "dim",
+            "planned": "yellow",
+            "running": "cyan",
+            "interrupted": "red",
+        }.get(status, "white")
+        err.print(
+            f"[{index}/{total}] {escape(step.id)} ({step.action}):"
+            f" [{colour}]{status}[/{colour}] — {escape(detail)}"
+        )
+
+    def plan(self, step: Step, plan: Plan, applied: bool) -> None:
+        head = "would" if not applied else "plan:"
+        out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
+        for op in plan.operations:
+            target = f" [{escape(op.target)}]" if op.target else ""
+            out.print(f"  - {escape(op.description)}{target}")
+            if op.command:
+                out.print(f"      {escape(op.command)}")
+
+    def confirm(self, question: str) -> bool:
+        from rich.prompt import Confirm
+
+        return Confirm.ask(escape(question), console=err, default=False)
+
+    def note(self, message: str) -> None:
+        err.print(escape(message))
+
+
+def triage_result(result: TriageResult) -> None:
+    """Print how a triage ended and where its record is."""
+    colour = "green" if result.exit_status == 0 else "red"
+    if result.dry_run:
+        out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
+    out.print(f"[{colour}]{result.status}[/{colour}]: {escape(result.message)}")
+    out.print(f"incident: {escape(str(result.incident_dir))}")

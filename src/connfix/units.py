@@ -30,8 +30,10 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """Render seconds compactly: 0.4s, 42s, 3m05s, 2h10m."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
     if seconds < 10:
-        return f"{seconds:.1f}s"
+        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
     whole = round(seconds)
     if whole < 60:
         return f"{whole}s"

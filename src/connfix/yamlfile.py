@@ -150,3 +150,33 @@ def _build(
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise YamlError(f"bad value: {exc}", line) from None
+
+
+def describe_at(path: Path, located: Located, loc: PathT, message: str) -> str:
+    """Return 'file:line: field.path: message'."""
+    where = format_path(loc) or "(top level)"
+    return f"{path}:{located.line_of(loc)}: {where}: {message}"
+
+
+def _validation_message(error: Any, unknown_hint: str) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown field ({unknown_hint})"
+    if kind == "missing":
+        return "required field is missing"
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def describe_validation(
+    path: Path, located: Located, errors: list[Any], unknown_hint: str, prefix: PathT = ()
+) -> str:
+    """Turn pydantic errors into one message, first error first, each with file:line."""
+    located_errors = sorted(errors, key=lambda e: located.line_of((*prefix, *tuple(e["loc"]))))
+    messages = [
+        describe_at(
+            path, located, (*prefix, *tuple(e["loc"])), _validation_message(e, unknown_hint)
+        )
+        for e in located_errors
+    ]
+    extra = f"\n({len(messages) - 1} more error(s) below)" if len(messages) > 1 else ""
+    return messages[0] + extra + "".join("\n" + m for m in messages[1:])

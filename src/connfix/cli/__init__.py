@@ -10,6 +10,8 @@ from connfix import __version__
 from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
+from connfix.cli.runbook_cmd import runbook
+from connfix.cli.triage_cmd import triage
 from connfix.errors import ConnfixError, ExitStatus
 
 
@@ -46,6 +48,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     \b
     Example:
+      connfix triage prod --dry-run
       connfix inventory check prod
       connfix diagnose prod --json
       connfix lab up && connfix lab leak app1 --count 6
@@ -53,8 +56,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+cli.add_command(triage)
 cli.add_command(diagnose)
 cli.add_command(inventory)
+cli.add_command(runbook)
 cli.add_command(lab)
 
 

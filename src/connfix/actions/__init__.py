@@ -1,0 +1,12 @@
+"""Runbook actions, one module each, registered by name."""
+
+from __future__ import annotations
+
+from connfix.actions.base import Action
+from connfix.actions.diagnose import DiagnoseAction
+from connfix.actions.verify import VerifyAction
+from connfix.actions.wait import WaitAction
+
+ACTIONS: dict[str, Action] = {
+    action.name: action for action in (DiagnoseAction(), VerifyAction(), WaitAction())
+}

@@ -1,0 +1,69 @@
+"""What an action is: it plans operations from the current state, then applies them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from connfix.engine import RunContext
+
+
+class Params(BaseModel):
+    """Parameters of an action, validated when the runbook is loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One thing a step would do: what, where, and the exact SQL or command."""
+
+    kind: str  # e.g. "sql", "ssh", "wait", "read"
+    description: str
+    target: str | None = None  # a host, a pid, the database
+    command: str | None = None  # the exact SQL or shell command
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The operations a step would carry out from the current state."""
+
+    summary: str
+    operations: list[Operation] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # for apply; not journaled
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a plan did."""
+
+    ok: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class Action:
+    """Base of every runbook action; subclasses are registered in actions.ACTIONS."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params_model: ClassVar[type[Params]] = Params
+    mutating: ClassVar[bool] = False  # changes something: confirmed, skipped in dry-run
+    runs_in_dry_run: ClassVar[bool] = True  # read-only and quick: applied in dry-run too
+
+    def expressions(self, params: Params) -> list[tuple[str, str]]:
+        """Return (field, expression) pairs in the params, for load-time checking."""
+        return []
+
+    def plan(self, ctx: RunContext, params: Params) -> Plan:
+        """Plan the operations from the current state; change nothing."""
+        raise NotImplementedError
+
+    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+        """Carry out a plan; record per-operation results through ctx."""
+        raise NotImplementedError

@@ -1,0 +1,88 @@
+"""`connfix triage`"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from connfix.cli.options import inventory_option
+
+
+def interactive() -> bool:
+    """Tell whether an operator can answer prompts (a terminal on stdin and stderr)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def incidents_base(flag: str | None, configured: str | None) -> Path:
+    """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
+    return Path(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
+
+
+@click.command()
+@click.argument("environment")
+@click.option(
+    "--runbook",
+    "runbook_ref",
+    metavar="NAME|PATH",
+    help="Runbook to run (default: too-many-connections).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Diagnose for real, print every step's plan, change nothing."
+)
+@click.option("--yes", "-y", is_flag=True, help="Apply steps without asking for confirmation.")
+@click.option(
+    "--incidents-dir",
+    metavar="DIR",
+    help="Where the incident directory goes (default: the inventory's"
+    " incidents_dir, $CONNFIX_INCIDENTS_DIR, ./incidents).",
+)
+@inventory_option
+def triage(
+    environment: str,
+    runbook_ref: str | None,
+    dry_run: bool,
+    yes: bool,
+    incidents_dir: str | None,
+    inventory_path: str | None,
+) -> None:
+    """Diagnose ENVIRONMENT, then escalate step by step while it is unhealthy.
+
+    Runs a runbook (default: too-many-connections). Every step first plans what it
+    would do from the current state; a step that changes something asks first (or
+    proceeds with --yes; without a terminal and without --yes the run stops before it).
+    Everything is recorded in incidents/<UTC time>-<env>/journal.jsonl. One run per
+    environment at a time (a PostgreSQL advisory lock).
+
+    Exit status: 0 healthy at the end, 1 still unhealthy / a step failed / declined /
+    another run holds the environment, 2 bad inventory, runbook or flags, 3 database
+    unreachable, 130 interrupted.
+
+    \b
+    Example:
+      connfix triage prod --dry-run
+      connfix triage prod
+      connfix triage lab --yes --runbook runbooks/too-many-connections.yaml
+    """
+    from connfix import render
+    from connfix.engine import TriageRequest, run_triage
+    from connfix.inventory import resolve_environment
+    from connfix.runbook import resolve_runbook
+
+    loaded, env = resolve_environment(inventory_path, environment)
+    runbook = resolve_runbook(runbook_ref)
+    request = TriageRequest(
+        environment=environment,
+        env=env,
+        runbook=runbook,
+        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
+        inventory_path=loaded.path,
+        dry_run=dry_run,
+        yes=yes,
+        interactive=interactive(),
+    )
+    result = run_triage(request, render.RichUI())
+    render.triage_result(result)
+    sys.exit(result.exit_status)

@@ -1,0 +1,442 @@
+"""The step loop: conditions, escalation, confirmation, plan → apply → record.
+
+The engine knows nothing of what an action does: each action plans operations from the
+current state and applies them; the engine decides whether to apply (dry-run,
+confirmation), records everything in the journal, and stops escalating as soon as the
+runbook's healthy condition holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connfix import __version__, expressions
+from connfix.actions import ACTIONS
+from connfix.actions.base import Outcome, Plan
+from connfix.errors import ConnfixError, ExitStatus
+from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
+
+if TYPE_CHECKING:
+    from connfix.diagnosis import Diagnosis
+    from connfix.inventory import Environment
+    from connfix.pg import Session
+    from connfix.runbook import Runbook, Step
+
+
+class UI(Protocol):
+    """What the engine tells the operator, and asks; implemented by the CLI."""
+
+    def started(self, journal: Path, dry_run: bool) -> None: ...
+    def diagnosis(self, d: Diagnosis) -> None: ...
+    def step(self, index: int, total: int, step: Step, status: str, detail: str) -> None: ...
+    def plan(self, step: Step, plan: Plan, applied: bool) -> None: ...
+    def confirm(self, question: str) -> bool: ...
+    def note(self, message: str) -> None: ...
+
+
+class Interrupt:
+    """Ctrl-C once: finish the current operation, then stop. Twice: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interrupt]:
+        """Handle SIGINT while the run lasts (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class RunContext:
+    """What actions see of a run: the environment, the session, the journal, the state."""
+
+    environment: str
+    env: Environment
+    runbook: Runbook
+    journal: Journal
+    session: Session
+    dry_run: bool
+    interrupt: Interrupt
+    latest: Diagnosis | None = None
+    step: Step | None = None
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append an event to the journal, tagged with the current step."""
+        if self.step is not None:
+            fields.setdefault("step", self.step.id)
+        self.journal.record(event, **fields)
+
+    def diagnose(self) -> Diagnosis:
+        """Take a fresh diagnosis, journal it, and make it the latest."""
+        from connfix.diagnosis import take_snapshot
+
+        self.latest = take_snapshot(self.session, self.environment, self.env)
+        self.record("diagnosis", diagnosis=self.latest.to_json())
+        return self.latest
+
+    def names(self, d: Diagnosis) -> dict[str, Any]:
+        """Return the names an expression sees for a diagnosis."""
+        return expressions.context(
+            d, [h.name for h in self.env.hosts], self.env.thresholds.model_dump()
+        )
+
+    def holds(self, condition: str, d: Diagnosis) -> bool:
+        """Evaluate a runbook expression over a diagnosis."""
+        return expressions.evaluate(condition, self.names(d))
+
+    def healthy(self) -> bool:
+        """Tell whether the runbook's healthy condition holds for the latest diagnosis."""
+        return self.latest is not None and self.holds(self.runbook.healthy, self.latest)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on Ctrl-C; return False if interrupted."""
+        deadline = time.monotonic() + seconds
+        while not self.interrupt.requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            time.sleep(min(0.1, remaining))
+        return False
+
+    @staticmethod
+    def describe(d: Diagnosis) -> str:
+        """Summarise a diagnosis in one line."""
+        text = (
+            f"{d.client_backends} of {d.usable_connections} usable"
+            f" ({d.utilization:.0%}), severity {d.severity}"
+        )
+        if d.suspects:
+            text += f", suspects: {', '.join(d.suspects)}"
+        return text
+
+
+@dataclass(frozen=True)
+class TriageRequest:
+    """Everything a triage run needs, validated before it starts."""
+
+    environment: str
+    env: Environment
+    runbook: Runbook
+    incidents_dir: Path
+    inventory_path: Path
+    dry_run: bool = False
+    yes: bool = False
+    interactive: bool = False
+
+
+@dataclass
+class TriageResult:
+    """How a run ended."""
+
+    status: str  # resolved, unhealthy, halted, declined, stopped, interrupted, unreachable,
+    # locked, error
+    exit_status: ExitStatus
+    incident_dir: Path
+    journal_path: Path
+    dry_run: bool
+    message: str
+    final: Diagnosis | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def operator() -> str:
+    """Return who runs connfix (the sudo caller when run through sudo)."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def secrets_of(env: Environment) -> list[str]:
+    """Return the secret values this environment's configuration points at."""
+    from connfix import pg
+
+    found = []
+    db = env.database
+    for var in (db.password_env, db.admin_password_env):
+        if var and os.environ.get(var):
+            found.append(os.environ[var])
+    if db.admin_dsn_env and os.environ.get(db.admin_dsn_env):
+        admin = os.environ[db.admin_dsn_env]
+        found.append(admin)
+        with contextlib.suppress(ValueError):
+            found.append(pg.parse_dsn(admin).get("password", ""))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return found
+
+
+def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
+    """Run a runbook against one environment; always leaves a complete journal."""
+    from connfix import pg
+
+    incident = new_incident_dir(request.incidents_dir, request.environment)
+    journal = Journal(incident, Redactor(secrets_of(request.env)))
+    runbook = request.runbook
+    journal.record(
+        "run_start",
+        environment=request.environment,
+        operator=operator(),
+        hostname=socket.gethostname(),
+        connfix_version=__version__,
+        runbook={
+            "name": runbook.name,
+            "source": runbook.source,
+            "sha256": runbook.sha256,
+            "healthy": runbook.healthy,
+            "steps": [s.id for s in runbook.steps],
+        },
+        inventory=str(request.inventory_path),
+        flags={"dry_run": request.dry_run, "yes": request.yes, "interactive": request.interactive},
+        pid=os.getpid(),
+    )
+    ui.started(journal.path, request.dry_run)
+
+    def finish(
+        status: str,
+        code: ExitStatus,
+        message: str,
+        ctx: RunContext | None = None,
+        steps: list[dict[str, Any]] | None = None,
+    ) -> TriageResult:
+        final = ctx.latest if ctx else None
+        with contextlib.suppress(JournalError):
+            journal.record(
+                "run_end",
+                status=status,
+                exit_status=int(code),
+                message=message,
+                dry_run=request.dry_run,
+                healthy=None if final is None else bool(ctx and ctx.healthy()),
+            )
+        journal.close()
+        return TriageResult(
+            status, code, incident, journal.path, request.dry_run, message, final, steps or []
+        )
+
+    interrupt = Interrupt()
+    try:
+        session = pg.open_session(request.env.database)
+    except ConnfixError as exc:
+        journal.record("error", phase="connect", message=str(exc))
+        return finish("unreachable", exc.exit_status, str(exc))
+    except KeyboardInterrupt:
+        return finish("interrupted", ExitStatus.INTERRUPTED, "interrupted while connecting")
+    with session, interrupt.installed():
+        info = session.info
+        journal.record(
+            "connected",
+            via=session.via,
+            refusal=session.refusal,
+            role=info.role,
+            is_superuser=info.is_superuser,
+            server_version=info.server_version,
+            server_version_num=info.server_version_num,
+        )
+        if session.refusal:
+            ui.note(
+                f"the database refused the ordinary connection ({session.refusal});"
+                " working through the admin connection"
+            )
+        if not request.dry_run:
+            holder = pg.try_environment_lock(session, request.environment)
+            if holder is not None:
+                who = (
+                    f"pid {holder.pid}, user {holder.usename}, from"
+                    f" {holder.client_addr or 'the local socket'}, application"
+                    f" {holder.application_name!r}"
+                )
+                if holder.held_seconds is not None:
+                    who += f", connected {holder.held_seconds:.0f}s ago"
+                message = (
+                    f"another connfix run holds environment {request.environment!r}"
+                    f" ({who}); refusing to run at the same time"
+                )
+                journal.record("lock_refused", holder=holder)
+                return finish("locked", ExitStatus.UNHEALTHY, message)
+            journal.record("lock_acquired", key=pg.environment_lock_key(request.environment))
+        ctx = RunContext(
+            request.environment, request.env, runbook, journal, session, request.dry_run, interrupt
+        )
+        try:
+            return _walk(request, ctx, ui, finish)
+        except JournalError as exc:
+            journal.close()
+            return TriageResult(
+                "error",
+                ExitStatus.UNHEALTHY,
+                incident,
+                journal.path,
+                request.dry_run,
+                f"{exc}; the run stopped",
+            )
+        except KeyboardInterrupt:
+            journal.record(
+                "interrupted",
+                step=ctx.step.id if ctx.step else None,
+                message="interrupted at once (Ctrl-C twice)",
+            )
+            return finish("interrupted", ExitStatus.INTERRUPTED, "interrupted", ctx)
+        except ConnfixError as exc:
+            journal.record("error", step=ctx.step.id if ctx.step else None, message=str(exc))
+            return finish("error", exc.exit_status, str(exc), ctx)
+
+
+def _walk(
+    request: TriageRequest, ctx: RunContext, ui: UI, finish: Callable[..., TriageResult]
+) -> TriageResult:
+    runbook = ctx.runbook
+    total = len(runbook.steps)
+    steps: list[dict[str, Any]] = []
+    for index, step in enumerate(runbook.steps, start=1):
+        ctx.step = step
+        action = ACTIONS[step.action]
+        if ctx.interrupt.requested:
+            ctx.record("interrupted", message="stopped before this step (Ctrl-C)")
+            return finish(
+                "interrupted",
+                ExitStatus.INTERRUPTED,
+                f"interrupted before step {step.id}",
+                ctx,
+                steps,
+            )
+        if index > 1 and ctx.healthy():
+            ctx.record(
+                "healthy",
+                condition=runbook.healthy,
+                message=f"{runbook.healthy} holds: escalation ends",
+            )
+            ui.note(f"healthy ({runbook.healthy}): no further steps")
+            break
+        if step.when is not None:
+            assert ctx.latest is not None  # the first step is a diagnose
+            try:
+                take = ctx.holds(step.when, ctx.latest)
+            except expressions.ExpressionError as exc:
+                ctx.record("step_end", ok=False, summary=str(exc))
+                ui.step(index, total, step, "failed", str(exc))
+                steps.append({"id": step.id, "status": "failed"})
+                if step.on_failure == "halt":
+                    return finish(
+                        "halted", ExitStatus.UNHEALTHY, f"step {step.id}: {exc}", ctx, steps
+                    )
+                continue
+            if not take:
+                ctx.record("step_skipped", condition=step.when, reason="condition is false")
+                ui.step(index, total, step, "skipped", f"when {step.when}: false")
+                steps.append({"id": step.id, "status": "skipped"})
+                continue
+        ctx.record(
+            "step_start", index=index, total=total, action=step.action, mutating=action.mutating
+        )
+        started = time.monotonic()
+        plan = action.plan(ctx, step.params)
+        ctx.record("plan", summary=plan.summary, operations=plan.operations, dry_run=ctx.dry_run)
+        apply = action.runs_in_dry_run or not ctx.dry_run
+        if ctx.dry_run and not apply:
+            ui.plan(step, plan, applied=False)
+            ctx.record(
+                "step_end",
+                ok=True,
+                dry_run=True,
+                applied=False,
+                summary=f"dry run: would {plan.summary}",
+            )
+            ui.step(index, total, step, "planned", plan.summary)
+            steps.append({"id": step.id, "status": "planned"})
+            continue
+        if step.confirm and not ctx.dry_run:
+            ui.plan(step, plan, applied=True)
+            if not request.yes:
+                if not request.interactive:
+                    message = (
+                        f"stopped before step {step.id}: it needs confirmation and"
+                        " there is no terminal; run again with --yes to apply it"
+                    )
+                    ctx.record("confirmation_needed", message=message)
+                    ui.note(message)
+                    return finish("stopped", ExitStatus.UNHEALTHY, message, ctx, steps)
+                question = f"Apply step {step.id} ({step.action}): {plan.summary}?"
+                answer = ui.confirm(question)
+                ctx.record("prompt", question=question, answer="yes" if answer else "no")
+                if not answer:
+                    message = f"the operator declined step {step.id}; stopping"
+                    ui.note(message)
+                    return finish("declined", ExitStatus.UNHEALTHY, message, ctx, steps)
+        ui.step(index, total, step, "running", plan.summary)
+        before = ctx.latest
+        outcome: Outcome = action.apply(ctx, step.params, plan)
+        seconds = time.monotonic() - started
+        ctx.record(
+            "step_end",
+            ok=outcome.ok,
+            summary=outcome.summary,
+            details=outcome.details,
+            interrupted=outcome.interrupted,
+            seconds=round(seconds, 3),
+        )
+        status = "ok" if outcome.ok else ("interrupted" if outcome.interrupted else "failed")
+        ui.step(index, total, step, status, outcome.summary)
+        steps.append({"id": step.id, "status": status})
+        if ctx.latest is not None and ctx.latest is not before:
+            ui.diagnosis(ctx.latest)
+        if outcome.interrupted:
+            return finish(
+                "interrupted",
+                ExitStatus.INTERRUPTED,
+                f"interrupted during step {step.id}",
+                ctx,
+                steps,
+            )
+        if not outcome.ok and step.on_failure == "halt":
+            return finish(
+                "halted",
+                ExitStatus.UNHEALTHY,
+                f"step {step.id} failed: {outcome.summary}",
+                ctx,
+                steps,
+            )
+    ctx.step = None
+    healthy = ctx.healthy()
+    if ctx.dry_run:
+        state = "healthy" if healthy else "unhealthy"
+        return finish(
+            "dry_run",
+            ExitStatus.OK if healthy else ExitStatus.UNHEALTHY,
+            f"dry run: nothing was changed; the environment is {state}",
+            ctx,
+            steps,
+        )
+    if healthy:
+        return finish("resolved", ExitStatus.OK, f"healthy: {runbook.healthy}", ctx, steps)
+    return finish(
+        "unhealthy",
+        ExitStatus.UNHEALTHY,
+        f"the runbook ran out of steps and {runbook.healthy} does not hold",
+        ctx,
+        steps,
+    )

@@ -1,0 +1,132 @@
+"""The incident journal: append-only JSON lines, flushed and fsynced as things happen.
+
+The journal is the source of truth for a run: the report is rendered from it alone. No
+secret may enter it: every line passes through the redactor before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from connfix.errors import ConnfixError
+
+JOURNAL = "journal.jsonl"
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_PASSWORD_URI = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+class JournalError(ConnfixError):
+    """The journal cannot be created or written: the run stops before any change."""
+
+
+def utc_now() -> str:
+    """Return the current UTC time as ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Redactor:
+    """Remove known secrets and anything that looks like a password from text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+            escaped = json.dumps(secret)[1:-1]
+            if escaped != secret:
+                text = text.replace(escaped, "***")
+        text = _PASSWORD_KV.sub(r"\1***", text)
+        return _PASSWORD_URI.sub(r"\1***\3", text)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return str(value)
+
+
+def new_incident_dir(base: Path, environment: str) -> Path:
+    """Create incidents/<UTC timestamp>-<env>/ (mode 0700), never reusing one."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 100):
+            suffix = "" if attempt == 1 else f"-{attempt}"
+            path = base / f"{stamp}-{environment}{suffix}"
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            return path
+    except OSError as exc:
+        raise JournalError(
+            f"cannot create an incident directory under {base}: {exc.strerror or exc};"
+            " nothing was changed (choose another place with --incidents-dir)"
+        ) from None
+    raise JournalError(f"cannot create an incident directory under {base}: too many runs")
+
+
+class Journal:
+    """One incident's journal.jsonl, opened for appending with mode 0600."""
+
+    def __init__(self, directory: Path, redactor: Redactor | None = None) -> None:
+        self.directory = directory
+        self.path = directory / JOURNAL
+        self.redact = redactor or Redactor()
+        self.seq = 0
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the journal {self.path}: {exc.strerror or exc}; nothing was changed"
+            ) from None
+        self._fd: int | None = fd
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one event and make it durable before returning."""
+        if self._fd is None:
+            raise JournalError(f"the journal {self.path} is closed")
+        self.seq += 1
+        entry = {"ts": utc_now(), "seq": self.seq, "event": event, **fields}
+        line = self.redact(json.dumps(entry, default=_plain, ensure_ascii=False)) + "\n"
+        data = line.encode("utf-8")
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the journal {self.path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        return entry
+
+    def close(self) -> None:
+        """Close the file; later records fail."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the events of a journal; a last line cut mid-write is skipped."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # torn last write of a killed run
+            yield json.loads(line)

@@ -1,0 +1,207 @@
+"""Runbooks: ordered escalation steps in YAML, validated before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connfix import expressions
+from connfix.actions import ACTIONS
+from connfix.actions.base import Params
+from connfix.errors import RunbookError
+from connfix.yamlfile import Located, PathT, YamlError, describe_at, describe_validation, load_text
+
+DEFAULT_RUNBOOK = "too-many-connections"
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HINT = "fields of a runbook: version, name, summary, healthy, steps; of a step: id, action,"
+_HINT += " description, params, when, confirm, on_failure"
+
+
+class StepModel(BaseModel):
+    """A step as written in the file (params checked against the action afterwards)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_ID.pattern)
+    action: str
+    description: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = None
+    confirm: bool | None = None
+    on_failure: Literal["halt", "continue"] = "halt"
+
+
+class RunbookModel(BaseModel):
+    """A runbook as written in the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=100)
+    summary: str = Field(min_length=1)
+    healthy: str
+    steps: list[StepModel] = Field(min_length=1, max_length=100)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A validated step: its action resolved and its params typed."""
+
+    id: str
+    action: str
+    description: str | None
+    params: Params
+    when: str | None
+    confirm: bool
+    on_failure: str
+    line: int
+
+    @property
+    def mutating(self) -> bool:
+        """Tell whether the step's action changes anything."""
+        return ACTIONS[self.action].mutating
+
+
+@dataclass(frozen=True)
+class Runbook:
+    """A validated runbook with where it came from and its hash."""
+
+    name: str
+    summary: str
+    healthy: str
+    steps: list[Step]
+    source: str
+    sha256: str
+
+
+def _fail(path: Path, located: Located, loc: PathT, message: str) -> RunbookError:
+    return RunbookError(describe_at(path, located, loc, message))
+
+
+def parse_runbook(text: str, path: Path) -> Runbook:
+    """Validate a runbook's text; raise one RunbookError naming file, line and field."""
+    try:
+        located = load_text(text)
+    except YamlError as exc:
+        raise RunbookError(f"{path}:{exc.line}: {exc.message}") from None
+    if not isinstance(located.data, dict):
+        raise RunbookError(f"{path}:1: a runbook must be a mapping with name, healthy, steps")
+    try:
+        model = RunbookModel.model_validate(located.data)
+    except ValidationError as exc:
+        raise RunbookError(describe_validation(path, located, list(exc.errors()), _HINT)) from None
+    try:
+        expressions.check(model.healthy)
+    except expressions.ExpressionError as exc:
+        raise _fail(path, located, ("healthy",), str(exc)) from None
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(model.steps):
+        where: PathT = ("steps", index)
+        if raw.id in seen:
+            raise _fail(
+                path,
+                located,
+                (*where, "id"),
+                f"duplicate step id {raw.id!r} (also steps[{seen[raw.id]}])",
+            )
+        seen[raw.id] = index
+        action = ACTIONS.get(raw.action)
+        if action is None:
+            raise _fail(
+                path,
+                located,
+                (*where, "action"),
+                f"unknown action {raw.action!r}; actions: {', '.join(sorted(ACTIONS))}",
+            )
+        try:
+            params = action.params_model.model_validate(raw.params)
+        except ValidationError as exc:
+            raise RunbookError(
+                describe_validation(
+                    path,
+                    located,
+                    list(exc.errors()),
+                    f"action {raw.action} takes: {', '.join(action.params_model.model_fields)}"
+                    if action.params_model.model_fields
+                    else f"action {raw.action} takes none",
+                    prefix=(*where, "params"),
+                )
+            ) from None
+        checks = [("when", raw.when)] if raw.when is not None else []
+        checks += [(f"params.{name}", expr) for name, expr in action.expressions(params)]
+        for field_name, expression in checks:
+            try:
+                expressions.check(expression)
+            except expressions.ExpressionError as exc:
+                loc = (*where, *field_name.split("."))
+                raise _fail(path, located, loc, str(exc)) from None
+        steps.append(
+            Step(
+                id=raw.id,
+                action=raw.action,
+                description=raw.description,
+                params=params,
+                when=raw.when,
+                confirm=raw.confirm if raw.confirm is not None else action.mutating,
+                on_failure=raw.on_failure,
+                line=located.line_of(where),
+            )
+        )
+    if steps[0].action != "diagnose":
+        raise _fail(
+            path,
+            located,
+            ("steps", 0, "action"),
+            "the first step must be a diagnose: every later step plans from it",
+        )
+    return Runbook(
+        name=model.name,
+        summary=model.summary,
+        healthy=model.healthy,
+        steps=steps,
+        source=str(path),
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
+
+
+def load_runbook_file(path: Path) -> Runbook:
+    """Read and validate one runbook file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunbookError(f"{path}: no such runbook file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunbookError(f"{path}: cannot read the runbook: {exc}") from None
+    return parse_runbook(text, path)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".yaml", ".yml"))
+
+
+def resolve_runbook(ref: str | None) -> Runbook:
+    """Find a runbook by NAME (./runbooks/NAME.yaml, then the shipped one) or PATH."""
+    ref = ref or DEFAULT_RUNBOOK
+    if _looks_like_path(ref):
+        return load_runbook_file(Path(ref))
+    if not _ID.match(ref):
+        raise RunbookError(f"{ref!r} is neither a runbook name nor a path")
+    local = Path("runbooks") / f"{ref}.yaml"
+    if local.is_file():
+        return load_runbook_file(local)
+    shipped = resources.files("connfix").joinpath("runbooks", f"{ref}.yaml")
+    if shipped.is_file():
+        return parse_runbook(shipped.read_text("utf-8"), Path(f"<connfix>/runbooks/{ref}.yaml"))
+    known = sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in resources.files("connfix").joinpath("runbooks").iterdir()
+        if entry.name.endswith(".yaml")
+    )
+    raise RunbookError(f"no runbook named {ref!r} (./runbooks/ or shipped: {', '.join(known)})")
