@@ -66,7 +66,7 @@ BAD = [
         "unknown action",
         GOOD.replace("action: wait", "action: reboot"),
         9,
-        ["steps[1].action", "unknown action 'reboot'", "diagnose, verify, wait"],
+        ["steps[1].action", "unknown action 'reboot'", "actions: diagnose, "],
     ),
     (
         "duplicate id",

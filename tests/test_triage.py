@@ -113,7 +113,12 @@ def test_unhealthy_environment_walks_the_steps(clean_lab: Lab, tmp_path: Path) -
     assert evs[-1]["status"] == "halted"
     run_start = evs[0]
     assert run_start["runbook"]["name"] == "test" and len(run_start["runbook"]["sha256"]) == 64
-    assert run_start["flags"] == {"dry_run": False, "yes": True, "interactive": False}
+    assert run_start["flags"] == {
+        "dry_run": False,
+        "yes": True,
+        "interactive": False,
+        "command": False,
+    }
     assert run_start["operator"] and run_start["connfix_version"]
 
 

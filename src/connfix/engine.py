@@ -146,6 +146,9 @@ class TriageRequest:
     dry_run: bool = False
     yes: bool = False
     interactive: bool = False
+    # a single command (terminate, restart) rather than an escalation: every step runs,
+    # and "done" (exit 0) means every step succeeded, healthy or not
+    command: bool = False
 
 
 @dataclass
@@ -211,7 +214,12 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
             "steps": [s.id for s in runbook.steps],
         },
         inventory=str(request.inventory_path),
-        flags={"dry_run": request.dry_run, "yes": request.yes, "interactive": request.interactive},
+        flags={
+            "dry_run": request.dry_run,
+            "yes": request.yes,
+            "interactive": request.interactive,
+            "command": request.command,
+        },
         pid=os.getpid(),
     )
     ui.started(journal.path, request.dry_run)
@@ -324,7 +332,7 @@ def _walk(
                 ctx,
                 steps,
             )
-        if index > 1 and ctx.healthy():
+        if index > 1 and not request.command and ctx.healthy():
             ctx.record(
                 "healthy",
                 condition=runbook.healthy,
@@ -356,7 +364,8 @@ def _walk(
         started = time.monotonic()
         plan = action.plan(ctx, step.params)
         ctx.record("plan", summary=plan.summary, operations=plan.operations, dry_run=ctx.dry_run)
-        apply = action.runs_in_dry_run or not ctx.dry_run
+        # a dry run applies only what changes nothing and is quick (a diagnosis)
+        apply = not ctx.dry_run or (action.runs_in_dry_run and not action.mutating)
         if ctx.dry_run and not apply:
             ui.plan(step, plan, applied=False)
             ctx.record(
@@ -422,6 +431,10 @@ def _walk(
             )
     ctx.step = None
     healthy = ctx.healthy()
+    if request.command:
+        if ctx.dry_run:
+            return finish("dry_run", ExitStatus.OK, "dry run: nothing was changed", ctx, steps)
+        return finish("done", ExitStatus.OK, "done", ctx, steps)
     if ctx.dry_run:
         state = "healthy" if healthy else "unhealthy"
         return finish(

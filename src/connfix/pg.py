@@ -320,3 +320,60 @@ def try_environment_lock(session: Session, environment: str) -> LockHolder | Non
         return None
     holders = session.all("lock_holder", LockHolder, key)
     return holders[0] if holders else LockHolder(0, None, None, "", None, None)
+
+
+@dataclass(frozen=True)
+class Signalled:
+    """The answer of the terminate statement."""
+
+    pid: int
+    signalled: bool
+
+
+@dataclass(frozen=True)
+class SessionNow:
+    """A session's identity as it is now."""
+
+    pid: int
+    state: str | None
+    backend_start: Any
+    state_change: Any
+
+
+@dataclass(frozen=True)
+class _Pid:
+    pid: int
+
+
+def terminate_if_unchanged(session: Session, params: dict[str, Any]) -> tuple[str, str]:
+    """Signal one planned session to terminate if it is unchanged.
+
+    Return (result, detail): ("signalled", ""), ("skipped", why) or ("failed", error).
+    A permission error fails this pid only; the caller goes on with the next.
+    """
+    try:
+        rows = session.all("terminate", Signalled, params)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return "failed", f"permission denied: {str(exc).strip().splitlines()[0]}"
+    except psycopg.Error as exc:
+        return "failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    if rows:
+        if rows[0].signalled:
+            return "signalled", ""
+        return "failed", "pg_terminate_backend returned false (not a PostgreSQL backend?)"
+    now = session.all("session_now", SessionNow, {"pid": params["pid"]})
+    if not now:
+        return "skipped", "gone before it was signalled"
+    current = now[0]
+    if current.backend_start != params["backend_start"]:
+        return "skipped", "pid reused by a new session"
+    if current.state != params["state"]:
+        return "skipped", f"state changed to {current.state!r} since it was planned"
+    return "skipped", "it ran a statement since it was planned (state_change moved)"
+
+
+def alive(session: Session, pids: list[int]) -> set[int]:
+    """Return which of `pids` still have a backend."""
+    if not pids:
+        return set()
+    return {row.pid for row in session.all("backends_alive", _Pid, {"pids": pids})}

@@ -205,3 +205,41 @@ def resolve_runbook(ref: str | None) -> Runbook:
         if entry.name.endswith(".yaml")
     )
     raise RunbookError(f"no runbook named {ref!r} (./runbooks/ or shipped: {', '.join(known)})")
+
+
+def command_runbook(command: str, action: str, params: dict[str, Any]) -> Runbook:
+    """Build the two-step runbook a single command runs: diagnose, then `action`.
+
+    Flags are validated like runbook params; an error names the flag (exit 2).
+    """
+    import json
+
+    model = ACTIONS[action].params_model
+    try:
+        typed = model.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise RunbookError(f"connfix {command}: {problems}") from None
+    canonical = json.dumps(
+        {"command": command, "params": typed.model_dump()}, sort_keys=True, default=str
+    )
+    steps = [
+        Step(
+            "diagnose", "diagnose", None, ACTIONS["diagnose"].params_model(), None, False, "halt", 0
+        ),
+        Step(action, action, None, typed, None, ACTIONS[action].mutating, "halt", 0),
+    ]
+    return Runbook(
+        name=f"connfix {command}",
+        summary=f"the {command} command",
+        healthy="severity == 'ok'",
+        steps=steps,
+        source=f"connfix {command} (command line)",
+        sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+    )

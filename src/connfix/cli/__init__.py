@@ -11,6 +11,7 @@ from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
 from connfix.cli.runbook_cmd import runbook
+from connfix.cli.terminate_cmd import terminate
 from connfix.cli.triage_cmd import triage
 from connfix.errors import ConnfixError, ExitStatus
 
@@ -58,6 +59,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 cli.add_command(triage)
 cli.add_command(diagnose)
+cli.add_command(terminate)
 cli.add_command(inventory)
 cli.add_command(runbook)
 cli.add_command(lab)

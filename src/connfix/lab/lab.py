@@ -301,13 +301,23 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
     pidfile.unlink(missing_ok=True)
     _run(["ip", "netns", "exec", ns, SSHD, "-f", str(config), "-E", str(hdir / "sshd.log")])
     deadline = time.monotonic() + 10
-    while not pidfile.exists() and time.monotonic() < deadline:
+    pid = _read_pid(pidfile)
+    while pid is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    if not pidfile.exists():
+        pid = _read_pid(pidfile)  # sshd creates the file, then writes it
+    if pid is None:
         raise LabError(f"sshd of {name} did not start; see {hdir / 'sshd.log'}")
-    state.sshd_pids[name] = int(pidfile.read_text().strip())
+    state.sshd_pids[name] = pid
     state.save()
     _run(["ip", "netns", "exec", ns, str(wrapper), "start", UNIT])
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _package_root() -> Path:

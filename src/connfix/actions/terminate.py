@@ -1,0 +1,305 @@
+"""`terminate`: end idle sessions safely, one re-checked statement per pid.
+
+Never touched: non-client backends, connfix's own sessions, superusers, replication
+roles, protected users and applications, sessions connfix cannot see, and `active`
+sessions unless explicitly asked. A session that changed since it was planned is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+from connfix.actions.verify import _between
+from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.units import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from connfix.engine import RunContext
+
+STATES = {
+    "idle": "idle",
+    "idle_in_transaction": "idle in transaction",
+    "idle_in_transaction_aborted": "idle in transaction (aborted)",
+    "active": "active",
+    "fastpath": "fastpath function call",
+}
+StateName = Literal[
+    "idle", "idle_in_transaction", "idle_in_transaction_aborted", "active", "fastpath"
+]
+Age = Annotated[float, BeforeValidator(parse_duration), _between(0, 7 * 86400)]
+ExitTimeout = Annotated[float, BeforeValidator(parse_duration), _between(0.1, 300)]
+
+
+def _default_states() -> list[StateName]:
+    return ["idle_in_transaction"]
+
+
+class TerminateParams(Params):
+    """Which sessions to end, and how many at most."""
+
+    states: list[StateName] = Field(default_factory=_default_states, min_length=1)
+    older_than: Age = 300.0
+    max: int = Field(default=TERMINATE_MAX, ge=1, le=100_000)
+    max_fraction: float = Field(default=TERMINATE_MAX_FRACTION, gt=0, le=1)
+    until_free: int | None = Field(default=None, ge=1, le=100_000)
+    include_active: bool = False
+    hosts: list[str] = Field(default_factory=list)
+    only_suspects: bool = False
+    excess_only: bool = False
+    exit_timeout: ExitTimeout = 5.0
+
+    @model_validator(mode="after")
+    def _active_is_explicit(self) -> TerminateParams:
+        if ("active" in self.states or "fastpath" in self.states) and not self.include_active:
+            raise ValueError(
+                "terminating sessions that are running a statement needs"
+                " include_active: true (--include-active)"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A client backend as termination planning sees it."""
+
+    pid: int
+    usename: str | None
+    application_name: str
+    client_addr: str | None
+    datname: str | None
+    state: str | None
+    visible: bool
+    is_superuser: bool
+    is_replication: bool
+    backend_start: datetime | None
+    state_change: datetime | None
+    idle_seconds: float | None
+    xact_seconds: float | None
+    query: str | None
+
+
+def _exclusion(
+    c: Candidate, p: TerminateParams, ctx: RunContext, host: str | None, wanted_states: set[str]
+) -> str | None:
+    """Return why a session must not be terminated, or None."""
+    protected = ctx.env.protected
+    if not c.visible:
+        return "hidden (no pg_read_all_stats)"
+    if c.application_name == "connfix":
+        return "connfix"
+    if c.is_superuser:
+        return "superuser"
+    if c.is_replication:
+        return "replication role"
+    if c.usename in protected.users:
+        return "protected user"
+    if c.application_name in protected.applications:
+        return "protected application"
+    if c.state in ("active", "fastpath function call") and not p.include_active:
+        return "active"
+    if c.state not in wanted_states:
+        return f"state {c.state}"
+    if (c.idle_seconds or 0) < p.older_than:
+        return f"younger than {format_duration(p.older_than)}"
+    if p.hosts and host not in p.hosts:
+        return "other host"
+    if p.only_suspects and host not in (ctx.latest.suspects if ctx.latest else []):
+        return "host is not a suspect"
+    return None
+
+
+def _host_of(ctx: RunContext) -> dict[str | None, str]:
+    return {h.client_addr: h.name for h in ctx.env.hosts if h.client_addr}
+
+
+class TerminateAction(Action):
+    """Plan which idle sessions to end; end them one re-checked statement at a time."""
+
+    name = "terminate"
+    description = "terminate idle sessions, oldest first, capped, re-checked per pid"
+    params_model = TerminateParams
+    mutating = True
+
+    def plan(self, ctx: RunContext, params: Params) -> Plan:
+        assert isinstance(params, TerminateParams)
+        rows = ctx.session.all("terminate_candidates", Candidate)
+        host_of = _host_of(ctx)
+        wanted = {STATES[s] for s in params.states}
+        excluded: Counter[str] = Counter()
+        chosen: list[Candidate] = []
+        for c in rows:
+            reason = _exclusion(c, params, ctx, host_of.get(c.client_addr), wanted)
+            if reason:
+                excluded[reason] += 1
+            else:
+                chosen.append(c)
+        chosen.sort(key=lambda c: -(c.idle_seconds or 0))  # oldest idle first
+        limits = self._limits(ctx, params, len(rows))
+        if params.excess_only:
+            chosen = self._excess(ctx, chosen, rows, host_of)
+        cap = min(limits.values())
+        if len(chosen) > cap:
+            excluded[f"over the cap ({cap}: {self._binding(limits)})"] += len(chosen) - cap
+            chosen = chosen[:cap]
+        states = ", ".join(STATES[s] for s in params.states)
+        summary = (
+            f"terminate {len(chosen)} session(s) ({states}, idle over"
+            f" {format_duration(params.older_than)}), oldest first"
+        )
+        if excluded:
+            summary += "; left alone: " + ", ".join(
+                f"{n} {why}" for why, n in excluded.most_common()
+            )
+        operations = [
+            Operation(
+                kind="sql",
+                description=(
+                    f"terminate pid {c.pid}: {c.usename} / {c.application_name or '-'}"
+                    f" from {host_of.get(c.client_addr) or c.client_addr or 'socket'},"
+                    f" {c.state} for {format_duration(c.idle_seconds or 0)}"
+                ),
+                target=f"pid {c.pid}",
+                command=(
+                    f"SELECT pg_terminate_backend({c.pid}) FROM pg_stat_activity"
+                    f" WHERE pid = {c.pid} AND backend_start = '{c.backend_start}'"
+                    f" AND state = '{c.state}' AND state_change = '{c.state_change}'"
+                ),
+                details={
+                    "pid": c.pid,
+                    "usename": c.usename,
+                    "application_name": c.application_name,
+                    "client_addr": c.client_addr,
+                    "host": host_of.get(c.client_addr),
+                    "state": c.state,
+                    "idle_seconds": round(c.idle_seconds or 0, 3),
+                    "xact_seconds": c.xact_seconds,
+                    "query": c.query,
+                },
+            )
+            for c in chosen
+        ]
+        return Plan(
+            summary=summary,
+            operations=operations,
+            data={"candidates": chosen, "excluded": dict(excluded), "limits": limits},
+        )
+
+    @staticmethod
+    def _limits(ctx: RunContext, p: TerminateParams, client_backends: int) -> dict[str, int]:
+        limits = {
+            "max": p.max,
+            "max_fraction": max(1, math.floor(p.max_fraction * client_backends)),
+        }
+        if p.until_free is not None and ctx.latest is not None:
+            free = ctx.latest.usable_connections - ctx.latest.client_backends
+            limits["until_free"] = max(0, p.until_free - free)
+        return limits
+
+    @staticmethod
+    def _binding(limits: dict[str, int]) -> str:
+        name = min(limits, key=lambda k: limits[k])
+        return {
+            "max": "--max",
+            "max_fraction": "--max-fraction of client backends",
+            "until_free": "enough for --until-free",
+        }[name]
+
+    @staticmethod
+    def _excess(
+        ctx: RunContext,
+        chosen: list[Candidate],
+        rows: list[Candidate],
+        host_of: dict[str | None, str],
+    ) -> list[Candidate]:
+        """Per inventory host, keep only as many as it holds over its pool size."""
+        hosts = {h.name: h for h in ctx.env.hosts}
+        held = Counter(host_of.get(r.client_addr) for r in rows if r.visible)
+        taken: Counter[str | None] = Counter()
+        kept = []
+        for c in chosen:
+            name = host_of.get(c.client_addr)
+            if name is None:
+                continue
+            excess = held[name] - hosts[name].pool_capacity(ctx.env.service)
+            if taken[name] < excess:
+                taken[name] += 1
+                kept.append(c)
+        return kept
+
+    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+        from connfix import pg
+
+        assert isinstance(params, TerminateParams)
+        before = ctx.diagnose()  # the count right before, to measure what was freed
+        candidates: list[Candidate] = plan.data["candidates"]
+        signalled: dict[int, Operation] = {}
+        counts: Counter[str] = Counter()
+        interrupted = False
+        for op, c in zip(plan.operations, candidates, strict=True):
+            if ctx.interrupt.requested:
+                interrupted = True
+                ctx.record("operation", result="not attempted", reason="interrupted", **op.details)
+                counts["not attempted"] += 1
+                continue
+            result, detail = pg.terminate_if_unchanged(
+                ctx.session,
+                {
+                    "pid": c.pid,
+                    "backend_start": c.backend_start,
+                    "state": c.state,
+                    "state_change": c.state_change,
+                },
+            )
+            if result == "signalled":
+                signalled[c.pid] = op
+            else:
+                counts[result] += 1
+                ctx.record("operation", result=result, reason=detail, **op.details)
+        deadline = time.monotonic() + params.exit_timeout
+        remaining = pg.alive(ctx.session, list(signalled))
+        while remaining and time.monotonic() < deadline:
+            time.sleep(0.02)
+            remaining = pg.alive(ctx.session, list(remaining))
+        for pid, op in signalled.items():
+            if pid in remaining:
+                counts["failed"] += 1
+                ctx.record(
+                    "operation",
+                    result="failed",
+                    reason=f"signalled, still present after {format_duration(params.exit_timeout)}",
+                    **op.details,
+                )
+            else:
+                counts["terminated"] += 1
+                ctx.record("operation", result="terminated", reason="", **op.details)
+        after = ctx.diagnose()
+        freed = before.client_backends - after.client_backends
+        summary = (
+            f"terminated {counts['terminated']}, skipped {counts['skipped']},"
+            f" failed {counts['failed']}"
+        )
+        if counts["not attempted"]:
+            summary += f", not attempted {counts['not attempted']} (interrupted)"
+        summary += (
+            f"; {freed} slot(s) freed (client backends {before.client_backends}"
+            f" → {after.client_backends}, measured)"
+        )
+        return Outcome(
+            ok=counts["failed"] == 0 and not interrupted,
+            summary=summary,
+            details={
+                **{k: v for k, v in counts.items()},
+                "slots_freed": freed,
+                "client_backends_before": before.client_backends,
+                "client_backends_after": after.client_backends,
+            },
+            interrupted=interrupted,
+        )

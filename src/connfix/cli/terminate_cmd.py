@@ -1,0 +1,148 @@
+"""`connfix terminate`"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from connfix.cli.options import inventory_option
+from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+
+STATE_FLAGS = {
+    "idle": "idle",
+    "idle-in-transaction": "idle_in_transaction",
+    "idle-in-transaction-aborted": "idle_in_transaction_aborted",
+    "active": "active",
+    "fastpath": "fastpath",
+}
+
+
+@click.command()
+@click.argument("environment")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(list(STATE_FLAGS)),
+    help="States to terminate (repeatable; default: idle-in-transaction).",
+)
+@click.option(
+    "--older-than",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="Only sessions in that state for longer than this (state_change age).",
+)
+@click.option(
+    "--max",
+    "max_count",
+    type=int,
+    default=TERMINATE_MAX,
+    show_default=True,
+    help="At most this many sessions.",
+)
+@click.option(
+    "--max-fraction",
+    type=float,
+    default=TERMINATE_MAX_FRACTION,
+    show_default=True,
+    help="At most this fraction of all client backends.",
+)
+@click.option(
+    "--until-free", type=int, metavar="N", help="Only as many as needed to reach N free slots."
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Only sessions from this inventory host (repeatable).",
+)
+@click.option("--only-suspects", is_flag=True, help="Only sessions from leak suspects.")
+@click.option(
+    "--excess-only", is_flag=True, help="Per host, only the sessions it holds over its pool size."
+)
+@click.option(
+    "--include-active",
+    is_flag=True,
+    help="Allow terminating sessions running a statement (with --state active).",
+)
+@click.option("--dry-run", is_flag=True, help="Show the sessions it would end; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--incidents-dir", metavar="DIR", help="Where the incident directory goes.")
+@inventory_option
+def terminate(
+    environment: str,
+    states: tuple[str, ...],
+    older_than: str,
+    max_count: int,
+    max_fraction: float,
+    until_free: int | None,
+    hosts: tuple[str, ...],
+    only_suspects: bool,
+    excess_only: bool,
+    include_active: bool,
+    dry_run: bool,
+    yes: bool,
+    incidents_dir: str | None,
+    inventory_path: str | None,
+) -> None:
+    """Terminate idle sessions safely, oldest first.
+
+    Never touches connfix's own sessions, superusers, replication roles, the inventory's
+    protected users and applications, sessions it cannot see, or active sessions (unless
+    --state active --include-active). Each pid is ended by its own statement that
+    re-checks the pid, backend_start, state and state_change it was planned with: a
+    session that woke up or a reused pid is skipped. At most --max sessions and at most
+    --max-fraction of all client backends (default 0.5) per run. Slots freed are measured
+    by a fresh diagnosis. Journaled like a triage.
+
+    Exit status: 0 done, 1 a session could not be terminated, 2 bad flags or
+    inventory, 3 database unreachable.
+
+    \b
+    Example:
+      connfix terminate prod --state idle-in-transaction --older-than 1m --dry-run
+      connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
+    """
+    from connfix import render
+    from connfix.cli.triage_cmd import incidents_base, interactive
+    from connfix.engine import TriageRequest, run_triage
+    from connfix.inventory import resolve_environment
+    from connfix.runbook import command_runbook
+
+    loaded, env = resolve_environment(inventory_path, environment)
+    known = {h.name for h in env.hosts}
+    unknown = [h for h in hosts if h not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"no host {', '.join(unknown)} in environment"
+            f" {environment!r} (hosts: {', '.join(sorted(known))})",
+            param_hint="--host",
+        )
+    params = {
+        "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
+        "older_than": older_than,
+        "max": max_count,
+        "max_fraction": max_fraction,
+        "until_free": until_free,
+        "include_active": include_active,
+        "hosts": list(hosts),
+        "only_suspects": only_suspects,
+        "excess_only": excess_only,
+    }
+    request = TriageRequest(
+        environment=environment,
+        env=env,
+        runbook=command_runbook("terminate", "terminate", params),
+        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
+        inventory_path=loaded.path,
+        dry_run=dry_run,
+        yes=yes,
+        interactive=interactive(),
+        command=True,
+    )
+    result = run_triage(request, render.RichUI())
+    render.triage_result(result)
+    sys.exit(result.exit_status)

@@ -1,0 +1,354 @@
+"""Termination on the lab: every exclusion with a real session of that kind, the re-check,
+the caps, dry-run, and a permission failure that does not stop the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from connfix.cli import cli
+from connfix.engine import TriageRequest, run_triage
+from connfix.inventory import load_inventory
+from connfix.journal import read_journal
+from connfix.runbook import command_runbook
+from tests.conftest import Lab, retry
+
+
+class Sessions:
+    """Real sessions opened by a test, closed at the end."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.conns: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+
+    def open(self, app: str = "victim", dsn: str | None = None) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(dsn or self.lab.app_dsn(), autocommit=True, application_name=app)
+        conn.execute("SELECT 1")
+        self.conns.append(conn)
+        return conn
+
+    def sleeping(self, seconds: float = 30) -> psycopg.Connection[Any]:
+        conn = self.open("sleeper")
+        thread = threading.Thread(target=_sleep, args=(conn, seconds), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        pid = conn.info.backend_pid
+        retry(
+            lambda: any(
+                b["pid"] == pid and b["state"] == "active" for b in self.lab.client_backends()
+            )
+        )
+        return conn
+
+    def alive(self) -> set[int]:
+        return {b["pid"] for b in self.lab.client_backends()}
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel()
+            conn.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def _sleep(conn: psycopg.Connection[Any], seconds: float) -> None:
+    # terminated or cancelled: that is what some tests do to it
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("SELECT pg_sleep(%s)", (seconds,))
+
+
+@pytest.fixture
+def sessions(clean_lab: Lab) -> Iterator[Sessions]:
+    made = Sessions(clean_lab)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def inventory(clean_lab: Lab, tmp_path: Path) -> Path:
+    """The lab inventory, with the apps' pools and pg_dump protected."""
+
+    def change(env: dict[str, Any]) -> None:
+        env["protected"] = {"users": ["backup"], "applications": ["labapp", "pg_dump"]}
+
+    return clean_lab.inventory_with(tmp_path, change)
+
+
+def terminate(inventory: Path, tmp_path: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli,
+        [
+            "terminate",
+            "lab",
+            "-i",
+            str(inventory),
+            "--yes",
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+            *args,
+        ],
+    )
+
+
+def operations(tmp_path: Path) -> dict[int, dict[str, Any]]:
+    (journal,) = (tmp_path / "incidents").glob("*/journal.jsonl")
+    return {e["pid"]: e for e in read_journal(journal) if e["event"] == "operation"}
+
+
+@pytest.fixture
+def roles(lab: Lab) -> Iterator[None]:
+    with lab.superuser() as conn:
+        for role in ("backup", "repl", "batch", "signaller"):
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute("CREATE ROLE backup LOGIN")
+        conn.execute("CREATE ROLE repl LOGIN REPLICATION")
+        conn.execute("CREATE ROLE batch LOGIN")
+        conn.execute("CREATE ROLE signaller LOGIN")
+        conn.execute("GRANT pg_signal_backend, pg_read_all_stats TO signaller")
+    yield
+    with lab.superuser() as conn:
+        for role in ("backup", "repl", "batch", "signaller"):
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def socket_dsn(lab: Lab, user: str) -> str:
+    run = lab.paths.lab_dir() / "pg" / "run"
+    return f"host={run} port={lab.paths.pg_port()} dbname=appdb user={user}"
+
+
+def test_every_exclusion_with_a_real_session(
+    clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path, roles: None
+) -> None:
+    # the lab has 17 ordinary slots: 9 pools + 2 victims + 5 kept + connfix's own
+    victims = [sessions.open().info.backend_pid for _ in range(2)]
+    kept = {
+        "superuser": sessions.open("psql", clean_lab.core.bootstrap_dsn()),
+        "protected application": sessions.open("pg_dump"),
+        "protected user": sessions.open("backup-job", socket_dsn(clean_lab, "backup")),
+        "replication role": sessions.open("standby-tool", socket_dsn(clean_lab, "repl")),
+        "another connfix": sessions.open("connfix"),
+        "active": sessions.sleeping(),
+    }
+    pools = {b["pid"] for b in clean_lab.client_backends() if b["application_name"] == "labapp"}
+    result = terminate(
+        inventory, tmp_path, "--state", "idle", "--older-than", "0s", "--max-fraction", "1"
+    )
+    assert result.exit_code == 0, result.output
+    for reason in (
+        "1 superuser",
+        "10 protected application",
+        "1 protected user",
+        "1 replication role",
+        "1 connfix",
+        "1 active",
+    ):
+        assert reason in result.output, reason
+    ops = operations(tmp_path)
+    assert set(ops) == set(victims)
+    assert all(op["result"] == "terminated" for op in ops.values())
+    victim = ops[victims[0]]
+    assert (victim["usename"], victim["application_name"], victim["state"]) == (
+        "app",
+        "victim",
+        "idle",
+    )
+    assert victim["client_addr"] == clean_lab.paths.db_address()
+    assert victim["idle_seconds"] >= 0
+    alive = sessions.alive()
+    assert not set(victims) & alive
+    for name, conn in kept.items():
+        assert conn.info.backend_pid in alive, name
+    assert pools <= alive
+    assert "2 slot(s) freed" in result.output
+
+
+def test_active_sessions_only_with_include_active(
+    clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path
+) -> None:
+    refused = terminate(inventory, tmp_path, "--state", "active", "--older-than", "0s")
+    assert refused.exit_code == 2
+    assert "needs include_active: true (--include-active)" in refused.output
+    sleeper = sessions.sleeping().info.backend_pid
+    result = terminate(
+        inventory, tmp_path, "--state", "active", "--include-active", "--older-than", "0s"
+    )
+    assert result.exit_code == 0, result.output
+    assert operations(tmp_path)[sleeper]["result"] == "terminated"
+    retry(lambda: sleeper not in sessions.alive())
+
+
+class HookUI:
+    """A UI that runs `hook` at the confirmation prompt (between plan and apply)."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook = hook
+
+    def started(self, *args: Any) -> None: ...
+    def diagnosis(self, *args: Any) -> None: ...
+    def step(self, *args: Any) -> None: ...
+    def plan(self, *args: Any, **kwargs: Any) -> None: ...
+    def note(self, *args: Any) -> None: ...
+
+    def confirm(self, question: str) -> bool:
+        self.hook()
+        return True
+
+
+def run_with_hook(inventory: Path, tmp_path: Path, hook: Callable[[], None], **params: Any) -> Any:
+    env = load_inventory(inventory).environment("lab")
+    book = command_runbook("terminate", "terminate", {"older_than": "0s", **params})
+    request = TriageRequest(
+        "lab", env, book, tmp_path / "incidents", inventory, interactive=True, command=True
+    )
+    return run_triage(request, HookUI(hook))
+
+
+def test_a_session_that_changed_after_planning_is_skipped(
+    sessions: Sessions, inventory: Path, tmp_path: Path
+) -> None:
+    conns = [sessions.open() for _ in range(4)]
+    woke, busy = conns[0], conns[1]
+
+    def between_plan_and_apply() -> None:
+        woke.execute("SELECT 1")  # still idle, but state_change moved
+        thread = threading.Thread(target=_sleep, args=(busy, 3), daemon=True)
+        thread.start()
+        sessions.threads.append(thread)
+        pid = busy.info.backend_pid
+        retry(
+            lambda: any(
+                b["pid"] == pid and b["state"] == "active" for b in sessions.lab.client_backends()
+            )
+        )
+
+    result = run_with_hook(
+        inventory, tmp_path, between_plan_and_apply, states=["idle"], max_fraction=1
+    )
+    ops = operations(tmp_path)
+    assert ops[woke.info.backend_pid]["result"] == "skipped"
+    assert "state_change moved" in ops[woke.info.backend_pid]["reason"]
+    assert ops[busy.info.backend_pid]["result"] == "skipped"
+    assert "state changed to 'active'" in ops[busy.info.backend_pid]["reason"]
+    assert [ops[c.info.backend_pid]["result"] for c in conns[2:]] == ["terminated"] * 2
+    alive = sessions.alive()
+    assert woke.info.backend_pid in alive and busy.info.backend_pid in alive
+    assert result.exit_status == 0
+
+
+def test_caps_take_the_oldest_first(sessions: Sessions, inventory: Path, tmp_path: Path) -> None:
+    pids = []
+    for _ in range(6):
+        pids.append(sessions.open().info.backend_pid)
+        time.sleep(0.05)  # distinct idle ages: the first opened is the oldest
+    result = terminate(inventory, tmp_path, "--state", "idle", "--older-than", "0s", "--max", "2")
+    assert result.exit_code == 0
+    assert "4 over the cap (2: --max)" in result.output
+    assert sorted(operations(tmp_path)) == sorted(pids[:2])
+    alive = sessions.alive()
+    assert not set(pids[:2]) & alive and set(pids[2:]) <= alive
+
+
+def test_fraction_cap(clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path) -> None:
+    for _ in range(5):
+        sessions.open()
+    total = len(clean_lab.client_backends())  # 9 pool + 5 victims = 14
+    result = terminate(
+        inventory, tmp_path, "--state", "idle", "--older-than", "0s", "--max-fraction", "0.2"
+    )
+    assert result.exit_code == 0
+    expected = int(0.2 * total)  # 2
+    assert len(operations(tmp_path)) == expected
+    assert f"over the cap ({expected}: --max-fraction of client backends)" in result.output
+
+
+def test_until_free_terminates_only_what_is_needed(
+    clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path
+) -> None:
+    for _ in range(5):
+        sessions.open()
+    free = 17 - len(clean_lab.client_backends())  # 17 usable − 14 = 3
+    result = terminate(
+        inventory,
+        tmp_path,
+        "--state",
+        "idle",
+        "--older-than",
+        "0s",
+        "--max-fraction",
+        "1",
+        "--until-free",
+        str(free + 2),
+    )
+    assert result.exit_code == 0
+    assert len(operations(tmp_path)) == 2
+
+
+def test_dry_run_changes_nothing(
+    clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path
+) -> None:
+    pids = {sessions.open().info.backend_pid for _ in range(3)}
+    before = sessions.alive()
+    result = terminate(inventory, tmp_path, "--state", "idle", "--older-than", "0s", "--dry-run")
+    assert result.exit_code == 0
+    for pid in pids:
+        assert f"terminate pid {pid}: app / victim" in result.output
+        assert f"SELECT pg_terminate_backend({pid}) FROM pg_stat_activity WHERE pid = {pid}" in (
+            result.output
+        )
+    assert operations(tmp_path) == {}
+    time.sleep(0.2)
+    assert sessions.alive() == before
+
+
+def test_permission_failure_on_one_pid_does_not_stop_the_rest(
+    clean_lab: Lab, sessions: Sessions, inventory: Path, tmp_path: Path, roles: None
+) -> None:
+    victims = [sessions.open().info.backend_pid for _ in range(3)]
+    batch = sessions.open("nightly", socket_dsn(clean_lab, "batch")).info.backend_pid
+    signaller = tmp_path / "signaller.yaml"
+    signaller.write_text(
+        inventory.read_text().replace(
+            clean_lab.core.dsn("connfix"), socket_dsn(clean_lab, "signaller")
+        )
+    )
+
+    def promote() -> None:  # the role becomes a superuser after it was planned
+        with clean_lab.superuser() as conn:
+            conn.execute("ALTER ROLE batch SUPERUSER")
+
+    try:
+        result = run_with_hook(signaller, tmp_path, promote, states=["idle"], max_fraction=1)
+    finally:
+        with clean_lab.superuser() as conn:
+            conn.execute("ALTER ROLE batch NOSUPERUSER")
+    ops = operations(tmp_path)
+    assert ops[batch]["result"] == "failed"
+    assert "permission denied" in ops[batch]["reason"]
+    assert "superuser" in ops[batch]["reason"]
+    assert [ops[pid]["result"] for pid in victims] == ["terminated"] * 3
+    assert batch in sessions.alive()
+    assert result.exit_status == 1 and result.status == "halted"
+
+
+def test_default_runbook_terminates_idle_in_transaction_before_long_idle() -> None:
+    from connfix.runbook import resolve_runbook
+
+    steps = resolve_runbook(None).steps
+    ids = [s.id for s in steps]
+    iit, idle = ids.index("terminate-idle-in-transaction"), ids.index("terminate-leaked-idle")
+    assert iit < idle < ids.index("verify-after-terminate")
+    assert steps[iit].params.states == [
+        "idle_in_transaction",  # type: ignore[attr-defined]
+        "idle_in_transaction_aborted",
+    ]
+    assert steps[idle].confirm and steps[iit].confirm
