@@ -36,8 +36,7 @@ def timed(argv: list[str], runs: int, ok: tuple[int, ...] = (0,)) -> list[float]
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              check=False)
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         times.append(time.perf_counter() - started)
         if proc.returncode not in ok:
             sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
@@ -52,8 +51,10 @@ def main() -> None:
     lab.down()
     started = time.perf_counter()
     lab.up(hosts=HOSTS, max_connections=MAX_CONNECTIONS, pool_size=POOL)
-    print(f"lab up: {HOSTS} hosts × pool {POOL}, max_connections {MAX_CONNECTIONS}"
-          f" ({time.perf_counter() - started:.1f}s)")
+    print(
+        f"lab up: {HOSTS} hosts × pool {POOL}, max_connections {MAX_CONNECTIONS}"
+        f" ({time.perf_counter() - started:.1f}s)"
+    )
     try:
         with pg.Session(pg.connect(lab.bootstrap_dsn()), "admin", None) as session:
             count = session.conn.execute(
@@ -61,11 +62,21 @@ def main() -> None:
             ).fetchone()
         print(f"client backends: {count[0] if count else '?'}")
         queries = resources.files("connfix").joinpath("queries")
-        psql = ["psql", "-X", "-q", "-A", "-t", "-d", lab.dsn("connfix"),
-                "-f", str(queries / "activity.sql"), "-f", str(queries / "connection_limits.sql")]
+        psql = [
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-d",
+            lab.dsn("connfix"),
+            "-f",
+            str(queries / "activity.sql"),
+            "-f",
+            str(queries / "connection_limits.sql"),
+        ]
         connfix = [*connfix_bin(), "diagnose", "lab", "--json"]
-        rounds = {"connfix diagnose --json": [], "psql, same queries": [],
-                  "connfix --help": []}
+        rounds = {"connfix diagnose --json": [], "psql, same queries": [], "connfix --help": []}
         # interleaved, so both see the same machine
         for _ in range(args.runs):
             rounds["connfix diagnose --json"] += timed(connfix, 1, ok=(0, 1))

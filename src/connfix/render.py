@@ -131,6 +131,7 @@ def lab_status(status: Status) -> None:
         out.print(f"[red]problem:[/red] {escape(problem)}")
 
 
+PLAN_LINES = 25
 _SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
 
 
@@ -305,11 +306,17 @@ class RichUI:
     def plan(self, step: Step, plan: Plan, applied: bool) -> None:
         head = "would" if not applied else "plan:"
         out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
-        for op in plan.operations:
+        # a dry run shows every operation; a real run shows the first ones (the journal
+        # has them all), so a thousand pids do not bury the prompt
+        shown = plan.operations if not applied else plan.operations[:PLAN_LINES]
+        for op in shown:
             target = f" [{escape(op.target)}]" if op.target else ""
             out.print(f"  - {escape(op.description)}{target}")
             if op.command:
                 out.print(f"      {escape(op.command)}")
+        hidden = len(plan.operations) - len(shown)
+        if hidden:
+            out.print(f"  … and {hidden} more (every one is in the journal; --dry-run lists all)")
 
     def confirm(self, question: str) -> bool:
         from rich.prompt import Confirm

@@ -1,10 +1,10 @@
 -- Terminate one session, only if it is still the very session that was planned: same
 -- pid, same backend_start (pids are reused), same state and state_change (it has not
--- woken up since). No row: it changed, nothing was signalled. The signal is sent without
--- waiting; connfix then confirms the exits for all pids at once (see backends_alive).
+-- woken up since). No row: it changed, nothing was signalled. pg_stat_get_activity(pid)
+-- reads that one backend's entry, not all of them. The signal is sent without waiting;
+-- connfix then confirms the exits for all pids at once (see backends_alive).
 SELECT a.pid, pg_terminate_backend(a.pid) AS signalled
-FROM pg_stat_activity AS a
-WHERE a.pid = %(pid)s
-  AND a.backend_start = %(backend_start)s
+FROM pg_stat_get_activity(%(pid)s) AS a
+WHERE a.backend_start = %(backend_start)s
   AND a.state = %(state)s
   AND a.state_change = %(state_change)s
