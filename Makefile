@@ -8,8 +8,8 @@ setup:
 	bash scripts/setup.sh
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 # The whole suite, lab tests included (needs root: namespaces, sshd, PostgreSQL).

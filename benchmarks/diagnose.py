@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ["CONNFIX_LAB_ID"] = "5"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 
-from connfix import pg  # noqa: E402
-from connfix.lab import lab  # noqa: E402
+from connfix import pg
+from connfix.lab import lab
 
 HOSTS, POOL, MAX_CONNECTIONS = 4, 250, 1100
 

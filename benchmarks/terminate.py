@@ -26,9 +26,9 @@ from typing import Any
 os.environ["CONNFIX_LAB_ID"] = "5"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 
-import psycopg  # noqa: E402
+import psycopg
 
-from connfix.lab import lab  # noqa: E402
+from connfix.lab import lab
 
 APP = "bench-idle"
 
