@@ -20,6 +20,7 @@ os.environ.pop("CONNFIX_INVENTORY", None)
 LAB_HOSTS = 3
 LAB_MAX_CONNECTIONS = 20
 LAB_POOL_SIZE = 3
+FAULTS = ("fail-start", "unhealthy", "leak-on-start")
 
 
 def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
@@ -63,17 +64,41 @@ class Lab:
     def app_dsn(self) -> str:
         return self.core.dsn("app")
 
-    def restart_app(self, index: int) -> None:
-        """Restart one host's app the way its own systemctl would, and wait for health."""
+    def systemctl(self, index: int, verb: str) -> None:
+        """Run the host's own systemctl stand-in inside its namespace."""
         ns = self.paths.namespace(index)
         wrapper = self.paths.host_dir(self.paths.host_name(index)) / "bin" / "systemctl"
-        self.core._run(["ip", "netns", "exec", ns, str(wrapper), "restart", "labapp.service"])
+        self.core._run(["ip", "netns", "exec", ns, str(wrapper), verb, "labapp.service"])
+
+    def restart_app(self, index: int) -> None:
+        """Restart one host's app the way its own systemctl would, and wait for health."""
+        self.systemctl(index, "restart")
         retry(lambda: _healthy(self.core, index))
 
+    def main_pids(self) -> dict[str, int]:
+        """Each host's app pid, from the app itself."""
+        return {
+            self.paths.host_name(i): self.core.app_request(i, "/status")["pid"]
+            for i in range(1, LAB_HOSTS + 1)
+        }
+
+    def fault(self, host: str, name: str, content: str = "") -> None:
+        """Inject a lab fault file (fail-start, unhealthy, leak-on-start) on a host."""
+        (self.paths.host_dir(host) / name).write_text(content)
+
     def reset(self) -> None:
-        """Bring every app back to its plain pool (no leaks)."""
+        """Bring every host back: no fault files, sshd up, app running, no leaks."""
         for index in range(1, LAB_HOSTS + 1):
-            status = self.core.app_request(index, "/status")
+            name = self.paths.host_name(index)
+            for fault in FAULTS:
+                (self.paths.host_dir(name) / fault).unlink(missing_ok=True)
+            self.core.sshd(name, "start")
+            try:
+                status = self.core.app_request(index, "/status")
+            except Exception:
+                self.systemctl(index, "start")
+                retry(lambda i=index: _healthy(self.core, i))  # type: ignore[misc]
+                continue
             if status["leaked"]:
                 self.restart_app(index)
 
@@ -102,7 +127,12 @@ def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (network namespaces, sshd)")
     core.down()  # leftovers of an aborted earlier run
-    core.up(hosts=LAB_HOSTS, max_connections=LAB_MAX_CONNECTIONS, pool_size=LAB_POOL_SIZE)
+    core.up(
+        hosts=LAB_HOSTS,
+        max_connections=LAB_MAX_CONNECTIONS,
+        pool_size=LAB_POOL_SIZE,
+        boot_seconds=0.2,
+    )
     handle = Lab()
     yield handle
     core.down()

@@ -81,8 +81,16 @@ class RunContext:
     session: Session
     dry_run: bool
     interrupt: Interrupt
+    ui: UI
     latest: Diagnosis | None = None
     step: Step | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
+    resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
+
+    def progress(self, message: str) -> None:
+        """Tell the operator how a long step is going (not journaled)."""
+        self.ui.note(message)
 
     def record(self, event: str, **fields: Any) -> None:
         """Append an event to the journal, tagged with the current step."""
@@ -149,6 +157,9 @@ class TriageRequest:
     # a single command (terminate, restart) rather than an escalation: every step runs,
     # and "done" (exit 0) means every step succeeded, healthy or not
     command: bool = False
+    # resuming an interrupted run: what its journal says is already done, per action
+    resumed_from: Path | None = None
+    resume_done: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +232,8 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
             "command": request.command,
         },
         pid=os.getpid(),
+        resumed_from=str(request.resumed_from) if request.resumed_from else None,
+        resume_done=request.resume_done,
     )
     ui.started(journal.path, request.dry_run)
 
@@ -288,7 +301,15 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
                 return finish("locked", ExitStatus.UNHEALTHY, message)
             journal.record("lock_acquired", key=pg.environment_lock_key(request.environment))
         ctx = RunContext(
-            request.environment, request.env, runbook, journal, session, request.dry_run, interrupt
+            request.environment,
+            request.env,
+            runbook,
+            journal,
+            session,
+            request.dry_run,
+            interrupt,
+            ui,
+            resume_done=dict(request.resume_done),
         )
         try:
             return _walk(request, ctx, ui, finish)
@@ -312,6 +333,10 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
         except ConnfixError as exc:
             journal.record("error", step=ctx.step.id if ctx.step else None, message=str(exc))
             return finish("error", exc.exit_status, str(exc), ctx)
+        finally:
+            for cleanup in ctx.cleanups:
+                with contextlib.suppress(Exception):
+                    cleanup()
 
 
 def _walk(
@@ -363,7 +388,26 @@ def _walk(
         )
         started = time.monotonic()
         plan = action.plan(ctx, step.params)
-        ctx.record("plan", summary=plan.summary, operations=plan.operations, dry_run=ctx.dry_run)
+        ctx.record(
+            "plan",
+            summary=plan.summary,
+            operations=plan.operations,
+            dry_run=ctx.dry_run,
+            details=plan.details,
+            blocked=plan.blocked,
+        )
+        if plan.blocked is not None:
+            ui.plan(step, plan, applied=False)
+            ctx.record("step_end", ok=False, applied=False, summary=plan.blocked)
+            ui.step(index, total, step, "refused", plan.blocked)
+            steps.append({"id": step.id, "status": "refused"})
+            return finish(
+                "halted",
+                ExitStatus(plan.blocked_exit_status),
+                f"step {step.id} refused: {plan.blocked}",
+                ctx,
+                steps,
+            )
         # a dry run applies only what changes nothing and is quick (a diagnosis)
         apply = not ctx.dry_run or (action.runs_in_dry_run and not action.mutating)
         if ctx.dry_run and not apply:
@@ -453,3 +497,30 @@ def _walk(
         ctx,
         steps,
     )
+
+
+def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list[str]]]:
+    """Read an earlier run's journal: what it finished, per action (hosts restarted)."""
+    from connfix.errors import InputError
+    from connfix.journal import JOURNAL, read_journal
+
+    journal = incident / JOURNAL if incident.is_dir() else incident
+    if not journal.is_file():
+        raise InputError(f"--resume {incident}: no journal there ({JOURNAL} not found)")
+    try:
+        events = list(read_journal(journal))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--resume {incident}: the journal cannot be read: {exc}") from None
+    start = next((e for e in events if e.get("event") == "run_start"), None)
+    if start is None or start.get("environment") != environment:
+        found = start.get("environment") if start else None
+        raise InputError(
+            f"--resume {incident}: that run was for environment {found!r}, not {environment!r}"
+        )
+    done: dict[str, list[str]] = {
+        "rolling_restart": list(start.get("resume_done", {}).get("rolling_restart", []))
+    }
+    for event in events:
+        if event.get("event") == "host_done" and event["host"] not in done["rolling_restart"]:
+            done["rolling_restart"].append(event["host"])
+    return journal.parent, done

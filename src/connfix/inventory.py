@@ -111,6 +111,7 @@ class Service(_Model):
     restart_command: str = DEFAULT_RESTART
     health_check: str | None = None
     health_timeout: Duration = 60.0
+    max_unavailable: int = Field(default=1, ge=1, le=1_000)
 
     @field_validator("unit")
     @classmethod

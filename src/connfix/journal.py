@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
@@ -88,6 +89,7 @@ class Journal:
         self.path = directory / JOURNAL
         self.redact = redactor or Redactor()
         self.seq = 0
+        self._lock = threading.Lock()  # a rolling restart records from several threads
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             os.fchmod(fd, 0o600)
@@ -99,6 +101,10 @@ class Journal:
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one event and make it durable before returning."""
+        with self._lock:
+            return self._record(event, fields)
+
+    def _record(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         if self._fd is None:
             raise JournalError(f"the journal {self.path} is closed")
         self.seq += 1

@@ -377,3 +377,8 @@ def alive(session: Session, pids: list[int]) -> set[int]:
     if not pids:
         return set()
     return {row.pid for row in session.all("backends_alive", _Pid, {"pids": pids})}
+
+
+def host_backends(session: Session, client_addr: str) -> set[int]:
+    """Return the pids of the client backends coming from one address."""
+    return {row.pid for row in session.all("host_backends", _Pid, {"addr": client_addr})}

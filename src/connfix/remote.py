@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +136,12 @@ class Remote:
             ) from None
         except OSError as exc:
             raise ConnectionError(f"SSH to {name} failed: {exc.strerror or exc}") from None
+        transport = self.conn.client.get_transport()
+        if transport is not None:
+            # Short commands back to back: without this, Nagle and delayed ACKs add about
+            # 40 ms to each one (measured on the lab).
+            with contextlib.suppress(OSError, AttributeError):
+                transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _port(self) -> int:
         return int(self.conn.port)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from connfix.actions.base import Action
 from connfix.actions.diagnose import DiagnoseAction
+from connfix.actions.rolling_restart import RollingRestartAction
 from connfix.actions.terminate import TerminateAction
 from connfix.actions.verify import VerifyAction
 from connfix.actions.wait import WaitAction
 
 ACTIONS: dict[str, Action] = {
     action.name: action
-    for action in (DiagnoseAction(), VerifyAction(), WaitAction(), TerminateAction())
+    for action in (
+        DiagnoseAction(),
+        VerifyAction(),
+        WaitAction(),
+        TerminateAction(),
+        RollingRestartAction(),
+    )
 }

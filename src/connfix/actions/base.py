@@ -35,6 +35,11 @@ class Plan:
     summary: str
     operations: list[Operation] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # for apply; not journaled
+    # set when the plan cannot be carried out (e.g. a host failed its preflight): the
+    # step fails without asking or applying, and the run ends with this exit status
+    blocked: str | None = None
+    blocked_exit_status: int = 1
+    details: dict[str, Any] = field(default_factory=dict)  # journaled with the plan
 
 
 @dataclass(frozen=True)

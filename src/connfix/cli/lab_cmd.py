@@ -24,7 +24,14 @@ def lab() -> None:
     "--max-connections", default=20, show_default=True, help="PostgreSQL max_connections."
 )
 @click.option("--pool-size", default=3, show_default=True, help="Connections per app host.")
-def up(hosts: int, max_connections: int, pool_size: int) -> None:
+@click.option(
+    "--app-boot",
+    default="500ms",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the lab app takes to boot (a real app server is not instant).",
+)
+def up(hosts: int, max_connections: int, pool_size: int, app_boot: str) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts with sshd and the app, an inventory.
 
     \b
@@ -32,9 +39,15 @@ def up(hosts: int, max_connections: int, pool_size: int) -> None:
       connfix lab up --hosts 4
     """
     from connfix import render
+    from connfix.errors import InputError
     from connfix.lab import lab as core
+    from connfix.units import parse_duration
 
-    render.lab_up(core.up(hosts, max_connections, pool_size))
+    try:
+        boot = parse_duration(app_boot)
+    except ValueError as exc:
+        raise InputError(f"--app-boot: {exc}") from None
+    render.lab_up(core.up(hosts, max_connections, pool_size, boot))
 
 
 @lab.command("leak")

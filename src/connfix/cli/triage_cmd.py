@@ -34,6 +34,11 @@ def incidents_base(flag: str | None, configured: str | None) -> Path:
 )
 @click.option("--yes", "-y", is_flag=True, help="Apply steps without asking for confirmation.")
 @click.option(
+    "--resume",
+    metavar="INCIDENT",
+    help="Continue an interrupted run: hosts its journal shows restarted are skipped.",
+)
+@click.option(
     "--incidents-dir",
     metavar="DIR",
     help="Where the incident directory goes (default: the inventory's"
@@ -45,6 +50,7 @@ def triage(
     runbook_ref: str | None,
     dry_run: bool,
     yes: bool,
+    resume: str | None,
     incidents_dir: str | None,
     inventory_path: str | None,
 ) -> None:
@@ -65,14 +71,16 @@ def triage(
       connfix triage prod --dry-run
       connfix triage prod
       connfix triage lab --yes --runbook runbooks/too-many-connections.yaml
+      connfix triage prod --resume incidents/20261125T021500Z-prod
     """
     from connfix import render
-    from connfix.engine import TriageRequest, run_triage
+    from connfix.engine import TriageRequest, resume_state, run_triage
     from connfix.inventory import resolve_environment
     from connfix.runbook import resolve_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
     runbook = resolve_runbook(runbook_ref)
+    resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
     request = TriageRequest(
         environment=environment,
         env=env,
@@ -82,6 +90,8 @@ def triage(
         dry_run=dry_run,
         yes=yes,
         interactive=interactive(),
+        resumed_from=resumed_from,
+        resume_done=done,
     )
     result = run_triage(request, render.RichUI())
     render.triage_result(result)

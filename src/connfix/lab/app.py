@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import psycopg
 class App:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.host_dir = Path(config["host_dir"])
         self.lock = threading.Lock()
         self.pool: list[psycopg.Connection[Any]] = []
         self.leaked: list[psycopg.Connection[Any]] = []
@@ -93,7 +95,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlparse(self.path).path
             if path == "/health":
-                ok = app.healthy()
+                # lab fault: a file named `unhealthy` beside the config fails the check
+                ok = app.healthy() and not (app.host_dir / "unhealthy").exists()
                 self._reply(200 if ok else 503, {"ok": ok})
             elif path == "/status":
                 self._reply(200, app.status())
@@ -121,6 +124,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     app = App(config)
+    time.sleep(float(config.get("boot_seconds", 0)))  # a real app server takes a while to boot
     app.fill_pool()
     server = ThreadingHTTPServer(("0.0.0.0", int(config["http_port"])), make_handler(app))
     server.daemon_threads = True
@@ -131,6 +135,10 @@ def main(config_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    host_dir = Path(config_path).parent
+    if (host_dir / "leak-on-start").exists():  # lab fault: the new process leaks at once
+        app.leak(int((host_dir / "leak-on-start").read_text().strip() or "3"), "idle")
+    (host_dir / "app.ready").write_text(f"{os.getpid()}\n")
     print(f"labapp pid {os.getpid()} up with {len(app.pool)} connections", flush=True)
     server.serve_forever()
     return 0

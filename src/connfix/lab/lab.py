@@ -246,7 +246,7 @@ def _keygen(path: Path, comment: str) -> None:
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
 
 
-def _host(state: LabState, index: int, pool_size: int) -> None:
+def _host(state: LabState, index: int, pool_size: int, boot_seconds: float) -> None:
     name, ns, address = paths.host_name(index), paths.namespace(index), paths.host_address(index)
     hdir = paths.host_dir(name)
     bindir = hdir / "bin"
@@ -260,6 +260,8 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
                 "pool_size": pool_size,
                 "application_name": APPLICATION_NAME,
                 "http_port": APP_PORT,
+                "host_dir": str(hdir),
+                "boot_seconds": boot_seconds,
             },
             indent=2,
         )
@@ -283,6 +285,18 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
     sudoers.write_text(f'Defaults secure_path="{bindir}:{SYSTEM_PATH}"\n')
     sudoers.chmod(0o440)
     (etc / "sudoers.d").chmod(0o755)
+    # Each host gets its own home for root (an /etc/passwd seen only in its namespace):
+    # the machine's own shell start-up files are not the host's business, and bash
+    # sources ~/.bashrc for every command sshd runs.
+    home = hdir / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    passwd = [
+        ":".join([*fields[:5], str(home), *fields[6:]]) if fields[0] == "root" else line
+        for line in Path("/etc/passwd").read_text().splitlines()
+        for fields in [line.split(":")]
+    ]
+    (etc / "passwd").write_text("\n".join(passwd) + "\n")
+    (etc / "passwd").chmod(0o644)
     key = hdir / "ssh_host_ed25519_key"
     _keygen(key, f"connfix-lab-{name}")
     client_pub = (lab_dir() / "ssh" / "id_ed25519.pub").read_text()
@@ -296,10 +310,30 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
         "MaxSessions 50\nMaxStartups 100:30:200\n"
         f"SetEnv CONNFIX_LAB_HOST={name} PATH={bindir}:{SYSTEM_PATH}\n"
     )
+    state.sshd_pids[name] = _start_sshd(name, index)
+    state.save()
+    _run(["ip", "netns", "exec", ns, str(wrapper), "start", UNIT])
+
+
+def _start_sshd(name: str, index: int) -> int:
+    """Start a host's sshd in its namespace; return its pid once it has written it."""
+    hdir = paths.host_dir(name)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     pidfile = hdir / "sshd.pid"
     pidfile.unlink(missing_ok=True)
-    _run(["ip", "netns", "exec", ns, SSHD, "-f", str(config), "-E", str(hdir / "sshd.log")])
+    _run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            paths.namespace(index),
+            SSHD,
+            "-f",
+            str(hdir / "sshd_config"),
+            "-E",
+            str(hdir / "sshd.log"),
+        ]
+    )
     deadline = time.monotonic() + 10
     pid = _read_pid(pidfile)
     while pid is None and time.monotonic() < deadline:
@@ -307,9 +341,7 @@ def _host(state: LabState, index: int, pool_size: int) -> None:
         pid = _read_pid(pidfile)  # sshd creates the file, then writes it
     if pid is None:
         raise LabError(f"sshd of {name} did not start; see {hdir / 'sshd.log'}")
-    state.sshd_pids[name] = pid
-    state.save()
-    _run(["ip", "netns", "exec", ns, str(wrapper), "start", UNIT])
+    return pid
 
 
 def _read_pid(path: Path) -> int | None:
@@ -425,13 +457,15 @@ class UpResult:
     seconds: float
 
 
-def up(hosts: int, max_connections: int, pool_size: int) -> UpResult:
+def up(hosts: int, max_connections: int, pool_size: int, boot_seconds: float = 0.5) -> UpResult:
     """Build the lab, or confirm the one that is up matches; idempotent."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
         raise LabError("--hosts must be between 1 and 200")
     if not 5 <= max_connections <= 10_000:
         raise LabError("--max-connections must be between 5 and 10000")
+    if not 0 <= boot_seconds <= 60:
+        raise LabError("--app-boot must be between 0s and 60s")
     pg_bin = check_prerequisites()
     state = LabState.load()
     if state is not None:
@@ -462,7 +496,7 @@ def up(hosts: int, max_connections: int, pool_size: int) -> UpResult:
     _network(state, hosts)
     _start_postgres(state, pg_bin, max_connections)
     for index in range(1, hosts + 1):
-        _host(state, index, pool_size)
+        _host(state, index, pool_size, boot_seconds)
     _known_hosts(hosts)
     _wait_healthy(hosts)
     inventory = write_inventory(hosts, pool_size)
@@ -671,3 +705,23 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
         names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST", timeout=60
     )
     return [int(p) for p in result["leaked"]]
+
+
+def sshd(name: str, action: str) -> None:
+    """Stop or start one lab host's sshd (a fault for tests and rehearsals)."""
+    state = LabState.load()
+    if state is None or not state.complete:
+        raise LabError("the lab is not up (run `connfix lab up`)")
+    names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
+    if name not in names:
+        raise LabError(f"no lab host {name!r} (hosts: {', '.join(names)})")
+    index = names.index(name) + 1
+    pid = state.sshd_pids.get(name)
+    if action == "stop":
+        if pid and _alive(pid):
+            _kill_all([pid])
+        return
+    if pid and _alive(pid):
+        return
+    state.sshd_pids[name] = _start_sshd(name, index)
+    state.save()

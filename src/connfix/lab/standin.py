@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 STOP_GRACE_S = 3.0
+START_TIMEOUT_S = 30.0
 
 
 def _host_dir() -> Path:
@@ -51,6 +52,8 @@ def start() -> int:
     if (host / "fail-start").exists():
         print("Job for labapp.service failed (lab fault injected).", file=sys.stderr)
         return 1
+    ready = host / "app.ready"
+    ready.unlink(missing_ok=True)
     log = (host / "app.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "connfix.lab.app", str(host / "app.json")],
@@ -61,7 +64,23 @@ def start() -> int:
         close_fds=True,
     )
     (host / "app.pid").write_text(f"{proc.pid}\n")
-    return 0
+    # Like a Type=notify unit: `start` returns once the app says it is ready (its pool is
+    # connected and it serves HTTP), or fails if it dies first.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip() == str(proc.pid):
+            return 0
+        if proc.poll() is not None:
+            print(
+                "Job for labapp.service failed because the control process exited with"
+                f" error code (status {proc.returncode}); see app.log.",
+                file=sys.stderr,
+            )
+            (host / "app.pid").unlink(missing_ok=True)
+            return 1
+        time.sleep(0.01)
+    print("Job for labapp.service timed out waiting for the app to be ready.", file=sys.stderr)
+    return 1
 
 
 def stop() -> int:

@@ -1,0 +1,260 @@
+"""The rolling restart on the lab: real sshd, real app processes, real database."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from connfix.cli import cli
+from connfix.journal import read_journal
+from tests.conftest import LAB_POOL_SIZE, Lab, retry
+
+
+def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None) -> Any:
+    return CliRunner().invoke(
+        cli,
+        [
+            "restart",
+            "lab",
+            "-i",
+            str(inventory or lab.inventory),
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+            *args,
+        ],
+    )
+
+
+def events(incidents: Path) -> list[dict[str, Any]]:
+    (journal,) = incidents.glob("*/journal.jsonl")
+    return list(read_journal(journal))
+
+
+def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in evs if e["event"] == name]
+
+
+def test_full_roll_leakiest_first_new_main_pids_leak_gone(clean_lab: Lab, tmp_path: Path) -> None:
+    clean_lab.core.leak("app3", 4, idle_in_transaction=False)
+    clean_lab.core.leak("app1", 2, idle_in_transaction=True)
+    before = clean_lab.main_pids()
+    result = restart(clean_lab, tmp_path, "--yes")
+    assert result.exit_code == 0, result.output
+    evs = events(tmp_path / "incidents")
+    done = of(evs, "host_done")
+    assert [d["host"] for d in done] == ["app3", "app1", "app2"]  # most over the pool first
+    after = clean_lab.main_pids()
+    for d in done:
+        assert d["old_main_pid"] == before[d["host"]]
+        assert d["new_main_pid"] == after[d["host"]] != before[d["host"]]
+        assert set(d["gates"]) == {"restart", "active", "health", "database"}
+    status = clean_lab.core.status()
+    assert all(h.leaked == 0 and h.backends == LAB_POOL_SIZE for h in status.hosts)
+    plan = of(evs, "plan")[-1]
+    assert [p["host"] for p in plan["details"]["preflight"]] == ["app3", "app1", "app2"]
+    assert all(p["ok"] for p in plan["details"]["preflight"])
+
+
+def test_dry_run_leaves_every_main_pid_and_backend(clean_lab: Lab, tmp_path: Path) -> None:
+    clean_lab.core.leak("app2", 2, idle_in_transaction=False)
+    pids = clean_lab.main_pids()
+    backends = {b["pid"] for b in clean_lab.client_backends()}
+    result = restart(clean_lab, tmp_path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would restart 3 host(s) in this order: app2, app1, app3" in result.output
+    assert "sudo -n systemctl restart labapp.service" in result.output
+    assert "preflight app2: ok" in result.output  # the preflight ran for real
+    assert clean_lab.main_pids() == pids
+    retry(lambda: {b["pid"] for b in clean_lab.client_backends()} == backends)
+    assert not of(events(tmp_path / "incidents"), "host_start")
+
+
+def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path) -> None:
+    pids = clean_lab.main_pids()
+    clean_lab.core.sshd("app2", "stop")
+    result = restart(clean_lab, tmp_path, "--yes")
+    assert result.exit_code == 3, result.output
+    assert "preflight failed, nothing was restarted: app2: SSH to 10.231.7.12" in result.output
+    assert clean_lab.main_pids() == pids
+    assert not of(events(tmp_path / "incidents"), "host_start")
+
+
+def test_changed_host_key_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
+    known = (clean_lab.paths.lab_dir() / "ssh" / "known_hosts").read_text().splitlines()
+    known[2] = known[2].split(" ", 1)[0] + " " + known[0].split(" ", 1)[1]  # app3 gets app1's key
+    bad = tmp_path / "known_hosts"
+    bad.write_text("\n".join(known) + "\n")
+
+    def change(env: dict[str, Any]) -> None:
+        env["ssh"]["known_hosts_file"] = str(bad)
+
+    pids = clean_lab.main_pids()
+    result = restart(
+        clean_lab, tmp_path, "--yes", inventory=clean_lab.inventory_with(tmp_path, change)
+    )
+    assert result.exit_code == 3
+    assert "app3: host key for 10.231.7.13 has CHANGED" in result.output
+    assert clean_lab.main_pids() == pids
+
+
+def test_failed_restart_halts_and_later_hosts_keep_their_pid(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    pids = clean_lab.main_pids()
+    clean_lab.fault("app2", "fail-start")
+    result = restart(clean_lab, tmp_path, "--yes")
+    assert result.exit_code == 1
+    evs = events(tmp_path / "incidents")
+    (failed,) = of(evs, "host_failed")
+    assert failed["host"] == "app2" and failed["gate"] == "restart"
+    assert failed["command"] == "sudo -n systemctl restart labapp.service"
+    assert failed["exit_code"] == 1 and "lab fault injected" in failed["output_tail"]
+    (halted,) = of(evs, "roll_halted")
+    assert (halted["done"], halted["failed"], halted["untouched"]) == (["app1"], ["app2"], ["app3"])
+    assert "done app1; failed app2 at restart" in result.output
+    assert "not touched app3" in result.output
+    assert clean_lab.core.app_request(3, "/status")["pid"] == pids["app3"]
+
+
+def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["health_timeout"] = "1500ms"
+
+    pids = clean_lab.main_pids()
+    clean_lab.fault("app1", "unhealthy")
+    result = restart(
+        clean_lab, tmp_path, "--yes", inventory=clean_lab.inventory_with(tmp_path, change)
+    )
+    assert result.exit_code == 1
+    (failed,) = of(events(tmp_path / "incidents"), "host_failed")
+    assert failed["host"] == "app1" and failed["gate"] == "health"
+    assert failed["exit_code"] == 22  # curl -f on HTTP 503
+    now = clean_lab.main_pids()
+    assert now["app2"] == pids["app2"] and now["app3"] == pids["app3"]
+
+
+def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path: Path) -> None:
+    book = tmp_path / "roll.yaml"
+    book.write_text(
+        'version: 1\nname: roll\nsummary: roll\nhealthy: "false"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: roll, action: rolling_restart, params: {db_timeout: 1500ms}}\n"
+    )
+    pids = clean_lab.main_pids()
+    clean_lab.fault("app1", "leak-on-start", "2")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "triage",
+            "lab",
+            "--yes",
+            "--runbook",
+            str(book),
+            "-i",
+            str(clean_lab.inventory),
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+        ],
+    )
+    assert result.exit_code == 1
+    (failed,) = of(events(tmp_path / "incidents"), "host_failed")
+    assert failed["host"] == "app1" and failed["gate"] == "database"
+    assert (
+        f"{LAB_POOL_SIZE + 2} sessions, more than its pool size {LAB_POOL_SIZE}"
+        in (failed["detail"])
+    )
+    assert clean_lab.main_pids()["app2"] == pids["app2"]
+
+
+def test_resume_skips_the_hosts_already_done(clean_lab: Lab, tmp_path: Path) -> None:
+    incidents = tmp_path / "first"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "connfix",
+            "restart",
+            "lab",
+            "--yes",
+            "--pause",
+            "30s",
+            "-i",
+            str(clean_lab.inventory),
+            "--incidents-dir",
+            str(incidents),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        retry(
+            lambda: list(incidents.glob("*/journal.jsonl")) and of(events(incidents), "host_done"),
+            timeout=30,
+        )
+        proc.send_signal(signal.SIGINT)  # during the pause after the first host
+        assert proc.wait(10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    first = events(incidents)
+    (done,) = of(first, "host_done")
+    assert done["host"] == "app1"
+    assert of(first, "roll_halted")[0]["untouched"] == ["app2", "app3"]
+    after_first = clean_lab.main_pids()
+    (incident,) = incidents.glob("*")
+    result = restart(clean_lab, tmp_path, "--yes", "--resume", str(incident))
+    assert result.exit_code == 0, result.output
+    second = events(tmp_path / "incidents")
+    assert second[0]["resumed_from"] == str(incident)
+    assert second[0]["resume_done"] == {"rolling_restart": ["app1"]}
+    assert [d["host"] for d in of(second, "host_done")] == ["app2", "app3"]
+    final = clean_lab.main_pids()
+    assert final["app1"] == after_first["app1"]  # not restarted again
+    assert final["app2"] != after_first["app2"] and final["app3"] != after_first["app3"]
+
+
+def test_resume_of_another_environment_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
+    incident = tmp_path / "old"
+    incident.mkdir()
+    (incident / "journal.jsonl").write_text(
+        '{"ts": "x", "seq": 1, "event": "run_start", "environment": "prod"}\n'
+    )
+    result = restart(clean_lab, tmp_path, "--yes", "--resume", str(incident))
+    assert result.exit_code == 2
+    assert "that run was for environment 'prod', not 'lab'" in result.output
+
+
+def test_batch_above_max_unavailable_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
+    result = restart(clean_lab, tmp_path, "--yes", "--batch", "2")
+    assert result.exit_code == 2
+    assert "batch 2 is more than service.max_unavailable 1" in result.output
+
+
+def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) -> None:
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    before = clean_lab.main_pids()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "triage",
+            "lab",
+            "--yes",
+            "-i",
+            str(clean_lab.inventory),
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    evs = events(tmp_path / "incidents")
+    assert evs[-1]["status"] == "resolved"
+    assert [d["host"] for d in of(evs, "host_done")] == ["app2"]  # only the suspect
+    after = clean_lab.main_pids()
+    assert after["app2"] != before["app2"] and after["app1"] == before["app1"]
+    assert clean_lab.core.status().hosts[1].backends == LAB_POOL_SIZE
