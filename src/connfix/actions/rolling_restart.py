@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
 Pause = Annotated[float, BeforeValidator(parse_duration), _between(0, 3600)]
 POLL_S = 0.1
+PREFLIGHT_FRESH_S = 10.0  # a main pid read by the preflight this recently is used as is
 
 
 class RestartParams(Params):
@@ -56,10 +57,11 @@ class Preflight:
     permitted: bool = False
     detail: str = ""
     seconds: float = 0.0
+    at: float = field(default_factory=time.monotonic)
     remote: Remote | None = field(default=None, repr=False)
 
     def journal(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "remote"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("remote", "at")}
 
 
 def _show(unit: str) -> str:
@@ -312,9 +314,11 @@ class RollingRestartAction(Action):
         started = time.monotonic()
         gates: dict[str, float] = {}
         old_pid = check.main_pid
-        shown = conn.run(_show(service.unit))
-        if shown.ok and len(shown.stdout.split()) == 3 and shown.stdout.split()[2].isdigit():
-            old_pid = int(shown.stdout.split()[2])
+        if time.monotonic() - check.at > PREFLIGHT_FRESH_S:  # else the preflight's is current
+            shown = conn.run(_show(service.unit))
+            values = shown.stdout.split()
+            if shown.ok and len(values) == 3 and values[2].isdigit():
+                old_pid = int(values[2])
         addr = host.client_addr
         with ctx.db_lock:
             old_backends = pg.host_backends(ctx.session, addr) if addr else set()

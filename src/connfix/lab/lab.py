@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -267,11 +268,17 @@ def _host(state: LabState, index: int, pool_size: int, boot_seconds: float) -> N
         )
     )
     wrapper = bindir / "systemctl"
-    wrapper.write_text(
-        "#!/bin/sh\n# connfix lab: systemctl stand-in for this host\n"
-        f"CONNFIX_LAB_DIR='{lab_dir()}' CONNFIX_LAB_HOST='{name}' "
-        f"PYTHONPATH='{_package_root()}' exec '{sys.executable}' -m connfix.lab.standin \"$@\"\n"
-    )
+    template = resources.files("connfix.lab").joinpath("systemctl.sh").read_text("utf-8")
+    for marker, value in {
+        "@HOST_DIR@": str(hdir),
+        "@UNIT@": UNIT,
+        "@LAB_DIR@": str(lab_dir()),
+        "@HOST@": name,
+        "@PYTHONPATH@": str(_package_root()),
+        "@PYTHON@": sys.executable,
+    }.items():
+        template = template.replace(marker, value)
+    wrapper.write_text(template)
     wrapper.chmod(0o755)
     # `sudo` resets PATH to secure_path; inside this host's namespace (only there:
     # `ip netns exec` bind-mounts /etc/netns/<ns>/* over /etc) it puts the stand-in first.

@@ -1,0 +1,237 @@
+"""Benchmark: a rolling restart of the lab's hosts, three ways, side by side.
+
+In each round, interleaved: the floor (the sum of the bare `systemctl restart` times,
+measured on each host), `connfix restart`, a plain `ssh` loop doing the same restart and
+health commands, and `ansible-playbook` with `serial: 1` doing the same. Prints medians
+and ratios. Needs root; builds lab 5 (8 hosts) and removes it unless --keep. ansible-core
+is installed from PyPI into benchmarks/.ansible-venv, for this benchmark only.
+
+    .venv/bin/python benchmarks/restart.py [--hosts 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["CONNFIX_LAB_ID"] = "5"
+os.environ.pop("CONNFIX_LAB_DIR", None)
+
+from connfix.lab import lab, paths
+
+HERE = Path(__file__).resolve().parent
+ANSIBLE_VENV = HERE / ".ansible-venv"
+UNIT = "labapp.service"
+RESTART = f"sudo -n systemctl restart {UNIT}"
+HEALTH = "curl -fsS --max-time 2 http://127.0.0.1:8080/health"
+
+
+def ansible_playbook() -> Path:
+    exe = ANSIBLE_VENV / "bin" / "ansible-playbook"
+    if not exe.exists():
+        print("installing ansible-core into benchmarks/.ansible-venv (once) …", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(ANSIBLE_VENV)], check=True)
+        subprocess.run(
+            [str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q", "ansible-core"], check=True
+        )
+    return exe
+
+
+def ssh_base() -> list[str]:
+    ssh = lab.lab_dir() / "ssh"
+    return [
+        "ssh",
+        "-o",
+        "GSSAPIAuthentication=no",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={ssh / 'known_hosts'}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-i",
+        str(ssh / "id_ed25519"),
+        "-l",
+        "root",
+    ]
+
+
+def floor(addresses: list[str]) -> float:
+    """Sum of the bare restart times, each measured on its host."""
+    total_ns = 0
+    script = f"s=$(date +%s%N); {RESTART} >/dev/null; e=$(date +%s%N); echo $((e - s))"
+    for address in addresses:
+        out = subprocess.run(
+            [*ssh_base(), address, script], capture_output=True, text=True, check=True
+        ).stdout
+        total_ns += int(out.strip())
+        wait_healthy(address)
+    return total_ns / 1e9
+
+
+def wait_healthy(address: str) -> None:
+    subprocess.run(
+        [*ssh_base(), address, f"until {HEALTH} >/dev/null 2>&1; do sleep 0.05; done"], check=True
+    )
+
+
+def ssh_loop(addresses: list[str]) -> float:
+    started = time.perf_counter()
+    for address in addresses:
+        subprocess.run(
+            [
+                *ssh_base(),
+                address,
+                f"{RESTART} && until {HEALTH} >/dev/null 2>&1; do sleep 0.1; done",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - started
+
+
+def connfix_roll(workdir: Path) -> float:
+    exe = Path(sys.executable).with_name("connfix")
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(exe), "restart", "lab", "--yes", "--incidents-dir", str(workdir / "incidents")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"connfix restart failed ({proc.returncode}):\n{proc.stderr}")
+    return elapsed
+
+
+def write_ansible(
+    workdir: Path, addresses: list[str], pipelining: bool
+) -> tuple[Path, Path, dict[str, str]]:
+    ssh = lab.lab_dir() / "ssh"
+    inventory = workdir / "hosts.ini"
+    inventory.write_text(
+        "[app]\n"
+        + "".join(f"{paths.host_name(i)} ansible_host={a}\n" for i, a in enumerate(addresses, 1))
+    )
+    playbook = workdir / "roll.yml"
+    playbook.write_text(f"""\
+- hosts: app
+  serial: 1
+  gather_facts: false
+  tasks:
+    - name: restart
+      ansible.builtin.command: {RESTART}
+    - name: health
+      ansible.builtin.command: {HEALTH}
+      register: health
+      until: health.rc == 0
+      retries: 100
+      delay: 0.1
+""")
+    env = {
+        **os.environ,
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
+        "ANSIBLE_SSH_ARGS": (
+            f"-o ControlMaster=auto -o ControlPersist=60s"
+            f" -o GSSAPIAuthentication=no"
+            f" -o UserKnownHostsFile={ssh / 'known_hosts'}"
+        ),
+        "ANSIBLE_PRIVATE_KEY_FILE": str(ssh / "id_ed25519"),
+        "ANSIBLE_REMOTE_USER": "root",
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    return inventory, playbook, env
+
+
+def ansible_roll(exe: Path, inventory: Path, playbook: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(exe), "-i", str(inventory), str(playbook)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"ansible-playbook failed ({proc.returncode}):\n{proc.stdout[-2000:]}")
+    return elapsed
+
+
+def close_masters(control_dir: Path) -> None:
+    """Stop the SSH control masters Ansible left (ControlPersist), by their sockets."""
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab-host"],
+            capture_output=True,
+            check=False,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    exe = ansible_playbook()
+    lab.down()
+    lab.up(hosts=args.hosts, max_connections=3 * args.hosts + 20, pool_size=3)
+    addresses = [paths.host_address(i) for i in range(1, args.hosts + 1)]
+    workdir = Path(tempfile.mkdtemp(prefix="connfix-bench-"))
+    inventory, playbook, env = write_ansible(workdir, addresses, pipelining=False)
+    _, _, env_pipelining = write_ansible(workdir, addresses, pipelining=True)
+    results: dict[str, list[float]] = {
+        "floor (sum of bare restarts)": [],
+        "connfix restart": [],
+        "plain ssh loop": [],
+        "ansible serial: 1 (defaults)": [],
+        "ansible serial: 1 + pipelining": [],
+    }
+    try:
+        for number in range(1, args.rounds + 1):
+            results["floor (sum of bare restarts)"].append(floor(addresses))
+            results["connfix restart"].append(connfix_roll(workdir))
+            results["plain ssh loop"].append(ssh_loop(addresses))
+            results["ansible serial: 1 (defaults)"].append(
+                ansible_roll(exe, inventory, playbook, env)
+            )
+            results["ansible serial: 1 + pipelining"].append(
+                ansible_roll(exe, inventory, playbook, env_pipelining)
+            )
+            print(
+                f"round {number}: "
+                + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}s" for k, v in results.items()),
+                flush=True,
+            )
+    finally:
+        close_masters(workdir / "cp")
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep:
+            lab.down()
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    base = medians["floor (sum of bare restarts)"]
+    print(f"\n{args.hosts} hosts, median of {args.rounds} interleaved rounds:")
+    for name, value in medians.items():
+        print(f"  {name:32s} {value:6.2f} s   {value / base:5.2f}× the floor")
+    for name in ("ansible serial: 1 (defaults)", "ansible serial: 1 + pipelining"):
+        print(f"  {name} / connfix: {medians[name] / medians['connfix restart']:.2f}×")
+    print("targets: connfix within 1.25× the floor, at least 1.5× faster than ansible")
+
+
+if __name__ == "__main__":
+    main()
