@@ -16,12 +16,12 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# The main job on the lab: build it, make a host leak, check the environment.
+# The main job on the lab: build it, make a host leak, triage the incident end to end.
 demo: setup
 	$(BIN)/connfix lab up
-	$(BIN)/connfix lab leak app2 --count 6
-	$(BIN)/connfix lab status
 	$(BIN)/connfix inventory check lab
+	$(BIN)/connfix lab leak app2 --count 6
+	$(BIN)/connfix triage lab --yes
 
 clean-lab:
 	$(BIN)/connfix lab down

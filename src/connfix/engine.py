@@ -422,6 +422,12 @@ def _walk(
             ui.step(index, total, step, "planned", plan.summary)
             steps.append({"id": step.id, "status": "planned"})
             continue
+        if action.mutating and not plan.operations:
+            # nothing to change: no question to ask, nothing to apply
+            ctx.record("step_end", ok=True, applied=False, summary=f"nothing to do: {plan.summary}")
+            ui.step(index, total, step, "ok", f"nothing to do: {plan.summary}")
+            steps.append({"id": step.id, "status": "nothing to do"})
+            continue
         if step.confirm and not ctx.dry_run:
             ui.plan(step, plan, applied=True)
             if not request.yes:
