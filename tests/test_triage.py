@@ -383,7 +383,9 @@ def test_no_password_reaches_journal_or_output(
     evs = events(incidents)
     assert evs[1]["event"] == "connected" and evs[1]["via"] == "admin"
     (journal,) = incidents.glob("*/journal.jsonl")
-    for text in (journal.read_text(), proc.stdout, proc.stderr):
+    report = (journal.parent / "report.md").read_text()
+    assert "as connfix\\_admin via the admin connection" in report
+    for text in (journal.read_text(), report, proc.stdout, proc.stderr):
         assert connfix_pw not in text and admin_pw not in text
     # and a diagnose through the same inventory prints none either
     diag = subprocess.run(

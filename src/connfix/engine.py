@@ -175,6 +175,18 @@ class TriageResult:
     message: str
     final: Diagnosis | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
+    report_error: str | None = None
+
+
+def write_report(result: TriageResult) -> None:
+    """Render the report from the journal just closed; a failure is said, not raised."""
+    from connfix import report
+
+    try:
+        result.report = report.write(result.incident_dir)
+    except ConnfixError as exc:
+        result.report_error = str(exc)
 
 
 def operator() -> str:
@@ -255,9 +267,11 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
                 healthy=None if final is None else bool(ctx and ctx.healthy()),
             )
         journal.close()
-        return TriageResult(
+        result = TriageResult(
             status, code, incident, journal.path, request.dry_run, message, final, steps or []
         )
+        write_report(result)
+        return result
 
     interrupt = Interrupt()
     try:
@@ -315,7 +329,7 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
             return _walk(request, ctx, ui, finish)
         except JournalError as exc:
             journal.close()
-            return TriageResult(
+            result = TriageResult(
                 "error",
                 ExitStatus.UNHEALTHY,
                 incident,
@@ -323,6 +337,8 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
                 request.dry_run,
                 f"{exc}; the run stopped",
             )
+            write_report(result)
+            return result
         except KeyboardInterrupt:
             journal.record(
                 "interrupted",

@@ -334,3 +334,10 @@ def triage_result(result: TriageResult) -> None:
         out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
     out.print(f"[{colour}]{result.status}[/{colour}]: {escape(result.message)}")
     out.print(f"incident: {escape(str(result.incident_dir))}")
+    if result.report is not None:
+        out.print(f"report: {escape(str(result.report))}")
+    if result.report_error:
+        err.print(
+            f"[red]the report could not be written:[/red] {escape(result.report_error)}"
+            f" (regenerate it with `connfix report {escape(str(result.incident_dir))}`)"
+        )

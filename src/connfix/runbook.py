@@ -198,7 +198,7 @@ def resolve_runbook(ref: str | None) -> Runbook:
         return load_runbook_file(local)
     shipped = resources.files("connfix").joinpath("runbooks", f"{ref}.yaml")
     if shipped.is_file():
-        return parse_runbook(shipped.read_text("utf-8"), Path(f"<connfix>/runbooks/{ref}.yaml"))
+        return parse_runbook(shipped.read_text("utf-8"), Path(f"connfix:runbooks/{ref}.yaml"))
     known = sorted(
         entry.name.removesuffix(".yaml")
         for entry in resources.files("connfix").joinpath("runbooks").iterdir()

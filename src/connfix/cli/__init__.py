@@ -10,6 +10,7 @@ from connfix import __version__
 from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
+from connfix.cli.report_cmd import report
 from connfix.cli.restart_cmd import restart
 from connfix.cli.runbook_cmd import runbook
 from connfix.cli.terminate_cmd import terminate
@@ -62,6 +63,7 @@ cli.add_command(triage)
 cli.add_command(diagnose)
 cli.add_command(terminate)
 cli.add_command(restart)
+cli.add_command(report)
 cli.add_command(inventory)
 cli.add_command(runbook)
 cli.add_command(lab)

@@ -1,0 +1,40 @@
+"""`connfix report`"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("incident", metavar="INCIDENT")
+@click.option(
+    "--output",
+    "-o",
+    metavar="PATH",
+    help="Where to write it (default: report.md in the incident; - for stdout).",
+)
+@click.option("--template", metavar="PATH", help="A Jinja2 template of your own.")
+def report(incident: str, output: str | None, template: str | None) -> None:
+    """(Re)generate an incident's Markdown report from its journal alone.
+
+    INCIDENT is an incident directory (or its journal.jsonl). The same journal always
+    gives the same report; a journal cut short by a killed run renders as interrupted.
+
+    \b
+    Example:
+      connfix report incidents/20261125T021500Z-prod
+      connfix report incidents/20261125T021500Z-prod -o - | less
+      connfix report incidents/20261125T021500Z-prod --template my-report.md.j2
+    """
+    from connfix import render
+    from connfix import report as core
+
+    tmpl = Path(template) if template else None
+    if output == "-":
+        sys.stdout.write(core.render(core.journal_of(Path(incident)), tmpl))
+        return
+    path = core.write(Path(incident), Path(output) if output else None, tmpl)
+    render.out.print(f"report: {path}")
