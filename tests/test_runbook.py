@@ -66,7 +66,11 @@ BAD = [
         "unknown action",
         GOOD.replace("action: wait", "action: reboot"),
         9,
-        ["steps[1].action", "unknown action 'reboot'", "actions: diagnose, "],
+        [
+            "steps[1].action",
+            "unknown action 'reboot'",
+            "actions: advise, diagnose, rolling_restart, terminate, verify, wait",
+        ],
     ),
     (
         "duplicate id",

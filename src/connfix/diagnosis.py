@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from connfix.inventory import Environment
-    from connfix.pg import ServerInfo, Session
+    from connfix.pg import BouncerPool, BouncerServer, ServerInfo, Session
 
 HIDDEN_STATE = "unknown (insufficient privilege)"
 LOCAL = "(local socket)"
@@ -150,6 +150,7 @@ class Diagnosis:
     connection_limits: list[ConnectionLimit]
     pool_check: PoolCheck
     suspects: list[str] = field(default_factory=list)
+    pgbouncer: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -287,12 +288,22 @@ def analyse(
     refusal: str | None = None,
     seconds: float = 0.0,
     taken_at: str | None = None,
+    bouncer: tuple[list[BouncerPool], list[BouncerServer]] | str | None = None,
 ) -> Diagnosis:
-    """Turn one snapshot of pg_stat_activity into the diagnosis."""
+    """Turn one snapshot of pg_stat_activity (and of PgBouncer) into the diagnosis."""
     usable = usable_connections(info)
     count = len(backends)
     utilization = count / usable if usable else 1.0
     severity, reasons = _severity(env, utilization, limits)
+    pgbouncer = None
+    if bouncer is not None:
+        pgbouncer = _bouncer(bouncer, backends, usable - count)
+        if pgbouncer.get("saturated"):
+            reasons.append(
+                f"PgBouncer pool saturated: {pgbouncer['clients_waiting']} client(s) waiting"
+            )
+            if severity == "ok":
+                severity = "warning"
     hidden = sum(1 for b in backends if not b.visible)
     states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in backends)
     hosts = _hosts(env, backends)
@@ -348,7 +359,47 @@ def analyse(
         connection_limits=limits,
         pool_check=pool_check(env, usable),
         suspects=[u.host for u in hosts if u.suspect],
+        pgbouncer=pgbouncer,
     )
+
+
+def _bouncer(
+    state: tuple[list[BouncerPool], list[BouncerServer]] | str,
+    backends: list[Backend],
+    free: int,
+) -> dict[str, Any]:
+    """Tell "the pool is saturated" (clients waiting in PgBouncer) from "the database is
+    full" (no free slot), joining PgBouncer's server connections to pg_stat_activity."""
+    if isinstance(state, str):
+        return {"error": state}
+    pools, servers = state
+    waiting = sum(p.cl_waiting for p in pools)
+    longest = max((p.maxwait for p in pools), default=0.0)
+    pids = {b.pid for b in backends}
+    seen = sum(1 for s in servers if s.remote_pid in pids)
+    saturated, full = waiting > 0, free <= 0
+    if saturated and not full:
+        verdict = (
+            f"the pool is saturated: {waiting} client(s) waiting in PgBouncer (longest"
+            f" {longest:.1f}s) while the database has {free} free slot(s)"
+        )
+    elif saturated:
+        verdict = "the pool is saturated and the database is full"
+    elif full:
+        verdict = "the database is full, but no client is waiting in PgBouncer"
+    else:
+        verdict = "PgBouncer keeps up: no client is waiting"
+    return {
+        "pools": [asdict(p) for p in pools],
+        "clients_active": sum(p.cl_active for p in pools),
+        "clients_waiting": waiting,
+        "max_wait_seconds": round(longest, 3),
+        "server_connections": len(servers),
+        "server_connections_in_pg_stat_activity": seen,
+        "saturated": saturated,
+        "database_full": full,
+        "verdict": verdict,
+    }
 
 
 def take_snapshot(session: Session, environment: str, env: Environment) -> Diagnosis:
@@ -356,6 +407,19 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
     started = time.monotonic()
     backends = session.all("activity", Backend)
     limits = session.all("connection_limits", ConnectionLimit)
+    bouncer: tuple[list[BouncerPool], list[BouncerServer]] | str | None = None
+    if env.pgbouncer is not None:
+        from connfix import pg
+        from connfix.errors import ConnfixError
+
+        try:
+            bouncer = pg.read_pgbouncer(
+                env.pgbouncer.admin_dsn,
+                env.pgbouncer.admin_password_env,
+                env.pgbouncer.connect_timeout,
+            )
+        except ConnfixError as exc:
+            bouncer = str(exc)
     return analyse(
         environment,
         env,
@@ -365,6 +429,7 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
         via=session.via,
         refusal=session.refusal,
         seconds=time.monotonic() - started,
+        bouncer=bouncer,
     )
 
 

@@ -234,6 +234,23 @@ class Protected(_Model):
     applications: list[str] = Field(default_factory=list)
 
 
+class PgBouncerAccess(_Model):
+    """How to read a PgBouncer in front of the database (its admin console)."""
+
+    admin_dsn: str = Field(min_length=1)
+    admin_password_env: str | None = None
+    connect_timeout: Duration = 3.0
+
+    _v_env = field_validator("admin_password_env")(_check_env_var)
+
+    @field_validator("admin_dsn")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        result = Database._no_password(value)
+        assert result is not None
+        return result
+
+
 class Environment(_Model):
     """One environment: a database and the app fleet in front of it."""
 
@@ -244,6 +261,7 @@ class Environment(_Model):
     hosts: list[Host] = Field(min_length=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     protected: Protected = Field(default_factory=Protected)
+    pgbouncer: PgBouncerAccess | None = None
     incidents_dir: str | None = None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
     from connfix.engine import TriageResult
     from connfix.lab.lab import Status, UpResult
+    from connfix.pool import PoolSizing
     from connfix.runbook import Runbook, Step
 
 
@@ -248,8 +249,52 @@ def diagnosis(d: Diagnosis) -> None:
     check = d.pool_check
     mark = "[green]" if check.safe else "[red]"
     out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
+    if d.pgbouncer is not None:
+        bouncer(d.pgbouncer)
     if d.suspects:
         out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def bouncer(state: dict[str, Any]) -> None:
+    """Print what PgBouncer's admin console says."""
+    if "error" in state:
+        out.print(f"[yellow]PgBouncer:[/yellow] {escape(state['error'])}")
+        return
+    table = Table(title="PgBouncer pools", title_justify="left")
+    for column in (
+        "database",
+        "user",
+        "mode",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_used",
+        "maxwait",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("database", "user", "mode") else "right"
+        )
+    for p in state["pools"]:
+        table.add_row(
+            escape(p["database"]),
+            escape(p["user"]),
+            escape(p["pool_mode"]),
+            str(p["cl_active"]),
+            str(p["cl_waiting"]),
+            str(p["sv_active"]),
+            str(p["sv_idle"]),
+            str(p["sv_used"]),
+            f"{p['maxwait']:.1f}s",
+        )
+    out.print(table)
+    colour = "red" if state["saturated"] or state["database_full"] else "green"
+    out.print(
+        f"PgBouncer: [{colour}]{escape(state['verdict'])}[/{colour}]"
+        f" ({state['server_connections']} server connections,"
+        f" {state['server_connections_in_pg_stat_activity']} of them seen in"
+        " pg_stat_activity)"
+    )
 
 
 def runbook(book: Runbook) -> None:
@@ -341,3 +386,43 @@ def triage_result(result: TriageResult) -> None:
             f"[red]the report could not be written:[/red] {escape(result.report_error)}"
             f" (regenerate it with `connfix report {escape(str(result.incident_dir))}`)"
         )
+
+
+def pool(sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
+    """Print the pool sizing, before → after, and the PgBouncer config written."""
+    table = Table(title="pool sizing", title_justify="left")
+    for column in ("", "servers", "pool size per server", "total", "available", "safe?"):
+        table.add_column(column, justify="left" if not column else "right")
+    for row in sizing.table():
+        table.add_row(
+            row["label"],
+            str(row["servers"]),
+            str(row["pool_size"]),
+            str(row["total"]),
+            str(row["available"]),
+            "[green]yes[/green]" if row["safe"] else "[red]NO[/red]",
+        )
+    out.print(table)
+    for note in sizing.notes:
+        out.print(f"  - {escape(note)}")
+    verdict = (
+        "safe as configured"
+        if sizing.safe
+        else f"NOT safe: set the pool size to {sizing.max_safe_pool_size} per server"
+        if sizing.max_safe_pool_size
+        else "NOT safe: nothing fits; use PgBouncer"
+    )
+    out.print(f"verdict: {escape(verdict)}")
+    if bouncer_config:
+        out.print(
+            f"\nPgBouncer config written to {escape(bouncer_config['directory'])}:"
+            " pgbouncer.ini, userlist.txt (fill in the SCRAM secrets)"
+        )
+        out.print(
+            f"  pool_mode {bouncer_config['pool_mode']}, max_db_connections"
+            f" {bouncer_config['max_db_connections']}, default_pool_size"
+            f" {bouncer_config['default_pool_size']}, reserve_pool_size"
+            f" {bouncer_config['reserve_pool_size']}, max_client_conn"
+            f" {bouncer_config['max_client_conn']}"
+        )
+        out.print(f"  apps connect with DATABASE_URL={escape(bouncer_config['database_url'])}")

@@ -228,8 +228,36 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
 
     pool_rows: list[PoolRow] = []
     pool_line = None
+    pool_notes: list[str] = []
+    advice = next((e for e in reversed(events) if e["event"] == "advice"), None)
     check = (after or before or {}).get("pool_check")
-    if check:
+    if advice:  # the advise step's sizing also keeps room for other clients and a restart
+        sizing = advice["sizing"]
+        for row in sizing["table"]:
+            pool_rows.append(
+                PoolRow(
+                    row["label"],
+                    row["servers"],
+                    row["pool_size"],
+                    row["total"],
+                    row["available"],
+                    row["safe"],
+                )
+            )
+        pool_notes = sizing["notes"]
+        now, safe = sizing["table"]
+        relation = "≤" if now["safe"] else ">"
+        pool_line = (
+            f"{now['servers']} servers × {now['pool_size']} = {now['total']}"
+            f" {relation} {now['available']}"
+        )
+        pool_line += (
+            ": safe as it is"
+            if now["safe"]
+            else f" → pool {safe['pool_size']}: {safe['total']},"
+            f" {'safe' if safe['safe'] else 'still NOT safe: use PgBouncer'}"
+        )
+    elif check:
         per = check["total"] // max(1, check["servers"])
         pool_rows.append(
             PoolRow("now", check["servers"], per, check["total"], check["limit"], check["safe"])
@@ -279,7 +307,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         for name, value, _ in settings
     )
     bursty = bool(before and before["severity"] != "ok" and not before.get("suspects"))
-    pooler = bool(check and not check["safe"]) or bursty
+    pooler = bool(check and not check["safe"]) or bursty or bool(advice and advice["pgbouncer"])
 
     timeline: list[tuple[str, str]] = []
     repeats = 0
@@ -321,6 +349,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "after_hosts": by_host(after),
         "pool_rows": pool_rows,
         "pool_line": pool_line,
+        "pool_notes": pool_notes,
         "settings": [(Markdown(f"`{name}`"), value, why) for name, value, why in settings],
         "statements": code(statements) if statements else None,
         "pooler": pooler,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from connfix.actions.advise import AdviseAction
 from connfix.actions.base import Action
 from connfix.actions.diagnose import DiagnoseAction
 from connfix.actions.rolling_restart import RollingRestartAction
@@ -17,5 +18,6 @@ ACTIONS: dict[str, Action] = {
         WaitAction(),
         TerminateAction(),
         RollingRestartAction(),
+        AdviseAction(),
     )
 }

@@ -10,6 +10,7 @@ from connfix import __version__
 from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
+from connfix.cli.pool_cmd import pool
 from connfix.cli.report_cmd import report
 from connfix.cli.restart_cmd import restart
 from connfix.cli.runbook_cmd import runbook
@@ -64,6 +65,7 @@ cli.add_command(diagnose)
 cli.add_command(terminate)
 cli.add_command(restart)
 cli.add_command(report)
+cli.add_command(pool)
 cli.add_command(inventory)
 cli.add_command(runbook)
 cli.add_command(lab)

@@ -1,0 +1,47 @@
+"""`advise`: the permanent fixes, into the journal and so into the report's follow-ups:
+the largest safe pool size, and whether a PgBouncer should go in front."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+
+if TYPE_CHECKING:
+    from connfix.engine import RunContext
+
+
+class AdviseAction(Action):
+    """Work out pool sizing from the latest diagnosis; change nothing."""
+
+    name = "advise"
+    description = "work out the safe pool size and whether to put PgBouncer in front"
+
+    def plan(self, ctx: RunContext, params: Params) -> Plan:
+        return Plan(
+            summary="work out pool sizing from the latest diagnosis (read-only)",
+            operations=[Operation("advice", "pool sizing and PgBouncer advice")],
+        )
+
+    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+        from connfix.pool import size_pools
+
+        assert ctx.latest is not None  # the first step is a diagnose
+        sizing = size_pools(ctx.env, ctx.latest)
+        pooler = not sizing.safe or sizing.max_safe_pool_size == 0
+        ctx.record(
+            "advice",
+            sizing=sizing.to_json(),
+            pgbouncer=pooler,
+            command=f"connfix pool {ctx.environment} --pgbouncer-config DIR",
+        )
+        verdict = (
+            "safe"
+            if sizing.safe
+            else f"NOT safe: pool size {sizing.max_safe_pool_size} per server would fit"
+        )
+        return Outcome(
+            True,
+            f"{sizing.servers} servers × {sizing.pool_size}"
+            f" = {sizing.fleet_total} against {sizing.available} available: {verdict}",
+        )

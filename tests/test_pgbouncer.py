@@ -1,0 +1,223 @@
+"""A real PgBouncer (Debian's) started from the config connfix generates, on a lab address."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from connfix.cli import cli
+from tests.conftest import LAB_HOSTS, Lab, retry
+
+PORT = 6432
+CLIENTS = 300
+
+
+def passwords(lab: Lab) -> dict[str, str]:
+    lines = (lab.paths.lab_dir() / "pgpass").read_text().splitlines()
+    return {fields[3]: fields[4] for fields in (line.split(":") for line in lines)}
+
+
+@pytest.fixture
+def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Generate the config with `connfix pool`, start PgBouncer from it as is."""
+    # PgBouncer refuses to run as root: it runs as postgres, which cannot enter pytest's
+    # private temporary directories, so its files live in the lab's directory
+    directory = clean_lab.paths.lab_dir() / "pgbouncer-test"
+    shutil.rmtree(directory, ignore_errors=True)
+    address = clean_lab.paths.db_address()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pool",
+            "lab",
+            "-i",
+            str(clean_lab.inventory),
+            "--pgbouncer-config",
+            str(directory),
+            "--listen-addr",
+            address,
+            "--listen-port",
+            str(PORT),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["pgbouncer"]
+    # the operator's part: fill the userlist template with the SCRAM secrets
+    with clean_lab.superuser() as conn:
+        secrets = dict(
+            conn.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('app', 'connfix')"
+            ).fetchall()
+        )
+    template = (directory / "userlist.txt").read_text()
+    for role, secret in secrets.items():
+        template = template.replace(
+            f'"{role}" "SCRAM-SHA-256$<fill in from pg_authid>"', f'"{role}" "{secret}"'
+        )
+    (directory / "userlist.txt").write_text(template)
+    shutil.chown(directory, "postgres")
+    for path in directory.iterdir():
+        shutil.chown(path, "postgres")
+    for index in range(1, LAB_HOSTS + 1):  # the fleet moves behind PgBouncer
+        clean_lab.systemctl(index, "stop")
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "/usr/sbin/pgbouncer",
+            "-d",
+            str(directory / "pgbouncer.ini"),
+        ],
+        check=True,
+    )
+    pidfile = directory / "pgbouncer.pid"
+    retry(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit())
+    pid = int(pidfile.read_text())
+    try:
+        yield {
+            "config": config,
+            "address": address,
+            "passwords": passwords(clean_lab),
+            "directory": directory,
+        }
+    finally:
+        os.kill(pid, signal.SIGTERM)  # the PgBouncer this test started, by its pid
+        retry(
+            lambda: (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+            )
+        )
+        for index in range(1, LAB_HOSTS + 1):
+            clean_lab.systemctl(index, "start")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def bouncer_dsn(b: dict[str, Any], user: str, dbname: str = "appdb") -> str:
+    return f"host={b['address']} port={PORT} dbname={dbname} user={user}"
+
+
+def test_generated_config_caps_server_connections(
+    bouncer: dict[str, Any], clean_lab: Lab, tmp_path: Path
+) -> None:
+    cap = bouncer["config"]["max_db_connections"]
+    assert cap == 15  # 17 usable − buffer 2 − no other clients
+    password = bouncer["passwords"]["app"]
+    stop = threading.Event()
+    peak = [0]
+
+    def sample() -> None:
+        with clean_lab.superuser() as conn:
+            while not stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND usename = 'app'"
+                ).fetchone()
+                peak[0] = max(peak[0], int(row[0]) if row else 0)
+                time.sleep(0.01)
+
+    def client(_: int) -> int:
+        with psycopg.connect(
+            bouncer_dsn(bouncer, "app"), password=password, autocommit=True, connect_timeout=20
+        ) as conn:
+            for _ in range(3):
+                conn.execute("SELECT pg_sleep(0.05)")
+            return 1
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    inventory = tmp_path / "with-pgbouncer.yaml"
+    inventory.write_text(
+        clean_lab.inventory.read_text()
+        .replace("    incidents_dir", "    incidents_dir")
+        .replace(
+            "    protected:",
+            f'    pgbouncer:\n      admin_dsn: "{bouncer_dsn(bouncer, "connfix", "pgbouncer")}"\n'
+            "      admin_password_env: CONNFIX_TEST_PGBOUNCER_PASSWORD\n    protected:",
+        )
+    )
+    saturated: dict[str, Any] = {}
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client, i) for i in range(CLIENTS)]
+
+            def diagnose_saturated() -> bool:
+                env = {
+                    **os.environ,
+                    "CONNFIX_TEST_PGBOUNCER_PASSWORD": bouncer["passwords"]["connfix"],
+                }
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "connfix",
+                        "diagnose",
+                        "lab",
+                        "--json",
+                        "-i",
+                        str(inventory),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=False,
+                )
+                data = json.loads(proc.stdout)
+                saturated.update(data["pgbouncer"])
+                return bool(data["pgbouncer"].get("saturated"))
+
+            retry(diagnose_saturated, timeout=30, interval=0.2)
+            done = sum(f.result(timeout=120) for f in futures)
+    finally:
+        stop.set()
+        sampler.join()
+    assert done == CLIENTS
+    assert 0 < peak[0] <= cap, peak[0]
+    assert saturated["clients_waiting"] > 0
+    assert saturated["verdict"].startswith("the pool is saturated:")
+    assert "the database has" in saturated["verdict"]
+    pools = {p["database"]: p for p in saturated["pools"]}
+    assert pools["appdb"]["pool_mode"] == "transaction"
+    assert saturated["server_connections_in_pg_stat_activity"] >= 1
+
+
+def test_diagnose_shows_the_pool_state_when_it_keeps_up(
+    bouncer: dict[str, Any], clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["pgbouncer"] = {
+            "admin_dsn": bouncer_dsn(bouncer, "connfix", "pgbouncer"),
+            "admin_password_env": "CONNFIX_TEST_PGBOUNCER_PASSWORD",
+        }
+
+    monkeypatch.setenv("CONNFIX_TEST_PGBOUNCER_PASSWORD", bouncer["passwords"]["connfix"])
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    with psycopg.connect(
+        bouncer_dsn(bouncer, "app"), password=bouncer["passwords"]["app"], autocommit=True
+    ) as conn:
+        conn.execute("SELECT 1")
+        result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(inventory)])
+    assert "PgBouncer pools" in result.output
+    assert "PgBouncer: PgBouncer keeps up: no client is waiting" in result.output
+    monkeypatch.setenv("CONNFIX_TEST_PGBOUNCER_PASSWORD", "wrong")
+    result = CliRunner().invoke(cli, ["diagnose", "lab", "--json", "-i", str(inventory)])
+    data = json.loads(result.stdout)
+    assert "cannot read PgBouncer at connfix@" in data["pgbouncer"]["error"]
+    assert "wrong" not in result.output
