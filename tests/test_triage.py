@@ -348,6 +348,7 @@ def test_no_password_reaches_journal_or_output(
         db["dsn"] = db["dsn"].split(" passfile=")[0]
         db["password_env"] = "CONNFIX_TEST_PASSWORD"
         del db["admin_dsn"]
+        db.pop("reserved_dsn", None)
         db["admin_dsn_env"] = "CONNFIX_TEST_ADMIN_DSN"
 
     inventory = clean_lab.inventory_with(tmp_path, change)

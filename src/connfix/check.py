@@ -22,8 +22,7 @@ class DatabaseCheck:
     server_version: str | None = None
     max_connections: int | None = None
     detail: str = ""
-    admin_ok: bool | None = None  # None: not configured
-    admin_detail: str = "not configured"
+    ways_in: tuple[tuple[str, bool, str], ...] = ()  # (kind, works, detail) per way in
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class EnvironmentCheck:
     @property
     def ok(self) -> bool:
         """Tell whether the database and every host passed."""
-        admin_fine = self.database.admin_ok is not False
+        admin_fine = all(works for _, works, _ in self.database.ways_in)
         return self.database.ok and admin_fine and all(h.ok for h in self.hosts)
 
 
@@ -71,7 +70,7 @@ def check_database(env: Environment) -> DatabaseCheck:
     except ConnfixError as exc:
         result = DatabaseCheck(target=target, ok=False, detail=str(exc))
     else:
-        detail = f"refused ({refusal}); used the admin connection" if refusal else "connected"
+        detail = f"refused ({refusal}); used the {via} connection" if refusal else "connected"
         result = DatabaseCheck(
             target=target,
             ok=True,
@@ -83,9 +82,8 @@ def check_database(env: Environment) -> DatabaseCheck:
             detail=detail,
         )
     if env.database.has_admin:
-        admin_ok, admin_detail = pg.probe_admin(env.database)
         result = DatabaseCheck(
-            **{**result.__dict__, "admin_ok": admin_ok, "admin_detail": admin_detail}
+            **{**result.__dict__, "ways_in": tuple(pg.probe_ways_in(env.database))}
         )
     return result
 

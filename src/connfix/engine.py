@@ -295,7 +295,7 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
         if session.refusal:
             ui.note(
                 f"the database refused the ordinary connection ({session.refusal});"
-                " working through the admin connection"
+                f" working through the {session.via} connection"
             )
         if not request.dry_run:
             holder = pg.try_environment_lock(session, request.environment)

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -63,15 +64,24 @@ class Database(_Model):
 
     dsn: str = Field(min_length=1)
     password_env: str | None = None
+    reserved_dsn: str | None = None
+    reserved_dsn_env: str | None = None
+    reserved_password_env: str | None = None
     admin_dsn: str | None = None
     admin_dsn_env: str | None = None
     admin_password_env: str | None = None
     connect_timeout: Duration = 5.0
     statement_timeout: Duration = 5.0
 
-    _v_env = field_validator("password_env", "admin_dsn_env", "admin_password_env")(_check_env_var)
+    _v_env = field_validator(
+        "password_env",
+        "admin_dsn_env",
+        "admin_password_env",
+        "reserved_dsn_env",
+        "reserved_password_env",
+    )(_check_env_var)
 
-    @field_validator("dsn", "admin_dsn")
+    @field_validator("dsn", "admin_dsn", "reserved_dsn")
     @classmethod
     def _no_password(cls, value: str | None) -> str | None:
         if value is None:
@@ -97,8 +107,40 @@ class Database(_Model):
 
     @property
     def has_admin(self) -> bool:
-        """Tell whether an admin / reserved-slot connection is configured."""
-        return bool(self.admin_dsn or self.admin_dsn_env)
+        """Tell whether any way in for a full server is configured."""
+        return bool(self.ways_in())
+
+    def ways_in(self) -> list[WayIn]:
+        """Return the configured ways in for a full server, least privileged first."""
+        ways = []
+        for kind, dsn, dsn_env, password_env in (
+            ("reserved", self.reserved_dsn, self.reserved_dsn_env, self.reserved_password_env),
+            ("admin", self.admin_dsn, self.admin_dsn_env, self.admin_password_env),
+        ):
+            if dsn or dsn_env:
+                from_env = os.environ.get(dsn_env) if dsn_env else None
+                ways.append(WayIn(kind, from_env or dsn, dsn_env, password_env))
+        return ways
+
+
+@dataclass(frozen=True)
+class WayIn:
+    """A connection for when the ordinary slots are full."""
+
+    kind: str  # "reserved" or "admin"
+    dsn: str | None  # None: only an environment variable was named, and it is not set
+    dsn_env: str | None
+    password_env: str | None
+
+    @property
+    def label(self) -> str:
+        """Say which reserve this way in uses."""
+        if self.kind == "reserved":
+            return (
+                "the reserved-slot connection (a role with pg_use_reserved_connections,"
+                " using reserved_connections)"
+            )
+        return "the admin connection (a superuser, using superuser_reserved_connections)"
 
 
 class Service(_Model):

@@ -17,7 +17,7 @@ from psycopg.rows import class_row
 from connfix.errors import DatabaseUnavailable, InputError, UnsupportedServer
 
 if TYPE_CHECKING:
-    from connfix.inventory import Database
+    from connfix.inventory import Database, WayIn
 
 APPLICATION_NAME = "connfix"
 T = TypeVar("T")
@@ -193,11 +193,11 @@ def connect(
 
 
 def open_session(db: Database) -> Session:
-    """Connect to an environment's database, using the admin connection when refused.
+    """Connect to an environment's database; when refused for lack of slots, use the
+    configured ways in (the reserved-slot role, then the admin), saying which.
 
     One attempt per way in: a full server is never hammered with retries.
     """
-    primary_error: psycopg.OperationalError | None = None
     try:
         conn = connect(
             db.dsn,
@@ -207,68 +207,67 @@ def open_session(db: Database) -> Session:
         )
         return Session(conn, "primary", None)
     except psycopg.OperationalError as exc:
-        primary_error = exc
-    message = server_message(primary_error)
+        message = server_message(exc)
     kind = classify_refusal(message)
     where = describe_dsn(db.dsn)
     if kind is None:
         raise DatabaseUnavailable(f"cannot connect to {where}: {message}")
-    if not db.has_admin:
+    ways = db.ways_in()
+    if not ways:
         raise DatabaseUnavailable(
             f"the database refused connfix at {where}: {REFUSAL_TEXT[kind]}\n"
             f"  server said: {message}\n"
-            "  configure a way in for a full server: database.admin_dsn_env (an environment"
-            " variable holding a superuser or pg_use_reserved_connections DSN) or"
-            " database.admin_dsn (without a password)"
+            "  configure a way in for a full server: database.reserved_dsn (a role granted"
+            " pg_use_reserved_connections, PostgreSQL 16+) or database.admin_dsn (a"
+            " superuser), written without a password, or reserved_dsn_env / admin_dsn_env"
+            " (the name of an environment variable holding the DSN)"
         )
-    admin_dsn = _admin_dsn(db)
-    if not admin_dsn:
-        raise DatabaseUnavailable(
-            f"the database refused connfix at {where} ({message}) and the admin"
-            f" connection is not available: environment variable {db.admin_dsn_env}"
-            " is not set"
-        )
-    try:
-        conn = _connect_admin(db, admin_dsn)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"the database refused connfix at {where} ({message}), and the admin connection"
-            f" to {describe_dsn(admin_dsn)} failed too: {server_message(exc)}"
-        ) from None
-    return Session(conn, "admin", message)
+    failures = []
+    for way in ways:
+        if way.dsn is None:
+            failures.append(f"{way.kind}: environment variable {way.dsn_env} is not set")
+            continue
+        try:
+            conn = _connect_way(db, way)
+        except psycopg.OperationalError as exc:
+            failures.append(
+                f"{way.kind} connection to {describe_dsn(way.dsn)}: {server_message(exc)}"
+            )
+            continue
+        return Session(conn, way.kind, message)
+    raise DatabaseUnavailable(
+        f"the database refused connfix at {where} ({message}), and every way in failed"
+        " too:\n  " + "\n  ".join(failures)
+    )
 
 
-def _admin_dsn(db: Database) -> str | None:
-    """Return the admin DSN: the named environment variable first, then the file's."""
-    if db.admin_dsn_env and os.environ.get(db.admin_dsn_env):
-        return os.environ[db.admin_dsn_env]
-    return db.admin_dsn
-
-
-def _connect_admin(db: Database, admin_dsn: str) -> psycopg.Connection[Any]:
+def _connect_way(db: Database, way: WayIn) -> psycopg.Connection[Any]:
+    assert way.dsn is not None
     return connect(
-        admin_dsn,
-        password=_password(db.admin_password_env, "database.admin_password_env"),
+        way.dsn,
+        password=_password(way.password_env, f"database.{way.kind}_password_env"),
         connect_timeout=db.connect_timeout,
         statement_timeout=db.statement_timeout,
     )
 
 
-def probe_admin(db: Database) -> tuple[bool, str]:
-    """Try the admin connection once; return (works, what happened)."""
-    admin_dsn = _admin_dsn(db)
-    if not admin_dsn:
-        if db.has_admin:
-            return False, f"environment variable {db.admin_dsn_env} is not set"
-        return False, "not configured"
-    try:
-        conn = _connect_admin(db, admin_dsn)
-    except psycopg.OperationalError as exc:
-        return False, server_message(exc)
-    with Session(conn, "admin", None) as session:
-        info = session.info
-    kind = "superuser" if info.is_superuser else "not a superuser"
-    return True, f"works as {info.role} ({kind})"
+def probe_ways_in(db: Database) -> list[tuple[str, bool, str]]:
+    """Try each way in once; return (kind, works, what happened) for each."""
+    results = []
+    for way in db.ways_in():
+        if way.dsn is None:
+            results.append((way.kind, False, f"environment variable {way.dsn_env} is not set"))
+            continue
+        try:
+            conn = _connect_way(db, way)
+        except psycopg.OperationalError as exc:
+            results.append((way.kind, False, server_message(exc)))
+            continue
+        with Session(conn, way.kind, None) as session:
+            info = session.info
+        what = "superuser" if info.is_superuser else "not a superuser"
+        results.append((way.kind, True, f"works as {info.role} ({what})"))
+    return results
 
 
 def execute_file(dsn: str, name: str, params: dict[str, Any]) -> None:
@@ -354,7 +353,9 @@ def terminate_if_unchanged(session: Session, params: dict[str, Any]) -> tuple[st
     try:
         rows = session.all("terminate", Signalled, params)
     except psycopg.errors.InsufficientPrivilege as exc:
-        return "failed", f"permission denied: {str(exc).strip().splitlines()[0]}"
+        detail = exc.diag.message_detail  # PostgreSQL 16+ says why here
+        text = str(exc).strip().splitlines()[0]
+        return "failed", f"permission denied: {text}" + (f" ({detail})" if detail else "")
     except psycopg.Error as exc:
         return "failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
     if rows:

