@@ -105,7 +105,7 @@ class Lab:
                 self.systemctl(index, "start")
                 retry(lambda i=index: _healthy(self.core, i))  # type: ignore[misc]
                 continue
-            if status["leaked"]:
+            if status["leaked"] or not _healthy(self.core, index):  # leaks, or a broken pool
                 self.restart_app(index)
 
     def inventory_with(self, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:

@@ -45,6 +45,10 @@ class UI(Protocol):
     def note(self, message: str) -> None: ...
 
 
+class LockLost(ConnfixError):
+    """The environment's lock went with a lost connection, and someone else took it."""
+
+
 class Interrupt:
     """Ctrl-C once: finish the current operation, then stop. Twice: stop now."""
 
@@ -101,10 +105,37 @@ class RunContext:
     def diagnose(self) -> Diagnosis:
         """Take a fresh diagnosis, journal it, and make it the latest."""
         from connfix.diagnosis import take_snapshot
+        from connfix.errors import ConnectionLost
 
-        self.latest = take_snapshot(self.session, self.environment, self.env)
+        try:
+            self.latest = take_snapshot(self.session, self.environment, self.env)
+        except ConnectionLost as exc:
+            self.reconnect(str(exc))
+            self.latest = take_snapshot(self.session, self.environment, self.env)
         self.record("diagnosis", diagnosis=self.latest.to_json())
         return self.latest
+
+    def reconnect(self, why: str) -> None:
+        """Connect again once after losing the database (it restarted?), and take the
+        environment's lock again: a restart released it."""
+        from connfix import pg
+
+        self.record("connection_lost", message=why)
+        self.ui.note(f"{why}; connecting again")
+        with contextlib.suppress(Exception):
+            self.session.close()
+        self.session = pg.open_session(self.env.database)
+        self.cleanups.append(self.session.close)
+        self.record("reconnected", via=self.session.via, refusal=self.session.refusal)
+        if not self.dry_run:
+            holder = pg.try_environment_lock(self.session, self.environment)
+            if holder is not None:
+                raise LockLost(
+                    f"after reconnecting, another connfix run holds environment"
+                    f" {self.environment!r} (pid {holder.pid}, user {holder.usename});"
+                    " stopping"
+                )
+            self.record("lock_acquired", key=pg.environment_lock_key(self.environment))
 
     def names(self, d: Diagnosis) -> dict[str, Any]:
         """Return the names an expression sees for a diagnosis."""

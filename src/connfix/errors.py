@@ -41,6 +41,10 @@ class DatabaseUnavailable(ConnfixError):
     exit_status = ExitStatus.UNREACHABLE
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The database connection broke mid-run (a restart, a network cut)."""
+
+
 class UnsupportedServer(ConnfixError):
     """The server's version is older than connfix supports."""
 

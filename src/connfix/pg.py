@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg.rows import class_row
 
-from connfix.errors import DatabaseUnavailable, InputError, UnsupportedServer
+from connfix.errors import ConnectionLost, DatabaseUnavailable, InputError, UnsupportedServer
 
 if TYPE_CHECKING:
     from connfix.inventory import Database, WayIn
@@ -138,10 +138,17 @@ class Session:
 
     def all(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> list[T]:
         """Run queries/<name>.sql and return its rows as `row` instances."""
-        with self.conn.cursor(row_factory=class_row(row)) as cur:
-            version = getattr(getattr(self, "info", None), "server_version_num", None)
-            cur.execute(query(name, version), params)
-            return cur.fetchall()
+        try:
+            with self.conn.cursor(row_factory=class_row(row)) as cur:
+                version = getattr(getattr(self, "info", None), "server_version_num", None)
+                cur.execute(query(name, version), params)
+                return cur.fetchall()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self.conn.closed and not self.conn.broken:
+                raise  # a query-time error (e.g. a timeout), not a lost connection
+            raise ConnectionLost(
+                f"lost the connection to the database: {server_message(exc)}"
+            ) from None
 
     def one(self, name: str, row: type[T], params: Sequence[Any] | dict[str, Any] = ()) -> T:
         """Run queries/<name>.sql and return its single row."""

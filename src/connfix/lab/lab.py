@@ -608,6 +608,13 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _kill_all(pids: list[int], grace: float = 3.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -812,11 +819,39 @@ def sshd(name: str, action: str) -> None:
         raise LabError(f"no lab host {name!r} (hosts: {', '.join(names)})")
     index = names.index(name) + 1
     pid = state.sshd_pids.get(name)
-    if action == "stop":
+    if action == "stop":  # the listener: new connections are refused
         if pid and _alive(pid):
             _kill_all([pid])
+        return
+    if action == "kill":  # the listener and every session it serves: the host drops off
+        sessions = [p for p in namespace_pids(paths.namespace(index)) if _comm(p) == "sshd"]
+        _kill_all(sessions + ([pid] if pid else []), grace=0)
         return
     if pid and _alive(pid):
         return
     state.sshd_pids[name] = _start_sshd(name, index)
     state.save()
+
+
+def restart_postgres() -> None:
+    """Restart the lab's PostgreSQL (a fault for tests): every session is cut."""
+    state = LabState.load()
+    if state is None or not state.pg_started:
+        raise LabError("the lab is not up (run `connfix lab up`)")
+    log = Path(state.pg_data).parent / "postgres.log"  # else the server keeps our pipes open
+    _as_postgres(
+        [
+            str(Path(state.pg_bin) / "pg_ctl"),
+            "-D",
+            state.pg_data,
+            "-l",
+            str(log),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        ],
+        timeout=90,
+    )
