@@ -66,7 +66,10 @@ def load_text(text: str) -> Located:
     """Parse one YAML document into plain Python values with a line map."""
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. a control character: the reader refuses at once
+        raise YamlError(f"YAML error: {exc}".splitlines()[0]) from None
     try:
         try:
             node = loader.get_single_node()
