@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer)
+packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -174,3 +174,16 @@ def lab_env(lab: Lab) -> Any:
     from connfix.inventory import load_inventory
 
     return load_inventory(lab.inventory).environment("lab")
+
+
+def assert_complete(incidents: Path, status: str) -> str:
+    """The journal parses line by line, ends with run_end, and the report says `status`."""
+    import json
+
+    (journal,) = incidents.glob("*/journal.jsonl")
+    parsed = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert parsed[0]["event"] == "run_start" and parsed[-1]["event"] == "run_end"
+    assert [p["seq"] for p in parsed] == list(range(1, len(parsed) + 1))
+    report = (journal.parent / "report.md").read_text()
+    assert f"# Incident report: lab — {status}" in report, report[:200]
+    return report

@@ -3,7 +3,6 @@ what was not, and that the journal and the report are complete."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 from connfix.cli import cli
 from connfix.journal import read_journal
 from connfix.report import render
-from tests.conftest import Lab, retry
+from tests.conftest import Lab, assert_complete, retry
 
 
 def events(incidents: Path) -> list[dict[str, Any]]:
@@ -30,16 +29,7 @@ def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in evs if e["event"] == name]
 
 
-def complete(incidents: Path, status: str) -> str:
-    """The journal parses line by line, ends with run_end, and the report says `status`."""
-    (journal,) = incidents.glob("*/journal.jsonl")
-    lines = journal.read_text().splitlines()
-    parsed = [json.loads(line) for line in lines]
-    assert parsed[0]["event"] == "run_start" and parsed[-1]["event"] == "run_end"
-    assert [p["seq"] for p in parsed] == list(range(1, len(parsed) + 1))
-    report = (journal.parent / "report.md").read_text()
-    assert f"# Incident report: lab — {status}" in report
-    return report
+complete = assert_complete
 
 
 def start(lab: Lab, incidents: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.journal import read_journal
-from tests.conftest import LAB_POOL_SIZE, Lab, retry
+from tests.conftest import LAB_POOL_SIZE, Lab, assert_complete, retry
 
 
 def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None) -> Any:
@@ -82,6 +82,8 @@ def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path)
     assert "preflight failed, nothing was restarted: app2: SSH to 10.231.7.12" in result.output
     assert clean_lab.main_pids() == pids
     assert not of(events(tmp_path / "incidents"), "host_start")
+    report = assert_complete(tmp_path / "incidents", "halted")
+    assert "preflight failed, nothing was restarted" in report
 
 
 def test_changed_host_key_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
@@ -100,6 +102,7 @@ def test_changed_host_key_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert "app3: host key for 10.231.7.13 has CHANGED" in result.output
     assert clean_lab.main_pids() == pids
+    assert_complete(tmp_path / "incidents", "halted")
 
 
 def test_failed_restart_halts_and_later_hosts_keep_their_pid(
@@ -119,6 +122,8 @@ def test_failed_restart_halts_and_later_hosts_keep_their_pid(
     assert "done app1; failed app2 at restart" in result.output
     assert "not touched app3" in result.output
     assert clean_lab.core.app_request(3, "/status")["pid"] == pids["app3"]
+    report = assert_complete(tmp_path / "incidents", "halted")
+    assert "| app2 | FAILED at restart |" in report and "exit 1" in report
 
 
 def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
@@ -136,6 +141,7 @@ def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
     assert failed["exit_code"] == 22  # curl -f on HTTP 503
     now = clean_lab.main_pids()
     assert now["app2"] == pids["app2"] and now["app3"] == pids["app3"]
+    assert "| app1 | FAILED at health |" in assert_complete(tmp_path / "incidents", "halted")
 
 
 def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path: Path) -> None:
@@ -169,6 +175,7 @@ def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path
         in (failed["detail"])
     )
     assert clean_lab.main_pids()["app2"] == pids["app2"]
+    assert "| app1 | FAILED at database |" in assert_complete(tmp_path / "incidents", "halted")
 
 
 def test_resume_skips_the_hosts_already_done(clean_lab: Lab, tmp_path: Path) -> None:

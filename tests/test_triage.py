@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli, triage_cmd
 from connfix.journal import read_journal
-from tests.conftest import Lab, retry
+from tests.conftest import Lab, assert_complete, retry
 
 HEADER = """\
 version: 1
@@ -245,6 +245,8 @@ def test_second_concurrent_triage_is_refused_with_the_holder(
     evs = events(tmp_path / "incidents")
     assert names(evs) == ["run_start", "connected", "lock_refused", "run_end"]
     assert evs[2]["holder"]["pid"] == holder_pid
+    report = assert_complete(tmp_path / "incidents", "refused (another run held the environment)")
+    assert f"refused: another run holds the environment (pid {holder_pid})" in report
     # a dry run takes no lock: it may look while someone acts
     dry = triage(
         clean_lab, tmp_path / "dry", "--dry-run", "--runbook", str(runbook(tmp_path, PAUSE))
@@ -354,6 +356,7 @@ def test_no_password_reaches_journal_or_output(
     inventory = clean_lab.inventory_with(tmp_path, change)
     env = {
         **os.environ,
+        "PGPASSWORD": connfix_pw,  # libpq's own mechanism too: the password everywhere
         "CONNFIX_TEST_PASSWORD": connfix_pw,
         "CONNFIX_TEST_ADMIN_DSN": f"host=127.0.0.1 port={clean_lab.paths.pg_port()}"
         f" dbname=appdb user=connfix_admin password={admin_pw}",

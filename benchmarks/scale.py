@@ -1,0 +1,98 @@
+"""Scale: a 24-host lab holding 1,000 client backends, triaged end to end.
+
+Builds lab 5 (24 hosts × pool 40, one host leaking 40 more: 1,000 client backends),
+then times, each as a whole connfix process, with its peak RSS (GNU time's "Maximum
+resident set size"): diagnose, the parallel preflight of all 24 hosts (a dry-run
+restart), the triage end to end, and a rolling restart of all 24 hosts. Target: every
+connfix process under 150 MB. Needs root; removes the lab unless --keep.
+
+    .venv/bin/python benchmarks/scale.py [--hosts 24] [--pool 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["CONNFIX_LAB_ID"] = "5"
+os.environ.pop("CONNFIX_LAB_DIR", None)
+
+import psycopg
+
+from connfix.lab import lab
+
+
+def run(args: list[str], incidents: Path) -> tuple[float, int, int]:
+    """Run one connfix process; return (seconds, peak RSS in MB, exit status)."""
+    exe = str(Path(sys.executable).with_name("connfix"))
+    argv = ["/usr/bin/time", "-v", exe, *args]
+    if args[0] in ("triage", "restart"):
+        argv += ["--incidents-dir", str(incidents)]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    rss = int(match.group(1)) // 1024 if match else -1
+    return elapsed, rss, proc.returncode
+
+
+def client_backends() -> int:
+    with psycopg.connect(lab.bootstrap_dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=24)
+    parser.add_argument("--pool", type=int, default=40)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    if not Path("/usr/bin/time").exists():
+        sys.exit("needs GNU time (apt-get install -y time)")
+    lab.down()
+    started = time.perf_counter()
+    leak = 1000 - args.hosts * args.pool
+    lab.up(hosts=args.hosts, max_connections=1300, pool_size=args.pool)
+    if leak > 0:
+        lab.leak("app7", leak, idle_in_transaction=False)
+    print(
+        f"lab: {args.hosts} hosts × pool {args.pool}, app7 leaking {max(leak, 0)};"
+        f" {client_backends()} client backends ({time.perf_counter() - started:.1f}s to build)"
+    )
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            incidents = Path(tmp)
+            for label, cmd in (
+                ("diagnose --json", ["diagnose", "lab", "--json"]),
+                ("preflight of all hosts (restart --dry-run)", ["restart", "lab", "--dry-run"]),
+                ("triage --yes, end to end", ["triage", "lab", "--yes"]),
+                (f"rolling restart of all {args.hosts} hosts", ["restart", "lab", "--yes"]),
+            ):
+                seconds, rss, status = run(cmd, incidents)
+                rows.append((label, seconds, rss, status))
+                print(
+                    f"  {label:45s} {seconds:6.2f} s  peak RSS {rss:4d} MB  exit {status}",
+                    flush=True,
+                )
+        print(f"client backends afterwards: {client_backends()}")
+        worst = max(r[2] for r in rows)
+        print(f"largest peak RSS: {worst} MB (target: under 150 MB)")
+    finally:
+        if not args.keep:
+            lab.down()
+
+
+if __name__ == "__main__":
+    main()
