@@ -20,3 +20,53 @@ def inventory_option(fn: F) -> F:
         help="Inventory file (default: $CONNFIX_INVENTORY, then ./inventory.yaml; the lab's"
         " inventory for environment 'lab').",
     )(fn)
+
+
+def check_hosts(names: list[str], environment: str, known: set[str], flag: str) -> None:
+    """Refuse host names the environment does not have (a usage error, exit 2)."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"no host {', '.join(unknown)} in environment {environment!r}"
+            f" (hosts: {', '.join(sorted(known))})",
+            param_hint=flag,
+        )
+
+
+def run_and_exit(
+    environment: str,
+    loaded: Any,
+    env: Any,
+    runbook: Any,
+    *,
+    incidents_dir: str | None,
+    dry_run: bool,
+    yes: bool,
+    command: bool,
+    resume: str | None = None,
+) -> None:
+    """Run a runbook on the engine, print how it ended, exit with its status."""
+    import sys
+    from pathlib import Path
+
+    from connfix import render
+    from connfix.cli.triage_cmd import incidents_base, interactive
+    from connfix.engine import TriageRequest, resume_state, run_triage
+
+    resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
+    request = TriageRequest(
+        environment=environment,
+        env=env,
+        runbook=runbook,
+        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
+        inventory_path=loaded.path,
+        dry_run=dry_run,
+        yes=yes,
+        interactive=interactive(),
+        command=command,
+        resumed_from=resumed_from,
+        resume_done=done,
+    )
+    result = run_triage(request, render.RichUI())
+    render.triage_result(result)
+    sys.exit(result.exit_status)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import click
 
 from connfix.cli.options import inventory_option
@@ -72,37 +69,22 @@ def restart(
       connfix restart prod --hosts web3,web4 --pause 30s
       connfix restart prod --resume incidents/20261125T021500Z-prod
     """
-    from connfix import render
-    from connfix.cli.triage_cmd import incidents_base, interactive
-    from connfix.engine import TriageRequest, resume_state, run_triage
+    from connfix.cli.options import check_hosts, run_and_exit
     from connfix.inventory import resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
     names = [n.strip() for value in hosts for n in value.split(",") if n.strip()]
-    known = {h.name for h in env.hosts}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise click.BadParameter(
-            f"no host {', '.join(unknown)} in environment"
-            f" {environment!r} (hosts: {', '.join(sorted(known))})",
-            param_hint="--hosts",
-        )
-    resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
+    check_hosts(names, environment, {h.name for h in env.hosts}, "--hosts")
     params = {"hosts": names, "only_suspects": only_suspects, "batch": batch, "pause": pause}
-    request = TriageRequest(
-        environment=environment,
-        env=env,
-        runbook=command_runbook("restart", "rolling_restart", params),
-        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
-        inventory_path=loaded.path,
+    run_and_exit(
+        environment,
+        loaded,
+        env,
+        command_runbook("restart", "rolling_restart", params),
+        incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        interactive=interactive(),
         command=True,
-        resumed_from=resumed_from,
-        resume_done=done,
+        resume=resume,
     )
-    result = run_triage(request, render.RichUI())
-    render.triage_result(result)
-    sys.exit(result.exit_status)

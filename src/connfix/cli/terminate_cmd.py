@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from connfix.cli.options import inventory_option
@@ -106,21 +104,12 @@ def terminate(
       connfix terminate prod --state idle-in-transaction --older-than 1m --dry-run
       connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
     """
-    from connfix import render
-    from connfix.cli.triage_cmd import incidents_base, interactive
-    from connfix.engine import TriageRequest, run_triage
+    from connfix.cli.options import check_hosts, run_and_exit
     from connfix.inventory import resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
-    known = {h.name for h in env.hosts}
-    unknown = [h for h in hosts if h not in known]
-    if unknown:
-        raise click.BadParameter(
-            f"no host {', '.join(unknown)} in environment"
-            f" {environment!r} (hosts: {', '.join(sorted(known))})",
-            param_hint="--host",
-        )
+    check_hosts(list(hosts), environment, {h.name for h in env.hosts}, "--host")
     params = {
         "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
         "older_than": older_than,
@@ -132,17 +121,13 @@ def terminate(
         "only_suspects": only_suspects,
         "excess_only": excess_only,
     }
-    request = TriageRequest(
-        environment=environment,
-        env=env,
-        runbook=command_runbook("terminate", "terminate", params),
-        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
-        inventory_path=loaded.path,
+    run_and_exit(
+        environment,
+        loaded,
+        env,
+        command_runbook("terminate", "terminate", params),
+        incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        interactive=interactive(),
         command=True,
     )
-    result = run_triage(request, render.RichUI())
-    render.triage_result(result)
-    sys.exit(result.exit_status)

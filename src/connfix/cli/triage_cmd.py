@@ -73,26 +73,19 @@ def triage(
       connfix triage lab --yes --runbook runbooks/too-many-connections.yaml
       connfix triage prod --resume incidents/20261125T021500Z-prod
     """
-    from connfix import render
-    from connfix.engine import TriageRequest, resume_state, run_triage
+    from connfix.cli.options import run_and_exit
     from connfix.inventory import resolve_environment
     from connfix.runbook import resolve_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
-    runbook = resolve_runbook(runbook_ref)
-    resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
-    request = TriageRequest(
-        environment=environment,
-        env=env,
-        runbook=runbook,
-        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
-        inventory_path=loaded.path,
+    run_and_exit(
+        environment,
+        loaded,
+        env,
+        resolve_runbook(runbook_ref),
+        incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        interactive=interactive(),
-        resumed_from=resumed_from,
-        resume_done=done,
+        command=False,
+        resume=resume,
     )
-    result = run_triage(request, render.RichUI())
-    render.triage_result(result)
-    sys.exit(result.exit_status)
