@@ -194,3 +194,22 @@ def assert_complete(incidents: Path, status: str) -> str:
     report = (journal.parent / "report.md").read_text()
     assert f"# Incident report: lab — {status}" in report, report[:200]
     return report
+
+
+@pytest.fixture
+def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Fill every ordinary slot of the lab's server for real, with `app` sessions."""
+    fillers: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(30):
+            try:
+                fillers.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert "remaining connection slots are reserved" in str(exc)
+                break
+        else:
+            pytest.fail("the server never filled up")
+        yield fillers
+    finally:
+        for conn in fillers:
+            conn.close()

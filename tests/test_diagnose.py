@@ -149,21 +149,6 @@ def test_json_fields_one_by_one(clean_lab: Lab) -> None:
     assert data["by_user"] == {"app": 9}
 
 
-@pytest.fixture
-def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
-    fillers: list[psycopg.Connection[Any]] = []
-    try:
-        while len(fillers) < 30:
-            try:
-                fillers.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
-            except psycopg.OperationalError:
-                break
-        yield fillers
-    finally:
-        for conn in fillers:
-            conn.close()
-
-
 def test_full_server_is_diagnosed_through_the_admin_connection(
     full_server: list[Any], lab: Lab
 ) -> None:

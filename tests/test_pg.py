@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +61,6 @@ def test_session_is_named_autocommit_with_statement_timeout(lab: Lab, lab_env: A
             " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
         ).fetchone()
         assert row == ("connfix", "5s")
-
-
-@pytest.fixture
-def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
-    """Fill every ordinary slot of the lab's server for real, with `app` sessions."""
-    fillers: list[psycopg.Connection[Any]] = []
-    try:
-        for _ in range(30):
-            try:
-                fillers.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
-            except psycopg.OperationalError as exc:
-                assert "remaining connection slots are reserved" in str(exc)
-                break
-        else:
-            pytest.fail("the server never filled up")
-        yield fillers
-    finally:
-        for conn in fillers:
-            conn.close()
 
 
 def test_full_server_falls_back_to_the_least_privileged_way_in(

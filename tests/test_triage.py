@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -321,23 +320,8 @@ def test_unwritable_journal_stops_the_run_before_anything(clean_lab: Lab, tmp_pa
     assert all(b["application_name"] != "connfix" for b in clean_lab.client_backends())
 
 
-@pytest.fixture
-def fillers(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
-    conns: list[psycopg.Connection[Any]] = []
-    try:
-        while len(conns) < 30:
-            try:
-                conns.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
-            except psycopg.OperationalError:
-                break
-        yield conns
-    finally:
-        for conn in conns:
-            conn.close()
-
-
 def test_no_password_reaches_journal_or_output(
-    clean_lab: Lab, tmp_path: Path, fillers: list[Any]
+    clean_lab: Lab, tmp_path: Path, full_server: list[Any]
 ) -> None:
     passwords = dict(
         line.split(":")[3:5]

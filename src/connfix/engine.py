@@ -128,14 +128,9 @@ class RunContext:
         self.cleanups.append(self.session.close)
         self.record("reconnected", via=self.session.via, refusal=self.session.refusal)
         if not self.dry_run:
-            holder = pg.try_environment_lock(self.session, self.environment)
-            if holder is not None:
-                raise LockLost(
-                    f"after reconnecting, another connfix run holds environment"
-                    f" {self.environment!r} (pid {holder.pid}, user {holder.usename});"
-                    " stopping"
-                )
-            self.record("lock_acquired", key=pg.environment_lock_key(self.environment))
+            refused = take_lock(self.session, self.environment, self.journal)
+            if refused is not None:
+                raise LockLost(f"after reconnecting, {refused}")
 
     def names(self, d: Diagnosis) -> dict[str, Any]:
         """Return the names an expression sees for a diagnosis."""
@@ -247,6 +242,28 @@ def secrets_of(env: Environment) -> list[str]:
     return found
 
 
+def take_lock(session: Session, environment: str, journal: Journal) -> str | None:
+    """Take the environment's advisory lock and journal it; else say who holds it."""
+    from connfix import pg
+
+    holder = pg.try_environment_lock(session, environment)
+    if holder is None:
+        journal.record("lock_acquired", key=pg.environment_lock_key(environment))
+        return None
+    journal.record("lock_refused", holder=holder)
+    who = (
+        f"pid {holder.pid}, user {holder.usename}, from"
+        f" {holder.client_addr or 'the local socket'}, application"
+        f" {holder.application_name!r}"
+    )
+    if holder.held_seconds is not None:
+        who += f", connected {holder.held_seconds:.0f}s ago"
+    return (
+        f"another connfix run holds environment {environment!r} ({who}); refusing to"
+        " run at the same time"
+    )
+
+
 def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
     """Run a runbook against one environment; always leaves a complete journal."""
     from connfix import pg
@@ -329,22 +346,9 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
                 f" working through the {session.via} connection"
             )
         if not request.dry_run:
-            holder = pg.try_environment_lock(session, request.environment)
-            if holder is not None:
-                who = (
-                    f"pid {holder.pid}, user {holder.usename}, from"
-                    f" {holder.client_addr or 'the local socket'}, application"
-                    f" {holder.application_name!r}"
-                )
-                if holder.held_seconds is not None:
-                    who += f", connected {holder.held_seconds:.0f}s ago"
-                message = (
-                    f"another connfix run holds environment {request.environment!r}"
-                    f" ({who}); refusing to run at the same time"
-                )
-                journal.record("lock_refused", holder=holder)
-                return finish("locked", ExitStatus.UNHEALTHY, message)
-            journal.record("lock_acquired", key=pg.environment_lock_key(request.environment))
+            refused = take_lock(session, request.environment, journal)
+            if refused is not None:
+                return finish("locked", ExitStatus.UNHEALTHY, refused)
         ctx = RunContext(
             request.environment,
             request.env,
