@@ -54,9 +54,12 @@ def test_output_tail_keeps_the_last_lines(lab_env: Any) -> None:
 
 
 def test_parallel_results_keep_host_order(lab_env: Any) -> None:
-    results = remote.parallel(
-        lab_env.hosts, lambda h: remote.Remote(h, lab_env.ssh).run("echo $CONNFIX_LAB_HOST")
-    )
+    conns = [remote.Remote(h, lab_env.ssh) for h in lab_env.hosts]
+    try:
+        results = remote.parallel(conns, lambda c: c.run("echo $CONNFIX_LAB_HOST"))
+    finally:
+        for conn in conns:
+            conn.close()
     assert [r.stdout.strip() for r in results] == ["app1", "app2", "app3"]
 
 

@@ -105,6 +105,13 @@ class Remote:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
         if self.conn.is_connected:
             return
+        try:
+            self._open()
+        except (HostKeyRefused, ConnectionError):
+            self.close()  # a half-open transport must not linger
+            raise
+
+    def _open(self) -> None:
         client = self.conn.client
         try:
             client.load_host_keys(str(self.known_hosts))
