@@ -89,6 +89,7 @@ class RunContext:
     latest: Diagnosis | None = None
     step: Step | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)  # what the run changed so far
     db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
     resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
 
@@ -135,7 +136,7 @@ class RunContext:
     def names(self, d: Diagnosis) -> dict[str, Any]:
         """Return the names an expression sees for a diagnosis."""
         return expressions.context(
-            d, [h.name for h in self.env.hosts], self.env.thresholds.model_dump()
+            d, [h.name for h in self.env.hosts], self.env.thresholds.model_dump(), self.totals
         )
 
     def holds(self, condition: str, d: Diagnosis) -> bool:
@@ -501,6 +502,8 @@ def _walk(
         before = ctx.latest
         outcome: Outcome = action.apply(ctx, step.params, plan)
         seconds = time.monotonic() - started
+        for key, count in outcome.changed.items():
+            ctx.totals[key] = ctx.totals.get(key, 0) + count
         ctx.record(
             "step_end",
             ok=outcome.ok,

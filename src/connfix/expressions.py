@@ -25,6 +25,8 @@ EXTRA_NAMES = {
     "active": "sessions in state active",
     "hosts": "names of the environment's hosts",
     "thresholds": "the environment's thresholds (warning, critical, buffer, …)",
+    "terminated": "sessions terminated so far in this run",
+    "restarted": "hosts restarted (and verified) so far in this run",
 }
 NAMES = frozenset(f.name for f in dataclasses.fields(Diagnosis)) | set(EXTRA_NAMES)
 
@@ -58,8 +60,13 @@ def check(expression: str) -> None:
         )
 
 
-def context(diagnosis: Diagnosis, hosts: list[str], thresholds: dict[str, Any]) -> dict[str, Any]:
-    """Build the names an expression sees from a diagnosis."""
+def context(
+    diagnosis: Diagnosis,
+    hosts: list[str],
+    thresholds: dict[str, Any],
+    totals: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Build the names an expression sees from a diagnosis and the run so far."""
     data = diagnosis.to_json()
     states = diagnosis.by_state
     data.update(
@@ -71,6 +78,8 @@ def context(diagnosis: Diagnosis, hosts: list[str], thresholds: dict[str, Any]) 
         active=states.get("active", 0),
         hosts=hosts,
         thresholds=thresholds,
+        terminated=(totals or {}).get("terminated", 0),
+        restarted=(totals or {}).get("restarted", 0),
     )
     return data
 

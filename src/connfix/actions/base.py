@@ -50,6 +50,8 @@ class Outcome:
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    # what it changed, for later conditions: {"terminated": 3} or {"restarted": 1}
+    changed: dict[str, int] = field(default_factory=dict)
 
 
 class Action:

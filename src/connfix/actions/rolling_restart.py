@@ -267,6 +267,7 @@ class RollingRestartAction(Action):
             f"restarted {len(done)} host(s) in"
             f" {format_duration(time.monotonic() - started)}: {', '.join(done)}",
             {"done": done, "failed": [], "untouched": []},
+            changed={"restarted": len(done)},
         )
 
     def _halt(
@@ -294,6 +295,7 @@ class RollingRestartAction(Action):
             text,
             {"done": done, "failed": failed, "untouched": untouched},
             interrupted=interrupted,
+            changed={"restarted": len(done)},
         )
 
     def _restart_one(

@@ -302,4 +302,5 @@ class TerminateAction(Action):
                 "client_backends_after": after.client_backends,
             },
             interrupted=interrupted,
+            changed={"terminated": counts["terminated"]},
         )
