@@ -24,6 +24,7 @@ def test_all_checks_pass_on_the_lab(lab: Lab) -> None:
     assert f"PostgreSQL {lab.version}" in result.output
     assert f"max_connections {lab.max_connections}" in result.output
     assert "works as connfix_admin (superuser)" in result.output
+    assert "sees every session; may terminate other roles' sessions" in result.output
     for name in ("app1", "app2", "app3"):
         assert name in result.output
     assert "all checks passed (3 hosts)" in result.output

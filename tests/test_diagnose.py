@@ -244,3 +244,16 @@ def test_human_output_has_every_section(clean_lab: Lab) -> None:
     ):
         assert section in out, section
     assert result.exit_code == 0
+
+
+def test_inventory_check_names_missing_privileges(
+    clean_lab: Lab, unprivileged: str, tmp_path: Path
+) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["database"]["dsn"] = unprivileged
+
+    result = CliRunner().invoke(
+        cli, ["inventory", "check", "lab", "-i", str(clean_lab.inventory_with(tmp_path, change))]
+    )
+    assert "cannot see other roles' sessions (grant pg_read_all_stats)" in result.output
+    assert "cannot terminate other roles' sessions (grant pg_signal_backend)" in result.output

@@ -19,6 +19,8 @@ class DatabaseCheck:
     via: str | None = None
     role: str | None = None
     is_superuser: bool = False
+    read_all_stats: bool = False
+    signal_backend: bool = False
     server_version: str | None = None
     max_connections: int | None = None
     detail: str = ""
@@ -77,6 +79,8 @@ def check_database(env: Environment) -> DatabaseCheck:
             via=via,
             role=info.role,
             is_superuser=info.is_superuser,
+            read_all_stats=info.read_all_stats or info.is_superuser,
+            signal_backend=info.signal_backend or info.is_superuser,
             server_version=info.server_version,
             max_connections=info.max_connections,
             detail=detail,

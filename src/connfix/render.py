@@ -50,6 +50,22 @@ def environment_check(result: EnvironmentCheck) -> None:
         role = f"{db.role} ({'superuser' if db.is_superuser else 'not a superuser'})"
         table.add_row("connected as", "", escape(f"{role} via the {db.via} connection"))
         table.add_row(
+            "privileges",
+            "",
+            (
+                "sees every session"
+                if db.read_all_stats
+                else "[yellow]cannot see other roles' sessions (grant pg_read_all_stats)[/yellow]"
+            )
+            + "; "
+            + (
+                "may terminate other roles' sessions"
+                if db.signal_backend
+                else "[yellow]cannot terminate other roles' sessions (grant"
+                " pg_signal_backend)[/yellow]"
+            ),
+        )
+        table.add_row(
             "server",
             "",
             escape(f"PostgreSQL {db.server_version}, max_connections {db.max_connections}"),
