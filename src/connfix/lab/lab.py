@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from connfix.lab import paths
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, DATABASE, UNIT, lab_dir
 
 SSHD = "/usr/sbin/sshd"
+NETNS_MARKER = ".connfix-lab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REQUIRED_TOOLS = {
     "ip": "iproute2",
@@ -51,7 +52,6 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     netns_etc: list[str] = field(default_factory=list)
-    created_dirs: list[str] = field(default_factory=list)
     sshd_pids: dict[str, int] = field(default_factory=dict)
     pg_started: bool = False
     pg_major: int = 0
@@ -70,7 +70,8 @@ class LabState:
             return None
         except (OSError, ValueError) as exc:
             raise LabError(f"{cls.path()}: unreadable lab state: {exc}") from None
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # older labs: extra keys
 
     def save(self) -> None:
         tmp = self.path().with_suffix(".tmp")
@@ -340,8 +341,10 @@ def _host(state: LabState, index: int, pool_size: int, boot_seconds: float) -> N
     # `sudo` resets PATH to secure_path; inside this host's namespace (only there:
     # `ip netns exec` bind-mounts /etc/netns/<ns>/* over /etc) it puts the stand-in first.
     etc = Path("/etc/netns") / ns
-    if not etc.parent.exists() and str(etc.parent) not in state.created_dirs:
-        state.created_dirs.append(str(etc.parent))
+    if not etc.parent.exists():
+        # made by a lab: the marker lets whichever lab goes down last remove it
+        etc.parent.mkdir(mode=0o755)
+        (etc.parent / NETNS_MARKER).write_text("made by connfix lab up\n")
     state.netns_etc.append(str(etc))
     state.save()
     (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
@@ -664,12 +667,13 @@ def down() -> list[str]:
         if Path(etc).exists():
             shutil.rmtree(etc, ignore_errors=True)
             removed.append(etc)
-    for made in state.created_dirs:
-        try:
-            Path(made).rmdir()  # only if empty: something else may have used it since
-            removed.append(made)
-        except OSError:
-            pass
+    netns_root = Path("/etc/netns")
+    if state.netns_etc and netns_root.is_dir():
+        entries = {p.name for p in netns_root.iterdir()}
+        if entries == {NETNS_MARKER}:  # a lab made it, and nothing else uses it now
+            (netns_root / NETNS_MARKER).unlink()
+            netns_root.rmdir()
+            removed.append(str(netns_root))
     if state.bridge and _run(["ip", "link", "show", state.bridge], check=False).returncode == 0:
         _run(["ip", "link", "del", state.bridge], check=False)
         removed.append(f"bridge {state.bridge}")
