@@ -352,3 +352,32 @@ def test_default_runbook_terminates_idle_in_transaction_before_long_idle() -> No
         "idle_in_transaction_aborted",
     ]
     assert steps[idle].confirm and steps[iit].confirm
+
+
+def test_small_plans_wait_on_each_pid_large_ones_poll_together(
+    sessions: Sessions, inventory: Path, tmp_path: Path
+) -> None:
+    """pg_terminate_backend(pid, timeout) (14+) for a few pids; for more, its 100 ms wait
+    steps would add up, so the exits are confirmed together in pg_stat_activity."""
+    few = {sessions.open().info.backend_pid for _ in range(2)}
+    small = terminate(inventory, tmp_path / "small", "--state", "idle", "--older-than", "0s")
+    assert small.exit_code == 0
+    ops = operations(tmp_path / "small")
+    assert set(ops) == few
+    assert {op["confirmed_by"] for op in ops.values()} == {"pg_terminate_backend(pid, timeout)"}
+    many = {sessions.open().info.backend_pid for _ in range(7)}  # 9 pools + 7 + connfix = 17
+    large = terminate(
+        inventory,
+        tmp_path / "large",
+        "--state",
+        "idle",
+        "--older-than",
+        "0s",
+        "--max-fraction",
+        "1",
+    )
+    assert large.exit_code == 0, large.output
+    ops = operations(tmp_path / "large")
+    assert set(ops) == many and all(op["result"] == "terminated" for op in ops.values())
+    assert {op["confirmed_by"] for op in ops.values()} == {"signal, then pg_stat_activity poll"}
+    assert not (few | many) & sessions.alive()

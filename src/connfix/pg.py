@@ -351,14 +351,18 @@ class _Pid:
     pid: int
 
 
-def terminate_if_unchanged(session: Session, params: dict[str, Any]) -> tuple[str, str]:
+def terminate_if_unchanged(
+    session: Session, params: dict[str, Any], wait_ms: int | None = None
+) -> tuple[str, str]:
     """Signal one planned session to terminate if it is unchanged.
 
-    Return (result, detail): ("signalled", ""), ("skipped", why) or ("failed", error).
-    A permission error fails this pid only; the caller goes on with the next.
+    With `wait_ms` (PostgreSQL 14+), wait for it to exit: ("terminated", ""), else
+    ("signalled", "") and the caller confirms the exit. Otherwise ("skipped", why) or
+    ("failed", error). A permission error fails this pid only; the caller goes on.
     """
+    name = "terminate" if wait_ms is None else "terminate_wait"
     try:
-        rows = session.all("terminate", Signalled, params)
+        rows = session.all(name, Signalled, {**params, "timeout_ms": wait_ms})
     except psycopg.errors.InsufficientPrivilege as exc:
         detail = exc.diag.message_detail  # PostgreSQL 16+ says why here
         text = str(exc).strip().splitlines()[0]
@@ -367,7 +371,9 @@ def terminate_if_unchanged(session: Session, params: dict[str, Any]) -> tuple[st
         return "failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
     if rows:
         if rows[0].signalled:
-            return "signalled", ""
+            return ("signalled", "") if wait_ms is None else ("terminated", "")
+        if wait_ms is not None:
+            return "failed", f"signalled, still present after {wait_ms} ms"
         return "failed", "pg_terminate_backend returned false (not a PostgreSQL backend?)"
     now = session.all("session_now", SessionNow, {"pid": params["pid"]})
     if not now:
