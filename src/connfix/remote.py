@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -18,13 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut
 
 if TYPE_CHECKING:
     from connfix.inventory import Host, Ssh
 
 T = TypeVar("T")
 TAIL_LINES = 10
+
+
+def _text(data: bytes | bytearray) -> str:
+    return bytes(data).decode("utf-8", errors="replace")
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:
@@ -168,18 +172,7 @@ class Remote:
                 self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
             )
         try:
-            result = self.conn.run(command, timeout=max(1, round(limit)))
-        except CommandTimedOut as exc:
-            out = exc.result
-            return CommandResult(
-                self.host.name,
-                command,
-                None,
-                out.stdout,
-                out.stderr,
-                time.monotonic() - started,
-                f"timed out after {limit:.0f}s",
-            )
+            exit_code, stdout, stderr, timed_out = self._exec(command, limit)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             return CommandResult(
@@ -192,19 +185,68 @@ class Remote:
                 f"SSH connection lost: {exc}",
             )
         elapsed = time.monotonic() - started
-        if result.exited is None or int(result.exited) < 0:
-            # no exit status came back: the channel closed, or the timeout fired first
-            why = (
-                f"timed out after {limit:.0f}s"
-                if elapsed >= limit * 0.9
-                else "ended without an exit status (connection closed?)"
-            )
+        if timed_out:
             return CommandResult(
-                self.host.name, command, None, result.stdout, result.stderr, elapsed, why
+                self.host.name,
+                command,
+                None,
+                stdout,
+                stderr,
+                elapsed,
+                f"timed out after {limit:.0f}s",
             )
-        return CommandResult(
-            self.host.name, command, int(result.exited), result.stdout, result.stderr, elapsed
-        )
+        if exit_code is None or exit_code < 0:
+            return CommandResult(
+                self.host.name,
+                command,
+                None,
+                stdout,
+                stderr,
+                elapsed,
+                "ended without an exit status (connection closed?)",
+            )
+        return CommandResult(self.host.name, command, exit_code, stdout, stderr, elapsed)
+
+    def _exec(self, command: str, limit: float) -> tuple[int | None, str, str, bool]:
+        """Run a command on a channel of the open connection, with a deadline.
+
+        The timeout is kept here, in the calling thread: invoke's runner enforces it with
+        a timer thread that may still be closing the channel after the call returned.
+        """
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise EOFError("the SSH connection is closed")
+        channel = transport.open_session(timeout=self.ssh.connect_timeout)
+        stdout, stderr = bytearray(), bytearray()
+        deadline = time.monotonic() + limit
+        try:
+            channel.exec_command(command)
+            while True:
+                while channel.recv_ready():
+                    stdout += channel.recv(65536)
+                while channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(65536)
+                if channel.exit_status_ready() and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    # drain what arrived with the exit status, then stop
+                    while not channel.eof_received and time.monotonic() < deadline:
+                        if channel.recv_ready():
+                            stdout += channel.recv(65536)
+                        elif channel.recv_stderr_ready():
+                            stderr += channel.recv_stderr(65536)
+                        else:
+                            select.select([channel], [], [], 0.01)
+                    stdout += channel.recv(65536) if channel.recv_ready() else b""
+                    stderr += channel.recv_stderr(65536) if channel.recv_stderr_ready() else b""
+                    code = channel.recv_exit_status()
+                    return code, _text(stdout), _text(stderr), False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None, _text(stdout), _text(stderr), True
+                select.select([channel], [], [], min(remaining, 0.05))
+        finally:
+            channel.close()
 
     def close(self) -> None:
         """Close the connection."""
