@@ -213,3 +213,16 @@ def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
     finally:
         for conn in fillers:
             conn.close()
+
+
+def events(incidents: Path) -> list[dict[str, Any]]:
+    """The events of the one journal under an incidents directory."""
+    from connfix.journal import read_journal
+
+    (journal,) = incidents.glob("*/journal.jsonl")
+    return list(read_journal(journal))
+
+
+def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The events of one kind."""
+    return [e for e in evs if e["event"] == name]

@@ -15,19 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from connfix.journal import read_journal
 from connfix.report import render
-from tests.conftest import Lab, assert_complete, retry
-
-
-def events(incidents: Path) -> list[dict[str, Any]]:
-    (journal,) = incidents.glob("*/journal.jsonl")
-    return list(read_journal(journal))
-
-
-def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in evs if e["event"] == name]
-
+from tests.conftest import Lab, assert_complete, events, of, retry
 
 complete = assert_complete
 

@@ -11,8 +11,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from connfix.journal import read_journal
-from tests.conftest import LAB_POOL_SIZE, Lab, assert_complete, retry
+from tests.conftest import LAB_POOL_SIZE, Lab, assert_complete, events, of, retry
 
 
 def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None) -> Any:
@@ -28,15 +27,6 @@ def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None)
             *args,
         ],
     )
-
-
-def events(incidents: Path) -> list[dict[str, Any]]:
-    (journal,) = incidents.glob("*/journal.jsonl")
-    return list(read_journal(journal))
-
-
-def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in evs if e["event"] == name]
 
 
 def test_full_roll_leakiest_first_new_main_pids_leak_gone(clean_lab: Lab, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli, triage_cmd
 from connfix.journal import read_journal
-from tests.conftest import Lab, assert_complete, retry
+from tests.conftest import Lab, assert_complete, events, retry
 
 HEADER = """\
 version: 1
@@ -52,11 +52,6 @@ VERIFY = """\
     action: verify
     params: {timeout: 1s, interval: 300ms}
 """
-
-
-def events(incidents: Path) -> list[dict[str, Any]]:
-    (journal,) = incidents.glob("*/journal.jsonl")
-    return list(read_journal(journal))
 
 
 def names(evs: list[dict[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import paramiko
-from fabric import Config, Connection
+from fabric import Connection
 
 if TYPE_CHECKING:
     from connfix.inventory import Host, Ssh
@@ -100,7 +100,6 @@ class Remote:
             port=ssh.port,
             connect_timeout=max(1, round(ssh.connect_timeout)),
             connect_kwargs=connect_kwargs,
-            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
         )
         self.known_hosts = known_hosts_path(ssh, self.conn)
         self.conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())

@@ -26,6 +26,7 @@ from typing import Any
 from connfix.errors import LabError
 from connfix.lab import paths
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, DATABASE, UNIT, lab_dir
+from connfix.lab.standin import alive
 
 SSHD = "/usr/sbin/sshd"
 NETNS_MARKER = ".connfix-lab"
@@ -603,14 +604,6 @@ def up(
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -623,10 +616,10 @@ def _kill_all(pids: list[int], grace: float = 3.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -653,7 +646,7 @@ def down() -> list[str]:
         if pids:
             removed.append(f"{len(pids)} process(es) in {ns}")
     for name, pid in state.sshd_pids.items():
-        if _alive(pid):
+        if alive(pid):
             _kill_all([pid])
             removed.append(f"sshd of {name} (pid {pid})")
     for link in state.links:
@@ -711,7 +704,7 @@ def problems(state: LabState) -> list[str]:
         if not Path("/run/netns", ns).exists():
             found.append(f"namespace {ns} is missing")
     for name, pid in state.sshd_pids.items():
-        if not _alive(pid):
+        if not alive(pid):
             found.append(f"sshd of {name} is not running")
     return found
 
@@ -784,7 +777,7 @@ def status() -> Status:
             HostStatus(
                 name,
                 address,
-                sshd if sshd and _alive(sshd) else None,
+                sshd if sshd and alive(sshd) else None,
                 app.get("pid"),
                 len(app.get("pool", [])),
                 len(app.get("leaked", [])),
@@ -824,14 +817,14 @@ def sshd(name: str, action: str) -> None:
     index = names.index(name) + 1
     pid = state.sshd_pids.get(name)
     if action == "stop":  # the listener: new connections are refused
-        if pid and _alive(pid):
+        if pid and alive(pid):
             _kill_all([pid])
         return
     if action == "kill":  # the listener and every session it serves: the host drops off
         sessions = [p for p in namespace_pids(paths.namespace(index)) if _comm(p) == "sshd"]
         _kill_all(sessions + ([pid] if pid else []), grace=0)
         return
-    if pid and _alive(pid):
+    if pid and alive(pid):
         return
     state.sshd_pids[name] = _start_sshd(name, index)
     state.save()

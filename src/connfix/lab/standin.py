@@ -26,7 +26,7 @@ def _config() -> dict[str, object]:
     return data
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Tell whether pid runs; a zombie counts as gone (PID 1 may reap it late)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -42,7 +42,7 @@ def main_pid() -> int:
         pid = int((_host_dir() / "app.pid").read_text().strip())
     except (OSError, ValueError):
         return 0
-    return pid if _alive(pid) else 0
+    return pid if alive(pid) else 0
 
 
 def start() -> int:
@@ -89,11 +89,11 @@ def stop() -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.02)
     (_host_dir() / "app.pid").unlink(missing_ok=True)
     return 0
