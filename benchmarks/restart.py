@@ -139,7 +139,7 @@ def write_ansible(
     env = {
         **os.environ,
         "ANSIBLE_HOST_KEY_CHECKING": "True",
-        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_PIPELINING": "True" if pipelining else "False",
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
         "ANSIBLE_SSH_ARGS": (
             f"-o ControlMaster=auto -o ControlPersist=60s"
