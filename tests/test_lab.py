@@ -135,3 +135,19 @@ def test_prerequisites_name_the_missing_package(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(core, "SSHD", "/nonexistent/sshd")
     with pytest.raises(core.LabError, match="apt-get install -y openssh-server"):
         core.check_prerequisites()
+
+
+def test_up_refuses_pools_that_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hosts' pools must fit in max_connections: refused before anything is built."""
+    monkeypatch.setenv("CONNFIX_LAB_ID", "8")
+    core.down()
+    with pytest.raises(core.LabError, match=r"8 hosts × pool size 3 = 24 connections do not fit"):
+        core.up(hosts=8, max_connections=20, pool_size=3)
+    assert not Path("/run/netns/cfx8-app1").exists()
+    assert core.LabState.load() is None
+
+
+def test_default_max_connections_fits_the_pools() -> None:
+    assert core.default_max_connections(3, 3) == 20
+    assert core.default_max_connections(8, 3) == 35
+    assert core.default_max_connections(24, 3) == 24 * 3 + core.HEADROOM

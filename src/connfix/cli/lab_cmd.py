@@ -21,7 +21,9 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--hosts", default=3, show_default=True, help="Number of app hosts.")
 @click.option(
-    "--max-connections", default=20, show_default=True, help="PostgreSQL max_connections."
+    "--max-connections",
+    type=int,
+    help="PostgreSQL max_connections.  [default: 20, or the hosts' pools + 11 when more]",
 )
 @click.option("--pool-size", default=3, show_default=True, help="Connections per app host.")
 @click.option(
@@ -45,7 +47,7 @@ def lab() -> None:
 )
 def up(
     hosts: int,
-    max_connections: int,
+    max_connections: int | None,
     pool_size: int,
     app_boot: str,
     postgres: str | None,

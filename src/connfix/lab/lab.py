@@ -528,9 +528,18 @@ class UpResult:
     reserved_connections: int = 0
 
 
+SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
+HEADROOM = 11  # free slots above the hosts' pools: room for a leak to fill (20 with 3×3)
+
+
+def default_max_connections(hosts: int, pool_size: int) -> int:
+    """Return 20, or more when the hosts' pools and some headroom need it."""
+    return max(20, hosts * pool_size + HEADROOM)
+
+
 def up(
     hosts: int,
-    max_connections: int,
+    max_connections: int | None,
     pool_size: int,
     boot_seconds: float = 0.5,
     postgres: str | None = None,
@@ -540,6 +549,10 @@ def up(
     started = time.monotonic()
     if not 1 <= hosts <= 200:
         raise LabError("--hosts must be between 1 and 200")
+    if not 1 <= pool_size <= 100:
+        raise LabError("--pool-size must be between 1 and 100")
+    if max_connections is None:
+        max_connections = default_max_connections(hosts, pool_size)
     if not 5 <= max_connections <= 10_000:
         raise LabError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
@@ -549,6 +562,14 @@ def up(
     major = pg_major(pg_bin)
     if not 0 <= reserved_connections <= max_connections // 2:
         raise LabError("--reserved-connections must be between 0 and half of max_connections")
+    usable = max_connections - SUPERUSER_RESERVED - (reserved_connections if major >= 16 else 0)
+    if hosts * pool_size + 2 > usable:
+        raise LabError(
+            f"{hosts} hosts × pool size {pool_size} = {hosts * pool_size} connections do not"
+            f" fit in max_connections {max_connections} ({usable} for ordinary roles, and"
+            f" connfix needs 2); use --max-connections {hosts * pool_size + HEADROOM}"
+            " or more"
+        )
     state = LabState.load()
     if state is not None:
         if state.complete and not problems(state):
