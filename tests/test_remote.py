@@ -123,3 +123,70 @@ def test_ssh_config_is_honoured(
         assert result.stdout.strip() == "root"
     finally:
         conn.close()
+
+
+def test_connection_acks_promptly(lab_env: Any) -> None:
+    """Own TCP socket: Nagle off from the first packet, delayed ACKs off on Linux."""
+    import socket
+
+    conn = _remote(lab_env)
+    try:
+        conn.open()
+        transport = conn.conn.client.get_transport()
+        assert transport is not None
+        sock = transport.sock
+        assert isinstance(sock, remote._PromptAckSocket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert conn.run("true").ok
+        assert "sock" not in conn.conn.connect_kwargs  # a reconnect makes a fresh one
+    finally:
+        conn.close()
+
+
+def _ssh_home(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str) -> Path:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(config)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return lab.paths.lab_dir() / "ssh"
+
+
+def test_ssh_config_host_alias_connects_to_its_hostname(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inventory may name an ~/.ssh/config alias; the socket goes to its HostName."""
+    address = lab_env.hosts[2].ssh_address
+    _ssh_home(lab, tmp_path, monkeypatch, f"Host app-three\n  HostName {address}\n")
+    alias = Host(name="app3", ssh_address="app-three")
+    conn = remote.Remote(alias, lab_env.ssh)
+    try:
+        result = conn.run("echo $CONNFIX_LAB_HOST")
+        assert result.ok, result.describe()
+        assert result.stdout.strip() == "app3"
+    finally:
+        conn.close()
+
+
+def test_ssh_config_proxy_command_is_honoured(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ProxyCommand (here: through app1 with `ssh -W`) brings its own socket."""
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    jump = (
+        f"ssh -o BatchMode=yes -o GSSAPIAuthentication=no -i {ssh_dir / 'id_ed25519'}"
+        f" -o UserKnownHostsFile={ssh_dir / 'known_hosts'} -o StrictHostKeyChecking=yes"
+        f" -l root {lab_env.hosts[0].ssh_address} -W %h:%p"
+    )
+    target = lab_env.hosts[1].ssh_address
+    _ssh_home(lab, tmp_path, monkeypatch, f"Host {target}\n  ProxyCommand {jump}\n")
+    conn = remote.Remote(lab_env.hosts[1], lab_env.ssh)
+    try:
+        result = conn.run("echo $CONNFIX_LAB_HOST")
+        assert result.ok, result.describe()
+        assert result.stdout.strip() == "app2"
+        transport = conn.conn.client.get_transport()
+        assert transport is not None
+        assert not isinstance(transport.sock, remote._PromptAckSocket)
+    finally:
+        conn.close()

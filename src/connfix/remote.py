@@ -78,6 +78,37 @@ def known_hosts_path(ssh: Ssh, conn: Connection) -> Path:
     return Path("~/.ssh/known_hosts").expanduser()
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+class _PromptAckSocket(socket.socket):
+    """A TCP socket for short SSH exchanges: no Nagle, and on Linux no delayed ACKs.
+
+    sshd leaves Nagle on for non-interactive sessions. Its small replies then wait for
+    the client's ACK of whatever it sent just before (after authentication, an
+    unsolicited host-keys message), and the client delays that ACK by 40 ms. Measured on
+    the lab: connect + authenticate 62 ms → 17 ms (TCP_NODELAY from the first packet),
+    the first command on a fresh connection 45 ms → 4 ms (TCP_QUICKACK after each read).
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return data
+
+
+def prompt_ack_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """Connect a _PromptAckSocket to host:port (any address family), within timeout."""
+    plain = socket.create_connection((host, port), timeout=timeout)
+    sock = _PromptAckSocket(fileno=plain.detach())
+    sock.settimeout(timeout)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class HostKeyRefused(Exception):
     """The host's key is unknown or differs from the known one."""
 
@@ -123,8 +154,13 @@ class Remote:
         except (OSError, paramiko.SSHException) as exc:
             raise HostKeyRefused(f"cannot read known_hosts {self.known_hosts}: {exc}") from None
         name = self._key_name()
+        sock: socket.socket | None = None
         try:
+            if not self.conn.gateway:  # a ProxyJump/ProxyCommand makes its own socket
+                sock = prompt_ack_socket(self.conn.host, self._port(), self.ssh.connect_timeout)
+                self.conn.connect_kwargs["sock"] = sock
             self.conn.open()
+            sock = None  # the transport owns it now
         except paramiko.BadHostKeyException as exc:
             raise HostKeyRefused(
                 f"host key for {name} has CHANGED (got {exc.key.get_name()}"
@@ -146,8 +182,12 @@ class Remote:
             ) from None
         except OSError as exc:
             raise ConnectionError(f"SSH to {name} failed: {exc.strerror or exc}") from None
+        finally:
+            self.conn.connect_kwargs.pop("sock", None)  # a reconnect makes a new one
+            if sock is not None and self.conn.client.get_transport() is None:
+                sock.close()
         transport = self.conn.client.get_transport()
-        if transport is not None:
+        if transport is not None and self.conn.gateway:
             # Short commands back to back: without this, Nagle and delayed ACKs add about
             # 40 ms to each one (measured on the lab).
             with contextlib.suppress(OSError, AttributeError):
@@ -248,9 +288,20 @@ class Remote:
             channel.close()
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection, and reap the ProxyCommand process if one carried it."""
+        transport = self.conn.client.get_transport()
+        sock = transport.sock if transport is not None else None
         with contextlib.suppress(Exception):
             self.conn.close()
+        if isinstance(sock, paramiko.ProxyCommand):  # paramiko signals it, never waits
+            assert transport is not None
+            transport.join(timeout=5)  # its thread still closes the proxy's pipes on exit
+            process = sock.process
+            with contextlib.suppress(Exception):
+                process.wait(timeout=5)
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 16) -> list[Any]:
