@@ -190,3 +190,77 @@ def test_ssh_config_proxy_command_is_honoured(
         assert not isinstance(transport.sock, remote._PromptAckSocket)
     finally:
         conn.close()
+
+
+def _jump_config(lab: Lab, lab_env: Any, known_hosts: Path) -> str:
+    """~/.ssh/config reaching app2 through app1 with ProxyJump."""
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    jump, target = lab_env.hosts[0].ssh_address, lab_env.hosts[1].ssh_address
+    return (
+        f"Host {target}\n  ProxyJump root@{jump}\n"
+        f"Host {jump}\n  User root\n  IdentityFile {ssh_dir / 'id_ed25519'}\n"
+        f"  UserKnownHostsFile {known_hosts}\n"
+    )
+
+
+def test_ssh_config_proxy_jump_is_honoured_and_closed(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    _ssh_home(lab, tmp_path, monkeypatch, _jump_config(lab, lab_env, ssh_dir / "known_hosts"))
+    conn = remote.Remote(lab_env.hosts[1], lab_env.ssh)
+    assert len(conn.hops) == 1
+    try:
+        result = conn.run("echo $CONNFIX_LAB_HOST")
+        assert result.ok, result.describe()
+        assert result.stdout.strip() == "app2"
+        assert conn.hops[0].is_connected
+    finally:
+        conn.close()
+    assert not conn.hops[0].is_connected
+
+
+def test_unknown_jump_host_key_is_refused(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fabric would add a jump host's key silently; connfix refuses it and names the hop."""
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    jump_known = tmp_path / "jump_known_hosts"
+    jump_known.write_text("")  # the jump host's key is not known
+    _ssh_home(lab, tmp_path, monkeypatch, _jump_config(lab, lab_env, jump_known))
+    conn = remote.Remote(
+        lab_env.hosts[1], lab_env.ssh.model_copy(update={"known_hosts_file": None})
+    )
+    conn.known_hosts = ssh_dir / "known_hosts"  # the target's key is known
+    jump = lab_env.hosts[0].ssh_address
+    with pytest.raises(
+        remote.HostKeyRefused,
+        match=rf"host key for jump host {jump} \(on the way to {lab_env.hosts[1].ssh_address}\)"
+        rf" is unknown \(not in {jump_known}\).*ssh-keyscan -p 22 {jump} >> {jump_known}",
+    ):
+        conn.open()
+    assert jump_known.read_text() == ""  # nothing was added
+    assert not conn.hops[0].is_connected
+
+
+def test_changed_jump_host_key_is_refused(
+    lab: Lab, lab_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssh_dir = lab.paths.lab_dir() / "ssh"
+    jump = lab_env.hosts[0].ssh_address
+    other = lab_env.hosts[2].ssh_address
+    lines = (ssh_dir / "known_hosts").read_text().splitlines()
+    other_key = next(line for line in lines if line.split()[0] == other).split(None, 1)[1]
+    jump_known = tmp_path / "jump_known_hosts"
+    jump_known.write_text(f"{jump} {other_key}\n")  # app3's key, claimed for app1
+    _ssh_home(lab, tmp_path, monkeypatch, _jump_config(lab, lab_env, jump_known))
+    conn = remote.Remote(
+        lab_env.hosts[1], lab_env.ssh.model_copy(update={"known_hosts_file": None})
+    )
+    conn.known_hosts = ssh_dir / "known_hosts"
+    result = conn.run("true")
+    assert not result.ok and result.error is not None
+    assert f"host key for jump host {jump} (on the way to" in result.error
+    assert (
+        "has CHANGED" in result.error and f"ssh-keygen -R '{jump}' -f {jump_known}" in result.error
+    )

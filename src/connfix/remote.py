@@ -109,8 +109,39 @@ def prompt_ack_socket(host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
+def _key_name(conn: Connection) -> str:
+    """Return the name a host's key has in known_hosts: `host`, or `[host]:port`."""
+    port = int(conn.port)
+    return conn.host if port == 22 else f"[{conn.host}]:{port}"
+
+
+def _jump(key_name: str, target: str) -> str:
+    return key_name if key_name == target else f"jump host {key_name} (on the way to {target})"
+
+
 class HostKeyRefused(Exception):
     """The host's key is unknown or differs from the known one."""
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, key_name: str) -> None:
+        super().__init__(f"{key_name} is not in known_hosts")
+        self.key_name = key_name
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Refuse a host whose key is not known, saying which host (a jump host, maybe)."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        raise _UnknownHostKey(hostname)
+
+
+def _address_and_port(key_name: str) -> tuple[str, int]:
+    """Split a known_hosts name, `host` or `[host]:port`."""
+    if key_name.startswith("[") and "]:" in key_name:
+        host, port = key_name[1:].rsplit("]:", 1)
+        return host, int(port)
+    return key_name, 22
 
 
 class Remote:
@@ -133,7 +164,15 @@ class Remote:
             connect_kwargs=connect_kwargs,
         )
         self.known_hosts = known_hosts_path(ssh, self.conn)
-        self.conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        # ProxyJump hosts from ~/.ssh/config, nearest the target first. fabric opens them
+        # with AutoAddPolicy and no known_hosts: connfix checks their keys as strictly.
+        self.hops: list[Connection] = []
+        gateway = self.conn.gateway
+        while isinstance(gateway, Connection):
+            self.hops.append(gateway)
+            gateway = gateway.gateway
+        for conn in (self.conn, *self.hops):
+            conn.client.set_missing_host_key_policy(_RefuseUnknown())
 
     def open(self) -> None:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
@@ -146,14 +185,17 @@ class Remote:
             raise
 
     def _open(self) -> None:
-        client = self.conn.client
-        try:
-            client.load_host_keys(str(self.known_hosts))
-        except FileNotFoundError:
-            pass
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyRefused(f"cannot read known_hosts {self.known_hosts}: {exc}") from None
-        name = self._key_name()
+        files: dict[str, Path] = {}  # known_hosts name of each host on the way → its file
+        for conn in (self.conn, *self.hops):
+            path = self.known_hosts if conn is self.conn else known_hosts_path(self.ssh, conn)
+            files[_key_name(conn)] = path
+            try:
+                conn.client.load_host_keys(str(path))
+            except FileNotFoundError:
+                pass
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyRefused(f"cannot read known_hosts {path}: {exc}") from None
+        name = _key_name(self.conn)
         sock: socket.socket | None = None
         try:
             if not self.conn.gateway:  # a ProxyJump/ProxyCommand makes its own socket
@@ -162,19 +204,24 @@ class Remote:
             self.conn.open()
             sock = None  # the transport owns it now
         except paramiko.BadHostKeyException as exc:
+            who = _jump(exc.hostname, name)
+            path = files.get(exc.hostname, self.known_hosts)
             raise HostKeyRefused(
-                f"host key for {name} has CHANGED (got {exc.key.get_name()}"
+                f"host key for {who} has CHANGED (got {exc.key.get_name()}"
                 f" {exc.key.get_fingerprint().hex()}); refusing to connect. If the host was"
-                f" rebuilt on purpose, remove the old key with `ssh-keygen -R '{name}'"
-                f" -f {self.known_hosts}` and add the new one after checking it"
+                f" rebuilt on purpose, remove the old key with `ssh-keygen -R"
+                f" '{exc.hostname}' -f {path}` and add the new one after checking it"
+            ) from None
+        except _UnknownHostKey as exc:
+            who = _jump(exc.key_name, name)
+            path = files.get(exc.key_name, self.known_hosts)
+            address, port = _address_and_port(exc.key_name)
+            raise HostKeyRefused(
+                f"host key for {who} is unknown (not in {path}); refusing to"
+                f" connect. Check the key out of band, then add it, e.g. `ssh-keyscan"
+                f" -p {port} {address} >> {path}`"
             ) from None
         except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyRefused(
-                    f"host key for {name} is unknown (not in {self.known_hosts}); refusing to"
-                    f" connect. Check the key out of band, then add it, e.g. `ssh-keyscan"
-                    f" -p {self._port()} {self.host.ssh_address} >> {self.known_hosts}`"
-                ) from None
             raise ConnectionError(f"SSH to {name} failed: {exc}") from None
         except TimeoutError:
             raise ConnectionError(
@@ -195,10 +242,6 @@ class Remote:
 
     def _port(self) -> int:
         return int(self.conn.port)
-
-    def _key_name(self) -> str:
-        port = self._port()
-        return self.conn.host if port == 22 else f"[{self.conn.host}]:{port}"
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         """Run one command; never raises for remote failures, returns what happened."""
@@ -293,6 +336,9 @@ class Remote:
         sock = transport.sock if transport is not None else None
         with contextlib.suppress(Exception):
             self.conn.close()
+        for hop in self.hops:  # fabric leaves the jump hosts' connections open
+            with contextlib.suppress(Exception):
+                hop.close()
         if isinstance(sock, paramiko.ProxyCommand):  # paramiko signals it, never waits
             assert transport is not None
             transport.join(timeout=5)  # its thread still closes the proxy's pipes on exit
