@@ -537,14 +537,14 @@ def _walk(
     healthy = ctx.healthy()
     if request.command:
         if ctx.dry_run:
-            return finish("dry_run", ExitStatus.OK, "dry run: nothing was changed", ctx, steps)
+            return finish("dry_run", ExitStatus.OK, "nothing was changed", ctx, steps)
         return finish("done", ExitStatus.OK, "done", ctx, steps)
     if ctx.dry_run:
         state = "healthy" if healthy else "unhealthy"
         return finish(
             "dry_run",
             ExitStatus.OK if healthy else ExitStatus.UNHEALTHY,
-            f"dry run: nothing was changed; the environment is {state}",
+            f"nothing was changed; the environment is {state}",
             ctx,
             steps,
         )

@@ -398,9 +398,12 @@ class RichUI:
 def triage_result(result: TriageResult) -> None:
     """Print how a triage ended and where its record is."""
     colour = "green" if result.exit_status == 0 else "red"
-    if result.dry_run:
-        out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
-    out.print(f"[{colour}]{result.status}[/{colour}]: {escape(result.message)}")
+    if result.status == "dry_run":
+        out.print(f"[bold yellow]DRY RUN[/bold yellow] — {escape(result.message)}")
+    else:
+        if result.dry_run:
+            out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
+        out.print(f"[{colour}]{result.status}[/{colour}]: {escape(result.message)}")
     out.print(f"incident: {escape(str(result.incident_dir))}")
     if result.report is not None:
         out.print(f"report: {escape(str(result.report))}")
