@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
@@ -166,6 +167,36 @@ def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path
     )
     assert clean_lab.main_pids()["app2"] == pids["app2"]
     assert "| app1 | FAILED at database |" in assert_complete(tmp_path / "incidents", "halted")
+
+
+def test_a_reused_pid_is_not_an_old_session(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, a new backend that got an old backend's pid does not hold the gate.
+
+    PostgreSQL cannot be made to reuse a pid on demand: the fault is injected by giving
+    one new backend an old pid (its backend_start stays its own)."""
+    from connfix import pg
+
+    real = pg.host_backends
+    first: dict[str, set[pg.Backend]] = {}
+
+    def reusing(session: Any, addr: str) -> set[pg.Backend]:
+        now = real(session, addr)
+        if addr not in first:
+            first[addr] = now
+            return now
+        old_pids = {b.pid for b in first[addr]} - {b.pid for b in now}
+        if not old_pids or not now:
+            return now
+        newest = max(now, key=lambda b: b.backend_start)
+        return (now - {newest}) | {pg.Backend(min(old_pids), newest.backend_start)}
+
+    monkeypatch.setattr(pg, "host_backends", reusing)
+    result = restart(clean_lab, tmp_path, "--yes", "--hosts", "app1")
+    assert result.exit_code == 0, result.output
+    (done,) = of(events(tmp_path / "incidents"), "host_done")
+    assert done["host"] == "app1" and done["gates"]["database"] < 1
 
 
 def test_resume_skips_the_hosts_already_done(clean_lab: Lab, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -393,9 +394,17 @@ def alive(session: Session, pids: list[int]) -> set[int]:
     return {row.pid for row in session.all("backends_alive", _Pid, {"pids": pids})}
 
 
-def host_backends(session: Session, client_addr: str) -> set[int]:
-    """Return the pids of the client backends coming from one address."""
-    return {row.pid for row in session.all("host_backends", _Pid, {"addr": client_addr})}
+@dataclass(frozen=True)
+class Backend:
+    """One backend, identified for good: a pid alone may be reused after it exits."""
+
+    pid: int
+    backend_start: datetime
+
+
+def host_backends(session: Session, client_addr: str) -> set[Backend]:
+    """Return the client backends coming from one address."""
+    return set(session.all("host_backends", Backend, {"addr": client_addr}))
 
 
 @dataclass(frozen=True)

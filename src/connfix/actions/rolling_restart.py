@@ -330,7 +330,7 @@ class RollingRestartAction(Action):
             position=position,
             total=total,
             old_main_pid=old_pid,
-            old_backends=sorted(old_backends),
+            old_backends=sorted(b.pid for b in old_backends),
         )
 
         def fail(gate: str, detail: str, result: CommandResult | None = None) -> dict[str, Any]:
