@@ -264,3 +264,80 @@ def test_changed_jump_host_key_is_refused(
     assert (
         "has CHANGED" in result.error and f"ssh-keygen -R '{jump}' -f {jump_known}" in result.error
     )
+
+
+def test_a_stale_connection_is_reopened_when_the_command_was_not_sent(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No session channel on the old connection (a dropped idle flow): reconnect, send once.
+
+    A connection that looks open but no longer carries anything cannot be made on demand:
+    the fault is injected by making the first channel open fail."""
+    import paramiko
+
+    conn = _remote(lab_env)
+    try:
+        assert conn.run("true").ok
+        stale = conn.conn.client.get_transport()
+        assert stale is not None
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise paramiko.SSHException("Timeout opening channel.")
+
+        monkeypatch.setattr(stale, "open_session", refuse)
+        marker = "/tmp/connfix-test-sent-once"
+        result = conn.run(f"echo x >> {marker}; wc -l < {marker}; rm -f {marker}")
+        assert result.ok, result.describe()
+        assert result.stdout.strip() == "1"  # sent exactly once
+        assert conn.conn.client.get_transport() is not stale
+        assert not stale.is_active()
+    finally:
+        conn.close()
+
+
+def test_a_command_lost_after_it_was_sent_is_not_sent_again(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the command went out, a lost connection is reported, never retried."""
+    import paramiko
+
+    conn = _remote(lab_env)
+    try:
+        assert conn.run("true").ok
+        transport = conn.conn.client.get_transport()
+        assert transport is not None
+        real_open = transport.open_session
+
+        def open_then_lose(*args: Any, **kwargs: Any) -> Any:
+            channel = real_open(*args, **kwargs)
+
+            def lost(*a: Any, **k: Any) -> None:
+                raise paramiko.SSHException("connection lost")
+
+            channel.exec_command = lost
+            return channel
+
+        monkeypatch.setattr(transport, "open_session", open_then_lose)
+        result = conn.run("true")
+        assert not result.ok and result.error is not None
+        assert result.error.startswith("SSH connection lost")
+    finally:
+        conn.close()
+
+
+def test_keepalive_is_set_from_the_inventory(lab_env: Any) -> None:
+    conn = _remote(lab_env, keepalive=7.0)
+    off = _remote(lab_env, keepalive=0.0)
+    try:
+        conn.open()
+        off.open()
+        on_transport, off_transport = (
+            conn.conn.client.get_transport(),
+            off.conn.client.get_transport(),
+        )
+        assert on_transport is not None and off_transport is not None
+        assert on_transport.packetizer._Packetizer__keepalive_interval == 7
+        assert off_transport.packetizer._Packetizer__keepalive_interval == 0
+    finally:
+        conn.close()
+        off.close()

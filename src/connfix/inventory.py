@@ -192,6 +192,10 @@ class Ssh(_Model):
     known_hosts_file: str | None = None
     connect_timeout: Duration = 10.0
     command_timeout: Duration = 120.0
+    # SSH keepalive on open connections (0: off). A long roll keeps the preflight's
+    # connection to the last hosts for minutes: through a NAT or a firewall that drops
+    # idle flows it stays alive, and a dead one is noticed and reopened before use.
+    keepalive: Duration = Field(default=15.0, ge=0, le=3600)
 
     @field_validator("user")
     @classmethod

@@ -123,6 +123,10 @@ class HostKeyRefused(Exception):
     """The host's key is unknown or differs from the known one."""
 
 
+class _NotSent(EOFError):
+    """The command could not be sent: no session channel could be opened."""
+
+
 class _UnknownHostKey(paramiko.SSHException):
     def __init__(self, key_name: str) -> None:
         super().__init__(f"{key_name} is not in known_hosts")
@@ -234,6 +238,8 @@ class Remote:
             if sock is not None and self.conn.client.get_transport() is None:
                 sock.close()
         transport = self.conn.client.get_transport()
+        if transport is not None and self.ssh.keepalive:
+            transport.set_keepalive(max(1, round(self.ssh.keepalive)))
         if transport is not None and self.conn.gateway:
             # Short commands back to back: without this, Nagle and delayed ACKs add about
             # 40 ms to each one (measured on the lab).
@@ -254,7 +260,18 @@ class Remote:
                 self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
             )
         try:
-            exit_code, stdout, stderr, timed_out = self._exec(command, limit)
+            try:
+                exit_code, stdout, stderr, timed_out = self._exec(command, limit)
+            except _NotSent:
+                # The connection went stale (a long wait in a roll, a dropped idle flow)
+                # and the command never reached the host: reconnect once and send it.
+                self.close()
+                self.open()
+                exit_code, stdout, stderr, timed_out = self._exec(command, limit)
+        except (HostKeyRefused, ConnectionError) as exc:
+            return CommandResult(
+                self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
+            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             return CommandResult(
@@ -297,8 +314,11 @@ class Remote:
         """
         transport = self.conn.client.get_transport()
         if transport is None or not transport.is_active():
-            raise EOFError("the SSH connection is closed")
-        channel = transport.open_session(timeout=self.ssh.connect_timeout)
+            raise _NotSent("the SSH connection is closed")
+        try:
+            channel = transport.open_session(timeout=self.ssh.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise _NotSent(str(exc)) from None
         stdout, stderr = bytearray(), bytearray()
         deadline = time.monotonic() + limit
         try:
