@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     lab.down()
     started = time.perf_counter()
-    lab.up(hosts=HOSTS, max_connections=MAX_CONNECTIONS, pool_size=POOL)
+    lab.up(hosts=HOSTS, max_connections=MAX_CONNECTIONS, pool_size=POOL, traffic_seconds=5.0)
     print(
         f"lab up: {HOSTS} hosts × pool {POOL}, max_connections {MAX_CONNECTIONS}"
         f" ({time.perf_counter() - started:.1f}s)"

