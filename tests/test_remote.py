@@ -341,3 +341,31 @@ def test_keepalive_is_set_from_the_inventory(lab_env: Any) -> None:
     finally:
         conn.close()
         off.close()
+
+
+def test_a_stale_connection_whose_host_key_changed_is_not_reopened(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The reconnect checks the host key again: a key no longer known is refused."""
+    import paramiko
+
+    conn = _remote(lab_env)
+    try:
+        assert conn.run("true").ok
+        stale = conn.conn.client.get_transport()
+        assert stale is not None
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise paramiko.SSHException("Timeout opening channel.")
+
+        monkeypatch.setattr(stale, "open_session", refuse)
+        empty = tmp_path / "known_hosts"
+        empty.write_text("")
+        conn.known_hosts = empty
+        conn.conn.client.get_host_keys().clear()
+        result = conn.run("true")
+        assert not result.ok and result.exit_code is None
+        assert result.error is not None and "is unknown" in result.error
+        assert empty.read_text() == ""
+    finally:
+        conn.close()

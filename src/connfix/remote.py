@@ -266,12 +266,13 @@ class Remote:
                 # The connection went stale (a long wait in a roll, a dropped idle flow)
                 # and the command never reached the host: reconnect once and send it.
                 self.close()
-                self.open()
+                try:
+                    self.open()
+                except (HostKeyRefused, ConnectionError) as exc:
+                    return CommandResult(
+                        self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
+                    )
                 exit_code, stdout, stderr, timed_out = self._exec(command, limit)
-        except (HostKeyRefused, ConnectionError) as exc:
-            return CommandResult(
-                self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
-            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             return CommandResult(
