@@ -130,6 +130,8 @@ def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
     assert failed["host"] == "app1" and failed["gate"] == "health"
     assert failed["exit_code"] == 22  # curl -f on HTTP 503
+    assert "host 1/3 app1: health check: waiting (" in result.output  # said while it waits
+    assert "of 1.5s): app1: `curl" in result.output and "exited with status 22" in result.output
     now = clean_lab.main_pids()
     assert now["app2"] == pids["app2"] and now["app3"] == pids["app3"]
     assert "| app1 | FAILED at health |" in assert_complete(tmp_path / "incidents", "halted")

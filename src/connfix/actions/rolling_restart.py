@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
 Pause = Annotated[float, BeforeValidator(parse_duration), _between(0, 3600)]
 POLL_S = 0.1
+STILL_WAITING_S = 10.0  # while a gate waits, say so this often
 PREFLIGHT_FRESH_S = 10.0  # a main pid read by the preflight this recently is used as is
 
 
@@ -376,7 +377,7 @@ class RollingRestartAction(Action):
                 return False, f"MainPID is still {new_pid}"
             return True, ""
 
-        ok, detail = _poll(ctx, active, p.active_timeout)
+        ok, detail = _poll(ctx, active, p.active_timeout, f"{label}: active with a new main pid")
         gates["active"] = round(time.monotonic() - mark, 3)
         if not ok:
             return fail(
@@ -399,7 +400,7 @@ class RollingRestartAction(Action):
                 return result.ok, result.describe()
 
             timeout = p.health_timeout or service.health_timeout
-            ok, detail = _poll(ctx, healthy, timeout)
+            ok, detail = _poll(ctx, healthy, timeout, f"{label}: health check")
             gates["health"] = round(time.monotonic() - mark, 3)
             if not ok:
                 return fail(
@@ -425,7 +426,9 @@ class RollingRestartAction(Action):
                     return False, f"{len(now)} sessions, more than its pool size {capacity}"
                 return True, f"{len(now)} sessions"
 
-            ok, detail = _poll(ctx, database, p.db_timeout)
+            ok, detail = _poll(
+                ctx, database, p.db_timeout, f"{label}: database (old sessions gone)"
+            )
             gates["database"] = round(time.monotonic() - mark, 3)
             if not ok:
                 return fail("database", f"after {format_duration(p.db_timeout)}: {detail}")
@@ -446,14 +449,29 @@ class RollingRestartAction(Action):
 
 
 def _poll(
-    ctx: RunContext, check: Callable[[], tuple[bool, str]], timeout: float
+    ctx: RunContext,
+    check: Callable[[], tuple[bool, str]],
+    timeout: float,
+    waiting_for: str,
 ) -> tuple[bool, str]:
-    deadline = time.monotonic() + timeout
+    """Check until it passes or the timeout; say what it waits for, and now and then why."""
+    started = time.monotonic()
+    deadline = started + timeout
+    told = None
     while True:
         ok, detail = check()
         if ok:
             return True, detail
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return False, detail
+        if told is None or now - told >= STILL_WAITING_S:
+            first = told is None
+            told = now
+            ctx.progress(
+                f"{waiting_for}: {'waiting' if first else 'still waiting'}"
+                f" ({format_duration(now - started)} of {format_duration(timeout)})"
+                + (f": {detail.splitlines()[0]}" if detail else "")
+            )
         if not ctx.sleep(POLL_S):
             return False, "interrupted"
