@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from connfix.diagnosis import analyse
 from connfix.inventory import Environment
 from connfix.pg import ServerInfo
@@ -45,20 +48,27 @@ def diag(
 
 
 def test_the_product_example() -> None:
-    # 4 servers × 100 = 400 against max_connections 203: usable 203 − 3 = 200;
-    # available = 200 − buffer 0 − other 0 − overlap (1 × 100) = 100; 100 // 4 = 25
+    # PRODUCT.md: "4 servers × 100 = 400 > 200 → pool 40: 160, safe".
+    # max_connections 203: usable 203 − 3 = 200; base = 200 − buffer 0 − other 0 = 200.
+    # Now: 400 + overlap (1 host × 100) = 500 > 200. Safe size s: 4s + 1s ≤ 200 → s = 40;
+    # 160 in all, 40 more while a host restarts = 200 ≤ 200.
     e = env(4, 100, buffer=0)
     sizing = size_pools(e, diag(e, 203))
     assert (sizing.usable_connections, sizing.fleet_total) == (200, 400)
     assert (sizing.restart_overlap, sizing.available) == (100, 100)
-    assert not sizing.safe and sizing.max_safe_pool_size == 25
-    assert sizing.after_total == 100
+    assert not sizing.safe and sizing.max_safe_pool_size == 40
+    assert (sizing.after_total, sizing.after_restart_overlap, sizing.after_available) == (
+        160,
+        40,
+        160,
+    )
     assert sizing.table()[1]["safe"] is True
 
 
 def test_more_servers_than_slots() -> None:
-    # 30 servers × 2, max_connections 20: usable 17; available = 17 − 5 − 0 − 2 = 10;
-    # 10 // 30 = 0: nothing fits, a pooler is the only way
+    # 30 servers × 2, max_connections 20: usable 17; base = 17 − 5 − 0 = 12; now
+    # available = 12 − overlap 2 = 10; safe size 12 // (30 + 1) = 0: nothing fits,
+    # a pooler is the only way
     e = env(30, 2)
     sizing = size_pools(e, diag(e, 20))
     assert sizing.available == 10 and sizing.max_safe_pool_size == 0
@@ -67,8 +77,8 @@ def test_more_servers_than_slots() -> None:
 
 
 def test_zero_buffer() -> None:
-    # 3 servers × 5, max_connections 23: usable 20; available = 20 − 0 − 0 − 5 = 15;
-    # 15 // 3 = 5: exactly fits, safe
+    # 3 servers × 5, max_connections 23: usable 20; base = 20 − 0 − 0 = 20; now 15 + a
+    # restarting host's 5 = 20 ≤ 20: exactly fits, safe; safe size 20 // (3 + 1) = 5
     e = env(3, 5, buffer=0)
     sizing = size_pools(e, diag(e, 23))
     assert (sizing.available, sizing.fleet_total, sizing.safe) == (15, 15, True)
@@ -77,17 +87,20 @@ def test_zero_buffer() -> None:
 
 def test_reserved_connections_on_16_plus() -> None:
     # PostgreSQL 16: max 100 − superuser_reserved 3 − reserved_connections 7 = 90 usable;
-    # available = 90 − buffer 5 − 0 − overlap 10 = 75; 4 servers: 75 // 4 = 18
+    # base = 90 − buffer 5 − 0 = 85; now available = 85 − overlap 10 = 75 ≥ 40: safe;
+    # safe size 85 // (4 + 1) = 17 (4 × 17 + 17 = 85)
     e = env(4, 10)
     sizing = size_pools(e, diag(e, 100, reserved=7, version=160002))
     assert sizing.usable_connections == 90 and sizing.available == 75
-    assert sizing.safe and sizing.max_safe_pool_size == 18
+    assert sizing.safe and sizing.max_safe_pool_size == 17
+    assert sizing.after_total + sizing.after_restart_overlap == 85
 
 
 def test_workers_and_other_clients() -> None:
     # 2 servers × 4 workers × pool 3 = 24; max 43: usable 40; 4 sessions from a cron host
-    # (not in the fleet); overlap = 1 × (3 × 4) = 12; available = 40 − 5 − 4 − 12 = 19;
-    # 19 // (2 × 4) = 2 per worker, 16 in all
+    # (not in the fleet); base = 40 − 5 − 4 = 31; now overlap = 1 × (3 × 4) = 12,
+    # available = 19 < 24: not safe. Safe s per worker: (2 + 1) × 4 × s ≤ 31 → s = 2,
+    # 16 in all, 8 more while a host restarts = 24 ≤ 31
     e = env(2, 3, workers=4)
     rows = [backend(i, "192.168.1.9") for i in range(4)]
     sizing = size_pools(e, diag(e, 43, rows=rows))
@@ -118,3 +131,30 @@ def test_pgbouncer_caps_server_connections_at_what_the_database_can_spare() -> N
     assert "LISTEN / NOTIFY" in plan.ini
     assert plan.database_url == "postgresql://app@<pgbouncer host>:6432/app"
     assert '"app" "SCRAM-SHA-256$<fill in from pg_authid>"' in plan.userlist
+
+
+@given(
+    servers=st.integers(1, 60),
+    pool=st.integers(1, 200),
+    workers=st.integers(1, 8),
+    max_unavailable=st.integers(1, 10),
+    buffer=st.integers(0, 50),
+    max_connections=st.integers(5, 5000),
+)
+def test_the_safe_size_is_the_largest_that_survives_a_rolling_restart(
+    servers: int, pool: int, workers: int, max_unavailable: int, buffer: int, max_connections: int
+) -> None:
+    """At the safe size, the fleet plus the hosts restarting at once fit; one more does not."""
+    e = env(servers, pool, buffer=buffer, workers=workers, max_unavailable=max_unavailable)
+    sizing = size_pools(e, diag(e, max_connections))
+    base = sizing.usable_connections - buffer
+    at_once = min(max_unavailable, servers)
+    s = sizing.max_safe_pool_size
+
+    def held(size: int) -> int:  # every server's pools, plus the restarting hosts' twice
+        return (servers + at_once) * workers * size
+
+    assert held(s) <= max(0, base) < held(s + 1)
+    assert sizing.after_total + sizing.after_restart_overlap == held(s)
+    assert sizing.table()[1]["safe"] is (s > 0)
+    assert sizing.safe is (servers * workers * pool + at_once * workers * pool <= base)

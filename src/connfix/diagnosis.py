@@ -115,7 +115,10 @@ class PoolCheck:
             f" ({self.usable_connections} usable − {self.buffer} buffer): {verdict}"
         )
         if not self.safe:
-            text += f"; pool size {self.recommended_pool_size} per server would fit"
+            text += (
+                f"; pool size {self.recommended_pool_size} per server would fit,"
+                " rolling restarts included"
+            )
         return text
 
 
@@ -179,7 +182,10 @@ def pool_check(env: Environment, usable: int) -> PoolCheck:
     total = sum(host.pool_capacity(env.service) for host in env.hosts)
     buffer = env.thresholds.buffer
     limit = max(0, usable - buffer)
-    recommended = limit // (servers * workers) if servers else 0
+    # a size that stays within the limit during a rolling restart too, when max_unavailable
+    # hosts hold their old and their new pool at once (connfix pool shows the full sum)
+    at_once = min(env.service.max_unavailable, servers)
+    recommended = limit // ((servers + at_once) * workers) if servers else 0
     return PoolCheck(
         servers=servers,
         pool_size=env.service.pool_size,

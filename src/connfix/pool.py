@@ -37,11 +37,13 @@ class PoolSizing:
     usable_connections: int
     buffer: int
     other_clients: int  # sessions now open from outside the fleet (cron, monitoring, …)
-    restart_overlap: int  # a restarting batch's old and new pools overlap
-    available: int  # usable − buffer − other − restart overlap
+    restart_overlap: int  # now: a restarting batch's old and new pools overlap
+    available: int  # now: usable − buffer − other − restart overlap
     safe: bool
     max_safe_pool_size: int  # per worker; 0 when nothing fits
     after_total: int
+    after_restart_overlap: int = 0  # the same overlap, at the safe size
+    after_available: int = 0  # usable − buffer − other − that overlap
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
@@ -59,8 +61,8 @@ class PoolSizing:
             "servers": self.servers,
             "pool_size": self.max_safe_pool_size,
             "total": self.after_total,
-            "available": self.available,
-            "safe": self.after_total <= self.available and self.max_safe_pool_size > 0,
+            "available": self.after_available,
+            "safe": self.after_total <= self.after_available and self.max_safe_pool_size > 0,
         }
         return [before, after]
 
@@ -72,11 +74,17 @@ class PoolSizing:
 def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     """Work out the largest pool size per server that can never exhaust the database.
 
-    available = usable − buffer − other clients − restart overlap, where usable is
-    max_connections − superuser_reserved_connections − reserved_connections, other
+    The fleet may hold base = usable − buffer − other clients, where usable is
+    max_connections − superuser_reserved_connections − reserved_connections and other
     clients are the sessions open now from addresses outside the fleet (connfix's own
-    left out), and the overlap is what a restarting batch holds twice while its old
-    pool drains and its new one connects (max_unavailable × the largest host's pool).
+    left out). During a rolling restart a restarting batch holds its pools twice while
+    the old ones drain and the new ones connect, so with u = max_unavailable hosts at a
+    time, pool size s per worker and w workers per server:
+
+        servers × w × s  +  u × w × s  ≤  base   →   s = base // ((servers + u) × w)
+
+    The overlap counts at the size being judged: now, the largest host's pool; at the
+    safe size, that size.
     """
     service = env.service
     servers = len(env.hosts)
@@ -85,18 +93,24 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     fleet_total = sum(capacities)
     fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
     other = sum(u.count for u in d.by_host if u.client_addr not in fleet_addresses)
-    overlap = min(service.max_unavailable, servers) * max(capacities, default=0)
+    at_once = min(service.max_unavailable, servers)
+    overlap = at_once * max(capacities, default=0)
     buffer = env.thresholds.buffer
-    available = d.usable_connections - buffer - other - overlap
-    per_worker = max(0, available) // (servers * workers) if servers else 0
+    base = d.usable_connections - buffer - other
+    available = base - overlap
+    per_worker = max(0, base) // ((servers + at_once) * workers) if servers else 0
     after_total = per_worker * servers * workers
+    after_overlap = at_once * per_worker * workers
     notes = [
         f"usable {d.usable_connections} = max_connections {d.max_connections}"
         f" − superuser_reserved_connections {d.superuser_reserved_connections}"
         f" − reserved_connections {d.reserved_connections}",
         f"minus buffer {buffer}, other clients {other} (open now from outside the fleet),"
-        f" and {overlap} for a rolling restart (max_unavailable {service.max_unavailable}"
-        f" × {max(capacities, default=0)}: a restarting host's old and new pools overlap)",
+        f" and what a rolling restart holds twice (max_unavailable"
+        f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
+        f" {overlap} now, {after_overlap} at the safe size",
+        f"safe size = ({d.usable_connections} − {buffer} − {other}) //"
+        f" (({servers} servers + {at_once} restarting) × {workers} workers) = {per_worker}",
     ]
     if per_worker == 0:
         notes.append(
@@ -121,6 +135,8 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         safe=fleet_total <= available,
         max_safe_pool_size=per_worker,
         after_total=after_total,
+        after_restart_overlap=after_overlap,
+        after_available=base - after_overlap,
         notes=notes,
     )
 
