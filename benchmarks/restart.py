@@ -1,10 +1,12 @@
 """Benchmark: a rolling restart of the lab's hosts, three ways, side by side.
 
-In each round, interleaved: the floor (the sum of the bare `systemctl restart` times,
-measured on each host), `connfix restart`, a plain `ssh` loop doing the same restart and
-health commands, and `ansible-playbook` with `serial: 1` doing the same. Prints medians
-and ratios. Needs root; builds lab 5 (8 hosts) and removes it unless --keep. ansible-core
-is installed from PyPI into benchmarks/.ansible-venv, for this benchmark only.
+After one untimed warm-up run of each, in each round, interleaved: the floor (the sum of
+the bare `systemctl restart` times, measured on each host), `connfix restart`, a plain
+`ssh` loop doing the same restart and health commands, and `ansible-playbook` with
+`serial: 1` doing the same (with Ansible's defaults, and with pipelining on). Prints
+medians and ratios, and connfix's per-host and fixed cost from its journal. Needs root;
+builds lab 5 (8 hosts) and removes it unless --keep. ansible-core is installed from PyPI
+into benchmarks/.ansible-venv, for this benchmark only.
 
     .venv/bin/python benchmarks/restart.py [--hosts 8] [--rounds 3]
 """
@@ -217,6 +219,14 @@ def main() -> None:
         "ansible serial: 1 + pipelining": [],
     }
     try:
+        # one untimed run of each first: Ansible's first run sets up its remote temp
+        # directories and compiles its modules; connfix's first run warms its imports
+        floor(addresses)
+        connfix_roll(workdir)
+        ssh_loop(addresses)
+        ansible_roll(exe, inventory, playbook, env)
+        ansible_roll(exe, inventory, playbook, env_pipelining)
+        CONNFIX_SPLIT.clear()
         for number in range(1, args.rounds + 1):
             results["floor (sum of bare restarts)"].append(floor(addresses))
             results["connfix restart"].append(connfix_roll(workdir))
