@@ -266,27 +266,33 @@ def test_changed_jump_host_key_is_refused(
     )
 
 
-def test_a_stale_connection_is_reopened_when_the_command_was_not_sent(
-    lab_env: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No session channel on the old connection (a dropped idle flow): reconnect, send once.
+def _gone_stale(conn: remote.Remote, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Open conn, then make its connection refuse new channels, as a stale one does.
 
     A connection that looks open but no longer carries anything cannot be made on demand:
-    the fault is injected by making the first channel open fail."""
+    the fault is injected by making the channel open fail."""
     import paramiko
 
+    assert conn.run("true").ok
+    stale = conn.conn.client.get_transport()
+    assert stale is not None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise paramiko.SSHException("Timeout opening channel.")
+
+    monkeypatch.setattr(stale, "open_session", refuse)
+    return stale
+
+
+def test_a_stale_connection_is_reopened_when_the_command_was_not_sent(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No session channel on the old connection (a dropped idle flow): reconnect, send once."""
     conn = _remote(lab_env)
     try:
-        assert conn.run("true").ok
-        stale = conn.conn.client.get_transport()
-        assert stale is not None
-
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            raise paramiko.SSHException("Timeout opening channel.")
-
-        monkeypatch.setattr(stale, "open_session", refuse)
-        marker = "/tmp/connfix-test-sent-once"
-        result = conn.run(f"echo x >> {marker}; wc -l < {marker}; rm -f {marker}")
+        stale = _gone_stale(conn, monkeypatch)
+        marker = tmp_path / "sent"
+        result = conn.run(f"echo x >> {marker}; wc -l < {marker}")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "1"  # sent exactly once
         assert conn.conn.client.get_transport() is not stale
@@ -347,18 +353,9 @@ def test_a_stale_connection_whose_host_key_changed_is_not_reopened(
     lab_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The reconnect checks the host key again: a key no longer known is refused."""
-    import paramiko
-
     conn = _remote(lab_env)
     try:
-        assert conn.run("true").ok
-        stale = conn.conn.client.get_transport()
-        assert stale is not None
-
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            raise paramiko.SSHException("Timeout opening channel.")
-
-        monkeypatch.setattr(stale, "open_session", refuse)
+        _gone_stale(conn, monkeypatch)
         empty = tmp_path / "known_hosts"
         empty.write_text("")
         conn.known_hosts = empty
