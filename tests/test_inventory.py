@@ -47,6 +47,7 @@ def test_example_inventory_is_valid() -> None:
     assert env.database.has_admin
     assert env.thresholds.idle_suspect_age == 600
     assert env.ssh.command_timeout == 120
+    assert env.ssh.keepalive == 15
     assert env.service.restart_argv() == "sudo -n systemctl restart webapp.service"
 
 
@@ -106,6 +107,12 @@ BAD = [
         GOOD.replace("      dsn:", "      connect_timeout: 30d\n      dsn:"),
         5,
         ["connect_timeout", "out of range"],
+    ),
+    (
+        "keepalive out of range",
+        GOOD.replace("    hosts:\n", "    ssh:\n      keepalive: 2h\n    hosts:\n"),
+        10,
+        ["environments.prod.ssh.keepalive", "less than or equal to 3600"],
     ),
     (
         "YAML syntax error",

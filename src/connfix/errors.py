@@ -57,3 +57,9 @@ class HostUnreachable(ConnfixError):
 
 class LabError(ConnfixError):
     """The incident lab could not be built, inspected or removed."""
+
+
+class LabInputError(LabError):
+    """A lab flag or host name that cannot be used; nothing was done."""
+
+    exit_status = ExitStatus.BAD_INPUT

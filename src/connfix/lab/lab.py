@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from connfix.errors import LabError
+from connfix.errors import LabError, LabInputError
 from connfix.lab import paths
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, DATABASE, UNIT, lab_dir
 from connfix.lab.standin import alive
@@ -552,25 +552,25 @@ def up(
     """Build the lab, or confirm the one that is up matches; idempotent."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
-        raise LabError("--hosts must be between 1 and 200")
+        raise LabInputError("--hosts must be between 1 and 200")
     if not 1 <= pool_size <= 1000:
-        raise LabError("--pool-size must be between 1 and 1000")
+        raise LabInputError("--pool-size must be between 1 and 1000")
     if max_connections is None:
         max_connections = default_max_connections(hosts, pool_size)
     if not 5 <= max_connections <= 10_000:
-        raise LabError("--max-connections must be between 5 and 10000")
+        raise LabInputError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
-        raise LabError("--app-boot must be between 0s and 60s")
+        raise LabInputError("--app-boot must be between 0s and 60s")
     if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
-        raise LabError("--app-traffic must be 0 (none) or between 100ms and 10m")
+        raise LabInputError("--app-traffic must be 0 (none) or between 100ms and 10m")
     check_prerequisites()
     pg_bin = resolve_postgres(postgres)
     major = pg_major(pg_bin)
     if not 0 <= reserved_connections <= max_connections // 2:
-        raise LabError("--reserved-connections must be between 0 and half of max_connections")
+        raise LabInputError("--reserved-connections must be between 0 and half of max_connections")
     usable = max_connections - SUPERUSER_RESERVED - (reserved_connections if major >= 16 else 0)
     if hosts * pool_size + 2 > usable:
-        raise LabError(
+        raise LabInputError(
             f"{hosts} hosts × pool size {pool_size} = {hosts * pool_size} connections do not"
             f" fit in max_connections {max_connections} ({usable} for ordinary roles, and"
             f" connfix needs 2); use --max-connections {hosts * pool_size + HEADROOM}"
@@ -823,9 +823,9 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
         raise LabError("the lab is not up (run `connfix lab up`)")
     names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
     if host not in names:
-        raise LabError(f"no lab host {host!r} (hosts: {', '.join(names)})")
+        raise LabInputError(f"no lab host {host!r} (hosts: {', '.join(names)})")
     if not 1 <= count <= 10_000:
-        raise LabError("--count must be between 1 and 10000")
+        raise LabInputError("--count must be between 1 and 10000")
     mode = "idle_in_transaction" if idle_in_transaction else "idle"
     result = app_request(
         names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST", timeout=60
@@ -840,7 +840,7 @@ def sshd(name: str, action: str) -> None:
         raise LabError("the lab is not up (run `connfix lab up`)")
     names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
     if name not in names:
-        raise LabError(f"no lab host {name!r} (hosts: {', '.join(names)})")
+        raise LabInputError(f"no lab host {name!r} (hosts: {', '.join(names)})")
     index = names.index(name) + 1
     pid = state.sshd_pids.get(name)
     if action == "stop":  # the listener: new connections are refused
