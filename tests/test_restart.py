@@ -266,6 +266,31 @@ def test_batch_above_max_unavailable_is_refused(clean_lab: Lab, tmp_path: Path) 
     assert "batch 2 is more than service.max_unavailable 1" in result.output
 
 
+def test_batches_restart_together_and_the_next_waits_for_the_whole_batch(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """max_unavailable 2, --batch 2: app1 and app2 at once, app3 only when both are back."""
+
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["max_unavailable"] = 2
+
+    before = clean_lab.main_pids()
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    result = restart(clean_lab, tmp_path, "--yes", "--batch", "2", inventory=inventory)
+    assert result.exit_code == 0, result.output
+    evs = events(tmp_path / "incidents")
+    seq = {
+        (e["event"], e["host"]): e["seq"] for e in evs if e["event"] in ("host_start", "host_done")
+    }
+    first_done = min(seq["host_done", "app1"], seq["host_done", "app2"])
+    assert max(seq["host_start", "app1"], seq["host_start", "app2"]) < first_done  # together
+    assert seq["host_start", "app3"] > max(seq["host_done", "app1"], seq["host_done", "app2"])
+    after = clean_lab.main_pids()
+    assert all(after[h] != before[h] for h in ("app1", "app2", "app3"))
+    plan = of(evs, "plan")[-1]
+    assert "(batch 2)" in plan["summary"]
+
+
 def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) -> None:
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     before = clean_lab.main_pids()
