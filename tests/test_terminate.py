@@ -407,3 +407,24 @@ def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
     assert set(ops) == leaked and all(op["result"] == "terminated" for op in ops.values())
     assert {i: set(clean_lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)} == pools
     assert clean_lab.core.app_request(2, "/health")["ok"] is True
+
+
+def test_host_restricts_termination_to_that_host(clean_lab: Lab, tmp_path: Path) -> None:
+    """--host app3: app3's leaked sessions end; app2's, just as old, stay."""
+    on_app2 = set(clean_lab.core.leak("app2", 2, idle_in_transaction=False))
+    on_app3 = set(clean_lab.core.leak("app3", 2, idle_in_transaction=False))
+    time.sleep(2.5)  # the leaks are older than 2s; the pools were used within the last second
+    result = terminate(
+        clean_lab.inventory,
+        tmp_path,
+        "--state",
+        "idle",
+        "--older-than",
+        "2s",
+        "--host",
+        "app3",
+    )
+    assert result.exit_code == 0, result.output
+    assert set(operations(tmp_path)) == on_app3
+    alive = {b["pid"] for b in clean_lab.client_backends()}
+    assert on_app2 <= alive and not on_app3 & alive
