@@ -389,3 +389,55 @@ def test_redactor_removes_secrets_and_password_patterns() -> None:
     assert redact("x s3cr3t-value y") == "x *** y"
     assert redact("host=db password=hunter2 user=x") == "host=db password=*** user=x"
     assert redact("postgresql://u:hunter2@db/app") == "postgresql://u:***@db/app"
+
+
+ADVISE = """\
+version: 1
+name: advise
+summary: diagnose and advise, whatever the state
+healthy: "false"
+steps:
+  - {id: diagnose, action: diagnose}
+  - {id: advise, action: advise}
+"""
+
+
+def test_advise_puts_the_pool_sizing_in_the_journal_and_the_report(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """An inventory that lets each host open 6 (3 × 6 = 18 against 17 usable): advise says
+    it is not safe and which size is, in the journal and in the report, even in a dry run.
+
+    base = 17 usable − 2 buffer − 0 other = 15; now 18 + a restarting host's 6 = 24 > 15;
+    safe size 15 // (3 hosts + 1 restarting) = 3: 9, plus 3 while a host restarts = 12."""
+
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["pool_size"] = 6
+
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    book = tmp_path / "advise.yaml"
+    book.write_text(ADVISE)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "triage",
+            "lab",
+            "--dry-run",
+            "-i",
+            str(inventory),
+            "--runbook",
+            str(book),
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+        ],
+    )
+    assert "3 servers × 6 = 18 against 9 available: NOT safe: pool size 3" in result.output
+    (advice,) = [e for e in events(tmp_path / "incidents") if e["event"] == "advice"]
+    sizing = advice["sizing"]
+    assert (sizing["fleet_total"], sizing["available"], sizing["safe"]) == (18, 9, False)
+    assert (sizing["max_safe_pool_size"], sizing["after_total"]) == (3, 9)
+    assert advice["pgbouncer"] is True
+    report = assert_complete(tmp_path / "incidents", "DRY RUN")
+    assert "| now | 3 | 6 | 18 | 9 | NO |" in report
+    assert "| safe | 3 | 3 | 9 | 12 | yes |" in report
+    assert "3 servers × 6 = 18 &gt; 9 → pool 3: 9, safe" in report  # escaped, renders as >
