@@ -295,6 +295,7 @@ def test_a_stale_connection_is_reopened_when_the_command_was_not_sent(
         result = conn.run(f"echo x >> {marker}; wc -l < {marker}")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "1"  # sent exactly once
+        assert conn.reconnects == ["Timeout opening channel."]
         assert conn.conn.client.get_transport() is not stale
         assert not stale.is_active()
     finally:

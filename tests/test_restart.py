@@ -201,6 +201,42 @@ def test_a_reused_pid_is_not_an_old_session(
     assert done["host"] == "app1" and done["gates"]["database"] < 1
 
 
+def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preflight's connection to app2 stops carrying channels before app2's turn (a
+    NAT dropping an idle flow, injected): connfix reopens it once, restarts app2 once, and
+    says so in the output and the journal."""
+    import paramiko
+
+    from connfix.actions import rolling_restart
+
+    real = rolling_restart.preflight
+
+    def preflight_then_stale(host: Any, ctx: Any) -> Any:
+        check = real(host, ctx)
+        if host.name == "app2" and check.remote is not None:
+            transport = check.remote.conn.client.get_transport()
+
+            def refuse(*args: Any, **kwargs: Any) -> Any:
+                raise paramiko.SSHException("Timeout opening channel.")
+
+            monkeypatch.setattr(transport, "open_session", refuse)
+        return check
+
+    monkeypatch.setattr(rolling_restart, "preflight", preflight_then_stale)
+    before = clean_lab.main_pids()
+    result = restart(clean_lab, tmp_path, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "app2: the SSH connection had gone stale (Timeout opening channel.)" in result.output
+    done = {d["host"]: d for d in of(events(tmp_path / "incidents"), "host_done")}
+    assert done["app2"]["ssh_reconnects"] == ["Timeout opening channel."]
+    assert "ssh_reconnects" not in done["app1"] and "ssh_reconnects" not in done["app3"]
+    assert all(clean_lab.main_pids()[h] != before[h] for h in before)
+    report = assert_complete(tmp_path / "incidents", "done")
+    assert "ok; SSH connection reopened before the command was sent (Timeout opening" in report
+
+
 def test_resume_skips_the_hosts_already_done(clean_lab: Lab, tmp_path: Path) -> None:
     incidents = tmp_path / "first"
     proc = subprocess.Popen(

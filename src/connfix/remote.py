@@ -170,6 +170,7 @@ class Remote:
         self.known_hosts = known_hosts_path(ssh, self.conn)
         # ProxyJump hosts from ~/.ssh/config, nearest the target first. fabric opens them
         # with AutoAddPolicy and no known_hosts: connfix checks their keys as strictly.
+        self.reconnects: list[str] = []  # why a stale connection was reopened, in order
         self.hops: list[Connection] = []
         gateway = self.conn.gateway
         while isinstance(gateway, Connection):
@@ -262,9 +263,10 @@ class Remote:
         try:
             try:
                 exit_code, stdout, stderr, timed_out = self._exec(command, limit)
-            except _NotSent:
+            except _NotSent as stale:
                 # The connection went stale (a long wait in a roll, a dropped idle flow)
                 # and the command never reached the host: reconnect once and send it.
+                self.reconnects.append(str(stale) or "the connection was closed")
                 self.close()
                 try:
                     self.open()

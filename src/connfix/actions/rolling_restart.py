@@ -334,6 +334,18 @@ class RollingRestartAction(Action):
             old_backends=sorted(b.pid for b in old_backends),
         )
 
+        reconnects_before = len(conn.reconnects)
+
+        def reconnects() -> dict[str, Any]:
+            """The stale SSH connections reopened for this host, if any, for its entry."""
+            fresh = conn.reconnects[reconnects_before:]
+            if fresh:
+                ctx.progress(
+                    f"{label}: the SSH connection had gone stale ({fresh[0]}); reopened"
+                    " before the command was sent"
+                )
+            return {"ssh_reconnects": fresh} if fresh else {}
+
         def fail(gate: str, detail: str, result: CommandResult | None = None) -> dict[str, Any]:
             entry = {
                 "host": host.name,
@@ -343,6 +355,7 @@ class RollingRestartAction(Action):
                 "old_main_pid": old_pid,
                 "gates": gates,
                 "seconds": round(time.monotonic() - started, 3),
+                **reconnects(),
             }
             if result is not None:
                 entry.update(
@@ -443,6 +456,7 @@ class RollingRestartAction(Action):
             "new_main_pid": new_pid,
             "gates": gates,
             "seconds": round(time.monotonic() - started, 3),
+            **reconnects(),
         }
         ctx.record("host_done", **entry)
         return entry
