@@ -77,6 +77,86 @@ def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path)
     assert "preflight failed, nothing was restarted" in report
 
 
+def _preflight_refused(
+    clean_lab: Lab,
+    tmp_path: Path,
+    inventory: Path | None = None,
+    running: tuple[int, ...] = (1, 2, 3),
+) -> str:
+    """Run a roll that the preflight must stop; check nothing moved; return the output."""
+
+    def pids() -> dict[int, int]:
+        return {i: clean_lab.core.app_request(i, "/status")["pid"] for i in running}
+
+    before = pids()
+    result = restart(clean_lab, tmp_path, "--yes", inventory=inventory)
+    assert result.exit_code == 3, result.output
+    assert "preflight failed, nothing was restarted" in result.output
+    assert not of(events(tmp_path / "incidents"), "host_start")
+    assert pids() == before
+    return str(result.output)
+
+
+def test_unit_not_found_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["unit"] = "nosuch.service"
+
+    output = _preflight_refused(clean_lab, tmp_path, clean_lab.inventory_with(tmp_path, change))
+    assert "service nosuch.service not found (LoadState=not-found)" in output
+
+
+def test_unit_inactive_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path) -> None:
+    clean_lab.systemctl(2, "stop")
+    output = _preflight_refused(clean_lab, tmp_path, running=(1, 3))
+    assert "app2: service labapp.service is inactive, not active" in output
+
+
+def test_restart_not_permitted_at_preflight_restarts_nothing(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["restart_command"] = "nosuchctl restart {unit}"
+
+    output = _preflight_refused(clean_lab, tmp_path, clean_lab.inventory_with(tmp_path, change))
+    assert "the restart command is not permitted: command -v nosuchctl exited 1" in output
+
+
+def test_a_restart_that_leaves_the_old_process_fails_the_active_gate(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """The restart command exits 0 but the service keeps its main pid: halt at `active`."""
+
+    def change(env: dict[str, Any]) -> None:
+        env["service"]["restart_command"] = "true"
+
+    book = tmp_path / "roll.yaml"
+    book.write_text(
+        'version: 1\nname: roll\nsummary: roll\nhealthy: "false"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: roll, action: rolling_restart, params: {active_timeout: 1s}}\n"
+    )
+    pids = clean_lab.main_pids()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "triage",
+            "lab",
+            "--yes",
+            "--runbook",
+            str(book),
+            "-i",
+            str(clean_lab.inventory_with(tmp_path, change)),
+            "--incidents-dir",
+            str(tmp_path / "incidents"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    (failed,) = of(events(tmp_path / "incidents"), "host_failed")
+    assert failed["host"] == "app1" and failed["gate"] == "active"
+    assert f"MainPID is still {pids['app1']}" in failed["detail"]
+    assert clean_lab.main_pids() == pids  # app2 and app3 not touched (and app1 never moved)
+
+
 def test_changed_host_key_is_refused(clean_lab: Lab, tmp_path: Path) -> None:
     known = (clean_lab.paths.lab_dir() / "ssh" / "known_hosts").read_text().splitlines()
     known[2] = known[2].split(" ", 1)[0] + " " + known[0].split(" ", 1)[1]  # app3 gets app1's key
