@@ -428,3 +428,29 @@ def test_host_restricts_termination_to_that_host(clean_lab: Lab, tmp_path: Path)
     assert set(operations(tmp_path)) == on_app3
     alive = {b["pid"] for b in clean_lab.client_backends()}
     assert on_app2 <= alive and not on_app3 & alive
+
+
+def test_a_backend_that_does_not_exit_is_reported_failed(
+    sessions: Sessions, inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signalled backend still in pg_stat_activity after exit_timeout is `failed`, the
+    others `terminated`, and the step fails. PostgreSQL backends exit on SIGTERM, so the
+    one that does not is injected: pg.alive keeps reporting it."""
+    from connfix import pg
+
+    conns = [sessions.open() for _ in range(7)]  # more than 5: signal, then poll
+    stuck = conns[0].info.backend_pid
+    real = pg.alive
+
+    def still_there(session: Any, pids: list[int]) -> set[int]:
+        return real(session, pids) | ({stuck} & set(pids))
+
+    monkeypatch.setattr(pg, "alive", still_there)
+    result = run_with_hook(
+        inventory, tmp_path, lambda: None, states=["idle"], max_fraction=1, exit_timeout="500ms"
+    )
+    ops = operations(tmp_path)
+    assert ops[stuck]["result"] == "failed"
+    assert ops[stuck]["reason"] == "signalled, still present after 500ms"
+    assert [ops[c.info.backend_pid]["result"] for c in conns[1:]] == ["terminated"] * 6
+    assert result.exit_status == 1
