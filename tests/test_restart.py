@@ -30,6 +30,12 @@ def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None)
     )
 
 
+def preflight_row(output: str, host: str) -> list[str]:
+    """The cells of a host's row in the preflight table."""
+    line = next(line for line in output.splitlines() if line.startswith(f"│ {host} "))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
 def test_full_roll_leakiest_first_new_main_pids_leak_gone(clean_lab: Lab, tmp_path: Path) -> None:
     clean_lab.core.leak("app3", 4, idle_in_transaction=False)
     clean_lab.core.leak("app1", 2, idle_in_transaction=True)
@@ -59,7 +65,9 @@ def test_dry_run_leaves_every_main_pid_and_backend(clean_lab: Lab, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "would restart 3 host(s) in this order: app2, app1, app3" in result.output
     assert "sudo -n systemctl restart labapp.service" in result.output
-    assert "preflight app2: ok" in result.output  # the preflight ran for real
+    row = preflight_row(result.output, "app2")  # the preflight ran for real
+    assert row[:5] == ["app2", "ok", "ok", "known", "loaded/active"]
+    assert row[5] == str(pids["app2"]) and row[6] == "yes" and row[8] == ""
     assert clean_lab.main_pids() == pids
     retry(lambda: {b["pid"] for b in clean_lab.client_backends()} == backends)
     assert not of(events(tmp_path / "incidents"), "host_start")
@@ -71,6 +79,10 @@ def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path)
     result = restart(clean_lab, tmp_path, "--yes")
     assert result.exit_code == 3, result.output
     assert "preflight failed, nothing was restarted: app2: SSH to 10.231.7.12" in result.output
+    row = preflight_row(result.output, "app2")
+    assert row[:7] == ["app2", "FAILED", "no", "n/a", "n/a", "-", "n/a"]
+    assert row[8].startswith("SSH to 10.231.7.12 failed")
+    assert preflight_row(result.output, "app1")[1] == "ok"
     assert clean_lab.main_pids() == pids
     assert not of(events(tmp_path / "incidents"), "host_start")
     report = assert_complete(tmp_path / "incidents", "halted")
@@ -119,6 +131,7 @@ def test_restart_not_permitted_at_preflight_restarts_nothing(
 
     output = _preflight_refused(clean_lab, tmp_path, clean_lab.inventory_with(tmp_path, change))
     assert "the restart command is not permitted: command -v nosuchctl exited 1" in output
+    assert preflight_row(output, "app1")[6] == "no"  # checked, and refused
 
 
 def test_a_restart_that_leaves_the_old_process_fails_the_active_gate(

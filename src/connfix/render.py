@@ -394,6 +394,14 @@ class RichUI:
     def note(self, message: str) -> None:
         err.print(escape(message))
 
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        table = Table(title=escape(title), title_justify="left")
+        for column in columns:
+            table.add_column(escape(column))
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        err.print(table)
+
 
 def triage_result(result: TriageResult) -> None:
     """Print how a triage ended and where its record is."""

@@ -56,6 +56,7 @@ class Preflight:
     unit: str = "n/a"  # LoadState/ActiveState
     main_pid: int = 0
     permitted: bool = False
+    probed: bool = False  # the restart permission was checked (the unit was fine)
     detail: str = ""
     seconds: float = 0.0
     at: float = field(default_factory=time.monotonic)
@@ -113,7 +114,7 @@ def preflight(host: Host, ctx: RunContext) -> Preflight:
         result.detail = f"service {service.unit} is {active}, not active"
         return _done(result, started)
     probe = conn.run(permission_probe(service.restart_argv()))
-    result.permitted = probe.ok
+    result.probed, result.permitted = True, probe.ok
     if not probe.ok:
         result.detail = (
             f"the restart command is not permitted: {probe.command} exited"
@@ -180,13 +181,34 @@ class RollingRestartAction(Action):
         for check in checks:
             if check.remote is not None:
                 ctx.cleanups.append(check.remote.close)
-            state = "ok" if check.ok else "FAILED"
-            ctx.progress(
-                f"  preflight {check.host}: {state} (ssh {check.reachable}, host key"
-                f" {check.host_key}, unit {check.unit}, main pid {check.main_pid},"
-                f" restart permitted {check.permitted}; {check.seconds:.2f}s)"
-                + ("" if check.ok else f": {check.detail}")
-            )
+        ctx.ui.table(
+            "preflight",
+            [
+                "host",
+                "result",
+                "ssh",
+                "host key",
+                "unit",
+                "main pid",
+                "restart allowed",
+                "time",
+                "why",
+            ],
+            [
+                [
+                    c.host,
+                    "ok" if c.ok else "FAILED",
+                    "ok" if c.reachable else "no",
+                    c.host_key,
+                    c.unit,
+                    str(c.main_pid or "-"),
+                    ("yes" if c.permitted else "no") if c.probed else "n/a",
+                    f"{c.seconds:.2f}s",
+                    "" if c.ok else c.detail,
+                ]
+                for c in checks
+            ],
+        )
         details = {
             "preflight": [c.journal() for c in checks],
             "order": [h.name for h in targets],
