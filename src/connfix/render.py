@@ -373,6 +373,8 @@ class RichUI:
 
     def plan(self, step: Step, plan: Plan, applied: bool) -> None:
         head = "would" if not applied else "plan:"
+        if plan.blocked is not None:
+            head = "refused, nothing done; the plan was:"
         out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
         # a dry run shows every operation; a real run shows the first ones (the journal
         # has them all), so a thousand pids do not bury the prompt
