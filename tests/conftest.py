@@ -16,6 +16,8 @@ import yaml
 os.environ["CONNFIX_LAB_ID"] = "7"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 os.environ.pop("CONNFIX_INVENTORY", None)
+# Output the tests read (tables included) at a fixed width, whatever the CI terminal says.
+os.environ["COLUMNS"] = "160"
 
 LAB_HOSTS = 3
 LAB_POOL_SIZE = 3
