@@ -225,6 +225,24 @@ def events(incidents: Path) -> list[dict[str, Any]]:
     return list(read_journal(journal))
 
 
+def connfix_run(
+    command: str,
+    inventory: Path,
+    incidents: Path,
+    *args: str,
+    environment: str = "lab",
+    input: str | None = None,
+) -> Any:
+    """Run `connfix COMMAND ENVIRONMENT -i INVENTORY --incidents-dir INCIDENTS ARGS…`
+    in-process; return click's result (exit_code, output)."""
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    argv = [command, environment, "-i", str(inventory), "--incidents-dir", str(incidents)]
+    return CliRunner().invoke(cli, [*argv, *args], input=input)
+
+
 def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """The events of one kind."""
     return [e for e in evs if e["event"] == name]

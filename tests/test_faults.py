@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.report import render
-from tests.conftest import Lab, assert_complete, events, of, retry
+from tests.conftest import Lab, assert_complete, connfix_run, events, of, retry
 
 complete = assert_complete
 
@@ -120,18 +120,7 @@ def everything_full(clean_lab: Lab) -> Iterator[None]:
 def test_database_full_including_superuser_slots(
     everything_full: None, lab: Lab, tmp_path: Path
 ) -> None:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--yes",
-            "-i",
-            str(lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
-    )
+    result = connfix_run("triage", lab.inventory, tmp_path / "incidents", "--yes")
     assert result.exit_code == 3
     assert "every way in failed too" in result.output
     assert "sorry, too many clients already" in result.output

@@ -14,7 +14,7 @@ from markdown_it import MarkdownIt
 from connfix.cli import cli
 from connfix.journal import read_journal
 from connfix.report import escape, render
-from tests.conftest import Lab
+from tests.conftest import Lab, connfix_run
 
 HOSTILE = "evil | `tick` <script>alert(1)</script> *x* [y](z)"
 
@@ -49,9 +49,7 @@ def triaged(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
     lab.reset()
     lab.core.leak("app2", 5, idle_in_transaction=False)
     incidents = tmp_path_factory.mktemp("triaged") / "incidents"
-    result = CliRunner().invoke(
-        cli, ["triage", "lab", "--yes", "-i", str(lab.inventory), "--incidents-dir", str(incidents)]
-    )
+    result = connfix_run("triage", lab.inventory, incidents, "--yes")
     lab.reset()
     assert result.exit_code == 0, result.output
     (incident,) = incidents.glob("*")
@@ -167,18 +165,7 @@ def test_user_template(triaged: Path, tmp_path: Path) -> None:
 
 def test_dry_run_report_says_so_at_the_top(clean_lab: Lab, tmp_path: Path) -> None:
     clean_lab.core.leak("app1", 4, idle_in_transaction=False)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--dry-run",
-            "-i",
-            str(clean_lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
-    )
+    result = connfix_run("triage", clean_lab.inventory, tmp_path / "incidents", "--dry-run")
     assert result.exit_code == 1
     (report,) = (tmp_path / "incidents").glob("*/report.md")
     text = report.read_text()

@@ -9,25 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from connfix.cli import cli
-from tests.conftest import LAB_POOL_SIZE, Lab, assert_complete, events, of, retry
+from tests.conftest import (
+    LAB_POOL_SIZE,
+    Lab,
+    assert_complete,
+    connfix_run,
+    events,
+    of,
+    retry,
+)
 
 
 def restart(lab: Lab, tmp_path: Path, *args: str, inventory: Path | None = None) -> Any:
-    return CliRunner().invoke(
-        cli,
-        [
-            "restart",
-            "lab",
-            "-i",
-            str(inventory or lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-            *args,
-        ],
+    return connfix_run("restart", inventory or lab.inventory, tmp_path / "incidents", *args)
+
+
+def roll_book(tmp_path: Path, params: str) -> Path:
+    """A runbook that diagnoses, then rolls with these params, whatever the state."""
+    book = tmp_path / "roll.yaml"
+    book.write_text(
+        'version: 1\nname: roll\nsummary: roll\nhealthy: "false"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        f"  - {{id: roll, action: rolling_restart, params: {params}}}\n"
     )
+    return book
 
 
 def preflight_row(output: str, host: str) -> list[str]:
@@ -145,26 +151,11 @@ def test_a_restart_that_leaves_the_old_process_fails_the_active_gate(
     def change(env: dict[str, Any]) -> None:
         env["service"]["restart_command"] = "true"
 
-    book = tmp_path / "roll.yaml"
-    book.write_text(
-        'version: 1\nname: roll\nsummary: roll\nhealthy: "false"\nsteps:\n'
-        "  - {id: diagnose, action: diagnose}\n"
-        "  - {id: roll, action: rolling_restart, params: {active_timeout: 1s}}\n"
-    )
+    book = roll_book(tmp_path, "{active_timeout: 1s}")
     pids = clean_lab.main_pids()
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--yes",
-            "--runbook",
-            str(book),
-            "-i",
-            str(clean_lab.inventory_with(tmp_path, change)),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    result = connfix_run(
+        "triage", inventory, tmp_path / "incidents", "--yes", "--runbook", str(book)
     )
     assert result.exit_code == 1, result.output
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
@@ -234,27 +225,11 @@ def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
 
 
 def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path: Path) -> None:
-    book = tmp_path / "roll.yaml"
-    book.write_text(
-        'version: 1\nname: roll\nsummary: roll\nhealthy: "false"\nsteps:\n'
-        "  - {id: diagnose, action: diagnose}\n"
-        "  - {id: roll, action: rolling_restart, params: {db_timeout: 1500ms}}\n"
-    )
+    book = roll_book(tmp_path, "{db_timeout: 1500ms}")
     pids = clean_lab.main_pids()
     clean_lab.fault("app1", "leak-on-start", "2")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--yes",
-            "--runbook",
-            str(book),
-            "-i",
-            str(clean_lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
+    result = connfix_run(
+        "triage", clean_lab.inventory, tmp_path / "incidents", "--yes", "--runbook", str(book)
     )
     assert result.exit_code == 1
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
@@ -277,9 +252,9 @@ def test_a_reused_pid_is_not_an_old_session(
     from connfix import pg
 
     real = pg.host_backends
-    first: dict[str, set[pg.Backend]] = {}
+    first: dict[str, set[pg.BackendId]] = {}
 
-    def reusing(session: Any, addr: str) -> set[pg.Backend]:
+    def reusing(session: Any, addr: str) -> set[pg.BackendId]:
         now = real(session, addr)
         if addr not in first:
             first[addr] = now
@@ -288,7 +263,7 @@ def test_a_reused_pid_is_not_an_old_session(
         if not old_pids or not now:
             return now
         newest = max(now, key=lambda b: b.backend_start)
-        return (now - {newest}) | {pg.Backend(min(old_pids), newest.backend_start)}
+        return (now - {newest}) | {pg.BackendId(min(old_pids), newest.backend_start)}
 
     monkeypatch.setattr(pg, "host_backends", reusing)
     result = restart(clean_lab, tmp_path, "--yes", "--hosts", "app1")
@@ -426,18 +401,7 @@ def test_batches_restart_together_and_the_next_waits_for_the_whole_batch(
 def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) -> None:
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     before = clean_lab.main_pids()
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--yes",
-            "-i",
-            str(clean_lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
-    )
+    result = connfix_run("triage", clean_lab.inventory, tmp_path / "incidents", "--yes")
     assert result.exit_code == 0, result.output
     evs = events(tmp_path / "incidents")
     assert evs[-1]["status"] == "resolved"

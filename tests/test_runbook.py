@@ -12,6 +12,7 @@ from connfix import expressions
 from connfix.cli import cli
 from connfix.errors import RunbookError
 from connfix.runbook import load_runbook_file, resolve_runbook
+from tests.conftest import connfix_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,19 +217,8 @@ def test_bad_runbook_exits_2_and_nothing_runs(tmp_path: Path, text: str, line: i
     assert result.exit_code == 2 and f"{path}:{line}:" in result.output
     incidents = tmp_path / "incidents"
     # triage refuses an invalid runbook before it connects or journals anything
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "prod",
-            "--runbook",
-            str(path),
-            "-i",
-            str(ROOT / "inventory.example.yaml"),
-            "--incidents-dir",
-            str(incidents),
-        ],
-    )
+    inventory = ROOT / "inventory.example.yaml"
+    result = connfix_run("triage", inventory, incidents, "--runbook", str(path), environment="prod")
     assert result.exit_code == 2, result.output
     assert f"{path}:{line}:" in result.output
     assert not incidents.exists()  # no journal: nothing ran

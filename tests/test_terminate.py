@@ -12,14 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 
-from connfix.cli import cli
 from connfix.engine import TriageRequest, run_triage
 from connfix.inventory import load_inventory
 from connfix.journal import read_journal
 from connfix.runbook import command_runbook
-from tests.conftest import Lab, retry
+from tests.conftest import Lab, connfix_run, retry
 
 
 class Sessions:
@@ -85,19 +83,7 @@ def inventory(clean_lab: Lab, tmp_path: Path) -> Path:
 
 
 def terminate(inventory: Path, tmp_path: Path, *args: str) -> Any:
-    return CliRunner().invoke(
-        cli,
-        [
-            "terminate",
-            "lab",
-            "-i",
-            str(inventory),
-            "--yes",
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-            *args,
-        ],
-    )
+    return connfix_run("terminate", inventory, tmp_path / "incidents", "--yes", *args)
 
 
 def operations(tmp_path: Path) -> dict[int, dict[str, Any]]:

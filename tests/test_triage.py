@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from connfix.cli import cli, triage_cmd
+from connfix.cli import triage_cmd
 from connfix.journal import read_journal
-from tests.conftest import Lab, assert_complete, events, retry
+from tests.conftest import Lab, assert_complete, connfix_run, events, retry
 
 HEADER = """\
 version: 1
@@ -59,19 +58,7 @@ def names(evs: list[dict[str, Any]]) -> list[str]:
 
 
 def triage(lab: Lab, tmp_path: Path, *args: str, input: str | None = None) -> Any:
-    return CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "-i",
-            str(lab.inventory),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-            *args,
-        ],
-        input=input,
-    )
+    return connfix_run("triage", lab.inventory, tmp_path / "incidents", *args, input=input)
 
 
 def backend_pids(lab: Lab) -> set[int]:
@@ -297,18 +284,7 @@ def test_journal_file_modes(clean_lab: Lab, tmp_path: Path) -> None:
 def test_unwritable_journal_stops_the_run_before_anything(clean_lab: Lab, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--yes",
-            "-i",
-            str(clean_lab.inventory),
-            "--incidents-dir",
-            str(blocker / "incidents"),
-        ],
-    )
+    result = connfix_run("triage", clean_lab.inventory, blocker / "incidents", "--yes")
     assert result.exit_code == 1
     assert "cannot create an incident directory" in result.output
     assert "nothing was changed" in result.output
@@ -417,19 +393,8 @@ def test_advise_puts_the_pool_sizing_in_the_journal_and_the_report(
     inventory = clean_lab.inventory_with(tmp_path, change)
     book = tmp_path / "advise.yaml"
     book.write_text(ADVISE)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "triage",
-            "lab",
-            "--dry-run",
-            "-i",
-            str(inventory),
-            "--runbook",
-            str(book),
-            "--incidents-dir",
-            str(tmp_path / "incidents"),
-        ],
+    result = connfix_run(
+        "triage", inventory, tmp_path / "incidents", "--dry-run", "--runbook", str(book)
     )
     assert "3 servers × 6 = 18 against 9 available: NOT safe: pool size 3" in result.output
     (advice,) = [e for e in events(tmp_path / "incidents") if e["event"] == "advice"]

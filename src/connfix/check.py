@@ -97,29 +97,12 @@ def check_host(env: Environment, host: Host) -> HostCheck:
     from connfix import remote
 
     started = time.monotonic()
-    conn = remote.Remote(host, env.ssh)
+    conn, reachable, host_key, error = remote.open_checked(host, env.ssh)
     try:
-        try:
-            conn.open()
-        except remote.HostKeyRefused as exc:
+        if error is not None:
+            elapsed = time.monotonic() - started
             return HostCheck(
-                host.name,
-                host.ssh_address,
-                True,
-                "refused",
-                False,
-                str(exc),
-                time.monotonic() - started,
-            )
-        except ConnectionError as exc:
-            return HostCheck(
-                host.name,
-                host.ssh_address,
-                False,
-                "n/a",
-                False,
-                str(exc),
-                time.monotonic() - started,
+                host.name, host.ssh_address, reachable, host_key, False, error, elapsed
             )
         unit = shlex.quote(env.service.unit)
         result = conn.run(f"systemctl show -p LoadState --value {unit}")

@@ -395,16 +395,16 @@ def alive(session: Session, pids: list[int]) -> set[int]:
 
 
 @dataclass(frozen=True)
-class Backend:
+class BackendId:
     """One backend, identified for good: a pid alone may be reused after it exits."""
 
     pid: int
     backend_start: datetime
 
 
-def host_backends(session: Session, client_addr: str) -> set[Backend]:
+def host_backends(session: Session, client_addr: str) -> set[BackendId]:
     """Return the client backends coming from one address."""
-    return set(session.all("host_backends", Backend, {"addr": client_addr}))
+    return set(session.all("host_backends", BackendId, {"addr": client_addr}))
 
 
 @dataclass(frozen=True)

@@ -254,60 +254,37 @@ class Remote:
         """Run one command; never raises for remote failures, returns what happened."""
         started = time.monotonic()
         limit = timeout if timeout is not None else self.ssh.command_timeout
-        try:
-            self.open()
-        except (HostKeyRefused, ConnectionError) as exc:
-            return CommandResult(
-                self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
-            )
-        try:
+
+        def result(
+            exit_code: int | None, stdout: str = "", stderr: str = "", error: str | None = None
+        ) -> CommandResult:
+            elapsed = time.monotonic() - started
+            return CommandResult(self.host.name, command, exit_code, stdout, stderr, elapsed, error)
+
+        for attempt in (1, 2):
+            try:
+                self.open()
+            except (HostKeyRefused, ConnectionError) as exc:
+                return result(None, error=str(exc))
             try:
                 exit_code, stdout, stderr, timed_out = self._exec(command, limit)
+                break
             except _NotSent as stale:
+                if attempt == 2:
+                    self.close()
+                    return result(None, error=f"SSH connection lost: {stale}")
                 # The connection went stale (a long wait in a roll, a dropped idle flow)
                 # and the command never reached the host: reconnect once and send it.
                 self.reconnects.append(str(stale) or "the connection was closed")
                 self.close()
-                try:
-                    self.open()
-                except (HostKeyRefused, ConnectionError) as exc:
-                    return CommandResult(
-                        self.host.name, command, None, "", "", time.monotonic() - started, str(exc)
-                    )
-                exit_code, stdout, stderr, timed_out = self._exec(command, limit)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
-            return CommandResult(
-                self.host.name,
-                command,
-                None,
-                "",
-                "",
-                time.monotonic() - started,
-                f"SSH connection lost: {exc}",
-            )
-        elapsed = time.monotonic() - started
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.close()
+                return result(None, error=f"SSH connection lost: {exc}")
         if timed_out:
-            return CommandResult(
-                self.host.name,
-                command,
-                None,
-                stdout,
-                stderr,
-                elapsed,
-                f"timed out after {limit:.0f}s",
-            )
+            return result(None, stdout, stderr, f"timed out after {limit:.0f}s")
         if exit_code is None or exit_code < 0:
-            return CommandResult(
-                self.host.name,
-                command,
-                None,
-                stdout,
-                stderr,
-                elapsed,
-                "ended without an exit status (connection closed?)",
-            )
-        return CommandResult(self.host.name, command, exit_code, stdout, stderr, elapsed)
+            return result(None, stdout, stderr, "ended without an exit status (connection closed?)")
+        return result(exit_code, stdout, stderr)
 
     def _exec(self, command: str, limit: float) -> tuple[int | None, str, str, bool]:
         """Run a command on a channel of the open connection, with a deadline.
@@ -371,6 +348,19 @@ class Remote:
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
+
+
+def open_checked(host: Host, ssh: Ssh) -> tuple[Remote, bool, str, str | None]:
+    """Open a connection as a read-only check does: return it (closed when it failed),
+    whether the host answered, its host key ("known", "refused", "n/a") and the error."""
+    conn = Remote(host, ssh)
+    try:
+        conn.open()
+    except HostKeyRefused as exc:
+        return conn, True, "refused", str(exc)
+    except ConnectionError as exc:
+        return conn, False, "n/a", str(exc)
+    return conn, True, "known", None
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 16) -> list[Any]:

@@ -87,17 +87,11 @@ def preflight(host: Host, ctx: RunContext) -> Preflight:
 
     started = time.monotonic()
     result = Preflight(host.name)
-    conn = remote.Remote(host, ctx.env.ssh)
+    conn, result.reachable, result.host_key, error = remote.open_checked(host, ctx.env.ssh)
     result.remote = conn
-    try:
-        conn.open()
-    except remote.HostKeyRefused as exc:
-        result.reachable, result.host_key, result.detail = True, "refused", str(exc)
+    if error is not None:
+        result.detail = error
         return _done(result, started)
-    except ConnectionError as exc:
-        result.detail = str(exc)
-        return _done(result, started)
-    result.reachable, result.host_key = True, "known"
     service = ctx.env.service
     shown = conn.run(_show(service.unit))
     values = shown.stdout.split()

@@ -816,32 +816,30 @@ def status() -> Status:
     return Status(not found, found, version, max_conn, total, hosts)
 
 
-def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
-    """Make one lab host's app open `count` more connections and keep them."""
-    state = LabState.load()
-    if state is None or not state.complete:
-        raise LabError("the lab is not up (run `connfix lab up`)")
-    names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
-    if host not in names:
-        raise LabInputError(f"no lab host {host!r} (hosts: {', '.join(names)})")
-    if not 1 <= count <= 10_000:
-        raise LabInputError("--count must be between 1 and 10000")
-    mode = "idle_in_transaction" if idle_in_transaction else "idle"
-    result = app_request(
-        names.index(host) + 1, f"/leak?count={count}&mode={mode}", "POST", timeout=60
-    )
-    return [int(p) for p in result["leaked"]]
-
-
-def sshd(name: str, action: str) -> None:
-    """Stop or start one lab host's sshd (a fault for tests and rehearsals)."""
+def _up_host(name: str) -> tuple[LabState, int]:
+    """Return the lab's state and the index of its host `name`; refuse if either is not."""
     state = LabState.load()
     if state is None or not state.complete:
         raise LabError("the lab is not up (run `connfix lab up`)")
     names = [paths.host_name(i) for i in range(1, state.hosts + 1)]
     if name not in names:
         raise LabInputError(f"no lab host {name!r} (hosts: {', '.join(names)})")
-    index = names.index(name) + 1
+    return state, names.index(name) + 1
+
+
+def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
+    """Make one lab host's app open `count` more connections and keep them."""
+    _, index = _up_host(host)
+    if not 1 <= count <= 10_000:
+        raise LabInputError("--count must be between 1 and 10000")
+    mode = "idle_in_transaction" if idle_in_transaction else "idle"
+    result = app_request(index, f"/leak?count={count}&mode={mode}", "POST", timeout=60)
+    return [int(p) for p in result["leaked"]]
+
+
+def sshd(name: str, action: str) -> None:
+    """Stop or start one lab host's sshd (a fault for tests and rehearsals)."""
+    state, index = _up_host(name)
     pid = state.sshd_pids.get(name)
     if action == "stop":  # the listener: new connections are refused
         if pid and alive(pid):
