@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass
 
@@ -93,8 +92,11 @@ def check_database(env: Environment) -> DatabaseCheck:
 
 
 def check_host(env: Environment, host: Host) -> HostCheck:
-    """Connect to one host and check the service unit is present; read-only."""
-    from connfix import remote
+    """Connect to one host and check the service's units are there; read-only.
+
+    The units are read by property name (`systemctl show`), as the restart preflight
+    reads them; a unit that is loaded but not active is said, not counted as missing."""
+    from connfix import remote, systemd
 
     started = time.monotonic()
     conn, reachable, host_key, error = remote.open_checked(host, env.ssh)
@@ -104,15 +106,16 @@ def check_host(env: Environment, host: Host) -> HostCheck:
             return HostCheck(
                 host.name, host.ssh_address, reachable, host_key, False, error, elapsed
             )
-        unit = shlex.quote(env.service.unit)
-        result = conn.run(f"systemctl show -p LoadState --value {unit}")
-        present = result.ok and result.stdout.strip() == "loaded"
-        if present:
-            detail = "ok"
-        elif result.ok:
-            detail = f"service {env.service.unit} not found (LoadState={result.stdout.strip()})"
+        names, error = systemd.resolve_units(conn, env.service.unit_specs())
+        units: list[systemd.UnitState] = []
+        if error is None:
+            units, error = systemd.show_units(conn, names)
+        present = error is None and all(u.loaded for u in units)
+        if error is not None:
+            detail = error
         else:
-            detail = result.describe()
+            findings = [u.verdict() for u in units if not u.loaded or u.active_state != "active"]
+            detail = "; ".join(findings) or "ok"
         return HostCheck(
             host.name, host.ssh_address, True, "known", present, detail, time.monotonic() - started
         )

@@ -15,13 +15,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from connfix.errors import InventoryError
-from connfix.units import parse_duration
+from connfix.units import duration_text, parse_duration
 from connfix.yamlfile import (
     Located,
     PathT,
@@ -31,10 +32,14 @@ from connfix.yamlfile import (
     load_file,
 )
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(duration_text, return_type=str, when_used="json"),
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_UNIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,250}$")
+_UNIT = re.compile(r"^[A-Za-z0-9*?\[][A-Za-z0-9:_.@\\*?\[\]-]{0,250}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
 
@@ -146,7 +151,8 @@ class WayIn:
 class Service(_Model):
     """The application service on every app host."""
 
-    unit: str
+    unit: str  # a unit name, or a glob pattern resolved on each host (app@*.service)
+    units: list[str] = Field(default_factory=list, max_length=100)  # more of them
     pool_size: int = Field(ge=1, le=10_000)
     workers: int = Field(default=1, ge=1, le=1_000)
     application_name: str | None = None
@@ -159,8 +165,22 @@ class Service(_Model):
     @classmethod
     def _unit_name(cls, value: str) -> str:
         if not _UNIT.match(value):
-            raise ValueError(f"not a systemd unit name: {value!r} (letters, digits and :_.@- only)")
+            raise ValueError(
+                f"not a systemd unit name or pattern: {value!r} (letters, digits, :_.@-"
+                " and the glob characters *?[] only)"
+            )
         return value
+
+    @field_validator("units")
+    @classmethod
+    def _unit_names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            cls._unit_name(value)
+        return values
+
+    def unit_specs(self) -> list[str]:
+        """Return the unit names and patterns of the service, `unit` first."""
+        return list(dict.fromkeys([self.unit, *self.units]))
 
     @field_validator("restart_command")
     @classmethod
@@ -178,9 +198,9 @@ class Service(_Model):
             )
         return value
 
-    def restart_argv(self) -> str:
-        """Return the restart command with the unit name shell-quoted."""
-        return self.restart_command.replace("{unit}", shlex.quote(self.unit))
+    def restart_argv(self, unit: str | None = None) -> str:
+        """Return the restart command of one unit (default: `unit`), its name quoted."""
+        return self.restart_command.replace("{unit}", shlex.quote(unit or self.unit))
 
 
 class Ssh(_Model):

@@ -129,7 +129,9 @@ def lab_status(status: Status) -> None:
     for column in (
         "host",
         "address",
-        "sshd pid",
+        "systemd",
+        "ssh",
+        "app",
         "app pid",
         "pool",
         "leaked",
@@ -137,12 +139,15 @@ def lab_status(status: Status) -> None:
         "idle",
         "idle in tx",
     ):
-        table.add_column(column, justify="right" if column not in ("host", "address") else "left")
+        left = ("host", "address", "systemd", "ssh", "app")
+        table.add_column(column, justify="left" if column in left else "right")
     for h in status.hosts:
         table.add_row(
             h.name,
             h.address,
-            str(h.sshd_pid or "[red]down[/red]"),
+            h.system if h.system == "running" else f"[red]{escape(h.system)}[/red]",
+            h.ssh if h.ssh == "active" else f"[red]{escape(h.ssh)}[/red]",
+            h.app if h.app == "active" else f"[red]{escape(h.app)}[/red]",
             str(h.app_pid or "[red]down[/red]"),
             str(h.pool),
             str(h.leaked),

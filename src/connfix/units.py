@@ -40,3 +40,12 @@ def format_duration(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{(whole % 3600) // 60:02d}m"
+
+
+def duration_text(seconds: float) -> str:
+    """Render seconds exactly, in a form parse_duration reads back: 500ms, 3s, 10m, 2h."""
+    millis = round(seconds * 1000)
+    for unit, factor in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis and millis % factor == 0:
+            return f"{millis // factor}{unit}"
+    return f"{millis}ms"

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+from connfix import systemd
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.actions.verify import _between
 from connfix.errors import ExitStatus
+from connfix.systemd import UnitState
 from connfix.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -30,7 +32,11 @@ Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
 Pause = Annotated[float, BeforeValidator(parse_duration), _between(0, 3600)]
 POLL_S = 0.1
 STILL_WAITING_S = 10.0  # while a gate waits, say so this often
-PREFLIGHT_FRESH_S = 10.0  # a main pid read by the preflight this recently is used as is
+PREFLIGHT_FRESH_S = 10.0  # unit states read by the preflight this recently are used as is
+START_MARGIN_S = 5.0  # beyond a unit's own start timeout, while systemd is still starting it
+# Service types whose "active" proves nothing yet: systemd considers them started as soon
+# as the process is forked/executed. They must stay up for `settle` before the next host.
+NO_READINESS = frozenset({"simple", "exec", "idle"})
 
 
 class RestartParams(Params):
@@ -43,6 +49,8 @@ class RestartParams(Params):
     active_timeout: Gate = 60.0
     health_timeout: Gate | None = None  # default: the inventory's service.health_timeout
     db_timeout: Gate = 60.0
+    settle: Pause = 2.0  # how long a unit without a readiness protocol must stay up
+    include_failed: bool = False  # also restart units that failed or crash-loop
 
 
 @dataclass
@@ -53,36 +61,121 @@ class Preflight:
     ok: bool = False
     reachable: bool = False
     host_key: str = "n/a"
-    unit: str = "n/a"  # LoadState/ActiveState
+    unit: str = "n/a"  # LoadState/ActiveState of each unit
     main_pid: int = 0
-    permitted: bool = False
-    probed: bool = False  # the restart permission was checked (the unit was fine)
+    permitted: bool | None = False  # None: sudo cannot tell without a password
+    probed: bool = False  # the restart permission was checked (the units were fine)
     detail: str = ""
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    units: list[UnitState] = field(default_factory=list)
     at: float = field(default_factory=time.monotonic)
     remote: Remote | None = field(default=None, repr=False)
 
     def journal(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("remote", "at")}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("remote", "at", "units")}
+        data["units"] = [u.__dict__ for u in self.units]
+        return data
 
 
-def _show(unit: str) -> str:
-    return f"systemctl show -p LoadState -p ActiveState -p MainPID --value {shlex.quote(unit)}"
+# sudo's options that take an argument (sudo 1.9), short and long
+_SUDO_ARG_SHORT = frozenset("CDghpRrtTUu")
+_SUDO_ARG_LONG = frozenset(
+    {
+        "--close-from",
+        "--chdir",
+        "--group",
+        "--host",
+        "--prompt",
+        "--chroot",
+        "--role",
+        "--type",
+        "--command-timeout",
+        "--other-user",
+        "--user",
+    }
+)
+# of those, the ones that choose whom the command runs as: the probe keeps them
+_SUDO_TARGET = {"u": "-u", "g": "-g", "--user": "-u", "--group": "-g"}
 
 
 def permission_probe(restart_command: str) -> str:
-    """Return a read-only command telling whether the restart command may run."""
+    """Return a read-only command telling whether the restart command may run.
+
+    For `sudo [OPTIONS] COMMAND…`: `sudo -n -l [-u USER] [-g GROUP] -- COMMAND…`, as
+    the same target user and group; sudo's own options are skipped with their
+    arguments (`-u USER`, `-uUSER`, `--user=USER`, `-C 3`…). Otherwise: whether the
+    command exists (`command -v`)."""
     words = shlex.split(restart_command)
-    if words and words[0] == "sudo":
-        rest = words[1:]
-        while rest and rest[0].startswith("-"):
-            rest = rest[1:]  # sudo's own options (-n, -E, …)
-        return "sudo -n -l -- " + " ".join(shlex.quote(w) for w in rest)
-    return "command -v " + shlex.quote(words[0]) if words else "false"
+    if not words or words[0] != "sudo":
+        return "command -v " + shlex.quote(words[0]) if words else "false"
+    target: list[str] = []
+    rest = words[1:]
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        word = rest.pop(0)
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            if name in _SUDO_ARG_LONG and not eq:
+                value = rest.pop(0) if rest else ""
+            if name in _SUDO_TARGET:
+                target += [_SUDO_TARGET[name], value]
+            continue
+        letters = word[1:]
+        for position, letter in enumerate(letters):
+            if letter in _SUDO_ARG_SHORT:
+                value = letters[position + 1 :] or (rest.pop(0) if rest else "")
+                if letter in _SUDO_TARGET:
+                    target += [_SUDO_TARGET[letter], value]
+                break
+    probe = ["sudo", "-n", "-l", *target, "--", *rest]
+    return " ".join(shlex.quote(w) for w in probe)
 
 
-def preflight(host: Host, ctx: RunContext) -> Preflight:
-    """Check one host read-only: SSH, host key, unit loaded and active, restart allowed."""
+def probe_verdict(result: CommandResult) -> tuple[bool | None, str]:
+    """Read the permission probe: (True, "") permitted, (False, why) not permitted,
+    (None, why) sudo cannot tell without a password (`listpw=always`, say)."""
+    if result.ok:
+        return True, ""
+    output = result.output_tail
+    if result.exit_code is not None and "password is required" in output:
+        return None, (
+            "cannot check without a password: sudo asks for one to list permissions"
+            " (its listpw setting); the restart itself runs with -n and fails at once"
+            " if it needs one"
+        )
+    return False, (
+        f"the restart command is not permitted: {result.command} exited"
+        f" {result.exit_code}" + (f": {output}" if output else "")
+    )
+
+
+def unit_refusal(unit: UnitState, include_failed: bool) -> str | None:
+    """Return why the preflight refuses to restart this unit, or None.
+
+    active: restart. failed, or a crash loop (activating/auto-restart): refused unless
+    include_failed, because restarting may be the fix but the operator decides.
+    activating, deactivating, reloading: refused, never restart a unit mid-transition.
+    inactive: refused, someone stopped it; connfix does not start stopped services."""
+    if not unit.loaded:
+        return unit.verdict()
+    if unit.active_state == "active":
+        return None
+    broken = unit.active_state == "failed" or (
+        unit.active_state == "activating" and unit.sub_state == "auto-restart"
+    )
+    if broken:
+        if include_failed:
+            return None
+        return unit.verdict() + "; restarting it may be the fix: rerun with --include-failed"
+    if unit.active_state == "inactive":
+        return unit.verdict() + " (stopped, not failed: connfix does not start it)"
+    return unit.verdict() + ": wait for it to settle, then retry"
+
+
+def preflight(host: Host, ctx: RunContext, include_failed: bool = False) -> Preflight:
+    """Check one host read-only: SSH, host key, units loaded and active, restart allowed."""
     from connfix import remote
 
     started = time.monotonic()
@@ -93,29 +186,31 @@ def preflight(host: Host, ctx: RunContext) -> Preflight:
         result.detail = error
         return _done(result, started)
     service = ctx.env.service
-    shown = conn.run(_show(service.unit))
-    values = shown.stdout.split()
-    if not shown.ok or len(values) != 3:
-        result.detail = shown.describe()
+    names, error = systemd.resolve_units(conn, service.unit_specs())
+    if error is None:
+        result.units, error = systemd.show_units(conn, names)
+    if error is not None:
+        result.detail = error
         return _done(result, started)
-    load, active, pid = values
-    result.unit = f"{load}/{active}"
-    result.main_pid = int(pid) if pid.isdigit() else 0
-    if load != "loaded":
-        result.detail = f"service {service.unit} not found (LoadState={load})"
+    result.unit = ", ".join(
+        (u.label if len(result.units) == 1 else f"{u.id} {u.label}") for u in result.units
+    )
+    result.main_pid = result.units[0].main_pid
+    refusals = [r for u in result.units if (r := unit_refusal(u, include_failed))]
+    if refusals:
+        result.detail = "; ".join(refusals)
         return _done(result, started)
-    if active != "active":
-        result.detail = f"service {service.unit} is {active}, not active"
-        return _done(result, started)
-    probe = conn.run(permission_probe(service.restart_argv()))
-    result.probed, result.permitted = True, probe.ok
-    if not probe.ok:
-        result.detail = (
-            f"the restart command is not permitted: {probe.command} exited"
-            f" {probe.exit_code}" + (f": {probe.output_tail}" if probe.output_tail else "")
-        )
-        return _done(result, started)
-    result.ok, result.detail = True, "ok"
+    result.probed, result.permitted = True, True
+    for unit in result.units:
+        allowed, why = probe_verdict(conn.run(permission_probe(service.restart_argv(unit.id))))
+        if allowed is False:
+            result.permitted, result.detail = False, why
+            return _done(result, started)
+        if allowed is None:
+            result.permitted = None
+            result.warnings.append(why)
+    result.ok = True
+    result.detail = "; ".join(result.warnings) or "ok"
     return _done(result, started)
 
 
@@ -171,7 +266,9 @@ class RollingRestartAction(Action):
                 why = f"every host was already restarted ({', '.join(sorted(done_before))})"
             return Plan(summary=why, details={"skipped_done": sorted(done_before)})
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
-        checks: list[Preflight] = remote.parallel(targets, lambda h: preflight(h, ctx))
+        checks: list[Preflight] = remote.parallel(
+            targets, lambda h: preflight(h, ctx, params.include_failed)
+        )
         for check in checks:
             if check.remote is not None:
                 ctx.cleanups.append(check.remote.close)
@@ -196,9 +293,9 @@ class RollingRestartAction(Action):
                     c.host_key,
                     c.unit,
                     str(c.main_pid or "-"),
-                    ("yes" if c.permitted else "no") if c.probed else "n/a",
+                    {True: "yes", False: "no", None: "unknown"}[c.permitted] if c.probed else "n/a",
                     f"{c.seconds:.2f}s",
-                    "" if c.ok else c.detail,
+                    "; ".join(c.warnings) if c.ok else c.detail,
                 ]
                 for c in checks
             ],
@@ -209,24 +306,28 @@ class RollingRestartAction(Action):
             "skipped_done": sorted(done_before),
         }
         failed = [c for c in checks if not c.ok]
-        restart = service.restart_argv()
+        for check in checks:
+            for warning in check.warnings:
+                ctx.progress(f"{check.host}: {warning}")
         health = (
             f"health: {service.health_check}"
             if service.health_check
             else "no health check configured"
         )
         operations = []
+        by_host = {c.host: c for c in checks}
         for position, host in enumerate(targets, start=1):
             batch_no = (position - 1) // params.batch + 1
+            units = [u.id for u in by_host[host.name].units] or service.unit_specs()
             operations.append(
                 Operation(
                     kind="ssh",
                     target=host.name,
-                    command=restart,
+                    command="; ".join(service.restart_argv(u) for u in units),
                     description=(
                         f"{position}/{len(targets)} (batch {batch_no}) restart {host.name}"
-                        f" ({host.ssh_address}), then wait: active with a new main pid,"
-                        f" {health}, its old sessions gone"
+                        f" ({host.ssh_address}): {', '.join(units)}, each then active as a"
+                        f" new invocation; then {health}, its old sessions gone"
                         f" and at most {host.pool_capacity(service)} new ones"
                     ),
                     details={"host": host.name, "position": position, "batch": batch_no},
@@ -332,12 +433,13 @@ class RollingRestartAction(Action):
         label = f"host {position}/{total} {host.name}"
         started = time.monotonic()
         gates: dict[str, float] = {}
-        old_pid = check.main_pid
+        before = {u.id: u for u in check.units}
         if time.monotonic() - check.at > PREFLIGHT_FRESH_S:  # else the preflight's is current
-            shown = conn.run(_show(service.unit))
-            values = shown.stdout.split()
-            if shown.ok and len(values) == 3 and values[2].isdigit():
-                old_pid = int(values[2])
+            fresh, error = systemd.show_units(conn, list(before))
+            if error is None:
+                before = {u.id: u for u in fresh}
+        names = list(before)
+        old_pid = before[names[0]].main_pid
         addr = host.client_addr
         with ctx.db_lock:
             old_backends = pg.host_backends(ctx.session, addr) if addr else set()
@@ -347,10 +449,15 @@ class RollingRestartAction(Action):
             position=position,
             total=total,
             old_main_pid=old_pid,
+            units=[
+                {"unit": u.id, "main_pid": u.main_pid, "invocation_id": u.invocation_id}
+                for u in before.values()
+            ],
             old_backends=sorted(b.pid for b in old_backends),
         )
 
         reconnects_before = len(conn.reconnects)
+        after: dict[str, UnitState] = {}
 
         def reconnects() -> dict[str, Any]:
             """The stale SSH connections reopened for this host, if any, for its entry."""
@@ -362,6 +469,19 @@ class RollingRestartAction(Action):
                 )
             return {"ssh_reconnects": fresh} if fresh else {}
 
+        def units_entry() -> list[dict[str, Any]]:
+            return [
+                {
+                    "unit": name,
+                    "type": before[name].type,
+                    "old_main_pid": before[name].main_pid,
+                    "new_main_pid": after[name].main_pid if name in after else None,
+                    "old_invocation_id": before[name].invocation_id,
+                    "new_invocation_id": after[name].invocation_id if name in after else None,
+                }
+                for name in names
+            ]
+
         def fail(gate: str, detail: str, result: CommandResult | None = None) -> dict[str, Any]:
             entry = {
                 "host": host.name,
@@ -369,6 +489,7 @@ class RollingRestartAction(Action):
                 "gate": gate,
                 "detail": detail,
                 "old_main_pid": old_pid,
+                "units": units_entry(),
                 "gates": gates,
                 "seconds": round(time.monotonic() - started, 3),
                 **reconnects(),
@@ -383,41 +504,50 @@ class RollingRestartAction(Action):
             ctx.progress(f"{label}: FAILED at {gate}: {detail}")
             return entry
 
-        ctx.progress(f"{label}: restarting ({service.restart_argv()})")
-        mark = time.monotonic()
-        restarted = conn.run(service.restart_argv())
-        gates["restart"] = round(time.monotonic() - mark, 3)
-        if not restarted.ok:
-            return fail("restart", restarted.describe(), restarted)
+        for name in names:
+            old = before[name]
+            command = service.restart_argv(name)
+            unit_label = label if len(names) == 1 else f"{label} {name}"
+            ctx.progress(f"{unit_label}: restarting ({command})")
+            mark = time.monotonic()
+            restarted = conn.run(command, timeout=restart_timeout(ctx.env.ssh.command_timeout, old))
+            gates["restart"] = round(gates.get("restart", 0) + time.monotonic() - mark, 3)
+            if restarted.error and restarted.error.startswith("timed out"):
+                # systemd may still be starting it (a slow Type=notify service): the
+                # unit's own state decides, not how long the command took
+                ctx.progress(
+                    f"{unit_label}: the restart command is still running after"
+                    f" {format_duration(restarted.duration)}; following the unit's state"
+                )
+            elif not restarted.ok:
+                after_fail, _ = systemd.show_units(conn, [name])
+                if after_fail:
+                    after[name] = after_fail[0]
+                why = restarted.describe()
+                if after_fail:
+                    why += f"\n{after_fail[0].verdict()}"
+                return fail("restart", why, restarted)
 
-        mark = time.monotonic()
-        new_pid = 0
-
-        def active() -> tuple[bool, str]:
-            nonlocal new_pid
-            result = conn.run(_show(service.unit))
-            values = result.stdout.split()
-            if not result.ok or len(values) != 3:
-                return False, result.describe()
-            new_pid = int(values[2]) if values[2].isdigit() else 0
-            if values[1] != "active":
-                return False, f"ActiveState={values[1]}"
-            if new_pid in (0, old_pid):
-                return False, f"MainPID is still {new_pid}"
-            return True, ""
-
-        ok, detail = _poll(ctx, active, p.active_timeout, f"{label}: active with a new main pid")
-        gates["active"] = round(time.monotonic() - mark, 3)
-        if not ok:
-            return fail(
-                "active",
-                f"not active with a new main pid after"
-                f" {format_duration(p.active_timeout)}: {detail}",
+            mark = time.monotonic()
+            ok, detail, state = active_gate(ctx, conn, old, p.active_timeout, unit_label)
+            if state is not None:
+                after[name] = state
+            gates["active"] = round(gates.get("active", 0) + time.monotonic() - mark, 3)
+            if not ok:
+                return fail("active", detail)
+            ctx.progress(
+                f"{unit_label}: active as a new invocation, main pid {old.main_pid} →"
+                f" {after[name].main_pid} ({format_duration(time.monotonic() - started)})"
             )
-        ctx.progress(
-            f"{label}: active, main pid {old_pid} → {new_pid}"
-            f" ({format_duration(time.monotonic() - started)})"
-        )
+        new_pid = after[names[0]].main_pid
+
+        unproven = [n for n in names if after[n].type in NO_READINESS]
+        if unproven and p.settle:
+            mark = time.monotonic()
+            ok, detail = settle_gate(ctx, conn, [after[n] for n in unproven], p.settle, label)
+            gates["settle"] = round(time.monotonic() - mark, 3)
+            if not ok:
+                return fail("settle", detail)
 
         if service.health_check:
             mark = time.monotonic()
@@ -465,11 +595,25 @@ class RollingRestartAction(Action):
                 f"{label}: database ok: old sessions gone, {detail}"
                 f" ({format_duration(time.monotonic() - started)})"
             )
+
+        # Still the invocations the gates passed: a unit that failed (or was restarted by
+        # systemd) meanwhile is caught here, before the next host is touched.
+        mark = time.monotonic()
+        now_units, error = systemd.show_units(conn, names)
+        gates["still_active"] = round(time.monotonic() - mark, 3)
+        if error is not None:
+            return fail("still_active", error)
+        for unit in now_units:
+            if unit.active_state != "active" or unit.started_since(after[unit.id]):
+                after[unit.id] = unit
+                return fail("still_active", f"after the gates: {unit.verdict()}")
+
         entry = {
             "host": host.name,
             "ok": True,
             "old_main_pid": old_pid,
             "new_main_pid": new_pid,
+            "units": units_entry(),
             "gates": gates,
             "seconds": round(time.monotonic() - started, 3),
             **reconnects(),
@@ -478,22 +622,110 @@ class RollingRestartAction(Action):
         return entry
 
 
+def restart_timeout(command_timeout: float, unit: UnitState) -> float:
+    """Return how long a restart command may run: ssh.command_timeout, or the unit's own
+    stop and start timeouts when they are longer (systemctl waits for both)."""
+    own = (unit.stop_timeout or 0) + (unit.start_timeout or 0)
+    return max(command_timeout, own + START_MARGIN_S if own else 0)
+
+
+def active_gate(
+    ctx: RunContext, conn: Remote, old: UnitState, timeout: float, label: str
+) -> tuple[bool, str, UnitState | None]:
+    """Wait until the unit is active as a new invocation (not only a new main pid).
+
+    A new invocation that ends `failed` fails at once. While systemd is still starting
+    it (activating, not a crash loop), the wait lasts up to the unit's own start timeout
+    even beyond `timeout`: systemd has not given up yet, so neither does connfix."""
+    seen: list[UnitState] = []
+    started = time.monotonic()
+
+    def check() -> tuple[bool, str] | None:
+        units, error = systemd.show_units(conn, [old.id])
+        if error is not None:
+            return False, error
+        unit = units[0]
+        seen[:] = [unit]
+        if not unit.started_since(old):
+            return False, f"still the old invocation ({unit.verdict()})"
+        if unit.active_state == "active":
+            return True, ""
+        if unit.active_state == "failed":
+            return None  # final: the new invocation failed
+        return False, unit.verdict()
+
+    deadline_extension = (old.start_timeout or 0) + START_MARGIN_S
+
+    def extend() -> bool:
+        unit = seen[0] if seen else None
+        starting = (
+            unit is not None
+            and unit.started_since(old)
+            and (unit.active_state == "activating" and unit.sub_state != "auto-restart")
+        )
+        return starting and time.monotonic() - started < deadline_extension
+
+    ok, detail = _poll(ctx, check, timeout, f"{label}: active as a new invocation", extend)
+    if ok:
+        return True, "", seen[0]
+    if detail == "final" and seen:
+        return False, f"the new invocation failed: {seen[0].verdict()}", seen[0]
+    return (
+        False,
+        f"not active as a new invocation after {format_duration(time.monotonic() - started)}:"
+        f" {detail}",
+        seen[0] if seen else None,
+    )
+
+
+def settle_gate(
+    ctx: RunContext, conn: Remote, units: list[UnitState], settle: float, label: str
+) -> tuple[bool, str]:
+    """Units whose type proves nothing by being active (simple, exec) must stay up, as the
+    same invocation, for `settle` seconds; one that fails meanwhile fails the gate."""
+    ctx.progress(
+        f"{label}: {', '.join(u.id for u in units)} (Type={units[0].type}) must stay up"
+        f" {format_duration(settle)}: systemd reports such a service active as soon as it"
+        " is started"
+    )
+    deadline = time.monotonic() + settle
+    while True:
+        now, error = systemd.show_units(conn, [u.id for u in units])
+        if error is not None:
+            return False, error
+        for unit, was in zip(now, units, strict=True):
+            if unit.active_state != "active" or unit.started_since(was):
+                return False, f"within {format_duration(settle)} of its start: {unit.verdict()}"
+        if time.monotonic() >= deadline:
+            return True, ""
+        if not ctx.sleep(min(POLL_S * 2, max(0.0, deadline - time.monotonic()))):
+            return False, "interrupted"
+
+
 def _poll(
     ctx: RunContext,
-    check: Callable[[], tuple[bool, str]],
+    check: Callable[[], tuple[bool, str] | None],
     timeout: float,
     waiting_for: str,
+    extend: Callable[[], bool] | None = None,
 ) -> tuple[bool, str]:
-    """Check until it passes or the timeout; say what it waits for, and now and then why."""
+    """Check until it passes or the timeout; say what it waits for, and now and then why.
+
+    A check returning None has failed for good (no point waiting): ("final" is returned).
+    `extend` may keep the wait going past the timeout while it says so."""
     started = time.monotonic()
     deadline = started + timeout
     told = None
+    detail = ""
     while True:
-        ok, detail = check()
+        answer = check()
+        if answer is None:
+            return False, "final"
+        ok, detail = answer
         if ok:
             return True, detail
         now = time.monotonic()
-        if now >= deadline:
+        if now >= deadline and not (extend is not None and extend()):
             return False, detail
         if told is None or now - told >= STILL_WAITING_S:
             first = told is None

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ import psycopg
 class App:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.host_dir = Path(config["host_dir"])
+        self.faults = Path(config["faults_dir"])
         self.lock = threading.Lock()
         self.pool: list[psycopg.Connection[Any]] = []
         self.leaked: list[psycopg.Connection[Any]] = []
@@ -114,8 +115,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlparse(self.path).path
             if path == "/health":
-                # lab fault: a file named `unhealthy` beside the config fails the check
-                ok = app.healthy() and not (app.host_dir / "unhealthy").exists()
+                # lab fault: a file named `unhealthy` in the faults directory fails it
+                ok = app.healthy() and not (app.faults / "unhealthy").exists()
                 self._reply(200 if ok else 503, {"ok": ok})
             elif path == "/status":
                 self._reply(200, app.status())
@@ -140,9 +141,25 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def notify(state: str) -> None:
+    """Tell systemd our state (sd_notify), when it runs us as a Type=notify service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     app = App(config)
+    if (app.faults / "fail-start").exists():  # lab fault: the app cannot start
+        print("labapp: cannot start (lab fault fail-start)", file=sys.stderr, flush=True)
+        return 1
+    notify("STATUS=booting")
     time.sleep(float(config.get("boot_seconds", 0)))  # a real app server takes a while to boot
     app.fill_pool()
     server = ThreadingHTTPServer(("0.0.0.0", int(config["http_port"])), make_handler(app))
@@ -154,13 +171,13 @@ def main(config_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    host_dir = Path(config_path).parent
-    if (host_dir / "leak-on-start").exists():  # lab fault: the new process leaks at once
-        app.leak(int((host_dir / "leak-on-start").read_text().strip() or "3"), "idle")
+    leak_on_start = app.faults / "leak-on-start"
+    if leak_on_start.exists():  # lab fault: the new process leaks at once
+        app.leak(int(leak_on_start.read_text().strip() or "3"), "idle")
     every = float(config.get("traffic_seconds", 0))
     if every > 0:
         threading.Thread(target=app.serve_traffic, args=(every,), daemon=True).start()
-    (host_dir / "app.ready").write_text(f"{os.getpid()}\n")
+    notify(f"READY=1\nSTATUS=serving with {len(app.pool)} pooled connections")
     print(f"labapp pid {os.getpid()} up with {len(app.pool)} connections", flush=True)
     server.serve_forever()
     return 0

