@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ["CONNFIX_LAB_ID"] = "5"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 
-from connfix.lab import lab, paths
+from connfix.lab import hosts, lab, paths
 
 HERE = Path(__file__).resolve().parent
 ANSIBLE_VENV = HERE / ".ansible-venv"
@@ -62,7 +62,7 @@ def ssh_base() -> list[str]:
         "-i",
         str(ssh / "id_ed25519"),
         "-l",
-        "root",
+        hosts.DEPLOY_USER,
     ]
 
 
@@ -163,7 +163,7 @@ def write_ansible(
             f" -o UserKnownHostsFile={ssh / 'known_hosts'}"
         ),
         "ANSIBLE_PRIVATE_KEY_FILE": str(ssh / "id_ed25519"),
-        "ANSIBLE_REMOTE_USER": "root",
+        "ANSIBLE_REMOTE_USER": hosts.DEPLOY_USER,
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
         "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
         "ANSIBLE_NOCOLOR": "1",

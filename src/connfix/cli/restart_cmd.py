@@ -27,6 +27,20 @@ from connfix.cli.options import inventory_option
     "--pause", default="0s", show_default=True, metavar="DURATION", help="Pause between batches."
 )
 @click.option(
+    "--settle",
+    default="2s",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a Type=simple/exec unit must stay up after its restart (systemd calls"
+    " those active as soon as they are started).",
+)
+@click.option(
+    "--include-failed",
+    is_flag=True,
+    help="Also restart units that have failed or crash-loop (restarting may be the fix);"
+    " by default the preflight refuses them.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Run the read-only preflight and show the order and commands; restart nothing.",
@@ -45,6 +59,8 @@ def restart(
     only_suspects: bool,
     batch: int,
     pause: str,
+    settle: str,
+    include_failed: bool,
     dry_run: bool,
     yes: bool,
     resume: str | None,
@@ -54,13 +70,17 @@ def restart(
     """Restart the app hosts over SSH, one at a time, each gated before the next.
 
     First a read-only preflight of every target host, in parallel: SSH reachable, host
-    key known and matching, service present and active, restart command permitted
-    (`sudo -n -l`). If any host fails it, nothing is restarted (exit 3). Then, leak
-    suspects first (most over their pool size first): record the main pid and the
-    host's database sessions, run the restart command, and wait until the service is
-    active with a new main pid, the health check passes, and the host's old sessions
-    are gone from pg_stat_activity with no more new ones than its pool size. A host
-    failing a gate halts the roll: the rest are not touched (exit 1).
+    key known and matching, every unit of the service loaded and active (patterns such
+    as app@*.service resolved on the host), restart command permitted (`sudo -n -l`, as
+    the command's target user). A unit that has failed or crash-loops is refused unless
+    --include-failed; one that is inactive, activating or reloading is refused. If any
+    host fails it, nothing is restarted (exit 3). Then, leak suspects first (most over
+    their pool size first): record the units' invocations and the host's database
+    sessions, restart each unit and wait until it is active as a new invocation
+    (Type=simple/exec units must also stay up for --settle), the health check passes,
+    the host's old sessions are gone from pg_stat_activity with no more new ones than
+    its pool size, and every unit is still the invocation that passed. A host failing a
+    gate halts the roll: the rest are not touched (exit 1).
 
     \b
     Example:
@@ -76,7 +96,14 @@ def restart(
     loaded, env = resolve_environment(inventory_path, environment)
     names = [n.strip() for value in hosts for n in value.split(",") if n.strip()]
     check_hosts(names, environment, {h.name for h in env.hosts}, "--hosts")
-    params = {"hosts": names, "only_suspects": only_suspects, "batch": batch, "pause": pause}
+    params = {
+        "hosts": names,
+        "only_suspects": only_suspects,
+        "batch": batch,
+        "pause": pause,
+        "settle": settle,
+        "include_failed": include_failed,
+    }
     run_and_exit(
         environment,
         loaded,
