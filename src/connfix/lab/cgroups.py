@@ -106,3 +106,16 @@ def remove(directories: list[Path], timeout: float = 10) -> list[str]:
 def found_by_name() -> list[Path]:
     """Return this lab's directory in every hierarchy, for a lab whose state is gone."""
     return [h / lab_name() for h in hierarchies() if (h / lab_name()).is_dir()]
+
+
+def memory_bytes(host: str) -> int | None:
+    """Return the memory a host uses, as its memory cgroup counts it (its processes and
+    its tmpfs overlay), or None where no memory controller is mounted."""
+    for hierarchy in hierarchies():
+        directory = hierarchy / lab_name() / host
+        for name in ("memory.usage_in_bytes", "memory.current"):  # cgroup v1, v2
+            path = directory / name
+            if path.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    return int(path.read_text())
+    return None

@@ -79,7 +79,13 @@ MASKED = (
     "systemd-journald-audit.socket",
     "ssh.socket",
     "rescue-ssh.target",
+    # no console and no one to ask: and each holds an inotify instance (see below)
+    "systemd-ask-password-console.path",
+    "systemd-ask-password-wall.path",
 )
+# inotify instances a booted host holds as root (its systemd and logind); the machine
+# allows fs.inotify.max_user_instances per user (128 by default), for every lab at once
+INOTIFY_PER_HOST = 4
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,42 @@ def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Pa
     path = hdir / "boot.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
+
+
+def inotify_instances(uid: int = 0) -> int:
+    """Return how many inotify instances the processes of a user hold on the machine."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) == "anon_inode:inotify":
+                    count += 1
+        except OSError:
+            continue
+    return count
+
+
+def check_inotify(hosts: int) -> None:
+    """Refuse, before anything is built, a lab the machine's inotify limit cannot boot.
+
+    Every host's systemd needs a few inotify instances, counted against root's
+    fs.inotify.max_user_instances: past it, a host boots with failed units. The lab does
+    not change the machine's limit; it says how."""
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    used = inotify_instances()
+    needed = hosts * INOTIFY_PER_HOST
+    suggested = max(512, 2 * (used + needed))
+    if used + needed > limit:
+        raise LabError(
+            f"{hosts} hosts need about {needed} inotify instances (their systemd), and"
+            f" root already holds {used} of fs.inotify.max_user_instances={limit}: raise"
+            f" it first, e.g. `sysctl -w fs.inotify.max_user_instances={suggested}`"
+            " (the lab does not change the machine's settings)"
+        )
 
 
 def boot(index: int, spec: Path) -> int:

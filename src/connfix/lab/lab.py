@@ -219,6 +219,8 @@ def up(
             " or more"
         )
     state = LabState.load()
+    if state is None or not state.complete:
+        lab_hosts.check_inotify(hosts)
     if state is not None:
         if state.complete and not problems(state):
             wanted = (hosts, max_connections, pool_size, major)
@@ -367,6 +369,7 @@ class HostStatus:
     ssh: str  # ActiveState of ssh.service
     app: str  # ActiveState of the app's unit
     app_pid: int | None  # the app's main pid inside the host
+    memory_mb: float | None  # what the host's memory cgroup counts
     pool: int
     leaked: int
     backends: int
@@ -415,6 +418,10 @@ def _host_units(pid: int | None) -> tuple[str, str, str, int | None]:
     )
 
 
+def _mb(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
+
+
 def status() -> Status:
     """Report the lab: server, hosts (systemd, ssh, app) and connections per host."""
     from connfix import pg
@@ -454,6 +461,7 @@ def status() -> Status:
                 ssh,
                 app_state,
                 main_pid,
+                _mb(cgroups.memory_bytes(name)),
                 len(app.get("pool", [])),
                 len(app.get("leaked", [])),
                 row.total,
