@@ -392,6 +392,29 @@ def test_a_unit_that_fails_during_the_later_gates_is_caught_before_the_next_host
     assert f"after the gates: service {unit} has failed" in failed["detail"]
 
 
+def test_a_unit_at_its_start_limit_fails_the_restart_with_systemds_words(
+    host: Host, clean_lab: Lab, tmp_path: Path
+) -> None:
+    """Restarted too often (StartLimitBurst): systemd refuses the start; connfix halts at
+    the restart gate with what systemctl and the unit say."""
+    unit = "cfxtest-limited.service"
+    host.install(
+        unit,
+        "[Unit]\nStartLimitIntervalSec=60s\nStartLimitBurst=1\n"
+        "[Service]\nType=notify\nNotifyAccess=all\n"
+        "ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep infinity'\n",
+    )
+    host.start(unit)
+    result = roll(clean_lab, tmp_path, inventory(clean_lab, tmp_path, unit))
+    assert result.exit_code == 1, result.output
+    (failed,) = of(events(tmp_path / "incidents"), "host_failed")
+    assert failed["gate"] == "restart"
+    assert "start of the service was attempted too often" in failed["output_tail"]
+    assert (
+        f"service {unit} has failed (failed/failed, Result=start-limit-hit)" in (failed["detail"])
+    )
+
+
 # ---------------------------------------------------------------- sudo's permission probe
 
 

@@ -62,7 +62,8 @@ def up(
     postgres: str | None,
     reserved_connections: int,
 ) -> None:
-    """Build the lab (idempotent): PostgreSQL, N hosts with sshd and the app, an inventory.
+    """Build the lab (idempotent): PostgreSQL, N hosts each booting a real systemd (its
+    sshd, a deploy user, the app as a Type=notify unit), an inventory.
 
     \b
     Example:

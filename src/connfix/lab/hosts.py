@@ -103,6 +103,10 @@ def app_unit(python: str) -> str:
 [Unit]
 Description=connfix lab app: a pooled PostgreSQL client with an HTTP health check
 After=network.target
+# the test suite restarts the app far more often than any fleet would: systemd's default
+# start limit (5 starts in 10s) would stop it; a real unit keeps the default
+StartLimitIntervalSec=10s
+StartLimitBurst=1000
 
 [Service]
 Type=notify

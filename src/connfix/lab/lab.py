@@ -23,12 +23,24 @@ from connfix.errors import LabError, LabInputError
 from connfix.lab import cgroups, network, paths
 from connfix.lab import hosts as lab_hosts
 from connfix.lab import postgres as lab_pg
+from connfix.lab.faults import FAULTS, clear_faults, fault, restart_postgres, sshd
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
 from connfix.lab.postgres import bootstrap_dsn, dsn, passfile
 from connfix.lab.shell import alive, kill_all, run
 from connfix.lab.state import LabState
 
-__all__ = ["LabError", "LabState", "bootstrap_dsn", "dsn", "passfile"]
+__all__ = [
+    "FAULTS",
+    "LabError",
+    "LabState",
+    "bootstrap_dsn",
+    "clear_faults",
+    "dsn",
+    "fault",
+    "passfile",
+    "restart_postgres",
+    "sshd",
+]
 
 REQUIRED_TOOLS = {
     "ip": "iproute2",
@@ -496,43 +508,3 @@ def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
 def systemctl(name: str, *args: str, check: bool = True) -> str:
     """Run `systemctl ARGS` on a lab host (as root, inside it); return its output."""
     return lab_hosts.systemctl(init_pid(name), *args, check=check).stdout
-
-
-def sshd(name: str, action: str) -> None:
-    """Stop, kill or start one lab host's sshd (a fault for tests and rehearsals).
-
-    stop: the listener (ssh.service) stops, open sessions live on (KillMode=process);
-    kill: the listener and every login session: the host drops off; start: back."""
-    pid = init_pid(name)
-    if action == "stop":
-        lab_hosts.systemctl(pid, "stop", "ssh.service")
-    elif action == "kill":
-        lab_hosts.systemctl(pid, "kill", "--signal=SIGKILL", "ssh.service", check=False)
-        lab_hosts.systemctl(pid, "stop", "ssh.service")
-        lab_hosts.systemctl(pid, "kill", "--signal=SIGKILL", "user.slice", check=False)
-    elif action == "start":
-        lab_hosts.systemctl(pid, "start", "ssh.service")
-    else:
-        raise LabInputError(f"unknown sshd action {action!r} (stop, kill, start)")
-
-
-FAULTS = ("fail-start", "unhealthy", "leak-on-start")
-
-
-def fault(name: str, which: str, content: str = "") -> None:
-    """Inject a lab fault on a host: fail-start (the app exits before it is ready),
-    unhealthy (its /health fails), leak-on-start (a new app process leaks N at once)."""
-    if which not in FAULTS:
-        raise LabInputError(f"unknown fault {which!r} ({', '.join(FAULTS)})")
-    lab_hosts.file_in(init_pid(name), f"{lab_hosts.FAULTS_DIR}/{which}").write_text(content)
-
-
-def clear_faults(name: str) -> None:
-    """Remove every injected fault from a host."""
-    for which in FAULTS:
-        lab_hosts.file_in(init_pid(name), f"{lab_hosts.FAULTS_DIR}/{which}").unlink(missing_ok=True)
-
-
-def restart_postgres() -> None:
-    """Restart the lab's PostgreSQL (a fault for tests): every session is cut."""
-    lab_pg.restart()
