@@ -55,7 +55,7 @@ class Lab:
 
     def superuser(self) -> psycopg.Connection[Any]:
         """A superuser connection over the lab's Unix socket, for assertions."""
-        return psycopg.connect(self.core.bootstrap_dsn(), autocommit=True)
+        return psycopg.connect(self.core.bootstrap_dsn(), autocommit=True, connect_timeout=20)
 
     def client_backends(self) -> list[dict[str, Any]]:
         """Every client backend but our own, straight from pg_stat_activity."""
@@ -116,11 +116,23 @@ class Lab:
         self.core.fault(host, name, content)
 
     def reset(self) -> None:
-        """Bring every host back: no faults, sshd up, app running, no leaks."""
+        """Bring every host back: no faults, sshd up, no clients, app running, no leaks;
+        and no session left by a test (a client's backend outlives its process while it
+        sleeps in a statement: PostgreSQL only notices the client is gone afterwards)."""
+        from connfix.lab import clients as lab_clients
+
+        with self.superuser() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND application_name <> 'labapp'"
+            )
+
         for index in range(1, LAB_HOSTS + 1):
             name = self.paths.host_name(index)
             self.core.clear_faults(name)
             self.core.sshd(name, "start")
+            lab_clients.stop(name)
             try:
                 status = self.core.app_request(index, "/status")
             except Exception:
@@ -128,7 +140,8 @@ class Lab:
                 self.systemctl(index, "start")
                 retry(lambda i=index: _healthy(self.core, i))  # type: ignore[misc]
                 continue
-            if status["leaked"] or not _healthy(self.core, index):  # leaks, or a broken pool
+            busy = status.get("checked_out", 0)  # a burst still holding connections
+            if status["leaked"] or busy or not _healthy(self.core, index):  # or a broken pool
                 self.restart_app(index)
 
     def inventory_with(self, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:

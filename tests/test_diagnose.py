@@ -40,18 +40,22 @@ def test_leak_on_one_host_makes_only_it_the_suspect(clean_lab: Lab) -> None:
     assert [h["host"] for h in data["by_host"] if h["suspect"]] == ["app2"]
     assert data["suspects"] == ["app2"]
     for host in data["by_host"]:
-        assert host["count"] == by_addr[host["client_addr"]], host
+        if host["host"] != "(connfix)":  # connfix's own session: gone now it has exited
+            assert host["count"] == by_addr[host["client_addr"]], host
     app2 = next(h for h in data["by_host"] if h["host"] == "app2")
     assert app2["count"] == LAB_POOL_SIZE + 5 and app2["pool_size"] == LAB_POOL_SIZE
+    assert app2["max_capacity"] == LAB_POOL_SIZE + 2  # the lab's max_overflow 2
     assert app2["reasons"] == [
-        f"holds {LAB_POOL_SIZE + 5} connections, pool size {LAB_POOL_SIZE} (+5)"
+        f"holds {LAB_POOL_SIZE + 5} connections, more than pool size {LAB_POOL_SIZE}"
+        " + max_overflow 2 (+3)"
     ]
-    assert data["client_backends"] == len(truth) == LAB_HOSTS * LAB_POOL_SIZE + 5
-    assert data["severity"] == "warning" and status == 1  # 14 of 17 usable: 82%
+    assert data["own_sessions"] == 1
+    assert data["client_backends"] == len(truth) + 1 == LAB_HOSTS * LAB_POOL_SIZE + 5 + 1
+    assert data["severity"] == "warning" and status == 1  # 15 of 17 usable: 88%
 
 
 def test_idle_in_transaction_leaks_show_with_correct_ages(clean_lab: Lab) -> None:
-    clean_lab.core.leak("app3", 2, idle_in_transaction=True)
+    clean_lab.core.leak("app3", 3, idle_in_transaction=True)
     time.sleep(1.5)  # let the transactions age
     _, data = run_json(clean_lab)
     with clean_lab.superuser() as conn:
@@ -61,7 +65,7 @@ def test_idle_in_transaction_leaks_show_with_correct_ages(clean_lab: Lab) -> Non
                 " WHERE state = 'idle in transaction'"
             ).fetchall()
         )
-    assert data["by_state"]["idle in transaction"] == 2
+    assert data["by_state"]["idle in transaction"] == 3
     sessions = data["idle_in_transaction"]
     assert sorted(s["pid"] for s in sessions) == sorted(truth)
     for s in sessions:
@@ -70,7 +74,7 @@ def test_idle_in_transaction_leaks_show_with_correct_ages(clean_lab: Lab) -> Non
         assert abs(s["xact_seconds"] - truth[s["pid"]]) < 1.0  # read a moment apart
         assert s["blocking"] == []
     app3 = next(h for h in data["by_host"] if h["host"] == "app3")
-    assert app3["idle_in_transaction"] == 2 and app3["suspect"]
+    assert app3["idle_in_transaction"] == 3 and app3["suspect"]  # 6 > pool 3 + overflow 2
 
 
 def test_idle_in_transaction_that_blocks_others(clean_lab: Lab) -> None:
@@ -116,15 +120,17 @@ def test_json_fields_one_by_one(clean_lab: Lab) -> None:
     assert data["superuser_reserved_connections"] == 3
     assert data["reserved_connections"] == clean_lab.reserved
     assert data["usable_connections"] == 17
-    assert data["client_backends"] == len(truth) == 9
-    assert data["utilization"] == round(9 / 17, 4)
+    assert data["client_backends"] == len(truth) + 1 == 10  # connfix's own session too
+    assert data["own_sessions"] == 1
+    assert data["utilization"] == round(10 / 17, 4)
     assert data["severity"] == "ok"
     assert data["by_state"] == dict(Counter(b["state"] for b in truth))
     assert data["visibility_complete"] is True and data["hidden_sessions"] == 0
     assert data["via"] == "primary" and data["refusal"] is None
     assert data["connected_as"] == "connfix"
-    assert len(data["by_host"]) == LAB_HOSTS
-    for entry in data["by_host"]:
+    assert len(data["by_host"]) == LAB_HOSTS + 1  # and "(connfix)"
+    assert data["by_host"][-1]["host"] == "(connfix)" and data["by_host"][-1]["count"] == 1
+    for entry in data["by_host"][:-1]:
         assert set(entry) >= {
             "host",
             "client_addr",
@@ -156,7 +162,9 @@ def test_full_server_is_diagnosed_through_the_admin_connection(
     assert data["via"] == lab.way_in
     assert data["connected_as"] == f"connfix_{lab.way_in}"
     assert "remaining connection slots are reserved" in data["refusal"]
-    assert data["client_backends"] == 17 and data["utilization"] == 1.0
+    # 17 ordinary slots taken, and connfix's own in a privileged one
+    assert data["client_backends"] == 18 and data["own_sessions"] == 1
+    assert data["utilization"] == round(18 / 17, 4)
     assert data["severity"] == "critical" and status == 1
     result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(lab.inventory)])
     assert f"diagnosed through the {lab.way_in} connection" in result.output
@@ -202,7 +210,7 @@ def test_unprivileged_role_yields_incomplete_visibility(
     assert data["connected_as"] == "watcher"
     assert data["visibility_complete"] is False
     assert data["hidden_sessions"] == LAB_HOSTS * LAB_POOL_SIZE, data["by_user"]
-    assert data["client_backends"] == LAB_HOSTS * LAB_POOL_SIZE  # counted, not dropped
+    assert data["client_backends"] == LAB_HOSTS * LAB_POOL_SIZE + 1  # counted, not dropped
     assert data["by_state"] == {HIDDEN_STATE: LAB_HOSTS * LAB_POOL_SIZE}
     assert data["by_user"] == {"app": LAB_HOSTS * LAB_POOL_SIZE}
     result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(inventory)])
@@ -227,14 +235,15 @@ def test_role_connection_limit_near_its_cap(clean_lab: Lab) -> None:
 
 
 def test_human_output_has_every_section(clean_lab: Lab) -> None:
-    clean_lab.core.leak("app1", 2, idle_in_transaction=True)
+    clean_lab.core.leak("app1", 3, idle_in_transaction=True)
     result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(clean_lab.inventory)])
     out = result.output
     assert (
         f"usable 17 (max_connections {clean_lab.max_connections} − superuser_reserved 3"
         f" − reserved {clean_lab.reserved})"
     ) in out
-    assert "used 11" in out and "utilization 65%" in out and "severity OK" in out
+    assert "used 13 (connfix's own: 1)" in out and "utilization 76%" in out
+    assert "severity OK" in out
     for section in (
         "by state",
         "by host",

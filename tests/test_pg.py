@@ -147,7 +147,8 @@ def test_reserved_slots_on_16_plus(full_server: list[Any], lab: Lab, lab_env: An
                 d.reserved_connections,
             ) == (22, 3, 2)
             assert d.usable_connections == 22 - 3 - 2 == 17
-            assert d.client_backends == 17 + 1  # the ordinary slots, and the held reserved one
+            # the ordinary slots, the held reserved one, and connfix's own (the second)
+            assert d.client_backends == 17 + 1 + 1 and d.own_sessions == 1
             # both reserved slots taken now: the reserved role is refused in its turn
             with pytest.raises(psycopg.OperationalError) as second:
                 psycopg.connect(reserved_dsn)

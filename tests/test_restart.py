@@ -236,16 +236,16 @@ def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:
 def test_app_that_keeps_leaking_fails_the_database_gate(clean_lab: Lab, tmp_path: Path) -> None:
     book = roll_book(tmp_path, "{db_timeout: 1500ms}")
     pids = clean_lab.main_pids()
-    clean_lab.fault("app1", "leak-on-start", "2")
+    clean_lab.fault("app1", "leak-on-start", "3")  # beyond pool size + max_overflow 2
     result = connfix_run(
         "triage", clean_lab.inventory, tmp_path / "incidents", "--yes", "--runbook", str(book)
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 1, result.output
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
     assert failed["host"] == "app1" and failed["gate"] == "database"
     assert (
-        f"{LAB_POOL_SIZE + 2} sessions, more than its pool size {LAB_POOL_SIZE}"
-        in (failed["detail"])
+        f"{LAB_POOL_SIZE + 3} sessions, more than its pool size + max_overflow"
+        f" {LAB_POOL_SIZE + 2}" in (failed["detail"])
     )
     assert clean_lab.main_pids()["app2"] == pids["app2"]
     assert "| app1 | FAILED at database |" in assert_complete(tmp_path / "incidents", "halted")
@@ -263,8 +263,8 @@ def test_a_reused_pid_is_not_an_old_session(
     real = pg.host_backends
     first: dict[str, set[pg.BackendId]] = {}
 
-    def reusing(session: Any, addr: str) -> set[pg.BackendId]:
-        now = real(session, addr)
+    def reusing(session: Any, addr: str, *args: Any) -> set[pg.BackendId]:
+        now = real(session, addr, *args)
         if addr not in first:
             first[addr] = now
             return now

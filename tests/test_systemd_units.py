@@ -39,6 +39,11 @@ class Host:
         self.files.append(f"{UNITS}/{name}")
         self.lab.systemctl(1, "daemon-reload")
 
+    def flag(self, path: str) -> None:
+        """Create an empty file on the host (removed again afterwards)."""
+        self.lab.write_file(1, path, "")
+        self.files.append(path)
+
     def sudoers(self, text: str) -> None:
         self.lab.write_file(1, SUDOERS, text, 0o440)
         if SUDOERS not in self.files:
@@ -47,6 +52,21 @@ class Host:
     def start(self, *units: str, block: bool = True) -> None:
         self.units += units
         self.lab.systemctl(1, "start", *([] if block else ["--no-block"]), *units)
+
+    def running(self, unit: str, comm: str) -> None:
+        """Wait until the unit's main process is `comm` (its shell has made its checks)."""
+        from connfix.lab import hosts
+
+        init = self.lab.core.init_pid("app1")
+
+        def now() -> str:
+            pid = self.state(unit).main_pid
+            try:
+                return hosts.file_in(init, f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                return ""
+
+        retry(lambda: now() == comm)
 
     def state(self, unit: str) -> UnitState:
         (props,) = parse_show(self.lab.systemctl(1, "show", unit))
@@ -225,7 +245,7 @@ def test_failed_unit_is_refused_unless_included_then_restarting_fixes_it(
 ) -> None:
     unit = "cfxtest-broken.service"
     host.install(unit, BROKEN)
-    clean_lab.write_file(1, "/run/cfxtest-broken", "")
+    host.flag("/run/cfxtest-broken")
     host.start(unit)
     retry(lambda: host.state(unit).active_state == "failed")
     failed = host.state(unit)
@@ -297,7 +317,7 @@ def test_inventory_check_says_a_failed_unit_but_counts_it_present(
 
     unit = "cfxtest-broken.service"
     host.install(unit, BROKEN)
-    clean_lab.write_file(1, "/run/cfxtest-broken", "")
+    host.flag("/run/cfxtest-broken")
     host.start(unit)
     retry(lambda: host.state(unit).active_state == "failed")
     inv = inventory(clean_lab, tmp_path, unit)
@@ -365,7 +385,8 @@ def test_restart_exits_0_then_the_unit_fails_a_second_later_settle_gate(
     unit = "cfxtest-dies.service"
     host.install(unit, DIES)
     host.start(unit)
-    clean_lab.write_file(1, "/run/cfxtest-die", "")
+    host.running(unit, "sleep")  # past its check: only the restarted one will die
+    host.flag("/run/cfxtest-die")
     result = roll(clean_lab, tmp_path, inventory(clean_lab, tmp_path, unit), "--settle", "3s")
     assert result.exit_code == 1, result.output
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
@@ -383,7 +404,8 @@ def test_a_unit_that_fails_during_the_later_gates_is_caught_before_the_next_host
     unit = "cfxtest-dies.service"
     host.install(unit, DIES)
     host.start(unit)
-    clean_lab.write_file(1, "/run/cfxtest-die", "")
+    host.running(unit, "sleep")  # past its check: only the restarted one will die
+    host.flag("/run/cfxtest-die")
     inv = inventory(clean_lab, tmp_path, unit, health_check="sleep 2")
     result = roll(clean_lab, tmp_path, inv, "--settle", "0s")
     assert result.exit_code == 1, result.output

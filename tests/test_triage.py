@@ -79,7 +79,7 @@ def test_healthy_environment_stops_after_the_diagnosis(clean_lab: Lab, tmp_path:
 
 
 def test_unhealthy_environment_walks_the_steps(clean_lab: Lab, tmp_path: Path) -> None:
-    clean_lab.core.leak("app2", 2, idle_in_transaction=False)  # a suspect
+    clean_lab.core.leak("app2", 4, idle_in_transaction=False)  # a suspect
     result = triage(
         clean_lab, tmp_path, "--yes", "--runbook", str(runbook(tmp_path, PAUSE + VERIFY))
     )
@@ -126,7 +126,7 @@ def test_dry_run_records_a_plan_and_changes_nothing(clean_lab: Lab, tmp_path: Pa
 def test_prompt_answered_yes_applies_the_step(
     clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clean_lab.core.leak("app1", 2, idle_in_transaction=False)
+    clean_lab.core.leak("app1", 4, idle_in_transaction=False)
     monkeypatch.setattr(triage_cmd, "interactive", lambda: True)
     result = triage(clean_lab, tmp_path, "--runbook", str(runbook(tmp_path, PAUSE)), input="y\n")
     evs = events(tmp_path / "incidents")
@@ -140,7 +140,7 @@ def test_prompt_answered_yes_applies_the_step(
 def test_prompt_answered_no_stops(
     clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clean_lab.core.leak("app1", 2, idle_in_transaction=False)
+    clean_lab.core.leak("app1", 4, idle_in_transaction=False)
     monkeypatch.setattr(triage_cmd, "interactive", lambda: True)
     result = triage(
         clean_lab, tmp_path, "--runbook", str(runbook(tmp_path, PAUSE + VERIFY)), input="n\n"
@@ -156,7 +156,7 @@ def test_prompt_answered_no_stops(
 
 
 def test_no_terminal_and_no_yes_stops_before_the_step(clean_lab: Lab, tmp_path: Path) -> None:
-    clean_lab.core.leak("app1", 2, idle_in_transaction=False)
+    clean_lab.core.leak("app1", 4, idle_in_transaction=False)
     result = triage(clean_lab, tmp_path, "--runbook", str(runbook(tmp_path, PAUSE)))
     assert result.exit_code == 1
     assert "needs confirmation and there is no terminal" in result.output
@@ -200,7 +200,7 @@ def wait_for_event(incidents: Path, event: str, step: str | None = None) -> None
 
 @pytest.fixture
 def long_run(clean_lab: Lab, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    clean_lab.core.leak("app3", 2, idle_in_transaction=False)
+    clean_lab.core.leak("app3", 4, idle_in_transaction=False)
     incidents = tmp_path / "first"
     proc = start_triage(clean_lab, tmp_path, runbook(tmp_path, LONG_WAIT, "long.yaml"), incidents)
     try:

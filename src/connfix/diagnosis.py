@@ -20,6 +20,8 @@ HIDDEN_STATE = "unknown (insufficient privilege)"
 LOCAL = "(local socket)"
 HIDDEN = "(hidden)"
 NOT_IN_INVENTORY = "(not in inventory)"
+CONNFIX = "(connfix)"
+CONNFIX_APPLICATION = "connfix"  # the application_name connfix's sessions carry
 TOP_IDLE_IN_TRANSACTION = 5
 
 
@@ -41,6 +43,12 @@ class Backend:
     wait_event_type: str | None
     blocked_by: list[int] | None
     query: str | None
+    own: bool = False  # connfix's own session
+
+    @property
+    def connfix(self) -> bool:
+        """Tell whether this is a session of connfix (this run's, or another run's)."""
+        return self.own or self.application_name == CONNFIX_APPLICATION
 
     @property
     def idle_in_transaction(self) -> bool:
@@ -73,6 +81,25 @@ class HostUsage:
     pool_size: int | None
     suspect: bool
     reasons: list[str]
+    max_capacity: int | None = None  # (pool size + max_overflow) × workers
+    owned: int = 0  # sessions the host's service owns (address, application name, user)
+    unowned: int = 0  # sessions from the host that no service owns (pgbench, psql, cron…)
+    unowned_clients: dict[str, int] = field(default_factory=dict)  # application → count
+
+
+@dataclass(frozen=True)
+class BlockingChain:
+    """A root blocker (holding a lock, waiting on no one) and everyone stuck behind it."""
+
+    root: int
+    host: str
+    usename: str | None
+    application_name: str
+    state: str
+    xact_seconds: float | None
+    waiting: list[int]  # every session waiting on it, directly or transitively
+    direct: list[int]  # those waiting on it directly
+    query: str | None
 
 
 @dataclass(frozen=True)
@@ -87,7 +114,7 @@ class IdleTransaction:
     state: str
     xact_seconds: float | None
     idle_seconds: float | None
-    blocking: list[int]
+    blocking: list[int]  # every session stuck behind it, directly or transitively
     query: str | None
 
 
@@ -154,6 +181,12 @@ class Diagnosis:
     pool_check: PoolCheck
     suspects: list[str] = field(default_factory=list)
     pgbouncer: dict[str, Any] | None = None
+    own_sessions: int = 0  # connfix's (counted in client_backends, shown apart)
+    # each host's health check, where a run checked them: {host: {"ok": …, "detail": …}}
+    host_health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unhealthy_hosts: list[str] = field(default_factory=list)
+    unowned_connections: int = 0  # sessions from inventory hosts no service owns
+    blocking_chains: list[BlockingChain] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -224,35 +257,64 @@ def _severity(
     return ("ok", "warning", "critical")[level], reasons
 
 
+def _host_reasons(
+    env: Environment, owned: list[Backend], pool: int, capacity: int
+) -> tuple[list[str], int, list[Backend]]:
+    """Why a host's service looks like it leaks (empty: it does not); also its old idle
+    sessions. Within pool size + max_overflow, a busy pool is a burst, not a leak: only
+    sessions left idle for long beyond the pool size, or stuck in a transaction, are."""
+    old_age = env.thresholds.idle_suspect_age
+    iit_age = env.thresholds.idle_in_transaction_suspect_age
+    idle = [b for b in owned if b.state == "idle"]
+    old_idle = [b for b in idle if (b.idle_seconds or 0) >= old_age]
+    stuck = [b for b in owned if b.idle_in_transaction and (b.xact_seconds or 0) >= iit_age]
+    reasons = []
+    count = len(owned)
+    if count > capacity:
+        if capacity > pool:
+            reasons.append(
+                f"holds {count} connections, more than pool size {pool} + max_overflow"
+                f" {capacity - pool} (+{count - capacity})"
+            )
+        else:
+            reasons.append(f"holds {count} connections, pool size {pool} (+{count - pool})")
+        if old_idle:
+            reasons.append(f"{len(old_idle)} idle for over {old_age:.0f}s")
+    elif count > pool and old_idle:
+        reasons.append(
+            f"holds {count} connections, over pool size {pool} (within max_overflow), and"
+            f" {len(old_idle)} idle for over {old_age:.0f}s: overflow that was never returned"
+        )
+    if stuck:
+        reasons.append(f"{len(stuck)} idle in transaction for over {iit_age:.0f}s")
+    return reasons, len(old_idle), idle
+
+
 def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
     by_addr = {host.client_addr: host for host in env.hosts if host.client_addr}
     groups: dict[str | None, list[Backend]] = {}
     for backend in backends:
         key = backend.client_addr if backend.visible else HIDDEN
         groups.setdefault(key, []).append(backend)
-    old_age = env.thresholds.idle_suspect_age
-    iit_age = env.thresholds.idle_in_transaction_suspect_age
     usages = []
     for known in env.hosts:  # every inventory host, also one holding nothing
         if known.client_addr:
             groups.setdefault(known.client_addr, [])
+    service = env.service
     for addr, members in groups.items():
         host = by_addr.get(addr) if addr not in (None, HIDDEN) else None
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
-        old_idle = [b for b in idle if (b.idle_seconds or 0) >= old_age]
-        stuck = [b for b in iit if (b.xact_seconds or 0) >= iit_age]
         ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
-        pool = host.pool_capacity(env.service) if host else None
-        reasons = []
-        if pool is not None and len(members) > pool:
-            reasons.append(
-                f"holds {len(members)} connections, pool size {pool} (+{len(members) - pool})"
-            )
-            if old_idle:
-                reasons.append(f"{len(old_idle)} idle for over {old_age:.0f}s")
-        if host is not None and stuck:
-            reasons.append(f"{len(stuck)} idle in transaction for over {iit_age:.0f}s")
+        pool = capacity = None
+        reasons: list[str] = []
+        old_idle = 0
+        owned, unowned = members, []
+        if host is not None:
+            owned = [b for b in members if service.owns(b.application_name, b.usename)]
+            unowned = [b for b in members if b not in owned]
+            pool, capacity = host.pool_capacity(service), host.max_capacity(service)
+            reasons, old_idle, _ = _host_reasons(env, owned, pool, capacity)
         if host is not None:
             name = host.name
         elif addr == HIDDEN:
@@ -269,18 +331,78 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
                 idle=len(idle),
                 idle_in_transaction=len(iit),
                 active=sum(1 for b in members if b.state == "active"),
-                old_idle=len(old_idle),
+                old_idle=old_idle,
                 oldest_idle_seconds=max(ages) if ages else None,
                 pool_size=pool,
                 suspect=bool(reasons),
                 reasons=reasons,
+                max_capacity=capacity,
+                owned=len(owned) if host is not None else 0,
+                unowned=len(unowned),
+                unowned_clients=dict(
+                    Counter(b.application_name or "(no application_name)" for b in unowned)
+                ),
             )
         )
-    # suspects first, most over their pool first; then by count
+    # suspects first, most over what they may hold first; then by count
     usages.sort(
-        key=lambda u: (not u.suspect, -(u.count - (u.pool_size or u.count)), -u.count, u.host)
+        key=lambda u: (
+            not u.suspect,
+            -(u.owned - (u.max_capacity or u.owned)),
+            -u.count,
+            u.host,
+        )
     )
     return usages
+
+
+def blocking_chains(backends: list[Backend], host_of: dict[str | None, str]) -> list[BlockingChain]:
+    """Group every waiting session under its root blocker(s), following pg_blocking_pids
+    transitively: five sessions queued on one row lock, or a lock queue behind an ALTER
+    TABLE, all land under the session that holds the lock and waits on no one."""
+    blockers: dict[int, set[int]] = {b.pid: set(b.blocked_by or []) for b in backends}
+    by_pid = {b.pid: b for b in backends}
+    direct: dict[int, set[int]] = {}
+    for waiter, held_by in blockers.items():
+        for blocker in held_by:
+            direct.setdefault(blocker, set()).add(waiter)
+
+    def roots(pid: int) -> set[int]:
+        found, seen, todo = set(), set(), [pid]
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            above = blockers.get(current, set())
+            if not above and current != pid:
+                found.add(current)
+            todo.extend(above)
+        return found
+
+    waiting: dict[int, set[int]] = {}
+    for waiter, held_by in blockers.items():
+        if held_by:
+            for root in roots(waiter):
+                waiting.setdefault(root, set()).add(waiter)
+    chains = []
+    for root, members in waiting.items():
+        b = by_pid.get(root)
+        chains.append(
+            BlockingChain(
+                root=root,
+                host=host_of.get(b.client_addr, NOT_IN_INVENTORY) if b else NOT_IN_INVENTORY,
+                usename=b.usename if b else None,
+                application_name=b.application_name if b else "",
+                state=(b.state or "") if b else "",
+                xact_seconds=b.xact_seconds if b else None,
+                waiting=sorted(members),
+                direct=sorted(direct.get(root, set())),
+                query=b.query if b else None,
+            )
+        )
+    chains.sort(key=lambda c: (-len(c.waiting), c.root))
+    return chains
 
 
 def analyse(
@@ -298,7 +420,9 @@ def analyse(
 ) -> Diagnosis:
     """Turn one snapshot of pg_stat_activity (and of PgBouncer) into the diagnosis."""
     usable = usable_connections(info)
-    count = len(backends)
+    count = len(backends)  # connfix's own sessions included: they take slots too
+    own = [b for b in backends if b.connfix]
+    others = [b for b in backends if not b.connfix]
     utilization = count / usable if usable else 1.0
     severity, reasons = _severity(env, utilization, limits)
     pgbouncer = None
@@ -310,17 +434,33 @@ def analyse(
             )
             if severity == "ok":
                 severity = "warning"
-    hidden = sum(1 for b in backends if not b.visible)
-    states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in backends)
-    hosts = _hosts(env, backends)
-    host_of: dict[str | None, str] = {u.client_addr: u.host for u in hosts if u.client_addr}
-    blocking: dict[int, list[int]] = {}
-    for b in backends:
-        for blocker in b.blocked_by or []:
-            blocking.setdefault(blocker, []).append(b.pid)
-    iit = sorted(
-        (b for b in backends if b.idle_in_transaction), key=lambda b: -(b.xact_seconds or 0)
-    )
+    hidden = sum(1 for b in others if not b.visible)
+    # the breakdowns are of everyone else; connfix's own sessions are counted in
+    # client_backends and shown apart (own_sessions, the "(connfix)" row of by_host)
+    states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in others)
+    hosts = _hosts(env, others)
+    if own:
+        hosts.append(
+            HostUsage(
+                host=CONNFIX,
+                client_addr=own[0].client_addr,
+                count=len(own),
+                idle=sum(1 for b in own if b.state == "idle"),
+                idle_in_transaction=sum(1 for b in own if b.idle_in_transaction),
+                active=sum(1 for b in own if b.state == "active"),
+                old_idle=0,
+                oldest_idle_seconds=None,
+                pool_size=None,
+                suspect=False,
+                reasons=[],
+            )
+        )
+    host_of: dict[str | None, str] = {
+        u.client_addr: u.host for u in hosts if u.client_addr and u.host != CONNFIX
+    }
+    chains = blocking_chains(backends, host_of)
+    blocking = {c.root: c.waiting for c in chains}
+    iit = sorted((b for b in others if b.idle_in_transaction), key=lambda b: -(b.xact_seconds or 0))
     return Diagnosis(
         environment=environment,
         taken_at=taken_at or datetime.now(UTC).isoformat(timespec="seconds"),
@@ -342,9 +482,9 @@ def analyse(
         hidden_sessions=hidden,
         by_state=dict(states.most_common()),
         by_host=hosts,
-        by_application=dict(Counter(b.application_name for b in backends).most_common()),
-        by_user=dict(Counter(b.usename or "" for b in backends).most_common()),
-        by_database=dict(Counter(b.datname or "" for b in backends).most_common()),
+        by_application=dict(Counter(b.application_name for b in others).most_common()),
+        by_user=dict(Counter(b.usename or "" for b in others).most_common()),
+        by_database=dict(Counter(b.datname or "" for b in others).most_common()),
         idle_in_transaction=[
             IdleTransaction(
                 pid=b.pid,
@@ -366,6 +506,9 @@ def analyse(
         pool_check=pool_check(env, usable),
         suspects=[u.host for u in hosts if u.suspect],
         pgbouncer=pgbouncer,
+        own_sessions=len(own),
+        unowned_connections=sum(u.unowned for u in hosts if u.pool_size is not None),
+        blocking_chains=chains,
     )
 
 

@@ -9,6 +9,7 @@ runbook's healthy condition holds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import os
 import signal
@@ -29,7 +30,7 @@ from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
 
 if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
-    from connfix.inventory import Environment
+    from connfix.inventory import Environment, Host
     from connfix.pg import Session
     from connfix.runbook import Runbook, Step
 
@@ -93,6 +94,78 @@ class RunContext:
     totals: dict[str, int] = field(default_factory=dict)  # what the run changed so far
     db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
     resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
+    remotes: dict[str, Any] = field(default_factory=dict)  # host → its health-check SSH
+    _handoff: threading.Condition = field(default_factory=threading.Condition)
+    _handoff_inside: int = 0
+    _handoff_released: bool = False
+
+    @contextlib.contextmanager
+    def slot_given_back(self, why: str) -> Iterator[None]:
+        """While a restarted app refills its pool, hold no privileged slot.
+
+        Entered through the admin (superuser-reserved) or reserved-role way because the
+        server was full, connfix's own session takes one of the slots the restarted pool
+        needs: on a server exactly full the new pool comes up one short and the host
+        stays down. So the session is closed for the time (its environment lock with it)
+        and opened again afterwards: the ordinary way when it fits, else the privileged
+        one, the lock taken again. Batches share it: closed by the first host to enter,
+        opened again when the last leaves. Over the ordinary connection: nothing to do."""
+        with self._handoff:
+            if self._handoff_inside == 0 and self.session.via != "primary":
+                self.record("slot_given_back", via=self.session.via, why=why)
+                self.ui.note(
+                    f"giving back the {self.session.via} connection's slot while {why}"
+                    " (connfix's own session would take one the new pool needs)"
+                )
+                with contextlib.suppress(Exception):
+                    self.session.close()
+                self._handoff_released = True
+            self._handoff_inside += 1
+        try:
+            yield
+        finally:
+            with self._handoff:
+                self._handoff_inside -= 1
+                if self._handoff_inside == 0 and self._handoff_released:
+                    try:
+                        self._reopen()
+                    finally:
+                        self._handoff_released = False
+                        self._handoff.notify_all()
+                else:
+                    self._handoff.wait_for(lambda: not self._handoff_released, timeout=3600)
+
+    def _reopen(self) -> None:
+        from connfix import pg
+
+        self.session = pg.open_session(self.env.database)
+        self.cleanups.append(self.session.close)
+        self.record("session_reopened", via=self.session.via, refusal=self.session.refusal)
+        self.ui.note(f"connected again, via the {self.session.via} connection")
+        if not self.dry_run:
+            refused = take_lock(self.session, self.environment, self.journal)
+            if refused is not None:
+                raise LockLost(f"after giving the slot back, {refused}")
+
+    def host_health(self) -> dict[str, dict[str, Any]]:
+        """Run every host's health check, in parallel (read-only), on connections kept for
+        the run; {} when the inventory has none."""
+        from connfix import remote
+
+        check = self.env.service.health_check
+        if not check:
+            return {}
+
+        def one(host: Host) -> tuple[str, dict[str, Any]]:
+            conn = self.remotes.get(host.name)
+            if conn is None:
+                conn = self.remotes[host.name] = remote.Remote(host, self.env.ssh)
+                self.cleanups.append(conn.close)
+            result = conn.run(check, timeout=10)
+            detail = "ok" if result.ok else result.describe()
+            return host.name, {"ok": result.ok, "detail": detail}
+
+        return dict(remote.parallel(self.env.hosts, one))
 
     def progress(self, message: str) -> None:
         """Tell the operator how a long step is going (not journaled)."""
@@ -110,10 +183,18 @@ class RunContext:
         from connfix.errors import ConnectionLost
 
         try:
-            self.latest = take_snapshot(self.session, self.environment, self.env)
+            snapshot = take_snapshot(self.session, self.environment, self.env)
         except ConnectionLost as exc:
             self.reconnect(str(exc))
-            self.latest = take_snapshot(self.session, self.environment, self.env)
+            snapshot = take_snapshot(self.session, self.environment, self.env)
+        health = self.host_health()
+        unhealthy = [name for name, h in health.items() if not h["ok"]]
+        reasons = list(snapshot.severity_reasons)
+        if unhealthy:
+            reasons.append(f"health check failing on {', '.join(unhealthy)}")
+        self.latest = dataclasses.replace(
+            snapshot, host_health=health, unhealthy_hosts=unhealthy, severity_reasons=reasons
+        )
         self.record("diagnosis", diagnosis=self.latest.to_json())
         return self.latest
 

@@ -154,8 +154,10 @@ class Service(_Model):
     unit: str  # a unit name, or a glob pattern resolved on each host (app@*.service)
     units: list[str] = Field(default_factory=list, max_length=100)  # more of them
     pool_size: int = Field(ge=1, le=10_000)
+    max_overflow: int = Field(default=0, ge=0, le=10_000)  # a burst may open this many more
     workers: int = Field(default=1, ge=1, le=1_000)
     application_name: str | None = None
+    user: str | None = None  # the database role the service connects as
     restart_command: str = DEFAULT_RESTART
     health_check: str | None = None
     health_timeout: Duration = 60.0
@@ -177,6 +179,13 @@ class Service(_Model):
         for value in values:
             cls._unit_name(value)
         return values
+
+    def owns(self, application_name: str, usename: str | None) -> bool:
+        """Tell whether a session from one of the service's hosts is the service's: its
+        application_name (and database user) match where the inventory names them."""
+        if self.application_name is not None and application_name != self.application_name:
+            return False
+        return self.user is None or usename == self.user
 
     def unit_specs(self) -> list[str]:
         """Return the unit names and patterns of the service, `unit` first."""
@@ -263,8 +272,13 @@ class Host(_Model):
             ) from None
 
     def pool_capacity(self, service: Service) -> int:
-        """Return how many connections this host may hold: pool size × workers."""
+        """Return how many connections this host keeps: pool size × workers."""
         return (self.pool_size or service.pool_size) * service.workers
+
+    def max_capacity(self, service: Service) -> int:
+        """Return how many connections this host may hold in a burst:
+        (pool size + max_overflow) × workers."""
+        return ((self.pool_size or service.pool_size) + service.max_overflow) * service.workers
 
     @property
     def client_addr(self) -> str | None:

@@ -402,9 +402,16 @@ class BackendId:
     backend_start: datetime
 
 
-def host_backends(session: Session, client_addr: str) -> set[BackendId]:
-    """Return the client backends coming from one address."""
-    return set(session.all("host_backends", BackendId, {"addr": client_addr}))
+def host_backends(
+    session: Session,
+    client_addr: str,
+    application_name: str | None = None,
+    user: str | None = None,
+) -> set[BackendId]:
+    """Return the client backends coming from one address (of one application and role,
+    when given)."""
+    params = {"addr": client_addr, "app": application_name, "user": user}
+    return set(session.all("host_backends", BackendId, params))
 
 
 @dataclass(frozen=True)

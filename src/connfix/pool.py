@@ -76,8 +76,9 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
 
     The fleet may hold base = usable − buffer − other clients, where usable is
     max_connections − superuser_reserved_connections − reserved_connections and other
-    clients are the sessions open now from addresses outside the fleet (connfix's own
-    left out). During a rolling restart a restarting batch holds its pools twice while
+    clients are the sessions open now that no service of the fleet owns: from addresses
+    outside the fleet, and from fleet hosts but no service's (pgbench, psql, a job);
+    connfix's own left out. During a rolling restart a restarting batch holds its pools twice while
     the old ones drain and the new ones connect, so with u = max_unavailable hosts at a
     time, pool size s per worker and w workers per server:
 
@@ -92,7 +93,11 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     capacities = [h.pool_capacity(service) for h in env.hosts]
     fleet_total = sum(capacities)
     fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
-    other = sum(u.count for u in d.by_host if u.client_addr not in fleet_addresses)
+    from connfix.diagnosis import CONNFIX
+
+    other = sum(
+        u.count for u in d.by_host if u.client_addr not in fleet_addresses and u.host != CONNFIX
+    ) + sum(u.unowned for u in d.by_host if u.client_addr in fleet_addresses)
     at_once = min(service.max_unavailable, servers)
     overlap = at_once * max(capacities, default=0)
     buffer = env.thresholds.buffer
@@ -105,7 +110,7 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         f"usable {d.usable_connections} = max_connections {d.max_connections}"
         f" − superuser_reserved_connections {d.superuser_reserved_connections}"
         f" − reserved_connections {d.reserved_connections}",
-        f"minus buffer {buffer}, other clients {other} (open now from outside the fleet),"
+        f"minus buffer {buffer}, other clients {other} (open now, no service's),"
         f" and what a rolling restart holds twice (max_unavailable"
         f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
         f" {overlap} now, {after_overlap} at the safe size",

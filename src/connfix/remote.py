@@ -7,6 +7,7 @@ Every call returns a CommandResult per host instead of raising from deep inside.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 TAIL_LINES = 10
+# paramiko logs a failed handshake with a traceback from its transport thread; with no
+# handler configured, Python prints it on stderr. connfix reports the failure itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def _text(data: bytes | bytearray) -> str:

@@ -197,7 +197,8 @@ def diagnosis(d: Diagnosis) -> None:
         f"usable {d.usable_connections} (max_connections {d.max_connections}"
         f" − superuser_reserved {d.superuser_reserved_connections}"
         f" − reserved {d.reserved_connections})   used {d.client_backends}"
-        f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
+        + (f" (connfix's own: {d.own_sessions})" if d.own_sessions else "")
+        + f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
     )
     for reason in d.severity_reasons:
         out.print(f"  - {escape(reason)}")
@@ -215,7 +216,8 @@ def diagnosis(d: Diagnosis) -> None:
         "host",
         "address",
         "conns",
-        "pool",
+        "pool (+overflow)",
+        "no service",
         "idle",
         "idle in tx",
         "active",
@@ -232,7 +234,10 @@ def diagnosis(d: Diagnosis) -> None:
             escape(h.host),
             escape(h.client_addr or "-"),
             str(h.count),
-            str(h.pool_size) if h.pool_size is not None else "-",
+            _pool(h.pool_size, h.max_capacity),
+            escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
+            if h.pool_size is not None
+            else "-",
             str(h.idle),
             str(h.idle_in_transaction),
             str(h.active),
@@ -265,6 +270,23 @@ def diagnosis(d: Diagnosis) -> None:
                 escape(s.query or ""),
             )
         out.print(iit)
+    if d.blocking_chains:
+        chains = Table(
+            title="blocking chains (root blocker → every session behind it)", title_justify="left"
+        )
+        for column in ("root pid", "host", "user", "state", "in transaction", "waiting", "query"):
+            chains.add_column(column, overflow="fold")
+        for c in d.blocking_chains:
+            chains.add_row(
+                str(c.root),
+                escape(c.host),
+                escape(c.usename or ""),
+                escape(c.state),
+                _age(c.xact_seconds),
+                f"{len(c.waiting)}: " + ", ".join(map(str, c.waiting)),
+                escape(c.query or ""),
+            )
+        out.print(chains)
     if d.connection_limits:
         limits = Table(title="CONNECTION LIMITs", title_justify="left")
         for column in ("kind", "name", "used", "limit"):
@@ -283,6 +305,12 @@ def diagnosis(d: Diagnosis) -> None:
         bouncer(d.pgbouncer)
     if d.suspects:
         out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def _pool(pool: int | None, capacity: int | None) -> str:
+    if pool is None:
+        return "-"
+    return str(pool) if capacity in (None, pool) else f"{pool} (+{(capacity or pool) - pool})"
 
 
 def bouncer(state: dict[str, Any]) -> None:

@@ -75,6 +75,14 @@ def _clock(ts: str) -> str:
     return _ts(ts).strftime("%H:%M:%S.%f")[:-3]
 
 
+def _health(diagnosis: dict[str, Any] | None, host: str) -> str:
+    """A host's health check in one diagnosis: ok, FAILING, or – (not checked)."""
+    checked = (diagnosis or {}).get("host_health", {}).get(host)
+    if checked is None:
+        return "–"
+    return "ok" if checked.get("ok") else "FAILING"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
@@ -345,6 +353,10 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "suspects": suspects,
         "states": states,
         "host_names": host_names,
+        "health": _health,
+        "unowned": lambda u: (
+            ", ".join(f"{k} {v}" for k, v in u.get("unowned_clients", {}).items()) or "–"
+        ),
         "before_hosts": by_host(before),
         "after_hosts": by_host(after),
         "pool_rows": pool_rows,

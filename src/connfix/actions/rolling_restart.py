@@ -228,15 +228,22 @@ class RollingRestartAction(Action):
     mutating = True
 
     def targets(self, ctx: RunContext, p: RestartParams) -> list[Host]:
-        """Return the hosts to restart, leakiest first."""
+        """Return the hosts to restart, leakiest first.
+
+        With only_suspects: the hosts that need it, which are the leak suspects (their
+        service holds what it should not) and the hosts whose health check fails (a pool
+        broken under the app); never a host for connections no service owns (pgbench,
+        psql, a cron job on it): restarting its service could not free those."""
         hosts = [h for h in ctx.env.hosts if not p.hosts or h.name in p.hosts]
         over: dict[str, int] = {}
         suspects: list[str] = []
         if ctx.latest is not None:
-            suspects = ctx.latest.suspects
+            suspects = ctx.latest.suspects + [
+                h for h in ctx.latest.unhealthy_hosts if h not in ctx.latest.suspects
+            ]
             for usage in ctx.latest.by_host:
-                if usage.pool_size is not None:
-                    over[usage.host] = usage.count - usage.pool_size
+                if usage.max_capacity is not None:
+                    over[usage.host] = usage.owned - usage.max_capacity
         if p.only_suspects:
             hosts = [h for h in hosts if h.name in suspects]
         order = {h.name: i for i, h in enumerate(ctx.env.hosts)}
@@ -261,7 +268,21 @@ class RollingRestartAction(Action):
         done_before = set(ctx.resume_done.get(self.name, []))
         targets = [h for h in self.targets(ctx, params) if h.name not in done_before]
         if not targets:
-            why = "no leak suspect to restart" if params.only_suspects else "no host to restart"
+            why = (
+                "no leak suspect and no failing health check to restart"
+                if params.only_suspects
+                else "no host to restart"
+            )
+            if params.only_suspects and ctx.latest is not None and ctx.latest.unowned_connections:
+                owners = "; ".join(
+                    f"{u.host}: " + ", ".join(f"{k} {v}" for k, v in u.unowned_clients.items())
+                    for u in ctx.latest.by_host
+                    if u.unowned
+                )
+                why += (
+                    f"; {ctx.latest.unowned_connections} connection(s) belong to no service"
+                    f" ({owners}): restarting a service cannot free them"
+                )
             if done_before:
                 why = f"every host was already restarted ({', '.join(sorted(done_before))})"
             return Plan(summary=why, details={"skipped_done": sorted(done_before)})
@@ -328,7 +349,7 @@ class RollingRestartAction(Action):
                         f"{position}/{len(targets)} (batch {batch_no}) restart {host.name}"
                         f" ({host.ssh_address}): {', '.join(units)}, each then active as a"
                         f" new invocation; then {health}, its old sessions gone"
-                        f" and at most {host.pool_capacity(service)} new ones"
+                        f" and at most {host.max_capacity(service)} new ones"
                     ),
                     details={"host": host.name, "position": position, "batch": batch_no},
                 )
@@ -442,7 +463,11 @@ class RollingRestartAction(Action):
         old_pid = before[names[0]].main_pid
         addr = host.client_addr
         with ctx.db_lock:
-            old_backends = pg.host_backends(ctx.session, addr) if addr else set()
+            old_backends = (
+                pg.host_backends(ctx.session, addr, service.application_name, service.user)
+                if addr
+                else set()
+            )
         ctx.record(
             "host_start",
             host=host.name,
@@ -504,85 +529,34 @@ class RollingRestartAction(Action):
             ctx.progress(f"{label}: FAILED at {gate}: {detail}")
             return entry
 
-        for name in names:
-            old = before[name]
-            command = service.restart_argv(name)
-            unit_label = label if len(names) == 1 else f"{label} {name}"
-            ctx.progress(f"{unit_label}: restarting ({command})")
-            mark = time.monotonic()
-            restarted = conn.run(command, timeout=restart_timeout(ctx.env.ssh.command_timeout, old))
-            gates["restart"] = round(gates.get("restart", 0) + time.monotonic() - mark, 3)
-            if restarted.error and restarted.error.startswith("timed out"):
-                # systemd may still be starting it (a slow Type=notify service): the
-                # unit's own state decides, not how long the command took
-                ctx.progress(
-                    f"{unit_label}: the restart command is still running after"
-                    f" {format_duration(restarted.duration)}; following the unit's state"
-                )
-            elif not restarted.ok:
-                after_fail, _ = systemd.show_units(conn, [name])
-                if after_fail:
-                    after[name] = after_fail[0]
-                why = restarted.describe()
-                if after_fail:
-                    why += f"\n{after_fail[0].verdict()}"
-                return fail("restart", why, restarted)
-
-            mark = time.monotonic()
-            ok, detail, state = active_gate(ctx, conn, old, p.active_timeout, unit_label)
-            if state is not None:
-                after[name] = state
-            gates["active"] = round(gates.get("active", 0) + time.monotonic() - mark, 3)
-            if not ok:
-                return fail("active", detail)
-            ctx.progress(
-                f"{unit_label}: active as a new invocation, main pid {old.main_pid} →"
-                f" {after[name].main_pid} ({format_duration(time.monotonic() - started)})"
+        failure: dict[str, Any] | None = None
+        with ctx.slot_given_back(f"{host.name} restarts and refills its pool"):
+            failure = self._restart_and_wait(
+                ctx, p, host, conn, names, before, after, gates, label, started, fail
             )
+        if failure is not None:
+            return failure
         new_pid = after[names[0]].main_pid
-
-        unproven = [n for n in names if after[n].type in NO_READINESS]
-        if unproven and p.settle:
-            mark = time.monotonic()
-            ok, detail = settle_gate(ctx, conn, [after[n] for n in unproven], p.settle, label)
-            gates["settle"] = round(time.monotonic() - mark, 3)
-            if not ok:
-                return fail("settle", detail)
-
-        if service.health_check:
-            mark = time.monotonic()
-            last: list[CommandResult] = []
-
-            def healthy() -> tuple[bool, str]:
-                result = conn.run(service.health_check or "true", timeout=10)
-                last[:] = [result]
-                return result.ok, result.describe()
-
-            timeout = p.health_timeout or service.health_timeout
-            ok, detail = _poll(ctx, healthy, timeout, f"{label}: health check")
-            gates["health"] = round(time.monotonic() - mark, 3)
-            if not ok:
-                return fail(
-                    "health",
-                    f"health check did not pass within {format_duration(timeout)}: {detail}",
-                    last[0] if last else None,
-                )
-            ctx.progress(
-                f"{label}: health check passed ({format_duration(time.monotonic() - started)})"
-            )
 
         if addr:
             mark = time.monotonic()
-            capacity = host.pool_capacity(service)
+            capacity = host.max_capacity(service)
 
             def database() -> tuple[bool, str]:
                 with ctx.db_lock:
-                    now = pg.host_backends(ctx.session, addr)
+                    now = pg.host_backends(
+                        ctx.session, addr, service.application_name, service.user
+                    )
                 lingering = old_backends & now
                 if lingering:
                     return False, f"{len(lingering)} old session(s) still open"
                 if len(now) > capacity:
-                    return False, f"{len(now)} sessions, more than its pool size {capacity}"
+                    allows = (
+                        f"its pool size {capacity}"
+                        if capacity == host.pool_capacity(service)
+                        else f"its pool size + max_overflow {capacity}"
+                    )
+                    return False, f"{len(now)} sessions, more than {allows}"
                 return True, f"{len(now)} sessions"
 
             ok, detail = _poll(
@@ -620,6 +594,91 @@ class RollingRestartAction(Action):
         }
         ctx.record("host_done", **entry)
         return entry
+
+    def _restart_and_wait(
+        self,
+        ctx: RunContext,
+        p: RestartParams,
+        host: Host,
+        conn: Remote,
+        names: list[str],
+        before: dict[str, UnitState],
+        after: dict[str, UnitState],
+        gates: dict[str, float],
+        label: str,
+        started: float,
+        fail: Callable[..., dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Restart each unit and wait for it, then the settle and health gates; return
+        the failure, or None. connfix holds no privileged slot meanwhile."""
+        service = ctx.env.service
+        for name in names:
+            old = before[name]
+            command = service.restart_argv(name)
+            unit_label = label if len(names) == 1 else f"{label} {name}"
+            ctx.progress(f"{unit_label}: restarting ({command})")
+            mark = time.monotonic()
+            restarted = conn.run(command, timeout=restart_timeout(ctx.env.ssh.command_timeout, old))
+            gates["restart"] = round(gates.get("restart", 0) + time.monotonic() - mark, 3)
+            if restarted.error and restarted.error.startswith("timed out"):
+                # systemd may still be starting it (a slow Type=notify service): the
+                # unit's own state decides, not how long the command took
+                ctx.progress(
+                    f"{unit_label}: the restart command is still running after"
+                    f" {format_duration(restarted.duration)}; following the unit's state"
+                )
+            elif not restarted.ok:
+                after_fail, _ = systemd.show_units(conn, [name])
+                if after_fail:
+                    after[name] = after_fail[0]
+                why = restarted.describe()
+                if after_fail:
+                    why += f"\n{after_fail[0].verdict()}"
+                return fail("restart", why, restarted)
+
+            mark = time.monotonic()
+            ok, detail, state = active_gate(ctx, conn, old, p.active_timeout, unit_label)
+            if state is not None:
+                after[name] = state
+            gates["active"] = round(gates.get("active", 0) + time.monotonic() - mark, 3)
+            if not ok:
+                return fail("active", detail)
+            ctx.progress(
+                f"{unit_label}: active as a new invocation, main pid {old.main_pid} →"
+                f" {after[name].main_pid} ({format_duration(time.monotonic() - started)})"
+            )
+
+        unproven = [n for n in names if after[n].type in NO_READINESS]
+        if unproven and p.settle:
+            mark = time.monotonic()
+            ok, detail = settle_gate(ctx, conn, [after[n] for n in unproven], p.settle, label)
+            gates["settle"] = round(time.monotonic() - mark, 3)
+            if not ok:
+                return fail("settle", detail)
+
+        if service.health_check:
+            mark = time.monotonic()
+            last: list[CommandResult] = []
+
+            def healthy() -> tuple[bool, str]:
+                result = conn.run(service.health_check or "true", timeout=10)
+                last[:] = [result]
+                return result.ok, result.describe()
+
+            timeout = p.health_timeout or service.health_timeout
+            ok, detail = _poll(ctx, healthy, timeout, f"{label}: health check")
+            gates["health"] = round(time.monotonic() - mark, 3)
+            if not ok:
+                return fail(
+                    "health",
+                    f"health check did not pass within {format_duration(timeout)}: {detail}",
+                    last[0] if last else None,
+                )
+            ctx.progress(
+                f"{label}: health check passed ({format_duration(time.monotonic() - started)})"
+            )
+
+        return None
 
 
 def restart_timeout(command_timeout: float, unit: UnitState) -> float:

@@ -57,6 +57,9 @@ class TerminateParams(Params):
     hosts: list[str] = Field(default_factory=list)
     only_suspects: bool = False
     excess_only: bool = False
+    # whose sessions: any; service (the inventory service's, by address, application name
+    # and role); unowned (from an inventory host, but no service's: pgbench, psql, cron)
+    owner: Literal["any", "service", "unowned"] = "any"
     exit_timeout: ExitTimeout = 5.0
 
     @model_validator(mode="after")
@@ -114,6 +117,13 @@ def _exclusion(
         return f"younger than {format_duration(p.older_than)}"
     if p.hosts and host not in p.hosts:
         return "other host"
+    owned = host is not None and ctx.env.service.owns(c.application_name, c.usename)
+    if p.owner == "unowned" and host is None:
+        return "not from an inventory host"
+    if p.owner == "unowned" and owned:
+        return "the service's"
+    if (p.owner == "service" or p.only_suspects) and not owned:
+        return "no service's (pgbench, psql, a job…)" if host else "not from an inventory host"
     if p.only_suspects and host not in (ctx.latest.suspects if ctx.latest else []):
         return "host is not a suspect"
     return None
@@ -145,6 +155,11 @@ class TerminateAction(Action):
             else:
                 chosen.append(c)
         chosen.sort(key=lambda c: -(c.idle_seconds or 0))  # oldest idle first
+        # root blockers before anything: each frees every session queued behind it
+        waiting = {
+            c.root: len(c.waiting) for c in (ctx.latest.blocking_chains if ctx.latest else [])
+        }
+        chosen.sort(key=lambda c: -waiting.get(c.pid, 0))
         limits = self._limits(ctx, params, len(rows))
         if params.excess_only:
             chosen = self._excess(ctx, chosen, rows, host_of)
@@ -155,7 +170,9 @@ class TerminateAction(Action):
         states = ", ".join(STATES[s] for s in params.states)
         summary = (
             f"terminate {len(chosen)} session(s) ({states}, idle over"
-            f" {format_duration(params.older_than)}), oldest first"
+            f" {format_duration(params.older_than)}), "
+            + ("root blockers first, then " if any(c.pid in waiting for c in chosen) else "")
+            + "oldest first"
         )
         if excluded:
             summary += "; left alone: " + ", ".join(
@@ -168,6 +185,11 @@ class TerminateAction(Action):
                     f"terminate pid {c.pid}: {c.usename} / {c.application_name or '-'}"
                     f" from {host_of.get(c.client_addr) or c.client_addr or 'socket'},"
                     f" {c.state} for {format_duration(c.idle_seconds or 0)}"
+                    + (
+                        f", root blocker of {waiting[c.pid]} waiting session(s)"
+                        if c.pid in waiting
+                        else ""
+                    )
                 ),
                 target=f"pid {c.pid}",
                 command=(
@@ -224,7 +246,12 @@ class TerminateAction(Action):
     ) -> list[Candidate]:
         """Per inventory host, keep only as many as it holds over its pool size."""
         hosts = {h.name: h for h in ctx.env.hosts}
-        held = Counter(host_of.get(r.client_addr) for r in rows if r.visible)
+        service = ctx.env.service
+        held = Counter(
+            host_of.get(r.client_addr)
+            for r in rows
+            if r.visible and service.owns(r.application_name, r.usename)
+        )
         taken: Counter[str | None] = Counter()
         kept = []
         for c in chosen:

@@ -27,6 +27,13 @@ def lab() -> None:
 )
 @click.option("--pool-size", default=3, show_default=True, help="Connections per app host.")
 @click.option(
+    "--max-overflow",
+    default=2,
+    show_default=True,
+    help="Connections a host's pool may open beyond --pool-size for a burst (SQLAlchemy's"
+    " max_overflow).",
+)
+@click.option(
     "--app-boot",
     default="500ms",
     show_default=True,
@@ -57,6 +64,7 @@ def up(
     hosts: int,
     max_connections: int | None,
     pool_size: int,
+    max_overflow: int,
     app_boot: str,
     app_traffic: str,
     postgres: str | None,
@@ -84,7 +92,16 @@ def up(
     except ValueError as exc:
         raise InputError(f"--app-traffic: {exc}") from None
     render.lab_up(
-        core.up(hosts, max_connections, pool_size, boot, postgres, reserved_connections, traffic)
+        core.up(
+            hosts,
+            max_connections,
+            pool_size,
+            boot,
+            postgres,
+            reserved_connections,
+            traffic,
+            max_overflow,
+        )
     )
 
 
@@ -94,21 +111,99 @@ def up(
 @click.option(
     "--idle-in-transaction", is_flag=True, help="Leave them idle in transaction instead of idle."
 )
-def leak(host: str, count: int, idle_in_transaction: bool) -> None:
-    """Make HOST's app open COUNT more connections and keep them.
+@click.option(
+    "--from-pool",
+    is_flag=True,
+    help="Check them out of the app's pool and never return them (the pool runs dry)"
+    " instead of opening them outside it.",
+)
+def leak(host: str, count: int, idle_in_transaction: bool, from_pool: bool) -> None:
+    """Make HOST's app leak COUNT connections and keep them.
 
     \b
     Example:
       connfix lab leak app1 --count 6
+      connfix lab leak app2 --count 5 --from-pool --idle-in-transaction
     """
     from connfix import render
     from connfix.lab import lab as core
 
-    pids = core.leak(host, count, idle_in_transaction)
+    pids = core.leak(host, count, idle_in_transaction, from_pool)
     kind = "idle in transaction" if idle_in_transaction else "idle"
+    where = "checked out of its pool" if from_pool else "outside its pool"
     render.out.print(
-        f"{host} leaked {len(pids)} {kind} connection(s): backend pids {', '.join(map(str, pids))}"
+        f"{host} leaked {len(pids)} {kind} connection(s) {where}: backend pids"
+        f" {', '.join(map(str, pids))}"
     )
+
+
+@lab.command("burst")
+@click.argument("host")
+@click.option("--count", default=5, show_default=True, help="Concurrent requests.")
+@click.option(
+    "--duration", default="10s", show_default=True, metavar="DURATION", help="How long each lasts."
+)
+def burst(host: str, count: int, duration: str) -> None:
+    """Make HOST's app serve COUNT concurrent requests, each holding a pooled connection:
+    a legitimate burst into max_overflow (returns once they all hold one).
+
+    \b
+    Example:
+      connfix lab burst app1 --count 5 --duration 30s
+    """
+    from connfix import render
+    from connfix.errors import InputError
+    from connfix.lab import lab as core
+    from connfix.units import parse_duration
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise InputError(f"--duration: {exc}") from None
+    pids = core.burst(host, count, seconds)
+    render.out.print(
+        f"{host} serves {len(pids)} requests for {duration}: backend pids"
+        f" {', '.join(map(str, pids))}"
+    )
+
+
+@lab.command("client")
+@click.argument("host")
+@click.argument("kind", type=click.Choice(["pgbench", "psql", "job", "stop"]))
+@click.option("--clients", default=8, show_default=True, help="pgbench: concurrent clients.")
+@click.option(
+    "--duration",
+    default="60s",
+    show_default=True,
+    metavar="DURATION",
+    help="pgbench and job: how long they run.",
+)
+def client(host: str, kind: str, clients: int, duration: str) -> None:
+    """Run a client on HOST that is no service's, as the deploy user (a transient unit of
+    the host's systemd): pgbench, an interactive psql left open, a cron-like job; or stop
+    them.
+
+    \b
+    Example:
+      connfix lab client app1 pgbench --clients 8 --duration 5m
+      connfix lab client app3 psql
+      connfix lab client app1 stop
+    """
+    from connfix import render
+    from connfix.errors import InputError
+    from connfix.lab import clients as lab_clients
+    from connfix.units import parse_duration
+
+    if kind == "stop":
+        stopped = lab_clients.stop(host)
+        render.out.print(f"stopped: {', '.join(stopped)}" if stopped else "no client running")
+        return
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise InputError(f"--duration: {exc}") from None
+    unit = lab_clients.start(host, kind, clients, seconds)
+    render.out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, seconds)}")
 
 
 @lab.command("status")

@@ -62,6 +62,14 @@ STATE_FLAGS = {
     "--excess-only", is_flag=True, help="Per host, only the sessions it holds over its pool size."
 )
 @click.option(
+    "--owner",
+    type=click.Choice(["any", "service", "unowned"]),
+    default="any",
+    show_default=True,
+    help="Whose sessions: the inventory service's (address, application_name, user), or"
+    " those from an inventory host that no service owns (pgbench, psql, a job).",
+)
+@click.option(
     "--include-active",
     is_flag=True,
     help="Allow terminating sessions running a statement (with --state active).",
@@ -80,6 +88,7 @@ def terminate(
     hosts: tuple[str, ...],
     only_suspects: bool,
     excess_only: bool,
+    owner: str,
     include_active: bool,
     dry_run: bool,
     yes: bool,
@@ -103,6 +112,7 @@ def terminate(
     Example:
       connfix terminate prod --state idle-in-transaction --older-than 1m --dry-run
       connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
+      connfix terminate prod --state idle --older-than 10m --owner unowned
     """
     from connfix.cli.options import check_hosts, run_and_exit
     from connfix.inventory import resolve_environment
@@ -120,6 +130,7 @@ def terminate(
         "hosts": list(hosts),
         "only_suspects": only_suspects,
         "excess_only": excess_only,
+        "owner": owner,
     }
     run_and_exit(
         environment,

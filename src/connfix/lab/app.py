@@ -1,16 +1,28 @@
-"""The lab's application: holds a pool of PostgreSQL connections and can be told to leak.
+"""The lab's application: a small web service on SQLAlchemy's QueuePool, and its leaks.
 
-This simulates a customer's app server, so it talks to PostgreSQL directly; connfix's own
-code reaches the database only through connfix.pg.
+This stands for a customer's app server, so it talks to PostgreSQL directly; connfix's
+own code reaches the database only through connfix.pg.
 
-Every `traffic_seconds` it uses each pooled connection (a real app serves requests), so
-the pool's sessions stay young and leaked ones grow old; a pooled connection that died is
-replaced.
+Why SQLAlchemy's QueuePool: it is what most Python web apps run on, and it behaves the
+way the incidents need: `pool_size` connections kept, up to `max_overflow` more opened
+for a burst and closed when returned, a checkout that waits `pool_timeout` and then
+fails when every connection is out, and connections checked out and never returned stay
+counted as checked out whatever happens to their sessions. (psycopg_pool checks and
+replaces connections itself, which hides the very failure this lab must show.)
+
+Every `traffic_seconds` it serves a request on each pooled connection, so the pool's
+sessions stay young and leaked ones grow old; a pooled connection that died is replaced
+by the pool on its next use.
 
 HTTP on the host's address:
-  GET  /health                      200 when every pool connection answers
-  GET  /status                      JSON: pid, pool and leaked backend pids
-  POST /leak?count=K&mode=idle|idle_in_transaction   open K more connections and keep them
+  GET  /health     200 when a request can check out a connection and use it
+  GET  /status     JSON: pid, pool numbers and the leaked backend pids
+  POST /leak?count=K&mode=M      M: idle, idle_in_transaction (K connections opened
+                   outside the pool and never closed: a code path with its own
+                   connections), checkout, checkout_in_transaction (K connections
+                   checked out of the pool and never returned)
+  POST /burst?count=K&seconds=S  K concurrent requests holding a connection for S seconds:
+                   a legitimate burst into max_overflow
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
 
 class App:
@@ -36,67 +51,148 @@ class App:
         self.config = config
         self.faults = Path(config["faults_dir"])
         self.lock = threading.Lock()
-        self.pool: list[psycopg.Connection[Any]] = []
-        self.leaked: list[psycopg.Connection[Any]] = []
+        self.serving = threading.Lock()  # one request at a time
+        self.pool_size = int(config["pool_size"])
+        self.max_overflow = int(config.get("max_overflow", 0))
+        self.engine = sqlalchemy.create_engine(
+            "postgresql+psycopg://",
+            creator=self._open,
+            poolclass=QueuePool,
+            pool_size=self.pool_size,
+            max_overflow=self.max_overflow,
+            # a request (health included) waits this long for a connection, then fails
+            pool_timeout=float(config.get("pool_timeout", 1.0)),
+        )
+        self.leaked: list[Any] = []  # raw connections, or checked-out pool connections
+        self.pool_pids: set[int] = set()  # backend pids of the pool's connections
+        sqlalchemy.event.listen(self.engine.pool, "connect", self._pool_connect)
+        for gone in ("close", "invalidate", "close_detached"):
+            sqlalchemy.event.listen(self.engine.pool, gone, self._pool_gone)
 
-    def _open(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
+    def _pool_connect(self, dbapi_connection: Any, record: Any) -> None:
+        with self.lock:
+            self.pool_pids.add(dbapi_connection.info.backend_pid)
+        record.info["pid"] = dbapi_connection.info.backend_pid
+
+    def _pool_gone(self, dbapi_connection: Any, *args: Any) -> None:
+        pid = args[0].info.get("pid") if args and hasattr(args[0], "info") else None
+        if pid is None:
+            with contextlib.suppress(Exception):  # a closed connection may not say
+                pid = dbapi_connection.info.backend_pid
+        with self.lock:
+            self.pool_pids.discard(pid)
+
+    def _open(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return psycopg.connect(
             self.config["dsn"],
-            autocommit=True,
+            autocommit=autocommit,
             application_name=self.config["application_name"],
             connect_timeout=5,
         )
-        conn.execute("SELECT 1")
-        return conn
 
     def fill_pool(self) -> None:
-        with self.lock:
-            self.pool = [c for c in self.pool if not c.closed and not c.broken]
-            while len(self.pool) < int(self.config["pool_size"]):
-                self.pool.append(self._open())
+        """Open pool_size connections (check them out together, then give them back)."""
+        held = [self.engine.connect() for _ in range(self.pool_size)]
+        for conn in held:
+            conn.exec_driver_sql("SELECT 1")
+        for conn in held:
+            conn.close()
 
-    def healthy(self) -> bool:
-        with self.lock:
-            for conn in self.pool:
-                try:
-                    conn.execute("SELECT 1")
-                except psycopg.Error:
-                    return False
-            return len(self.pool) == int(self.config["pool_size"])
+    def request(self) -> None:
+        """Serve one request: check a connection out of the pool and use it. Requests are
+        served one at a time, as by one synchronous worker (bursts are the exception, on
+        purpose), so the pool only overflows when a test asks it to."""
+        with self.serving, self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            conn.commit()
+
+    def healthy(self) -> tuple[bool, str]:
+        try:
+            self.request()
+        except sa_exc.TimeoutError:
+            return False, "no connection available: the pool is exhausted"
+        except sa_exc.SQLAlchemyError as exc:
+            return False, f"database error: {str(exc).splitlines()[0]}"
+        return True, "ok"
 
     def serve_traffic(self, every: float) -> None:
-        """Use every pooled connection each `every` seconds, as an app serving requests
-        does, and replace one that died (terminated, say) as a real pool would.
-
-        So the pool's sessions are never idle for long, and leaked ones grow old."""
+        """Use each pooled connection every `every` seconds, as an app serving requests
+        does; a dead one fails its request and the pool replaces it."""
         while True:
             time.sleep(every)
-            with self.lock:
-                for conn in self.pool:
-                    with contextlib.suppress(psycopg.Error):  # closed or broken: replaced below
-                        conn.execute("SELECT 1")
-            with contextlib.suppress(psycopg.Error):  # the database is full or away: next time
-                self.fill_pool()
+            for _ in range(self.pool_size):
+                with contextlib.suppress(sa_exc.SQLAlchemyError):
+                    self.request()
 
     def leak(self, count: int, mode: str) -> list[int]:
         pids = []
         for _ in range(count):
-            conn = self._open()
-            if mode == "idle_in_transaction":
-                conn.autocommit = False
-                conn.execute("SELECT txid_current()")
-            with self.lock:
-                self.leaked.append(conn)
-            pids.append(conn.info.backend_pid)
+            if mode.startswith("checkout"):
+                conn = self.engine.connect()
+                if mode == "checkout_in_transaction":
+                    conn.exec_driver_sql("SELECT txid_current()")  # autobegin: stays open
+                else:
+                    conn.exec_driver_sql("SELECT 1")
+                    conn.commit()
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                pid = raw.info.backend_pid
+                with self.lock:
+                    self.leaked.append(conn)
+            else:
+                raw_conn = self._open(autocommit=mode != "idle_in_transaction")
+                if mode == "idle_in_transaction":
+                    raw_conn.execute("SELECT txid_current()")
+                pid = raw_conn.info.backend_pid
+                with self.lock:
+                    self.leaked.append(raw_conn)
+            pids.append(pid)
+        return pids
+
+    def burst(self, count: int, seconds: float) -> list[int]:
+        """Serve `count` concurrent requests that each hold a connection `seconds`."""
+        pids: list[int] = []
+        ready = threading.Barrier(count + 1, timeout=30)
+
+        def one() -> None:
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                with self.lock:
+                    pids.append(raw.info.backend_pid)
+                ready.wait()
+                conn.exec_driver_sql(f"SELECT pg_sleep({float(seconds)})")
+                conn.commit()
+
+        for _ in range(count):
+            threading.Thread(target=one, daemon=True).start()
+        ready.wait()
         return pids
 
     def status(self) -> dict[str, Any]:
+        pool = self.engine.pool
+        assert isinstance(pool, QueuePool)
         with self.lock:
-            return {
-                "pid": os.getpid(),
-                "pool": [c.info.backend_pid for c in self.pool if not c.closed],
-                "leaked": [c.info.backend_pid for c in self.leaked if not c.closed],
-            }
+            leaked = []
+            for conn in self.leaked:
+                raw = conn if isinstance(conn, psycopg.Connection) else None
+                if raw is None:
+                    with contextlib.suppress(Exception):
+                        raw = conn.connection.dbapi_connection
+                if raw is not None and not raw.closed:
+                    leaked.append(raw.info.backend_pid)
+        with self.lock:
+            pool_pids = sorted(self.pool_pids)
+        return {
+            "pid": os.getpid(),
+            "pool": pool_pids,  # every connection the pool holds, in use or not
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "checked_out": pool.checkedout(),
+            "idle_in_pool": pool.checkedin(),
+            "overflow": pool.overflow(),
+            "leaked": leaked,
+        }
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
@@ -115,9 +211,10 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlparse(self.path).path
             if path == "/health":
-                # lab fault: a file named `unhealthy` in the faults directory fails it
-                ok = app.healthy() and not (app.faults / "unhealthy").exists()
-                self._reply(200 if ok else 503, {"ok": ok})
+                ok, why = app.healthy()
+                if ok and (app.faults / "unhealthy").exists():  # lab fault
+                    ok, why = False, "lab fault: unhealthy"
+                self._reply(200 if ok else 503, {"ok": ok, "detail": why})
             elif path == "/status":
                 self._reply(200, app.status())
             else:
@@ -125,18 +222,19 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             url = urlparse(self.path)
-            if url.path != "/leak":
-                self._reply(404, {"error": "not found"})
-                return
             query = parse_qs(url.query)
             count = int(query.get("count", ["1"])[0])
-            mode = query.get("mode", ["idle"])[0]
             try:
-                pids = app.leak(count, mode)
-            except psycopg.Error as exc:
-                self._reply(503, {"error": str(exc).strip()})
-                return
-            self._reply(200, {"leaked": pids})
+                if url.path == "/leak":
+                    pids = app.leak(count, query.get("mode", ["idle"])[0])
+                    self._reply(200, {"leaked": pids})
+                elif url.path == "/burst":
+                    seconds = float(query.get("seconds", ["5"])[0])
+                    self._reply(200, {"burst": app.burst(count, seconds)})
+                else:
+                    self._reply(404, {"error": "not found"})
+            except (psycopg.Error, sa_exc.SQLAlchemyError, threading.BrokenBarrierError) as exc:
+                self._reply(503, {"error": str(exc).strip().splitlines()[0]})
 
     return Handler
 
@@ -177,8 +275,8 @@ def main(config_path: str) -> int:
     every = float(config.get("traffic_seconds", 0))
     if every > 0:
         threading.Thread(target=app.serve_traffic, args=(every,), daemon=True).start()
-    notify(f"READY=1\nSTATUS=serving with {len(app.pool)} pooled connections")
-    print(f"labapp pid {os.getpid()} up with {len(app.pool)} connections", flush=True)
+    notify(f"READY=1\nSTATUS=serving with a pool of {app.pool_size}")
+    print(f"labapp pid {os.getpid()} up with a pool of {app.pool_size}", flush=True)
     server.serve_forever()
     return 0
 

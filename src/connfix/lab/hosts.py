@@ -29,6 +29,7 @@ DEPLOY_USER = "deploy"
 APP_USER = "labapp"
 USERS = ({"name": DEPLOY_USER, "uid": 2001}, {"name": APP_USER, "uid": 2002})
 FAULTS_DIR = "/etc/labapp/faults"
+CLIENTS_PGPASS = "/etc/labclients/pgpass"
 HOST_KEY = "/etc/ssh/connfix_lab_host_ed25519_key"
 TMPFS_SIZE = "512m"
 BOOT_TIMEOUT_S = 60.0
@@ -93,6 +94,7 @@ class AppConfig:
     """How the lab app behaves on every host."""
 
     pool_size: int
+    max_overflow: int
     boot_seconds: float
     traffic_seconds: float
 
@@ -185,6 +187,7 @@ def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Pa
             " passfile=/etc/labapp/pgpass"
         ),
         "pool_size": app.pool_size,
+        "max_overflow": app.max_overflow,
         "application_name": APPLICATION_NAME,
         "http_port": APP_PORT,
         "faults_dir": FAULTS_DIR,
@@ -193,6 +196,9 @@ def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Pa
     }
     _write(root, "/etc/labapp/app.json", json.dumps(config, indent=2) + "\n", 0o640)
     _write(root, "/etc/labapp/pgpass", app_password_line, 0o600)
+    # clients that are no service's, run by the deploy user: pgbench, psql, a job
+    _write(root, CLIENTS_PGPASS, app_password_line, 0o600)
+    _write(root, "/etc/labclients/sleep.sql", "SELECT pg_sleep(0.2);\n")
     (root / FAULTS_DIR.lstrip("/")).mkdir(parents=True)
     key = root / HOST_KEY.lstrip("/")
     key.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +236,7 @@ def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Pa
         "owned": [
             ["/etc/labapp", f"root:{APP_USER}", "0750"],
             ["/etc/labapp/pgpass", f"{APP_USER}:{APP_USER}", "0600"],
+            [CLIENTS_PGPASS, f"{DEPLOY_USER}:{DEPLOY_USER}", "0600"],
         ],
         "traversable": traverse,
         "runtime": binds,

@@ -114,7 +114,7 @@ def _wait_healthy(hosts: int, timeout: float = 30) -> None:
                 time.sleep(0.05)
 
 
-def write_inventory(hosts_count: int, pool_size: int, pg_major: int) -> Path:
+def write_inventory(hosts_count: int, pool_size: int, pg_major: int, max_overflow: int = 0) -> Path:
     """Write the inventory of environment `lab`, built from the inventory model."""
     import yaml
 
@@ -136,7 +136,9 @@ def write_inventory(hosts_count: int, pool_size: int, pg_major: int) -> Path:
         "service": {
             "unit": UNIT,
             "pool_size": pool_size,
+            "max_overflow": max_overflow,
             "application_name": APPLICATION_NAME,
+            "user": "app",
             "restart_command": "sudo -n systemctl restart {unit}",
             "health_check": f"curl -fsS --max-time 2 http://127.0.0.1:{APP_PORT}/health",
             "health_timeout": "30s",
@@ -202,6 +204,7 @@ def up(
     postgres: str | None = None,
     reserved_connections: int = 2,
     traffic_seconds: float = 1.0,
+    max_overflow: int = 2,
 ) -> UpResult:
     """Build the lab, or confirm the one that is up matches; idempotent."""
     started = time.monotonic()
@@ -209,6 +212,8 @@ def up(
         raise LabInputError("--hosts must be between 1 and 200")
     if not 1 <= pool_size <= 1000:
         raise LabInputError("--pool-size must be between 1 and 1000")
+    if not 0 <= max_overflow <= 1000:
+        raise LabInputError("--max-overflow must be between 0 and 1000")
     if max_connections is None:
         max_connections = default_max_connections(hosts, pool_size)
     if not 5 <= max_connections <= 10_000:
@@ -268,10 +273,11 @@ def up(
     _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
     network.build(state, hosts)
     lab_pg.start(state, pg_bin, max_connections, reserved_connections)
-    _boot_hosts(state, hosts, lab_hosts.AppConfig(pool_size, boot_seconds, traffic_seconds))
+    app = lab_hosts.AppConfig(pool_size, max_overflow, boot_seconds, traffic_seconds)
+    _boot_hosts(state, hosts, app)
     _known_hosts(hosts)
     _wait_healthy(hosts)
-    inventory = write_inventory(hosts, pool_size, major)
+    inventory = write_inventory(hosts, pool_size, major, max_overflow)
     state.complete = True
     state.save()
     return UpResult(
@@ -474,7 +480,7 @@ def status() -> Status:
                 app_state,
                 main_pid,
                 _mb(cgroups.memory_bytes(name)),
-                len(app.get("pool", [])),
+                int(app.get("checked_out", 0)) + int(app.get("idle_in_pool", 0)),
                 len(app.get("leaked", [])),
                 row.total,
                 row.idle,
@@ -495,14 +501,30 @@ def _up_host(name: str) -> tuple[LabState, int]:
     return state, names.index(name) + 1
 
 
-def leak(host: str, count: int, idle_in_transaction: bool) -> list[int]:
-    """Make one lab host's app open `count` more connections and keep them."""
+def leak(host: str, count: int, idle_in_transaction: bool, from_pool: bool = False) -> list[int]:
+    """Make one lab host's app leak `count` connections: opened outside its pool and never
+    closed, or (from_pool) checked out of its pool and never returned; left idle, or
+    idle in transaction."""
     _, index = _up_host(host)
     if not 1 <= count <= 10_000:
         raise LabInputError("--count must be between 1 and 10000")
     mode = "idle_in_transaction" if idle_in_transaction else "idle"
+    if from_pool:
+        mode = "checkout_in_transaction" if idle_in_transaction else "checkout"
     result = app_request(index, f"/leak?count={count}&mode={mode}", "POST", timeout=60)
     return [int(p) for p in result["leaked"]]
+
+
+def burst(host: str, count: int, seconds: float) -> list[int]:
+    """Make one lab host's app serve `count` concurrent requests, each holding a pooled
+    connection for `seconds`: a legitimate burst into max_overflow."""
+    _, index = _up_host(host)
+    if not 1 <= count <= 1000:
+        raise LabInputError("--count must be between 1 and 1000")
+    if not 0 < seconds <= 3600:
+        raise LabInputError("--duration must be between 1ms and 1h")
+    result = app_request(index, f"/burst?count={count}&seconds={seconds}", "POST", timeout=60)
+    return [int(p) for p in result["burst"]]
 
 
 def systemctl(name: str, *args: str, check: bool = True) -> str:

@@ -1,4 +1,5 @@
--- Every session that may hold an ordinary connection slot, connfix's own excluded.
+-- Every session that may hold a connection slot, connfix's own included (own = true):
+-- it takes a slot like any other, so it is counted, and shown apart.
 -- Rows of other roles that connfix may not see (no pg_read_all_stats) have NULL
 -- backend_type, state, client_addr and timestamps; they are kept (visible = false) when
 -- they belong to a role and a database, as client backends do, so they are counted
@@ -18,8 +19,8 @@ SELECT
     extract(epoch FROM now() - a.xact_start)::float8 AS xact_seconds,
     a.wait_event_type,
     CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END AS blocked_by,
-    left(a.query, 200) AS query
+    left(a.query, 200) AS query,
+    (a.pid = pg_backend_pid()) AS own
 FROM pg_stat_activity AS a
-WHERE a.pid <> pg_backend_pid()
-  AND (a.backend_type = 'client backend'
-       OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL AND a.datid IS NOT NULL))
+WHERE a.backend_type = 'client backend'
+   OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL AND a.datid IS NOT NULL)
