@@ -458,3 +458,118 @@ def _waiting(lab: Lab) -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+# ---------------------------------------------------------------- several services per host
+
+WORKER_UNIT = """\
+[Unit]
+Description=a second pooled service on the same host
+[Service]
+Type=notify
+User=labapp
+ExecStart={python} -m connfix.lab.app /etc/labworker/app.json
+"""
+
+
+@pytest.fixture
+def worker(clean_lab: Lab) -> Iterator[int]:
+    """A second real service on app1, `labworker.service`: the lab app again with its own
+    application_name (labworker), pool (2, no overflow) and port (8081)."""
+    import sys
+
+    from connfix.lab import hosts
+
+    init = clean_lab.core.init_pid("app1")
+    config = json.loads(hosts.file_in(init, "/etc/labapp/app.json").read_text())
+    config.update(application_name="labworker", pool_size=2, max_overflow=0, http_port=8081)
+    hosts.file_in(init, "/etc/labworker").mkdir(exist_ok=True)
+    clean_lab.write_file(1, "/etc/labworker/app.json", json.dumps(config))
+    clean_lab.write_file(
+        1, "/etc/systemd/system/labworker.service", WORKER_UNIT.format(python=sys.executable)
+    )
+    clean_lab.write_file(
+        1,
+        "/etc/sudoers.d/connfix-worker",
+        "deploy ALL=(root) NOPASSWD: /usr/bin/systemctl restart labworker.service\n",
+        0o440,
+    )
+    clean_lab.systemctl(1, "daemon-reload")
+    clean_lab.systemctl(1, "start", "labworker.service")
+    try:
+        yield 8081
+    finally:
+        clean_lab.systemctl(1, "stop", "labworker.service", check=False)
+        for path in (
+            "/etc/systemd/system/labworker.service",
+            "/etc/sudoers.d/connfix-worker",
+            "/etc/labworker/app.json",
+        ):
+            clean_lab.remove_file(1, path)
+        clean_lab.systemctl(1, "daemon-reload")
+
+
+def two_services(lab: Lab, tmp_path: Path) -> Path:
+    def change(env: dict[str, Any]) -> None:
+        web = {**env.pop("service"), "name": "web"}
+        env["services"] = [
+            web,
+            {
+                "name": "worker",
+                "unit": "labworker.service",
+                "pool_size": 2,
+                "application_name": "labworker",
+                "user": "app",
+                "health_check": "curl -fsS --max-time 2 http://127.0.0.1:8081/health",
+            },
+        ]
+        env["hosts"][0]["services"] = ["web", "worker"]
+        for host in env["hosts"][1:]:
+            host["services"] = ["web"]
+
+    return lab.inventory_with(tmp_path, change)
+
+
+def test_two_services_on_a_host_only_the_leaking_one_is_restarted(
+    clean_lab: Lab, worker: int, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    inventory = two_services(clean_lab, tmp_path)
+    request = urllib.request.Request(
+        f"http://10.231.7.11:{worker}/leak?count=3&mode=idle", method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        leaked = json.loads(response.read())["leaked"]
+    data = diagnose_json(clean_lab, inventory)
+    app1 = host_row(data, "app1")
+    services = {s["service"]: s for s in app1["services"]}
+    assert services["worker"]["count"] == 2 + 3 and services["worker"]["suspect"]
+    assert services["web"]["count"] == LAB_POOL_SIZE and not services["web"]["suspect"]
+    assert app1["reasons"] == ["worker: holds 5 connections, pool size 2 (+3)"]
+    assert app1["pool_size"] == LAB_POOL_SIZE + 2 and app1["unowned"] == 0
+    web_before = clean_lab.show(1)["InvocationID"]
+    worker_before = clean_lab.show(1, "labworker.service")["InvocationID"]
+    result = connfix_run("restart", inventory, tmp_path / "incidents", "--only-suspects", "--yes")
+    assert result.exit_code == 0, result.output
+    (done,) = of(events(tmp_path / "incidents"), "host_done")
+    assert done["host"] == "app1"
+    assert [u["unit"] for u in done["units"]] == ["labworker.service"]
+    assert clean_lab.show(1, "labworker.service")["InvocationID"] != worker_before
+    assert clean_lab.show(1)["InvocationID"] == web_before  # the web service untouched
+    alive = {b["pid"] for b in clean_lab.client_backends()}
+    assert not set(leaked) & alive
+    owned = [b for b in clean_lab.client_backends() if b["application_name"] == "labworker"]
+    assert len(owned) == 2
+
+
+def test_a_host_naming_a_service_the_environment_lacks_is_refused(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    def change(env: dict[str, Any]) -> None:
+        env["hosts"][0]["services"] = ["nosuch"]
+
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    result = connfix_run("restart", inventory, tmp_path / "incidents", "--dry-run")
+    assert result.exit_code == 2
+    assert "hosts[0].services[0]: no service 'nosuch' in this environment" in result.output

@@ -32,6 +32,13 @@ environments:
 """
 
 
+SERVICES = """\
+    services:
+      - {name: web, unit: web.service, pool_size: 10, application_name: web}
+      - {name: worker, unit: "worker@*.service", pool_size: 2, application_name: worker}
+"""
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "inventory.yaml"
     path.write_text(text)
@@ -195,6 +202,42 @@ BAD = [
         8,
         ["pool_size", "greater than or equal to 1"],
     ),
+    (
+        "service and services both",
+        GOOD.replace("    hosts:", SERVICES + "    hosts:"),
+        6,
+        ["environments.prod.service", "give either service (one) or services"],
+    ),
+    (
+        "a service of several without a name",
+        GOOD.replace(
+            "    service:\n      unit: webapp.service\n      pool_size: 20\n",
+            SERVICES.replace("name: worker, ", ""),
+        ),
+        8,
+        ["environments.prod.services[1]", "needs a name"],
+    ),
+    (
+        "duplicate service name",
+        GOOD.replace(
+            "    service:\n      unit: webapp.service\n      pool_size: 20\n",
+            SERVICES.replace("name: worker", "name: web"),
+        ),
+        8,
+        ["environments.prod.services[1].name", "duplicate service 'web'"],
+    ),
+    (
+        "a host naming a service that does not exist",
+        GOOD.replace("ssh_address: 10.0.0.12", "ssh_address: 10.0.0.12\n        services: [jobs]"),
+        14,
+        ["environments.prod.hosts[1].services[0]", "no service 'jobs'"],
+    ),
+    (
+        "negative max_overflow",
+        GOOD.replace("pool_size: 20", "pool_size: 20\n      max_overflow: -1"),
+        9,
+        ["max_overflow", "greater than or equal to 0"],
+    ),
 ]
 
 
@@ -286,3 +329,19 @@ def test_alias_bomb_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "\n".join(lines) + "\n")
     with pytest.raises(InventoryError, match="more than 50000 values"):
         load_inventory(path)
+
+
+def test_several_services_per_host_load_with_their_hosts(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "    service:\n      unit: webapp.service\n      pool_size: 20\n", SERVICES
+    ).replace("ssh_address: 10.0.0.12", "ssh_address: 10.0.0.12\n        services: [web]")
+    env = load_inventory(write(tmp_path, text)).environment("prod")
+    assert [s.label for s in env.all_services()] == ["web", "worker"]
+    assert env.service.label == "web"  # the first, for what has one service
+    web1, web2 = env.hosts
+    assert [s.label for s in env.services_on(web1)] == ["web", "worker"]
+    assert [s.label for s in env.services_on(web2)] == ["web"]
+    worker = env.owner(web1, "worker", "app")
+    assert worker is not None and worker.label == "worker"
+    assert env.owner(web2, "worker", "app") is None  # web2 runs no worker: no service's
+    assert env.owner(web1, "pgbench", "app") is None

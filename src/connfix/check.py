@@ -106,8 +106,16 @@ def check_host(env: Environment, host: Host) -> HostCheck:
             return HostCheck(
                 host.name, host.ssh_address, reachable, host_key, False, error, elapsed
             )
-        names, error = systemd.resolve_units(conn, env.service.unit_specs())
+        names: list[str] = []
+        error = None
+        for service in env.services_on(host):
+            found, error = systemd.resolve_units(conn, service.unit_specs())
+            if error is not None:
+                break
+            names += [n for n in found if n not in names]
         units: list[systemd.UnitState] = []
+        if error is None and not names:
+            error = "no service of the inventory runs on this host"
         if error is None:
             units, error = systemd.show_units(conn, names)
         present = error is None and all(u.loaded for u in units)

@@ -67,6 +67,18 @@ class ConnectionLimit:
 
 
 @dataclass(frozen=True)
+class ServiceUsage:
+    """What one service holds on one host."""
+
+    service: str
+    count: int
+    pool_size: int
+    max_capacity: int
+    suspect: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
 class HostUsage:
     """The connections one client address holds, attributed to an inventory host."""
 
@@ -85,6 +97,7 @@ class HostUsage:
     owned: int = 0  # sessions the host's service owns (address, application name, user)
     unowned: int = 0  # sessions from the host that no service owns (pgbench, psql, cron…)
     unowned_clients: dict[str, int] = field(default_factory=dict)  # application → count
+    services: list[ServiceUsage] = field(default_factory=list)  # each of the host's services
 
 
 @dataclass(frozen=True)
@@ -212,7 +225,7 @@ def pool_check(env: Environment, usable: int) -> PoolCheck:
     """Check servers × pool size against the usable limit minus the buffer."""
     servers = len(env.hosts)
     workers = env.service.workers
-    total = sum(host.pool_capacity(env.service) for host in env.hosts)
+    total = sum(host.pool_capacity(s) for host in env.hosts for s in env.services_on(host))
     buffer = env.thresholds.buffer
     limit = max(0, usable - buffer)
     # a size that stays within the limit during a rolling restart too, when max_unavailable
@@ -300,21 +313,39 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
     for known in env.hosts:  # every inventory host, also one holding nothing
         if known.client_addr:
             groups.setdefault(known.client_addr, [])
-    service = env.service
     for addr, members in groups.items():
         host = by_addr.get(addr) if addr not in (None, HIDDEN) else None
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
         ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
-        pool = capacity = None
+        pool: int | None = None
+        capacity: int | None = None
         reasons: list[str] = []
         old_idle = 0
-        owned, unowned = members, []
+        owned: list[Backend] = members
+        unowned: list[Backend] = []
+        services: list[ServiceUsage] = []
         if host is not None:
-            owned = [b for b in members if service.owns(b.application_name, b.usename)]
-            unowned = [b for b in members if b not in owned]
-            pool, capacity = host.pool_capacity(service), host.max_capacity(service)
-            reasons, old_idle, _ = _host_reasons(env, owned, pool, capacity)
+            on_host = env.services_on(host)
+            by_service: dict[str, list[Backend]] = {s.label: [] for s in on_host}
+            for b in members:
+                owner = env.owner(host, b.application_name, b.usename)
+                (by_service[owner.label] if owner else unowned).append(b)
+            owned = [b for b in members if b not in unowned]
+            pool, capacity = 0, 0
+            for service in on_host:
+                mine = by_service[service.label]
+                s_pool, s_cap = host.pool_capacity(service), host.max_capacity(service)
+                s_reasons, s_old, _ = _host_reasons(env, mine, s_pool, s_cap)
+                pool, capacity = (pool or 0) + s_pool, (capacity or 0) + s_cap
+                old_idle += s_old
+                services.append(
+                    ServiceUsage(
+                        service.label, len(mine), s_pool, s_cap, bool(s_reasons), s_reasons
+                    )
+                )
+                several = len(on_host) > 1
+                reasons += [f"{service.label}: {r}" if several else r for r in s_reasons]
         if host is not None:
             name = host.name
         elif addr == HIDDEN:
@@ -342,6 +373,7 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
                 unowned_clients=dict(
                     Counter(b.application_name or "(no application_name)" for b in unowned)
                 ),
+                services=services,
             )
         )
     # suspects first, most over what they may hold first; then by count

@@ -152,8 +152,7 @@ class RunContext:
         the run; {} when the inventory has none."""
         from connfix import remote
 
-        check = self.env.service.health_check
-        if not check:
+        if not any(s.health_check for s in self.env.all_services()):
             return {}
 
         def one(host: Host) -> tuple[str, dict[str, Any]]:
@@ -161,9 +160,19 @@ class RunContext:
             if conn is None:
                 conn = self.remotes[host.name] = remote.Remote(host, self.env.ssh)
                 self.cleanups.append(conn.close)
-            result = conn.run(check, timeout=10)
-            detail = "ok" if result.ok else result.describe()
-            return host.name, {"ok": result.ok, "detail": detail}
+            failing, details = [], []
+            for service in self.env.services_on(host):
+                if not service.health_check:
+                    continue
+                result = conn.run(service.health_check, timeout=10)
+                if not result.ok:
+                    failing.append(service.label)
+                    details.append(result.describe())
+            return host.name, {
+                "ok": not failing,
+                "detail": "; ".join(details) or "ok",
+                "failing": failing,
+            }
 
         return dict(remote.parallel(self.env.hosts, one))
 

@@ -149,8 +149,9 @@ class WayIn:
 
 
 class Service(_Model):
-    """The application service on every app host."""
+    """An application service on the app hosts."""
 
+    name: str | None = None  # required when an environment lists several `services`
     unit: str  # a unit name, or a glob pattern resolved on each host (app@*.service)
     units: list[str] = Field(default_factory=list, max_length=100)  # more of them
     pool_size: int = Field(ge=1, le=10_000)
@@ -162,6 +163,18 @@ class Service(_Model):
     health_check: str | None = None
     health_timeout: Duration = 60.0
     max_unavailable: int = Field(default=1, ge=1, le=1_000)
+
+    @field_validator("name")
+    @classmethod
+    def _service_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"not a service name: {value!r} (letters, digits and ._- only)")
+        return value
+
+    @property
+    def label(self) -> str:
+        """Return the service's name, or its unit when it has none."""
+        return self.name or self.unit
 
     @field_validator("unit")
     @classmethod
@@ -241,6 +254,7 @@ class Host(_Model):
     ssh_address: str
     db_address: str | None = None
     pool_size: int | None = Field(default=None, ge=1, le=10_000)
+    services: list[str] | None = None  # the services this host runs (default: every one)
 
     @field_validator("name")
     @classmethod
@@ -336,13 +350,40 @@ class Environment(_Model):
 
     description: str | None = None
     database: Database
-    service: Service
+    service: Service  # the one service; with `services`, the first of them
+    services: list[Service] = Field(default_factory=list, max_length=50)
     ssh: Ssh = Field(default_factory=Ssh)
     hosts: list[Host] = Field(min_length=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     protected: Protected = Field(default_factory=Protected)
     pgbouncer: PgBouncerAccess | None = None
     incidents_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_several(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("services") and "service" not in data:
+            first = data["services"][0]
+            return {**data, "service": first}
+        return data
+
+    def all_services(self) -> list[Service]:
+        """Return every service of the environment, in inventory order."""
+        return list(self.services) or [self.service]
+
+    def services_on(self, host: Host) -> list[Service]:
+        """Return the services one host runs."""
+        if host.services is None:
+            return self.all_services()
+        return [s for s in self.all_services() if s.label in host.services]
+
+    def owner(self, host: Host, application_name: str, usename: str | None) -> Service | None:
+        """Return the service a session from this host belongs to: the first of the
+        host's services whose application_name (and user) match; None: no service's."""
+        for service in self.services_on(host):
+            if service.owns(application_name, usename):
+                return service
+        return None
 
 
 class Inventory(_Model):
@@ -383,6 +424,42 @@ def _error_at(path: Path, located: Located, loc: PathT, message: str) -> Invento
     return InventoryError(describe_at(path, located, loc, message))
 
 
+def _check_services(path: Path, located: Located, env_name: str, env: Environment) -> None:
+    """Several services: each named, once; given instead of `service`; hosts name them."""
+    where: PathT = ("environments", env_name)
+    raw = located.data["environments"][env_name] if isinstance(located.data, dict) else {}
+    if env.services and isinstance(raw, dict) and "service" in raw:
+        raise _error_at(path, located, (*where, "service"), "give either service (one) or services")
+    names: dict[str, int] = {}
+    for index, service in enumerate(env.services):
+        if service.name is None:
+            raise _error_at(
+                path,
+                located,
+                (*where, "services", index),
+                "a service in a list of services needs a name",
+            )
+        if service.name in names:
+            raise _error_at(
+                path,
+                located,
+                (*where, "services", index, "name"),
+                f"duplicate service {service.name!r} (also services[{names[service.name]}])",
+            )
+        names[service.name] = index
+    known = {s.label for s in env.all_services()}
+    for index, host in enumerate(env.hosts):
+        for position, name in enumerate(host.services or []):
+            if name not in known:
+                raise _error_at(
+                    path,
+                    located,
+                    (*where, "hosts", index, "services", position),
+                    f"no service {name!r} in this environment"
+                    f" (services: {', '.join(sorted(known))})",
+                )
+
+
 def parse_inventory(path: Path, located: Located) -> Inventory:
     """Validate a loaded document; raise one InventoryError naming file, line and field."""
     if not isinstance(located.data, dict):
@@ -402,6 +479,7 @@ def parse_inventory(path: Path, located: Located) -> Inventory:
                 ("environments", env_name),
                 "environment names use letters, digits and ._- only",
             )
+        _check_services(path, located, env_name, env)
         seen: dict[str, int] = {}
         addresses: dict[str, int] = {}
         for index, host in enumerate(env.hosts):

@@ -25,7 +25,7 @@ from connfix.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine import RunContext
-    from connfix.inventory import Host
+    from connfix.inventory import Host, Service
     from connfix.remote import CommandResult, Remote
 
 Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
@@ -69,6 +69,7 @@ class Preflight:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     units: list[UnitState] = field(default_factory=list)
+    unit_services: dict[str, str] = field(default_factory=dict)  # unit → its service
     at: float = field(default_factory=time.monotonic)
     remote: Remote | None = field(default=None, repr=False)
 
@@ -174,8 +175,14 @@ def unit_refusal(unit: UnitState, include_failed: bool) -> str | None:
     return unit.verdict() + ": wait for it to settle, then retry"
 
 
-def preflight(host: Host, ctx: RunContext, include_failed: bool = False) -> Preflight:
-    """Check one host read-only: SSH, host key, units loaded and active, restart allowed."""
+def preflight(
+    host: Host,
+    ctx: RunContext,
+    include_failed: bool = False,
+    services: list[Service] | None = None,
+) -> Preflight:
+    """Check one host read-only: SSH, host key, the units of its services (all of the
+    host's, or these) loaded and active, the restart of each allowed."""
     from connfix import remote
 
     started = time.monotonic()
@@ -185,10 +192,19 @@ def preflight(host: Host, ctx: RunContext, include_failed: bool = False) -> Pref
     if error is not None:
         result.detail = error
         return _done(result, started)
-    service = ctx.env.service
-    names, error = systemd.resolve_units(conn, service.unit_specs())
-    if error is None:
-        result.units, error = systemd.show_units(conn, names)
+    chosen = services if services is not None else ctx.env.services_on(host)
+    if not chosen:
+        result.detail = "no service of this host to restart"
+        return _done(result, started)
+    by_label = {s.label: s for s in chosen}
+    for service in chosen:
+        names, error = systemd.resolve_units(conn, service.unit_specs())
+        if error is not None:
+            result.detail = error if len(chosen) == 1 else f"{service.label}: {error}"
+            return _done(result, started)
+        for name in names:
+            result.unit_services.setdefault(name, service.label)
+    result.units, error = systemd.show_units(conn, list(result.unit_services))
     if error is not None:
         result.detail = error
         return _done(result, started)
@@ -202,6 +218,7 @@ def preflight(host: Host, ctx: RunContext, include_failed: bool = False) -> Pref
         return _done(result, started)
     result.probed, result.permitted = True, True
     for unit in result.units:
+        service = by_label[result.unit_services[unit.id]]
         allowed, why = probe_verdict(conn.run(permission_probe(service.restart_argv(unit.id))))
         if allowed is False:
             result.permitted, result.detail = False, why
@@ -251,6 +268,20 @@ class RollingRestartAction(Action):
             hosts, key=lambda h: (h.name not in suspects, -over.get(h.name, 0), order[h.name])
         )
 
+    @staticmethod
+    def services_to_restart(ctx: RunContext, p: RestartParams, host: Host) -> list[Service]:
+        """Return the services to restart on a host: with only_suspects, those that leak
+        and those whose health check fails there; else every service the host runs."""
+        on_host = ctx.env.services_on(host)
+        if not p.only_suspects or ctx.latest is None:
+            return on_host
+        usage = next((u for u in ctx.latest.by_host if u.host == host.name), None)
+        wanted = {s.service for s in usage.services if s.suspect} if usage else set()
+        if host.name in ctx.latest.unhealthy_hosts:
+            health = ctx.latest.host_health.get(host.name, {})
+            wanted |= set(health.get("failing") or [s.label for s in on_host])
+        return [s for s in on_host if s.label in wanted]
+
     def plan(self, ctx: RunContext, params: Params) -> Plan:
         from connfix import remote
 
@@ -288,7 +319,10 @@ class RollingRestartAction(Action):
             return Plan(summary=why, details={"skipped_done": sorted(done_before)})
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
         checks: list[Preflight] = remote.parallel(
-            targets, lambda h: preflight(h, ctx, params.include_failed)
+            targets,
+            lambda h: preflight(
+                h, ctx, params.include_failed, self.services_to_restart(ctx, params, h)
+            ),
         )
         for check in checks:
             if check.remote is not None:
@@ -339,12 +373,17 @@ class RollingRestartAction(Action):
         by_host = {c.host: c for c in checks}
         for position, host in enumerate(targets, start=1):
             batch_no = (position - 1) // params.batch + 1
-            units = [u.id for u in by_host[host.name].units] or service.unit_specs()
+            check = by_host[host.name]
+            units = [u.id for u in check.units] or service.unit_specs()
+            of_service = {s.label: s for s in ctx.env.services_on(host)}
             operations.append(
                 Operation(
                     kind="ssh",
                     target=host.name,
-                    command="; ".join(service.restart_argv(u) for u in units),
+                    command="; ".join(
+                        of_service.get(check.unit_services.get(u, ""), service).restart_argv(u)
+                        for u in units
+                    ),
                     description=(
                         f"{position}/{len(targets)} (batch {batch_no}) restart {host.name}"
                         f" ({host.ssh_address}): {', '.join(units)}, each then active as a"
@@ -462,12 +501,21 @@ class RollingRestartAction(Action):
         names = list(before)
         old_pid = before[names[0]].main_pid
         addr = host.client_addr
+        of_service = {s.label: s for s in ctx.env.services_on(host)}
+        restarted_services = [
+            of_service[label]
+            for label in dict.fromkeys(check.unit_services.get(n, service.label) for n in names)
+            if label in of_service
+        ] or [service]
+        old_by_service: dict[str, set[pg.BackendId]] = {}
         with ctx.db_lock:
-            old_backends = (
-                pg.host_backends(ctx.session, addr, service.application_name, service.user)
-                if addr
-                else set()
-            )
+            for each in restarted_services:
+                old_by_service[each.label] = (
+                    pg.host_backends(ctx.session, addr, each.application_name, each.user)
+                    if addr
+                    else set()
+                )
+        old_backends = set().union(*old_by_service.values())
         ctx.record(
             "host_start",
             host=host.name,
@@ -532,7 +580,19 @@ class RollingRestartAction(Action):
         failure: dict[str, Any] | None = None
         with ctx.slot_given_back(f"{host.name} restarts and refills its pool"):
             failure = self._restart_and_wait(
-                ctx, p, host, conn, names, before, after, gates, label, started, fail
+                ctx,
+                p,
+                host,
+                conn,
+                names,
+                before,
+                after,
+                gates,
+                label,
+                started,
+                fail,
+                {n: of_service.get(check.unit_services.get(n, ""), service) for n in names},
+                restarted_services,
             )
         if failure is not None:
             return failure
@@ -540,24 +600,26 @@ class RollingRestartAction(Action):
 
         if addr:
             mark = time.monotonic()
-            capacity = host.max_capacity(service)
 
             def database() -> tuple[bool, str]:
-                with ctx.db_lock:
-                    now = pg.host_backends(
-                        ctx.session, addr, service.application_name, service.user
-                    )
-                lingering = old_backends & now
-                if lingering:
-                    return False, f"{len(lingering)} old session(s) still open"
-                if len(now) > capacity:
-                    allows = (
-                        f"its pool size {capacity}"
-                        if capacity == host.pool_capacity(service)
-                        else f"its pool size + max_overflow {capacity}"
-                    )
-                    return False, f"{len(now)} sessions, more than {allows}"
-                return True, f"{len(now)} sessions"
+                counts = []
+                for each in restarted_services:
+                    with ctx.db_lock:
+                        now = pg.host_backends(ctx.session, addr, each.application_name, each.user)
+                    who = f"{each.label}: " if len(restarted_services) > 1 else ""
+                    lingering = old_by_service[each.label] & now
+                    if lingering:
+                        return False, f"{who}{len(lingering)} old session(s) still open"
+                    capacity = host.max_capacity(each)
+                    if len(now) > capacity:
+                        allows = (
+                            f"its pool size {capacity}"
+                            if capacity == host.pool_capacity(each)
+                            else f"its pool size + max_overflow {capacity}"
+                        )
+                        return False, f"{who}{len(now)} sessions, more than {allows}"
+                    counts.append(len(now))
+                return True, f"{sum(counts)} sessions"
 
             ok, detail = _poll(
                 ctx, database, p.db_timeout, f"{label}: database (old sessions gone)"
@@ -608,13 +670,14 @@ class RollingRestartAction(Action):
         label: str,
         started: float,
         fail: Callable[..., dict[str, Any]],
+        unit_service: dict[str, Service],
+        services: list[Service],
     ) -> dict[str, Any] | None:
         """Restart each unit and wait for it, then the settle and health gates; return
         the failure, or None. connfix holds no privileged slot meanwhile."""
-        service = ctx.env.service
         for name in names:
             old = before[name]
-            command = service.restart_argv(name)
+            command = unit_service[name].restart_argv(name)
             unit_label = label if len(names) == 1 else f"{label} {name}"
             ctx.progress(f"{unit_label}: restarting ({command})")
             mark = time.monotonic()
@@ -656,28 +719,31 @@ class RollingRestartAction(Action):
             if not ok:
                 return fail("settle", detail)
 
-        if service.health_check:
+        for service in services:
+            if not service.health_check:
+                continue
             mark = time.monotonic()
             last: list[CommandResult] = []
+            check = service.health_check
 
-            def healthy() -> tuple[bool, str]:
-                result = conn.run(service.health_check or "true", timeout=10)
+            def healthy(check: str = check, last: list[CommandResult] = last) -> tuple[bool, str]:
+                result = conn.run(check, timeout=10)
                 last[:] = [result]
                 return result.ok, result.describe()
 
             timeout = p.health_timeout or service.health_timeout
-            ok, detail = _poll(ctx, healthy, timeout, f"{label}: health check")
-            gates["health"] = round(time.monotonic() - mark, 3)
+            who = f" of {service.label}" if len(services) > 1 else ""
+            ok, detail = _poll(ctx, healthy, timeout, f"{label}: health check{who}")
+            gates["health"] = round(gates.get("health", 0) + time.monotonic() - mark, 3)
             if not ok:
                 return fail(
                     "health",
-                    f"health check did not pass within {format_duration(timeout)}: {detail}",
+                    f"health check{who} did not pass within {format_duration(timeout)}: {detail}",
                     last[0] if last else None,
                 )
             ctx.progress(
-                f"{label}: health check passed ({format_duration(time.monotonic() - started)})"
+                f"{label}: health check{who} passed ({format_duration(time.monotonic() - started)})"
             )
-
         return None
 
 

@@ -117,7 +117,10 @@ def _exclusion(
         return f"younger than {format_duration(p.older_than)}"
     if p.hosts and host not in p.hosts:
         return "other host"
-    owned = host is not None and ctx.env.service.owns(c.application_name, c.usename)
+    known = {h.name: h for h in ctx.env.hosts}
+    owned = (
+        host is not None and ctx.env.owner(known[host], c.application_name, c.usename) is not None
+    )
     if p.owner == "unowned" and host is None:
         return "not from an inventory host"
     if p.owner == "unowned" and owned:
@@ -246,11 +249,13 @@ class TerminateAction(Action):
     ) -> list[Candidate]:
         """Per inventory host, keep only as many as it holds over its pool size."""
         hosts = {h.name: h for h in ctx.env.hosts}
-        service = ctx.env.service
+        env = ctx.env
         held = Counter(
-            host_of.get(r.client_addr)
+            name
             for r in rows
-            if r.visible and service.owns(r.application_name, r.usename)
+            if r.visible
+            and (name := host_of.get(r.client_addr)) is not None
+            and env.owner(hosts[name], r.application_name, r.usename) is not None
         )
         taken: Counter[str | None] = Counter()
         kept = []
@@ -258,7 +263,8 @@ class TerminateAction(Action):
             name = host_of.get(c.client_addr)
             if name is None:
                 continue
-            excess = held[name] - hosts[name].pool_capacity(ctx.env.service)
+            host = hosts[name]
+            excess = held[name] - sum(host.pool_capacity(s) for s in env.services_on(host))
             if taken[name] < excess:
                 taken[name] += 1
                 kept.append(c)
