@@ -9,6 +9,7 @@ import contextlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,35 +306,73 @@ def test_connfixs_own_session_is_counted_and_shown_apart(clean_lab: Lab) -> None
     assert sum(h["count"] for h in data["by_host"]) == data["client_backends"]
 
 
-def test_a_server_exactly_full_restarts_a_host_back_to_its_full_pool(
-    full_server: list[psycopg.Connection[Any]], clean_lab: Lab, tmp_path: Path
+FULL_BOOK = """\
+version: 1
+name: full
+summary: restart the suspects of a full server
+healthy: "not suspects and not unhealthy_hosts"
+steps:
+  - {id: diagnose, action: diagnose}
+  - {id: restart, action: rolling_restart, when: "suspects", params: {only_suspects: true}}
+  - {id: verify, action: verify, params: {timeout: 10s, interval: 1s}}
+"""
+
+
+@contextlib.contextmanager
+def filled(lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Take every ordinary slot left, for real, with `app` sessions from the machine."""
+    fillers: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(40):
+            try:
+                fillers.append(psycopg.connect(lab.app_dsn(), autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert "remaining connection slots are reserved" in str(exc)
+                break
+        yield fillers
+    finally:
+        for conn in fillers:
+            conn.close()
+
+
+def test_a_server_exactly_full_is_triaged_back_to_every_pool_full(
+    clean_lab: Lab, tmp_path: Path
 ) -> None:
-    """Every ordinary slot taken: connfix gets in the privileged way, gives that slot
-    back while app2 restarts, and app2 comes back with its whole pool."""
-    result = connfix_run(
-        "restart", clean_lab.inventory, tmp_path / "incidents", "--hosts", "app2", "--yes"
-    )
-    assert result.exit_code == 0, result.output
-    evs = events(tmp_path / "incidents")
-    (given,) = of(evs, "slot_given_back")
-    assert given["via"] == clean_lab.way_in
-    (back,) = of(evs, "session_reopened")
-    assert back["via"] == clean_lab.way_in  # still full: the privileged way again
-    assert of(evs, "lock_acquired")[-1]["seq"] > back["seq"]  # the lock taken again
-    app2 = [
-        b
-        for b in clean_lab.client_backends()
-        if b["client_addr"] == "10.231.7.12" and b["application_name"] == "labapp"
-    ]
-    assert len(app2) == LAB_POOL_SIZE
-    assert healthy(clean_lab, 2)
+    """app2 holds exactly its pool, one session stuck in a transaction (a suspect); every
+    other slot is taken. Restarting app2 frees 3 and its new pool needs 3: connfix, in
+    through the privileged way, gives its slot back meanwhile, and app2 comes back whole."""
+    inventory = fast_suspects(clean_lab, tmp_path)
+    clean_lab.core.leak("app2", 1, True, from_pool=True)  # a pooled session stuck in a tx
+    time.sleep(1.2)
+    book = tmp_path / "full.yaml"
+    book.write_text(FULL_BOOK)
+    with filled(clean_lab):
+        result = connfix_run(
+            "triage", inventory, tmp_path / "incidents", "--yes", "--runbook", str(book)
+        )
+        assert result.exit_code == 0, result.output
+        evs = events(tmp_path / "incidents")
+        first = of(evs, "diagnosis")[0]["diagnosis"]
+        assert first["via"] == clean_lab.way_in and first["suspects"] == ["app2"]
+        (given,) = of(evs, "slot_given_back")
+        assert given["via"] == clean_lab.way_in
+        (back,) = of(evs, "session_reopened")
+        assert back["via"] == clean_lab.way_in  # still full: the privileged way again
+        assert of(evs, "lock_acquired")[-1]["seq"] > back["seq"]  # the lock taken again
+        (done,) = of(evs, "host_done")
+        assert done["host"] == "app2"
+        pools = Counter(
+            b["client_addr"]
+            for b in clean_lab.client_backends()
+            if b["application_name"] == "labapp"
+        )
+        assert pools == {f"10.231.7.{10 + i}": LAB_POOL_SIZE for i in (1, 2, 3)}
+        assert healthy(clean_lab, 2)
+    assert_complete(tmp_path / "incidents", "resolved")
 
 
 def test_without_giving_the_slot_back_the_restarted_pool_is_one_short(
-    full_server: list[psycopg.Connection[Any]],
-    clean_lab: Lab,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The control: the same restart with connfix keeping its privileged session fails:
     the new pool cannot get its last connection."""
@@ -342,12 +381,13 @@ def test_without_giving_the_slot_back_the_restarted_pool_is_one_short(
     monkeypatch.setattr(
         engine.RunContext, "slot_given_back", lambda self, why: contextlib.nullcontext()
     )
-    result = connfix_run(
-        "restart", clean_lab.inventory, tmp_path / "incidents", "--hosts", "app2", "--yes"
-    )
-    assert result.exit_code == 1, result.output
-    (failed,) = of(events(tmp_path / "incidents"), "host_failed")
-    assert failed["host"] == "app2" and failed["gate"] in ("restart", "active", "health")
+    with filled(clean_lab):
+        result = connfix_run(
+            "restart", clean_lab.inventory, tmp_path / "incidents", "--hosts", "app2", "--yes"
+        )
+        assert result.exit_code == 1, result.output
+        (failed,) = of(events(tmp_path / "incidents"), "host_failed")
+        assert failed["host"] == "app2" and failed["gate"] in ("restart", "active", "health")
 
 
 # ---------------------------------------------------------------- blocking chains

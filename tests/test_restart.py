@@ -293,8 +293,8 @@ def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
 
     real = rolling_restart.preflight
 
-    def preflight_then_stale(host: Any, ctx: Any, include_failed: bool = False) -> Any:
-        check = real(host, ctx, include_failed)
+    def preflight_then_stale(host: Any, ctx: Any, *args: Any) -> Any:
+        check = real(host, ctx, *args)
         if host.name == "app2" and check.remote is not None:
             transport = check.remote.conn.client.get_transport()
 
