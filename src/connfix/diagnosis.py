@@ -388,6 +388,13 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
     return usages
 
 
+def _masked(query: str | None) -> str | None:
+    """Another session's query text, with any password in it masked (ALTER ROLE …)."""
+    from connfix.journal import mask_passwords
+
+    return None if query is None else mask_passwords(query)
+
+
 def blocking_chains(backends: list[Backend], host_of: dict[str | None, str]) -> list[BlockingChain]:
     """Group every waiting session under its root blocker(s), following pg_blocking_pids
     transitively: five sessions queued on one row lock, or a lock queue behind an ALTER
@@ -430,7 +437,7 @@ def blocking_chains(backends: list[Backend], host_of: dict[str | None, str]) -> 
                 xact_seconds=b.xact_seconds if b else None,
                 waiting=sorted(members),
                 direct=sorted(direct.get(root, set())),
-                query=b.query if b else None,
+                query=_masked(b.query) if b else None,
             )
         )
     chains.sort(key=lambda c: (-len(c.waiting), c.root))
@@ -530,7 +537,7 @@ def analyse(
                 xact_seconds=b.xact_seconds,
                 idle_seconds=b.idle_seconds,
                 blocking=sorted(blocking.get(b.pid, [])),
-                query=b.query,
+                query=_masked(b.query),
             )
             for b in iit[:TOP_IDLE_IN_TRANSACTION]
         ],

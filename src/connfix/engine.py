@@ -238,6 +238,13 @@ class RunContext:
         """Tell whether the runbook's healthy condition holds for the latest diagnosis."""
         return self.latest is not None and self.holds(self.runbook.healthy, self.latest)
 
+    def healthy_or_none(self) -> bool | None:
+        """healthy(), or None when the condition cannot be evaluated (for run_end)."""
+        try:
+            return self.healthy()
+        except expressions.ExpressionError:
+            return None
+
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on Ctrl-C; return False if interrupted."""
         deadline = time.monotonic() + seconds
@@ -316,22 +323,28 @@ def operator() -> str:
 
 
 def secrets_of(env: Environment) -> list[str]:
-    """Return the secret values this environment's configuration points at."""
+    """Return the secret values this environment's configuration points at: every
+    `*_password_env` and `*_dsn_env` (ordinary, reserved, admin, PgBouncer), the
+    passwords inside those DSNs, and PGPASSWORD."""
     from connfix import pg
 
     found = []
     db = env.database
-    for var in (db.password_env, db.admin_password_env):
+    password_vars = [db.password_env, db.reserved_password_env, db.admin_password_env]
+    if env.pgbouncer is not None:
+        password_vars.append(env.pgbouncer.admin_password_env)
+    for var in password_vars:
         if var and os.environ.get(var):
             found.append(os.environ[var])
-    if db.admin_dsn_env and os.environ.get(db.admin_dsn_env):
-        admin = os.environ[db.admin_dsn_env]
-        found.append(admin)
-        with contextlib.suppress(ValueError):
-            found.append(pg.parse_dsn(admin).get("password", ""))
+    for var in (db.reserved_dsn_env, db.admin_dsn_env):
+        if var and os.environ.get(var):
+            dsn = os.environ[var]
+            found.append(dsn)
+            with contextlib.suppress(ValueError):
+                found.append(pg.parse_dsn(dsn).get("password", ""))
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
-    return found
+    return [s for s in found if s]
 
 
 def take_lock(session: Session, environment: str, journal: Journal) -> str | None:
@@ -404,7 +417,7 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
                 exit_status=int(code),
                 message=message,
                 dry_run=request.dry_run,
-                healthy=None if final is None else bool(ctx and ctx.healthy()),
+                healthy=None if final is None else bool(ctx and ctx.healthy_or_none()),
             )
         journal.close()
         result = TriageResult(
@@ -500,7 +513,21 @@ def _walk(
                 ctx,
                 steps,
             )
-        if index > 1 and not request.command and ctx.healthy():
+        try:
+            healthy = index > 1 and not request.command and ctx.healthy()
+        except expressions.ExpressionError as exc:
+            message = f"the runbook's healthy condition fails on this diagnosis: {exc}"
+            ctx.record(
+                "step_end",
+                ok=False,
+                applied=False,
+                summary=message,
+                expression=ctx.runbook.healthy,
+            )
+            ui.step(index, total, step, "failed", message)
+            steps.append({"id": step.id, "status": "failed"})
+            return finish("halted", ExitStatus.UNHEALTHY, message, ctx, steps)
+        if healthy:
             ctx.record(
                 "healthy",
                 condition=runbook.healthy,
@@ -513,7 +540,7 @@ def _walk(
             try:
                 take = ctx.holds(step.when, ctx.latest)
             except expressions.ExpressionError as exc:
-                ctx.record("step_end", ok=False, summary=str(exc))
+                ctx.record("step_end", ok=False, summary=str(exc), expression=step.when)
                 ui.step(index, total, step, "failed", str(exc))
                 steps.append({"id": step.id, "status": "failed"})
                 if step.on_failure == "halt":
@@ -591,7 +618,10 @@ def _walk(
                     return finish("declined", ExitStatus.UNHEALTHY, message, ctx, steps)
         ui.step(index, total, step, "running", plan.summary)
         before = ctx.latest
-        outcome: Outcome = action.apply(ctx, step.params, plan)
+        try:
+            outcome: Outcome = action.apply(ctx, step.params, plan)
+        except expressions.ExpressionError as exc:  # an `until` that fails on live data
+            outcome = Outcome(False, str(exc), {"expression_error": str(exc)})
         seconds = time.monotonic() - started
         for key, count in outcome.changed.items():
             ctx.totals[key] = ctx.totals.get(key, 0) + count

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
-from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 
 from connfix.diagnosis import Diagnosis
+from connfix.errors import ConnfixError, ExitStatus
+from connfix.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
 
 MAX_LENGTH = 500
+MAX_DEPTH = 40  # nesting of the expression's syntax tree
 EXTRA_NAMES = {
     "free_slots": "usable_connections − client_backends",
     "idle": "sessions in state idle",
@@ -31,13 +32,45 @@ EXTRA_NAMES = {
 NAMES = frozenset(f.name for f in dataclasses.fields(Diagnosis)) | set(EXTRA_NAMES)
 
 
-class ExpressionError(ValueError):
+class ExpressionError(ValueError, ConnfixError):
     """An expression that cannot be compiled, names something unknown, or fails."""
+
+    exit_status = ExitStatus.BAD_INPUT
 
 
 @cache
-def _environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+def _environment() -> ConditionSandbox:
+    return ConditionSandbox(undefined=StrictUndefined, autoescape=False)
+
+
+def _depth(node: nodes.Node, limit: int) -> int:
+    """Return the depth of a syntax tree, stopping once it passes `limit`."""
+    deepest, todo = 0, [(node, 1)]
+    while todo:
+        current, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        todo.extend((child, depth + 1) for child in current.iter_child_nodes())
+    return deepest
+
+
+def _refusals(ast: nodes.Node) -> list[str]:
+    """Filters and method calls a condition may not use."""
+    found = []
+    for attr in ast.find_all(nodes.Getattr):
+        if attr.attr.startswith("_"):
+            found.append(f"the attribute {attr.attr!r} is not allowed in a condition")
+    for node in ast.find_all((nodes.Filter, nodes.Call)):
+        if isinstance(node, nodes.Filter) and node.name not in CONDITION_FILTERS:
+            found.append(f"the filter {node.name!r} is not allowed in a condition")
+        if isinstance(node, nodes.Call):
+            target = node.node
+            if isinstance(target, nodes.Getattr) and target.attr not in SAFE_METHODS:
+                found.append(f"calling .{target.attr}() is not allowed in a condition")
+            elif isinstance(target, nodes.Name):
+                found.append(f"calling {target.name}() is not allowed in a condition")
+    return found
 
 
 def check(expression: str) -> None:
@@ -52,6 +85,13 @@ def check(expression: str) -> None:
         env.compile_expression(expression)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.message}") from None
+    except RecursionError:
+        raise ExpressionError("the expression is nested too deeply") from None
+    if _depth(ast, MAX_DEPTH) > MAX_DEPTH:
+        raise ExpressionError(f"the expression is nested more than {MAX_DEPTH} levels deep")
+    refusals = _refusals(ast)
+    if refusals:
+        raise ExpressionError(f"{refusals[0]}: {expression!r}")
     unknown = sorted(meta.find_undeclared_variables(ast) - NAMES)
     if unknown:
         raise ExpressionError(
@@ -91,5 +131,10 @@ def evaluate(expression: str, names: dict[str, Any]) -> bool:
     )
     try:
         return bool(compiled(**names))
-    except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
-        raise ExpressionError(f"cannot evaluate {expression!r}: {exc}") from None
+    except RecursionError:
+        raise ExpressionError(f"cannot evaluate {expression!r}: nested too deeply") from None
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, KeyError | IndexError):
+            reason = f"no {exc} in it ({type(exc).__name__})"
+        raise ExpressionError(f"cannot evaluate {expression!r}: {reason}") from None

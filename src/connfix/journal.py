@@ -20,7 +20,10 @@ from connfix.errors import ConnfixError
 
 JOURNAL = "journal.jsonl"
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)")
+# another session's query text: ALTER ROLE … [ENCRYPTED] PASSWORD '…', CREATE USER … too
+_PASSWORD_SQL = re.compile(r"(\bpassword\s+)('(?:[^']|'')*'?|\$[^$]*\$[^$]*)", re.IGNORECASE)
+MIN_SUBSTRING_SECRET = 8  # shorter secrets are redacted as whole values only
 
 
 class JournalError(ConnfixError):
@@ -33,19 +36,44 @@ def utc_now() -> str:
 
 
 class Redactor:
-    """Remove known secrets and anything that looks like a password from text."""
+    """Remove known secrets and anything that looks like a password.
+
+    Secrets are replaced where they occur as values: a string that is the secret, and,
+    for secrets of MIN_SUBSTRING_SECRET characters or more, any occurrence inside a
+    string (a short secret such as `lab` or `true` would rewrite unrelated text).
+    Anything shaped like `password=…`, `user:pass@` or SQL's `PASSWORD '…'` is masked
+    whatever its value. `value` works on decoded JSON, so a journal line stays valid
+    JSON whatever the secret is."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
+        """Redact one string."""
+        if text in self.secrets:
+            return "***"
         for secret in self.secrets:
-            text = text.replace(secret, "***")
-            escaped = json.dumps(secret)[1:-1]
-            if escaped != secret:
-                text = text.replace(escaped, "***")
-        text = _PASSWORD_KV.sub(r"\1***", text)
-        return _PASSWORD_URI.sub(r"\1***\3", text)
+            if len(secret) >= MIN_SUBSTRING_SECRET:
+                text = text.replace(secret, "***")
+        return mask_passwords(text)
+
+    def value(self, value: Any) -> Any:
+        """Redact every string in a decoded JSON value (keys are connfix's own)."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+
+def mask_passwords(text: str) -> str:
+    """Mask whatever is shaped like a password: `password=…`, `user:pass@`, and SQL's
+    `PASSWORD '…'`, whatever parser produced the text."""
+    text = _PASSWORD_KV.sub(r"\1***", text)
+    text = _PASSWORD_URI.sub(r"\1***\3", text)
+    return _PASSWORD_SQL.sub(r"\1'***'", text)
 
 
 def _plain(value: Any) -> Any:
@@ -109,7 +137,8 @@ class Journal:
             raise JournalError(f"the journal {self.path} is closed")
         self.seq += 1
         entry = {"ts": utc_now(), "seq": self.seq, "event": event, **fields}
-        line = self.redact(json.dumps(entry, default=_plain, ensure_ascii=False)) + "\n"
+        plain = json.loads(json.dumps(entry, default=_plain, ensure_ascii=False))
+        line = json.dumps(self.redact.value(plain), ensure_ascii=False) + "\n"
         data = line.encode("utf-8")
         try:
             written = os.write(self._fd, data)

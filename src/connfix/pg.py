@@ -60,10 +60,14 @@ def server_message(exc: BaseException) -> str:
 
 def parse_dsn(dsn: str) -> dict[str, str]:
     """Parse a libpq connection string or URI; raise ValueError if it is not one."""
+    from connfix.journal import mask_passwords
+
     try:
         return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
     except psycopg.ProgrammingError as exc:
-        raise ValueError(str(exc).splitlines()[0]) from None
+        # libpq may quote the whole string back (an unclosed "[" in a URI): never echo it
+        message = str(exc).splitlines()[0].replace(dsn, mask_passwords(dsn))
+        raise ValueError(mask_passwords(message)) from None
 
 
 def describe_dsn(dsn: str) -> str:

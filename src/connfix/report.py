@@ -8,7 +8,11 @@ The same journal always renders the same report.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -373,10 +377,40 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     }
 
 
+MAX_REPORT_CHARS = 5_000_000
+RENDER_SECONDS = 10
+
+
+class _TooLong(Exception):
+    """Rendering ran past its time limit."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Stop a render that runs too long (a template looping over and over): a timer
+    signal raises inside it. Only in the main thread, where signals are delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _TooLong
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def render(journal: Path, template: Path | None = None) -> str:
     """Render the report of one journal, with the shipped or a user template."""
     from jinja2 import StrictUndefined, TemplateError
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2.exceptions import SecurityError
+
+    from connfix.sandbox import TemplateSandbox
 
     try:
         events = list(read_journal(journal))
@@ -392,7 +426,7 @@ def render(journal: Path, template: Path | None = None) -> str:
             raise InputError(f"--template {template}: {exc.strerror or exc}") from None
     else:
         source = resources.files("connfix").joinpath("templates", "report.md.j2").read_text("utf-8")
-    env = SandboxedEnvironment(
+    env = TemplateSandbox(
         undefined=StrictUndefined,
         finalize=_finalize,
         trim_blocks=True,
@@ -400,11 +434,35 @@ def render(journal: Path, template: Path | None = None) -> str:
         keep_trailing_newline=True,
     )
     env.filters["md"] = lambda value: Markdown(str(value))
+    where = f"--template {template}" if template else "the report template"
     try:
-        return env.from_string(source).render(**context)
+        with _time_limit(RENDER_SECONDS):
+            parts, size = [], 0
+            for part in env.from_string(source).generate(**context):
+                size += len(part)
+                if size > MAX_REPORT_CHARS:
+                    raise InputError(
+                        f"{where}: the report grew past {MAX_REPORT_CHARS:,} characters; stopped"
+                    )
+                parts.append(part)
+            return "".join(parts)
     except TemplateError as exc:
-        where = f"--template {template}" if template else "the report template"
         raise InputError(f"{where}: {exc}") from None
+    except SecurityError as exc:
+        raise InputError(f"{where}: refused: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply") from None
+    except _TooLong:
+        raise InputError(
+            f"{where}: rendering took longer than {RENDER_SECONDS}s; stopped"
+        ) from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        if "no loader" in str(exc):
+            raise InputError(
+                f"{where}: a report template is one file: {{% include %}}, {{% import %}}"
+                " and {% extends %} are not supported"
+            ) from None
+        raise InputError(f"{where}: {type(exc).__name__}: {exc}") from None
 
 
 def journal_of(incident: Path) -> Path:
