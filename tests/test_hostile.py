@@ -345,3 +345,294 @@ def test_every_secret_environment_variable_is_in_the_redaction_list(
     found = set(secrets_of(environment))
     assert set(values.values()) <= found
     assert {"pw-in-reserved-dsn", "pw-in-admin-uri"} <= found
+
+
+# ---------------------------------------------------------------- terminal escapes
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("\x1b[2J\x1b[Hgone", "\\x1b[2J\\x1b[Hgone"),
+        ("ring\x07", "ring\\x07"),
+        ("\x1b]52;c;ZWNobyBoaQ==\x07", "\\x1b]52;c;ZWNobyBoaQ==\\x07"),
+        ("csi\x9b31m", "csi\\x9b31m"),
+        ("abc\u202edcba", "abc<U+202E>dcba"),
+        ("iso\u2066late\u2069", "iso<U+2066>late<U+2069>"),
+        ("tab\tand\nnewline", "tab\tand\nnewline"),
+        ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+    ],
+)
+def test_defang_shows_control_characters_and_bidi_overrides(raw: str, shown: str) -> None:
+    from connfix.text import defang
+
+    assert defang(raw) == shown
+
+
+def test_database_text_reaches_the_terminal_defanged(capsys: pytest.CaptureFixture[str]) -> None:
+    from connfix import render
+
+    hostile = "evil\x1b[31m\u202e\x07"
+    rows = [
+        Backend(
+            pid=2,
+            usename=hostile,
+            application_name=hostile,
+            client_addr="10.0.0.1",
+            datname="app",
+            state="idle in transaction",
+            visible=True,
+            backend_start=None,
+            state_change=None,
+            idle_seconds=100.0,
+            xact_seconds=100.0,
+            wait_event_type=None,
+            blocked_by=None,
+            query=f"SELECT '{hostile}'",
+        )
+    ]
+    render.diagnosis(analyse("prod", env(), info(), rows, []))
+    out = capsys.readouterr().out
+    assert "\x1b[31m" not in out and "\u202e" not in out and "\x07" not in out
+    assert "evil\\x1b[31m<U+202E>\\x07" in out
+
+
+def test_the_reports_sql_block_is_defanged() -> None:
+    assert "\x1b" not in report.code('ALTER ROLE "x\x1b[2J" SET a = 1')
+    assert "\\x1b[2J" in report.code('ALTER ROLE "x\x1b[2J" SET a = 1')
+
+
+def test_an_error_message_is_defanged(tmp_path: Path) -> None:
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text("version: 1\nenvironments:\n  'pr\x1b[2Jod': {}\n")
+    result = CliRunner().invoke(cli, ["diagnose", "x", "-i", str(bad)])
+    assert result.exit_code == 2 and "\x1b[2J" not in result.output
+
+
+# ---------------------------------------------------------------- names and selectors
+
+GOOD = (
+    "version: 1\nenvironments:\n  prod:\n"
+    '    database: {dsn: "host=db dbname=app user=connfix"}\n'
+    "    service: {unit: a.service, pool_size: 1}\n"
+    "    hosts: [{name: a, ssh_address: 10.0.0.1}, {name: b, ssh_address: 10.0.0.2}]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("unit: a.service", 'unit: "a.service\\n"', "not a systemd unit name"),
+        ("name: a,", 'name: "a\\n",', "not a host name"),
+        ("ssh_address: 10.0.0.1}", 'ssh_address: "10.0.0.1\\n"}', "not an IP address or host name"),
+        ("ssh_address: 10.0.0.1}", 'ssh_address: "fe80::1%eth0 x"}', "not an IP address"),
+        ("ssh_address: 10.0.0.1}", 'ssh_address: "fe80::1%\\u001b[2J"}', "not an IP address"),
+        (
+            "ssh_address: 10.0.0.1}",
+            'ssh_address: 10.0.0.1, db_address: "fe80::1%a/b"}',
+            "not an IP address",
+        ),
+        ("pool_size: 1}", 'pool_size: 1, restart_command: "restart {{unit}}"}', "brace"),
+        ("pool_size: 1}", 'pool_size: 1, restart_command: "restart {unit} }"}', "brace"),
+        ("pool_size: 1}", 'pool_size: 1, restart_command: "restart {unit!r}"}', "placeholder"),
+        ('dsn: "host', 'password_env: "PW\\n", dsn: "host', "not an environment variable"),
+        ("pool_size: 1}", 'pool_size: 1, user: "app\\n"}', "control character"),
+        ("pool_size: 1}", 'pool_size: 1, application_name: "a\\u001b[2J"}', "control character"),
+    ],
+)
+def test_names_are_matched_whole_and_brace_forms_refused(
+    tmp_path: Path, old: str, new: str, words: str
+) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    assert old in GOOD
+    inventory.write_text(GOOD.replace(old, new, 1))
+    result = CliRunner().invoke(cli, ["inventory", "check", "prod", "-i", str(inventory)])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "inventory.yaml:" in result.output
+
+
+@pytest.mark.parametrize("value", ["", ",", " ", "a,", ",b", "a,,b"])
+@pytest.mark.parametrize(("command", "flag"), [("restart", "--hosts"), ("terminate", "--host")])
+def test_an_empty_host_selector_is_an_error_not_every_host(
+    tmp_path: Path, command: str, flag: str, value: str
+) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(GOOD)
+    result = CliRunner().invoke(
+        cli, [command, "prod", "-i", str(inventory), flag, value, "--dry-run"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "names no host" in result.output
+    assert not (tmp_path / "incidents").exists()
+
+
+@pytest.mark.parametrize("hosts", ["[]", "['']", "[a, ' ']"])
+def test_a_runbook_step_naming_no_host_is_refused_at_load(tmp_path: Path, hosts: str) -> None:
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        'version: 1\nname: b\nsummary: b\nhealthy: "true"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        f"  - {{id: roll, action: rolling_restart, params: {{hosts: {hosts}}}}}\n"
+    )
+    result = CliRunner().invoke(cli, ["runbook", "validate", str(book)])
+    assert result.exit_code == 2 and "names no host" in result.output
+    assert "book.yaml:7" in result.output
+
+
+def test_a_runbook_step_naming_a_host_the_inventory_lacks_is_refused(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(GOOD)
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        'version: 1\nname: b\nsummary: b\nhealthy: "true"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: roll, action: rolling_restart, params: {hosts: [a, web9]}}\n"
+    )
+    result = CliRunner().invoke(
+        cli, ["triage", "prod", "-i", str(inventory), "--runbook", str(book), "--dry-run"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "steps.roll.params.hosts: no host 'web9' in environment 'prod'" in result.output
+    assert not (tmp_path / "incidents").exists()
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_the_report_never_follows_a_symlink_at_its_path(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "report.md"
+    link.symlink_to(victim)
+    report.write(journal_with(tmp_path), link)
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and "Incident report" in link.read_text()
+    assert (link.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_existing_report_gets_mode_0600(tmp_path: Path) -> None:
+    out = tmp_path / "out.md"
+    out.write_text("old")
+    out.chmod(0o644)
+    report.write(journal_with(tmp_path), out)
+    assert (out.stat().st_mode & 0o777) == 0o600
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_fifo_or_a_directory_where_a_file_is_expected_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    import os
+
+    odd = tmp_path / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.mkdir()
+    for argv in (
+        ["inventory", "check", "prod", "-i", str(odd)],
+        ["runbook", "validate", str(odd)],
+        ["report", str(tmp_path / "incident"), "--template", str(odd)],
+        ["report", str(tmp_path / "incident"), "--output", str(odd)],
+    ):
+        journal_with(tmp_path)
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert (
+            "a FIFO" in result.output
+            or "a directory" in result.output
+            or "Is a directory" in result.output
+        ), result.output
+
+
+def test_created_directories_are_0700_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from connfix.files import make_dir
+
+    old = os.umask(0)
+    try:
+        make_dir(tmp_path / "a" / "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_tilde_in_configured_paths_is_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from connfix.cli.triage_cmd import incidents_base
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert incidents_base("~/inc", None) == tmp_path / "inc"
+    assert incidents_base(None, "~/conf") == tmp_path / "conf"
+    monkeypatch.setenv("CONNFIX_INCIDENTS_DIR", "~/env")
+    assert incidents_base(None, None) == tmp_path / "env"
+
+
+def test_lab_down_removes_only_what_the_lab_made(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Pointed at a directory that holds other files, lab down leaves them."""
+    import os
+
+    from connfix.lab import lab
+
+    if os.geteuid() != 0:
+        pytest.skip("lab down needs root")
+    monkeypatch.setenv("CONNFIX_LAB_ID", "9")
+    monkeypatch.setenv("CONNFIX_LAB_DIR", str(tmp_path))
+    (tmp_path / "mine.txt").write_text("keep me\n")
+    (tmp_path / "inventory.yaml").write_text("a lab's\n")
+    removed = lab.down()
+    assert (tmp_path / "mine.txt").read_text() == "keep me\n"
+    assert not (tmp_path / "inventory.yaml").exists()
+    assert any("kept: it holds files the lab did not make" in r for r in removed)
+
+
+def test_lab_down_as_non_root_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(cli, ["lab", "down"])
+    assert result.exit_code == 1 and "lab down needs root" in result.output
+
+
+@pytest.mark.parametrize("value", ["x", "10", "-1", "7\n"])
+def test_a_bad_lab_id_is_bad_input(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CONNFIX_LAB_ID", value)
+    result = CliRunner().invoke(cli, ["lab", "status"])
+    assert result.exit_code == 2 and "CONNFIX_LAB_ID must be a digit 0-9" in result.output
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["[1, 2]", '"x"', "null", '{"event": "run_start", "ts": 5}', '{"ts": "x"}'],
+)
+def test_a_crafted_journal_gets_a_clear_error(tmp_path: Path, line: str) -> None:
+    incident = tmp_path / "incident"
+    incident.mkdir()
+    (incident / "journal.jsonl").write_text(line + "\n")
+    result = CliRunner().invoke(cli, ["report", str(incident), "--output", str(tmp_path / "r.md")])
+    assert result.exit_code == 2, result.output
+    assert "line 1 is not a connfix journal event" in result.output
+
+
+# ---------------------------------------------------------------- which runbook runs
+
+
+def test_a_local_runbook_that_shadows_the_shipped_one_is_said_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connfix.runbook import resolve_runbook
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "too-many-connections.yaml").write_text(
+        'version: 1\nname: too-many-connections\nsummary: s\nhealthy: "true"\n'
+        "steps:\n  - {id: diagnose, action: diagnose}\n"
+    )
+    book = resolve_runbook(None)
+    assert book.source == "runbooks/too-many-connections.yaml"
+    assert book.shadows == "connfix:runbooks/too-many-connections.yaml"

@@ -386,6 +386,7 @@ def run_triage(request: TriageRequest, ui: UI) -> TriageResult:
             "name": runbook.name,
             "source": runbook.source,
             "sha256": runbook.sha256,
+            "shadows": runbook.shadows,
             "healthy": runbook.healthy,
             "steps": [s.id for s in runbook.steps],
         },
@@ -598,6 +599,21 @@ def _walk(
             ui.step(index, total, step, "ok", f"nothing to do: {plan.summary}")
             steps.append({"id": step.id, "status": "nothing to do"})
             continue
+        if (
+            action.mutating
+            and not step.confirm
+            and not ctx.dry_run
+            and not request.yes
+            and not request.interactive
+        ):
+            message = (
+                f"stopped before step {step.id}: it changes things and the runbook says"
+                " confirm: false, but with no terminal and no --yes nobody asked for it;"
+                " run again with --yes to apply it"
+            )
+            ctx.record("confirmation_needed", message=message)
+            ui.note(message)
+            return finish("stopped", ExitStatus.UNHEALTHY, message, ctx, steps)
         if step.confirm and not ctx.dry_run:
             ui.plan(step, plan, applied=True)
             if not request.yes:

@@ -38,10 +38,14 @@ Duration = Annotated[
     PlainSerializer(duration_text, return_type=str, when_used="json"),
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_UNIT = re.compile(r"^[A-Za-z0-9*?\[][A-Za-z0-9:_.@\\*?\[\]-]{0,250}$")
-_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
+# full-string matches (\Z, not $: `$` also matches before a trailing newline)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_UNIT = re.compile(r"^[A-Za-z0-9*?\[][A-Za-z0-9:_.@\\*?\[\]-]{0,250}\Z")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\Z"
+)
+_ZONE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # an IPv6 zone id: an interface name
 
 DEFAULT_RESTART = "sudo -n systemctl restart {unit}"
 LAB_ENVIRONMENT = "lab"
@@ -49,6 +53,17 @@ LAB_ENVIRONMENT = "lab"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse an IP address; an IPv6 zone id (`%eth0`) must be an interface name."""
+    address = ipaddress.ip_address(value)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        if not _ZONE.match(address.scope_id):
+            raise ValueError(f"not an interface name: {address.scope_id!r}")
+    elif value != value.strip():
+        raise ValueError("surrounding whitespace")
+    return address
 
 
 def _check_env_var(value: str | None) -> str | None:
@@ -157,12 +172,19 @@ class Service(_Model):
     pool_size: int = Field(ge=1, le=10_000)
     max_overflow: int = Field(default=0, ge=0, le=10_000)  # a burst may open this many more
     workers: int = Field(default=1, ge=1, le=1_000)
-    application_name: str | None = None
-    user: str | None = None  # the database role the service connects as
+    application_name: str | None = Field(default=None, max_length=63)
+    user: str | None = Field(default=None, min_length=1, max_length=63)  # its database role
     restart_command: str = DEFAULT_RESTART
     health_check: str | None = None
     health_timeout: Duration = 60.0
     max_unavailable: int = Field(default=1, ge=1, le=1_000)
+
+    @field_validator("application_name", "user")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+            raise ValueError(f"contains a control character: {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -218,6 +240,8 @@ class Service(_Model):
             raise ValueError(
                 f"unknown placeholder(s) {sorted(placeholders - {'unit'})}; only {{unit}} exists"
             )
+        if "{" in value.replace("{unit}", "") or "}" in value.replace("{unit}", ""):
+            raise ValueError("a brace outside the one placeholder {unit} (write it exactly so)")
         return value
 
     def restart_argv(self, unit: str | None = None) -> str:
@@ -242,7 +266,7 @@ class Ssh(_Model):
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", value):
+        if value is not None and not re.match(r"^[a-z_][a-z0-9_.-]{0,31}\Z", value):
             raise ValueError(f"not a user name: {value!r}")
         return value
 
@@ -267,7 +291,7 @@ class Host(_Model):
     @classmethod
     def _ssh_address(cls, value: str) -> str:
         try:
-            ipaddress.ip_address(value)
+            _ip(value)
         except ValueError:
             if not _HOSTNAME.match(value):
                 raise ValueError(f"not an IP address or host name: {value!r}") from None
@@ -279,7 +303,7 @@ class Host(_Model):
         if value is None:
             return value
         try:
-            return str(ipaddress.ip_address(value))
+            return str(_ip(value))
         except ValueError:
             raise ValueError(
                 f"not an IP address: {value!r} (the client_addr PostgreSQL sees)"
@@ -521,18 +545,26 @@ def lab_inventory_path() -> Path:
     return lab_dir() / "inventory.yaml"
 
 
+def _must_be_file(path: Path, source: str) -> None:
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, a device?)"
+        raise InventoryError(f"{path}: is {kind}, not an inventory file (from {source})")
+    if not path.is_file():
+        raise InventoryError(f"{path}: no such inventory file (from {source})")
+
+
 def find_inventory(explicit: str | None, environment: str | None) -> Path:
     """Find the inventory: --inventory, $CONNFIX_INVENTORY, ./inventory.yaml, the lab's."""
+    from connfix.files import expand
+
     if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise InventoryError(f"{path}: no such inventory file (from --inventory)")
+        path = expand(explicit)
+        _must_be_file(path, "--inventory")
         return path
     from_env = os.environ.get("CONNFIX_INVENTORY")
     if from_env:
-        path = Path(from_env)
-        if not path.is_file():
-            raise InventoryError(f"{path}: no such inventory file (from CONNFIX_INVENTORY)")
+        path = expand(from_env)
+        _must_be_file(path, "CONNFIX_INVENTORY")
         return path
     local = Path("inventory.yaml")
     if local.is_file():

@@ -92,7 +92,9 @@ def new_incident_dir(base: Path, environment: str) -> Path:
     """Create incidents/<UTC timestamp>-<env>/ (mode 0700), never reusing one."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        from connfix.files import make_dir
+
+        make_dir(base)
         for attempt in range(1, 100):
             suffix = "" if attempt == 1 else f"-{attempt}"
             path = base / f"{stamp}-{environment}{suffix}"
@@ -159,9 +161,20 @@ class Journal:
 
 
 def read_journal(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the events of a journal; a last line cut mid-write is skipped."""
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                return  # torn last write of a killed run
-            yield json.loads(line)
+    """Yield the events of a journal; a last line cut mid-write is skipped. A line that
+    is not an event as connfix writes them (an object with a string `event` and `ts`)
+    raises ValueError naming the line."""
+    from connfix import files
+
+    text = files.read_text(path, 200_000_000)
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if not line.endswith("\n"):
+            return  # torn last write of a killed run
+        event = json.loads(line)
+        if not (
+            isinstance(event, dict)
+            and isinstance(event.get("event"), str)
+            and isinstance(event.get("ts"), str)
+        ):
+            raise ValueError(f"line {number} is not a connfix journal event")
+        yield event

@@ -113,6 +113,44 @@ def prompt_ack_socket(host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
+def _fingerprint(key: paramiko.PKey) -> str:
+    """Return a key's OpenSSH SHA256 fingerprint (as `ssh-keygen -lf` shows it)."""
+    import base64
+    import hashlib
+
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> list[paramiko.PKey]:
+    """Load a known_hosts file as OpenSSH reads it; return the keys marked @revoked.
+
+    paramiko cannot parse marker lines (`@cert-authority`, `@revoked`): they are taken
+    out here. A @revoked key is refused whichever host offers it. @cert-authority lines
+    (host certificates) are skipped: connfix checks hosts by their own keys."""
+    import tempfile
+
+    from connfix import files
+
+    text = files.read_text(path, 50_000_000)
+    kept, revoked = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("@revoked"):
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(stripped.split(None, 1)[1], number)
+            if entry is not None and entry.key is not None:
+                revoked.append(entry.key)
+        elif stripped.startswith("@"):
+            continue  # @cert-authority, or a marker OpenSSH may add later
+        else:
+            kept.append(line)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".known_hosts") as plain:
+        plain.write("\n".join(kept) + "\n")
+        plain.flush()
+        client.load_host_keys(plain.name)
+    return revoked
+
+
 def _key_name(conn: Connection) -> str:
     """Return the name a host's key has in known_hosts: `host`, or `[host]:port`."""
     port = int(conn.port)
@@ -175,6 +213,7 @@ class Remote:
         # ProxyJump hosts from ~/.ssh/config, nearest the target first. fabric opens them
         # with AutoAddPolicy and no known_hosts: connfix checks their keys as strictly.
         self.reconnects: list[str] = []  # why a stale connection was reopened, in order
+        self.revoked: list[paramiko.PKey] = []  # keys marked @revoked in known_hosts
         self.hops: list[Connection] = []
         gateway = self.conn.gateway
         while isinstance(gateway, Connection):
@@ -199,10 +238,15 @@ class Remote:
             path = self.known_hosts if conn is self.conn else known_hosts_path(self.ssh, conn)
             files[_key_name(conn)] = path
             try:
-                conn.client.load_host_keys(str(path))
+                self.revoked += _load_known_hosts(conn.client, path)
             except FileNotFoundError:
                 pass
-            except (OSError, paramiko.SSHException) as exc:
+            except (
+                OSError,
+                ValueError,
+                paramiko.SSHException,
+                paramiko.hostkeys.InvalidHostKey,
+            ) as exc:
                 raise HostKeyRefused(f"cannot read known_hosts {path}: {exc}") from None
         name = _key_name(self.conn)
         sock: socket.socket | None = None
@@ -243,6 +287,15 @@ class Remote:
             if sock is not None and self.conn.client.get_transport() is None:
                 sock.close()
         transport = self.conn.client.get_transport()
+        server_key = transport.get_remote_server_key() if transport is not None else None
+        if server_key is not None and any(
+            k.asbytes() == server_key.asbytes() for k in self.revoked
+        ):
+            self.conn.close()
+            raise HostKeyRefused(
+                f"host key for {name} is marked @revoked in {self.known_hosts}"
+                f" ({_fingerprint(server_key)}); refusing to connect"
+            )
         if transport is not None and self.ssh.keepalive:
             transport.set_keepalive(max(1, round(self.ssh.keepalive)))
         if transport is not None and self.conn.gateway:

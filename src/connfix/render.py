@@ -7,8 +7,17 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
+
+from connfix.text import defang
+
+
+def escape(text: str) -> str:
+    """Make text from outside safe to print: rich markup escaped, and control characters
+    and bidi overrides shown visibly (see connfix.text)."""
+    return _markup_escape(defang(str(text)))
+
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -55,7 +55,11 @@ def escape(value: object) -> str:
 
 
 def code(text: str) -> Markdown:
-    """Return a fenced code block that no backtick run in `text` can close early."""
+    """Return a fenced code block that no backtick run in `text` can close early, with
+    control characters and bidi overrides shown visibly (a role name may carry them)."""
+    from connfix.text import defang
+
+    text = defang(text)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return Markdown(f"{fence}sql\n{text}\n{fence}")
@@ -418,12 +422,21 @@ def render(journal: Path, template: Path | None = None) -> str:
         raise InputError(f"{journal}: no such journal") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{journal}: the journal cannot be read: {exc}") from None
-    context = build(events, journal)
+    try:
+        context = build(events, journal)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise InputError(
+            f"{journal}: the journal does not have the shape connfix writes"
+            f" ({type(exc).__name__}: {exc}); was it edited?"
+        ) from None
     if template is not None:
+        from connfix import files
+
         try:
-            source = template.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--template {template}: {exc.strerror or exc}") from None
+            source = files.read_text(files.expand(template), 1_000_000)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise InputError(f"--template {template}: {reason}") from None
     else:
         source = resources.files("connfix").joinpath("templates", "report.md.j2").read_text("utf-8")
     env = TemplateSandbox(
@@ -472,15 +485,14 @@ def journal_of(incident: Path) -> Path:
 
 def write(incident: Path, output: Path | None = None, template: Path | None = None) -> Path:
     """Render and write the report (default: report.md beside the journal, mode 0600)."""
-    import os
+
+    from connfix import files
 
     journal = journal_of(incident)
     text = render(journal, template)
-    target = output or journal.parent / REPORT
+    target = files.expand(output) if output else journal.parent / REPORT
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        files.write_private(target, text)
     except OSError as exc:
         raise InputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from connfix.errors import RunbookError
 from connfix.yamlfile import Located, PathT, YamlError, describe_at, describe_validation, load_text
 
 DEFAULT_RUNBOOK = "too-many-connections"
-_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+# pydantic's regex engine: `$` is the end of the text there (no newline before it)
+_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _HINT = "fields of a runbook: version, name, summary, healthy, steps; of a step: id, action,"
 _HINT += " description, params, when, confirm, on_failure"
 
@@ -28,7 +31,7 @@ class StepModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=_ID.pattern)
+    id: str = Field(pattern=_ID_PATTERN)
     action: str
     description: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -78,6 +81,18 @@ class Runbook:
     steps: list[Step]
     source: str
     sha256: str
+    shadows: str | None = None  # the shipped runbook a local one of the same name hides
+
+    def check_hosts(self, environment: str, known: set[str]) -> None:
+        """Refuse a step naming a host the environment does not have (exit 2)."""
+        for step in self.steps:
+            for name in getattr(step.params, "hosts", None) or []:
+                if name not in known:
+                    raise RunbookError(
+                        f"{self.source}:{step.line}: steps.{step.id}.params.hosts: no host"
+                        f" {name!r} in environment {environment!r}"
+                        f" (hosts: {', '.join(sorted(known))})"
+                    )
 
 
 def _fail(path: Path, located: Located, loc: PathT, message: str) -> RunbookError:
@@ -134,6 +149,16 @@ def parse_runbook(text: str, path: Path) -> Runbook:
                     prefix=(*where, "params"),
                 )
             ) from None
+        named = getattr(params, "hosts", None)
+        if "hosts" in params.model_fields_set and (
+            not named or any(not str(n).strip() for n in named)
+        ):
+            raise _fail(
+                path,
+                located,
+                (*where, "params", "hosts"),
+                "names no host (an empty list or an empty name); leave it out for every host",
+            )
         checks = [("when", raw.when)] if raw.when is not None else []
         checks += [(f"params.{name}", expr) for name, expr in action.expressions(params)]
         for field_name, expression in checks:
@@ -173,10 +198,14 @@ def parse_runbook(text: str, path: Path) -> Runbook:
 
 def load_runbook_file(path: Path) -> Runbook:
     """Read and validate one runbook file."""
+    from connfix import files
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = files.read_text(files.expand(path), 1_000_000)
     except FileNotFoundError:
         raise RunbookError(f"{path}: no such runbook file") from None
+    except IsADirectoryError:
+        raise RunbookError(f"{path}: cannot read the runbook: it is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RunbookError(f"{path}: cannot read the runbook: {exc}") from None
     return parse_runbook(text, path)
@@ -194,9 +223,12 @@ def resolve_runbook(ref: str | None) -> Runbook:
     if not _ID.match(ref):
         raise RunbookError(f"{ref!r} is neither a runbook name nor a path")
     local = Path("runbooks") / f"{ref}.yaml"
-    if local.is_file():
-        return load_runbook_file(local)
     shipped = resources.files("connfix").joinpath("runbooks", f"{ref}.yaml")
+    if local.is_file():
+        book = load_runbook_file(local)
+        if shipped.is_file():
+            book = dataclasses.replace(book, shadows=f"connfix:runbooks/{ref}.yaml")
+        return book
     if shipped.is_file():
         return parse_runbook(shipped.read_text("utf-8"), Path(f"connfix:runbooks/{ref}.yaml"))
     known = sorted(

@@ -92,11 +92,15 @@ def load_text(text: str) -> Located:
 
 def load_file(path: Path) -> Located:
     """Read and parse `path`; raise YamlError for anything unreadable."""
+    from connfix import files
+
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
-        text = path.read_text(encoding="utf-8")
+        text = files.read_text(path, MAX_BYTES)
+    except files.FileRefused as exc:
+        reason = str(exc).replace(f"{path} ", "")
+        if "larger than" in reason:
+            reason = f"file is larger than {MAX_BYTES // 1000} kB"
+        raise YamlError(reason) from None
     except UnicodeDecodeError:
         raise YamlError("file is not UTF-8 text") from None
     except OSError as exc:

@@ -28,7 +28,9 @@ class ConnfixGroup(click.Group):
         except ConnfixError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"connfix: error: {exc}", err=True)
+            from connfix.text import defang
+
+            click.echo(f"connfix: error: {defang(str(exc))}", err=True)
             ctx.exit(exc.exit_status)
         except (KeyboardInterrupt, click.exceptions.Abort):
             click.echo("connfix: interrupted", err=True)

@@ -22,6 +22,21 @@ def inventory_option(fn: F) -> F:
     )(fn)
 
 
+def host_names(values: tuple[str, ...], flag: str) -> list[str]:
+    """Split `--hosts a,b --hosts c`; an empty or blank selector is an error, never
+    "every host" (a selector that widens is the one an operator did not mean)."""
+    names = []
+    for value in values:
+        parts = [part.strip() for part in value.split(",")]
+        if not value.strip() or any(not part for part in parts):
+            raise click.BadParameter(
+                f"{value!r} names no host (an empty name); leave the flag out for every host",
+                param_hint=flag,
+            )
+        names += parts
+    return names
+
+
 def check_hosts(names: list[str], environment: str, known: set[str], flag: str) -> None:
     """Refuse host names the environment does not have (a usage error, exit 2)."""
     unknown = [n for n in names if n not in known]
@@ -53,6 +68,18 @@ def run_and_exit(
     from connfix.cli.triage_cmd import incidents_base, interactive
     from connfix.engine import TriageRequest, resume_state, run_triage
 
+    runbook.check_hosts(environment, {h.name for h in env.hosts})
+    if not command:  # which runbook runs, said before anything else happens
+        render.err.print(
+            f"runbook: {render.escape(runbook.name)} ({render.escape(runbook.source)},"
+            f" sha256 {runbook.sha256[:12]}…)"
+        )
+        if runbook.shadows:
+            render.err.print(
+                f"[bold yellow]WARNING[/bold yellow]: {render.escape(runbook.source)} shadows"
+                f" connfix's shipped runbook of the same name ({render.escape(runbook.shadows)});"
+                " pass a path to choose explicitly"
+            )
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
     request = TriageRequest(
         environment=environment,

@@ -32,6 +32,7 @@ from connfix.cli.options import inventory_option
     show_default=True,
     help="PgBouncer's listen_port in the generated config.",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing pgbouncer.ini / userlist.txt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @inventory_option
 def pool(
@@ -39,6 +40,7 @@ def pool(
     config_dir: str | None,
     listen_addr: str,
     listen_port: int,
+    force: bool,
     as_json: bool,
     inventory_path: str | None,
 ) -> None:
@@ -70,7 +72,7 @@ def pool(
     sizing = size_pools(env, d)
     result: dict[str, object] = {"environment": environment, "sizing": sizing.to_json()}
     if config_dir:
-        directory = Path(config_dir).resolve()
+        directory = Path(os.path.expanduser(config_dir)).resolve()
         parts = pg.parse_dsn(env.database.dsn)
         host = parts.get("host") or parts.get("hostaddr") or "localhost"
         roles = sorted(r for r in d.by_user if r and r != d.connected_as)
@@ -87,12 +89,17 @@ def pool(
             listen_addr=listen_addr,
             listen_port=listen_port,
         )
+        from connfix import files
+
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "pgbouncer.ini").write_text(plan.ini)
-            fd = os.open(directory / "userlist.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(plan.userlist)
+            files.make_dir(directory)
+            for name in ("pgbouncer.ini", "userlist.txt"):  # refuse before writing either
+                if not force and os.path.lexists(directory / name):
+                    raise files.FileRefused(
+                        f"{directory / name} already exists (--force to overwrite it)"
+                    )
+            files.write_private(directory / "pgbouncer.ini", plan.ini)
+            files.write_private(directory / "userlist.txt", plan.userlist)
         except OSError as exc:
             raise InputError(f"--pgbouncer-config {config_dir}: {exc.strerror or exc}") from None
         result["pgbouncer"] = {

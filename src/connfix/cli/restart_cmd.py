@@ -89,12 +89,12 @@ def restart(
       connfix restart prod --hosts web3,web4 --pause 30s
       connfix restart prod --resume incidents/20261125T021500Z-prod
     """
-    from connfix.cli.options import check_hosts, run_and_exit
+    from connfix.cli.options import check_hosts, host_names, run_and_exit
     from connfix.inventory import resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
-    names = [n.strip() for value in hosts for n in value.split(",") if n.strip()]
+    names = host_names(hosts, "--hosts")
     check_hosts(names, environment, {h.name for h in env.hosts}, "--hosts")
     params = {
         "hosts": names,

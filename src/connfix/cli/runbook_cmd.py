@@ -26,9 +26,8 @@ def validate(paths: tuple[str, ...]) -> None:
     Example:
       connfix runbook validate runbooks/*.yaml
     """
-    from rich.markup import escape
-
     from connfix import render
+    from connfix.render import escape
     from connfix.runbook import load_runbook_file
 
     failed = 0

@@ -114,12 +114,13 @@ def terminate(
       connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
       connfix terminate prod --state idle --older-than 10m --owner unowned
     """
-    from connfix.cli.options import check_hosts, run_and_exit
+    from connfix.cli.options import check_hosts, host_names, run_and_exit
     from connfix.inventory import resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment)
-    check_hosts(list(hosts), environment, {h.name for h in env.hosts}, "--host")
+    names = host_names(hosts, "--host")
+    check_hosts(names, environment, {h.name for h in env.hosts}, "--host")
     params = {
         "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
         "older_than": older_than,
@@ -127,7 +128,7 @@ def terminate(
         "max_fraction": max_fraction,
         "until_free": until_free,
         "include_active": include_active,
-        "hosts": list(hosts),
+        "hosts": names,
         "only_suspects": only_suspects,
         "excess_only": excess_only,
         "owner": owner,

@@ -18,7 +18,9 @@ def interactive() -> bool:
 
 def incidents_base(flag: str | None, configured: str | None) -> Path:
     """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
-    return Path(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
+    from connfix.files import expand
+
+    return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
 
 
 @click.command()

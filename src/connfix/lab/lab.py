@@ -324,6 +324,8 @@ def down() -> list[str]:
     is found by its own names: its cgroup directories (every process in them is one of
     its hosts'), its namespaces, links and bridge, and a server whose data directory is
     the lab's."""
+    if os.geteuid() != 0:
+        raise LabError("lab down needs root, as lab up does (namespaces, cgroups, hosts)")
     state = LabState.load()
     root = lab_dir()
     removed: list[str] = []
@@ -354,9 +356,31 @@ def down() -> list[str]:
     if postmasters:
         kill_all(postmasters, grace=10)
         removed.append(f"PostgreSQL (pid {', '.join(map(str, postmasters))})")
-    if root.exists():
-        shutil.rmtree(root, ignore_errors=True)
-        removed.append(str(root))
+    removed += _remove_own_files(root)
+    return removed
+
+
+LAB_FILES = ("hosts", "pg", "ssh", "inventory.yaml", "pgpass", "state.json", "state.tmp")
+
+
+def _remove_own_files(root: Path) -> list[str]:
+    """Remove what the lab writes in its directory, and the directory once empty; never
+    anything else in it (CONNFIX_LAB_DIR may point at a directory that is not the lab's)."""
+    removed = []
+    for name in LAB_FILES:
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    if root.is_dir():
+        try:
+            root.rmdir()
+            removed.append(str(root))
+        except OSError:
+            removed.append(f"{root} kept: it holds files the lab did not make")
     return removed
 
 

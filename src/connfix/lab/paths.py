@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from connfix.errors import LabError
+from connfix.errors import LabInputError
 
 UNIT = "labapp.service"
 APPLICATION_NAME = "labapp"
@@ -21,7 +21,7 @@ def lab_id() -> int:
     """Return the lab's number from $CONNFIX_LAB_ID (default 0)."""
     raw = os.environ.get("CONNFIX_LAB_ID", "0")
     if not raw.isdigit() or not 0 <= int(raw) <= 9:
-        raise LabError(f"CONNFIX_LAB_ID must be a digit 0-9, not {raw!r}")
+        raise LabInputError(f"CONNFIX_LAB_ID must be a digit 0-9, not {raw!r}")
     return int(raw)
 
 
