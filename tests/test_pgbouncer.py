@@ -219,3 +219,33 @@ def test_diagnose_shows_the_pool_state_when_it_keeps_up(
     data = json.loads(result.stdout)
     assert "cannot read PgBouncer at connfix@" in data["pgbouncer"]["error"]
     assert "wrong" not in result.output
+
+
+def test_the_generated_files_are_never_overwritten_without_force(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    directory = tmp_path / "bouncer"
+
+    def run(*extra: str) -> Any:
+        return CliRunner().invoke(
+            cli,
+            [
+                "pool",
+                "lab",
+                "-i",
+                str(clean_lab.inventory),
+                "--pgbouncer-config",
+                str(directory),
+                *list(extra),
+            ],
+        )
+
+    assert run().exit_code == 0
+    (directory / "userlist.txt").write_text('"app" "SCRAM-SHA-256$filled in by the operator"\n')
+    again = run()
+    assert again.exit_code == 2 and "already exists (--force to overwrite it)" in again.output
+    assert "filled in by the operator" in (directory / "userlist.txt").read_text()
+    assert run("--force").exit_code == 0
+    for name in ("pgbouncer.ini", "userlist.txt"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o600
+    assert directory.stat().st_mode & 0o777 == 0o700

@@ -367,3 +367,32 @@ def test_a_stale_connection_whose_host_key_changed_is_not_reopened(
         assert empty.read_text() == ""
     finally:
         conn.close()
+
+
+def test_known_hosts_with_marker_lines_as_organisations_write_them(
+    lab: Lab, lab_env: Any, tmp_path: Path
+) -> None:
+    """@cert-authority lines are read past (no traceback); a key marked @revoked is refused
+    whichever host offers it, with its SHA256 fingerprint; the other hosts still work."""
+    known = (lab.paths.lab_dir() / "ssh" / "known_hosts").read_text().splitlines()
+    app1_key = known[0].split(" ", 1)[1]
+    hosts = tmp_path / "known_hosts"
+    hosts.write_text(
+        f"@cert-authority *.corp.example {app1_key}\n"
+        f"# a comment\n@revoked * {app1_key}\n" + "\n".join(known) + "\n"
+    )
+    revoked = _remote(lab_env, 0, known_hosts_file=str(hosts))
+    result = revoked.run("true")
+    assert not result.ok and result.error is not None
+    assert "is marked @revoked in" in result.error and "SHA256:" in result.error
+    fine = _remote(lab_env, 1, known_hosts_file=str(hosts))
+    try:
+        assert fine.run("hostname").stdout.strip() == "app2"
+    finally:
+        fine.close()
+    broken = tmp_path / "broken"
+    broken.write_text("10.231.7.11 ssh-ed25519 not-base64!!\n")
+    bad = _remote(lab_env, 0, known_hosts_file=str(broken))
+    failed = bad.run("true")
+    assert not failed.ok and failed.error is not None
+    assert "cannot read known_hosts" in failed.error

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
-from connfix.cli import triage_cmd
+from connfix.cli import cli, triage_cmd
 from connfix.journal import read_journal
 from tests.conftest import Lab, assert_complete, connfix_run, events, retry
 
@@ -406,3 +407,46 @@ def test_advise_puts_the_pool_sizing_in_the_journal_and_the_report(
     assert "| now | 3 | 6 | 18 | 9 | NO |" in report
     assert "| safe | 3 | 3 | 9 | 12 | yes |" in report
     assert "3 servers × 6 = 18 &gt; 9 → pool 3: 9, safe" in report  # escaped, renders as >
+
+
+def test_a_healthy_condition_that_fails_on_live_data_ends_the_run_with_a_report(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """It passes validation (by_state is a diagnosis field) and fails on the data: the run
+    halts with the expression and the reason journaled, run_end written, a report."""
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        "version: 1\nname: broken\nsummary: s\n"
+        "healthy: \"by_state['no such state'] > 0\"\nsteps:\n"
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: verify, action: verify, params: {timeout: 2s, until: \"suspects[9] == 'x'\"}}\n"
+    )
+    assert CliRunner().invoke(cli, ["runbook", "validate", str(book)]).exit_code == 0
+    result = triage(clean_lab, tmp_path, "--yes", "--runbook", str(book))
+    assert result.exit_code == 1, result.output
+    evs = events(tmp_path / "incidents")
+    failed = [e for e in evs if e["event"] == "step_end" and not e["ok"]]
+    assert failed and "cannot evaluate" in failed[0]["summary"]
+    assert "by_state['no such state'] > 0" in failed[0]["summary"]
+    assert evs[-1]["event"] == "run_end" and evs[-1]["status"] == "halted"
+    assert (next((tmp_path / "incidents").glob("*/report.md"))).exists()
+
+
+def test_a_mutating_step_with_confirm_false_does_not_run_unattended(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """No terminal, no --yes: a step that changes things runs only when asked for, even
+    when the runbook says confirm: false."""
+    clean_lab.core.leak("app2", 4, idle_in_transaction=False)
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        'version: 1\nname: quiet\nsummary: s\nhealthy: "not suspects"\nsteps:\n'
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: roll, action: rolling_restart, confirm: false, params: {only_suspects: true}}\n"
+    )
+    pids = clean_lab.main_pids()
+    result = triage(clean_lab, tmp_path, "--runbook", str(book))
+    assert result.exit_code == 1, result.output
+    assert "it changes things and the runbook says confirm: false" in result.output
+    assert clean_lab.main_pids() == pids
+    assert events(tmp_path / "incidents")[-1]["status"] == "stopped"
