@@ -81,6 +81,30 @@ def test_a_condition_that_fails_on_live_data_is_an_expression_error(
     assert reason in str(failed.value) and expression in str(failed.value)
 
 
+def row(pid: int, user: str, app: str, query: str, **fields: Any) -> Backend:
+    """A client backend from 10.0.0.1 (or `client_addr`) with these strings."""
+    values: dict[str, Any] = {
+        "client_addr": "10.0.0.1",
+        "datname": app,
+        "state": "idle in transaction",
+        "backend_start": None,
+        "state_change": None,
+        **fields,
+    }
+    return Backend(
+        pid=pid,
+        usename=user,
+        application_name=app,
+        visible=True,
+        idle_seconds=100.0,
+        xact_seconds=100.0,
+        wait_event_type=None,
+        blocked_by=None,
+        query=query,
+        **values,
+    )
+
+
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), min_codepoint=0), max_size=40)
 
 
@@ -104,25 +128,7 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), min_codepoin
 def test_conditions_on_hostile_diagnoses_only_answer_or_fail_cleanly(
     app: str, user: str, query: str, state: str | None, expression: str
 ) -> None:
-    rows = [
-        Backend(
-            pid=pid,
-            usename=user,
-            application_name=app,
-            client_addr="10.0.0.1",
-            datname=app,
-            state=state,
-            visible=True,
-            backend_start=None,
-            state_change=None,
-            idle_seconds=100.0,
-            xact_seconds=100.0,
-            wait_event_type=None,
-            blocked_by=None,
-            query=query,
-        )
-        for pid in range(1, 8)
-    ]
+    rows = [row(pid, user, app, query, state=state) for pid in range(1, 8)]
     d = analyse("prod", env(), info(), rows, [])
     try:
         result = expressions.evaluate(expression, expressions.context(d, ["web1"], {}))
@@ -140,21 +146,15 @@ def journal_with(tmp_path: Path, strings: dict[str, str] | None = None) -> Path:
     strings = strings or {}
     rows = [
         backend(1, "10.0.0.1"),
-        Backend(
-            pid=2,
-            usename=strings.get("user", "app"),
-            application_name=strings.get("app", "x"),
+        row(
+            2,
+            strings.get("user", "app"),
+            strings.get("app", "x"),
+            strings.get("query", "SELECT 1"),
             client_addr="10.0.0.9",
             datname="app",
-            state="idle in transaction",
-            visible=True,
             backend_start=datetime.now(UTC),
             state_change=datetime.now(UTC),
-            idle_seconds=100.0,
-            xact_seconds=100.0,
-            wait_event_type=None,
-            blocked_by=None,
-            query=strings.get("query", "SELECT 1"),
         ),
     ]
     d = analyse("prod", env(), info(), rows, [])
@@ -373,24 +373,7 @@ def test_database_text_reaches_the_terminal_defanged(capsys: pytest.CaptureFixtu
     from connfix import render
 
     hostile = "evil\x1b[31m\u202e\x07"
-    rows = [
-        Backend(
-            pid=2,
-            usename=hostile,
-            application_name=hostile,
-            client_addr="10.0.0.1",
-            datname="app",
-            state="idle in transaction",
-            visible=True,
-            backend_start=None,
-            state_change=None,
-            idle_seconds=100.0,
-            xact_seconds=100.0,
-            wait_event_type=None,
-            blocked_by=None,
-            query=f"SELECT '{hostile}'",
-        )
-    ]
+    rows = [row(2, hostile, hostile, f"SELECT '{hostile}'", datname="app")]
     render.diagnosis(analyse("prod", env(), info(), rows, []))
     out = capsys.readouterr().out
     assert "\x1b[31m" not in out and "\u202e" not in out and "\x07" not in out

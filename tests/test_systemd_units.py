@@ -379,14 +379,19 @@ DIES = (
 )
 
 
+def dies_when_restarted(host: Host, unit: str) -> None:
+    """Start the DIES unit past its check, then arm it: only a restarted one will die."""
+    host.install(unit, DIES)
+    host.start(unit)
+    host.running(unit, "sleep")
+    host.flag("/run/cfxtest-die")
+
+
 def test_restart_exits_0_then_the_unit_fails_a_second_later_settle_gate(
     host: Host, clean_lab: Lab, tmp_path: Path
 ) -> None:
     unit = "cfxtest-dies.service"
-    host.install(unit, DIES)
-    host.start(unit)
-    host.running(unit, "sleep")  # past its check: only the restarted one will die
-    host.flag("/run/cfxtest-die")
+    dies_when_restarted(host, unit)
     result = roll(clean_lab, tmp_path, inventory(clean_lab, tmp_path, unit), "--settle", "3s")
     assert result.exit_code == 1, result.output
     (failed,) = of(events(tmp_path / "incidents"), "host_failed")
@@ -402,10 +407,7 @@ def test_a_unit_that_fails_during_the_later_gates_is_caught_before_the_next_host
     """No settle wait, but the health check takes 2s: the unit has died by the end, and
     the still-active check catches it."""
     unit = "cfxtest-dies.service"
-    host.install(unit, DIES)
-    host.start(unit)
-    host.running(unit, "sleep")  # past its check: only the restarted one will die
-    host.flag("/run/cfxtest-die")
+    dies_when_restarted(host, unit)
     inv = inventory(clean_lab, tmp_path, unit, health_check="sleep 2")
     result = roll(clean_lab, tmp_path, inv, "--settle", "0s")
     assert result.exit_code == 1, result.output

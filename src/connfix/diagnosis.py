@@ -272,7 +272,7 @@ def _severity(
 
 def _host_reasons(
     env: Environment, owned: list[Backend], pool: int, capacity: int
-) -> tuple[list[str], int, list[Backend]]:
+) -> tuple[list[str], int]:
     """Why a host's service looks like it leaks (empty: it does not); also its old idle
     sessions. Within pool size + max_overflow, a busy pool is a burst, not a leak: only
     sessions left idle for long beyond the pool size, or stuck in a transaction, are."""
@@ -300,7 +300,7 @@ def _host_reasons(
         )
     if stuck:
         reasons.append(f"{len(stuck)} idle in transaction for over {iit_age:.0f}s")
-    return reasons, len(old_idle), idle
+    return reasons, len(old_idle)
 
 
 def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
@@ -328,15 +328,19 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
         if host is not None:
             on_host = env.services_on(host)
             by_service: dict[str, list[Backend]] = {s.label: [] for s in on_host}
+            owned = []
             for b in members:
                 owner = env.owner(host, b.application_name, b.usename)
-                (by_service[owner.label] if owner else unowned).append(b)
-            owned = [b for b in members if b not in unowned]
+                if owner is None:
+                    unowned.append(b)
+                else:
+                    by_service[owner.label].append(b)
+                    owned.append(b)
             pool, capacity = 0, 0
             for service in on_host:
                 mine = by_service[service.label]
                 s_pool, s_cap = host.pool_capacity(service), host.max_capacity(service)
-                s_reasons, s_old, _ = _host_reasons(env, mine, s_pool, s_cap)
+                s_reasons, s_old = _host_reasons(env, mine, s_pool, s_cap)
                 pool, capacity = (pool or 0) + s_pool, (capacity or 0) + s_cap
                 old_idle += s_old
                 services.append(

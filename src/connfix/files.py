@@ -13,7 +13,8 @@ MAX_READ_BYTES = 10_000_000
 
 
 class FileRefused(OSError):
-    """A path that is not a regular file where one is expected, or already exists."""
+    """A path that is not a regular file where one is expected, or already exists. The
+    message is the reason alone: callers name the path as they know it."""
 
 
 def expand(path: str | Path) -> Path:
@@ -41,18 +42,19 @@ def read_text(path: Path, limit: int = MAX_READ_BYTES) -> str:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise FileRefused(f"{path} is {_kind(mode)}, not a regular file")
-        data = b""
-        while len(data) <= limit:
+            raise FileRefused(f"it is {_kind(mode)}, not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
-            data += chunk
-        if len(data) > limit:
-            raise FileRefused(f"{path} is larger than {limit // 1_000_000} MB")
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileRefused(f"it is larger than {limit:,} bytes")
     finally:
         os.close(fd)
-    return data.decode("utf-8")
+    return b"".join(chunks).decode("utf-8")
 
 
 def make_dir(path: Path) -> None:
@@ -74,9 +76,9 @@ def write_private(path: Path, text: str, overwrite: bool = True) -> None:
         mode = None
     if mode is not None:
         if not overwrite:
-            raise FileRefused(f"{path} already exists (--force to overwrite it)")
+            raise FileRefused("it already exists (--force to overwrite it)")
         if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            raise FileRefused(f"{path} is {_kind(mode)}, not a regular file")
+            raise FileRefused(f"it is {_kind(mode)}, not a regular file")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:

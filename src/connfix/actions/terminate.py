@@ -23,6 +23,7 @@ from connfix.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine import RunContext
+    from connfix.inventory import Host
 
 STATES = {
     "idle": "idle",
@@ -93,9 +94,10 @@ class Candidate:
 
 
 def _exclusion(
-    c: Candidate, p: TerminateParams, ctx: RunContext, host: str | None, wanted_states: set[str]
+    c: Candidate, p: TerminateParams, ctx: RunContext, host: Host | None, wanted_states: set[str]
 ) -> str | None:
     """Return why a session must not be terminated, or None."""
+    name = host.name if host is not None else None
     protected = ctx.env.protected
     if not c.visible:
         return "hidden (no pg_read_all_stats)"
@@ -115,19 +117,16 @@ def _exclusion(
         return f"state {c.state}"
     if (c.idle_seconds or 0) < p.older_than:
         return f"younger than {format_duration(p.older_than)}"
-    if p.hosts and host not in p.hosts:
+    if p.hosts and name not in p.hosts:
         return "other host"
-    known = {h.name: h for h in ctx.env.hosts}
-    owned = (
-        host is not None and ctx.env.owner(known[host], c.application_name, c.usename) is not None
-    )
+    owned = host is not None and ctx.env.owner(host, c.application_name, c.usename) is not None
     if p.owner == "unowned" and host is None:
         return "not from an inventory host"
     if p.owner == "unowned" and owned:
         return "the service's"
     if (p.owner == "service" or p.only_suspects) and not owned:
         return "no service's (pgbench, psql, a job…)" if host else "not from an inventory host"
-    if p.only_suspects and host not in (ctx.latest.suspects if ctx.latest else []):
+    if p.only_suspects and name not in (ctx.latest.suspects if ctx.latest else []):
         return "host is not a suspect"
     return None
 
@@ -148,11 +147,14 @@ class TerminateAction(Action):
         assert isinstance(params, TerminateParams)
         rows = ctx.session.all("terminate_candidates", Candidate)
         host_of = _host_of(ctx)
+        hosts_at: dict[str | None, Host] = {
+            h.client_addr: h for h in ctx.env.hosts if h.client_addr
+        }
         wanted = {STATES[s] for s in params.states}
         excluded: Counter[str] = Counter()
         chosen: list[Candidate] = []
         for c in rows:
-            reason = _exclusion(c, params, ctx, host_of.get(c.client_addr), wanted)
+            reason = _exclusion(c, params, ctx, hosts_at.get(c.client_addr), wanted)
             if reason:
                 excluded[reason] += 1
             else:

@@ -95,9 +95,7 @@ def pool(
             files.make_dir(directory)
             for name in ("pgbouncer.ini", "userlist.txt"):  # refuse before writing either
                 if not force and os.path.lexists(directory / name):
-                    raise files.FileRefused(
-                        f"{directory / name} already exists (--force to overwrite it)"
-                    )
+                    raise files.FileRefused(f"{name} already exists (--force to overwrite it)")
             files.write_private(directory / "pgbouncer.ini", plan.ini)
             files.write_private(directory / "userlist.txt", plan.userlist)
         except OSError as exc:
