@@ -81,9 +81,21 @@ def test_changed_host_key_is_refused(lab: Lab, lab_env: Any, tmp_path: Path) -> 
     known = tmp_path / "known_hosts"
     known.write_text(f"{lab_env.hosts[0].ssh_address} {keytype} {blob}\n")
     conn = _remote(lab_env, known_hosts_file=str(known))
-    with pytest.raises(remote.HostKeyRefused, match=r"has CHANGED.*ssh-keygen -R"):
+    with pytest.raises(remote.HostKeyRefused, match=r"has CHANGED.*ssh-keygen -R") as refused:
         conn.open()
     assert known.read_text() == f"{lab_env.hosts[0].ssh_address} {keytype} {blob}\n"
+
+    # both keys as OpenSSH shows them (`ssh-keygen -lf`), the offered one first
+    def openssh_fingerprint(pub: Path) -> str:
+        out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True)
+        return out.stdout.split()[1]
+
+    offered = openssh_fingerprint(lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub")
+    expected = openssh_fingerprint(other.with_suffix(".pub"))
+    assert offered.startswith("SHA256:") and offered != expected
+    assert f"it offered ssh-ed25519 {offered}, {known} expects ssh-ed25519 {expected}" in str(
+        refused.value
+    )
 
 
 def test_unreachable_host_is_a_result_not_an_exception(lab_env: Any) -> None:
@@ -372,8 +384,9 @@ def test_a_stale_connection_whose_host_key_changed_is_not_reopened(
 def test_known_hosts_with_marker_lines_as_organisations_write_them(
     lab: Lab, lab_env: Any, tmp_path: Path
 ) -> None:
-    """@cert-authority lines are read past (no traceback); a key marked @revoked is refused
-    whichever host offers it, with its SHA256 fingerprint; the other hosts still work."""
+    """A @cert-authority line for other hosts does not get in the way (no traceback); a key
+    marked @revoked is refused whichever host offers it, with its SHA256 fingerprint; the
+    other hosts still work. (Certificates themselves: test_host_certificates.py.)"""
     known = (lab.paths.lab_dir() / "ssh" / "known_hosts").read_text().splitlines()
     app1_key = known[0].split(" ", 1)[1]
     hosts = tmp_path / "known_hosts"

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 from fabric import Connection
 
+from connfix import known_hosts
+
 if TYPE_CHECKING:
     from connfix.inventory import Host, Ssh
 
@@ -113,42 +115,17 @@ def prompt_ack_socket(host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def _fingerprint(key: paramiko.PKey) -> str:
-    """Return a key's OpenSSH SHA256 fingerprint (as `ssh-keygen -lf` shows it)."""
-    import base64
-    import hashlib
-
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"{key.get_name()} SHA256:{digest}"
-
-
-def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> list[paramiko.PKey]:
-    """Load a known_hosts file as OpenSSH reads it; return the keys marked @revoked.
-
-    paramiko cannot parse marker lines (`@cert-authority`, `@revoked`): they are taken
-    out here. A @revoked key is refused whichever host offers it. @cert-authority lines
-    (host certificates) are skipped: connfix checks hosts by their own keys."""
+def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> known_hosts.KnownHosts:
+    """Load a known_hosts file as OpenSSH reads it into a client: paramiko reads the
+    plain lines; the marker lines (`@revoked`, `@cert-authority`) are connfix's."""
     import tempfile
 
-    from connfix import files
-
-    text = files.read_text(path, 50_000_000)
-    kept, revoked = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped.startswith("@revoked"):
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(stripped.split(None, 1)[1], number)
-            if entry is not None and entry.key is not None:
-                revoked.append(entry.key)
-        elif stripped.startswith("@"):
-            continue  # @cert-authority, or a marker OpenSSH may add later
-        else:
-            kept.append(line)
+    known = known_hosts.load(path)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".known_hosts") as plain:
-        plain.write("\n".join(kept) + "\n")
+        plain.write("\n".join(known.plain) + "\n")
         plain.flush()
         client.load_host_keys(plain.name)
-    return revoked
+    return known
 
 
 def _key_name(conn: Connection) -> str:
@@ -175,11 +152,30 @@ class _UnknownHostKey(paramiko.SSHException):
         self.key_name = key_name
 
 
+class _CertificateRefused(paramiko.SSHException):
+    def __init__(self, key_name: str, reason: str) -> None:
+        super().__init__(f"host certificate for {key_name} refused: {reason}")
+        self.key_name = key_name
+        self.reason = reason
+
+
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
-    """Refuse a host whose key is not known, saying which host (a jump host, maybe)."""
+    """Refuse a host whose key is not known, saying which host (a jump host, maybe),
+    unless it offers a host certificate that a `@cert-authority` line vouches for."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host  # the name or address connected to: a principal to look for
+        self.known: known_hosts.KnownHosts | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
-        raise _UnknownHostKey(hostname)
+        known = self.known
+        offered = getattr(key, "public_blob", None) is not None
+        if known is None or not (offered or known.authorities_for(hostname)):
+            raise _UnknownHostKey(hostname)
+        try:
+            known_hosts.check_certificate(key, hostname, self.host, known)
+        except known_hosts.CertificateRefused as exc:
+            raise _CertificateRefused(hostname, str(exc)) from None
 
 
 def _address_and_port(key_name: str) -> tuple[str, int]:
@@ -213,14 +209,16 @@ class Remote:
         # ProxyJump hosts from ~/.ssh/config, nearest the target first. fabric opens them
         # with AutoAddPolicy and no known_hosts: connfix checks their keys as strictly.
         self.reconnects: list[str] = []  # why a stale connection was reopened, in order
-        self.revoked: list[paramiko.PKey] = []  # keys marked @revoked in known_hosts
+        self.known: known_hosts.KnownHosts | None = None  # the target's, once read
         self.hops: list[Connection] = []
         gateway = self.conn.gateway
         while isinstance(gateway, Connection):
             self.hops.append(gateway)
             gateway = gateway.gateway
+        self.policies: dict[int, _RefuseUnknown] = {}
         for conn in (self.conn, *self.hops):
-            conn.client.set_missing_host_key_policy(_RefuseUnknown())
+            self.policies[id(conn)] = _RefuseUnknown(conn.host)
+            conn.client.set_missing_host_key_policy(self.policies[id(conn)])
 
     def open(self) -> None:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
@@ -238,9 +236,9 @@ class Remote:
             path = self.known_hosts if conn is self.conn else known_hosts_path(self.ssh, conn)
             files[_key_name(conn)] = path
             try:
-                self.revoked += _load_known_hosts(conn.client, path)
+                known = _load_known_hosts(conn.client, path)
             except FileNotFoundError:
-                pass
+                known = known_hosts.KnownHosts(path)
             except (
                 OSError,
                 ValueError,
@@ -248,6 +246,16 @@ class Remote:
                 paramiko.hostkeys.InvalidHostKey,
             ) as exc:
                 raise HostKeyRefused(f"cannot read known_hosts {path}: {exc}") from None
+            self.policies[id(conn)].known = known
+            if conn is self.conn:
+                self.known = known
+            # A host known only through a @cert-authority line is asked for its
+            # certificate first, as OpenSSH asks; otherwise paramiko's order stands.
+            key_name = _key_name(conn)
+            if known.authorities_for(key_name) and not conn.client.get_host_keys().lookup(key_name):
+                conn.connect_kwargs["transport_factory"] = known_hosts.CertificateFirstTransport
+            else:
+                conn.connect_kwargs.pop("transport_factory", None)
         name = _key_name(self.conn)
         sock: socket.socket | None = None
         try:
@@ -257,13 +265,24 @@ class Remote:
             self.conn.open()
             sock = None  # the transport owns it now
         except paramiko.BadHostKeyException as exc:
-            who = _jump(exc.hostname, name)
-            path = files.get(exc.hostname, self.known_hosts)
+            # paramiko names the host without its port: find the known_hosts name
+            changed = next(
+                (_key_name(c) for c in (self.conn, *self.hops) if c.host == exc.hostname),
+                exc.hostname,
+            )
+            who = _jump(changed, name)
+            path = files.get(changed, self.known_hosts)
             raise HostKeyRefused(
-                f"host key for {who} has CHANGED (got {exc.key.get_name()}"
-                f" {exc.key.get_fingerprint().hex()}); refusing to connect. If the host was"
-                f" rebuilt on purpose, remove the old key with `ssh-keygen -R"
-                f" '{exc.hostname}' -f {path}` and add the new one after checking it"
+                f"host key for {who} has CHANGED: it offered"
+                f" {known_hosts.fingerprint(exc.key)}, {path} expects"
+                f" {known_hosts.fingerprint(exc.expected_key)}; refusing to connect. If the"
+                f" host was rebuilt on purpose, remove the old key with `ssh-keygen -R"
+                f" '{changed}' -f {path}` and add the new one after checking it"
+            ) from None
+        except _CertificateRefused as exc:
+            who = _jump(exc.key_name, name)
+            raise HostKeyRefused(
+                f"host key for {who} is not trusted: {exc.reason}; refusing to connect"
             ) from None
         except _UnknownHostKey as exc:
             who = _jump(exc.key_name, name)
@@ -288,13 +307,11 @@ class Remote:
                 sock.close()
         transport = self.conn.client.get_transport()
         server_key = transport.get_remote_server_key() if transport is not None else None
-        if server_key is not None and any(
-            k.asbytes() == server_key.asbytes() for k in self.revoked
-        ):
+        if server_key is not None and self.known is not None and self.known.is_revoked(server_key):
             self.conn.close()
             raise HostKeyRefused(
                 f"host key for {name} is marked @revoked in {self.known_hosts}"
-                f" ({_fingerprint(server_key)}); refusing to connect"
+                f" ({known_hosts.fingerprint(server_key)}); refusing to connect"
             )
         if transport is not None and self.ssh.keepalive:
             transport.set_keepalive(max(1, round(self.ssh.keepalive)))
