@@ -291,7 +291,7 @@ def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
 
     from connfix.actions import rolling_restart
 
-    real = rolling_restart.preflight
+    real = rolling_restart.preflight  # the name the action calls
 
     def preflight_then_stale(host: Any, ctx: Any, *args: Any) -> Any:
         check = real(host, ctx, *args)

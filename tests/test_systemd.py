@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from connfix.actions.rolling_restart import permission_probe
+from connfix.restart.preflight import permission_probe
 from connfix.systemd import UnitState, is_pattern, parse_list_units, parse_show, usec
 
 

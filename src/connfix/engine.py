@@ -30,8 +30,8 @@ from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
 
 if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
-    from connfix.inventory import Environment, Host
-    from connfix.pg import Session
+    from connfix.inventory import Environment, Host, Service
+    from connfix.pg import BackendId, Session
     from connfix.runbook import Runbook, Step
 
 
@@ -175,6 +175,18 @@ class RunContext:
             }
 
         return dict(remote.parallel(self.env.hosts, one))
+
+    @property
+    def interrupted(self) -> bool:
+        """Tell whether the operator pressed Ctrl-C."""
+        return self.interrupt.requested
+
+    def backends(self, addr: str, service: Service) -> set[BackendId]:
+        """Return the sessions of one service from one client address, now."""
+        from connfix import pg
+
+        with self.db_lock:  # one session, shared by a batch's threads
+            return pg.host_backends(self.session, addr, service.application_name, service.user)
 
     def progress(self, message: str) -> None:
         """Tell the operator how a long step is going (not journaled)."""

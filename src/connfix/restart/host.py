@@ -1,0 +1,296 @@
+"""One host of a rolling restart: its units restarted one after the other, each gate
+passed in order (see `gates`), and what happened as a `HostOutcome`."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connfix import systemd
+from connfix.restart import gates
+from connfix.restart.gates import GateContext, GateResult
+from connfix.units import format_duration
+
+if TYPE_CHECKING:
+    from connfix.inventory import Environment, Host, Service
+    from connfix.pg import BackendId
+    from connfix.remote import Remote
+    from connfix.restart.preflight import Preflight
+    from connfix.systemd import UnitState
+
+PREFLIGHT_FRESH_S = 10.0  # unit states read by the preflight this recently are used as is
+
+
+class RollContext(GateContext, Protocol):
+    """What a host's restart needs of the run (the engine's RunContext is one)."""
+
+    env: Environment
+
+    def record(self, event: str, **fields: Any) -> None: ...
+
+    def slot_given_back(self, why: str) -> AbstractContextManager[None]: ...
+
+    def backends(self, addr: str, service: Service) -> set[BackendId]: ...
+
+
+@dataclass(frozen=True)
+class GateTimeouts:
+    """How long each waiting gate may take (the runbook step's parameters)."""
+
+    active: float = 60.0
+    health: float | None = None  # None: each service's own health_timeout
+    database: float = 60.0
+    settle: float = 2.0
+
+
+@dataclass
+class UnitChange:
+    """One unit's invocation before and after its restart."""
+
+    unit: str
+    type: str
+    old_main_pid: int
+    old_invocation_id: str
+    new_main_pid: int | None = None
+    new_invocation_id: str | None = None
+
+
+@dataclass
+class HostOutcome:
+    """How one host's restart ended: done, or failed at a named gate."""
+
+    host: str
+    ok: bool
+    old_main_pid: int
+    units: list[UnitChange]
+    gates: dict[str, float]  # seconds spent in each gate
+    seconds: float
+    new_main_pid: int | None = None
+    gate: str | None = None  # the gate that failed
+    detail: str = ""
+    ssh_reconnects: list[str] = field(default_factory=list)
+    command: str | None = None  # the command that failed the gate, if one did
+    exit_code: int | None = None
+    output_tail: str | None = None
+
+    def journal(self) -> dict[str, Any]:
+        """The fields of the host's `host_done` / `host_failed` event."""
+        entry: dict[str, Any] = {"host": self.host, "ok": self.ok}
+        if self.ok:
+            entry |= {"old_main_pid": self.old_main_pid, "new_main_pid": self.new_main_pid}
+        else:
+            entry |= {"gate": self.gate, "detail": self.detail, "old_main_pid": self.old_main_pid}
+        entry |= {
+            "units": [u.__dict__ for u in self.units],
+            "gates": self.gates,
+            "seconds": self.seconds,
+        }
+        if self.ssh_reconnects:
+            entry["ssh_reconnects"] = self.ssh_reconnects
+        if self.command is not None:
+            entry |= {
+                "command": self.command,
+                "exit_code": self.exit_code,
+                "output_tail": self.output_tail,
+            }
+        return entry
+
+
+class _HostRun:
+    """The state of one host's restart while its gates run."""
+
+    def __init__(
+        self,
+        ctx: RollContext,
+        host: Host,
+        check: Preflight,
+        conn: Remote,
+        label: str,
+    ) -> None:
+        self.ctx, self.host, self.check, self.conn, self.label = ctx, host, check, conn, label
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.before: dict[str, UnitState] = {u.id: u for u in check.units}
+        self.after: dict[str, UnitState] = {}
+        self.reconnects_before = len(conn.reconnects)
+
+    def timed(self, gate: str, result: GateResult, mark: float) -> GateResult:
+        self.timings[gate] = round(self.timings.get(gate, 0) + time.monotonic() - mark, 3)
+        if result.unit is not None:
+            self.after[result.unit.id] = result.unit
+        return result
+
+    def elapsed(self) -> str:
+        return format_duration(time.monotonic() - self.started)
+
+    def outcome(self, failed: str | None = None, gate: GateResult | None = None) -> HostOutcome:
+        names = list(self.before)
+        fresh = self.conn.reconnects[self.reconnects_before :]
+        if fresh:
+            self.ctx.progress(
+                f"{self.label}: the SSH connection had gone stale ({fresh[0]}); reopened"
+                " before the command was sent"
+            )
+        done = HostOutcome(
+            host=self.host.name,
+            ok=failed is None,
+            old_main_pid=self.before[names[0]].main_pid,
+            units=[
+                UnitChange(
+                    unit=n,
+                    type=self.before[n].type,
+                    old_main_pid=self.before[n].main_pid,
+                    old_invocation_id=self.before[n].invocation_id,
+                    new_main_pid=self.after[n].main_pid if n in self.after else None,
+                    new_invocation_id=self.after[n].invocation_id if n in self.after else None,
+                )
+                for n in names
+            ],
+            gates=self.timings,
+            seconds=round(time.monotonic() - self.started, 3),
+            ssh_reconnects=list(fresh),
+        )
+        if failed is None:
+            done.new_main_pid = self.after[names[0]].main_pid
+            self.ctx.record("host_done", **done.journal())
+            return done
+        assert gate is not None
+        done.gate, done.detail = failed, gate.detail
+        if gate.result is not None and failed in ("restart", "health"):
+            done.command = gate.result.command
+            done.exit_code = gate.result.exit_code
+            done.output_tail = gate.result.output_tail
+        self.ctx.record("host_failed", **done.journal())
+        self.ctx.progress(f"{self.label}: FAILED at {failed}: {gate.detail}")
+        return done
+
+
+def restart_host(
+    ctx: RollContext,
+    host: Host,
+    check: Preflight,
+    timeouts: GateTimeouts,
+    position: int,
+    total: int,
+) -> HostOutcome:
+    """Restart one host's units and pass its gates in order; journal and return how it
+    ended. The preflight `check` brings the host's open connection and unit states."""
+    conn = check.remote
+    assert conn is not None
+    run = _HostRun(ctx, host, check, conn, f"host {position}/{total} {host.name}")
+    if time.monotonic() - check.at > PREFLIGHT_FRESH_S:  # else the preflight's is current
+        fresh, error = systemd.show_units(conn, list(run.before))
+        if error is None:
+            run.before = {u.id: u for u in fresh}
+    names = list(run.before)
+    service = ctx.env.service
+    of_service = {s.label: s for s in ctx.env.services_on(host)}
+    unit_service = {n: of_service.get(check.unit_services.get(n, ""), service) for n in names}
+    services = [
+        of_service[label]
+        for label in dict.fromkeys(check.unit_services.get(n, service.label) for n in names)
+        if label in of_service
+    ] or [service]
+    addr = host.client_addr
+    old = {s.label: ctx.backends(addr, s) if addr else set() for s in services}
+    ctx.record(
+        "host_start",
+        host=host.name,
+        position=position,
+        total=total,
+        old_main_pid=run.before[names[0]].main_pid,
+        units=[
+            {"unit": u.id, "main_pid": u.main_pid, "invocation_id": u.invocation_id}
+            for u in run.before.values()
+        ],
+        old_backends=sorted(b.pid for b in set().union(*old.values())),
+    )
+    with ctx.slot_given_back(f"{host.name} restarts and refills its pool"):
+        failed = _restart_and_check(run, timeouts, names, unit_service, services)
+    if failed is not None:
+        return run.outcome(*failed)
+    if addr:
+        mark = time.monotonic()
+        result = run.timed(
+            "database",
+            gates.database_gate(
+                ctx,
+                lambda s: ctx.backends(addr, s),
+                host,
+                services,
+                old,
+                timeouts.database,
+                run.label,
+            ),
+            mark,
+        )
+        if not result.ok:
+            return run.outcome("database", result)
+        ctx.progress(
+            f"{run.label}: database ok: old sessions gone, {result.detail} ({run.elapsed()})"
+        )
+    mark = time.monotonic()
+    passed = {n: run.after[n] for n in names}
+    result = run.timed("still_active", gates.still_active_gate(conn, passed), mark)
+    if not result.ok:
+        return run.outcome("still_active", result)
+    return run.outcome()
+
+
+def _restart_and_check(
+    run: _HostRun,
+    timeouts: GateTimeouts,
+    names: list[str],
+    unit_service: dict[str, Service],
+    services: list[Service],
+) -> tuple[str, GateResult] | None:
+    """The gates passed while connfix holds no privileged slot: each unit's restart and
+    active gates, then settle and health. Return the failed gate and its result, or None."""
+    ctx, conn = run.ctx, run.conn
+    for name in names:
+        old = run.before[name]
+        label = run.label if len(names) == 1 else f"{run.label} {name}"
+        mark = time.monotonic()
+        command = unit_service[name].restart_argv(name)
+        result = run.timed(
+            "restart",
+            gates.restart_gate(ctx, conn, command, old, ctx.env.ssh.command_timeout, label),
+            mark,
+        )
+        if not result.ok:
+            return "restart", result
+        mark = time.monotonic()
+        result = run.timed(
+            "active", gates.active_gate(ctx, conn, old, timeouts.active, label), mark
+        )
+        if not result.ok:
+            return "active", result
+        ctx.progress(
+            f"{label}: active as a new invocation, main pid {old.main_pid} →"
+            f" {run.after[name].main_pid} ({run.elapsed()})"
+        )
+    unproven = [run.after[n] for n in names if run.after[n].type in gates.NO_READINESS]
+    if unproven and timeouts.settle:
+        mark = time.monotonic()
+        result = run.timed(
+            "settle", gates.settle_gate(ctx, conn, unproven, timeouts.settle, run.label), mark
+        )
+        if not result.ok:
+            return "settle", result
+    for service in services:
+        if not service.health_check:
+            continue
+        who = f" of {service.label}" if len(services) > 1 else ""
+        timeout = timeouts.health or service.health_timeout
+        mark = time.monotonic()
+        result = run.timed(
+            "health",
+            gates.health_gate(ctx, conn, service.health_check, timeout, run.label, who),
+            mark,
+        )
+        if not result.ok:
+            return "health", result
+        ctx.progress(f"{run.label}: health check{who} passed ({run.elapsed()})")
+    return None
