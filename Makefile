@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test demo clean-lab
+.PHONY: setup lint test unit demo clean-lab
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,10 @@ lint: setup
 # The whole suite, lab tests included (needs root: namespaces, sshd, PostgreSQL).
 test: lint
 	$(BIN)/pytest
+
+# The tests that need no lab: any user, no root, seconds.
+unit:
+	$(BIN)/pytest -m "not lab"
 
 # The main job on the lab: build it, make a host leak, triage the incident end to end.
 demo: setup

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from connfix.lab import clients as lab_clients
-from tests.conftest import (
+from tests.helpers import (
     LAB_POOL_SIZE,
     Lab,
     assert_complete,

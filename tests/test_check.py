@@ -10,7 +10,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from tests.conftest import Lab
+from tests.helpers import Lab
 
 
 def _check(path: Path) -> Any:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.diagnosis import HIDDEN_STATE, diagnose
-from tests.conftest import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
+from tests.helpers import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
 
 
 def run_json(lab: Lab, inventory: Path | None = None) -> tuple[int, dict[str, Any]]:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.report import render
-from tests.conftest import Lab, assert_complete, connfix_run, events, of, retry
+from tests.helpers import Lab, assert_complete, connfix_run, events, of, retry
 
 complete = assert_complete
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from connfix import remote
 from connfix.cli import cli
-from tests.conftest import Lab, assert_complete, connfix_run, retry
+from tests.helpers import Lab, assert_complete, connfix_run, retry
 from tests.test_known_hosts import keygen, pub, sign
 
 pytestmark = pytest.mark.lab

@@ -554,6 +554,7 @@ def test_a_tilde_in_configured_paths_is_expanded(
     assert incidents_base(None, None) == tmp_path / "env"
 
 
+@pytest.mark.lab  # lab down needs root
 def test_lab_down_removes_only_what_the_lab_made(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -562,8 +563,7 @@ def test_lab_down_removes_only_what_the_lab_made(
 
     from connfix.lab import lab
 
-    if os.geteuid() != 0:
-        pytest.skip("lab down needs root")
+    assert os.geteuid() == 0, "the lab tests need root"
     monkeypatch.setenv("CONNFIX_LAB_ID", "9")
     monkeypatch.setenv("CONNFIX_LAB_DIR", str(tmp_path))
     (tmp_path / "mine.txt").write_text("keep me\n")

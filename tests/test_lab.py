@@ -14,7 +14,7 @@ import pytest
 
 from connfix.lab import cgroups, paths
 from connfix.lab import lab as core
-from tests.conftest import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
+from tests.helpers import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
 
 
 def test_each_host_holds_its_pool_from_its_own_address(clean_lab: Lab) -> None:
@@ -149,6 +149,7 @@ def test_down_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> None:
     assert os.path.isdir(lab.paths.lab_dir())
 
 
+@pytest.mark.lab  # needs root
 def test_down_finds_a_lab_whose_state_directory_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lab's directory removed by hand: `down` finds the rest by the lab's own names."""
     monkeypatch.setenv("CONNFIX_LAB_ID", "8")
@@ -169,6 +170,7 @@ def test_down_finds_a_lab_whose_state_directory_is_gone(monkeypatch: pytest.Monk
     assert core.down() == []
 
 
+@pytest.mark.lab  # needs root
 @pytest.mark.parametrize("where", ["postgres", "hosts"])
 def test_down_after_a_half_built_lab(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """A lab whose `up` failed midway (before PostgreSQL, or after the hosts booted) is
@@ -200,12 +202,14 @@ def _boom(*args: object) -> None:
     raise core.LabError("injected failure")
 
 
+@pytest.mark.lab  # needs root
 def test_prerequisites_name_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core, "REQUIRED_FILES", {"/nonexistent/sshd": "openssh-server"})
     with pytest.raises(core.LabError, match="apt-get install -y openssh-server"):
         core.check_prerequisites()
 
 
+@pytest.mark.lab  # needs root
 def test_up_refuses_pools_that_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hosts' pools must fit in max_connections: refused before anything is built."""
     monkeypatch.setenv("CONNFIX_LAB_ID", "8")

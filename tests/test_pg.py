@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from connfix import pg
 from connfix.cli import cli
 from connfix.errors import DatabaseUnavailable
-from tests.conftest import Lab
+from tests.helpers import Lab
 
 PG16_MESSAGES = [
     (

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from tests.conftest import LAB_HOSTS, Lab, retry
+from tests.helpers import LAB_HOSTS, Lab, retry
 
 PORT = 6432
 CLIENTS = 300

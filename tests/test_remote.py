@@ -10,7 +10,7 @@ import pytest
 
 from connfix import remote
 from connfix.inventory import Host
-from tests.conftest import Lab
+from tests.helpers import Lab
 
 
 def _remote(lab_env: Any, index: int = 0, **ssh: Any) -> remote.Remote:

@@ -14,7 +14,7 @@ from markdown_it import MarkdownIt
 from connfix.cli import cli
 from connfix.journal import read_journal
 from connfix.report import escape, render
-from tests.conftest import Lab, connfix_run
+from tests.helpers import Lab, connfix_run
 
 HOSTILE = "evil | `tick` <script>alert(1)</script> *x* [y](z)"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     LAB_POOL_SIZE,
     Lab,
     assert_complete,

@@ -12,7 +12,7 @@ from connfix import expressions
 from connfix.cli import cli
 from connfix.errors import RunbookError
 from connfix.runbook import load_runbook_file, resolve_runbook
-from tests.conftest import connfix_run
+from tests.helpers import connfix_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from connfix.systemd import UnitState, parse_show, show_command
-from tests.conftest import Lab, assert_complete, connfix_run, events, of, retry
+from tests.helpers import Lab, assert_complete, connfix_run, events, of, retry
 
 UNITS = "/etc/systemd/system"
 SUDOERS = "/etc/sudoers.d/connfix-test"

@@ -17,7 +17,7 @@ from connfix.engine import TriageRequest, run_triage
 from connfix.inventory import load_inventory
 from connfix.journal import read_journal
 from connfix.runbook import command_runbook
-from tests.conftest import Lab, connfix_run, retry
+from tests.helpers import Lab, connfix_run, retry
 
 
 class Sessions:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli, triage_cmd
 from connfix.journal import read_journal
-from tests.conftest import Lab, assert_complete, connfix_run, events, retry
+from tests.helpers import Lab, assert_complete, connfix_run, events, retry
 
 HEADER = """\
 version: 1
