@@ -376,11 +376,9 @@ def test_without_giving_the_slot_back_the_restarted_pool_is_one_short(
 ) -> None:
     """The control: the same restart with connfix keeping its privileged session fails:
     the new pool cannot get its last connection."""
-    from connfix import engine
+    from connfix.engine.context import RunContext
 
-    monkeypatch.setattr(
-        engine.RunContext, "slot_given_back", lambda self, why: contextlib.nullcontext()
-    )
+    monkeypatch.setattr(RunContext, "slot_given_back", lambda self, why: contextlib.nullcontext())
     with filled(clean_lab):
         result = connfix_run(
             "restart", clean_lab.inventory, tmp_path / "incidents", "--hosts", "app2", "--yes"

@@ -313,7 +313,7 @@ def test_mask_passwords_covers_each_shape() -> None:
 def test_every_secret_environment_variable_is_in_the_redaction_list(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from connfix.engine import secrets_of
+    from connfix.engine.secrets import secrets_of
     from connfix.inventory import Environment
 
     values = {

@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from connfix.engine import TriageRequest, run_triage
+from connfix.engine.loop import run_runbook
+from connfix.engine.run import RunMode, RunRequest
 from connfix.inventory import load_inventory
 from connfix.journal import read_journal
 from connfix.runbook import command_runbook
@@ -194,10 +195,10 @@ class HookUI:
 def run_with_hook(inventory: Path, tmp_path: Path, hook: Callable[[], None], **params: Any) -> Any:
     env = load_inventory(inventory).environment("lab")
     book = command_runbook("terminate", "terminate", {"older_than": "0s", **params})
-    request = TriageRequest(
-        "lab", env, book, tmp_path / "incidents", inventory, interactive=True, command=True
+    request = RunRequest(
+        "lab", env, book, tmp_path / "incidents", inventory, RunMode.COMMAND, interactive=True
     )
-    return run_triage(request, HookUI(hook))
+    return run_runbook(request, HookUI(hook))
 
 
 def test_a_session_that_changed_after_planning_is_skipped(

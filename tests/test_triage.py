@@ -99,7 +99,7 @@ def test_unhealthy_environment_walks_the_steps(clean_lab: Lab, tmp_path: Path) -
         "dry_run": False,
         "yes": True,
         "interactive": False,
-        "command": False,
+        "mode": "triage",
     }
     assert run_start["operator"] and run_start["connfix_version"]
 

@@ -178,3 +178,29 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
         ):
             raise ValueError(f"line {number} is not a connfix journal event")
         yield event
+
+
+def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list[str]]]:
+    """Read an earlier run's journal: what it finished, per action (hosts restarted)."""
+    from connfix.errors import InputError
+
+    journal = incident / JOURNAL if incident.is_dir() else incident
+    if not journal.is_file():
+        raise InputError(f"--resume {incident}: no journal there ({JOURNAL} not found)")
+    try:
+        events = list(read_journal(journal))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--resume {incident}: the journal cannot be read: {exc}") from None
+    start = next((e for e in events if e.get("event") == "run_start"), None)
+    if start is None or start.get("environment") != environment:
+        found = start.get("environment") if start else None
+        raise InputError(
+            f"--resume {incident}: that run was for environment {found!r}, not {environment!r}"
+        )
+    done: dict[str, list[str]] = {
+        "rolling_restart": list(start.get("resume_done", {}).get("rolling_restart", []))
+    }
+    for event in events:
+        if event.get("event") == "host_done" and event["host"] not in done["rolling_restart"]:
+            done["rolling_restart"].append(event["host"])
+    return journal.parent, done

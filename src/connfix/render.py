@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from connfix.actions.base import Plan
     from connfix.check import EnvironmentCheck
     from connfix.diagnosis import Diagnosis
-    from connfix.engine import TriageResult
+    from connfix.engine.run import RunResult
     from connfix.lab.lab import Status, UpResult
     from connfix.pool import PoolSizing
     from connfix.runbook import Runbook, Step
@@ -449,15 +449,17 @@ class RichUI:
         err.print(table)
 
 
-def triage_result(result: TriageResult) -> None:
-    """Print how a triage ended and where its record is."""
+def triage_result(result: RunResult) -> None:
+    """Print how a run ended and where its record is."""
+    from connfix.engine.run import RunStatus
+
     colour = "green" if result.exit_status == 0 else "red"
-    if result.status == "dry_run":
+    if result.status is RunStatus.DRY_RUN:
         out.print(f"[bold yellow]DRY RUN[/bold yellow] — {escape(result.message)}")
     else:
         if result.dry_run:
             out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
-        out.print(f"[{colour}]{result.status}[/{colour}]: {escape(result.message)}")
+        out.print(f"[{colour}]{result.status.value}[/{colour}]: {escape(result.message)}")
     out.print(f"incident: {escape(str(result.incident_dir))}")
     if result.report is not None:
         out.print(f"report: {escape(str(result.report))}")

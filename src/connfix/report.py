@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from connfix.engine.run import RunStatus
 from connfix.errors import InputError
 from connfix.journal import JOURNAL, read_journal
 from connfix.units import format_duration
@@ -26,19 +27,20 @@ from connfix.units import format_duration
 REPORT = "report.md"
 _ESCAPE = re.compile(r"([\\`*_\[\]|~#])")
 
-STATUS_TEXT = {
-    "resolved": "resolved",
-    "done": "done",
-    "unhealthy": "still unhealthy",
-    "halted": "halted",
-    "declined": "halted (the operator declined a step)",
-    "stopped": "halted (a step needed confirmation)",
-    "locked": "refused (another run held the environment)",
-    "unreachable": "halted (the database could not be reached)",
-    "error": "halted (error)",
-    "interrupted": "interrupted",
-    "dry_run": "DRY RUN",
+STATUS_TEXT: dict[RunStatus, str] = {
+    RunStatus.RESOLVED: "resolved",
+    RunStatus.DONE: "done",
+    RunStatus.UNHEALTHY: "still unhealthy",
+    RunStatus.HALTED: "halted",
+    RunStatus.DECLINED: "halted (the operator declined a step)",
+    RunStatus.STOPPED: "halted (a step needed confirmation)",
+    RunStatus.LOCKED: "refused (another run held the environment)",
+    RunStatus.UNREACHABLE: "halted (the database could not be reached)",
+    RunStatus.ERROR: "halted (error)",
+    RunStatus.INTERRUPTED: "interrupted",
+    RunStatus.DRY_RUN: "DRY RUN",
 }
+assert set(STATUS_TEXT) == set(RunStatus), "every way a run ends has its title"
 
 
 class Markdown(str):
@@ -195,7 +197,8 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     )
     peak = max((d["client_backends"] for d in diagnoses), default=None)
     dry_run = bool(start.get("flags", {}).get("dry_run"))
-    status = STATUS_TEXT.get(status_key, status_key)
+    known = status_key in RunStatus.__members__.values()
+    status = STATUS_TEXT[RunStatus(status_key)] if known else escape(status_key)
     env = start.get("environment", "?")
     terminated = [o for o in operations if o.get("result") == "terminated"]
     restarted = [h for h in hosts if h["event"] == "host_done"]

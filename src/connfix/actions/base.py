@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
 
 
 class Params(BaseModel):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
 
 
 class DiagnoseAction(Action):

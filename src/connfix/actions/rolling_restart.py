@@ -22,7 +22,7 @@ from connfix.restart.roll import roll
 from connfix.units import parse_duration
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
     from connfix.inventory import Host, Service
 
 Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]

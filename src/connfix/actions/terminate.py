@@ -22,7 +22,7 @@ from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
     from connfix.inventory import Host
 
 STATES = {

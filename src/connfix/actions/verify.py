@@ -11,7 +11,7 @@ from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
 
 
 def _between(low: float, high: float) -> AfterValidator:

@@ -11,7 +11,7 @@ from connfix.actions.verify import Interval, Pause
 from connfix.units import format_duration
 
 if TYPE_CHECKING:
-    from connfix.engine import RunContext
+    from connfix.engine.context import RunContext
 
 
 class WaitParams(Params):

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from connfix.engine.run import RunMode
+
+if TYPE_CHECKING:
+    from connfix.inventory import Environment, LoadedInventory
+    from connfix.runbook import Runbook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,14 +56,14 @@ def check_hosts(names: list[str], environment: str, known: set[str], flag: str) 
 
 def run_and_exit(
     environment: str,
-    loaded: Any,
-    env: Any,
-    runbook: Any,
+    loaded: LoadedInventory,
+    env: Environment,
+    runbook: Runbook,
     *,
     incidents_dir: str | None,
     dry_run: bool,
     yes: bool,
-    command: bool,
+    mode: RunMode,
     resume: str | None = None,
 ) -> None:
     """Run a runbook on the engine, print how it ended, exit with its status."""
@@ -66,10 +72,12 @@ def run_and_exit(
 
     from connfix import render
     from connfix.cli.triage_cmd import incidents_base, interactive
-    from connfix.engine import TriageRequest, resume_state, run_triage
+    from connfix.engine.loop import run_runbook
+    from connfix.engine.run import RunRequest
+    from connfix.journal import resume_state
 
     runbook.check_hosts(environment, {h.name for h in env.hosts})
-    if not command:  # which runbook runs, said before anything else happens
+    if mode is RunMode.TRIAGE:  # which runbook runs, said before anything else happens
         render.err.print(
             f"runbook: {render.escape(runbook.name)} ({render.escape(runbook.source)},"
             f" sha256 {runbook.sha256[:12]}…)"
@@ -81,7 +89,7 @@ def run_and_exit(
                 " pass a path to choose explicitly"
             )
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
-    request = TriageRequest(
+    request = RunRequest(
         environment=environment,
         env=env,
         runbook=runbook,
@@ -90,10 +98,10 @@ def run_and_exit(
         dry_run=dry_run,
         yes=yes,
         interactive=interactive(),
-        command=command,
+        mode=mode,
         resumed_from=resumed_from,
         resume_done=done,
     )
-    result = run_triage(request, render.RichUI())
+    result = run_runbook(request, render.RichUI())
     render.triage_result(result)
     sys.exit(result.exit_status)

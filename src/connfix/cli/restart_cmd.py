@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from connfix.cli.options import inventory_option
+from connfix.engine.run import RunMode
 
 
 @click.command()
@@ -112,6 +113,6 @@ def restart(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        command=True,
+        mode=RunMode.COMMAND,
         resume=resume,
     )

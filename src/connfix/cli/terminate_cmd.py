@@ -6,6 +6,7 @@ import click
 
 from connfix.cli.options import inventory_option
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.engine.run import RunMode
 
 STATE_FLAGS = {
     "idle": "idle",
@@ -141,5 +142,5 @@ def terminate(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        command=True,
+        mode=RunMode.COMMAND,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from connfix.cli.options import inventory_option
+from connfix.engine.run import RunMode
 
 
 def interactive() -> bool:
@@ -88,6 +89,6 @@ def triage(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
-        command=False,
+        mode=RunMode.TRIAGE,
         resume=resume,
     )

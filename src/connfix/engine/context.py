@@ -1,0 +1,254 @@
+"""What actions see of a run (`RunContext`): the environment, the database session
+(reconnected once if lost, the environment's advisory lock taken again), the journal,
+the latest diagnosis, Ctrl-C, and the helpers actions share."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from connfix import expressions
+from connfix.errors import ConnfixError
+from connfix.journal import Journal
+
+if TYPE_CHECKING:
+    from connfix.diagnosis import Diagnosis
+    from connfix.engine.interrupt import Interrupt
+    from connfix.engine.ui import UI
+    from connfix.inventory import Environment, Host, Service
+    from connfix.pg import BackendId, Session
+    from connfix.runbook import Runbook, Step
+
+
+class LockLost(ConnfixError):
+    """The environment's lock went with a lost connection, and someone else took it."""
+
+
+def take_lock(session: Session, environment: str, journal: Journal) -> str | None:
+    """Take the environment's advisory lock and journal it; else say who holds it."""
+    from connfix import pg
+
+    holder = pg.try_environment_lock(session, environment)
+    if holder is None:
+        journal.record("lock_acquired", key=pg.environment_lock_key(environment))
+        return None
+    journal.record("lock_refused", holder=holder)
+    who = (
+        f"pid {holder.pid}, user {holder.usename}, from"
+        f" {holder.client_addr or 'the local socket'}, application"
+        f" {holder.application_name!r}"
+    )
+    if holder.held_seconds is not None:
+        who += f", connected {holder.held_seconds:.0f}s ago"
+    return (
+        f"another connfix run holds environment {environment!r} ({who}); refusing to"
+        " run at the same time"
+    )
+
+
+@dataclass
+class RunContext:
+    """What actions see of a run: the environment, the session, the journal, the state."""
+
+    environment: str
+    env: Environment
+    runbook: Runbook
+    journal: Journal
+    session: Session
+    dry_run: bool
+    interrupt: Interrupt
+    ui: UI
+    latest: Diagnosis | None = None
+    step: Step | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)  # what the run changed so far
+    db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
+    resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
+    remotes: dict[str, Any] = field(default_factory=dict)  # host → its health-check SSH
+    _handoff: threading.Condition = field(default_factory=threading.Condition)
+    _handoff_inside: int = 0
+    _handoff_released: bool = False
+
+    @contextlib.contextmanager
+    def slot_given_back(self, why: str) -> Iterator[None]:
+        """While a restarted app refills its pool, hold no privileged slot.
+
+        Entered through the admin (superuser-reserved) or reserved-role way because the
+        server was full, connfix's own session takes one of the slots the restarted pool
+        needs: on a server exactly full the new pool comes up one short and the host
+        stays down. So the session is closed for the time (its environment lock with it)
+        and opened again afterwards: the ordinary way when it fits, else the privileged
+        one, the lock taken again. Batches share it: closed by the first host to enter,
+        opened again when the last leaves. Over the ordinary connection: nothing to do."""
+        with self._handoff:
+            if self._handoff_inside == 0 and self.session.via != "primary":
+                self.record("slot_given_back", via=self.session.via, why=why)
+                self.ui.note(
+                    f"giving back the {self.session.via} connection's slot while {why}"
+                    " (connfix's own session would take one the new pool needs)"
+                )
+                with contextlib.suppress(Exception):
+                    self.session.close()
+                self._handoff_released = True
+            self._handoff_inside += 1
+        try:
+            yield
+        finally:
+            with self._handoff:
+                self._handoff_inside -= 1
+                if self._handoff_inside == 0 and self._handoff_released:
+                    try:
+                        self._reopen()
+                    finally:
+                        self._handoff_released = False
+                        self._handoff.notify_all()
+                else:
+                    self._handoff.wait_for(lambda: not self._handoff_released, timeout=3600)
+
+    def _reopen(self) -> None:
+        from connfix import pg
+
+        self.session = pg.open_session(self.env.database)
+        self.cleanups.append(self.session.close)
+        self.record("session_reopened", via=self.session.via, refusal=self.session.refusal)
+        self.ui.note(f"connected again, via the {self.session.via} connection")
+        if not self.dry_run:
+            refused = take_lock(self.session, self.environment, self.journal)
+            if refused is not None:
+                raise LockLost(f"after giving the slot back, {refused}")
+
+    def host_health(self) -> dict[str, dict[str, Any]]:
+        """Run every host's health check, in parallel (read-only), on connections kept for
+        the run; {} when the inventory has none."""
+        from connfix import remote
+
+        if not any(s.health_check for s in self.env.all_services()):
+            return {}
+
+        def one(host: Host) -> tuple[str, dict[str, Any]]:
+            conn = self.remotes.get(host.name)
+            if conn is None:
+                conn = self.remotes[host.name] = remote.Remote(host, self.env.ssh)
+                self.cleanups.append(conn.close)
+            failing, details = [], []
+            for service in self.env.services_on(host):
+                if not service.health_check:
+                    continue
+                result = conn.run(service.health_check, timeout=10)
+                if not result.ok:
+                    failing.append(service.label)
+                    details.append(result.describe())
+            return host.name, {
+                "ok": not failing,
+                "detail": "; ".join(details) or "ok",
+                "failing": failing,
+            }
+
+        return dict(remote.parallel(self.env.hosts, one))
+
+    @property
+    def interrupted(self) -> bool:
+        """Tell whether the operator pressed Ctrl-C."""
+        return self.interrupt.requested
+
+    def backends(self, addr: str, service: Service) -> set[BackendId]:
+        """Return the sessions of one service from one client address, now."""
+        from connfix import pg
+
+        with self.db_lock:  # one session, shared by a batch's threads
+            return pg.host_backends(self.session, addr, service.application_name, service.user)
+
+    def progress(self, message: str) -> None:
+        """Tell the operator how a long step is going (not journaled)."""
+        self.ui.note(message)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append an event to the journal, tagged with the current step."""
+        if self.step is not None:
+            fields.setdefault("step", self.step.id)
+        self.journal.record(event, **fields)
+
+    def diagnose(self) -> Diagnosis:
+        """Take a fresh diagnosis, journal it, and make it the latest."""
+        from connfix.diagnosis import take_snapshot
+        from connfix.errors import ConnectionLost
+
+        try:
+            snapshot = take_snapshot(self.session, self.environment, self.env)
+        except ConnectionLost as exc:
+            self.reconnect(str(exc))
+            snapshot = take_snapshot(self.session, self.environment, self.env)
+        health = self.host_health()
+        unhealthy = [name for name, h in health.items() if not h["ok"]]
+        reasons = list(snapshot.severity_reasons)
+        if unhealthy:
+            reasons.append(f"health check failing on {', '.join(unhealthy)}")
+        self.latest = dataclasses.replace(
+            snapshot, host_health=health, unhealthy_hosts=unhealthy, severity_reasons=reasons
+        )
+        self.record("diagnosis", diagnosis=self.latest.to_json())
+        return self.latest
+
+    def reconnect(self, why: str) -> None:
+        """Connect again once after losing the database (it restarted?), and take the
+        environment's lock again: a restart released it."""
+        from connfix import pg
+
+        self.record("connection_lost", message=why)
+        self.ui.note(f"{why}; connecting again")
+        with contextlib.suppress(Exception):
+            self.session.close()
+        self.session = pg.open_session(self.env.database)
+        self.cleanups.append(self.session.close)
+        self.record("reconnected", via=self.session.via, refusal=self.session.refusal)
+        if not self.dry_run:
+            refused = take_lock(self.session, self.environment, self.journal)
+            if refused is not None:
+                raise LockLost(f"after reconnecting, {refused}")
+
+    def names(self, d: Diagnosis) -> dict[str, Any]:
+        """Return the names an expression sees for a diagnosis."""
+        return expressions.context(
+            d, [h.name for h in self.env.hosts], self.env.thresholds.model_dump(), self.totals
+        )
+
+    def holds(self, condition: str, d: Diagnosis) -> bool:
+        """Evaluate a runbook expression over a diagnosis."""
+        return expressions.evaluate(condition, self.names(d))
+
+    def healthy(self) -> bool:
+        """Tell whether the runbook's healthy condition holds for the latest diagnosis."""
+        return self.latest is not None and self.holds(self.runbook.healthy, self.latest)
+
+    def healthy_or_none(self) -> bool | None:
+        """healthy(), or None when the condition cannot be evaluated (for run_end)."""
+        try:
+            return self.healthy()
+        except expressions.ExpressionError:
+            return None
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on Ctrl-C; return False if interrupted."""
+        deadline = time.monotonic() + seconds
+        while not self.interrupt.requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            time.sleep(min(0.1, remaining))
+        return False
+
+    @staticmethod
+    def describe(d: Diagnosis) -> str:
+        """Summarise a diagnosis in one line."""
+        text = (
+            f"{d.client_backends} of {d.usable_connections} usable"
+            f" ({d.utilization:.0%}), severity {d.severity}"
+        )
+        if d.suspects:
+            text += f", suspects: {', '.join(d.suspects)}"
+        return text

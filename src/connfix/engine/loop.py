@@ -1,0 +1,392 @@
+"""The step loop: conditions, escalation, confirmation, plan → apply → record.
+
+The engine knows nothing of what an action does: each action plans operations from the
+current state and applies them; the loop decides whether to apply (dry-run,
+confirmation), records everything in the journal, and — in a triage — stops escalating
+as soon as the runbook's healthy condition holds. Every way a run can end goes through
+`StepLoop.finish`: `run_end` journaled, the journal closed, the report written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from connfix import __version__, expressions
+from connfix.actions import ACTIONS
+from connfix.actions.base import Outcome, Plan
+from connfix.engine.context import RunContext, take_lock
+from connfix.engine.interrupt import Interrupt
+from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
+from connfix.engine.secrets import secrets_of
+from connfix.errors import ConnfixError, ExitStatus
+from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from connfix.engine.ui import UI
+    from connfix.runbook import Step
+
+
+def operator() -> str:
+    """Return who runs connfix (the sudo caller when run through sudo)."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def run_runbook(request: RunRequest, ui: UI) -> RunResult:
+    """Run a runbook against one environment; always leaves a complete journal."""
+    from connfix import pg
+
+    incident = new_incident_dir(request.incidents_dir, request.environment)
+    journal = Journal(incident, Redactor(secrets_of(request.env)))
+    runbook = request.runbook
+    journal.record(
+        "run_start",
+        environment=request.environment,
+        operator=operator(),
+        hostname=socket.gethostname(),
+        connfix_version=__version__,
+        runbook={
+            "name": runbook.name,
+            "source": runbook.source,
+            "sha256": runbook.sha256,
+            "shadows": runbook.shadows,
+            "healthy": runbook.healthy,
+            "steps": [s.id for s in runbook.steps],
+        },
+        inventory=str(request.inventory_path),
+        flags={
+            "dry_run": request.dry_run,
+            "yes": request.yes,
+            "interactive": request.interactive,
+            "mode": request.mode.value,
+        },
+        pid=os.getpid(),
+        resumed_from=str(request.resumed_from) if request.resumed_from else None,
+        resume_done=request.resume_done,
+    )
+    ui.started(journal.path, request.dry_run)
+    loop = StepLoop(request, ui, incident, journal)
+    interrupt = Interrupt()
+    try:
+        session = pg.open_session(request.env.database)
+    except ConnfixError as exc:
+        journal.record("error", phase="connect", message=str(exc))
+        return loop.finish(RunStatus.UNREACHABLE, exc.exit_status, str(exc))
+    except KeyboardInterrupt:
+        return loop.finish(
+            RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted while connecting"
+        )
+    with session, interrupt.installed():
+        info = session.info
+        journal.record(
+            "connected",
+            via=session.via,
+            refusal=session.refusal,
+            role=info.role,
+            is_superuser=info.is_superuser,
+            server_version=info.server_version,
+            server_version_num=info.server_version_num,
+        )
+        if session.refusal:
+            ui.note(
+                f"the database refused the ordinary connection ({session.refusal});"
+                f" working through the {session.via} connection"
+            )
+        if not request.dry_run:
+            refused = take_lock(session, request.environment, journal)
+            if refused is not None:
+                return loop.finish(RunStatus.LOCKED, ExitStatus.UNHEALTHY, refused)
+        loop.ctx = ctx = RunContext(
+            request.environment,
+            request.env,
+            runbook,
+            journal,
+            session,
+            request.dry_run,
+            interrupt,
+            ui,
+            resume_done=dict(request.resume_done),
+        )
+        try:
+            return loop.walk()
+        except JournalError as exc:
+            journal.close()
+            result = RunResult(
+                RunStatus.ERROR,
+                ExitStatus.UNHEALTHY,
+                incident,
+                journal.path,
+                request.dry_run,
+                f"{exc}; the run stopped",
+            )
+            result.write_report()
+            return result
+        except KeyboardInterrupt:
+            journal.record(
+                "interrupted",
+                step=ctx.step.id if ctx.step else None,
+                message="interrupted at once (Ctrl-C twice)",
+            )
+            return loop.finish(RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted")
+        except ConnfixError as exc:
+            journal.record("error", step=ctx.step.id if ctx.step else None, message=str(exc))
+            return loop.finish(RunStatus.ERROR, exc.exit_status, str(exc))
+        finally:
+            for cleanup in ctx.cleanups:
+                with contextlib.suppress(Exception):
+                    cleanup()
+
+
+class StepLoop:
+    """One run's walk through its runbook's steps."""
+
+    def __init__(self, request: RunRequest, ui: UI, incident: Path, journal: Journal) -> None:
+        self.request, self.ui, self.incident, self.journal = request, ui, incident, journal
+        self.ctx: RunContext | None = None  # once connected
+        self.steps: list[StepResult] = []
+        self.total = len(request.runbook.steps)
+
+    def finish(self, status: RunStatus, code: ExitStatus, message: str) -> RunResult:
+        """End the run: journal `run_end`, close the journal, write the report."""
+        ctx = self.ctx
+        final = ctx.latest if ctx else None
+        with contextlib.suppress(JournalError):
+            self.journal.record(
+                "run_end",
+                status=status.value,
+                exit_status=int(code),
+                message=message,
+                dry_run=self.request.dry_run,
+                healthy=None if final is None else bool(ctx and ctx.healthy_or_none()),
+            )
+        self.journal.close()
+        result = RunResult(
+            status,
+            code,
+            self.incident,
+            self.journal.path,
+            self.request.dry_run,
+            message,
+            final,
+            self.steps,
+        )
+        result.write_report()
+        return result
+
+    def _step_ended(
+        self, index: int, step: Step, status: StepStatus, detail: str, shown: str = ""
+    ) -> None:
+        self.ui.step(index, self.total, step, shown or status.value, detail)
+        self.steps.append(StepResult(step.id, status))
+
+    def walk(self) -> RunResult:
+        """Take the steps in order; return how the run ended."""
+        ctx = self.ctx
+        assert ctx is not None
+        for index, step in enumerate(ctx.runbook.steps, start=1):
+            ctx.step = step
+            ended = self._one(index, step, ctx)
+            if ended is not None:
+                return ended if isinstance(ended, RunResult) else self._escalation_ends()
+        return self._escalation_ends()
+
+    def _one(self, index: int, step: Step, ctx: RunContext) -> RunResult | bool | None:
+        """Run one step; return a finished run, True when the runbook is healthy (the
+        escalation ends), or None to go on."""
+        request, ui, runbook = self.request, self.ui, ctx.runbook
+        action = ACTIONS[step.action]
+        if ctx.interrupt.requested:
+            ctx.record("interrupted", message="stopped before this step (Ctrl-C)")
+            return self.finish(
+                RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, f"interrupted before step {step.id}"
+            )
+        try:
+            healthy = index > 1 and request.mode is RunMode.TRIAGE and ctx.healthy()
+        except expressions.ExpressionError as exc:
+            message = f"the runbook's healthy condition fails on this diagnosis: {exc}"
+            ctx.record(
+                "step_end", ok=False, applied=False, summary=message, expression=runbook.healthy
+            )
+            self._step_ended(index, step, StepStatus.FAILED, message)
+            return self.finish(RunStatus.HALTED, ExitStatus.UNHEALTHY, message)
+        if healthy:
+            ctx.record(
+                "healthy",
+                condition=runbook.healthy,
+                message=f"{runbook.healthy} holds: escalation ends",
+            )
+            ui.note(f"healthy ({runbook.healthy}): no further steps")
+            return True
+        if step.when is not None:
+            assert ctx.latest is not None  # the first step is a diagnose
+            try:
+                take = ctx.holds(step.when, ctx.latest)
+            except expressions.ExpressionError as exc:
+                ctx.record("step_end", ok=False, summary=str(exc), expression=step.when)
+                self._step_ended(index, step, StepStatus.FAILED, str(exc))
+                if step.on_failure == "halt":
+                    return self.finish(
+                        RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id}: {exc}"
+                    )
+                return None
+            if not take:
+                ctx.record("step_skipped", condition=step.when, reason="condition is false")
+                self._step_ended(index, step, StepStatus.SKIPPED, f"when {step.when}: false")
+                return None
+        ctx.record(
+            "step_start",
+            index=index,
+            total=self.total,
+            action=step.action,
+            mutating=action.mutating,
+        )
+        started = time.monotonic()
+        plan = action.plan(ctx, step.params)
+        ctx.record(
+            "plan",
+            summary=plan.summary,
+            operations=plan.operations,
+            dry_run=ctx.dry_run,
+            details=plan.details,
+            blocked=plan.blocked,
+        )
+        if plan.blocked is not None:
+            ui.plan(step, plan, applied=False)
+            ctx.record("step_end", ok=False, applied=False, summary=plan.blocked)
+            self._step_ended(index, step, StepStatus.REFUSED, plan.blocked)
+            return self.finish(
+                RunStatus.HALTED,
+                ExitStatus(plan.blocked_exit_status),
+                f"step {step.id} refused: {plan.blocked}",
+            )
+        # a dry run applies only what changes nothing and is quick (a diagnosis)
+        apply = not ctx.dry_run or (action.runs_in_dry_run and not action.mutating)
+        if ctx.dry_run and not apply:
+            ui.plan(step, plan, applied=False)
+            ctx.record(
+                "step_end",
+                ok=True,
+                dry_run=True,
+                applied=False,
+                summary=f"dry run: would {plan.summary}",
+            )
+            self._step_ended(index, step, StepStatus.PLANNED, plan.summary)
+            return None
+        if action.mutating and not plan.operations:
+            # nothing to change: no question to ask, nothing to apply
+            ctx.record("step_end", ok=True, applied=False, summary=f"nothing to do: {plan.summary}")
+            self._step_ended(
+                index, step, StepStatus.NOTHING_TO_DO, f"nothing to do: {plan.summary}", "ok"
+            )
+            return None
+        stopped = self._confirmed(step, plan, action.mutating, ctx)
+        if stopped is not None:
+            return stopped
+        ui.step(index, self.total, step, "running", plan.summary)
+        before = ctx.latest
+        try:
+            outcome: Outcome = action.apply(ctx, step.params, plan)
+        except expressions.ExpressionError as exc:  # an `until` that fails on live data
+            outcome = Outcome(False, str(exc), {"expression_error": str(exc)})
+        seconds = time.monotonic() - started
+        for key, count in outcome.changed.items():
+            ctx.totals[key] = ctx.totals.get(key, 0) + count
+        ctx.record(
+            "step_end",
+            ok=outcome.ok,
+            summary=outcome.summary,
+            details=outcome.details,
+            interrupted=outcome.interrupted,
+            seconds=round(seconds, 3),
+        )
+        status = (
+            StepStatus.OK
+            if outcome.ok
+            else (StepStatus.INTERRUPTED if outcome.interrupted else StepStatus.FAILED)
+        )
+        self._step_ended(index, step, status, outcome.summary)
+        if ctx.latest is not None and ctx.latest is not before:
+            ui.diagnosis(ctx.latest)
+        if outcome.interrupted:
+            return self.finish(
+                RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, f"interrupted during step {step.id}"
+            )
+        if not outcome.ok and step.on_failure == "halt":
+            return self.finish(
+                RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id} failed: {outcome.summary}"
+            )
+        return None
+
+    def _confirmed(
+        self, step: Step, plan: Plan, mutating: bool, ctx: RunContext
+    ) -> RunResult | None:
+        """Ask before a change-making step when the runbook says so; return the finished
+        run when the step may not run (no terminal and no --yes, or the operator said
+        no), else None."""
+        request, ui = self.request, self.ui
+        unasked = mutating and not step.confirm and not ctx.dry_run and not request.yes
+        if unasked and not request.interactive:
+            message = (
+                f"stopped before step {step.id}: it changes things and the runbook says"
+                " confirm: false, but with no terminal and no --yes nobody asked for it;"
+                " run again with --yes to apply it"
+            )
+            ctx.record("confirmation_needed", message=message)
+            ui.note(message)
+            return self.finish(RunStatus.STOPPED, ExitStatus.UNHEALTHY, message)
+        if not step.confirm or ctx.dry_run:
+            return None
+        ui.plan(step, plan, applied=True)
+        if request.yes:
+            return None
+        if not request.interactive:
+            message = (
+                f"stopped before step {step.id}: it needs confirmation and"
+                " there is no terminal; run again with --yes to apply it"
+            )
+            ctx.record("confirmation_needed", message=message)
+            ui.note(message)
+            return self.finish(RunStatus.STOPPED, ExitStatus.UNHEALTHY, message)
+        question = f"Apply step {step.id} ({step.action}): {plan.summary}?"
+        answer = ui.confirm(question)
+        ctx.record("prompt", question=question, answer="yes" if answer else "no")
+        if answer:
+            return None
+        message = f"the operator declined step {step.id}; stopping"
+        ui.note(message)
+        return self.finish(RunStatus.DECLINED, ExitStatus.UNHEALTHY, message)
+
+    def _escalation_ends(self) -> RunResult:
+        """Every step ran, or the runbook became healthy: say how the run ended."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.step = None
+        healthy = ctx.healthy()
+        runbook = ctx.runbook
+        if self.request.mode is RunMode.COMMAND:
+            if ctx.dry_run:
+                return self.finish(RunStatus.DRY_RUN, ExitStatus.OK, "nothing was changed")
+            return self.finish(RunStatus.DONE, ExitStatus.OK, "done")
+        if ctx.dry_run:
+            state = "healthy" if healthy else "unhealthy"
+            return self.finish(
+                RunStatus.DRY_RUN,
+                ExitStatus.OK if healthy else ExitStatus.UNHEALTHY,
+                f"nothing was changed; the environment is {state}",
+            )
+        if healthy:
+            return self.finish(RunStatus.RESOLVED, ExitStatus.OK, f"healthy: {runbook.healthy}")
+        return self.finish(
+            RunStatus.UNHEALTHY,
+            ExitStatus.UNHEALTHY,
+            f"the runbook ran out of steps and {runbook.healthy} does not hold",
+        )

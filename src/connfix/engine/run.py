@@ -1,0 +1,106 @@
+"""A runbook run's request and result, its mode and how it ended (`RunStatus`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from connfix.errors import ConnfixError, ExitStatus
+
+if TYPE_CHECKING:
+    from connfix.diagnosis import Diagnosis
+    from connfix.inventory import Environment
+    from connfix.runbook import Runbook
+
+
+class RunMode(enum.StrEnum):
+    """How a runbook is run.
+
+    TRIAGE escalates: before each step after the first, the runbook's healthy condition
+    is checked and the run ends `resolved` as soon as it holds. COMMAND is a single
+    command (`terminate`, `restart`) run as a one-step runbook: every step runs, and
+    `done` (exit 0) means every step succeeded, healthy or not."""
+
+    TRIAGE = "triage"
+    COMMAND = "command"
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended: the journal's `run_end` status, the report's title."""
+
+    RESOLVED = "resolved"
+    DONE = "done"
+    UNHEALTHY = "unhealthy"
+    HALTED = "halted"
+    DECLINED = "declined"
+    STOPPED = "stopped"
+    LOCKED = "locked"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    DRY_RUN = "dry_run"
+
+
+class StepStatus(enum.StrEnum):
+    """How one step ended, as the run's result lists it."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    REFUSED = "refused"
+    PLANNED = "planned"
+    NOTHING_TO_DO = "nothing to do"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a runbook run needs, validated before it starts."""
+
+    environment: str
+    env: Environment
+    runbook: Runbook
+    incidents_dir: Path
+    inventory_path: Path
+    mode: RunMode = RunMode.TRIAGE
+    dry_run: bool = False
+    yes: bool = False
+    interactive: bool = False
+    # resuming an interrupted run: what its journal says is already done, per action
+    resumed_from: Path | None = None
+    resume_done: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of the run and how it ended."""
+
+    id: str
+    status: StepStatus
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    status: RunStatus
+    exit_status: ExitStatus
+    incident_dir: Path
+    journal_path: Path
+    dry_run: bool
+    message: str
+    final: Diagnosis | None = None
+    steps: list[StepResult] = field(default_factory=list)
+    report: Path | None = None
+    report_error: str | None = None
+
+    def write_report(self) -> None:
+        """Render the report from the journal just closed; a failure is said, not raised."""
+        from connfix import report
+
+        try:
+            self.report = report.write(self.incident_dir)
+        except ConnfixError as exc:
+            self.report_error = str(exc)

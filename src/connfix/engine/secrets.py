@@ -1,0 +1,36 @@
+"""The secret values a run must never journal, print or report, found from the
+environment's configuration."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connfix.inventory import Environment
+
+
+def secrets_of(env: Environment) -> list[str]:
+    """Return the secret values this environment's configuration points at: every
+    `*_password_env` and `*_dsn_env` (ordinary, reserved, admin, PgBouncer), the
+    passwords inside those DSNs, and PGPASSWORD."""
+    from connfix import pg
+
+    found = []
+    db = env.database
+    password_vars = [db.password_env, db.reserved_password_env, db.admin_password_env]
+    if env.pgbouncer is not None:
+        password_vars.append(env.pgbouncer.admin_password_env)
+    for var in password_vars:
+        if var and os.environ.get(var):
+            found.append(os.environ[var])
+    for var in (db.reserved_dsn_env, db.admin_dsn_env):
+        if var and os.environ.get(var):
+            dsn = os.environ[var]
+            found.append(dsn)
+            with contextlib.suppress(ValueError):
+                found.append(pg.parse_dsn(dsn).get("password", ""))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return [s for s in found if s]

@@ -1,0 +1,23 @@
+"""What the engine tells the operator, and asks: the protocol the CLI implements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from connfix.actions.base import Plan
+    from connfix.diagnosis import Diagnosis
+    from connfix.runbook import Step
+
+
+class UI(Protocol):
+    """What the engine tells the operator, and asks; implemented by the CLI."""
+
+    def started(self, journal: Path, dry_run: bool) -> None: ...
+    def diagnosis(self, d: Diagnosis) -> None: ...
+    def step(self, index: int, total: int, step: Step, status: str, detail: str) -> None: ...
+    def plan(self, step: Step, plan: Plan, applied: bool) -> None: ...
+    def confirm(self, question: str) -> bool: ...
+    def note(self, message: str) -> None: ...
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None: ...
