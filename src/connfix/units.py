@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import AfterValidator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _FACTOR = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -49,3 +53,17 @@ def duration_text(seconds: float) -> str:
         if millis and millis % factor == 0:
             return f"{millis // factor}{unit}"
     return f"{millis}ms"
+
+
+def check_between(seconds: float, low: float, high: float) -> float:
+    """Return seconds if within [low, high]; raise ValueError saying the bounds."""
+    if not low <= seconds <= high:
+        raise ValueError(f"must be between {format_duration(low)} and {format_duration(high)}")
+    return seconds
+
+
+def between(low: float, high: float) -> AfterValidator:
+    """A pydantic validator bounding a duration (seconds) to [low, high]."""
+    from pydantic import AfterValidator
+
+    return AfterValidator(lambda seconds: check_between(seconds, low, high))

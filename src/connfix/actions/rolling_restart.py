@@ -14,19 +14,18 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import BeforeValidator, Field
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.actions.verify import _between
 from connfix.errors import ExitStatus
 from connfix.restart.host import GateTimeouts, restart_host
 from connfix.restart.preflight import Preflight, preflight
 from connfix.restart.roll import roll
-from connfix.units import parse_duration
+from connfix.units import between, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
     from connfix.inventory import Host, Service
 
-Gate = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
-Pause = Annotated[float, BeforeValidator(parse_duration), _between(0, 3600)]
+Gate = Annotated[float, BeforeValidator(parse_duration), between(1, 3600)]
+Pause = Annotated[float, BeforeValidator(parse_duration), between(0, 3600)]
 
 
 class RestartParams(Params):

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.actions.verify import _between
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
-from connfix.units import format_duration, parse_duration
+from connfix.units import between, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
@@ -35,8 +34,8 @@ STATES = {
 StateName = Literal[
     "idle", "idle_in_transaction", "idle_in_transaction_aborted", "active", "fastpath"
 ]
-Age = Annotated[float, BeforeValidator(parse_duration), _between(0, 7 * 86400)]
-ExitTimeout = Annotated[float, BeforeValidator(parse_duration), _between(0.1, 300)]
+Age = Annotated[float, BeforeValidator(parse_duration), between(0, 7 * 86400)]
+ExitTimeout = Annotated[float, BeforeValidator(parse_duration), between(0.1, 300)]
 
 
 WAIT_EACH_MAX = 5  # plans up to this size wait on each pid (≤ 0.5 s in all, 14+)

@@ -5,27 +5,18 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import BeforeValidator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.units import format_duration, parse_duration
+from connfix.units import between, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
 
 
-def _between(low: float, high: float) -> AfterValidator:
-    def check(value: float) -> float:
-        if not low <= value <= high:
-            raise ValueError(f"must be between {format_duration(low)} and {format_duration(high)}")
-        return value
-
-    return AfterValidator(check)
-
-
-Timeout = Annotated[float, BeforeValidator(parse_duration), _between(1, 3600)]
-Pause = Annotated[float, BeforeValidator(parse_duration), _between(0.1, 3600)]
-Interval = Annotated[float, BeforeValidator(parse_duration), _between(0.2, 300)]
+Timeout = Annotated[float, BeforeValidator(parse_duration), between(1, 3600)]
+Pause = Annotated[float, BeforeValidator(parse_duration), between(0.1, 3600)]
+Interval = Annotated[float, BeforeValidator(parse_duration), between(0.2, 300)]
 
 
 class VerifyParams(Params):

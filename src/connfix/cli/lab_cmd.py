@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from connfix.cli.options import DURATION
+
 
 @click.group()
 def lab() -> None:
@@ -38,6 +40,7 @@ def lab() -> None:
     default="500ms",
     show_default=True,
     metavar="DURATION",
+    type=DURATION,
     help="How long the lab app takes to boot (a real app server is not instant).",
 )
 @click.option(
@@ -45,6 +48,7 @@ def lab() -> None:
     default="1s",
     show_default=True,
     metavar="DURATION",
+    type=DURATION,
     help="How often the lab app uses each pooled connection, as a real app serving"
     " requests does; leaked connections grow old meanwhile (0s: never).",
 )
@@ -65,8 +69,8 @@ def up(
     max_connections: int | None,
     pool_size: int,
     max_overflow: int,
-    app_boot: str,
-    app_traffic: str,
+    app_boot: float,
+    app_traffic: float,
     postgres: str | None,
     reserved_connections: int,
 ) -> None:
@@ -79,18 +83,9 @@ def up(
       connfix lab up --postgres 18
     """
     from connfix import render
-    from connfix.errors import InputError
     from connfix.lab import lab as core
-    from connfix.units import parse_duration
 
-    try:
-        boot = parse_duration(app_boot)
-    except ValueError as exc:
-        raise InputError(f"--app-boot: {exc}") from None
-    try:
-        traffic = parse_duration(app_traffic)
-    except ValueError as exc:
-        raise InputError(f"--app-traffic: {exc}") from None
+    boot, traffic = app_boot, app_traffic
     render.lab_up(
         core.up(
             hosts,
@@ -141,9 +136,14 @@ def leak(host: str, count: int, idle_in_transaction: bool, from_pool: bool) -> N
 @click.argument("host")
 @click.option("--count", default=5, show_default=True, help="Concurrent requests.")
 @click.option(
-    "--duration", default="10s", show_default=True, metavar="DURATION", help="How long each lasts."
+    "--duration",
+    default="10s",
+    show_default=True,
+    metavar="DURATION",
+    type=DURATION,
+    help="How long each lasts.",
 )
-def burst(host: str, count: int, duration: str) -> None:
+def burst(host: str, count: int, duration: float) -> None:
     """Make HOST's app serve COUNT concurrent requests, each holding a pooled connection:
     a legitimate burst into max_overflow (returns once they all hold one).
 
@@ -152,17 +152,12 @@ def burst(host: str, count: int, duration: str) -> None:
       connfix lab burst app1 --count 5 --duration 30s
     """
     from connfix import render
-    from connfix.errors import InputError
     from connfix.lab import lab as core
-    from connfix.units import parse_duration
+    from connfix.units import duration_text
 
-    try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        raise InputError(f"--duration: {exc}") from None
-    pids = core.burst(host, count, seconds)
+    pids = core.burst(host, count, duration)
     render.out.print(
-        f"{host} serves {len(pids)} requests for {duration}: backend pids"
+        f"{host} serves {len(pids)} requests for {duration_text(duration)}: backend pids"
         f" {', '.join(map(str, pids))}"
     )
 
@@ -176,9 +171,10 @@ def burst(host: str, count: int, duration: str) -> None:
     default="60s",
     show_default=True,
     metavar="DURATION",
+    type=DURATION,
     help="pgbench and job: how long they run.",
 )
-def client(host: str, kind: str, clients: int, duration: str) -> None:
+def client(host: str, kind: str, clients: int, duration: float) -> None:
     """Run a client on HOST that is no service's, as the deploy user (a transient unit of
     the host's systemd): pgbench, an interactive psql left open, a cron-like job; or stop
     them.
@@ -190,20 +186,14 @@ def client(host: str, kind: str, clients: int, duration: str) -> None:
       connfix lab client app1 stop
     """
     from connfix import render
-    from connfix.errors import InputError
     from connfix.lab import clients as lab_clients
-    from connfix.units import parse_duration
 
     if kind == "stop":
         stopped = lab_clients.stop(host)
         render.out.print(f"stopped: {', '.join(stopped)}" if stopped else "no client running")
         return
-    try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        raise InputError(f"--duration: {exc}") from None
-    unit = lab_clients.start(host, kind, clients, seconds)
-    render.out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, seconds)}")
+    unit = lab_clients.start(host, kind, clients, duration)
+    render.out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, duration)}")
 
 
 @lab.command("status")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from connfix.engine.run import RunMode
+from connfix.units import duration_text, parse_duration
 
 if TYPE_CHECKING:
     from connfix.inventory import Environment, LoadedInventory
@@ -105,3 +106,28 @@ def run_and_exit(
     result = run_runbook(request, render.RichUI())
     render.triage_result(result)
     sys.exit(result.exit_status)
+
+
+class DurationParam(click.ParamType[float, Any]):
+    """A duration flag as operators write it (500ms, 30s, 10m, 2h, 1d), given to the
+    command as seconds; a bad one is a usage error (exit 2) naming the flag."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationParam()
+
+
+def as_param(seconds: float) -> str:
+    """Write seconds back as a runbook parameter reads them."""
+    return duration_text(seconds)

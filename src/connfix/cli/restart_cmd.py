@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import DURATION, as_param, inventory_option
 from connfix.engine.run import RunMode
 
 
@@ -25,13 +25,19 @@ from connfix.engine.run import RunMode
     help="Hosts restarted at once (at most the inventory's max_unavailable).",
 )
 @click.option(
-    "--pause", default="0s", show_default=True, metavar="DURATION", help="Pause between batches."
+    "--pause",
+    default="0s",
+    show_default=True,
+    metavar="DURATION",
+    type=DURATION,
+    help="Pause between batches.",
 )
 @click.option(
     "--settle",
     default="2s",
     show_default=True,
     metavar="DURATION",
+    type=DURATION,
     help="How long a Type=simple/exec unit must stay up after its restart (systemd calls"
     " those active as soon as they are started).",
 )
@@ -59,8 +65,8 @@ def restart(
     hosts: tuple[str, ...],
     only_suspects: bool,
     batch: int,
-    pause: str,
-    settle: str,
+    pause: float,
+    settle: float,
     include_failed: bool,
     dry_run: bool,
     yes: bool,
@@ -101,8 +107,8 @@ def restart(
         "hosts": names,
         "only_suspects": only_suspects,
         "batch": batch,
-        "pause": pause,
-        "settle": settle,
+        "pause": as_param(pause),
+        "settle": as_param(settle),
         "include_failed": include_failed,
     }
     run_and_exit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import DURATION, as_param, inventory_option
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.engine.run import RunMode
 
@@ -31,6 +31,7 @@ STATE_FLAGS = {
     default="5m",
     show_default=True,
     metavar="DURATION",
+    type=DURATION,
     help="Only sessions in that state for longer than this (state_change age).",
 )
 @click.option(
@@ -82,7 +83,7 @@ STATE_FLAGS = {
 def terminate(
     environment: str,
     states: tuple[str, ...],
-    older_than: str,
+    older_than: float,
     max_count: int,
     max_fraction: float,
     until_free: int | None,
@@ -124,7 +125,7 @@ def terminate(
     check_hosts(names, environment, {h.name for h in env.hosts}, "--host")
     params = {
         "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
-        "older_than": older_than,
+        "older_than": as_param(older_than),
         "max": max_count,
         "max_fraction": max_fraction,
         "until_free": until_free,
