@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from connfix.events import Event
 from connfix.inventory import Environment
 from connfix.remote import CommandResult
 
@@ -118,7 +119,7 @@ class FakeRun:
         self.slept += 1
         return not self.interrupted
 
-    def record(self, event: str, **fields: Any) -> None:
+    def record(self, event: Event, **fields: Any) -> None:
         self.events.append({"event": event, **fields})
 
     @contextlib.contextmanager

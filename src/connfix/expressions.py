@@ -16,6 +16,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from connfix.diagnosis import Diagnosis
 from connfix.errors import ConnfixError, ExitStatus
 from connfix.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
+from connfix.sessions import in_transaction
 
 MAX_LENGTH = 500
 MAX_DEPTH = 40  # nesting of the expression's syntax tree
@@ -112,9 +113,7 @@ def context(
     data.update(
         free_slots=diagnosis.usable_connections - diagnosis.client_backends,
         idle=states.get("idle", 0),
-        idle_in_transaction_sessions=sum(
-            v for k, v in states.items() if k.startswith("idle in transaction")
-        ),
+        idle_in_transaction_sessions=sum(v for k, v in states.items() if in_transaction(k)),
         active=states.get("active", 0),
         hosts=hosts,
         thresholds=thresholds,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from connfix.errors import ConnfixError
+from connfix.events import Event
 
 JOURNAL = "journal.jsonl"
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -129,12 +130,12 @@ class Journal:
             ) from None
         self._fd: int | None = fd
 
-    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+    def record(self, event: Event, **fields: Any) -> dict[str, Any]:
         """Append one event and make it durable before returning."""
         with self._lock:
             return self._record(event, fields)
 
-    def _record(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, event: Event, fields: dict[str, Any]) -> dict[str, Any]:
         if self._fd is None:
             raise JournalError(f"the journal {self.path} is closed")
         self.seq += 1
@@ -180,18 +181,23 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
         yield event
 
 
+def journal_of(incident: Path) -> Path:
+    """Accept an incident directory or its journal file; return the journal's path."""
+    return incident / JOURNAL if incident.is_dir() else incident
+
+
 def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list[str]]]:
     """Read an earlier run's journal: what it finished, per action (hosts restarted)."""
     from connfix.errors import InputError
 
-    journal = incident / JOURNAL if incident.is_dir() else incident
+    journal = journal_of(incident)
     if not journal.is_file():
         raise InputError(f"--resume {incident}: no journal there ({JOURNAL} not found)")
     try:
         events = list(read_journal(journal))
     except (OSError, ValueError) as exc:
         raise InputError(f"--resume {incident}: the journal cannot be read: {exc}") from None
-    start = next((e for e in events if e.get("event") == "run_start"), None)
+    start = next((e for e in events if e.get("event") == Event.RUN_START), None)
     if start is None or start.get("environment") != environment:
         found = start.get("environment") if start else None
         raise InputError(
@@ -201,6 +207,6 @@ def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list
         "rolling_restart": list(start.get("resume_done", {}).get("rolling_restart", []))
     }
     for event in events:
-        if event.get("event") == "host_done" and event["host"] not in done["rolling_restart"]:
+        if event.get("event") == Event.HOST_DONE and event["host"] not in done["rolling_restart"]:
             done["rolling_restart"].append(event["host"])
     return journal.parent, done

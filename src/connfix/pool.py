@@ -46,6 +46,14 @@ class PoolSizing:
     after_available: int = 0  # usable − buffer − other − that overlap
     notes: list[str] = field(default_factory=list)
 
+    def verdict(self) -> str:
+        """Say in one phrase whether the pools fit, and what would."""
+        if self.safe:
+            return "safe as configured"
+        if self.max_safe_pool_size:
+            return f"NOT safe: pool size {self.max_safe_pool_size} per server would fit"
+        return "NOT safe: nothing fits; use PgBouncer"
+
     def table(self) -> list[dict[str, Any]]:
         """Return the before → after rows."""
         before = {

@@ -487,14 +487,7 @@ def pool(sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
     out.print(table)
     for note in sizing.notes:
         out.print(f"  - {escape(note)}")
-    verdict = (
-        "safe as configured"
-        if sizing.safe
-        else f"NOT safe: set the pool size to {sizing.max_safe_pool_size} per server"
-        if sizing.max_safe_pool_size
-        else "NOT safe: nothing fits; use PgBouncer"
-    )
-    out.print(f"verdict: {escape(verdict)}")
+    out.print(f"verdict: {escape(sizing.verdict())}")
     if bouncer_config:
         out.print(
             f"\nPgBouncer config written to {escape(bouncer_config['directory'])}:"

@@ -21,7 +21,8 @@ from typing import Any
 
 from connfix.engine.run import RunStatus
 from connfix.errors import InputError
-from connfix.journal import JOURNAL, read_journal
+from connfix.events import Event
+from connfix.journal import journal_of, read_journal
 from connfix.units import format_duration
 
 REPORT = "report.md"
@@ -182,18 +183,20 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     if not events or events[0].get("event") != "run_start":
         raise InputError(f"{journal}: not a connfix journal (no run_start first)")
     start = events[0]
-    end = next((e for e in reversed(events) if e["event"] == "run_end"), None)
+    end = next((e for e in reversed(events) if e["event"] == Event.RUN_END), None)
     status_key = end["status"] if end else "interrupted"
-    diagnoses = [e["diagnosis"] for e in events if e["event"] == "diagnosis"]
+    diagnoses = [e["diagnosis"] for e in events if e["event"] == Event.DIAGNOSIS]
     before = diagnoses[0] if diagnoses else None
     after = diagnoses[-1] if len(diagnoses) > 1 else None
-    connected = next((e for e in events if e["event"] == "connected"), None)
+    connected = next((e for e in events if e["event"] == Event.CONNECTED), None)
     first_ts, last_ts = events[0]["ts"], events[-1]["ts"]
     duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
-    operations = [e for e in events if e["event"] == "operation"]
-    hosts = [e for e in events if e["event"] in ("host_done", "host_failed")]
+    operations = [e for e in events if e["event"] == Event.OPERATION]
+    hosts = [e for e in events if e["event"] in (Event.HOST_DONE, Event.HOST_FAILED)]
     freed = sum(
-        (e.get("details") or {}).get("slots_freed") or 0 for e in events if e["event"] == "step_end"
+        (e.get("details") or {}).get("slots_freed") or 0
+        for e in events
+        if e["event"] == Event.STEP_END
     )
     peak = max((d["client_backends"] for d in diagnoses), default=None)
     dry_run = bool(start.get("flags", {}).get("dry_run"))
@@ -201,7 +204,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     status = STATUS_TEXT[RunStatus(status_key)] if known else escape(status_key)
     env = start.get("environment", "?")
     terminated = [o for o in operations if o.get("result") == "terminated"]
-    restarted = [h for h in hosts if h["event"] == "host_done"]
+    restarted = [h for h in hosts if h["event"] == Event.HOST_DONE]
 
     summary = []
     if before:
@@ -248,7 +251,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     pool_rows: list[PoolRow] = []
     pool_line = None
     pool_notes: list[str] = []
-    advice = next((e for e in reversed(events) if e["event"] == "advice"), None)
+    advice = next((e for e in reversed(events) if e["event"] == Event.ADVICE), None)
     check = (after or before or {}).get("pool_check")
     if advice:  # the advise step's sizing also keeps room for other clients and a restart
         sizing = advice["sizing"]
@@ -334,7 +337,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         text = _describe(event)
         if text is None:
             continue
-        if timeline and event["event"] == "diagnosis" and timeline[-1][1].startswith(text):
+        if timeline and event["event"] == Event.DIAGNOSIS and timeline[-1][1].startswith(text):
             repeats += 1  # a verify polling an unchanged state: one line, with a count
             timeline[-1] = (
                 timeline[-1][0],
@@ -479,11 +482,6 @@ def render(journal: Path, template: Path | None = None) -> str:
                 " and {% extends %} are not supported"
             ) from None
         raise InputError(f"{where}: {type(exc).__name__}: {exc}") from None
-
-
-def journal_of(incident: Path) -> Path:
-    """Accept an incident directory or its journal file."""
-    return incident / JOURNAL if incident.is_dir() else incident
 
 
 def write(incident: Path, output: Path | None = None, template: Path | None = None) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+from connfix.events import Event
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
@@ -30,18 +31,13 @@ class AdviseAction(Action):
         sizing = size_pools(ctx.env, ctx.latest)
         pooler = not sizing.safe or sizing.max_safe_pool_size == 0
         ctx.record(
-            "advice",
+            Event.ADVICE,
             sizing=sizing.to_json(),
             pgbouncer=pooler,
             command=f"connfix pool {ctx.environment} --pgbouncer-config DIR",
         )
-        verdict = (
-            "safe"
-            if sizing.safe
-            else f"NOT safe: pool size {sizing.max_safe_pool_size} per server would fit"
-        )
         return Outcome(
             True,
             f"{sizing.servers} servers × {sizing.pool_size}"
-            f" = {sizing.fleet_total} against {sizing.available} available: {verdict}",
+            f" = {sizing.fleet_total} against {sizing.available} available: {sizing.verdict()}",
         )

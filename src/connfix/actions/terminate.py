@@ -18,19 +18,15 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.events import Event
+from connfix.sessions import BY_FLAG, RUNNING
 from connfix.units import between, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
     from connfix.inventory import Host
 
-STATES = {
-    "idle": "idle",
-    "idle_in_transaction": "idle in transaction",
-    "idle_in_transaction_aborted": "idle in transaction (aborted)",
-    "active": "active",
-    "fastpath": "fastpath function call",
-}
+STATES = BY_FLAG
 StateName = Literal[
     "idle", "idle_in_transaction", "idle_in_transaction_aborted", "active", "fastpath"
 ]
@@ -110,7 +106,7 @@ def _exclusion(
         return "protected user"
     if c.application_name in protected.applications:
         return "protected application"
-    if c.state in ("active", "fastpath function call") and not p.include_active:
+    if c.state in RUNNING and not p.include_active:
         return "active"
     if c.state not in wanted_states:
         return f"state {c.state}"
@@ -149,7 +145,7 @@ class TerminateAction(Action):
         hosts_at: dict[str | None, Host] = {
             h.client_addr: h for h in ctx.env.hosts if h.client_addr
         }
-        wanted = {STATES[s] for s in params.states}
+        wanted: set[str] = {STATES[s] for s in params.states}
         excluded: Counter[str] = Counter()
         chosen: list[Candidate] = []
         for c in rows:
@@ -296,7 +292,9 @@ class TerminateAction(Action):
         for op, c in zip(plan.operations, candidates, strict=True):
             if ctx.interrupt.requested:
                 interrupted = True
-                ctx.record("operation", result="not attempted", reason="interrupted", **op.details)
+                ctx.record(
+                    Event.OPERATION, result="not attempted", reason="interrupted", **op.details
+                )
                 counts["not attempted"] += 1
                 continue
             result, detail = pg.terminate_if_unchanged(
@@ -314,7 +312,7 @@ class TerminateAction(Action):
             else:
                 counts[result] += 1
                 ctx.record(
-                    "operation", result=result, reason=detail, confirmed_by=method, **op.details
+                    Event.OPERATION, result=result, reason=detail, confirmed_by=method, **op.details
                 )
         deadline = time.monotonic() + params.exit_timeout
         remaining = pg.alive(ctx.session, list(signalled))
@@ -325,7 +323,7 @@ class TerminateAction(Action):
             if pid in remaining:
                 counts["failed"] += 1
                 ctx.record(
-                    "operation",
+                    Event.OPERATION,
                     result="failed",
                     reason=f"signalled, still present after {format_duration(params.exit_timeout)}",
                     confirmed_by=method,
@@ -334,7 +332,11 @@ class TerminateAction(Action):
             else:
                 counts["terminated"] += 1
                 ctx.record(
-                    "operation", result="terminated", reason="", confirmed_by=method, **op.details
+                    Event.OPERATION,
+                    result="terminated",
+                    reason="",
+                    confirmed_by=method,
+                    **op.details,
                 )
         after = ctx.diagnose()
         freed = before.client_backends - after.client_backends

@@ -31,10 +31,11 @@ def report(incident: str, output: str | None, template: str | None) -> None:
     """
     from connfix import render
     from connfix import report as core
+    from connfix.journal import journal_of
 
     tmpl = Path(template) if template else None
     if output == "-":
-        sys.stdout.write(core.render(core.journal_of(Path(incident)), tmpl))
+        sys.stdout.write(core.render(journal_of(Path(incident)), tmpl))
         return
     path = core.write(Path(incident), Path(output) if output else None, tmpl)
     render.out.print(f"report: {path}")

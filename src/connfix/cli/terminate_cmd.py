@@ -7,14 +7,10 @@ import click
 from connfix.cli.options import DURATION, as_param, inventory_option
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.engine.run import RunMode
+from connfix.sessions import BY_FLAG
 
-STATE_FLAGS = {
-    "idle": "idle",
-    "idle-in-transaction": "idle_in_transaction",
-    "idle-in-transaction-aborted": "idle_in_transaction_aborted",
-    "active": "active",
-    "fastpath": "fastpath",
-}
+# the flag's spelling (dashes) → the runbook parameter's (underscores)
+STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
 
 
 @click.command()

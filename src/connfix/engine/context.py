@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from connfix import expressions
 from connfix.errors import ConnfixError
+from connfix.events import Event
 from connfix.journal import Journal
 
 if TYPE_CHECKING:
@@ -35,9 +36,9 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
 
     holder = pg.try_environment_lock(session, environment)
     if holder is None:
-        journal.record("lock_acquired", key=pg.environment_lock_key(environment))
+        journal.record(Event.LOCK_ACQUIRED, key=pg.environment_lock_key(environment))
         return None
-    journal.record("lock_refused", holder=holder)
+    journal.record(Event.LOCK_REFUSED, holder=holder)
     who = (
         f"pid {holder.pid}, user {holder.usename}, from"
         f" {holder.client_addr or 'the local socket'}, application"
@@ -87,7 +88,7 @@ class RunContext:
         opened again when the last leaves. Over the ordinary connection: nothing to do."""
         with self._handoff:
             if self._handoff_inside == 0 and self.session.via != "primary":
-                self.record("slot_given_back", via=self.session.via, why=why)
+                self.record(Event.SLOT_GIVEN_BACK, via=self.session.via, why=why)
                 self.ui.note(
                     f"giving back the {self.session.via} connection's slot while {why}"
                     " (connfix's own session would take one the new pool needs)"
@@ -115,7 +116,7 @@ class RunContext:
 
         self.session = pg.open_session(self.env.database)
         self.cleanups.append(self.session.close)
-        self.record("session_reopened", via=self.session.via, refusal=self.session.refusal)
+        self.record(Event.SESSION_REOPENED, via=self.session.via, refusal=self.session.refusal)
         self.ui.note(f"connected again, via the {self.session.via} connection")
         if not self.dry_run:
             refused = take_lock(self.session, self.environment, self.journal)
@@ -167,7 +168,7 @@ class RunContext:
         """Tell the operator how a long step is going (not journaled)."""
         self.ui.note(message)
 
-    def record(self, event: str, **fields: Any) -> None:
+    def record(self, event: Event, **fields: Any) -> None:
         """Append an event to the journal, tagged with the current step."""
         if self.step is not None:
             fields.setdefault("step", self.step.id)
@@ -191,7 +192,7 @@ class RunContext:
         self.latest = dataclasses.replace(
             snapshot, host_health=health, unhealthy_hosts=unhealthy, severity_reasons=reasons
         )
-        self.record("diagnosis", diagnosis=self.latest.to_json())
+        self.record(Event.DIAGNOSIS, diagnosis=self.latest.to_json())
         return self.latest
 
     def reconnect(self, why: str) -> None:
@@ -199,13 +200,13 @@ class RunContext:
         environment's lock again: a restart released it."""
         from connfix import pg
 
-        self.record("connection_lost", message=why)
+        self.record(Event.CONNECTION_LOST, message=why)
         self.ui.note(f"{why}; connecting again")
         with contextlib.suppress(Exception):
             self.session.close()
         self.session = pg.open_session(self.env.database)
         self.cleanups.append(self.session.close)
-        self.record("reconnected", via=self.session.via, refusal=self.session.refusal)
+        self.record(Event.RECONNECTED, via=self.session.via, refusal=self.session.refusal)
         if not self.dry_run:
             refused = take_lock(self.session, self.environment, self.journal)
             if refused is not None:

@@ -24,6 +24,7 @@ from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
 from connfix.engine.secrets import secrets_of
 from connfix.errors import ConnfixError, ExitStatus
+from connfix.events import Event
 from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     journal = Journal(incident, Redactor(secrets_of(request.env)))
     runbook = request.runbook
     journal.record(
-        "run_start",
+        Event.RUN_START,
         environment=request.environment,
         operator=operator(),
         hostname=socket.gethostname(),
@@ -79,7 +80,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     try:
         session = pg.open_session(request.env.database)
     except ConnfixError as exc:
-        journal.record("error", phase="connect", message=str(exc))
+        journal.record(Event.ERROR, phase="connect", message=str(exc))
         return loop.finish(RunStatus.UNREACHABLE, exc.exit_status, str(exc))
     except KeyboardInterrupt:
         return loop.finish(
@@ -88,7 +89,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     with session, interrupt.installed():
         info = session.info
         journal.record(
-            "connected",
+            Event.CONNECTED,
             via=session.via,
             refusal=session.refusal,
             role=info.role,
@@ -132,13 +133,13 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             return result
         except KeyboardInterrupt:
             journal.record(
-                "interrupted",
+                Event.INTERRUPTED,
                 step=ctx.step.id if ctx.step else None,
                 message="interrupted at once (Ctrl-C twice)",
             )
             return loop.finish(RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted")
         except ConnfixError as exc:
-            journal.record("error", step=ctx.step.id if ctx.step else None, message=str(exc))
+            journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=str(exc))
             return loop.finish(RunStatus.ERROR, exc.exit_status, str(exc))
         finally:
             for cleanup in ctx.cleanups:
@@ -161,7 +162,7 @@ class StepLoop:
         final = ctx.latest if ctx else None
         with contextlib.suppress(JournalError):
             self.journal.record(
-                "run_end",
+                Event.RUN_END,
                 status=status.value,
                 exit_status=int(code),
                 message=message,
@@ -205,7 +206,7 @@ class StepLoop:
         request, ui, runbook = self.request, self.ui, ctx.runbook
         action = ACTIONS[step.action]
         if ctx.interrupt.requested:
-            ctx.record("interrupted", message="stopped before this step (Ctrl-C)")
+            ctx.record(Event.INTERRUPTED, message="stopped before this step (Ctrl-C)")
             return self.finish(
                 RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, f"interrupted before step {step.id}"
             )
@@ -214,13 +215,13 @@ class StepLoop:
         except expressions.ExpressionError as exc:
             message = f"the runbook's healthy condition fails on this diagnosis: {exc}"
             ctx.record(
-                "step_end", ok=False, applied=False, summary=message, expression=runbook.healthy
+                Event.STEP_END, ok=False, applied=False, summary=message, expression=runbook.healthy
             )
             self._step_ended(index, step, StepStatus.FAILED, message)
             return self.finish(RunStatus.HALTED, ExitStatus.UNHEALTHY, message)
         if healthy:
             ctx.record(
-                "healthy",
+                Event.HEALTHY,
                 condition=runbook.healthy,
                 message=f"{runbook.healthy} holds: escalation ends",
             )
@@ -231,7 +232,7 @@ class StepLoop:
             try:
                 take = ctx.holds(step.when, ctx.latest)
             except expressions.ExpressionError as exc:
-                ctx.record("step_end", ok=False, summary=str(exc), expression=step.when)
+                ctx.record(Event.STEP_END, ok=False, summary=str(exc), expression=step.when)
                 self._step_ended(index, step, StepStatus.FAILED, str(exc))
                 if step.on_failure == "halt":
                     return self.finish(
@@ -239,11 +240,11 @@ class StepLoop:
                     )
                 return None
             if not take:
-                ctx.record("step_skipped", condition=step.when, reason="condition is false")
+                ctx.record(Event.STEP_SKIPPED, condition=step.when, reason="condition is false")
                 self._step_ended(index, step, StepStatus.SKIPPED, f"when {step.when}: false")
                 return None
         ctx.record(
-            "step_start",
+            Event.STEP_START,
             index=index,
             total=self.total,
             action=step.action,
@@ -252,7 +253,7 @@ class StepLoop:
         started = time.monotonic()
         plan = action.plan(ctx, step.params)
         ctx.record(
-            "plan",
+            Event.PLAN,
             summary=plan.summary,
             operations=plan.operations,
             dry_run=ctx.dry_run,
@@ -261,7 +262,7 @@ class StepLoop:
         )
         if plan.blocked is not None:
             ui.plan(step, plan, applied=False)
-            ctx.record("step_end", ok=False, applied=False, summary=plan.blocked)
+            ctx.record(Event.STEP_END, ok=False, applied=False, summary=plan.blocked)
             self._step_ended(index, step, StepStatus.REFUSED, plan.blocked)
             return self.finish(
                 RunStatus.HALTED,
@@ -273,7 +274,7 @@ class StepLoop:
         if ctx.dry_run and not apply:
             ui.plan(step, plan, applied=False)
             ctx.record(
-                "step_end",
+                Event.STEP_END,
                 ok=True,
                 dry_run=True,
                 applied=False,
@@ -283,7 +284,9 @@ class StepLoop:
             return None
         if action.mutating and not plan.operations:
             # nothing to change: no question to ask, nothing to apply
-            ctx.record("step_end", ok=True, applied=False, summary=f"nothing to do: {plan.summary}")
+            ctx.record(
+                Event.STEP_END, ok=True, applied=False, summary=f"nothing to do: {plan.summary}"
+            )
             self._step_ended(
                 index, step, StepStatus.NOTHING_TO_DO, f"nothing to do: {plan.summary}", "ok"
             )
@@ -301,7 +304,7 @@ class StepLoop:
         for key, count in outcome.changed.items():
             ctx.totals[key] = ctx.totals.get(key, 0) + count
         ctx.record(
-            "step_end",
+            Event.STEP_END,
             ok=outcome.ok,
             summary=outcome.summary,
             details=outcome.details,
@@ -340,7 +343,7 @@ class StepLoop:
                 " confirm: false, but with no terminal and no --yes nobody asked for it;"
                 " run again with --yes to apply it"
             )
-            ctx.record("confirmation_needed", message=message)
+            ctx.record(Event.CONFIRMATION_NEEDED, message=message)
             ui.note(message)
             return self.finish(RunStatus.STOPPED, ExitStatus.UNHEALTHY, message)
         if not step.confirm or ctx.dry_run:
@@ -353,12 +356,12 @@ class StepLoop:
                 f"stopped before step {step.id}: it needs confirmation and"
                 " there is no terminal; run again with --yes to apply it"
             )
-            ctx.record("confirmation_needed", message=message)
+            ctx.record(Event.CONFIRMATION_NEEDED, message=message)
             ui.note(message)
             return self.finish(RunStatus.STOPPED, ExitStatus.UNHEALTHY, message)
         question = f"Apply step {step.id} ({step.action}): {plan.summary}?"
         answer = ui.confirm(question)
-        ctx.record("prompt", question=question, answer="yes" if answer else "no")
+        ctx.record(Event.PROMPT, question=question, answer="yes" if answer else "no")
         if answer:
             return None
         message = f"the operator declined step {step.id}; stopping"

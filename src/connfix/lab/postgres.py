@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from connfix import files
 from connfix.errors import LabError
 from connfix.lab import paths
 from connfix.lab.paths import DATABASE, lab_dir
@@ -163,15 +163,16 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connecti
         "reserved_password": secrets.token_urlsafe(18),
     }
     pgpass = passfile()
-    fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
+    lines = [
+        f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n"
         for user, key in (
             ("app", "app_password"),
             ("connfix", "connfix_password"),
             ("connfix_admin", "admin_password"),
             ("connfix_reserved", "reserved_password"),
-        ):
-            out.write(f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n")
+        )
+    ]
+    files.write_private(pgpass, "".join(lines))
     pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
     if state.pg_major >= 16:
         pg.execute_file(bootstrap_dsn(), "lab_reserved", passwords)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connfix import systemd
+from connfix.events import Event
 from connfix.restart import gates
 from connfix.restart.gates import GateContext, GateResult
 from connfix.units import format_duration
@@ -28,7 +29,7 @@ class RollContext(GateContext, Protocol):
 
     env: Environment
 
-    def record(self, event: str, **fields: Any) -> None: ...
+    def record(self, event: Event, **fields: Any) -> None: ...
 
     def slot_given_back(self, why: str) -> AbstractContextManager[None]: ...
 
@@ -154,7 +155,7 @@ class _HostRun:
         )
         if failed is None:
             done.new_main_pid = self.after[names[0]].main_pid
-            self.ctx.record("host_done", **done.journal())
+            self.ctx.record(Event.HOST_DONE, **done.journal())
             return done
         assert gate is not None
         done.gate, done.detail = failed, gate.detail
@@ -162,7 +163,7 @@ class _HostRun:
             done.command = gate.result.command
             done.exit_code = gate.result.exit_code
             done.output_tail = gate.result.output_tail
-        self.ctx.record("host_failed", **done.journal())
+        self.ctx.record(Event.HOST_FAILED, **done.journal())
         self.ctx.progress(f"{self.label}: FAILED at {failed}: {gate.detail}")
         return done
 
@@ -196,7 +197,7 @@ def restart_host(
     addr = host.client_addr
     old = {s.label: ctx.backends(addr, s) if addr else set() for s in services}
     ctx.record(
-        "host_start",
+        Event.HOST_START,
         host=host.name,
         position=position,
         total=total,

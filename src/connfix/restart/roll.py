@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from connfix.events import Event
 from connfix.restart.gates import GateContext
 from connfix.units import format_duration
 
@@ -23,7 +24,7 @@ class RollControl(GateContext, Protocol):
     @property
     def interrupted(self) -> bool: ...
 
-    def record(self, event: str, **fields: Any) -> None: ...
+    def record(self, event: Event, **fields: Any) -> None: ...
 
 
 @dataclass
@@ -79,7 +80,7 @@ def roll(
         failed = {f.host for f in failures or []}
         untouched = [h.name for h in targets if h.name not in done and h.name not in failed]
         ctx.record(
-            "roll_halted",
+            Event.ROLL_HALTED,
             reason=why,
             done=done,
             failed=[f.host for f in failures or []],
