@@ -49,12 +49,6 @@ class UnsupportedServer(ConnfixError):
     """The server's version is older than connfix supports."""
 
 
-class HostUnreachable(ConnfixError):
-    """An SSH host cannot be reached or authenticated."""
-
-    exit_status = ExitStatus.UNREACHABLE
-
-
 class LabError(ConnfixError):
     """The incident lab could not be built, inspected or removed."""
 

@@ -125,7 +125,6 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
                 RunStatus.ERROR,
                 ExitStatus.UNHEALTHY,
                 incident,
-                journal.path,
                 request.dry_run,
                 f"{exc}; the run stopped",
             )
@@ -174,7 +173,6 @@ class StepLoop:
             status,
             code,
             self.incident,
-            self.journal.path,
             self.request.dry_run,
             message,
             final,

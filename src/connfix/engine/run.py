@@ -88,7 +88,6 @@ class RunResult:
     status: RunStatus
     exit_status: ExitStatus
     incident_dir: Path
-    journal_path: Path
     dry_run: bool
     message: str
     final: Diagnosis | None = None

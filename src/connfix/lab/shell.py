@@ -62,12 +62,3 @@ def kill_all(pids: list[int], grace: float = 3.0) -> None:
     deadline = time.monotonic() + 10
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
-
-
-def read_pid(path: Path) -> int | None:
-    """Return the pid written in a file, or None."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
