@@ -11,7 +11,12 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.errors import InventoryError
-from connfix.inventory import find_inventory, load_inventory, resolve_environment
+from connfix.inventory import (
+    InventorySearch,
+    find_inventory,
+    load_inventory,
+    resolve_environment,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,19 +292,28 @@ def test_missing_inventory_file_says_where_it_looked(tmp_path: Path) -> None:
     assert "no such inventory file (from --inventory)" in result.output
 
 
-def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookup_order(tmp_path: Path) -> None:
+    """--inventory, then CONNFIX_INVENTORY, then ./inventory.yaml, then the lab's (for
+    `lab` only); the search is passed in, nothing read from the process."""
     explicit = write(tmp_path, GOOD)
     other = tmp_path / "other.yaml"
     other.write_text(GOOD)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    lab = tmp_path / "lab.yaml"
+    plain = InventorySearch(None, cwd, lab)
+    with pytest.raises(InventoryError, match="no inventory found: pass --inventory"):
+        find_inventory(None, "prod", plain)
+    with pytest.raises(InventoryError, match=f"{lab} does not exist; run `connfix lab up`"):
+        find_inventory(None, "lab", plain)
+    lab.write_text(GOOD)
+    assert find_inventory(None, "lab", plain) == lab
     (cwd / "inventory.yaml").write_text(GOOD)
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("CONNFIX_INVENTORY", raising=False)
-    assert find_inventory(None, "prod") == Path("inventory.yaml")
-    monkeypatch.setenv("CONNFIX_INVENTORY", str(other))
-    assert find_inventory(None, "prod") == other
-    assert find_inventory(str(explicit), "prod") == explicit
+    assert find_inventory(None, "prod", plain) == cwd / "inventory.yaml"
+    assert find_inventory(None, "lab", plain) == cwd / "inventory.yaml"
+    with_env = InventorySearch(str(other), cwd, lab)
+    assert find_inventory(None, "prod", with_env) == other
+    assert find_inventory(str(explicit), "prod", with_env) == explicit
 
 
 def test_lab_environment_falls_back_to_the_lab_inventory(
@@ -308,18 +322,16 @@ def test_lab_environment_falls_back_to_the_lab_inventory(
     lab_dir = tmp_path / "lab"
     lab_dir.mkdir()
     (lab_dir / "inventory.yaml").write_text(GOOD.replace("  prod:", "  lab:"))
-    monkeypatch.setenv("CONNFIX_LAB_DIR", str(lab_dir))
-    monkeypatch.delenv("CONNFIX_INVENTORY", raising=False)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "inventory.yaml").write_text(GOOD)  # has prod only
-    monkeypatch.chdir(cwd)
-    loaded, env = resolve_environment(None, "lab")
+    search = InventorySearch(None, cwd, lab_dir / "inventory.yaml")
+    loaded, env = resolve_environment(None, "lab", search)
     assert loaded.path == lab_dir / "inventory.yaml"
     assert env.hosts[0].name == "web1"
     os.remove(lab_dir / "inventory.yaml")
     with pytest.raises(InventoryError, match="no environment 'lab'"):
-        resolve_environment(None, "lab")
+        resolve_environment(None, "lab", search)
 
 
 def test_alias_bomb_is_refused(tmp_path: Path) -> None:

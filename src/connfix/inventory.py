@@ -553,7 +553,22 @@ def _must_be_file(path: Path, source: str) -> None:
         raise InventoryError(f"{path}: no such inventory file (from {source})")
 
 
-def find_inventory(explicit: str | None, environment: str | None) -> Path:
+@dataclass(frozen=True)
+class InventorySearch:
+    """Where an inventory is looked for when --inventory is not given: the variable
+    CONNFIX_INVENTORY, ./inventory.yaml in the working directory, then (for the `lab`
+    environment) the lab's. Passed in: the CLI builds it from the process once."""
+
+    from_env: str | None
+    cwd: Path
+    lab_inventory: Path
+
+    @classmethod
+    def from_process(cls) -> InventorySearch:
+        return cls(os.environ.get("CONNFIX_INVENTORY") or None, Path.cwd(), lab_inventory_path())
+
+
+def find_inventory(explicit: str | None, environment: str | None, search: InventorySearch) -> Path:
     """Find the inventory: --inventory, $CONNFIX_INVENTORY, ./inventory.yaml, the lab's."""
     from connfix.files import expand
 
@@ -561,16 +576,15 @@ def find_inventory(explicit: str | None, environment: str | None) -> Path:
         path = expand(explicit)
         _must_be_file(path, "--inventory")
         return path
-    from_env = os.environ.get("CONNFIX_INVENTORY")
-    if from_env:
-        path = expand(from_env)
+    if search.from_env:
+        path = expand(search.from_env)
         _must_be_file(path, "CONNFIX_INVENTORY")
         return path
-    local = Path("inventory.yaml")
+    local = search.cwd / "inventory.yaml"
     if local.is_file():
         return local
     if environment == LAB_ENVIRONMENT:
-        lab = lab_inventory_path()
+        lab = search.lab_inventory
         if lab.is_file():
             return lab
         raise InventoryError(
@@ -582,13 +596,15 @@ def find_inventory(explicit: str | None, environment: str | None) -> Path:
     )
 
 
-def resolve_environment(explicit: str | None, name: str) -> tuple[LoadedInventory, Environment]:
+def resolve_environment(
+    explicit: str | None, name: str, search: InventorySearch
+) -> tuple[LoadedInventory, Environment]:
     """Find, load and validate the inventory, and return the named environment."""
-    path = find_inventory(explicit, name)
+    path = find_inventory(explicit, name, search)
     loaded = load_inventory(path)
-    implicit = not explicit and not os.environ.get("CONNFIX_INVENTORY")
+    implicit = not explicit and not search.from_env
     if implicit and name == LAB_ENVIRONMENT and name not in loaded.inventory.environments:
-        lab = lab_inventory_path()
+        lab = search.lab_inventory
         if lab.is_file():
             loaded = load_inventory(lab)
     return loaded, loaded.environment(name)

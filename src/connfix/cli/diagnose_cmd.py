@@ -34,9 +34,9 @@ def diagnose(environment: str, as_json: bool, inventory_path: str | None) -> Non
       connfix diagnose lab --json | jq .by_host
     """
     from connfix.diagnosis import diagnose as run
-    from connfix.inventory import resolve_environment
+    from connfix.inventory import InventorySearch, resolve_environment
 
-    _, env = resolve_environment(inventory_path, environment)
+    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = run(environment, env)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")

@@ -31,9 +31,9 @@ def check(environment: str, inventory_path: str | None) -> None:
     """
     from connfix import render
     from connfix.check import check_environment
-    from connfix.inventory import resolve_environment
+    from connfix.inventory import InventorySearch, resolve_environment
 
-    _, env = resolve_environment(inventory_path, environment)
+    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = check_environment(environment, env)
     render.environment_check(result)
     if not result.ok:

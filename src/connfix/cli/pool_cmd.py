@@ -64,10 +64,10 @@ def pool(
     from connfix import pg, render
     from connfix.diagnosis import diagnose
     from connfix.errors import ExitStatus, InputError
-    from connfix.inventory import resolve_environment
+    from connfix.inventory import InventorySearch, resolve_environment
     from connfix.pool import pgbouncer_plan, size_pools
 
-    _, env = resolve_environment(inventory_path, environment)
+    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     d = diagnose(environment, env)
     sizing = size_pools(env, d)
     result: dict[str, object] = {"environment": environment, "sizing": sizing.to_json()}

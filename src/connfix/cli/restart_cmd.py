@@ -97,10 +97,10 @@ def restart(
       connfix restart prod --resume incidents/20261125T021500Z-prod
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory import resolve_environment
+    from connfix.inventory import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
 
-    loaded, env = resolve_environment(inventory_path, environment)
+    loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     names = host_names(hosts, "--hosts")
     check_hosts(names, environment, {h.name for h in env.hosts}, "--hosts")
     params = {

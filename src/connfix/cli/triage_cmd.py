@@ -77,10 +77,10 @@ def triage(
       connfix triage prod --resume incidents/20261125T021500Z-prod
     """
     from connfix.cli.options import run_and_exit
-    from connfix.inventory import resolve_environment
+    from connfix.inventory import InventorySearch, resolve_environment
     from connfix.runbook import resolve_runbook
 
-    loaded, env = resolve_environment(inventory_path, environment)
+    loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     run_and_exit(
         environment,
         loaded,
