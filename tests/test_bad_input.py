@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from connfix.cli import cli
 from connfix.errors import InventoryError, RunbookError
-from connfix.inventory import load_inventory
+from connfix.inventory_file import load_inventory
 from connfix.runbook import parse_runbook
 from tests.test_inventory import GOOD
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connfix import pg
+from connfix.analysis import analyse, usable_connections
 from connfix.diagnosis import (
     HIDDEN,
     HIDDEN_STATE,
@@ -12,8 +13,6 @@ from connfix.diagnosis import (
     NOT_IN_INVENTORY,
     Backend,
     ConnectionLimit,
-    analyse,
-    usable_connections,
 )
 from connfix.inventory import Environment
 from connfix.pg import ServerInfo

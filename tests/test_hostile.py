@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connfix import expressions, report
+from connfix.analysis import analyse
 from connfix.cli import cli
-from connfix.diagnosis import Backend, analyse
+from connfix.diagnosis import Backend
 from connfix.errors import InputError
 from connfix.journal import Journal, Redactor, mask_passwords, read_journal
 from tests.test_diagnose_unit import backend, env, info
@@ -369,13 +370,18 @@ def test_defang_shows_control_characters_and_bidi_overrides(raw: str, shown: str
     assert defang(raw) == shown
 
 
-def test_database_text_reaches_the_terminal_defanged(capsys: pytest.CaptureFixture[str]) -> None:
-    from connfix import render
+def test_database_text_reaches_the_terminal_defanged() -> None:
+    import io
+
+    from connfix.cli import render
 
     hostile = "evil\x1b[31m\u202e\x07"
     rows = [row(2, hostile, hostile, f"SELECT '{hostile}'", datname="app")]
-    render.diagnosis(analyse("prod", env(), info(), rows, []))
-    out = capsys.readouterr().out
+    stdout, stderr = io.StringIO(), io.StringIO()
+    term = render.Terminal.from_process({"COLUMNS": "200"}, stdout, stderr)
+    render.diagnosis(term, analyse("prod", env(), info(), rows, []))
+    out = stdout.getvalue()
+    assert stderr.getvalue() == ""
     assert "\x1b[31m" not in out and "\u202e" not in out and "\x07" not in out
     assert "evil\\x1b[31m<U+202E>\\x07" in out
 
@@ -545,7 +551,7 @@ def test_created_directories_are_0700_whatever_the_umask(tmp_path: Path) -> None
 def test_a_tilde_in_configured_paths_is_expanded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from connfix.cli.triage_cmd import incidents_base
+    from connfix.cli.options import incidents_base
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert incidents_base("~/inc", None) == tmp_path / "inc"

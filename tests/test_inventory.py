@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from connfix.cli import cli
 from connfix.errors import InventoryError
-from connfix.inventory import (
+from connfix.inventory_file import (
     InventorySearch,
     find_inventory,
     load_inventory,

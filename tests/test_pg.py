@@ -138,7 +138,7 @@ def test_reserved_slots_on_16_plus(full_server: list[Any], lab: Lab, lab_env: An
     try:
         with pg.open_session(lab_env.database) as session:  # the second reserved slot
             assert session.via == "reserved" and session.info.role == "connfix_reserved"
-            from connfix.diagnosis import take_snapshot
+            from connfix.analysis import take_snapshot
 
             d = take_snapshot(session, "lab", lab_env)
             assert (

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connfix.diagnosis import analyse
+from connfix.analysis import analyse
 from connfix.inventory import Environment
 from connfix.pg import ServerInfo
 from connfix.pool import pgbouncer_plan, size_pools

@@ -15,7 +15,7 @@ import pytest
 
 from connfix.engine.loop import run_runbook
 from connfix.engine.run import RunMode, RunRequest
-from connfix.inventory import load_inventory
+from connfix.inventory_file import load_inventory
 from connfix.journal import read_journal
 from connfix.runbook import command_runbook
 from tests.helpers import Lab, connfix_run, retry

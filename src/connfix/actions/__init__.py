@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from connfix.actions.advise import AdviseAction
 from connfix.actions.base import Action
 from connfix.actions.diagnose import DiagnoseAction
@@ -10,7 +12,7 @@ from connfix.actions.terminate import TerminateAction
 from connfix.actions.verify import VerifyAction
 from connfix.actions.wait import WaitAction
 
-ACTIONS: dict[str, Action] = {
+ACTIONS: dict[str, Action[Any, Any]] = {
     action.name: action
     for action in (
         DiagnoseAction(),

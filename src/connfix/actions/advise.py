@@ -12,19 +12,19 @@ if TYPE_CHECKING:
     from connfix.engine.context import RunContext
 
 
-class AdviseAction(Action):
+class AdviseAction(Action[Params, None]):
     """Work out pool sizing from the latest diagnosis; change nothing."""
 
     name = "advise"
     description = "work out the safe pool size and whether to put PgBouncer in front"
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
+    def plan(self, ctx: RunContext, params: Params) -> Plan[None]:
         return Plan(
             summary="work out pool sizing from the latest diagnosis (read-only)",
             operations=[Operation("advice", "pool sizing and PgBouncer advice")],
         )
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+    def apply(self, ctx: RunContext, params: Params, plan: Plan[None]) -> Outcome:
         from connfix.pool import size_pools
 
         assert ctx.latest is not None  # the first step is a diagnose

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,13 +28,18 @@ class Operation:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+P = TypeVar("P", bound="Params")
+D = TypeVar("D")
+
+
 @dataclass(frozen=True)
-class Plan:
-    """The operations a step would carry out from the current state."""
+class Plan(Generic[D]):
+    """The operations a step would carry out from the current state; `data` is what the
+    action's apply needs of its own plan (typed per action; never journaled)."""
 
     summary: str
     operations: list[Operation] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # for apply; not journaled
+    data: D | None = None
     # set when the plan cannot be carried out (e.g. a host failed its preflight): the
     # step fails without asking or applying, and the run ends with this exit status
     blocked: str | None = None
@@ -54,8 +59,9 @@ class Outcome:
     changed: dict[str, int] = field(default_factory=dict)
 
 
-class Action:
-    """Base of every runbook action; subclasses are registered in actions.ACTIONS."""
+class Action(Generic[P, D]):
+    """Base of every runbook action, typed by its parameters P and its plan's data D;
+    subclasses are registered in actions.ACTIONS."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -63,14 +69,14 @@ class Action:
     mutating: ClassVar[bool] = False  # changes something: confirmed, skipped in dry-run
     runs_in_dry_run: ClassVar[bool] = True  # read-only and quick: applied in dry-run too
 
-    def expressions(self, params: Params) -> list[tuple[str, str]]:
+    def expressions(self, params: P) -> list[tuple[str, str]]:
         """Return (field, expression) pairs in the params, for load-time checking."""
         return []
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
+    def plan(self, ctx: RunContext, params: P) -> Plan[D]:
         """Plan the operations from the current state; change nothing."""
         raise NotImplementedError
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+    def apply(self, ctx: RunContext, params: P, plan: Plan[D]) -> Outcome:
         """Carry out a plan; record per-operation results through ctx."""
         raise NotImplementedError

@@ -9,6 +9,7 @@ gates (`connfix.restart.gates`) by `connfix.restart.host`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
@@ -42,7 +43,16 @@ class RestartParams(Params):
     include_failed: bool = False  # also restart units that failed or crash-loop
 
 
-class RollingRestartAction(Action):
+@dataclass(frozen=True)
+class RollPlan:
+    """What apply needs of a roll's plan: the hosts in order, and each one's preflight
+    (its open SSH connection and unit states)."""
+
+    targets: list[Host]
+    checks: dict[str, Preflight]
+
+
+class RollingRestartAction(Action[RestartParams, RollPlan]):
     """Restart app hosts one at a time, leak suspects first, gated on health and the DB."""
 
     name = "rolling_restart"
@@ -88,10 +98,9 @@ class RollingRestartAction(Action):
             wanted |= set(health.get("failing") or [s.label for s in on_host])
         return [s for s in on_host if s.label in wanted]
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
+    def plan(self, ctx: RunContext, params: RestartParams) -> Plan[RollPlan]:
         from connfix import remote
 
-        assert isinstance(params, RestartParams)
         service = ctx.env.service
         if params.batch > service.max_unavailable:
             return Plan(
@@ -214,17 +223,16 @@ class RollingRestartAction(Action):
             summary=summary,
             operations=operations,
             details=details,
-            data={"targets": targets, "checks": {c.host: c for c in checks}},
+            data=RollPlan(targets, {c.host: c for c in checks}),
             blocked=blocked,
             blocked_exit_status=ExitStatus.UNREACHABLE,
         )
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+    def apply(self, ctx: RunContext, params: RestartParams, plan: Plan[RollPlan]) -> Outcome:
         from connfix import remote
 
-        assert isinstance(params, RestartParams)
-        targets: list[Host] = plan.data["targets"]
-        checks: dict[str, Preflight] = plan.data["checks"]
+        assert plan.data is not None  # a plan with operations carries its data
+        targets, checks = plan.data.targets, plan.data.checks
         timeouts = GateTimeouts(
             active=params.active_timeout,
             health=params.health_timeout,

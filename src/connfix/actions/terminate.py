@@ -130,7 +130,16 @@ def _host_of(ctx: RunContext) -> dict[str | None, str]:
     return {h.client_addr: h.name for h in ctx.env.hosts if h.client_addr}
 
 
-class TerminateAction(Action):
+@dataclass(frozen=True)
+class TerminatePlan:
+    """What apply needs of a terminate plan: the sessions chosen, re-checked when ended."""
+
+    candidates: list[Candidate]
+    excluded: dict[str, int]  # why the others were left, and how many
+    limits: dict[str, int]
+
+
+class TerminateAction(Action[TerminateParams, TerminatePlan]):
     """Plan which idle sessions to end; end them one re-checked statement at a time."""
 
     name = "terminate"
@@ -138,8 +147,7 @@ class TerminateAction(Action):
     params_model = TerminateParams
     mutating = True
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
-        assert isinstance(params, TerminateParams)
+    def plan(self, ctx: RunContext, params: TerminateParams) -> Plan[TerminatePlan]:
         rows = ctx.session.all("terminate_candidates", Candidate)
         host_of = _host_of(ctx)
         hosts_at: dict[str | None, Host] = {
@@ -214,7 +222,7 @@ class TerminateAction(Action):
         return Plan(
             summary=summary,
             operations=operations,
-            data={"candidates": chosen, "excluded": dict(excluded), "limits": limits},
+            data=TerminatePlan(chosen, dict(excluded), limits),
         )
 
     @staticmethod
@@ -267,12 +275,12 @@ class TerminateAction(Action):
                 kept.append(c)
         return kept
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
+    def apply(self, ctx: RunContext, params: TerminateParams, plan: Plan[TerminatePlan]) -> Outcome:
         from connfix import pg
 
-        assert isinstance(params, TerminateParams)
         before = ctx.diagnose()  # the count right before, to measure what was freed
-        candidates: list[Candidate] = plan.data["candidates"]
+        assert plan.data is not None  # a plan with operations carries its data
+        candidates = plan.data.candidates
         signalled: dict[int, Operation] = {}
         counts: Counter[str] = Counter()
         interrupted = False

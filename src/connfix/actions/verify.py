@@ -27,7 +27,7 @@ class VerifyParams(Params):
     until: str | None = None
 
 
-class VerifyAction(Action):
+class VerifyAction(Action[VerifyParams, None]):
     """Poll the diagnosis until a condition holds or the timeout passes."""
 
     name = "verify"
@@ -35,12 +35,10 @@ class VerifyAction(Action):
     params_model = VerifyParams
     runs_in_dry_run = False  # a dry run does not wait for a change it did not make
 
-    def expressions(self, params: Params) -> list[tuple[str, str]]:
-        assert isinstance(params, VerifyParams)
+    def expressions(self, params: VerifyParams) -> list[tuple[str, str]]:
         return [("until", params.until)] if params.until else []
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
-        assert isinstance(params, VerifyParams)
+    def plan(self, ctx: RunContext, params: VerifyParams) -> Plan[None]:
         condition = params.until or ctx.runbook.healthy
         return Plan(
             summary=f"poll every {format_duration(params.interval)} until {condition},"
@@ -50,8 +48,7 @@ class VerifyAction(Action):
             ],
         )
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
-        assert isinstance(params, VerifyParams)
+    def apply(self, ctx: RunContext, params: VerifyParams, plan: Plan[None]) -> Outcome:
         condition = params.until or ctx.runbook.healthy
         deadline = time.monotonic() + params.timeout
         polls = 0

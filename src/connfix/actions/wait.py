@@ -22,7 +22,7 @@ class WaitParams(Params):
     interval: Interval = 2.0
 
 
-class WaitAction(Action):
+class WaitAction(Action[WaitParams, None]):
     """Wait for a duration, or until a condition holds."""
 
     name = "wait"
@@ -30,19 +30,16 @@ class WaitAction(Action):
     params_model = WaitParams
     runs_in_dry_run = False
 
-    def expressions(self, params: Params) -> list[tuple[str, str]]:
-        assert isinstance(params, WaitParams)
+    def expressions(self, params: WaitParams) -> list[tuple[str, str]]:
         return [("until", params.until)] if params.until else []
 
-    def plan(self, ctx: RunContext, params: Params) -> Plan:
-        assert isinstance(params, WaitParams)
+    def plan(self, ctx: RunContext, params: WaitParams) -> Plan[None]:
         text = f"wait {format_duration(params.duration)}"
         if params.until:
             text += f" or until {params.until}"
         return Plan(summary=text, operations=[Operation("wait", text)])
 
-    def apply(self, ctx: RunContext, params: Params, plan: Plan) -> Outcome:
-        assert isinstance(params, WaitParams)
+    def apply(self, ctx: RunContext, params: WaitParams, plan: Plan[None]) -> Outcome:
         deadline = time.monotonic() + params.duration
         while True:
             remaining = deadline - time.monotonic()

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import inventory_option, terminal
 from connfix.errors import ExitStatus
 
 
@@ -33,16 +33,16 @@ def diagnose(environment: str, as_json: bool, inventory_path: str | None) -> Non
       connfix diagnose prod
       connfix diagnose lab --json | jq .by_host
     """
-    from connfix.diagnosis import diagnose as run
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.analysis import diagnose as run
+    from connfix.inventory_file import InventorySearch, resolve_environment
 
     _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = run(environment, env)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     else:
-        from connfix import render
+        from connfix.cli import render
 
-        render.diagnosis(result)
+        render.diagnosis(terminal(), result)
     if not result.healthy:
         sys.exit(ExitStatus.UNHEALTHY)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import inventory_option, terminal
 from connfix.errors import ExitStatus
 
 
@@ -29,12 +29,12 @@ def check(environment: str, inventory_path: str | None) -> None:
       connfix inventory check prod
       connfix inventory check lab
     """
-    from connfix import render
     from connfix.check import check_environment
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.cli import render
+    from connfix.inventory_file import InventorySearch, resolve_environment
 
     _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = check_environment(environment, env)
-    render.environment_check(result)
+    render.environment_check(terminal(), result)
     if not result.ok:
         sys.exit(ExitStatus.UNREACHABLE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import DURATION
+from connfix.cli.options import DURATION, terminal
 
 
 @click.group()
@@ -82,11 +82,12 @@ def up(
       connfix lab up --hosts 4
       connfix lab up --postgres 18
     """
-    from connfix import render
+    from connfix.cli import render
     from connfix.lab import lab as core
 
     boot, traffic = app_boot, app_traffic
     render.lab_up(
+        terminal(),
         core.up(
             hosts,
             max_connections,
@@ -96,7 +97,7 @@ def up(
             reserved_connections,
             traffic,
             max_overflow,
-        )
+        ),
     )
 
 
@@ -120,13 +121,12 @@ def leak(host: str, count: int, idle_in_transaction: bool, from_pool: bool) -> N
       connfix lab leak app1 --count 6
       connfix lab leak app2 --count 5 --from-pool --idle-in-transaction
     """
-    from connfix import render
     from connfix.lab import lab as core
 
     pids = core.leak(host, count, idle_in_transaction, from_pool)
     kind = "idle in transaction" if idle_in_transaction else "idle"
     where = "checked out of its pool" if from_pool else "outside its pool"
-    render.out.print(
+    terminal().out.print(
         f"{host} leaked {len(pids)} {kind} connection(s) {where}: backend pids"
         f" {', '.join(map(str, pids))}"
     )
@@ -151,12 +151,11 @@ def burst(host: str, count: int, duration: float) -> None:
     Example:
       connfix lab burst app1 --count 5 --duration 30s
     """
-    from connfix import render
     from connfix.lab import lab as core
     from connfix.units import duration_text
 
     pids = core.burst(host, count, duration)
-    render.out.print(
+    terminal().out.print(
         f"{host} serves {len(pids)} requests for {duration_text(duration)}: backend pids"
         f" {', '.join(map(str, pids))}"
     )
@@ -185,15 +184,14 @@ def client(host: str, kind: str, clients: int, duration: float) -> None:
       connfix lab client app3 psql
       connfix lab client app1 stop
     """
-    from connfix import render
     from connfix.lab import clients as lab_clients
 
     if kind == "stop":
         stopped = lab_clients.stop(host)
-        render.out.print(f"stopped: {', '.join(stopped)}" if stopped else "no client running")
+        terminal().out.print(f"stopped: {', '.join(stopped)}" if stopped else "no client running")
         return
     unit = lab_clients.start(host, kind, clients, duration)
-    render.out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, duration)}")
+    terminal().out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, duration)}")
 
 
 @lab.command("status")
@@ -204,10 +202,10 @@ def status() -> None:
     Example:
       connfix lab status
     """
-    from connfix import render
+    from connfix.cli import render
     from connfix.lab import lab as core
 
-    render.lab_status(core.status())
+    render.lab_status(terminal(), core.status())
 
 
 @lab.command("down")
@@ -218,8 +216,7 @@ def down() -> None:
     Example:
       connfix lab down
     """
-    from connfix import render
     from connfix.lab import lab as core
 
     removed = core.down()
-    render.out.print("removed: " + ", ".join(removed) if removed else "no lab to remove")
+    terminal().out.print("removed: " + ", ".join(removed) if removed else "no lab to remove")

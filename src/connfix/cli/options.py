@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -11,7 +14,9 @@ from connfix.engine.run import RunMode
 from connfix.units import duration_text, parse_duration
 
 if TYPE_CHECKING:
-    from connfix.inventory import Environment, LoadedInventory
+    from connfix.cli.render import Terminal
+    from connfix.inventory import Environment
+    from connfix.inventory_file import LoadedInventory
     from connfix.runbook import Runbook
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +31,35 @@ def inventory_option(fn: F) -> F:
         metavar="PATH",
         help="Inventory file (default: $CONNFIX_INVENTORY, then ./inventory.yaml; the lab's"
         " inventory for environment 'lab').",
+    )(fn)
+
+
+def interactive() -> bool:
+    """Tell whether an operator can answer prompts (a terminal on stdin and stderr)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def incidents_base(flag: str | None, configured: str | None) -> Path:
+    """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
+    from connfix.files import expand
+
+    return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
+
+
+def incidents_dir_option(fn: F) -> F:
+    """Add --incidents-dir DIR."""
+    return click.option(
+        "--incidents-dir",
+        metavar="DIR",
+        help="Where the incident directory goes (default: the inventory's"
+        " incidents_dir, $CONNFIX_INCIDENTS_DIR, ./incidents).",
+    )(fn)
+
+
+def yes_option(fn: F) -> F:
+    """Add --yes / -y."""
+    return click.option(
+        "--yes", "-y", is_flag=True, help="Apply change-making steps without asking."
     )(fn)
 
 
@@ -71,20 +105,20 @@ def run_and_exit(
     import sys
     from pathlib import Path
 
-    from connfix import render
-    from connfix.cli.triage_cmd import incidents_base, interactive
+    from connfix.cli import render
     from connfix.engine.loop import run_runbook
     from connfix.engine.run import RunRequest
     from connfix.journal import resume_state
 
     runbook.check_hosts(environment, {h.name for h in env.hosts})
+    term = terminal()
     if mode is RunMode.TRIAGE:  # which runbook runs, said before anything else happens
-        render.err.print(
+        term.err.print(
             f"runbook: {render.escape(runbook.name)} ({render.escape(runbook.source)},"
             f" sha256 {runbook.sha256[:12]}…)"
         )
         if runbook.shadows:
-            render.err.print(
+            term.err.print(
                 f"[bold yellow]WARNING[/bold yellow]: {render.escape(runbook.source)} shadows"
                 f" connfix's shipped runbook of the same name ({render.escape(runbook.shadows)});"
                 " pass a path to choose explicitly"
@@ -103,8 +137,8 @@ def run_and_exit(
         resumed_from=resumed_from,
         resume_done=done,
     )
-    result = run_runbook(request, render.RichUI())
-    render.triage_result(result)
+    result = run_runbook(request, render.RichUI(term))
+    render.triage_result(term, result)
     sys.exit(result.exit_status)
 
 
@@ -131,3 +165,18 @@ DURATION = DurationParam()
 def as_param(seconds: float) -> str:
     """Write seconds back as a runbook parameter reads them."""
     return duration_text(seconds)
+
+
+def terminal() -> Terminal:
+    """Return the command's terminal: made once per invocation, on first use (a command
+    that prints nothing through rich never loads it), kept on the root context."""
+    from connfix.cli.render import Terminal
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    if isinstance(obj, dict):
+        if not isinstance(obj.get("terminal"), Terminal):
+            obj["terminal"] = Terminal.from_process()
+        term: Terminal = obj["terminal"]
+        return term
+    return Terminal.from_process()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import inventory_option, terminal
 
 
 @click.command()
@@ -61,10 +61,11 @@ def pool(
       connfix pool prod
       connfix pool prod --pgbouncer-config ./pgbouncer
     """
-    from connfix import pg, render
-    from connfix.diagnosis import diagnose
+    from connfix import pg
+    from connfix.analysis import diagnose
+    from connfix.cli import render
     from connfix.errors import ExitStatus, InputError
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.pool import pgbouncer_plan, size_pools
 
     _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
@@ -112,6 +113,6 @@ def pool(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        render.pool(sizing, result.get("pgbouncer"))  # type: ignore[arg-type]
+        render.pool(terminal(), sizing, result.get("pgbouncer"))  # type: ignore[arg-type]
     if not sizing.safe:
         sys.exit(ExitStatus.UNHEALTHY)

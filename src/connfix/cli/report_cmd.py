@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from connfix.cli.options import terminal
+
 
 @click.command()
 @click.argument("incident", metavar="INCIDENT")
@@ -29,7 +31,6 @@ def report(incident: str, output: str | None, template: str | None) -> None:
       connfix report incidents/20261125T021500Z-prod -o - | less
       connfix report incidents/20261125T021500Z-prod --template my-report.md.j2
     """
-    from connfix import render
     from connfix import report as core
     from connfix.journal import journal_of
 
@@ -38,4 +39,4 @@ def report(incident: str, output: str | None, template: str | None) -> None:
         sys.stdout.write(core.render(journal_of(Path(incident)), tmpl))
         return
     path = core.write(Path(incident), Path(output) if output else None, tmpl)
-    render.out.print(f"report: {path}")
+    terminal().out.print(f"report: {path}")

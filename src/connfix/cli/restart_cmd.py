@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import DURATION, as_param, inventory_option
+from connfix.cli.options import (
+    DURATION,
+    as_param,
+    incidents_dir_option,
+    inventory_option,
+    yes_option,
+)
 from connfix.engine.run import RunMode
 
 
@@ -52,13 +58,13 @@ from connfix.engine.run import RunMode
     is_flag=True,
     help="Run the read-only preflight and show the order and commands; restart nothing.",
 )
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 @click.option(
     "--resume",
     metavar="INCIDENT",
     help="Continue an interrupted roll: hosts its journal shows done are skipped.",
 )
-@click.option("--incidents-dir", metavar="DIR", help="Where the incident directory goes.")
+@incidents_dir_option
 @inventory_option
 def restart(
     environment: str,
@@ -97,7 +103,7 @@ def restart(
       connfix restart prod --resume incidents/20261125T021500Z-prod
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from connfix.cli.options import terminal
 from connfix.errors import ExitStatus, RunbookError
 
 
@@ -26,8 +27,7 @@ def validate(paths: tuple[str, ...]) -> None:
     Example:
       connfix runbook validate runbooks/*.yaml
     """
-    from connfix import render
-    from connfix.render import escape
+    from connfix.cli.render import escape
     from connfix.runbook import load_runbook_file
 
     failed = 0
@@ -36,9 +36,9 @@ def validate(paths: tuple[str, ...]) -> None:
             book = load_runbook_file(Path(path))
         except RunbookError as exc:
             failed += 1
-            render.err.print(f"[red]invalid[/red] {escape(str(exc))}")
+            terminal().err.print(f"[red]invalid[/red] {escape(str(exc))}")
         else:
-            render.out.print(f"ok {escape(path)}: {escape(book.name)}, {len(book.steps)} steps")
+            terminal().out.print(f"ok {escape(path)}: {escape(book.name)}, {len(book.steps)} steps")
     if failed:
         sys.exit(ExitStatus.BAD_INPUT)
 
@@ -52,7 +52,7 @@ def show(ref: str) -> None:
     Example:
       connfix runbook show too-many-connections
     """
-    from connfix import render
+    from connfix.cli import render
     from connfix.runbook import resolve_runbook
 
-    render.runbook(resolve_runbook(ref))
+    render.runbook(terminal(), resolve_runbook(ref))

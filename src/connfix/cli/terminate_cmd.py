@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import DURATION, as_param, inventory_option
+from connfix.cli.options import (
+    DURATION,
+    as_param,
+    incidents_dir_option,
+    inventory_option,
+    yes_option,
+)
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.engine.run import RunMode
 from connfix.sessions import BY_FLAG
@@ -73,8 +79,8 @@ STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
     help="Allow terminating sessions running a statement (with --state active).",
 )
 @click.option("--dry-run", is_flag=True, help="Show the sessions it would end; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--incidents-dir", metavar="DIR", help="Where the incident directory goes.")
+@yes_option
+@incidents_dir_option
 @inventory_option
 def terminate(
     environment: str,
@@ -113,7 +119,7 @@ def terminate(
       connfix terminate prod --state idle --older-than 10m --owner unowned
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())

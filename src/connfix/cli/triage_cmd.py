@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import click
 
-from connfix.cli.options import inventory_option
+from connfix.cli.options import incidents_dir_option, inventory_option, yes_option
 from connfix.engine.run import RunMode
-
-
-def interactive() -> bool:
-    """Tell whether an operator can answer prompts (a terminal on stdin and stderr)."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def incidents_base(flag: str | None, configured: str | None) -> Path:
-    """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
-    from connfix.files import expand
-
-    return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
 
 
 @click.command()
@@ -35,18 +19,13 @@ def incidents_base(flag: str | None, configured: str | None) -> Path:
 @click.option(
     "--dry-run", is_flag=True, help="Diagnose for real, print every step's plan, change nothing."
 )
-@click.option("--yes", "-y", is_flag=True, help="Apply steps without asking for confirmation.")
+@yes_option
 @click.option(
     "--resume",
     metavar="INCIDENT",
     help="Continue an interrupted run: hosts its journal shows restarted are skipped.",
 )
-@click.option(
-    "--incidents-dir",
-    metavar="DIR",
-    help="Where the incident directory goes (default: the inventory's"
-    " incidents_dir, $CONNFIX_INCIDENTS_DIR, ./incidents).",
-)
+@incidents_dir_option
 @inventory_option
 def triage(
     environment: str,
@@ -77,7 +56,7 @@ def triage(
       connfix triage prod --resume incidents/20261125T021500Z-prod
     """
     from connfix.cli.options import run_and_exit
-    from connfix.inventory import InventorySearch, resolve_environment
+    from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import resolve_runbook
 
     loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())

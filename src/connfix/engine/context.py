@@ -176,7 +176,7 @@ class RunContext:
 
     def diagnose(self) -> Diagnosis:
         """Take a fresh diagnosis, journal it, and make it the latest."""
-        from connfix.diagnosis import take_snapshot
+        from connfix.analysis import take_snapshot
         from connfix.errors import ConnectionLost
 
         try:

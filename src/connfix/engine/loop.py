@@ -14,7 +14,7 @@ import getpass
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connfix import __version__, expressions
 from connfix.actions import ACTIONS
@@ -328,7 +328,7 @@ class StepLoop:
         return None
 
     def _confirmed(
-        self, step: Step, plan: Plan, mutating: bool, ctx: RunContext
+        self, step: Step, plan: Plan[Any], mutating: bool, ctx: RunContext
     ) -> RunResult | None:
         """Ask before a change-making step when the runbook says so; return the finished
         run when the step may not run (no terminal and no --yes, or the operator said

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
@@ -31,14 +33,39 @@ if TYPE_CHECKING:
     from connfix.runbook import Runbook, Step
 
 
-def _width(stream: TextIO) -> int | None:
+def _width(stream: TextIO, environ: Mapping[str, str]) -> int | None:
     # Piped output (logs, grep, tests) gets wide tables instead of rich's 80 columns.
-    columns = os.environ.get("COLUMNS", "")
+    columns = environ.get("COLUMNS", "")
     return None if stream.isatty() else int(columns) if columns.isdigit() else 160
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+@dataclass(frozen=True)
+class Terminal:
+    """Where connfix writes: results on `out` (stdout), progress and errors on `err`
+    (stderr). Built once per command from the process (or by a test), passed in."""
+
+    out: Console
+    err: Console
+
+    @classmethod
+    def from_process(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> Terminal:
+        env = os.environ if environ is None else environ
+        out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
+        return cls(
+            Console(file=stdout, highlight=False, soft_wrap=True, width=_width(out_stream, env)),
+            Console(
+                file=stderr,
+                stderr=stderr is None,
+                highlight=False,
+                soft_wrap=True,
+                width=_width(err_stream, env),
+            ),
+        )
 
 
 def _mark(ok: bool | None) -> str:
@@ -47,7 +74,7 @@ def _mark(ok: bool | None) -> str:
     return "[green]ok[/green]" if ok else "[red]FAIL[/red]"
 
 
-def environment_check(result: EnvironmentCheck) -> None:
+def environment_check(term: Terminal, result: EnvironmentCheck) -> None:
     """Print the preflight of one environment."""
     db = result.database
     table = Table(title=f"database of {escape(result.environment)}", title_justify="left")
@@ -83,7 +110,7 @@ def environment_check(result: EnvironmentCheck) -> None:
         table.add_row(f"{kind} connection", _mark(works), escape(detail))
     if not db.ways_in:
         table.add_row("way in when full", _mark(None), "not configured")
-    out.print(table)
+    term.out.print(table)
     hosts = Table(title=f"hosts of {escape(result.environment)}", title_justify="left")
     for column in ("host", "address", "ssh", "host key", "service", "time", "detail"):
         hosts.add_column(column, overflow="fold")
@@ -97,40 +124,40 @@ def environment_check(result: EnvironmentCheck) -> None:
             f"{h.seconds:.2f}s",
             escape(h.detail),
         )
-    out.print(hosts)
+    term.out.print(hosts)
     failed = sum(1 for h in result.hosts if not h.ok)
     if result.ok:
-        out.print(f"[green]all checks passed[/green] ({len(result.hosts)} hosts)")
+        term.out.print(f"[green]all checks passed[/green] ({len(result.hosts)} hosts)")
     else:
         parts = []
         if not db.ok or not all(works for _, works, _ in db.ways_in):
             parts.append("database")
         if failed:
             parts.append(f"{failed} of {len(result.hosts)} hosts")
-        out.print(f"[red]checks failed:[/red] {', '.join(parts)}")
+        term.out.print(f"[red]checks failed:[/red] {', '.join(parts)}")
 
 
-def lab_up(result: UpResult) -> None:
+def lab_up(term: Terminal, result: UpResult) -> None:
     """Print what `lab up` did."""
     verb = "is already up" if result.already_up else f"is up ({result.seconds:.1f}s)"
     reserved = (
         f", reserved_connections {result.reserved_connections}" if result.pg_major >= 16 else ""
     )
-    out.print(
+    term.out.print(
         f"lab {verb}: PostgreSQL {result.pg_major}, {result.hosts} hosts,"
         f" max_connections {result.max_connections}{reserved}, pool size"
         f" {result.pool_size} per host"
     )
-    out.print(f"inventory: {result.inventory}  (environment: lab)")
+    term.out.print(f"inventory: {result.inventory}  (environment: lab)")
 
 
-def lab_status(status: Status) -> None:
+def lab_status(term: Terminal, status: Status) -> None:
     """Print the lab's state."""
     if not status.hosts and not status.up:
         for problem in status.problems:
-            out.print(escape(problem))
+            term.out.print(escape(problem))
         return
-    out.print(
+    term.out.print(
         f"PostgreSQL {escape(status.server_version)}: {status.client_backends} client"
         f" backends of max_connections {status.max_connections}"
     )
@@ -166,9 +193,9 @@ def lab_status(status: Status) -> None:
             str(h.idle),
             str(h.idle_in_transaction),
         )
-    out.print(table)
+    term.out.print(table)
     for problem in status.problems:
-        out.print(f"[red]problem:[/red] {escape(problem)}")
+        term.out.print(f"[red]problem:[/red] {escape(problem)}")
 
 
 PLAN_LINES = 25
@@ -190,19 +217,19 @@ def _counts_table(title: str, counts: dict[str, int], lower_bound: bool) -> Tabl
     return table
 
 
-def diagnosis(d: Diagnosis) -> None:
+def diagnosis(term: Terminal, d: Diagnosis) -> None:
     """Print a diagnosis: header, by state, by host with suspects, idle transactions, pools."""
     style = _SEVERITY_STYLE[d.severity]
-    out.print(
+    term.out.print(
         f"[bold]{escape(d.environment)}[/bold]: PostgreSQL {escape(d.server_version)},"
         f" connected as {escape(d.connected_as)} via the {d.via} connection"
     )
     if d.refusal:
-        out.print(
+        term.out.print(
             f"[yellow]the database refused the ordinary connection[/yellow]"
             f" ({escape(d.refusal)}); diagnosed through the {d.via} connection"
         )
-    out.print(
+    term.out.print(
         f"usable {d.usable_connections} (max_connections {d.max_connections}"
         f" − superuser_reserved {d.superuser_reserved_connections}"
         f" − reserved {d.reserved_connections})   used {d.client_backends}"
@@ -210,16 +237,16 @@ def diagnosis(d: Diagnosis) -> None:
         + f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
     )
     for reason in d.severity_reasons:
-        out.print(f"  - {escape(reason)}")
+        term.out.print(f"  - {escape(reason)}")
     lower = not d.visibility_complete
     if lower:
-        out.print(
+        term.out.print(
             f"[yellow]visibility incomplete:[/yellow] {d.hidden_sessions} session(s) of other"
             f" roles are hidden from {escape(d.connected_as)} (grant pg_read_all_stats);"
             " they are counted, but their state and host are unknown: the per-state and"
             " per-host counts are lower bounds"
         )
-    out.print(_counts_table("by state", d.by_state, lower))
+    term.out.print(_counts_table("by state", d.by_state, lower))
     hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
     for column in (
         "host",
@@ -253,7 +280,7 @@ def diagnosis(d: Diagnosis) -> None:
             _age(h.oldest_idle_seconds),
             "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
         )
-    out.print(hosts)
+    term.out.print(hosts)
     if d.idle_in_transaction:
         iit = Table(title="oldest idle in transaction", title_justify="left")
         for column in (
@@ -278,7 +305,7 @@ def diagnosis(d: Diagnosis) -> None:
                 ", ".join(map(str, s.blocking)) or "-",
                 escape(s.query or ""),
             )
-        out.print(iit)
+        term.out.print(iit)
     if d.blocking_chains:
         chains = Table(
             title="blocking chains (root blocker → every session behind it)", title_justify="left"
@@ -295,25 +322,25 @@ def diagnosis(d: Diagnosis) -> None:
                 f"{len(c.waiting)}: " + ", ".join(map(str, c.waiting)),
                 escape(c.query or ""),
             )
-        out.print(chains)
+        term.out.print(chains)
     if d.connection_limits:
         limits = Table(title="CONNECTION LIMITs", title_justify="left")
         for column in ("kind", "name", "used", "limit"):
             limits.add_column(column)
         for item in d.connection_limits:
             limits.add_row(item.kind, escape(item.name), str(item.used), str(item.limit))
-        out.print(limits)
+        term.out.print(limits)
     apps = ", ".join(f"{escape(k or '(none)')} {v}" for k, v in d.by_application.items())
     users = ", ".join(f"{escape(k or '(hidden)')} {v}" for k, v in d.by_user.items())
-    out.print(f"by application: {apps or '-'}")
-    out.print(f"by user: {users or '-'}")
+    term.out.print(f"by application: {apps or '-'}")
+    term.out.print(f"by user: {users or '-'}")
     check = d.pool_check
     mark = "[green]" if check.safe else "[red]"
-    out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
+    term.out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
     if d.pgbouncer is not None:
-        bouncer(d.pgbouncer)
+        bouncer(term, d.pgbouncer)
     if d.suspects:
-        out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+        term.out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
 
 
 def _pool(pool: int | None, capacity: int | None) -> str:
@@ -322,10 +349,10 @@ def _pool(pool: int | None, capacity: int | None) -> str:
     return str(pool) if capacity in (None, pool) else f"{pool} (+{(capacity or pool) - pool})"
 
 
-def bouncer(state: dict[str, Any]) -> None:
+def bouncer(term: Terminal, state: dict[str, Any]) -> None:
     """Print what PgBouncer's admin console says."""
     if "error" in state:
-        out.print(f"[yellow]PgBouncer:[/yellow] {escape(state['error'])}")
+        term.out.print(f"[yellow]PgBouncer:[/yellow] {escape(state['error'])}")
         return
     table = Table(title="PgBouncer pools", title_justify="left")
     for column in (
@@ -354,9 +381,9 @@ def bouncer(state: dict[str, Any]) -> None:
             str(p["sv_used"]),
             f"{p['maxwait']:.1f}s",
         )
-    out.print(table)
+    term.out.print(table)
     colour = "red" if state["saturated"] or state["database_full"] else "green"
-    out.print(
+    term.out.print(
         f"PgBouncer: [{colour}]{escape(state['verdict'])}[/{colour}]"
         f" ({state['server_connections']} server connections,"
         f" {state['server_connections_in_pg_stat_activity']} of them seen in"
@@ -364,13 +391,13 @@ def bouncer(state: dict[str, Any]) -> None:
     )
 
 
-def runbook(book: Runbook) -> None:
+def runbook(term: Terminal, book: Runbook) -> None:
     """Print a runbook as a readable plan."""
-    out.print(
+    term.out.print(
         f"[bold]{escape(book.name)}[/bold]  ({escape(book.source)}, sha256 {book.sha256[:12]})"
     )
-    out.print(escape(book.summary))
-    out.print(f"healthy when: {escape(book.healthy)}  (escalation stops as soon as it holds)")
+    term.out.print(escape(book.summary))
+    term.out.print(f"healthy when: {escape(book.healthy)}  (escalation stops as soon as it holds)")
     for index, step in enumerate(book.steps, start=1):
         flags = []
         if step.mutating:
@@ -378,28 +405,37 @@ def runbook(book: Runbook) -> None:
         if step.confirm:
             flags.append("asks first")
         flags.append(f"on failure: {step.on_failure}")
-        out.print(f"\n{index}. [bold]{escape(step.id)}[/bold] — {step.action} ({', '.join(flags)})")
+        term.out.print(
+            f"\n{index}. [bold]{escape(step.id)}[/bold] — {step.action} ({', '.join(flags)})"
+        )
         if step.description:
-            out.print(f"   {escape(step.description)}")
+            term.out.print(f"   {escape(step.description)}")
         if step.when:
-            out.print(f"   only when: {escape(step.when)}")
+            term.out.print(f"   only when: {escape(step.when)}")
         params = step.params.model_dump(exclude_none=True)
         if params:
-            out.print("   " + escape(", ".join(f"{k}={v}" for k, v in params.items())))
+            term.out.print("   " + escape(", ".join(f"{k}={v}" for k, v in params.items())))
 
 
 class RichUI:
     """The engine's operator interface: progress and prompts on stderr, plans on stdout."""
 
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+
     def started(self, journal: Path, dry_run: bool) -> None:
         if dry_run:
-            err.print("[bold yellow]DRY RUN[/bold yellow]: diagnosing for real, changing nothing")
-        err.print(f"journal: {escape(str(journal))}")
+            self.term.err.print(
+                "[bold yellow]DRY RUN[/bold yellow]: diagnosing for real, changing nothing"
+            )
+        self.term.err.print(f"journal: {escape(str(journal))}")
 
     def diagnosis(self, d: Diagnosis) -> None:
         for usage in d.by_host:
             if usage.suspect:
-                err.print(f"  suspect {escape(usage.host)}: {escape('; '.join(usage.reasons))}")
+                self.term.err.print(
+                    f"  suspect {escape(usage.host)}: {escape('; '.join(usage.reasons))}"
+                )
 
     def step(self, index: int, total: int, step: Step, status: str, detail: str) -> None:
         colour = {
@@ -410,35 +446,37 @@ class RichUI:
             "running": "cyan",
             "interrupted": "red",
         }.get(status, "white")
-        err.print(
+        self.term.err.print(
             f"[{index}/{total}] {escape(step.id)} ({step.action}):"
             f" [{colour}]{status}[/{colour}] — {escape(detail)}"
         )
 
-    def plan(self, step: Step, plan: Plan, applied: bool) -> None:
+    def plan(self, step: Step, plan: Plan[Any], applied: bool) -> None:
         head = "would" if not applied else "plan:"
         if plan.blocked is not None:
             head = "refused, nothing done; the plan was:"
-        out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
+        self.term.out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
         # a dry run shows every operation; a real run shows the first ones (the journal
         # has them all), so a thousand pids do not bury the prompt
         shown = plan.operations if not applied else plan.operations[:PLAN_LINES]
         for op in shown:
             target = f" [{escape(op.target)}]" if op.target else ""
-            out.print(f"  - {escape(op.description)}{target}")
+            self.term.out.print(f"  - {escape(op.description)}{target}")
             if op.command:
-                out.print(f"      {escape(op.command)}")
+                self.term.out.print(f"      {escape(op.command)}")
         hidden = len(plan.operations) - len(shown)
         if hidden:
-            out.print(f"  … and {hidden} more (every one is in the journal; --dry-run lists all)")
+            self.term.out.print(
+                f"  … and {hidden} more (every one is in the journal; --dry-run lists all)"
+            )
 
     def confirm(self, question: str) -> bool:
         from rich.prompt import Confirm
 
-        return Confirm.ask(escape(question), console=err, default=False)
+        return Confirm.ask(escape(question), console=self.term.err, default=False)
 
     def note(self, message: str) -> None:
-        err.print(escape(message))
+        self.term.err.print(escape(message))
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         table = Table(title=escape(title), title_justify="left")
@@ -446,31 +484,31 @@ class RichUI:
             table.add_column(escape(column))
         for row in rows:
             table.add_row(*(escape(cell) for cell in row))
-        err.print(table)
+        self.term.err.print(table)
 
 
-def triage_result(result: RunResult) -> None:
+def triage_result(term: Terminal, result: RunResult) -> None:
     """Print how a run ended and where its record is."""
     from connfix.engine.run import RunStatus
 
     colour = "green" if result.exit_status == 0 else "red"
     if result.status is RunStatus.DRY_RUN:
-        out.print(f"[bold yellow]DRY RUN[/bold yellow] — {escape(result.message)}")
+        term.out.print(f"[bold yellow]DRY RUN[/bold yellow] — {escape(result.message)}")
     else:
         if result.dry_run:
-            out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
-        out.print(f"[{colour}]{result.status.value}[/{colour}]: {escape(result.message)}")
-    out.print(f"incident: {escape(str(result.incident_dir))}")
+            term.out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
+        term.out.print(f"[{colour}]{result.status.value}[/{colour}]: {escape(result.message)}")
+    term.out.print(f"incident: {escape(str(result.incident_dir))}")
     if result.report is not None:
-        out.print(f"report: {escape(str(result.report))}")
+        term.out.print(f"report: {escape(str(result.report))}")
     if result.report_error:
-        err.print(
+        term.err.print(
             f"[red]the report could not be written:[/red] {escape(result.report_error)}"
             f" (regenerate it with `connfix report {escape(str(result.incident_dir))}`)"
         )
 
 
-def pool(sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
+def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
     """Print the pool sizing, before → after, and the PgBouncer config written."""
     table = Table(title="pool sizing", title_justify="left")
     for column in ("", "servers", "pool size per server", "total", "available", "safe?"):
@@ -484,20 +522,20 @@ def pool(sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
             str(row["available"]),
             "[green]yes[/green]" if row["safe"] else "[red]NO[/red]",
         )
-    out.print(table)
+    term.out.print(table)
     for note in sizing.notes:
-        out.print(f"  - {escape(note)}")
-    out.print(f"verdict: {escape(sizing.verdict())}")
+        term.out.print(f"  - {escape(note)}")
+    term.out.print(f"verdict: {escape(sizing.verdict())}")
     if bouncer_config:
-        out.print(
+        term.out.print(
             f"\nPgBouncer config written to {escape(bouncer_config['directory'])}:"
             " pgbouncer.ini, userlist.txt (fill in the SCRAM secrets)"
         )
-        out.print(
+        term.out.print(
             f"  pool_mode {bouncer_config['pool_mode']}, max_db_connections"
             f" {bouncer_config['max_db_connections']}, default_pool_size"
             f" {bouncer_config['default_pool_size']}, reserve_pool_size"
             f" {bouncer_config['reserve_pool_size']}, max_client_conn"
             f" {bouncer_config['max_client_conn']}"
         )
-        out.print(f"  apps connect with DATABASE_URL={escape(bouncer_config['database_url'])}")
+        term.out.print(f"  apps connect with DATABASE_URL={escape(bouncer_config['database_url'])}")

@@ -1,0 +1,97 @@
+"""The README's command reference is checked against the commands themselves (their
+--help), so it cannot drift: every command has its section, every flag of a command is
+in its section, every flag a section names exists, and every example in --help is in
+the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from connfix.cli import cli
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def commands(group: click.Group = cli, prefix: str = "connfix") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}"
+        if isinstance(command, click.Group):
+            found += commands(command, path)
+        else:
+            found.append((path, command))
+    return found
+
+
+INTRO = README[README.index("## Commands") : README.index("### ", README.index("## Commands"))]
+
+
+def section(path: str) -> str:
+    """The README text about a command: the `### `connfix …`` section that names it (or
+    its group), up to the next section of that level, and the Commands introduction
+    (the flags every command shares)."""
+    words = path.split()
+    for size in range(len(words), 1, -1):
+        name = " ".join(words[:size])
+        match = re.search(
+            rf"^### `{re.escape(name)}\b[^\n]*\n(.*?)(?=^### |^## )", README, re.M | re.S
+        )
+        if match:
+            return INTRO + match.group(0)
+    raise AssertionError(f"the README has no section for `{path}`")
+
+
+def flags(command: click.Command) -> set[str]:
+    return {
+        opt
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden
+        for opt in param.opts + param.secondary_opts
+        if opt.startswith("--") and opt != "--help"
+    }
+
+
+COMMANDS = commands()
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
+def test_every_flag_of_a_command_is_in_its_readme_section(
+    path: str, command: click.Command
+) -> None:
+    text = section(path)
+    missing = sorted(f for f in flags(command) if f not in text)
+    assert not missing, f"README section of `{path}` does not mention {missing}"
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
+def test_every_example_in_help_is_in_the_readme(path: str, command: click.Command) -> None:
+    help_text = command.help or ""
+    examples = re.findall(r"^\s+(connfix [^\n]+)$", help_text.split("Example:")[-1], re.M)
+    if "Example:" in help_text:
+        assert examples, f"`{path} --help` has an Example: block with no command"
+    for example in examples:
+        assert example.split("  #")[0].strip() in README, f"`{example}` is not in the README"
+
+
+def test_every_flag_the_readme_names_for_a_command_exists() -> None:
+    """A `connfix CMD … --flag` line in the README uses only flags CMD has."""
+    known = dict(COMMANDS)
+    for line in re.findall(r"^connfix [^\n]+$", README, re.M):
+        words = line.split("#")[0].split()
+        path = next(
+            (
+                p
+                for p in sorted(known, key=len, reverse=True)
+                if line.startswith(p + " ") or line == p
+            ),
+            None,
+        )
+        if path is None:
+            continue
+        used = {w.split("=")[0] for w in words if w.startswith("--")}
+        unknown = used - flags(known[path]) - {"--help", "--debug", "--version"}
+        assert not unknown, f"README line `{line}`: {path} has no {sorted(unknown)}"
