@@ -14,6 +14,7 @@ import pytest
 
 from connfix.lab import cgroups, paths
 from connfix.lab import lab as core
+from connfix.lab.status import status as lab_status
 from tests.helpers import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
 
 
@@ -26,7 +27,7 @@ def test_each_host_holds_its_pool_from_its_own_address(clean_lab: Lab) -> None:
 def test_status_matches_pg_stat_activity(clean_lab: Lab) -> None:
     clean_lab.core.leak("app2", 2, idle_in_transaction=False)
     clean_lab.core.leak("app3", 1, idle_in_transaction=True)
-    status = core.status()
+    status = lab_status()
     assert status.up and not status.problems
     assert status.server_version.startswith(str(clean_lab.version))
     backends = clean_lab.client_backends()
@@ -145,7 +146,7 @@ def test_down_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab: Lab) -> None:
     assert core.down() == []  # nothing left to remove
     # the suite's own lab is untouched
     monkeypatch.setenv("CONNFIX_LAB_ID", "7")
-    assert core.status().up
+    assert lab_status().up
     assert os.path.isdir(lab.paths.lab_dir())
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connfix.lab.status import status as lab_status
 from tests.helpers import (
     LAB_POOL_SIZE,
     Lab,
@@ -59,7 +60,7 @@ def test_full_roll_leakiest_first_new_main_pids_leak_gone(clean_lab: Lab, tmp_pa
         (unit,) = d["units"]
         assert unit["unit"] == "labapp.service" and unit["type"] == "notify"
         assert unit["new_invocation_id"] != unit["old_invocation_id"]
-    status = clean_lab.core.status()
+    status = lab_status()
     assert all(h.leaked == 0 and h.backends == LAB_POOL_SIZE for h in status.hosts)
     plan = of(evs, "plan")[-1]
     assert [p["host"] for p in plan["details"]["preflight"]] == ["app3", "app1", "app2"]
@@ -419,4 +420,4 @@ def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) ->
     assert skipped["verify-after-terminate"] == "terminated > 0"  # nothing was terminated
     after = clean_lab.main_pids()
     assert after["app2"] != before["app2"] and after["app1"] == before["app1"]
-    assert clean_lab.core.status().hosts[1].backends == LAB_POOL_SIZE
+    assert lab_status().hosts[1].backends == LAB_POOL_SIZE

@@ -6,6 +6,7 @@ the tests read them by these names."""
 from __future__ import annotations
 
 import enum
+from typing import NotRequired, TypedDict
 
 
 class Event(enum.StrEnum):
@@ -39,3 +40,77 @@ class Event(enum.StrEnum):
     HOST_DONE = "host_done"  # it passed every gate
     HOST_FAILED = "host_failed"  # it failed a gate
     ROLL_HALTED = "roll_halted"  # the roll stopped: done, failed, untouched hosts
+
+
+# The fields of the events other modules read back (the report, --resume), typed where
+# they are written, so a renamed or missing field is a type error, not a blank report.
+
+
+class RunbookRef(TypedDict):
+    """Which runbook a run used."""
+
+    name: str
+    source: str
+    sha256: str
+    shadows: str | None  # the shipped runbook a local one of the same name shadows
+    healthy: str
+    steps: list[str]
+
+
+class RunFlags(TypedDict):
+    dry_run: bool
+    yes: bool
+    interactive: bool
+    mode: str  # RunMode: triage or command
+
+
+class RunStart(TypedDict):
+    """`run_start`: who ran what, where, how."""
+
+    environment: str
+    operator: str
+    hostname: str
+    connfix_version: str
+    runbook: RunbookRef
+    inventory: str
+    flags: RunFlags
+    pid: int
+    resumed_from: str | None
+    resume_done: dict[str, list[str]]  # per action, what an earlier run had finished
+
+
+class RunEnd(TypedDict):
+    """`run_end`: how the run ended."""
+
+    status: str  # RunStatus
+    exit_status: int
+    message: str
+    dry_run: bool
+    healthy: bool | None  # None: no diagnosis, or the condition could not be evaluated
+
+
+class UnitChange(TypedDict):
+    unit: str
+    type: str
+    old_main_pid: int
+    old_invocation_id: str
+    new_main_pid: int | None
+    new_invocation_id: str | None
+
+
+class HostOutcomeFields(TypedDict):
+    """`host_done` / `host_failed`: one host of a roll."""
+
+    host: str
+    ok: bool
+    old_main_pid: int
+    new_main_pid: NotRequired[int | None]  # host_done
+    gate: NotRequired[str | None]  # host_failed: the gate that failed
+    detail: NotRequired[str]
+    units: list[UnitChange]
+    gates: dict[str, float]  # seconds in each gate
+    seconds: float
+    ssh_reconnects: NotRequired[list[str]]
+    command: NotRequired[str]  # the command that failed the gate, if one did
+    exit_code: NotRequired[int | None]
+    output_tail: NotRequired[str | None]

@@ -203,9 +203,9 @@ def status() -> None:
       connfix lab status
     """
     from connfix.cli import render
-    from connfix.lab import lab as core
+    from connfix.lab.status import status as lab_status
 
-    render.lab_status(terminal(), core.status())
+    render.lab_status(terminal(), lab_status())
 
 
 @lab.command("down")

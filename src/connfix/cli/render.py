@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from connfix.check import EnvironmentCheck
     from connfix.diagnosis import Diagnosis
     from connfix.engine.run import RunResult
-    from connfix.lab.lab import Status, UpResult
+    from connfix.lab.lab import UpResult
+    from connfix.lab.status import Status
     from connfix.pool import PoolSizing
     from connfix.runbook import Runbook, Step
 

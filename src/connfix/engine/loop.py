@@ -24,7 +24,7 @@ from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
 from connfix.engine.secrets import secrets_of
 from connfix.errors import ConnfixError, ExitStatus
-from connfix.events import Event
+from connfix.events import Event, RunbookRef, RunEnd, RunFlags, RunStart
 from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
 
 if TYPE_CHECKING:
@@ -49,31 +49,31 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     incident = new_incident_dir(request.incidents_dir, request.environment)
     journal = Journal(incident, Redactor(secrets_of(request.env)))
     runbook = request.runbook
-    journal.record(
-        Event.RUN_START,
+    start = RunStart(
         environment=request.environment,
         operator=operator(),
         hostname=socket.gethostname(),
         connfix_version=__version__,
-        runbook={
-            "name": runbook.name,
-            "source": runbook.source,
-            "sha256": runbook.sha256,
-            "shadows": runbook.shadows,
-            "healthy": runbook.healthy,
-            "steps": [s.id for s in runbook.steps],
-        },
+        runbook=RunbookRef(
+            name=runbook.name,
+            source=runbook.source,
+            sha256=runbook.sha256,
+            shadows=runbook.shadows,
+            healthy=runbook.healthy,
+            steps=[s.id for s in runbook.steps],
+        ),
         inventory=str(request.inventory_path),
-        flags={
-            "dry_run": request.dry_run,
-            "yes": request.yes,
-            "interactive": request.interactive,
-            "mode": request.mode.value,
-        },
+        flags=RunFlags(
+            dry_run=request.dry_run,
+            yes=request.yes,
+            interactive=request.interactive,
+            mode=request.mode.value,
+        ),
         pid=os.getpid(),
         resumed_from=str(request.resumed_from) if request.resumed_from else None,
         resume_done=request.resume_done,
     )
+    journal.record(Event.RUN_START, **start)
     ui.started(journal.path, request.dry_run)
     loop = StepLoop(request, ui, incident, journal)
     interrupt = Interrupt()
@@ -160,14 +160,14 @@ class StepLoop:
         ctx = self.ctx
         final = ctx.latest if ctx else None
         with contextlib.suppress(JournalError):
-            self.journal.record(
-                Event.RUN_END,
+            end = RunEnd(
                 status=status.value,
                 exit_status=int(code),
                 message=message,
                 dry_run=self.request.dry_run,
                 healthy=None if final is None else bool(ctx and ctx.healthy_or_none()),
             )
+            self.journal.record(Event.RUN_END, **end)
         self.journal.close()
         result = RunResult(
             status,

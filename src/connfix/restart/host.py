@@ -8,8 +8,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connfix import systemd
-from connfix.events import Event
+from connfix import events, systemd
+from connfix.events import Event, HostOutcomeFields
 from connfix.restart import gates
 from connfix.restart.gates import GateContext, GateResult
 from connfix.units import format_duration
@@ -76,26 +76,36 @@ class HostOutcome:
     exit_code: int | None = None
     output_tail: str | None = None
 
-    def journal(self) -> dict[str, Any]:
+    def journal(self) -> HostOutcomeFields:
         """The fields of the host's `host_done` / `host_failed` event."""
-        entry: dict[str, Any] = {"host": self.host, "ok": self.ok}
+        entry = HostOutcomeFields(
+            host=self.host,
+            ok=self.ok,
+            old_main_pid=self.old_main_pid,
+            units=[
+                events.UnitChange(
+                    unit=u.unit,
+                    type=u.type,
+                    old_main_pid=u.old_main_pid,
+                    old_invocation_id=u.old_invocation_id,
+                    new_main_pid=u.new_main_pid,
+                    new_invocation_id=u.new_invocation_id,
+                )
+                for u in self.units
+            ],
+            gates=self.gates,
+            seconds=self.seconds,
+        )
         if self.ok:
-            entry |= {"old_main_pid": self.old_main_pid, "new_main_pid": self.new_main_pid}
+            entry["new_main_pid"] = self.new_main_pid
         else:
-            entry |= {"gate": self.gate, "detail": self.detail, "old_main_pid": self.old_main_pid}
-        entry |= {
-            "units": [u.__dict__ for u in self.units],
-            "gates": self.gates,
-            "seconds": self.seconds,
-        }
+            entry["gate"], entry["detail"] = self.gate, self.detail
         if self.ssh_reconnects:
             entry["ssh_reconnects"] = self.ssh_reconnects
         if self.command is not None:
-            entry |= {
-                "command": self.command,
-                "exit_code": self.exit_code,
-                "output_tail": self.output_tail,
-            }
+            entry["command"] = self.command
+            entry["exit_code"] = self.exit_code
+            entry["output_tail"] = self.output_tail
         return entry
 
 
