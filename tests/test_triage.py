@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from connfix.cli import cli, triage_cmd
+from connfix.cli import cli, options
 from connfix.journal import read_journal
 from tests.helpers import Lab, assert_complete, connfix_run, events, retry
 
@@ -128,7 +128,7 @@ def test_prompt_answered_yes_applies_the_step(
     clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clean_lab.core.leak("app1", 4, idle_in_transaction=False)
-    monkeypatch.setattr(triage_cmd, "interactive", lambda: True)
+    monkeypatch.setattr(options, "interactive", lambda: True)
     result = triage(clean_lab, tmp_path, "--runbook", str(runbook(tmp_path, PAUSE)), input="y\n")
     evs = events(tmp_path / "incidents")
     (prompt,) = [e for e in evs if e["event"] == "prompt"]
@@ -142,7 +142,7 @@ def test_prompt_answered_no_stops(
     clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clean_lab.core.leak("app1", 4, idle_in_transaction=False)
-    monkeypatch.setattr(triage_cmd, "interactive", lambda: True)
+    monkeypatch.setattr(options, "interactive", lambda: True)
     result = triage(
         clean_lab, tmp_path, "--runbook", str(runbook(tmp_path, PAUSE + VERIFY)), input="n\n"
     )
