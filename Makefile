@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test unit demo clean-lab
+.PHONY: setup lint test unit bench demo clean-lab
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,10 @@ test: lint
 # The tests that need no lab: any user, no root, seconds.
 unit:
 	$(BIN)/pytest -m "not lab"
+
+# Every benchmark, then one table (root; under 15 minutes). QUICK=1: a 2-minute subset.
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(if $(QUICK),--quick,)
 
 # The main job on the lab: build it, make a host leak, triage the incident end to end.
 demo: setup

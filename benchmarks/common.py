@@ -1,0 +1,124 @@
+"""What every benchmark shares: a result row, the machine, and the table `make bench`
+prints."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every benchmark builds lab 5, beside an operator's lab (0) and the test suite's (7–9).
+os.environ["CONNFIX_LAB_ID"] = "5"
+os.environ.pop("CONNFIX_LAB_DIR", None)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measure: connfix's figure, the floor or anchor measured in the same run, the
+    target and whether it was met."""
+
+    measure: str
+    value: float
+    unit: str  # "s" or "MB"
+    target: str  # as the issue states it
+    passed: bool
+    anchor_name: str = ""
+    anchor: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.anchor is None or not self.anchor:
+            return None
+        return self.value / self.anchor
+
+
+def connfix_bin() -> list[str]:
+    script = Path(sys.executable).with_name("connfix")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "connfix"]
+
+
+def timed(
+    argv: Sequence[str], ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None
+) -> float:
+    """Run a whole process; return its wall time; stop the benchmark if it fails."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, env=env
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in ok:
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def peak_rss_mb(argv: Sequence[str], ok: tuple[int, ...] = (0, 1)) -> tuple[float, float]:
+    """Run a whole process; return (wall seconds, its peak RSS in MB, from wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code not in ok:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        sys.exit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def interleaved(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Run each way once per round, interleaved (all see the same machine); medians."""
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            times[name].append(way())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def machine() -> str:
+    """Cores, memory, kernel, Python — and the PostgreSQL the lab ran (set by a bench)."""
+    try:
+        kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
+        memory = f"{kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        memory = "?"
+    return (
+        f"{os.cpu_count()} cores, {memory} memory, Linux {platform.release()},"
+        f" Python {platform.python_version()}"
+    )
+
+
+def self_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(rows: list[Row], postgres: str, started: float) -> str:
+    """The one table `make bench` prints (Markdown, pasted as is into the README)."""
+    lines = [
+        "| measure | connfix | floor / anchor | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        anchor = f"{r.anchor:.3f} {r.unit} ({r.anchor_name})" if r.anchor is not None else "—"
+        if r.anchor is None and r.anchor_name:
+            anchor = r.anchor_name
+        ratio = f"{r.ratio:.2f}×" if r.ratio is not None else "—"
+        figure = f"{r.value:.3f} {r.unit}" if r.unit == "s" else f"{r.value:.0f} {r.unit}"
+        result = "pass" if r.passed else "**FAIL**"
+        lines.append(f"| {r.measure} | {figure} | {anchor} | {ratio} | {r.target} | {result} |")
+    notes = [f"- {r.measure}: {r.note}" for r in rows if r.note]
+    head = (
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {machine()}, PostgreSQL {postgres};"
+        f" all of it in {time.perf_counter() - started:.0f} s"
+    )
+    return "\n".join([head, "", *lines, *(["", *notes] if notes else [])])

@@ -1,0 +1,199 @@
+"""Benchmark: time to healthy on the standard lab incident.
+
+The lab's three real-systemd hosts; app2 leaks past its pool until PostgreSQL refuses
+ordinary connections. Measured, interleaved, on a fresh incident each time:
+
+- `connfix triage lab --yes`, from the process starting to it exiting healthy;
+- the floor a perfect operator could reach: one diagnosis query (psql, the admin way
+  in, the same query connfix runs) plus app2's bare `systemctl restart` until its pool
+  is back in pg_stat_activity.
+
+Prints the medians, the ratio, and where connfix's time went, read from its journal
+(start-up and imports, connecting, each step, the preflight and the host's gates, the
+report). Needs root; builds lab 5 and removes it unless --keep.
+
+    .venv/bin/python benchmarks/healthy.py [--rounds 3] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psycopg
+from common import Row, connfix_bin
+
+from connfix.lab import lab, paths
+
+HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
+TARGET = 1.2
+
+
+def app_sessions(admin: psycopg.Connection[Any], address: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet"
+        " AND application_name = 'labapp'",
+        (address,),
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def incident(admin: psycopg.Connection[Any]) -> int:
+    """Make app2 leak until the ordinary slots are gone; return how many it leaked."""
+    lab.app_request(INDEX, "/health")  # up and serving
+    row = admin.execute(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+        " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+    ).fetchone()
+    free = int(row[0]) if row else 0
+    leaked = max(1, free)  # every ordinary slot (the admin session counts, as any other)
+    lab.leak(LEAKER, leaked, idle_in_transaction=False)
+    try:  # the proof: an ordinary connection is refused
+        psycopg.connect(lab.dsn("app"), connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return leaked
+    raise SystemExit("the incident did not fill the server: an ordinary connection got in")
+
+
+def pool_back(admin: psycopg.Connection[Any], address: str, deadline: float = 60) -> None:
+    ends = time.monotonic() + deadline
+    while app_sessions(admin, address) != POOL:
+        if time.monotonic() > ends:
+            raise SystemExit(f"{LEAKER}'s pool did not come back within {deadline}s")
+        time.sleep(0.005)
+
+
+def floor_once(admin: psycopg.Connection[Any], address: str) -> float:
+    """One diagnosis query, then the bare restart until the pool is back."""
+    activity = resources.files("connfix").joinpath("queries", "activity.sql")
+    admin_dsn = lab.dsn("connfix_admin", "127.0.0.1")
+    started = time.perf_counter()
+    subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-d", admin_dsn, "-f", str(activity)],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    lab.systemctl(LEAKER, "restart", "labapp.service")
+    pool_back(admin, address)
+    return time.perf_counter() - started
+
+
+def connfix_once(admin: psycopg.Connection[Any], address: str) -> tuple[float, dict[str, float]]:
+    """`connfix triage lab --yes`, whole process; and where its time went."""
+    with tempfile.TemporaryDirectory() as incidents:
+        spawned = time.time()
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [*connfix_bin(), "triage", "lab", "--yes", "--incidents-dir", incidents],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        exited = spawned + wall
+        if proc.returncode != 0:
+            raise SystemExit(f"connfix triage failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        (journal,) = Path(incidents).glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+    pool_back(admin, address, 10)  # it exited healthy: the pool is already back
+    return wall, breakdown(events, spawned, exited)
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def breakdown(events: list[dict[str, Any]], spawned: float, exited: float) -> dict[str, float]:
+    """Where the time of one run went, from its journal."""
+    parts: dict[str, float] = {}
+    first, last = events[0], events[-1]
+    parts["start-up, imports, inventory, runbook"] = _ts(first) - spawned
+    connected = next(e for e in events if e["event"] in ("connected", "lock_acquired"))
+    lock = next((e for e in events if e["event"] == "lock_acquired"), connected)
+    parts["connect and lock"] = _ts(lock) - _ts(first)
+    for end in (e for e in events if e["event"] == "step_end" and "seconds" in e):
+        name = f"step {end['step']}"
+        parts[name] = parts.get(name, 0) + end["seconds"]
+    plans = [e for e in events if e["event"] == "plan" and e.get("step") == "restart"]
+    starts = [e for e in events if e["event"] == "host_start"]
+    if plans and starts:
+        step_start = next(
+            e for e in events if e["event"] == "step_start" and e.get("step") == "restart"
+        )
+        parts["  of which: preflight (plan)"] = _ts(starts[0]) - _ts(step_start)
+    for done in (e for e in events if e["event"] == "host_done"):
+        for gate, seconds in done["gates"].items():
+            parts[f"  of which: {done['host']} gate {gate}"] = seconds
+    parts["report, exit"] = exited - _ts(last)
+    accounted = sum(v for k, v in parts.items() if not k.startswith("  "))
+    parts["between steps (conditions, journal)"] = (exited - spawned) - accounted
+    return parts
+
+
+def measure(rounds: int = 3) -> list[Row]:
+    lab.down()
+    lab.up(hosts=HOSTS, max_connections=None, pool_size=POOL)  # as `connfix lab up`
+    address = paths.host_address(INDEX)
+    try:
+        admin = psycopg.connect(lab.bootstrap_dsn(), autocommit=True)
+        # warm-up, untimed: caches, the deploy user's first login on the host
+        incident(admin)
+        connfix_once(admin, address)
+        connfix_times, floor_times, parts = [], [], []
+        for _ in range(rounds):
+            leaked = incident(admin)
+            wall, where = connfix_once(admin, address)
+            connfix_times.append(wall)
+            parts.append(where)
+            incident(admin)
+            floor_times.append(floor_once(admin, address))
+        admin.close()
+    finally:
+        lab.down()
+    connfix, floor = statistics.median(connfix_times), statistics.median(floor_times)
+    print(f"\ntime to healthy, {HOSTS} hosts, {LEAKER} leaked {leaked} sessions (server full):")
+    print(f"  connfix triage --yes     {connfix:6.3f} s   (runs: {_list(connfix_times)})")
+    print(f"  floor                    {floor:6.3f} s   (runs: {_list(floor_times)})")
+    print(f"  ratio                    {connfix / floor:6.2f}×   target ≤ {TARGET}×")
+    print("  where connfix's time went (median over the rounds):")
+    for key in parts[0]:
+        values = [p.get(key, 0.0) for p in parts]
+        print(f"    {key:48s} {statistics.median(values):6.3f} s")
+    return [
+        Row(
+            "time to healthy, standard lab incident (triage --yes)",
+            connfix,
+            "s",
+            f"≤ {TARGET}× floor",
+            connfix / floor <= TARGET,
+            "diagnosis query + bare restart until the pool is back",
+            floor,
+        )
+    ]
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    measure(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
