@@ -201,13 +201,19 @@ def run_with_hook(inventory: Path, tmp_path: Path, hook: Callable[[], None], **p
     return run_runbook(request, HookUI(hook))
 
 
+@pytest.mark.parametrize("count", [4, 7], ids=["one at a time", "set-based batch"])
 def test_a_session_that_changed_after_planning_is_skipped(
-    sessions: Sessions, inventory: Path, tmp_path: Path
+    sessions: Sessions, inventory: Path, tmp_path: Path, count: int
 ) -> None:
-    conns = [sessions.open() for _ in range(4)]
-    woke, busy = conns[0], conns[1]
+    """Up to WAIT_EACH_MAX sessions are taken one statement each (waiting on each exit);
+    more go in set-based batches: the same re-checks, the same reasons."""
+    conns = [sessions.open() for _ in range(count)]
+    woke, busy, closed = conns[0], conns[1], conns[2]
+    closed_pid = closed.info.backend_pid
 
     def between_plan_and_apply() -> None:
+        closed.close()  # gone before it is signalled
+        retry(lambda: closed_pid not in sessions.alive())
         woke.execute("SELECT 1")  # still idle, but state_change moved
         thread = threading.Thread(target=_sleep, args=(busy, 3), daemon=True)
         thread.start()
@@ -227,10 +233,47 @@ def test_a_session_that_changed_after_planning_is_skipped(
     assert "state_change moved" in ops[woke.info.backend_pid]["reason"]
     assert ops[busy.info.backend_pid]["result"] == "skipped"
     assert "state changed to 'active'" in ops[busy.info.backend_pid]["reason"]
-    assert [ops[c.info.backend_pid]["result"] for c in conns[2:]] == ["terminated"] * 2
+    assert ops[closed_pid]["result"] == "skipped"
+    assert ops[closed_pid]["reason"] == "gone before it was signalled"
+    rest = [c.info.backend_pid for c in conns[3:]]
+    assert [ops[pid]["result"] for pid in rest] == ["terminated"] * (count - 3)
+    method = "pg_terminate_backend(pid, timeout)" if count <= 5 else "signal, then"
+    assert all(ops[pid]["confirmed_by"].startswith(method) for pid in rest)
     alive = sessions.alive()
     assert woke.info.backend_pid in alive and busy.info.backend_pid in alive
     assert result.exit_status == 0
+
+
+def test_a_batch_the_database_refuses_is_taken_one_pid_at_a_time(
+    sessions: Sessions, inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the lab cannot produce for real (a permission error inside a batch; the
+    plan leaves superusers out): the set-based statement fails as a whole, nothing of
+    it was signalled, and its pids are taken one at a time so only a bad one fails. The
+    real batch path: test_a_session_that_changed_after_planning_is_skipped[set-based]."""
+    import psycopg
+
+    from connfix import pg
+
+    pids = [sessions.open().info.backend_pid for _ in range(8)]
+    real = pg.Session.all
+    refused: list[str] = []
+
+    def refuse_batches(self: Any, name: str, *args: Any) -> Any:
+        if name == "terminate_batch":
+            refused.append(name)
+            raise psycopg.errors.InsufficientPrivilege("permission denied to terminate process")
+        return real(self, name, *args)
+
+    monkeypatch.setattr(pg.Session, "all", refuse_batches)
+    result = terminate(
+        inventory, tmp_path, "--state", "idle", "--older-than", "0s", "--max-fraction", "1"
+    )
+    assert result.exit_code == 0, result.output
+    assert refused == ["terminate_batch"]
+    ops = operations(tmp_path)
+    assert all(ops[pid]["result"] == "terminated" for pid in pids)
+    assert not set(pids) & sessions.alive()
 
 
 def test_caps_take_the_oldest_first(sessions: Sessions, inventory: Path, tmp_path: Path) -> None:

@@ -135,14 +135,30 @@ class Journal:
         with self._lock:
             return self._record(event, fields)
 
-    def _record(self, event: Event, fields: dict[str, Any]) -> dict[str, Any]:
+    def record_many(self, events: list[tuple[Event, dict[str, Any]]]) -> None:
+        """Append several events (one batch of operations) with one write and one fsync:
+        each is still one complete line; all are durable before returning."""
+        if events:
+            with self._lock:
+                self._write(b"".join(self._line(event, fields) for event, fields in events))
+
+    def _line(self, event: Event, fields: dict[str, Any]) -> bytes:
         if self._fd is None:
             raise JournalError(f"the journal {self.path} is closed")
         self.seq += 1
         entry = {"ts": utc_now(), "seq": self.seq, "event": event, **fields}
         plain = json.loads(json.dumps(entry, default=_plain, ensure_ascii=False))
         line = json.dumps(self.redact.value(plain), ensure_ascii=False) + "\n"
-        data = line.encode("utf-8")
+        return line.encode("utf-8")
+
+    def _record(self, event: Event, fields: dict[str, Any]) -> dict[str, Any]:
+        data = self._line(event, fields)
+        self._write(data)
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise JournalError(f"the journal {self.path} is closed")
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -152,7 +168,6 @@ class Journal:
             raise JournalError(
                 f"cannot write the journal {self.path}: {getattr(exc, 'strerror', None) or exc}"
             ) from None
-        return entry
 
     def close(self) -> None:
         """Close the file; later records fail."""

@@ -381,14 +381,72 @@ def terminate_if_unchanged(
             return "failed", f"signalled, still present after {wait_ms} ms"
         return "failed", "pg_terminate_backend returned false (not a PostgreSQL backend?)"
     now = session.all("session_now", SessionNow, {"pid": params["pid"]})
-    if not now:
-        return "skipped", "gone before it was signalled"
-    current = now[0]
-    if current.backend_start != params["backend_start"]:
-        return "skipped", "pid reused by a new session"
-    if current.state != params["state"]:
-        return "skipped", f"state changed to {current.state!r} since it was planned"
-    return "skipped", "it ran a statement since it was planned (state_change moved)"
+    return "skipped", _why_skipped(params, now[0] if now else None)
+
+
+def terminate_batch_if_unchanged(
+    session: Session, planned: list[dict[str, Any]]
+) -> dict[int, tuple[str, str]]:
+    """Signal a batch of planned sessions to terminate, each only if it is unchanged, in
+    one statement; return pid → ("signalled", "") or ("skipped", why) or ("failed",
+    why). When the statement fails as a whole (a permission refused for one of them,
+    say), nothing of the batch was signalled: its pids are then taken one at a time
+    (terminate_if_unchanged), so one bad pid fails only itself."""
+    try:
+        rows = session.all(
+            "terminate_batch",
+            Signalled,
+            {
+                "pids": [p["pid"] for p in planned],
+                "backend_starts": [p["backend_start"] for p in planned],
+                "states": [p["state"] for p in planned],
+                "state_changes": [p["state_change"] for p in planned],
+            },
+        )
+    except psycopg.Error as exc:
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and (
+            session.conn.closed or session.conn.broken
+        ):
+            raise
+        # nothing of the batch was signalled (the statement failed as a whole): one at
+        # a time, so the pid that cannot be terminated fails alone
+        return {p["pid"]: terminate_if_unchanged(session, p) for p in planned}
+    result: dict[int, tuple[str, str]] = {
+        r.pid: ("signalled", "")
+        if r.signalled
+        else ("failed", "pg_terminate_backend returned false (not a PostgreSQL backend?)")
+        for r in rows
+    }
+    missing = [p for p in planned if p["pid"] not in result]
+    if missing:
+        now = {
+            r.pid: r
+            for r in session.all("sessions_now", SessionNow, {"pids": [p["pid"] for p in missing]})
+        }
+        for p in missing:
+            result[p["pid"]] = ("skipped", _why_skipped(p, now.get(p["pid"])))
+    return result
+
+
+def _why_skipped(planned: dict[str, Any], current: SessionNow | None) -> str:
+    """Say why a planned session was not terminated: what changed since the plan."""
+    if current is None:
+        return "gone before it was signalled"
+    if current.backend_start != planned["backend_start"]:
+        return "pid reused by a new session"
+    if current.state != planned["state"]:
+        return f"state changed to {current.state!r} since it was planned"
+    return "it ran a statement since it was planned (state_change moved)"
+
+
+def client_backends(session: Session) -> int:
+    """Count the client backends now (pg_stat_activity, as a diagnosis counts them)."""
+    return session.all("client_backends", _Count)[0].count
+
+
+@dataclass(frozen=True)
+class _Count:
+    count: int
 
 
 def alive(session: Session, pids: list[int]) -> set[int]:

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -35,6 +35,7 @@ ExitTimeout = Annotated[float, BeforeValidator(parse_duration), between(0.1, 300
 
 
 WAIT_EACH_MAX = 5  # plans up to this size wait on each pid (≤ 0.5 s in all, 14+)
+BATCH = 250  # larger plans: this many pids per re-checking statement, one fsync each
 
 
 def _default_states() -> list[StateName]:
@@ -137,6 +138,16 @@ class TerminatePlan:
     candidates: list[Candidate]
     excluded: dict[str, int]  # why the others were left, and how many
     limits: dict[str, int]
+
+
+def _identity(c: Candidate) -> dict[str, Any]:
+    """What must still hold for a planned session to be terminated: it is the same."""
+    return {
+        "pid": c.pid,
+        "backend_start": c.backend_start,
+        "state": c.state,
+        "state_change": c.state_change,
+    }
 
 
 class TerminateAction(Action[TerminateParams, TerminatePlan]):
@@ -278,7 +289,8 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
     def apply(self, ctx: RunContext, params: TerminateParams, plan: Plan[TerminatePlan]) -> Outcome:
         from connfix import pg
 
-        before = ctx.diagnose()  # the count right before, to measure what was freed
+        with ctx.db_lock:  # the count right before, to measure what was freed
+            before = pg.client_backends(ctx.session)
         assert plan.data is not None  # a plan with operations carries its data
         candidates = plan.data.candidates
         signalled: dict[int, Operation] = {}
@@ -297,57 +309,59 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             if wait_ms is not None
             else "signal, then pg_stat_activity poll"
         )
-        for op, c in zip(plan.operations, candidates, strict=True):
+        planned = list(zip(plan.operations, candidates, strict=True))
+        size = 1 if wait_ms is not None else BATCH
+        for start in range(0, len(planned), size):
+            batch = planned[start : start + size]
+            records: list[tuple[Event, dict[str, Any]]] = []
             if ctx.interrupt.requested:
                 interrupted = True
-                ctx.record(
-                    Event.OPERATION, result="not attempted", reason="interrupted", **op.details
-                )
-                counts["not attempted"] += 1
-                continue
-            result, detail = pg.terminate_if_unchanged(
-                ctx.session,
-                {
-                    "pid": c.pid,
-                    "backend_start": c.backend_start,
-                    "state": c.state,
-                    "state_change": c.state_change,
-                },
-                wait_ms,
-            )
-            if result == "signalled":
-                signalled[c.pid] = op
+                for op, _ in planned[start:]:
+                    records.append(
+                        (Event.OPERATION, {"result": "not attempted", "reason": "interrupted",
+                                           **op.details})
+                    )  # fmt: skip
+                counts["not attempted"] += len(planned) - start
+                ctx.record_many(records)
+                break
+            identities = [_identity(c) for _, c in batch]
+            if wait_ms is not None:
+                results = {c.pid: pg.terminate_if_unchanged(ctx.session, identities[0], wait_ms)
+                           for _, c in batch}  # fmt: skip
             else:
+                results = pg.terminate_batch_if_unchanged(ctx.session, identities)
+            for op, c in batch:
+                result, detail = results[c.pid]
+                if result == "signalled":
+                    signalled[c.pid] = op
+                    continue
                 counts[result] += 1
-                ctx.record(
-                    Event.OPERATION, result=result, reason=detail, confirmed_by=method, **op.details
-                )
+                records.append(
+                    (Event.OPERATION, {"result": result, "reason": detail,
+                                       "confirmed_by": method, **op.details})
+                )  # fmt: skip
+            ctx.record_many(records)
         deadline = time.monotonic() + params.exit_timeout
         remaining = pg.alive(ctx.session, list(signalled))
         while remaining and time.monotonic() < deadline:
             time.sleep(0.02)
             remaining = pg.alive(ctx.session, list(remaining))
+        confirmed: list[tuple[Event, dict[str, Any]]] = []
         for pid, op in signalled.items():
-            if pid in remaining:
-                counts["failed"] += 1
-                ctx.record(
-                    Event.OPERATION,
-                    result="failed",
-                    reason=f"signalled, still present after {format_duration(params.exit_timeout)}",
-                    confirmed_by=method,
-                    **op.details,
-                )
-            else:
-                counts["terminated"] += 1
-                ctx.record(
-                    Event.OPERATION,
-                    result="terminated",
-                    reason="",
-                    confirmed_by=method,
-                    **op.details,
-                )
+            gone = pid not in remaining
+            counts["terminated" if gone else "failed"] += 1
+            reason = (
+                ""
+                if gone
+                else (f"signalled, still present after {format_duration(params.exit_timeout)}")
+            )
+            confirmed.append(
+                (Event.OPERATION, {"result": "terminated" if gone else "failed",
+                                   "reason": reason, "confirmed_by": method, **op.details})
+            )  # fmt: skip
+        ctx.record_many(confirmed)
         after = ctx.diagnose()
-        freed = before.client_backends - after.client_backends
+        freed = before - after.client_backends
         summary = (
             f"terminated {counts['terminated']}, skipped {counts['skipped']},"
             f" failed {counts['failed']}"
@@ -355,7 +369,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         if counts["not attempted"]:
             summary += f", not attempted {counts['not attempted']} (interrupted)"
         summary += (
-            f"; {freed} slot(s) freed (client backends {before.client_backends}"
+            f"; {freed} slot(s) freed (client backends {before}"
             f" → {after.client_backends}, measured)"
         )
         return Outcome(
@@ -364,7 +378,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             details={
                 **{k: v for k, v in counts.items()},
                 "slots_freed": freed,
-                "client_backends_before": before.client_backends,
+                "client_backends_before": before,
                 "client_backends_after": after.client_backends,
             },
             interrupted=interrupted,

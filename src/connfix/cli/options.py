@@ -99,6 +99,7 @@ def run_and_exit(
     dry_run: bool,
     yes: bool,
     mode: RunMode,
+    host_health: bool = True,
     resume: str | None = None,
 ) -> None:
     """Run a runbook on the engine, print how it ended, exit with its status."""
@@ -134,6 +135,7 @@ def run_and_exit(
         yes=yes,
         interactive=interactive(),
         mode=mode,
+        host_health=host_health,
         resumed_from=resumed_from,
         resume_done=done,
     )

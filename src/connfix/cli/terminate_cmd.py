@@ -146,4 +146,5 @@ def terminate(
         dry_run=dry_run,
         yes=yes,
         mode=RunMode.COMMAND,
+        host_health=False,  # terminate neither touches nor judges the hosts
     )

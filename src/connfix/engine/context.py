@@ -70,6 +70,7 @@ class RunContext:
     totals: dict[str, int] = field(default_factory=dict)  # what the run changed so far
     db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
     resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
+    health_checks: bool = True  # run the hosts' health checks with each diagnosis
     remotes: dict[str, Any] = field(default_factory=dict)  # host → its health-check SSH
     _handoff: threading.Condition = field(default_factory=threading.Condition)
     _handoff_inside: int = 0
@@ -174,6 +175,13 @@ class RunContext:
             fields.setdefault("step", self.step.id)
         self.journal.record(event, **fields)
 
+    def record_many(self, events: list[tuple[Event, dict[str, Any]]]) -> None:
+        """Append a batch of events with one fsync, each tagged with the current step."""
+        if self.step is not None:
+            for _, fields in events:
+                fields.setdefault("step", self.step.id)
+        self.journal.record_many(events)
+
     def diagnose(self) -> Diagnosis:
         """Take a fresh diagnosis, journal it, and make it the latest."""
         from connfix.analysis import take_snapshot
@@ -184,7 +192,7 @@ class RunContext:
         except ConnectionLost as exc:
             self.reconnect(str(exc))
             snapshot = take_snapshot(self.session, self.environment, self.env)
-        health = self.host_health()
+        health = self.host_health() if self.health_checks else {}
         unhealthy = [name for name, h in health.items() if not h["ok"]]
         reasons = list(snapshot.severity_reasons)
         if unhealthy:

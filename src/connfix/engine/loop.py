@@ -116,6 +116,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             interrupt,
             ui,
             resume_done=dict(request.resume_done),
+            health_checks=request.host_health,
         )
         try:
             return loop.walk()

@@ -68,6 +68,9 @@ class RunRequest:
     dry_run: bool = False
     yes: bool = False
     interactive: bool = False
+    # run every host's health check with each diagnosis ("healthy" means the app works);
+    # off for a command that neither touches nor judges the hosts (terminate)
+    host_health: bool = True
     # resuming an interrupted run: what its journal says is already done, per action
     resumed_from: Path | None = None
     resume_done: dict[str, list[str]] = field(default_factory=dict)
