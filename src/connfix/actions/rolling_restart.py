@@ -136,7 +136,11 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         checks: list[Preflight] = remote.parallel(
             targets,
             lambda h: preflight(
-                h, ctx.env, params.include_failed, self.services_to_restart(ctx, params, h)
+                h,
+                ctx.env,
+                params.include_failed,
+                self.services_to_restart(ctx, params, h),
+                ctx.remotes.get(h.name),
             ),
         )
         for check in checks:

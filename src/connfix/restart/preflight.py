@@ -144,14 +144,20 @@ def preflight(
     env: Environment,
     include_failed: bool = False,
     services: list[Service] | None = None,
+    opened: Remote | None = None,
 ) -> Preflight:
     """Check one host read-only: SSH, host key, the units of its services (all of the
-    host's, or these) loaded and active, the restart of each allowed."""
+    host's, or these) loaded and active, the restart of each allowed. `opened` is the
+    run's connection to the host (its health checks), used when it is still up: one SSH
+    login fewer per host; its host key was checked when it was opened."""
     from connfix import remote
 
     started = time.monotonic()
     result = Preflight(host.name)
-    conn, result.reachable, result.host_key, error = remote.open_checked(host, env.ssh)
+    if opened is not None and opened.conn.is_connected:
+        conn, result.reachable, result.host_key, error = opened, True, "known", None
+    else:
+        conn, result.reachable, result.host_key, error = remote.open_checked(host, env.ssh)
     result.remote = conn
     if error is not None:
         result.detail = error
