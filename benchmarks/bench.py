@@ -29,7 +29,7 @@ def postgres_version() -> str:
             text=True,
             check=False,
         ).stdout
-        return out.split()[-1]
+        return out.split()[2] if len(out.split()) > 2 else out.strip()
     except Exception:  # the table still prints
         return "?"
 
