@@ -72,6 +72,11 @@ def authorities(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _host_pub(lab: Lab) -> Path:
+    """app1's host public key, as the lab made it."""
+    return lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub"
+
+
 def _openssh_accepts(lab: Lab, lab_env: Any, known: Path) -> bool:
     """Does OpenSSH's own client connect with this known_hosts (strict, no prompts)?"""
     proc = subprocess.run(
@@ -207,7 +212,7 @@ def test_connfix_and_openssh_agree_on_host_certificates(
     signing = dict(signing)
     ca = authorities[signing.pop("ca", "ca")]
     options = signing.pop("options", ())
-    host_pub = lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub"
+    host_pub = _host_pub(lab)
     signing.setdefault("principals", address)
     certify(sign(tmp_path, ca, host_pub, *options, **signing))
     values = {k: pub(v) for k, v in authorities.items()}
@@ -232,7 +237,7 @@ def test_a_certificate_without_principals_is_refused_where_openssh_accepts_it(
     tmp_path: Path,
 ) -> None:
     """The one documented difference: OpenSSH takes such a certificate for any host."""
-    host_pub = lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub"
+    host_pub = _host_pub(lab)
     certify(sign(tmp_path, authorities["ca"], host_pub, principals=None))
     known = tmp_path / "known_hosts"
     known.write_text(f"@cert-authority * {pub(authorities['ca'])}\n")
@@ -266,7 +271,7 @@ def test_a_plain_key_next_to_the_authority_is_used_as_before(
     tmp_path: Path,
 ) -> None:
     """With the host's own key known, connfix asks for the plain key (as OpenSSH does)."""
-    host_pub = lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub"
+    host_pub = _host_pub(lab)
     certify(
         sign(tmp_path, authorities["other_ca"], host_pub, principals=lab_env.hosts[0].ssh_address)
     )
@@ -301,7 +306,7 @@ def test_commands_refuse_a_host_whose_certificate_is_refused(
         env["ssh"]["known_hosts_file"] = str(fleet)
 
     inventory = lab.inventory_with(tmp_path, change)
-    host_pub = lab.paths.host_dir("app1") / "ssh_host_ed25519_key.pub"
+    host_pub = _host_pub(lab)
     certify(sign(tmp_path, authorities["ca"], host_pub, principals=address))
     check = ["inventory", "check", "lab", "-i", str(inventory)]
     passed = CliRunner().invoke(cli, check)

@@ -325,9 +325,10 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                 ctx.record_many(records)
                 break
             identities = [_identity(c) for _, c in batch]
-            if wait_ms is not None:
-                results = {c.pid: pg.terminate_if_unchanged(ctx.session, identities[0], wait_ms)
-                           for _, c in batch}  # fmt: skip
+            if wait_ms is not None:  # one pid, waiting on its exit
+                results = {
+                    i["pid"]: pg.terminate_if_unchanged(ctx.session, i, wait_ms) for i in identities
+                }
             else:
                 results = pg.terminate_batch_if_unchanged(ctx.session, identities)
             for op, c in batch:

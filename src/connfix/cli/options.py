@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from connfix.engine.run import RunMode
-from connfix.units import duration_text, parse_duration
+from connfix.units import parse_duration
 
 if TYPE_CHECKING:
     from connfix.cli.render import Terminal
@@ -162,11 +162,6 @@ class DurationParam(click.ParamType[float, Any]):
 
 
 DURATION = DurationParam()
-
-
-def as_param(seconds: float) -> str:
-    """Write seconds back as a runbook parameter reads them."""
-    return duration_text(seconds)
 
 
 def terminal() -> Terminal:

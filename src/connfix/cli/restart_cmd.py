@@ -6,12 +6,12 @@ import click
 
 from connfix.cli.options import (
     DURATION,
-    as_param,
     incidents_dir_option,
     inventory_option,
     yes_option,
 )
 from connfix.engine.run import RunMode
+from connfix.units import duration_text
 
 
 @click.command()
@@ -113,8 +113,8 @@ def restart(
         "hosts": names,
         "only_suspects": only_suspects,
         "batch": batch,
-        "pause": as_param(pause),
-        "settle": as_param(settle),
+        "pause": duration_text(pause),
+        "settle": duration_text(settle),
         "include_failed": include_failed,
     }
     run_and_exit(

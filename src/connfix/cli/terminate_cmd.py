@@ -6,7 +6,6 @@ import click
 
 from connfix.cli.options import (
     DURATION,
-    as_param,
     incidents_dir_option,
     inventory_option,
     yes_option,
@@ -14,6 +13,7 @@ from connfix.cli.options import (
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.engine.run import RunMode
 from connfix.sessions import BY_FLAG
+from connfix.units import duration_text
 
 # the flag's spelling (dashes) → the runbook parameter's (underscores)
 STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
@@ -127,7 +127,7 @@ def terminate(
     check_hosts(names, environment, {h.name for h in env.hosts}, "--host")
     params = {
         "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
-        "older_than": as_param(older_than),
+        "older_than": duration_text(older_than),
         "max": max_count,
         "max_fraction": max_fraction,
         "until_free": until_free,

@@ -47,25 +47,13 @@ class GateTimeouts:
 
 
 @dataclass
-class UnitChange:
-    """One unit's invocation before and after its restart."""
-
-    unit: str
-    type: str
-    old_main_pid: int
-    old_invocation_id: str
-    new_main_pid: int | None = None
-    new_invocation_id: str | None = None
-
-
-@dataclass
 class HostOutcome:
     """How one host's restart ended: done, or failed at a named gate."""
 
     host: str
     ok: bool
     old_main_pid: int
-    units: list[UnitChange]
+    units: list[events.UnitChange]  # as journaled
     gates: dict[str, float]  # seconds spent in each gate
     seconds: float
     new_main_pid: int | None = None
@@ -82,17 +70,7 @@ class HostOutcome:
             host=self.host,
             ok=self.ok,
             old_main_pid=self.old_main_pid,
-            units=[
-                events.UnitChange(
-                    unit=u.unit,
-                    type=u.type,
-                    old_main_pid=u.old_main_pid,
-                    old_invocation_id=u.old_invocation_id,
-                    new_main_pid=u.new_main_pid,
-                    new_invocation_id=u.new_invocation_id,
-                )
-                for u in self.units
-            ],
+            units=self.units,
             gates=self.gates,
             seconds=self.seconds,
         )
@@ -149,7 +127,7 @@ class _HostRun:
             ok=failed is None,
             old_main_pid=self.before[names[0]].main_pid,
             units=[
-                UnitChange(
+                events.UnitChange(
                     unit=n,
                     type=self.before[n].type,
                     old_main_pid=self.before[n].main_pid,
