@@ -49,6 +49,7 @@ def main() -> None:
         rows += diagnose.measure(runs=5)
         rows += terminate.measure(rounds=1)
     else:
+        import fanout
         import restart
         import scale
 
@@ -57,6 +58,7 @@ def main() -> None:
         rows += terminate.measure(rounds=3)
         rows += restart.measure(host_count=8, rounds=3)
         rows += scale.measure()
+        rows += fanout.measure(rounds=3)
     print()
     print(common.table(rows, postgres_version(), started))
     sys.exit(0 if all(r.passed for r in rows) else 1)

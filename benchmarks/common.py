@@ -72,6 +72,41 @@ def peak_rss_mb(argv: Sequence[str], ok: tuple[int, ...] = (0, 1)) -> tuple[floa
     return elapsed, usage.ru_maxrss / 1024
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all cores (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One whole process: wall time, peak RSS, its own CPU and the machine's meanwhile."""
+
+    seconds: float
+    rss_mb: float
+    own_cpu: float  # user + system seconds of the process and its children
+    machine_cpu: float  # busy seconds of every core while it ran, every process
+
+
+def usage(argv: Sequence[str], ok: tuple[int, ...] = (0,)) -> Usage:
+    """Run a whole process and measure it (see Usage); stop the benchmark if it fails."""
+    busy = machine_busy()
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    machine = machine_busy() - busy
+    code = os.waitstatus_to_exitcode(status)
+    if code not in ok:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        sys.exit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
+    if proc.stderr:
+        proc.stderr.close()
+    return Usage(elapsed, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime, machine)
+
+
 def interleaved(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """Run each way once per round, interleaved (all see the same machine); medians."""
     times: dict[str, list[float]] = {name: [] for name in ways}
@@ -122,3 +157,43 @@ def table(rows: list[Row], postgres: str, started: float) -> str:
         f" all of it in {time.perf_counter() - started:.0f} s"
     )
     return "\n".join([head, "", *lines, *(["", *notes] if notes else [])])
+
+
+def openssh_fanout(
+    addresses: Sequence[str], user: str, identity: str, known_hosts: str, command: str
+) -> float:
+    """The anchor for a fan-out: OpenSSH's own `ssh`, one process per host, all started at
+    once (what `pssh` or `xargs -P` does), each logging in and running `command`. Returns
+    the wall time until the last one exits; stops the benchmark if any fails."""
+    base = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-i",
+        identity,
+        "-l",
+        user,
+    ]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [*base, address, command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for address in addresses
+    ]
+    failed = [(p, p.wait()) for p in procs]
+    elapsed = time.perf_counter() - started
+    bad = [(p, code) for p, code in failed if code != 0]
+    if bad:
+        err = bad[0][0].stderr.read().decode() if bad[0][0].stderr else ""
+        sys.exit(f"ssh fan-out: {len(bad)} of {len(procs)} failed: {err[-500:]}")
+    for p in procs:
+        if p.stderr:
+            p.stderr.close()
+    return elapsed

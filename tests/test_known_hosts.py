@@ -360,3 +360,42 @@ def _ca_known(keys: dict[str, Path], factory: pytest.TempPathFactory) -> known_h
     kh = _MADE["known"]
     assert isinstance(kh, known_hosts.KnownHosts)
     return kh
+
+
+def test_known_hosts_are_parsed_once_per_process_and_again_when_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's loading is quadratic in the file's lines: connfix parses a known_hosts
+    file once and gives each connection its own copy of the keys; an edited file is read
+    again; a client's copy can be changed without touching another's."""
+    from connfix import remote
+
+    def key(i: int) -> str:
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / f"k{i}")],
+            check=True,
+        )
+        return " ".join((tmp_path / f"k{i}.pub").read_text().split()[:2])
+
+    lines = [f"10.0.0.{i} {key(i)}" for i in range(3)]
+    path = tmp_path / "known_hosts"
+    path.write_text("\n".join(lines) + "\n")
+    parsed = []
+    real_load = known_hosts.load
+    monkeypatch.setattr(known_hosts, "load", lambda p: parsed.append(p) or real_load(p))
+    first, second = paramiko.SSHClient(), paramiko.SSHClient()
+    remote._load_known_hosts(first, path)
+    remote._load_known_hosts(second, path)
+    assert len(parsed) == 1
+    assert first.get_host_keys().lookup("10.0.0.2") is not None
+    first.get_host_keys().clear()
+    assert second.get_host_keys().lookup("10.0.0.2") is not None
+    third = paramiko.SSHClient()
+    remote._load_known_hosts(third, path)
+    assert third.get_host_keys().lookup("10.0.0.1") is not None and len(parsed) == 1
+    path.write_text(lines[0] + "\n")  # edited: another size
+    fourth = paramiko.SSHClient()
+    remote._load_known_hosts(fourth, path)
+    assert len(parsed) == 2
+    assert fourth.get_host_keys().lookup("10.0.0.2") is None
+    assert fourth.get_host_keys().lookup("10.0.0.0") is not None
