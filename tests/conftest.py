@@ -21,7 +21,7 @@ os.environ.pop("CONNFIX_INVENTORY", None)
 # Output the tests read (tables included) at a fixed width, whatever the CI terminal says.
 os.environ["COLUMNS"] = "160"
 
-LAB_FIXTURES = frozenset({"lab", "clean_lab", "lab_env", "full_server"})
+LAB_FIXTURES = frozenset({"lab", "clean_lab", "lab_env", "full_server", "pooled_lab", "pooled"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -52,6 +52,8 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
             address,
             "--listen-port",
             str(PORT),
+            "--auth",
+            "userlist",  # the fallback; auth_query: test_pooled_fleet.py
             "--json",
         ],
     )
@@ -178,8 +180,9 @@ def test_generated_config_caps_server_connections(
                     check=False,
                 )
                 data = json.loads(proc.stdout)
-                saturated.update(data["pgbouncer"])
-                return bool(data["pgbouncer"].get("saturated"))
+                (state,) = data["pgbouncers"]
+                saturated.update(state)
+                return bool(state.get("saturated"))
 
             retry(diagnose_saturated, timeout=30, interval=0.2)
             done = sum(f.result(timeout=120) for f in futures)
@@ -212,12 +215,12 @@ def test_diagnose_shows_the_pool_state_when_it_keeps_up(
     ) as conn:
         conn.execute("SELECT 1")
         result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(inventory)])
-    assert "PgBouncer pools" in result.output
-    assert "PgBouncer: PgBouncer keeps up: no client is waiting" in result.output
+    assert "PgBouncer pgbouncer pools (PgBouncer 1.18" in result.output
+    assert "PgBouncer pgbouncer: PgBouncer keeps up: no client is waiting" in result.output
     monkeypatch.setenv("CONNFIX_TEST_PGBOUNCER_PASSWORD", "wrong")
     result = CliRunner().invoke(cli, ["diagnose", "lab", "--json", "-i", str(inventory)])
     data = json.loads(result.stdout)
-    assert "cannot read PgBouncer at connfix@" in data["pgbouncer"]["error"]
+    assert "cannot read PgBouncer pgbouncer at connfix@" in data["pgbouncers"][0]["error"]
     assert "wrong" not in result.output
 
 

@@ -124,6 +124,7 @@ def test_pgbouncer_caps_server_connections_at_what_the_database_can_spare() -> N
         roles=["app"],
         admin_users=["connfix"],
         directory="/etc/pgbouncer",
+        auth="userlist",
     )
     assert (plan.max_db_connections, plan.reserve_pool_size) == (15, 1)
     assert (plan.default_pool_size, plan.max_client_conn) == (14, 500)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from connfix.diagnosis import (
     HIDDEN_STATE,
     LOCAL,
     NOT_IN_INVENTORY,
+    PGBOUNCER_ROW,
     TOP_IDLE_IN_TRANSACTION,
     Backend,
     BlockingChain,
@@ -29,8 +30,9 @@ from connfix.diagnosis import (
 )
 
 if TYPE_CHECKING:
+    from connfix.bouncer import BouncerClient, BouncerState
     from connfix.inventory import Environment
-    from connfix.pg import BouncerPool, BouncerServer, ServerInfo, Session
+    from connfix.pg import ServerInfo, Session
 
 
 def usable_connections(info: ServerInfo) -> int:
@@ -123,7 +125,99 @@ def _host_reasons(
     return reasons, len(old_idle)
 
 
-def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
+@dataclass
+class PoolerJoin:
+    """PgBouncers joined to pg_stat_activity: which backends are their server
+    connections, which of those are lent to a client now, and each client address's
+    client connections (a lent one as its server's backend, one without a server as a
+    stand-in of pid 0 carrying its user, application and idle time)."""
+
+    servers: dict[int, str] = field(default_factory=dict)  # backend pid → PgBouncer
+    lent: dict[int, BouncerClient] = field(default_factory=dict)  # backend pid → client
+    clients: dict[str, list[tuple[str, Backend]]] = field(default_factory=dict)
+    unix_clients: int = 0
+
+
+def join_poolers(bouncers: list[BouncerState], backends: list[Backend]) -> PoolerJoin:
+    """Join what each PgBouncer said to the backends (see PoolerJoin)."""
+    join = PoolerJoin()
+    by_pid = {b.pid: b for b in backends}
+    for state in bouncers:
+        if state.error:
+            continue
+        server_pid = {s.ptr: s.remote_pid for s in state.servers if s.ptr}
+        for server in state.servers:
+            if server.remote_pid in by_pid:
+                join.servers[server.remote_pid] = state.name
+        for client in state.clients:
+            if client.addr is None:
+                join.unix_clients += 1
+                continue
+            pid = server_pid.get(client.link) if client.link else None
+            backend = by_pid.get(pid) if pid else None
+            if backend is not None:
+                join.lent[backend.pid] = client
+                stand_in = replace(
+                    backend,
+                    client_addr=client.addr,
+                    application_name=client.application_name or backend.application_name,
+                )
+            else:
+                idle = client.state == "active"  # logged in, no server: idle in the pool
+                stand_in = Backend(
+                    pid=0,
+                    usename=client.user,
+                    application_name=client.application_name,
+                    client_addr=client.addr,
+                    datname=client.database,
+                    state="idle" if idle else client.state,
+                    visible=True,
+                    backend_start=None,
+                    state_change=None,
+                    idle_seconds=client.idle_seconds(state.read_at) if idle else None,
+                    xact_seconds=None,
+                    wait_event_type=None,
+                    blocked_by=None,
+                    query=None,
+                )
+            join.clients.setdefault(client.addr, []).append((state.name, stand_in))
+    return join
+
+
+def _bouncer_rows(join: PoolerJoin, backends: list[Backend]) -> list[HostUsage]:
+    """One row per PgBouncer: its server connections lent to no client now."""
+    rows = []
+    for name in sorted(set(join.servers.values())):
+        mine = [b for b in backends if join.servers.get(b.pid) == name and b.pid not in join.lent]
+        if not mine:
+            continue
+        rows.append(
+            HostUsage(
+                host=PGBOUNCER_ROW.format(name=name),
+                client_addr=mine[0].client_addr,
+                count=len(mine),
+                idle=sum(1 for b in mine if b.state == "idle"),
+                idle_in_transaction=sum(1 for b in mine if b.idle_in_transaction),
+                active=sum(1 for b in mine if b.state == "active"),
+                old_idle=0,
+                oldest_idle_seconds=None,
+                pool_size=None,
+                suspect=False,
+                reasons=[],
+                pgbouncer=name,
+            )
+        )
+    return rows
+
+
+def _hosts(
+    env: Environment, backends: list[Backend], pooler: PoolerJoin | None = None
+) -> list[HostUsage]:
+    """One row per client address (every inventory host, also one holding nothing).
+    Behind a pooler, `backends` holds the server connections lent to a host's clients
+    under the host's address, and `pooler` the client connections each host holds open
+    in a PgBouncer: a host's pool is judged on both, direct and pooled."""
+    pooler = pooler or PoolerJoin()
     by_addr = {host.client_addr: host for host in env.hosts if host.client_addr}
     groups: dict[str | None, list[Backend]] = {}
     for backend in backends:
@@ -133,7 +227,10 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
     for known in env.hosts:  # every inventory host, also one holding nothing
         if known.client_addr:
             groups.setdefault(known.client_addr, [])
+    for pooled_addr in pooler.clients:
+        groups.setdefault(pooled_addr, [])
     for addr, members in groups.items():
+        pooled = pooler.clients.get(addr, []) if addr not in (None, HIDDEN) else []
         host = by_addr.get(addr) if addr not in (None, HIDDEN) else None
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
@@ -149,7 +246,9 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
             on_host = env.services_on(host)
             by_service: dict[str, list[Backend]] = {s.label: [] for s in on_host}
             owned = []
-            for b in members:
+            # what each service's pool holds: its direct sessions, and its client
+            # connections in PgBouncers (a lent server connection stands for its client)
+            for b in [*(m for m in members if m.pid not in pooler.lent), *(c for _, c in pooled)]:
                 owner = env.owner(host, b.application_name, b.usename)
                 if owner is None:
                     unowned.append(b)
@@ -161,6 +260,10 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
                 mine = by_service[service.label]
                 s_pool, s_cap = host.pool_capacity(service), host.max_capacity(service)
                 s_reasons, s_old = _host_reasons(env, mine, s_pool, s_cap)
+                through = sum(1 for b in mine if b.pid <= 0 or b.pid in pooler.lent)
+                if s_reasons and through:
+                    names = ", ".join(sorted({name for name, _ in pooled}))
+                    s_reasons[0] += f" ({through} of them through PgBouncer {names})"
                 pool, capacity = (pool or 0) + s_pool, (capacity or 0) + s_cap
                 old_idle += s_old
                 services.append(
@@ -193,7 +296,12 @@ def _hosts(env: Environment, backends: list[Backend]) -> list[HostUsage]:
                 reasons=reasons,
                 max_capacity=capacity,
                 owned=len(owned) if host is not None else 0,
-                unowned=len(unowned),
+                # database sessions only: a client idle in a PgBouncer holds no slot
+                unowned=sum(1 for b in unowned if b.pid > 0 and b.pid not in pooler.lent),
+                lent=sum(1 for b in members if b.pid in pooler.lent),
+                pooled=len(pooled),
+                pooled_waiting=sum(1 for _, c in pooled if c.state == "waiting"),
+                pooled_by=dict(Counter(name for name, _ in pooled)),
                 unowned_clients=dict(
                     Counter(b.application_name or "(no application_name)" for b in unowned)
                 ),
@@ -219,7 +327,11 @@ def _masked(query: str | None) -> str | None:
     return None if query is None else mask_passwords(query)
 
 
-def blocking_chains(backends: list[Backend], host_of: dict[str | None, str]) -> list[BlockingChain]:
+def blocking_chains(
+    backends: list[Backend],
+    host_of: dict[str | None, str],
+    lent_host: dict[int, str] | None = None,
+) -> list[BlockingChain]:
     """Group every waiting session under its root blocker(s), following pg_blocking_pids
     transitively: five sessions queued on one row lock, or a lock queue behind an ALTER
     TABLE, all land under the session that holds the lock and waits on no one."""
@@ -254,7 +366,11 @@ def blocking_chains(backends: list[Backend], host_of: dict[str | None, str]) -> 
         chains.append(
             BlockingChain(
                 root=root,
-                host=host_of.get(b.client_addr, NOT_IN_INVENTORY) if b else NOT_IN_INVENTORY,
+                host=(
+                    (lent_host or {}).get(b.pid) or host_of.get(b.client_addr, NOT_IN_INVENTORY)
+                    if b
+                    else NOT_IN_INVENTORY
+                ),
                 usename=b.usename if b else None,
                 application_name=b.application_name if b else "",
                 state=(b.state or "") if b else "",
@@ -279,21 +395,24 @@ def analyse(
     refusal: str | None = None,
     seconds: float = 0.0,
     taken_at: str | None = None,
-    bouncer: tuple[list[BouncerPool], list[BouncerServer]] | str | None = None,
+    bouncers: list[BouncerState] | None = None,
 ) -> Diagnosis:
-    """Turn one snapshot of pg_stat_activity (and of PgBouncer) into the diagnosis."""
+    """Turn one snapshot of pg_stat_activity (and of the PgBouncers) into the diagnosis."""
     usable = usable_connections(info)
     count = len(backends)  # connfix's own sessions included: they take slots too
     own = [b for b in backends if b.connfix]
     others = [b for b in backends if not b.connfix]
     utilization = count / usable if usable else 1.0
     severity, reasons = _severity(env, utilization, limits)
-    pgbouncer = None
-    if bouncer is not None:
-        pgbouncer = _bouncer(bouncer, backends, usable - count)
-        if pgbouncer.get("saturated"):
+    join = join_poolers(bouncers or [], others)
+    summaries = []
+    for state in bouncers or []:
+        summary = _bouncer(state, join, env, usable - count)
+        summaries.append(summary)
+        if summary.get("saturated"):
             reasons.append(
-                f"PgBouncer pool saturated: {pgbouncer['clients_waiting']} client(s) waiting"
+                f"PgBouncer {state.name} pool saturated:"
+                f" {summary['clients_waiting']} client(s) waiting"
             )
             if severity == "ok":
                 severity = "warning"
@@ -301,7 +420,15 @@ def analyse(
     # the breakdowns are of everyone else; connfix's own sessions are counted in
     # client_backends and shown apart (own_sessions, the "(connfix)" row of by_host)
     states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in others)
-    hosts = _hosts(env, others)
+    # a server connection lent to a host's client counts as that host's session
+    sessions = [
+        replace(b, client_addr=c.addr, application_name=c.application_name or b.application_name)
+        if (c := join.lent.get(b.pid)) is not None
+        else b
+        for b in others
+        if b.pid not in join.servers or b.pid in join.lent
+    ]
+    hosts = _hosts(env, sessions, join) + _bouncer_rows(join, others)
     if own:
         hosts.append(
             HostUsage(
@@ -321,7 +448,14 @@ def analyse(
     host_of: dict[str | None, str] = {
         u.client_addr: u.host for u in hosts if u.client_addr and u.host != CONNFIX
     }
-    chains = blocking_chains(backends, host_of)
+    for name in set(join.servers.values()):
+        for b in others:
+            if join.servers.get(b.pid) == name and b.pid not in join.lent and b.client_addr:
+                host_of.setdefault(b.client_addr, PGBOUNCER_ROW.format(name=name))
+    lent_host = {
+        pid: host_of.get(c.addr, NOT_IN_INVENTORY) for pid, c in join.lent.items() if c.addr
+    }
+    chains = blocking_chains(backends, host_of, lent_host)
     blocking = {c.root: c.waiting for c in chains}
     iit = sorted((b for b in others if b.idle_in_transaction), key=lambda b: -(b.xact_seconds or 0))
     return Diagnosis(
@@ -353,9 +487,8 @@ def analyse(
                 pid=b.pid,
                 usename=b.usename,
                 application_name=b.application_name,
-                host=host_of.get(
-                    b.client_addr, LOCAL if b.client_addr is None else NOT_IN_INVENTORY
-                ),
+                host=lent_host.get(b.pid)
+                or host_of.get(b.client_addr, LOCAL if b.client_addr is None else NOT_IN_INVENTORY),
                 client_addr=b.client_addr,
                 state=b.state or "",
                 xact_seconds=b.xact_seconds,
@@ -368,27 +501,28 @@ def analyse(
         connection_limits=limits,
         pool_check=pool_check(env, usable),
         suspects=[u.host for u in hosts if u.suspect],
-        pgbouncer=pgbouncer,
+        pgbouncers=summaries,
         own_sessions=len(own),
         unowned_connections=sum(u.unowned for u in hosts if u.pool_size is not None),
         blocking_chains=chains,
     )
 
 
-def _bouncer(
-    state: tuple[list[BouncerPool], list[BouncerServer]] | str,
-    backends: list[Backend],
-    free: int,
-) -> dict[str, Any]:
-    """Tell "the pool is saturated" (clients waiting in PgBouncer) from "the database is
-    full" (no free slot), joining PgBouncer's server connections to pg_stat_activity."""
-    if isinstance(state, str):
-        return {"error": state}
-    pools, servers = state
-    waiting = sum(p.cl_waiting for p in pools)
-    longest = max((p.maxwait for p in pools), default=0.0)
-    pids = {b.pid for b in backends}
-    seen = sum(1 for s in servers if s.remote_pid in pids)
+def _bouncer(state: BouncerState, join: PoolerJoin, env: Environment, free: int) -> dict[str, Any]:
+    """What one PgBouncer says: "the pool is saturated" (clients waiting in PgBouncer)
+    told from "the database is full" (no free slot), and its clients by host."""
+    from connfix.bouncer import KILL_CLIENT_SINCE
+
+    head = {"name": state.name, "where": state.where, "version": state.version}
+    if state.error:
+        return {**head, "error": state.error}
+    waiting = sum(p.cl_waiting for p in state.pools)
+    longest = max((p.maxwait for p in state.pools), default=0.0)
+    by_addr = {h.client_addr: h.name for h in env.hosts if h.client_addr}
+    clients_by_host = Counter(
+        by_addr.get(c.addr, NOT_IN_INVENTORY) if c.addr else LOCAL for c in state.clients
+    )
+    seen = sum(1 for pid, name in join.servers.items() if name == state.name)
     saturated, full = waiting > 0, free <= 0
     if saturated and not full:
         verdict = (
@@ -402,12 +536,18 @@ def _bouncer(
     else:
         verdict = "PgBouncer keeps up: no client is waiting"
     return {
-        "pools": [asdict(p) for p in pools],
-        "clients_active": sum(p.cl_active for p in pools),
+        **head,
+        "pools": [asdict(p) for p in state.pools],
+        "clients": len(state.clients),
+        "clients_by_host": dict(clients_by_host.most_common()),
+        "clients_active": sum(p.cl_active for p in state.pools),
         "clients_waiting": waiting,
         "max_wait_seconds": round(longest, 3),
-        "server_connections": len(servers),
+        "server_connections": len(state.servers),
         "server_connections_in_pg_stat_activity": seen,
+        "server_connections_lent": sum(1 for s in state.servers if s.link),
+        "kill_client": state.has_kill_client,
+        "kill_client_since": ".".join(map(str, KILL_CLIENT_SINCE)),
         "saturated": saturated,
         "database_full": full,
         "verdict": verdict,
@@ -419,19 +559,7 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
     started = time.monotonic()
     backends = session.all("activity", Backend)
     limits = session.all("connection_limits", ConnectionLimit)
-    bouncer: tuple[list[BouncerPool], list[BouncerServer]] | str | None = None
-    if env.pgbouncer is not None:
-        from connfix import pg
-        from connfix.errors import ConnfixError
-
-        try:
-            bouncer = pg.read_pgbouncer(
-                env.pgbouncer.admin_dsn,
-                env.pgbouncer.admin_password_env,
-                env.pgbouncer.connect_timeout,
-            )
-        except ConnfixError as exc:
-            bouncer = str(exc)
+    bouncers = read_bouncers(env)
     return analyse(
         environment,
         env,
@@ -441,8 +569,28 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
         via=session.via,
         refusal=session.refusal,
         seconds=time.monotonic() - started,
-        bouncer=bouncer,
+        bouncers=bouncers,
     )
+
+
+def read_bouncers(env: Environment) -> list[BouncerState]:
+    """Read every PgBouncer of the environment, in parallel; one that cannot be read
+    says why in its state (the diagnosis goes on without it)."""
+    if not env.pgbouncers:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connfix import bouncer
+
+    def one(access: Any) -> BouncerState:
+        return bouncer.read(
+            access.name, access.admin_dsn, access.admin_password_env, access.connect_timeout
+        )
+
+    if len(env.pgbouncers) == 1:
+        return [one(env.pgbouncers[0])]
+    with ThreadPoolExecutor(max_workers=min(8, len(env.pgbouncers))) as pool:
+        return list(pool.map(one, env.pgbouncers))
 
 
 def diagnose(environment: str, env: Environment) -> Diagnosis:

@@ -16,6 +16,7 @@ LOCAL = "(local socket)"
 HIDDEN = "(hidden)"
 NOT_IN_INVENTORY = "(not in inventory)"
 CONNFIX = "(connfix)"
+PGBOUNCER_ROW = "(pgbouncer {name})"  # a PgBouncer's server connections, lent to no one
 CONNFIX_APPLICATION = "connfix"  # the application_name connfix's sessions carry
 TOP_IDLE_IN_TRANSACTION = 5
 
@@ -93,6 +94,13 @@ class HostUsage:
     unowned: int = 0  # sessions from the host that no service owns (pgbench, psql, cron…)
     unowned_clients: dict[str, int] = field(default_factory=dict)  # application → count
     services: list[ServiceUsage] = field(default_factory=list)  # each of the host's services
+    # behind a pooler: of `count`, the server connections a PgBouncer lends this host's
+    # clients now; and the client connections it holds open in PgBouncers (lent or not)
+    lent: int = 0
+    pooled: int = 0
+    pooled_waiting: int = 0  # of those, waiting for a server connection
+    pooled_by: dict[str, int] = field(default_factory=dict)  # PgBouncer name → clients
+    pgbouncer: str | None = None  # this row is that PgBouncer's own server connections
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,7 @@ class Diagnosis:
     connection_limits: list[ConnectionLimit]
     pool_check: PoolCheck
     suspects: list[str] = field(default_factory=list)
-    pgbouncer: dict[str, Any] | None = None
+    pgbouncers: list[dict[str, Any]] = field(default_factory=list)  # what each one said
     own_sessions: int = 0  # connfix's (counted in client_backends, shown apart)
     # each host's health check, where a run checked them: {host: {"ok": …, "detail": …}}
     host_health: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -29,6 +29,8 @@ EXTRA_NAMES = {
     "thresholds": "the environment's thresholds (warning, critical, buffer, …)",
     "terminated": "sessions terminated so far in this run",
     "restarted": "hosts restarted (and verified) so far in this run",
+    "pooled_suspects": "leak suspects holding client connections in a PgBouncer",
+    "pgbouncer_clients_killed": "PgBouncer clients ended so far in this run (KILL_CLIENT)",
 }
 NAMES = frozenset(f.name for f in dataclasses.fields(Diagnosis)) | set(EXTRA_NAMES)
 
@@ -119,6 +121,8 @@ def context(
         thresholds=thresholds,
         terminated=(totals or {}).get("terminated", 0),
         restarted=(totals or {}).get("restarted", 0),
+        pooled_suspects=[h.host for h in diagnosis.by_host if h.suspect and h.pooled],
+        pgbouncer_clients_killed=(totals or {}).get("pgbouncer_clients_killed", 0),
     )
     return data
 

@@ -342,13 +342,21 @@ class Protected(_Model):
 
 
 class PgBouncerAccess(_Model):
-    """How to read a PgBouncer in front of the database (its admin console)."""
+    """How to reach one PgBouncer in front of the database (its admin console)."""
 
+    name: str = "pgbouncer"  # how tables, the journal and runbook steps name it
     admin_dsn: str = Field(min_length=1)
     admin_password_env: str | None = None
     connect_timeout: Duration = 3.0
 
     _v_env = field_validator("admin_password_env")(_check_env_var)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("letters, digits, '.', '_' and '-' only, at most 63")
+        return value
 
     @field_validator("admin_dsn")
     @classmethod
@@ -369,7 +377,8 @@ class Environment(_Model):
     hosts: list[Host] = Field(min_length=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     protected: Protected = Field(default_factory=Protected)
-    pgbouncer: PgBouncerAccess | None = None
+    # the PgBouncers in front of the database: one per app host, a pair behind a VIP…
+    pgbouncers: list[PgBouncerAccess] = Field(default_factory=list, max_length=50)
     incidents_dir: str | None = None
 
     @model_validator(mode="before")
@@ -377,8 +386,22 @@ class Environment(_Model):
     def _one_or_several(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("services") and "service" not in data:
             first = data["services"][0]
-            return {**data, "service": first}
+            data = {**data, "service": first}
+        if isinstance(data, dict) and "pgbouncer" in data:  # the one-PgBouncer form
+            if "pgbouncers" in data:
+                raise ValueError("give either pgbouncer (one) or pgbouncers (a list), not both")
+            one = data["pgbouncer"]
+            data = {k: v for k, v in data.items() if k != "pgbouncer"}
+            data["pgbouncers"] = [] if one is None else [one]
         return data
+
+    @model_validator(mode="after")
+    def _bouncer_names(self) -> Environment:
+        names = [b.name for b in self.pgbouncers]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"pgbouncers: the name {twice[0]!r} is given twice")
+        return self
 
     def all_services(self) -> list[Service]:
         """Return every service of the environment, in inventory order."""

@@ -174,7 +174,7 @@ class Session:
         self.close()
 
 
-def _password(env_var: str | None, what: str) -> str | None:
+def password_from(env_var: str | None, what: str) -> str | None:
     if not env_var:
         return None
     value = os.environ.get(env_var)
@@ -213,7 +213,7 @@ def open_session(db: Database) -> Session:
     try:
         conn = connect(
             db.dsn,
-            password=_password(db.password_env, "database.password_env"),
+            password=password_from(db.password_env, "database.password_env"),
             connect_timeout=db.connect_timeout,
             statement_timeout=db.statement_timeout,
         )
@@ -257,7 +257,7 @@ def _connect_way(db: Database, way: WayIn) -> psycopg.Connection[Any]:
     assert way.dsn is not None
     return connect(
         way.dsn,
-        password=_password(way.password_env, f"database.{way.kind}_password_env"),
+        password=password_from(way.password_env, f"database.{way.kind}_password_env"),
         connect_timeout=db.connect_timeout,
         statement_timeout=db.statement_timeout,
     )
@@ -474,84 +474,3 @@ def host_backends(
     when given)."""
     params = {"addr": client_addr, "app": application_name, "user": user}
     return set(session.all("host_backends", BackendId, params))
-
-
-@dataclass(frozen=True)
-class BouncerPool:
-    """One PgBouncer pool (SHOW POOLS)."""
-
-    database: str
-    user: str
-    cl_active: int
-    cl_waiting: int
-    sv_active: int
-    sv_idle: int
-    sv_used: int
-    maxwait: float  # seconds
-    pool_mode: str
-
-
-@dataclass(frozen=True)
-class BouncerServer:
-    """One PgBouncer server connection (SHOW SERVERS)."""
-
-    database: str
-    user: str
-    state: str
-    remote_pid: int
-
-
-def pgbouncer_state(
-    dsn: str, password: str | None, connect_timeout: float
-) -> tuple[list[BouncerPool], list[BouncerServer]]:
-    """Read a PgBouncer's admin console (simple query protocol only: a ClientCursor)."""
-    from psycopg.rows import dict_row
-
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "connect_timeout": max(1, round(connect_timeout)),
-        "cursor_factory": psycopg.ClientCursor,
-    }
-    if password is not None:
-        kwargs["password"] = password
-    with psycopg.connect(dsn, **kwargs) as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SHOW POOLS")
-        pools = [
-            BouncerPool(
-                database=str(r["database"]),
-                user=str(r["user"]),
-                cl_active=int(r["cl_active"]),
-                cl_waiting=int(r["cl_waiting"]),
-                sv_active=int(r["sv_active"]),
-                sv_idle=int(r["sv_idle"]),
-                sv_used=int(r["sv_used"]),
-                maxwait=int(r["maxwait"]) + int(r.get("maxwait_us") or 0) / 1e6,
-                pool_mode=str(r.get("pool_mode") or ""),
-            )
-            for r in cur.fetchall()
-        ]
-        cur.execute("SHOW SERVERS")
-        servers = [
-            BouncerServer(
-                database=str(r["database"]),
-                user=str(r["user"]),
-                state=str(r["state"]),
-                remote_pid=int(r["remote_pid"] or 0),
-            )
-            for r in cur.fetchall()
-        ]
-    return pools, servers
-
-
-def read_pgbouncer(
-    dsn: str, password_env: str | None, connect_timeout: float
-) -> tuple[list[BouncerPool], list[BouncerServer]]:
-    """Read a PgBouncer; raise DatabaseUnavailable with its own words if it cannot be."""
-    try:
-        return pgbouncer_state(
-            dsn, _password(password_env, "pgbouncer.admin_password_env"), connect_timeout
-        )
-    except psycopg.Error as exc:
-        raise DatabaseUnavailable(
-            f"cannot read PgBouncer at {describe_dsn(dsn)}: {server_message(exc)}"
-        ) from None

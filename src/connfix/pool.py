@@ -45,6 +45,11 @@ class PoolSizing:
     after_restart_overlap: int = 0  # the same overlap, at the safe size
     after_available: int = 0  # usable − buffer − other − that overlap
     notes: list[str] = field(default_factory=list)
+    # behind PgBouncer: its server connections now (never "other clients"), the hosts
+    # whose apps reach the database through it, and those still direct
+    pooler_connections: int = 0
+    pooled_hosts: list[str] = field(default_factory=list)
+    direct_hosts: list[str] = field(default_factory=list)
 
     def verdict(self) -> str:
         """Say in one phrase whether the pools fit, and what would."""
@@ -96,20 +101,27 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     safe size, that size.
     """
     service = env.service
-    servers = len(env.hosts)
-    workers = service.workers
-    capacities = [h.pool_capacity(service) for h in env.hosts]
-    fleet_total = sum(capacities)
-    fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
     from connfix.diagnosis import CONNFIX
 
+    names = {h.name for h in env.hosts}
+    pooled_hosts = sorted(u.host for u in d.by_host if u.pooled and u.host in names)
+    direct = [h for h in env.hosts if h.name not in pooled_hosts]
+    servers = len(direct)
+    workers = service.workers
+    capacities = [h.pool_capacity(service) for h in direct]
+    fleet_total = sum(capacities)
+    fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
+    # PgBouncer's own server connections are the pooled apps' demand, not other clients
+    pooler = sum(u.count for u in d.by_host if u.pgbouncer) + sum(u.lent for u in d.by_host)
     other = sum(
-        u.count for u in d.by_host if u.client_addr not in fleet_addresses and u.host != CONNFIX
+        u.count
+        for u in d.by_host
+        if u.client_addr not in fleet_addresses and u.host != CONNFIX and not u.pgbouncer
     ) + sum(u.unowned for u in d.by_host if u.client_addr in fleet_addresses)
     at_once = min(service.max_unavailable, servers)
     overlap = at_once * max(capacities, default=0)
     buffer = env.thresholds.buffer
-    base = d.usable_connections - buffer - other
+    base = d.usable_connections - buffer - other - pooler
     available = base - overlap
     per_worker = max(0, base) // ((servers + at_once) * workers) if servers else 0
     after_total = per_worker * servers * workers
@@ -119,19 +131,28 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         f" − superuser_reserved_connections {d.superuser_reserved_connections}"
         f" − reserved_connections {d.reserved_connections}",
         f"minus buffer {buffer}, other clients {other} (open now, no service's),"
-        f" and what a rolling restart holds twice (max_unavailable"
+        + (f" PgBouncer's server connections {pooler} (now)," if pooler else "")
+        + f" and what a rolling restart holds twice (max_unavailable"
         f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
         f" {overlap} now, {after_overlap} at the safe size",
-        f"safe size = ({d.usable_connections} − {buffer} − {other}) //"
+        f"safe size = ({d.usable_connections} − {buffer} − {other}"
+        + (f" − {pooler}" if pooler else "")
+        + ") //"
         f" (({servers} servers + {at_once} restarting) × {workers} workers) = {per_worker}",
     ]
-    if per_worker == 0:
+    if per_worker == 0 and servers:
         notes.append(
             f"{servers} servers × {workers} workers cannot each get even one"
             " connection: put PgBouncer in front of the database"
         )
     if any(h.pool_size for h in env.hosts):
         notes.append("some hosts set their own pool_size; the safe size applies to every host")
+    if pooled_hosts:
+        notes.append(
+            f"behind PgBouncer: {', '.join(pooled_hosts)}; still direct:"
+            f" {', '.join(h.name for h in direct) or 'none'} (this sizing is of the direct"
+            " hosts' pools; PgBouncer's is in its config)"
+        )
     return PoolSizing(
         servers=servers,
         workers=workers,
@@ -151,7 +172,20 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         after_restart_overlap=after_overlap,
         after_available=base - after_overlap,
         notes=notes,
+        pooler_connections=pooler,
+        pooled_hosts=pooled_hosts,
+        direct_hosts=[h.name for h in direct],
     )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One pgbouncer.ini setting connfix chose, and why."""
+
+    key: str
+    value: str
+    reason: str
+    since: tuple[int, ...] = ()  # the PgBouncer version that has it; () = every one
 
 
 @dataclass(frozen=True)
@@ -166,6 +200,57 @@ class PgBouncerPlan:
     ini: str
     userlist: str
     database_url: str
+    settings: list[Setting] = field(default_factory=list)
+    auth: str = "auth_query"
+    auth_sql: str = ""  # the SQL that creates the auth_query role and function
+    pooled_hosts: list[str] = field(default_factory=list)
+    direct_hosts: list[str] = field(default_factory=list)
+    direct_capacity: int = 0  # what the direct hosts may open, restart overlap included
+    pgbouncers: int = 1  # PgBouncers sharing the database (each gets its share)
+    safe: bool = True
+    version: str = ""
+
+
+AUTH_ROLE = "pgbouncer_auth"
+AUTH_SCHEMA = "pgbouncer"
+LATEST_KNOWN = (1, 25)  # a PgBouncer version connfix has checked its settings against
+
+
+def auth_query_sql(roles: list[str]) -> str:
+    """The SQL (run as a superuser, in every database PgBouncer serves) for auth_query:
+    a role that may log in and do one thing, call a SECURITY DEFINER function returning
+    the verifier of one login role that is not a superuser and whose password has not
+    expired (VALID UNTIL, CVE-2025-2291)."""
+    return f"""\
+-- PgBouncer's auth_query, generated by connfix pool. Run as a superuser in each database
+-- PgBouncer serves. Then set the role's password (\\password {AUTH_ROLE}) and put it
+-- in userlist.txt, in plain text: PgBouncer logs in as {AUTH_ROLE} itself to run the
+-- lookup, and a SCRAM verifier cannot log in. It is the only secret PgBouncer keeps, of
+-- a role that can do one thing; allow it in pg_hba.conf from the PgBouncer hosts only.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{AUTH_ROLE}') THEN
+    CREATE ROLE {AUTH_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+  END IF;
+END
+$$;
+CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA};
+REVOKE ALL ON SCHEMA {AUTH_SCHEMA} FROM PUBLIC;
+CREATE OR REPLACE FUNCTION {AUTH_SCHEMA}.get_auth(p_usename text)
+RETURNS TABLE (usename name, passwd text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+  SELECT rolname,
+         CASE WHEN rolvaliduntil IS NULL OR rolvaliduntil > now() THEN rolpassword END
+  FROM pg_catalog.pg_authid
+  WHERE rolname = p_usename AND rolcanlogin AND NOT rolsuper AND NOT rolreplication
+$fn$;
+REVOKE ALL ON FUNCTION {AUTH_SCHEMA}.get_auth(text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA {AUTH_SCHEMA} TO {AUTH_ROLE};
+GRANT EXECUTE ON FUNCTION {AUTH_SCHEMA}.get_auth(text) TO {AUTH_ROLE};
+-- roles the apps log in as, through PgBouncer: {", ".join(roles) or "(none seen)"}
+"""
 
 
 def pgbouncer_plan(
@@ -181,27 +266,132 @@ def pgbouncer_plan(
     directory: str,
     listen_addr: str = "*",
     listen_port: int = PGBOUNCER_PORT,
+    direct: list[str] | None = None,
+    version: tuple[int, ...] = (),
+    auth: str = "auth_query",
 ) -> PgBouncerPlan:
-    """Size and write pgbouncer.ini and a userlist template.
+    """Size and write pgbouncer.ini, the userlist, and the auth_query SQL.
 
-    max_db_connections caps every server connection PgBouncer may open to this database
-    at what the database can spare (usable − buffer − other clients), so the database
-    cannot be exhausted through it. Apps restarting behind PgBouncer keep its server
-    connections, so no restart overlap is needed there.
+    max_db_connections caps the server connections each PgBouncer may open, so that
+    every PgBouncer's cap, plus what the hosts still connecting directly may open (their
+    pools with max_overflow, and a restarting batch's pools twice), plus other clients
+    and the buffer, fit in the usable slots: the database cannot be exhausted through
+    the poolers, and a direct host can always start. Hosts behind PgBouncer keep its
+    server connections while they restart: no overlap for them.
     """
-    cap = max(1, d.usable_connections - sizing.buffer - sizing.other_clients)
+    service = env.service
+    direct_names = set(direct or []) | (set(sizing.direct_hosts) if sizing.pooled_hosts else set())
+    direct_hosts = [h for h in env.hosts if h.name in direct_names]
+    pooled = [h for h in env.hosts if h.name not in direct_names]
+    caps = [sum(h.max_capacity(s) for s in env.services_on(h)) for h in direct_hosts]
+    at_once = min(service.max_unavailable, len(direct_hosts))
+    direct_capacity = sum(caps) + at_once * max(caps, default=0)
+    count = max(1, len(env.pgbouncers))
+    spare = d.usable_connections - sizing.buffer - sizing.other_clients - direct_capacity
+    safe = spare >= count
+    cap = max(1, spare // count)
     users = max(1, len(roles))
     reserve = min(5, max(0, cap // 10))
     default_pool = max(1, (cap - reserve) // users)
-    clients = sizing.fleet_total + sizing.restart_overlap
+    clients = sum(h.max_capacity(s) for h in pooled for s in env.services_on(h))
     max_client = max(MIN_CLIENT_CONN, clients * 4)
+    migration = bool(direct_hosts)
+    iit = round(env.thresholds.idle_in_transaction_suspect_age)
+    known = version or (1, 18)  # unknown: what Debian 12 ships, the oldest in use here
+    who = ", ".join(h.name for h in direct_hosts)
+    settings = [
+        Setting(
+            "max_db_connections",
+            str(cap),
+            f"usable {d.usable_connections} − buffer {sizing.buffer} − other clients"
+            f" {sizing.other_clients}"
+            + (f" − the direct hosts' {direct_capacity} ({who})" if migration else "")
+            + (f", shared by {count} PgBouncers" if count > 1 else "")
+            + ": the database cannot be exhausted through PgBouncer",
+        ),
+        Setting(
+            "default_pool_size",
+            str(default_pool),
+            f"per (user, database) pair: the cap less the reserve, shared by {users} role(s)",
+        ),
+        Setting("reserve_pool_size", str(reserve), "a few more for a burst, within the cap"),
+        Setting("reserve_pool_timeout", "3", "a client waits 3 s before the reserve opens"),
+        Setting(
+            "max_client_conn",
+            str(max_client),
+            f"the pooled hosts' pools may open {clients}; four times that, at least"
+            f" {MIN_CLIENT_CONN} (a client costs PgBouncer a file descriptor, no more)",
+        ),
+        Setting(
+            "max_user_connections",
+            str(default_pool + reserve),
+            "one role's server connections across databases: no role can take them all",
+        ),
+        Setting(
+            "server_idle_timeout",
+            "10" if migration else "60",
+            "server connections left idle after a burst go back to the database within"
+            " 10 s: the hosts still connecting directly may need those slots (PgBouncer's"
+            " default keeps them 600 s)"
+            if migration
+            else "idle server connections are closed after a minute (default 600 s)",
+        ),
+        Setting(
+            "idle_transaction_timeout",
+            str(max(1, iit)),
+            "a client idle in a transaction pins a server connection; PgBouncer closes it"
+            f" after {iit} s, connfix's idle-in-transaction suspect age",
+        ),
+        Setting(
+            "query_wait_timeout",
+            "30",
+            "a client waits at most 30 s for a server connection, then gets an error"
+            " instead of piling up behind a leak (default 120 s)",
+        ),
+        Setting(
+            "max_user_client_connections",
+            str(max(1, clients * 2)),
+            "client connections per role: twice what the pooled hosts' pools may open,"
+            " so one leaking host cannot take every client slot",
+            since=(1, 24),
+        ),
+    ]
     caveats = "\n".join(f";   - {feature}" for feature in SESSION_FEATURES)
-    ini = f"""\
+    lines = []
+    for item in settings:
+        lines.append(f"; {item.reason}")
+        if item.since and known < item.since:
+            need = ".".join(map(str, item.since))
+            lines.append(f"; (PgBouncer {need} and later; this one is older)")
+            lines.append(f"; {item.key} = {item.value}")
+        else:
+            lines.append(f"{item.key} = {item.value}")
+    if auth == "auth_query":
+        auth_lines = (
+            f"auth_type = scram-sha-256\nauth_file = {directory}/userlist.txt\n"
+            f"auth_user = {AUTH_ROLE}\n"
+            f"auth_query = SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
+        )
+    else:
+        auth_lines = f"auth_type = scram-sha-256\nauth_file = {directory}/userlist.txt"
+    verdict = (
+        ""
+        if safe
+        else (
+            ";; NOT SAFE: the hosts still connecting directly can take every slot by themselves;\n"
+            ";; move more of them behind PgBouncer or lower their pool size first.\n"
+        )
+    )
+    ini = (
+        f"""\
 ;; PgBouncer for environment {env_name(env)}, generated by connfix pool.
 ;; The database can give {d.usable_connections} connections to ordinary roles; keeping
-;; {sizing.buffer} spare and leaving {sizing.other_clients} for other clients, PgBouncer
-;; may open at most max_db_connections = {cap} server connections, whatever the apps do.
-;;
+;; {sizing.buffer} spare, leaving {sizing.other_clients} for other clients{
+            f" and {direct_capacity} for the hosts still direct ({who})" if migration else ""
+        },
+;; each of {count} PgBouncer(s) may open at most max_db_connections = {cap} server
+;; connections, whatever the apps do.
+{verdict};;
 ;; pool_mode = transaction: a server connection is lent per transaction. Applications
 ;; must not rely on session state across transactions:
 {caveats}
@@ -216,37 +406,55 @@ listen_port = {listen_port}
 unix_socket_dir = {directory}
 pidfile = {directory}/pgbouncer.pid
 logfile = {directory}/pgbouncer.log
-auth_type = scram-sha-256
-auth_file = {directory}/userlist.txt
+{auth_lines}
 admin_users = {", ".join(admin_users)}
 stats_users = {", ".join(admin_users)}
-
 pool_mode = transaction
-; what the apps open: {sizing.servers} servers × {sizing.pool_size} × {sizing.workers} workers
-; = {sizing.fleet_total}, plus {sizing.restart_overlap} while a host restarts; four times
-; that, at least {MIN_CLIENT_CONN} (each client costs PgBouncer a file descriptor, no more)
-max_client_conn = {max_client}
-; per (user, database) pair; {users} role(s) share the cap
-default_pool_size = {default_pool}
-reserve_pool_size = {reserve}
-reserve_pool_timeout = 3
-max_db_connections = {cap}
-server_idle_timeout = 60
 ignore_startup_parameters = extra_float_digits,options
+
 """
+        + "\n".join(lines)
+        + "\n"
+    )
+    listed = [] if auth == "auth_query" else sorted(set(roles))
     userlist = (
         ';; One line per role: "name" "SCRAM-SHA-256$<iterations>:<salt>$<key>:<key>".\n'
-        ";; Copy each secret from the database, as a superuser:\n"
+        + (
+            f";; auth_query: every app role's verifier is looked up in the database (see\n"
+            f";; auth_query.sql); {AUTH_ROLE} logs in with its password, in plain text here.\n"
+            f'"{AUTH_ROLE}" "<its password: PgBouncer logs in with it to run the lookup>"\n'
+            if auth == "auth_query"
+            else ""
+        )
+        + ";; Copy each secret from the database, as a superuser:\n"
         ";;   SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN (...);\n"
         ";; connfix never writes secrets: fill in the placeholders, keep this file 0600.\n"
         + "".join(
             f'"{role}" "SCRAM-SHA-256$<fill in from pg_authid>"\n'
-            for role in sorted(set(roles) | set(admin_users))
+            for role in sorted(set(listed) | set(admin_users))
         )
     )
     user = roles[0] if roles else "<user>"
     url = f"postgresql://{user}@<pgbouncer host>:{listen_port}/{dbname}"
-    return PgBouncerPlan(cap, default_pool, reserve, max_client, "transaction", ini, userlist, url)
+    return PgBouncerPlan(
+        cap,
+        default_pool,
+        reserve,
+        max_client,
+        "transaction",
+        ini,
+        userlist,
+        url,
+        settings=settings,
+        auth=auth,
+        auth_sql=auth_query_sql(sorted(set(roles))) if auth == "auth_query" else "",
+        pooled_hosts=[h.name for h in pooled],
+        direct_hosts=[h.name for h in direct_hosts],
+        direct_capacity=direct_capacity,
+        pgbouncers=count,
+        safe=safe,
+        version=".".join(map(str, version)) if version else "",
+    )
 
 
 def env_name(env: Environment) -> str:

@@ -368,6 +368,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "states": states,
         "host_names": host_names,
         "health": _health,
+        "counts": lambda c: ", ".join(f"{k} {v}" for k, v in c.items()) or "–",
         "unowned": lambda u: (
             ", ".join(f"{k} {v}" for k, v in u.get("unowned_clients", {}).items()) or "–"
         ),

@@ -7,6 +7,12 @@ from typing import Any
 from connfix.actions.advise import AdviseAction
 from connfix.actions.base import Action
 from connfix.actions.diagnose import DiagnoseAction
+from connfix.actions.pgbouncer import (
+    KillClientsAction,
+    PauseAction,
+    ReconnectAction,
+    ResumeAction,
+)
 from connfix.actions.rolling_restart import RollingRestartAction
 from connfix.actions.terminate import TerminateAction
 from connfix.actions.verify import VerifyAction
@@ -21,5 +27,9 @@ ACTIONS: dict[str, Action[Any, Any]] = {
         TerminateAction(),
         RollingRestartAction(),
         AdviseAction(),
+        KillClientsAction(),
+        ReconnectAction(),
+        PauseAction(),
+        ResumeAction(),
     )
 }

@@ -64,6 +64,19 @@ def lab() -> None:
     show_default=True,
     help="reserved_connections on PostgreSQL 16+ (for a pg_use_reserved_connections role).",
 )
+@click.option(
+    "--pgbouncer",
+    "pgbouncer_all",
+    is_flag=True,
+    help="Put a PgBouncer (Debian's, transaction pooling) in front of the database and"
+    " point every host's app at it.",
+)
+@click.option(
+    "--pgbouncer-hosts",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Point only the first N hosts at the PgBouncer; the rest stay direct (a migration).",
+)
 def up(
     hosts: int,
     max_connections: int | None,
@@ -73,6 +86,8 @@ def up(
     app_traffic: float,
     postgres: str | None,
     reserved_connections: int,
+    pgbouncer_all: bool,
+    pgbouncer_hosts: int | None,
 ) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts each booting a real systemd (its
     sshd, a deploy user, the app as a Type=notify unit), an inventory.
@@ -81,11 +96,16 @@ def up(
     Example:
       connfix lab up --hosts 4
       connfix lab up --postgres 18
+      connfix lab up --hosts 4 --pgbouncer
+      connfix lab up --hosts 4 --pgbouncer-hosts 2
     """
     from connfix.cli import render
     from connfix.lab import lab as core
 
     boot, traffic = app_boot, app_traffic
+    if pgbouncer_all and pgbouncer_hosts is not None:
+        raise click.UsageError("give --pgbouncer (every host) or --pgbouncer-hosts N, not both")
+    behind = hosts if pgbouncer_all else (pgbouncer_hosts or 0)
     render.lab_up(
         terminal(),
         core.up(
@@ -97,6 +117,7 @@ def up(
             reserved_connections,
             traffic,
             max_overflow,
+            behind,
         ),
     )
 

@@ -32,7 +32,33 @@ from connfix.cli.options import inventory_option, terminal
     show_default=True,
     help="PgBouncer's listen_port in the generated config.",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing pgbouncer.ini / userlist.txt.")
+@click.option(
+    "--direct",
+    "direct",
+    multiple=True,
+    metavar="HOST",
+    help="A host that keeps connecting to the database directly (a migration in"
+    " progress); repeat for each. Hosts seen reaching it directly while a PgBouncer of"
+    " the inventory is live count as direct too.",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["auth_query", "userlist"]),
+    default="auth_query",
+    show_default=True,
+    help="auth_query: PgBouncer looks each role's verifier up in the database through a"
+    " SECURITY DEFINER function (auth_query.sql creates it); only that lookup role's"
+    " secret is copied. userlist: every role's verifier in userlist.txt.",
+)
+@click.option(
+    "--pgbouncer-version",
+    metavar="X.Y",
+    help="The PgBouncer the config is for; settings it lacks are written commented out."
+    "  [default: the version of the environment's live PgBouncer, else 1.18]",
+)
+@click.option(
+    "--force", is_flag=True, help="Overwrite existing files in the --pgbouncer-config directory."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @inventory_option
 def pool(
@@ -40,6 +66,9 @@ def pool(
     config_dir: str | None,
     listen_addr: str,
     listen_port: int,
+    direct: tuple[str, ...],
+    auth: str,
+    pgbouncer_version: str | None,
     force: bool,
     as_json: bool,
     inventory_path: str | None,
@@ -51,8 +80,13 @@ def pool(
     open, what is left, and the largest safe pool size per server, keeping room for a
     rolling restart (a restarting host's old and new pools overlap). With
     --pgbouncer-config, write a pgbouncer.ini (transaction pooling, max_db_connections
-    capped so the database can never be exhausted through it) and a userlist.txt
-    template, and print the new DATABASE_URL.
+    capped so the database can never be exhausted through it, with each timeout and cap
+    explained), the auth_query setup (auth_query.sql) and a userlist.txt template, and
+    print the new DATABASE_URL.
+
+    Behind a live PgBouncer (pgbouncers: in the inventory), its server connections are
+    counted as its own, not as other clients; during a migration, the hosts still
+    connecting directly keep room for their pools, and PgBouncer gets the rest.
 
     Exit status 0 when the pool sizes are safe, 1 when they are not.
 
@@ -60,18 +94,32 @@ def pool(
     Example:
       connfix pool prod
       connfix pool prod --pgbouncer-config ./pgbouncer
+      connfix pool prod --pgbouncer-config ./pgbouncer --direct app3 --direct app4
     """
     from connfix import pg
     from connfix.analysis import diagnose
+    from connfix.bouncer import parse_version
     from connfix.cli import render
     from connfix.errors import ExitStatus, InputError
     from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.pool import pgbouncer_plan, size_pools
 
     _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    unknown = sorted(set(direct) - {h.name for h in env.hosts})
+    if unknown:
+        raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")
+    version: tuple[int, ...] = ()
+    if pgbouncer_version is not None:
+        version = parse_version(pgbouncer_version)
+        if not version:
+            raise InputError(f"--pgbouncer-version {pgbouncer_version!r}: not a version (1.18)")
     d = diagnose(environment, env)
+    if not version:
+        live = [parse_version(b.get("version", "")) for b in d.pgbouncers if "error" not in b]
+        version = min((v for v in live if v), default=())
     sizing = size_pools(env, d)
     result: dict[str, object] = {"environment": environment, "sizing": sizing.to_json()}
+    plan = None
     if config_dir:
         directory = Path(os.path.expanduser(config_dir)).resolve()
         parts = pg.parse_dsn(env.database.dsn)
@@ -89,16 +137,22 @@ def pool(
             directory=str(directory),
             listen_addr=listen_addr,
             listen_port=listen_port,
+            direct=list(direct),
+            version=version,
+            auth=auth,
         )
         from connfix import files
 
         try:
             files.make_dir(directory)
-            for name in ("pgbouncer.ini", "userlist.txt"):  # refuse before writing either
+            written = {"pgbouncer.ini": plan.ini, "userlist.txt": plan.userlist}
+            if plan.auth_sql:
+                written["auth_query.sql"] = plan.auth_sql
+            for name in written:  # refuse before writing any
                 if not force and os.path.lexists(directory / name):
                     raise files.FileRefused(f"{name} already exists (--force to overwrite it)")
-            files.write_private(directory / "pgbouncer.ini", plan.ini)
-            files.write_private(directory / "userlist.txt", plan.userlist)
+            for name, text in written.items():
+                files.write_private(directory / name, text)
         except OSError as exc:
             raise InputError(f"--pgbouncer-config {config_dir}: {exc.strerror or exc}") from None
         result["pgbouncer"] = {
@@ -109,10 +163,29 @@ def pool(
             "max_client_conn": plan.max_client_conn,
             "pool_mode": plan.pool_mode,
             "database_url": plan.database_url,
+            "files": sorted(written),
+            "auth": plan.auth,
+            "version": plan.version,
+            "pgbouncers": plan.pgbouncers,
+            "pooled_hosts": plan.pooled_hosts,
+            "direct_hosts": plan.direct_hosts,
+            "direct_capacity": plan.direct_capacity,
+            "safe": plan.safe,
+            "settings": [
+                {
+                    "key": x.key,
+                    "value": x.value,
+                    "reason": x.reason,
+                    "since": ".".join(map(str, x.since)),
+                    "written": not (x.since and version and version < x.since)
+                    and not (x.since and not version),
+                }
+                for x in plan.settings
+            ],
         }
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         render.pool(terminal(), sizing, result.get("pgbouncer"))  # type: ignore[arg-type]
-    if not sizing.safe:
+    if not sizing.safe or not (plan is None or plan.safe):
         sys.exit(ExitStatus.UNHEALTHY)

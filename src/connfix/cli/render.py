@@ -149,6 +149,13 @@ def lab_up(term: Terminal, result: UpResult) -> None:
         f" max_connections {result.max_connections}{reserved}, pool size"
         f" {result.pool_size} per host"
     )
+    if result.pgbouncer_hosts:
+        who = (
+            "every host"
+            if result.pgbouncer_hosts == result.hosts
+            else f"app1–app{result.pgbouncer_hosts} (the rest direct)"
+        )
+        term.out.print(f"PgBouncer in front of the database for {who}")
     term.out.print(f"inventory: {result.inventory}  (environment: lab)")
 
 
@@ -249,10 +256,12 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
         )
     term.out.print(_counts_table("by state", d.by_state, lower))
     hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
+    pooled = bool(d.pgbouncers)
     for column in (
         "host",
         "address",
         "conns",
+        *(("via PgBouncer",) if pooled else ()),
         "pool (+overflow)",
         "no service",
         "idle",
@@ -271,6 +280,7 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
             escape(h.host),
             escape(h.client_addr or "-"),
             str(h.count),
+            *((_via(h),) if pooled else ()),
             _pool(h.pool_size, h.max_capacity),
             escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
             if h.pool_size is not None
@@ -338,10 +348,23 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
     check = d.pool_check
     mark = "[green]" if check.safe else "[red]"
     term.out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
-    if d.pgbouncer is not None:
-        bouncer(term, d.pgbouncer)
+    for state in d.pgbouncers:
+        bouncer(term, state)
     if d.suspects:
         term.out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def _via(h: Any) -> str:
+    """A host's client connections in PgBouncers, and how many of its sessions are
+    server connections lent to them; a PgBouncer's own row says so."""
+    if h.pgbouncer is not None:
+        return "its server connections"
+    if not h.pooled:
+        return "-"
+    text = f"{h.pooled} client(s)"
+    if h.pooled_waiting:
+        text += f", {h.pooled_waiting} waiting"
+    return text + (f"; {h.lent} lent a server" if h.lent else "")
 
 
 def _pool(pool: int | None, capacity: int | None) -> str:
@@ -352,10 +375,14 @@ def _pool(pool: int | None, capacity: int | None) -> str:
 
 def bouncer(term: Terminal, state: dict[str, Any]) -> None:
     """Print what PgBouncer's admin console says."""
+    name = escape(state.get("name", "pgbouncer"))
     if "error" in state:
-        term.out.print(f"[yellow]PgBouncer:[/yellow] {escape(state['error'])}")
+        term.out.print(f"[yellow]PgBouncer {name}:[/yellow] {escape(state['error'])}")
         return
-    table = Table(title="PgBouncer pools", title_justify="left")
+    table = Table(
+        title=f"PgBouncer {name} pools ({escape(state.get('version') or 'version unknown')})",
+        title_justify="left",
+    )
     for column in (
         "database",
         "user",
@@ -384,11 +411,12 @@ def bouncer(term: Terminal, state: dict[str, Any]) -> None:
         )
     term.out.print(table)
     colour = "red" if state["saturated"] or state["database_full"] else "green"
+    by_host = ", ".join(f"{escape(k)} {v}" for k, v in state.get("clients_by_host", {}).items())
     term.out.print(
-        f"PgBouncer: [{colour}]{escape(state['verdict'])}[/{colour}]"
+        f"PgBouncer {name}: [{colour}]{escape(state['verdict'])}[/{colour}]"
         f" ({state['server_connections']} server connections,"
         f" {state['server_connections_in_pg_stat_activity']} of them seen in"
-        " pg_stat_activity)"
+        f" pg_stat_activity; clients by host: {by_host or '-'})"
     )
 
 
@@ -530,8 +558,23 @@ def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | No
     if bouncer_config:
         term.out.print(
             f"\nPgBouncer config written to {escape(bouncer_config['directory'])}:"
-            " pgbouncer.ini, userlist.txt (fill in the SCRAM secrets)"
+            f" {', '.join(bouncer_config['files'])}"
+            + (
+                " (run auth_query.sql as a superuser; fill in pgbouncer_auth's secret)"
+                if bouncer_config["auth"] == "auth_query"
+                else " (fill in the SCRAM secrets)"
+            )
         )
+        if bouncer_config["direct_hosts"]:
+            term.out.print(
+                f"  still direct: {escape(', '.join(bouncer_config['direct_hosts']))} — room"
+                f" kept for their pools: {bouncer_config['direct_capacity']}"
+            )
+        if not bouncer_config["safe"]:
+            term.out.print(
+                "  [red]NOT safe:[/red] the direct hosts alone can take every slot; move more"
+                " of them behind PgBouncer or lower their pool size first"
+            )
         term.out.print(
             f"  pool_mode {bouncer_config['pool_mode']}, max_db_connections"
             f" {bouncer_config['max_db_connections']}, default_pool_size"
@@ -539,4 +582,9 @@ def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | No
             f" {bouncer_config['reserve_pool_size']}, max_client_conn"
             f" {bouncer_config['max_client_conn']}"
         )
+        for item in bouncer_config["settings"]:
+            off = (
+                "" if item["written"] else f" (commented out: PgBouncer {item['since']} and later)"
+            )
+            term.out.print(f"  {item['key']} = {item['value']}{off}: {escape(item['reason'])}")
         term.out.print(f"  apps connect with DATABASE_URL={escape(bouncer_config['database_url'])}")

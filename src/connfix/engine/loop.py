@@ -263,6 +263,8 @@ class StepLoop:
             ui.plan(step, plan, applied=False)
             ctx.record(Event.STEP_END, ok=False, applied=False, summary=plan.blocked)
             self._step_ended(index, step, StepStatus.REFUSED, plan.blocked)
+            if step.on_failure == "continue":  # the runbook's next step is the way on
+                return None
             return self.finish(
                 RunStatus.HALTED,
                 ExitStatus(plan.blocked_exit_status),

@@ -20,8 +20,8 @@ def secrets_of(env: Environment) -> list[str]:
     found = []
     db = env.database
     password_vars = [db.password_env, db.reserved_password_env, db.admin_password_env]
-    if env.pgbouncer is not None:
-        password_vars.append(env.pgbouncer.admin_password_env)
+    for bouncer in env.pgbouncers:
+        password_vars.append(bouncer.admin_password_env)
     for var in password_vars:
         if var and os.environ.get(var):
             found.append(os.environ[var])

@@ -83,12 +83,15 @@ class App:
             self.pool_pids.discard(pid)
 
     def _open(self, autocommit: bool = False) -> psycopg.Connection[Any]:
-        return psycopg.connect(
+        conn = psycopg.connect(
             self.config["dsn"],
             autocommit=autocommit,
             application_name=self.config["application_name"],
             connect_timeout=5,
         )
+        if self.config.get("pooled"):
+            conn.prepare_threshold = None  # transaction pooling: never prepare
+        return conn
 
     def fill_pool(self) -> None:
         """Open pool_size connections (check them out together, then give them back)."""

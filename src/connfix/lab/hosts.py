@@ -161,8 +161,11 @@ def runtime_paths() -> tuple[list[str], list[str]]:
     return kept, sorted(traverse)
 
 
-def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Path:
-    """Write host `index`'s own files and its boot spec; return the spec's path."""
+def seed(
+    index: int, app: AppConfig, pg_port: int, app_password_line: str, pooled: bool = False
+) -> Path:
+    """Write host `index`'s own files and its boot spec; return the spec's path. A pooled
+    host's app reaches the database through the lab's PgBouncer (`pg_port` is its)."""
     name = paths.host_name(index)
     hdir = paths.host_dir(name)
     root = hdir / "seed"
@@ -193,6 +196,9 @@ def seed(index: int, app: AppConfig, pg_port: int, app_password_line: str) -> Pa
         "faults_dir": FAULTS_DIR,
         "boot_seconds": app.boot_seconds,
         "traffic_seconds": app.traffic_seconds,
+        # behind transaction pooling, statements must not be prepared server-side
+        # (PgBouncer < 1.21 cannot carry them from one server connection to another)
+        "pooled": pooled,
     }
     _write(root, "/etc/labapp/app.json", json.dumps(config, indent=2) + "\n", 0o640)
     _write(root, "/etc/labapp/pgpass", app_password_line, 0o600)

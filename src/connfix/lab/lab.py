@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from connfix import files
 from connfix.errors import LabError, LabInputError
 from connfix.lab import cgroups, network, paths
 from connfix.lab import hosts as lab_hosts
+from connfix.lab import pgbouncer as lab_bouncer
 from connfix.lab import postgres as lab_pg
 from connfix.lab.faults import FAULTS, clear_faults, fault, restart_postgres, sshd
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
@@ -114,7 +118,9 @@ def _wait_healthy(hosts: int, timeout: float = 30) -> None:
                 time.sleep(0.05)
 
 
-def write_inventory(hosts_count: int, pool_size: int, pg_major: int, max_overflow: int = 0) -> Path:
+def write_inventory(
+    hosts_count: int, pool_size: int, pg_major: int, max_overflow: int = 0, pgbouncer_hosts: int = 0
+) -> Path:
     """Write the inventory of environment `lab`, built from the inventory model."""
     import yaml
 
@@ -161,6 +167,16 @@ def write_inventory(hosts_count: int, pool_size: int, pg_major: int, max_overflo
         ],
         "thresholds": {"warning": 0.8, "critical": 0.95, "buffer": 2},
     }
+    if pgbouncer_hosts:
+        env["pgbouncers"] = [
+            {
+                "name": lab_bouncer.NAME,
+                "admin_dsn": (
+                    f"host={paths.db_address()} port={paths.pgbouncer_port()} dbname=pgbouncer"
+                    f" user=connfix passfile={passfile()}"
+                ),
+            }
+        ]
     model = Inventory.model_validate({"version": 1, "environments": {"lab": env}})
     data = model.model_dump(mode="json", exclude_unset=True)
     text = (
@@ -185,6 +201,7 @@ class UpResult:
     seconds: float
     pg_major: int = 0
     reserved_connections: int = 0
+    pgbouncer_hosts: int = 0
 
 
 SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
@@ -205,8 +222,11 @@ def up(
     reserved_connections: int = 2,
     traffic_seconds: float = 1.0,
     max_overflow: int = 2,
+    pgbouncer_hosts: int = 0,
 ) -> UpResult:
-    """Build the lab, or confirm the one that is up matches; idempotent."""
+    """Build the lab, or confirm the one that is up matches; idempotent. With
+    pgbouncer_hosts, the first that many hosts reach the database through the lab's
+    PgBouncer (all of them: a fleet behind a pooler; some: a migration)."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
         raise LabInputError("--hosts must be between 1 and 200")
@@ -220,6 +240,8 @@ def up(
         raise LabInputError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
         raise LabInputError("--app-boot must be between 0s and 60s")
+    if not 0 <= pgbouncer_hosts <= hosts:
+        raise LabInputError(f"--pgbouncer-hosts must be between 0 and --hosts ({hosts})")
     if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
         raise LabInputError("--app-traffic must be 0 (none) or between 100ms and 10m")
     check_prerequisites()
@@ -240,13 +262,20 @@ def up(
         lab_hosts.check_inotify(hosts)
     if state is not None:
         if state.complete and not problems(state):
-            wanted = (hosts, max_connections, pool_size, major)
-            have = (state.hosts, state.max_connections, state.pool_size, state.pg_major)
+            wanted = (hosts, max_connections, pool_size, major, pgbouncer_hosts)
+            have = (
+                state.hosts,
+                state.max_connections,
+                state.pool_size,
+                state.pg_major,
+                state.pgbouncer_hosts,
+            )
             if wanted != have:
                 raise LabError(
                     f"the lab is already up with {state.hosts} hosts, max_connections"
                     f" {state.max_connections}, pool size {state.pool_size}, PostgreSQL"
-                    f" {state.pg_major}; run `connfix lab down` first to build a different one"
+                    f" {state.pg_major}, {state.pgbouncer_hosts} host(s) behind PgBouncer;"
+                    " run `connfix lab down` first to build a different one"
                 )
             return UpResult(
                 True,
@@ -257,6 +286,7 @@ def up(
                 time.monotonic() - started,
                 state.pg_major,
                 state.reserved_connections,
+                state.pgbouncer_hosts,
             )
         down()  # half-built or broken: start over from nothing
     root = lab_dir()
@@ -267,17 +297,20 @@ def up(
         pool_size=pool_size,
         pg_major=major,
         reserved_connections=reserved_connections if major >= 16 else 0,
+        pgbouncer_hosts=pgbouncer_hosts,
     )
     state.save()
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
     network.build(state, hosts)
     lab_pg.start(state, pg_bin, max_connections, reserved_connections)
+    if pgbouncer_hosts:
+        _start_pgbouncer(state, pool_size, max_overflow)
     app = lab_hosts.AppConfig(pool_size, max_overflow, boot_seconds, traffic_seconds)
     _boot_hosts(state, hosts, app)
     _known_hosts(hosts)
     _wait_healthy(hosts)
-    inventory = write_inventory(hosts, pool_size, major, max_overflow)
+    inventory = write_inventory(hosts, pool_size, major, max_overflow, pgbouncer_hosts)
     state.complete = True
     state.save()
     return UpResult(
@@ -289,7 +322,32 @@ def up(
         time.monotonic() - started,
         major,
         state.reserved_connections,
+        pgbouncer_hosts,
     )
+
+
+def _start_pgbouncer(state: LabState, pool_size: int, max_overflow: int) -> None:
+    """Start the lab's PgBouncer with the SCRAM verifiers of the roles it serves; the
+    lab's passfile gets lines for its port."""
+    with psycopg.connect(lab_pg.bootstrap_dsn(), autocommit=True) as conn:
+        verifiers = {
+            str(role): str(secret)
+            for role, secret in conn.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('app', 'connfix')"
+            ).fetchall()
+        }
+    lines = passfile().read_text().splitlines()
+    port = str(paths.pg_port())
+    extra = [
+        ":".join([f[0], str(paths.pgbouncer_port()), *f[2:]])
+        for f in (line.split(":") for line in lines)
+        if f[1] == port and f[3] in verifiers
+    ]
+    files.write_private(passfile(), "\n".join(lines + extra) + "\n")
+    state.pgbouncer_pid = lab_bouncer.start(
+        verifiers, state.pgbouncer_hosts, state.pool_size, max_overflow
+    )
+    state.save()
 
 
 def _boot_hosts(state: LabState, count: int, app: lab_hosts.AppConfig) -> None:
@@ -301,7 +359,11 @@ def _boot_hosts(state: LabState, count: int, app: lab_hosts.AppConfig) -> None:
         name = paths.host_name(index)
         state.cgroups.extend(str(d) for d in cgroups.make(name))
         state.save()
-        spec = lab_hosts.seed(index, app, paths.pg_port(), app_line + "\n")
+        pooled = index <= state.pgbouncer_hosts
+        port = paths.pgbouncer_port() if pooled else paths.pg_port()
+        fields = app_line.split(":")
+        line = ":".join([fields[0], str(port), *fields[2:]])
+        spec = lab_hosts.seed(index, app, port, line + "\n", pooled)
         state.init_pids[name] = lab_hosts.boot(index, spec)
         state.save()
     with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
@@ -351,6 +413,8 @@ def down() -> list[str]:
     if cg_dirs:
         removed += [f"cgroup {d}" for d in cgroups.remove(cg_dirs)]
     removed += network.remove(bridge, links, namespaces)
+    if state is not None and lab_bouncer.stop(state.pgbouncer_pid):
+        removed.append(f"PgBouncer (pid {state.pgbouncer_pid})")
     if state is not None and lab_pg.stop(state):
         removed.append("PostgreSQL")
     if postmasters:
@@ -360,7 +424,16 @@ def down() -> list[str]:
     return removed
 
 
-LAB_FILES = ("hosts", "pg", "ssh", "inventory.yaml", "pgpass", "state.json", "state.tmp")
+LAB_FILES = (
+    "hosts",
+    "pg",
+    "pgbouncer",
+    "ssh",
+    "inventory.yaml",
+    "pgpass",
+    "state.json",
+    "state.tmp",
+)
 
 
 def _remove_own_files(root: Path) -> list[str]:
@@ -389,6 +462,8 @@ def problems(state: LabState) -> list[str]:
     found = []
     if not Path(state.pg_data, "postmaster.pid").exists():
         found.append("PostgreSQL is not running")
+    if state.pgbouncer_hosts and not alive(state.pgbouncer_pid):
+        found.append("PgBouncer is not running")
     for ns in state.namespaces:
         if not Path("/run/netns", ns).exists():
             found.append(f"namespace {ns} is missing")

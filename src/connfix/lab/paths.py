@@ -46,6 +46,11 @@ def pg_port() -> int:
     return 54320 + lab_id()
 
 
+def pgbouncer_port() -> int:
+    """Return the port of the lab's PgBouncer (on the database's lab address)."""
+    return 64320 + lab_id()
+
+
 def bridge() -> str:
     """Return the name of the lab's bridge."""
     return f"cfx{lab_id()}br"

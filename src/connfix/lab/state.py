@@ -27,6 +27,8 @@ class LabState:
     pg_started: bool = False
     pg_major: int = 0
     reserved_connections: int = 0
+    pgbouncer_hosts: int = 0  # the first N hosts reach the database through PgBouncer
+    pgbouncer_pid: int = 0
     complete: bool = False
 
     @staticmethod

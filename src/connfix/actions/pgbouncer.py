@@ -1,0 +1,426 @@
+"""PgBouncer remedies, sent to each PgBouncer's admin console.
+
+`pgbouncer_kill_clients`: KILL_CLIENT (PgBouncer ≥ 1.24) for a leaking host's client
+connections that sit idle in the pooler beyond its pool. Only clients that hold no server
+connection are ended (one in a transaction holds a server connection: the terminate step
+ends that backend, and PgBouncer then closes the client); only the host's service's;
+never protected users or applications, never connfix's own. Each client is re-read just
+before it is ended and skipped if it changed (used since, or given a server). On an
+older PgBouncer the step is refused with what that version offers instead.
+
+`pgbouncer_reconnect`: RECONNECT a database's pool: its server connections are closed
+once released and opened afresh (after a failover; or to hand back the idle server
+connections a pooler keeps for server_idle_timeout). Clients are not disconnected.
+
+`pgbouncer_pause` / `pgbouncer_resume`: PAUSE a database (new clients wait; returns once
+every server connection is released) around a maintenance step, and RESUME it. A PAUSE
+that is not released in `timeout` is undone at once (RESUME); a run that ends while a
+database it paused is still paused resumes it on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+from connfix.events import Event
+from connfix.units import between, format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from connfix.bouncer import BouncerClient, BouncerState
+    from connfix.engine.context import RunContext
+    from connfix.inventory import Environment, Host, PgBouncerAccess
+
+Age = Annotated[float, BeforeValidator(parse_duration), between(0, 7 * 86400)]
+PauseTimeout = Annotated[float, BeforeValidator(parse_duration), between(1, 600)]
+OLDER_VERSIONS = (
+    "KILL_CLIENT came with PgBouncer 1.24. What this version offers instead: a client in"
+    " a transaction holds a server connection, and ending that backend (the terminate"
+    " step for sessions idle in transaction) makes PgBouncer close the client; an idle"
+    " client holds no database slot, and restarting its host frees it (the rolling"
+    " restart). connfix never sends KILL <db>: it drops every client of every host"
+)
+
+
+def _accesses(env: Environment, names: list[str]) -> list[PgBouncerAccess]:
+    return [b for b in env.pgbouncers if not names or b.name in names]
+
+
+def _unknown(env: Environment, names: list[str]) -> str | None:
+    known = {b.name for b in env.pgbouncers}
+    missing = sorted(set(names) - known)
+    if not env.pgbouncers:
+        return "the environment has no PgBouncer (pgbouncers: in the inventory)"
+    if missing:
+        return f"no PgBouncer named {', '.join(missing)} (known: {', '.join(sorted(known))})"
+    return None
+
+
+def _read(access: PgBouncerAccess) -> BouncerState:
+    from connfix import bouncer
+
+    return bouncer.read(
+        access.name, access.admin_dsn, access.admin_password_env, access.connect_timeout
+    )
+
+
+def _send(ctx: RunContext, access: PgBouncerAccess, statement: str) -> str | None:
+    """Send one admin command and journal it; return the error, if any."""
+    from connfix import bouncer
+    from connfix.errors import ConnfixError
+
+    try:
+        bouncer.command(
+            access.name,
+            access.admin_dsn,
+            access.admin_password_env,
+            access.connect_timeout,
+            statement,
+        )
+    except ConnfixError as exc:
+        ctx.record(Event.OPERATION, pgbouncer=access.name, command=statement, error=str(exc))
+        return str(exc)
+    ctx.record(Event.OPERATION, pgbouncer=access.name, command=statement, ok=True)
+    return None
+
+
+# --- KILL_CLIENT ---------------------------------------------------------------------
+
+
+class KillClientsParams(Params):
+    """Whose idle client connections to end, through which PgBouncers."""
+
+    pgbouncers: list[str] = Field(default_factory=list)  # default: every one
+    hosts: list[str] = Field(default_factory=list)  # default: the leak suspects
+    older_than: Age = 60.0  # idle in the pooler at least this long
+    excess_only: bool = True  # keep as many as the host's pool may hold
+    max: int = Field(default=200, ge=1, le=10_000)
+
+
+@dataclass(frozen=True)
+class ClientChoice:
+    """One client chosen, as it was when planned (re-checked before it is ended)."""
+
+    pgbouncer: str
+    host: str
+    client: BouncerClient
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    chosen: list[ClientChoice]
+
+
+def _client_identity(c: ClientChoice) -> dict[str, Any]:
+    return {
+        "pgbouncer": c.pgbouncer,
+        "host": c.host,
+        "client_id": c.client.id,
+        "addr": c.client.addr,
+        "port": c.client.port,
+        "user": c.client.user,
+        "application_name": c.client.application_name,
+    }
+
+
+class KillClientsAction(Action[KillClientsParams, KillPlan]):
+    name = "pgbouncer_kill_clients"
+    description = "end a leaking host's idle client connections in PgBouncer (KILL_CLIENT, ≥ 1.24)"
+    params_model = KillClientsParams
+    mutating = True
+
+    def plan(self, ctx: RunContext, params: KillClientsParams) -> Plan[KillPlan]:
+        env = ctx.env
+        refused = _unknown(env, params.pgbouncers)
+        if refused:
+            return Plan(summary=refused, blocked=refused)
+        wanted = params.hosts or (ctx.latest.suspects if ctx.latest else [])
+        targets = {h.client_addr: h for h in env.hosts if h.name in wanted and h.client_addr}
+        if not targets:
+            return Plan(summary="no host to act on (no leak suspect)", data=KillPlan([]))
+        states = [_read(a) for a in _accesses(env, params.pgbouncers)]
+        unreadable = [s.error for s in states if s.error]
+        if unreadable:
+            return Plan(
+                summary="; ".join(filter(None, unreadable)),
+                blocked="; ".join(filter(None, unreadable)),
+            )
+        old = [s for s in states if not s.has_kill_client]
+        if old:
+            versions = ", ".join(f"{s.name} is {s.version or 'of an unknown version'}" for s in old)
+            why = f"PgBouncer {versions}. {OLDER_VERSIONS}"
+            return Plan(summary=why, blocked=why, details={"refused": "version"})
+        chosen, excluded = self._choose(ctx, params, states, targets)
+        operations = [
+            Operation(
+                "pgbouncer",
+                f"end {c.host}'s client {c.client.addr}:{c.client.port}"
+                f" ({c.client.user}, {c.client.application_name or 'no application_name'},"
+                f" idle {format_duration(c.client.idle_seconds(s_at(states, c)) or 0)})",
+                target=c.pgbouncer,
+                command=f"KILL_CLIENT {c.client.id}",
+                details=_client_identity(c),
+            )
+            for c in chosen
+        ]
+        hosts = sorted({c.host for c in chosen})
+        summary = (
+            f"end {len(chosen)} idle client connection(s) of {', '.join(hosts)} in PgBouncer"
+            if chosen
+            else "no idle client connection to end"
+        )
+        return Plan(
+            summary=summary,
+            operations=operations,
+            data=KillPlan(chosen),
+            details={"excluded": excluded},
+        )
+
+    @staticmethod
+    def _choose(
+        ctx: RunContext,
+        params: KillClientsParams,
+        states: list[BouncerState],
+        targets: dict[str, Host],
+    ) -> tuple[list[ClientChoice], dict[str, int]]:
+        env, protected = ctx.env, ctx.env.protected
+        excluded: dict[str, int] = {}
+        per_host: dict[str, list[tuple[float, ClientChoice]]] = {}
+
+        def skip(why: str) -> None:
+            excluded[why] = excluded.get(why, 0) + 1
+
+        for state in states:
+            for client in state.clients:
+                host = targets.get(client.addr or "")
+                if host is None:
+                    continue
+                idle = client.idle_seconds(state.read_at)
+                if client.application_name == "connfix":
+                    skip("connfix")
+                elif client.user in protected.users:
+                    skip("protected user")
+                elif client.application_name in protected.applications:
+                    skip("protected application")
+                elif env.owner(host, client.application_name, client.user) is None:
+                    skip("no service's")
+                elif client.link or client.state != "active":
+                    skip("holds a server connection, or waits for one")
+                elif client.id is None:
+                    skip("no client id")
+                elif idle is None or idle < params.older_than:
+                    skip(f"idle less than {format_duration(params.older_than)}")
+                else:
+                    per_host.setdefault(host.name, []).append(
+                        (idle, ClientChoice(state.name, host.name, client))
+                    )
+        chosen: list[ClientChoice] = []
+        by_name = {h.name: h for h in env.hosts}
+        rows = {u.host: u for u in (ctx.latest.by_host if ctx.latest else [])}
+        for name, found in per_host.items():
+            found.sort(key=lambda pair: -pair[0])  # oldest idle first
+            count = len(found)
+            if params.excess_only:
+                host = by_name[name]
+                capacity = sum(host.max_capacity(s) for s in env.services_on(host))
+                row = rows.get(name)
+                direct = max(0, row.owned - row.pooled) if row else 0
+                in_pooler = sum(1 for s in states for c in s.clients if c.addr == host.client_addr)
+                count = max(0, min(count, in_pooler + direct - capacity))
+                if count < len(found):
+                    excluded["within the host's pool"] = (
+                        excluded.get("within the host's pool", 0) + len(found) - count
+                    )
+            chosen += [c for _, c in found[:count]]
+        if len(chosen) > params.max:
+            excluded[f"over max {params.max}"] = len(chosen) - params.max
+            chosen = chosen[: params.max]
+        return chosen, excluded
+
+    def apply(self, ctx: RunContext, params: KillClientsParams, plan: Plan[KillPlan]) -> Outcome:
+        assert plan.data is not None
+        accesses = {a.name: a for a in ctx.env.pgbouncers}
+        fresh = {name: _read(accesses[name]) for name in {c.pgbouncer for c in plan.data.chosen}}
+        ended, skipped, failed = 0, 0, 0
+        for choice in plan.data.chosen:
+            if ctx.interrupted:
+                return Outcome(
+                    False,
+                    f"interrupted after {ended} client(s)",
+                    interrupted=True,
+                    changed={"pgbouncer_clients_killed": ended},
+                )
+            now = {c.id: c for c in fresh[choice.pgbouncer].clients}.get(choice.client.id)
+            before = choice.client
+            same = (
+                now is not None
+                and (now.addr, now.port, now.connect_time)
+                == (before.addr, before.port, before.connect_time)
+                and now.request_time == before.request_time
+                and not now.link
+                and now.state == "active"
+            )
+            if not same:
+                skipped += 1
+                ctx.record(
+                    Event.OPERATION,
+                    **_client_identity(choice),
+                    skipped="changed since planned (used, given a server, or gone)",
+                )
+                continue
+            error = _send(ctx, accesses[choice.pgbouncer], f"KILL_CLIENT {choice.client.id}")
+            if error:
+                failed += 1
+            else:
+                ended += 1
+        summary = f"ended {ended} client connection(s); skipped {skipped}, failed {failed}"
+        return Outcome(
+            failed == 0,
+            summary,
+            {"ended": ended, "skipped": skipped, "failed": failed},
+            changed={"pgbouncer_clients_killed": ended},
+        )
+
+
+def s_at(states: list[BouncerState], c: ClientChoice) -> float:
+    return next(s.read_at for s in states if s.name == c.pgbouncer)
+
+
+# --- RECONNECT, PAUSE, RESUME ----------------------------------------------------------
+
+
+class PoolParams(Params):
+    """Which database's pool, in which PgBouncers."""
+
+    pgbouncers: list[str] = Field(default_factory=list)  # default: every one
+    database: str | None = None  # default: the environment's database
+
+
+class PauseParams(PoolParams):
+    timeout: PauseTimeout = 30.0  # undone (RESUME) if not paused by then
+
+
+def _database(ctx: RunContext, params: PoolParams) -> str:
+    from connfix import pg
+
+    if params.database:
+        return params.database
+    return pg.parse_dsn(ctx.env.database.dsn).get("dbname", "postgres")
+
+
+def _ident(name: str) -> str:
+    """PgBouncer's admin commands take a bare database name; quote it as an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _PoolCommand(Action[PoolParams, None]):
+    verb: str = ""
+    mutating = True
+    params_model = PoolParams
+
+    def plan(self, ctx: RunContext, params: PoolParams) -> Plan[None]:
+        refused = _unknown(ctx.env, params.pgbouncers)
+        if refused:
+            return Plan(summary=refused, blocked=refused)
+        db = _database(ctx, params)
+        targets = _accesses(ctx.env, params.pgbouncers)
+        return Plan(
+            summary=f"{self.verb} {db} in PgBouncer {', '.join(a.name for a in targets)}",
+            operations=[
+                Operation("pgbouncer", self.description, a.name, f"{self.verb} {_ident(db)}")
+                for a in targets
+            ],
+        )
+
+    def apply(self, ctx: RunContext, params: PoolParams, plan: Plan[None]) -> Outcome:
+        accesses = {a.name: a for a in ctx.env.pgbouncers}
+        errors = [
+            e
+            for op in plan.operations
+            if (e := _send(ctx, accesses[op.target or ""], op.command or ""))
+        ]
+        if errors:
+            return Outcome(False, "; ".join(errors))
+        return Outcome(True, plan.summary)
+
+
+class ReconnectAction(_PoolCommand):
+    name = "pgbouncer_reconnect"
+    verb = "RECONNECT"
+    description = "close a pool's server connections once released; clients stay connected"
+
+
+class ResumeAction(_PoolCommand):
+    name = "pgbouncer_resume"
+    verb = "RESUME"
+    description = "let a paused pool's clients through again"
+
+
+class PauseAction(Action[PauseParams, None]):
+    name = "pgbouncer_pause"
+    description = "pause a pool: new clients wait; returns once every server connection is released"
+    params_model = PauseParams
+    mutating = True
+
+    def plan(self, ctx: RunContext, params: PauseParams) -> Plan[None]:
+        refused = _unknown(ctx.env, params.pgbouncers)
+        if refused:
+            return Plan(summary=refused, blocked=refused)
+        db = _database(ctx, params)
+        targets = _accesses(ctx.env, params.pgbouncers)
+        return Plan(
+            summary=(
+                f"PAUSE {db} in PgBouncer {', '.join(a.name for a in targets)} (RESUME at once"
+                f" if not paused within {format_duration(params.timeout)}, and when the run"
+                " ends)"
+            ),
+            operations=[
+                Operation("pgbouncer", self.description, a.name, f"PAUSE {_ident(db)}")
+                for a in targets
+            ],
+        )
+
+    def apply(self, ctx: RunContext, params: PauseParams, plan: Plan[None]) -> Outcome:
+        import threading
+
+        accesses = {a.name: a for a in ctx.env.pgbouncers}
+        paused: list[str] = []
+        db = _ident(_database(ctx, params))
+        for op in plan.operations:
+            access = accesses[op.target or ""]
+            result: list[str | None] = []
+            sender = threading.Thread(
+                target=lambda a=access, out=result: out.append(_send(ctx, a, f"PAUSE {db}")),
+                daemon=True,
+            )
+            sender.start()
+            sender.join(params.timeout)
+            if sender.is_alive() or (result and result[0]):
+                why = (
+                    result[0]
+                    if result and result[0]
+                    else (
+                        f"PAUSE did not complete within {format_duration(params.timeout)}: a client"
+                        " holds a server connection (a transaction left open?)"
+                    )
+                )
+                for name in [*paused, access.name]:
+                    _send(ctx, accesses[name], f"RESUME {db}")
+                return Outcome(False, f"PgBouncer {access.name}: {why}; resumed")
+            paused.append(access.name)
+
+            def resume(a: PgBouncerAccess = access, name: str = _database(ctx, params)) -> None:
+                from connfix import bouncer
+
+                # the run ends with the database still paused (no resume step ran, or it
+                # failed, or Ctrl-C): never leave a pool paused behind
+                if bouncer.paused(
+                    a.name, a.admin_dsn, a.admin_password_env, a.connect_timeout, name
+                ):
+                    _send(ctx, a, f"RESUME {db}")
+
+            ctx.cleanups.append(resume)
+        return Outcome(True, plan.summary, {"paused": paused})
