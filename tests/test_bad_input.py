@@ -116,6 +116,12 @@ BAD_FLAGS = [
     (["triage", "prod", "--frobnicate"], "No such option '--frobnicate'"),
     (["diagnose"], "Missing argument 'ENVIRONMENT'"),
     (["lab", "up", "--app-boot", "forever"], "Invalid value for '--app-boot': not a duration"),
+    (["lab", "up", "--pgbouncer", "--pgbouncer-hosts", "1"], "not both"),
+    (["lab", "up", "--hosts", "3", "--pgbouncer-hosts", "5"], "--pgbouncer-hosts must be between"),
+    (["lab", "up", "--pgbouncer-hosts", "-1"], "Invalid value for '--pgbouncer-hosts'"),
+    (["pool", "prod", "--direct", "nosuch", "-i", EXAMPLE], "--direct: no host nosuch"),
+    (["pool", "prod", "--pgbouncer-version", "new", "-i", EXAMPLE], "not a version"),
+    (["pool", "prod", "--auth", "trust", "-i", EXAMPLE], "Invalid value for '--auth'"),
 ]
 
 
