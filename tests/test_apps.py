@@ -40,7 +40,7 @@ def diagnose_json(lab: Lab, inventory: Path | None = None) -> dict[str, Any]:
         cli, ["diagnose", "lab", "--json", "-i", str(inventory or lab.inventory)]
     )
     assert result.exit_code in (0, 1), result.output
-    data: dict[str, Any] = json.loads(result.stdout)
+    data: dict[str, Any] = json.loads(result.stdout)["result"]
     return data
 
 

@@ -25,7 +25,7 @@ def run_json(lab: Lab, inventory: Path | None = None) -> tuple[int, dict[str, An
         cli, ["diagnose", "lab", "--json", "-i", str(inventory or lab.inventory)]
     )
     assert result.exit_code in (0, 1), result.output
-    return result.exit_code, json.loads(result.stdout)
+    return result.exit_code, json.loads(result.stdout)["result"]
 
 
 def no_connfix_sessions(lab: Lab) -> None:
@@ -192,7 +192,11 @@ def test_full_server_without_admin_exits_3_quoting_the_refusal(
     assert result.exit_code == 3
     assert "server said: remaining connection slots are reserved for " in result.output
     assert "admin_dsn_env" in result.output
-    assert result.stdout == ""  # no half JSON on stdout
+    # no half JSON on stdout: one envelope saying why
+    (line,) = result.stdout.splitlines()
+    data = json.loads(line)
+    assert (data["status"], data["exit_status"]) == ("error", 3)
+    assert "remaining connection slots are reserved" in data["result"]["error"]
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
         ],
     )
     assert result.exit_code == 0, result.output
-    config = json.loads(result.stdout)["pgbouncer"]
+    config = json.loads(result.stdout)["result"]["pgbouncer"]
     # the operator's part: fill the userlist template with the SCRAM secrets
     with clean_lab.superuser() as conn:
         secrets = dict(
@@ -179,7 +179,7 @@ def test_generated_config_caps_server_connections(
                     env=env,
                     check=False,
                 )
-                data = json.loads(proc.stdout)
+                data = json.loads(proc.stdout)["result"]
                 (state,) = data["pgbouncers"]
                 saturated.update(state)
                 return bool(state.get("saturated"))
@@ -219,7 +219,7 @@ def test_diagnose_shows_the_pool_state_when_it_keeps_up(
     assert "PgBouncer pgbouncer: PgBouncer keeps up: no client is waiting" in result.output
     monkeypatch.setenv("CONNFIX_TEST_PGBOUNCER_PASSWORD", "wrong")
     result = CliRunner().invoke(cli, ["diagnose", "lab", "--json", "-i", str(inventory)])
-    data = json.loads(result.stdout)
+    data = json.loads(result.stdout)["result"]
     assert "cannot read PgBouncer pgbouncer at connfix@" in data["pgbouncers"][0]["error"]
     assert "wrong" not in result.output
 

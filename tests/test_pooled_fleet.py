@@ -163,7 +163,7 @@ def _diagnose(inventory: Path) -> dict[str, Any]:
 
     result = CliRunner().invoke(cli, ["diagnose", "lab", "--json", "-i", str(inventory)])
     assert result.exit_code in (0, 1), result.output
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["result"]
 
 
 def test_attribution_through_the_pooler_and_only_suspects(pooled: Path, tmp_path: Path) -> None:
@@ -255,6 +255,8 @@ def test_a_client_stuck_in_a_transaction_ends_with_its_server_connection(
         "--yes",
     )
     assert result.exit_code == 0, result.output
+    ended = [e for e in of(events(tmp_path), "operation") if e.get("pid")]
+    assert [e.get("host") for e in ended] == ["app1 through PgBouncer lab"] * 2, ended
     retry(lambda: _psql_clients_by_addr().get(app1, 0) == before - 2)
     assert {r["host"]: r for r in _diagnose(pooled)["by_host"]}["app1"]["lent"] == 0
 
@@ -271,7 +273,7 @@ def test_pool_with_pgbouncer_live_counts_its_server_connections_as_its_own(
         ["pool", "lab", "-i", str(pooled), "--json", "--pgbouncer-config", str(tmp_path / "b")],
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    data = json.loads(result.stdout)["result"]
     sizing, bouncer = data["sizing"], data["pgbouncer"]
     assert sizing["other_clients"] == 0 and sizing["pooler_connections"] > 0
     assert sizing["pooled_hosts"] == ["app1", "app2"] and sizing["direct_hosts"] == ["app3"]
@@ -380,7 +382,7 @@ def test_a_migration_is_sized_so_the_database_is_never_exhausted(
         cli,
         ["pool", "lab", "-i", str(pooled), "--json", "--pgbouncer-config", str(tmp_path / "b")],
     )
-    data = json.loads(result.stdout)
+    data = json.loads(result.stdout)["result"]
     new = {s["key"]: s["value"] for s in data["pgbouncer"]["settings"] if s["written"]}
     usable, buffer = 17, 2
     old_cap = usable - buffer  # the old sizing: no room for hosts still direct

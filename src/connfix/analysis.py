@@ -502,6 +502,14 @@ def analyse(
         pool_check=pool_check(env, usable),
         suspects=[u.host for u in hosts if u.suspect],
         pgbouncers=summaries,
+        pooler_sessions={
+            pid: (
+                f"{lent_host[pid]} through PgBouncer {name}"
+                if pid in lent_host
+                else PGBOUNCER_ROW.format(name=name)
+            )
+            for pid, name in join.servers.items()
+        },
         own_sessions=len(own),
         unowned_connections=sum(u.unowned for u in hosts if u.pool_size is not None),
         blocking_chains=chains,

@@ -197,6 +197,9 @@ class Diagnosis:
     pool_check: PoolCheck
     suspects: list[str] = field(default_factory=list)
     pgbouncers: list[dict[str, Any]] = field(default_factory=list)  # what each one said
+    # each PgBouncer server connection's backend pid → whose it is: "app1 through
+    # PgBouncer lab" when lent to app1's client now, else "(pgbouncer lab)"
+    pooler_sessions: dict[int, str] = field(default_factory=dict)
     own_sessions: int = 0  # connfix's (counted in client_backends, shown apart)
     # each host's health check, where a run checked them: {host: {"ok": …, "detail": …}}
     host_health: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -40,6 +40,7 @@ class Event(enum.StrEnum):
     HOST_DONE = "host_done"  # it passed every gate
     HOST_FAILED = "host_failed"  # it failed a gate
     ROLL_HALTED = "roll_halted"  # the roll stopped: done, failed, untouched hosts
+    NOTIFICATION = "notification"  # a notification sent (ok) or not (error); never fatal
 
 
 # The fields of the events other modules read back (the report, --resume), typed where

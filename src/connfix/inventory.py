@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -366,6 +366,60 @@ class PgBouncerAccess(_Model):
         return result
 
 
+NotifyEvent = Literal["start", "step", "end"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("start", "step", "end")
+
+
+class NotifyTarget(_Model):
+    """Where a run says what it does: a Slack-compatible incoming webhook (`{"text":
+    …}`) or a generic JSON webhook. The URL of a Slack webhook is a secret: give it by
+    environment variable (url_env)."""
+
+    name: str = "notify"
+    kind: Literal["slack", "webhook"]
+    url: str | None = None
+    url_env: str | None = None
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    timeout: Duration = 3.0
+
+    _v_env = field_validator("url_env")(_check_env_var)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_url(self) -> NotifyTarget:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give url or url_env (one of them)")
+        if self.kind == "slack" and self.url is not None:
+            raise ValueError(
+                "a Slack webhook URL is a secret: give it by environment variable (url_env)"
+            )
+        return self
+
+
+class AlertCaps(_Model):
+    """What an alert-triggered `auto` run may do."""
+
+    actions: list[str] = Field(
+        default_factory=lambda: ["diagnose", "advise", "wait", "verify", "terminate"]
+    )
+    max_hosts: int = Field(default=1, ge=0, le=1000)  # hosts one run may restart
+    min_interval: Duration = 1800.0  # between two runs that may change things
+
+
+class AlertPolicy(_Model):
+    """How `connfix serve` answers an alert for this environment."""
+
+    mode: Literal["observe", "dry-run", "auto"] = "observe"
+    caps: AlertCaps = Field(default_factory=AlertCaps)
+    runbook: str | None = None  # default: too-many-connections
+
+
 class Environment(_Model):
     """One environment: a database and the app fleet in front of it."""
 
@@ -379,6 +433,8 @@ class Environment(_Model):
     protected: Protected = Field(default_factory=Protected)
     # the PgBouncers in front of the database: one per app host, a pair behind a VIP…
     pgbouncers: list[PgBouncerAccess] = Field(default_factory=list, max_length=50)
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=20)
+    alerts: AlertPolicy | None = None  # absent: serve refuses this environment's alerts
     incidents_dir: str | None = None
 
     @model_validator(mode="before")

@@ -6,11 +6,12 @@ secret may enter it: every line passes through the redactor before it is written
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +122,8 @@ class Journal:
         self.redact = redactor or Redactor()
         self.seq = 0
         self._lock = threading.Lock()  # a rolling restart records from several threads
+        # called with each entry recorded (as written: redacted), outside the lock
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             os.fchmod(fd, 0o600)
@@ -133,7 +136,11 @@ class Journal:
     def record(self, event: Event, **fields: Any) -> dict[str, Any]:
         """Append one event and make it durable before returning."""
         with self._lock:
-            return self._record(event, fields)
+            entry = self._record(event, fields)
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):  # a listener never stops the journal
+                listener(entry)
+        return entry
 
     def record_many(self, events: list[tuple[Event, dict[str, Any]]]) -> None:
         """Append several events (one batch of operations) with one write and one fsync:

@@ -161,6 +161,8 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
     def plan(self, ctx: RunContext, params: TerminateParams) -> Plan[TerminatePlan]:
         rows = ctx.session.all("terminate_candidates", Candidate)
         host_of = _host_of(ctx)
+        # behind a pooler: whose each of PgBouncer's server connections is (latest diagnosis)
+        pooled = ctx.latest.pooler_sessions if ctx.latest else {}
         hosts_at: dict[str | None, Host] = {
             h.client_addr: h for h in ctx.env.hosts if h.client_addr
         }
@@ -202,7 +204,9 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                 kind="sql",
                 description=(
                     f"terminate pid {c.pid}: {c.usename} / {c.application_name or '-'}"
-                    f" from {host_of.get(c.client_addr) or c.client_addr or 'socket'},"
+                    " from "
+                    + (pooled.get(c.pid) or host_of.get(c.client_addr) or c.client_addr or "socket")
+                    + ","
                     f" {c.state} for {format_duration(c.idle_seconds or 0)}"
                     + (
                         f", root blocker of {waiting[c.pid]} waiting session(s)"
@@ -221,7 +225,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                     "usename": c.usename,
                     "application_name": c.application_name,
                     "client_addr": c.client_addr,
-                    "host": host_of.get(c.client_addr),
+                    "host": pooled.get(c.pid) or host_of.get(c.client_addr),
                     "state": c.state,
                     "idle_seconds": round(c.idle_seconds or 0, 3),
                     "xact_seconds": c.xact_seconds,

@@ -28,9 +28,11 @@ class ConnfixGroup(click.Group):
         except ConnfixError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            from connfix.cli import envelope
             from connfix.text import defang
 
             click.echo(f"connfix: error: {defang(str(exc))}", err=True)
+            envelope.error(defang(str(exc)), exc.exit_status)
             ctx.exit(exc.exit_status)
         except (KeyboardInterrupt, click.exceptions.Abort):
             click.echo("connfix: interrupted", err=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import inventory_option, terminal
 from connfix.errors import ExitStatus
 
@@ -17,8 +20,9 @@ def inventory() -> None:
 
 @inventory.command("check")
 @click.argument("environment")
+@json_option
 @inventory_option
-def check(environment: str, inventory_path: str | None) -> None:
+def check(environment: str, as_json: bool, inventory_path: str | None) -> None:
     """Check one environment read-only: database, admin connection, every host.
 
     Exit status 0 only when every check passes; 3 when the database or a host cannot
@@ -29,6 +33,8 @@ def check(environment: str, inventory_path: str | None) -> None:
       connfix inventory check prod
       connfix inventory check lab
     """
+    if as_json:
+        envelope.mark("inventory check", environment)
     from connfix.check import check_environment
     from connfix.cli import render
     from connfix.inventory_file import InventorySearch, resolve_environment
@@ -36,5 +42,17 @@ def check(environment: str, inventory_path: str | None) -> None:
     _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = check_environment(environment, env)
     render.environment_check(terminal(), result)
-    if not result.ok:
-        sys.exit(ExitStatus.UNREACHABLE)
+    code = ExitStatus.OK if result.ok else ExitStatus.UNREACHABLE
+    if as_json:
+        envelope.emit(
+            "inventory check",
+            "ok" if result.ok else "failed",
+            code,
+            environment=environment,
+            result={
+                "ok": result.ok,
+                **dataclasses.asdict(result),
+                "hosts": [{**dataclasses.asdict(h), "ok": h.ok} for h in result.hosts],
+            },
+        )
+    sys.exit(code)

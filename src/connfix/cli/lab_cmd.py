@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import DURATION, terminal
 
 
@@ -216,17 +218,25 @@ def client(host: str, kind: str, clients: int, duration: float) -> None:
 
 
 @lab.command("status")
-def status() -> None:
+@json_option
+def status(as_json: bool) -> None:
     """Show the lab: server, hosts, app pids, connections per host.
 
     \b
     Example:
       connfix lab status
     """
+    if as_json:
+        envelope.mark("lab status", "lab")
     from connfix.cli import render
     from connfix.lab.status import status as lab_status
 
-    render.lab_status(terminal(), lab_status())
+    state = lab_status()
+    render.lab_status(terminal(), state)
+    if as_json:
+        envelope.emit(
+            "lab status", "ok" if state.up else "down", 0, environment="lab", result=state
+        )
 
 
 @lab.command("down")

@@ -101,8 +101,11 @@ def run_and_exit(
     mode: RunMode,
     host_health: bool = True,
     resume: str | None = None,
+    as_json: bool = False,
+    command: str = "triage",
 ) -> None:
-    """Run a runbook on the engine, print how it ended, exit with its status."""
+    """Run a runbook on the engine, print how it ended, exit with its status; with
+    as_json, also the envelope on stdout (everything else on stderr)."""
     import sys
     from pathlib import Path
 
@@ -141,6 +144,24 @@ def run_and_exit(
     )
     result = run_runbook(request, render.RichUI(term))
     render.triage_result(term, result)
+    if as_json:
+        from connfix.cli import envelope
+
+        envelope.emit(
+            command,
+            result.status.value,
+            result.exit_status,
+            environment=environment,
+            incident=result.incident_dir,
+            result={
+                "message": result.message,
+                "dry_run": result.dry_run,
+                "steps": [{"id": s.id, "status": s.status.value} for s in result.steps],
+                "final": result.final.to_json() if result.final else None,
+                "report": str(result.report) if result.report else None,
+                "report_error": result.report_error,
+            },
+        )
     sys.exit(result.exit_status)
 
 
@@ -167,13 +188,17 @@ DURATION = DurationParam()
 def terminal() -> Terminal:
     """Return the command's terminal: made once per invocation, on first use (a command
     that prints nothing through rich never loads it), kept on the root context."""
+    import sys
+
     from connfix.cli.render import Terminal
 
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx is not None else None
     if isinstance(obj, dict):
         if not isinstance(obj.get("terminal"), Terminal):
-            obj["terminal"] = Terminal.from_process()
+            # --json: stdout carries the envelope alone; everything else goes to stderr
+            out = sys.stderr if obj.get("json") else None
+            obj["terminal"] = Terminal.from_process(stdout=out)
         term: Terminal = obj["terminal"]
         return term
     return Terminal.from_process()

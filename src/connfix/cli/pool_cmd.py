@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import inventory_option, terminal
 
 
@@ -59,7 +60,7 @@ from connfix.cli.options import inventory_option, terminal
 @click.option(
     "--force", is_flag=True, help="Overwrite existing files in the --pgbouncer-config directory."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @inventory_option
 def pool(
     environment: str,
@@ -96,6 +97,8 @@ def pool(
       connfix pool prod --pgbouncer-config ./pgbouncer
       connfix pool prod --pgbouncer-config ./pgbouncer --direct app3 --direct app4
     """
+    if as_json:
+        envelope.mark("pool", environment)
     from connfix import pg
     from connfix.analysis import diagnose
     from connfix.bouncer import parse_version
@@ -183,8 +186,15 @@ def pool(
                 for x in plan.settings
             ],
         }
+    safe = sizing.safe and (plan is None or plan.safe)
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        envelope.emit(
+            "pool",
+            "ok" if safe else "failed",
+            ExitStatus.OK if safe else ExitStatus.UNHEALTHY,
+            environment=environment,
+            result=result,
+        )
     else:
         render.pool(terminal(), sizing, result.get("pgbouncer"))  # type: ignore[arg-type]
     if not sizing.safe or not (plan is None or plan.safe):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import terminal
 
 
@@ -19,7 +21,8 @@ from connfix.cli.options import terminal
     help="Where to write it (default: report.md in the incident; - for stdout).",
 )
 @click.option("--template", metavar="PATH", help="A Jinja2 template of your own.")
-def report(incident: str, output: str | None, template: str | None) -> None:
+@json_option
+def report(incident: str, output: str | None, template: str | None, as_json: bool) -> None:
     """(Re)generate an incident's Markdown report from its journal alone.
 
     INCIDENT is an incident directory (or its journal.jsonl). The same journal always
@@ -31,6 +34,10 @@ def report(incident: str, output: str | None, template: str | None) -> None:
       connfix report incidents/20261125T021500Z-prod -o - | less
       connfix report incidents/20261125T021500Z-prod --template my-report.md.j2
     """
+    if as_json:
+        envelope.mark("report")
+        if output == "-":
+            raise click.UsageError("--json prints the envelope on stdout: give -o PATH, not -")
     from connfix import report as core
     from connfix.journal import journal_of
 
@@ -40,3 +47,8 @@ def report(incident: str, output: str | None, template: str | None) -> None:
         return
     path = core.write(Path(incident), Path(output) if output else None, tmpl)
     terminal().out.print(f"report: {path}")
+    if as_json:
+        journal = journal_of(Path(incident))
+        envelope.emit(
+            "report", "ok", 0, incident=journal.parent, result={"report": path, "journal": journal}
+        )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import (
     DURATION,
     incidents_dir_option,
@@ -65,6 +67,7 @@ from connfix.units import duration_text
     help="Continue an interrupted roll: hosts its journal shows done are skipped.",
 )
 @incidents_dir_option
+@json_option
 @inventory_option
 def restart(
     environment: str,
@@ -78,6 +81,7 @@ def restart(
     yes: bool,
     resume: str | None,
     incidents_dir: str | None,
+    as_json: bool,
     inventory_path: str | None,
 ) -> None:
     """Restart the app hosts over SSH, one at a time, each gated before the next.
@@ -102,6 +106,8 @@ def restart(
       connfix restart prod --hosts web3,web4 --pause 30s
       connfix restart prod --resume incidents/20261125T021500Z-prod
     """
+    if as_json:
+        envelope.mark("restart", environment)
     from connfix.cli.options import check_hosts, host_names, run_and_exit
     from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
@@ -125,6 +131,8 @@ def restart(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
+        as_json=as_json,
+        command="restart",
         mode=RunMode.COMMAND,
         resume=resume,
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import terminal
 from connfix.errors import ExitStatus, RunbookError
 
@@ -18,7 +20,8 @@ def runbook() -> None:
 
 @runbook.command("validate")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-def validate(paths: tuple[str, ...]) -> None:
+@json_option
+def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Validate runbook files; report each error with file, line and field.
 
     Exit status 0 when every file is valid, 2 otherwise.
@@ -30,17 +33,29 @@ def validate(paths: tuple[str, ...]) -> None:
     from connfix.cli.render import escape
     from connfix.runbook import load_runbook_file
 
+    if as_json:
+        envelope.mark("runbook validate")
     failed = 0
+    files: list[dict[str, object]] = []
     for path in paths:
         try:
             book = load_runbook_file(Path(path))
         except RunbookError as exc:
             failed += 1
             terminal().err.print(f"[red]invalid[/red] {escape(str(exc))}")
+            files.append({"path": path, "ok": False, "error": str(exc)})
         else:
             terminal().out.print(f"ok {escape(path)}: {escape(book.name)}, {len(book.steps)} steps")
-    if failed:
-        sys.exit(ExitStatus.BAD_INPUT)
+            files.append(
+                {"path": path, "ok": True, "name": book.name, "sha256": book.sha256,
+                 "steps": [s.id for s in book.steps]}
+            )  # fmt: skip
+    code = ExitStatus.BAD_INPUT if failed else ExitStatus.OK
+    if as_json:
+        envelope.emit(
+            "runbook validate", "failed" if failed else "ok", code, result={"files": files}
+        )
+    sys.exit(code)
 
 
 @runbook.command("show")

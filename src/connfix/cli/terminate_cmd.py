@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import (
     DURATION,
     incidents_dir_option,
@@ -81,6 +83,7 @@ STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
 @click.option("--dry-run", is_flag=True, help="Show the sessions it would end; change nothing.")
 @yes_option
 @incidents_dir_option
+@json_option
 @inventory_option
 def terminate(
     environment: str,
@@ -97,6 +100,7 @@ def terminate(
     dry_run: bool,
     yes: bool,
     incidents_dir: str | None,
+    as_json: bool,
     inventory_path: str | None,
 ) -> None:
     """Terminate idle sessions safely, oldest first.
@@ -118,6 +122,8 @@ def terminate(
       connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
       connfix terminate prod --state idle --older-than 10m --owner unowned
     """
+    if as_json:
+        envelope.mark("terminate", environment)
     from connfix.cli.options import check_hosts, host_names, run_and_exit
     from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
@@ -145,6 +151,8 @@ def terminate(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
+        as_json=as_json,
+        command="terminate",
         mode=RunMode.COMMAND,
         host_health=False,  # terminate neither touches nor judges the hosts
     )

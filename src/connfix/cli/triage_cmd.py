@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from connfix.cli import envelope
+from connfix.cli.envelope import json_option
 from connfix.cli.options import incidents_dir_option, inventory_option, yes_option
 from connfix.engine.run import RunMode
 
@@ -26,6 +28,7 @@ from connfix.engine.run import RunMode
     help="Continue an interrupted run: hosts its journal shows restarted are skipped.",
 )
 @incidents_dir_option
+@json_option
 @inventory_option
 def triage(
     environment: str,
@@ -34,6 +37,7 @@ def triage(
     yes: bool,
     resume: str | None,
     incidents_dir: str | None,
+    as_json: bool,
     inventory_path: str | None,
 ) -> None:
     """Diagnose ENVIRONMENT, then escalate step by step while it is unhealthy.
@@ -55,6 +59,8 @@ def triage(
       connfix triage lab --yes --runbook runbooks/too-many-connections.yaml
       connfix triage prod --resume incidents/20261125T021500Z-prod
     """
+    if as_json:
+        envelope.mark("triage", environment)
     from connfix.cli.options import run_and_exit
     from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import resolve_runbook
@@ -68,6 +74,8 @@ def triage(
         incidents_dir=incidents_dir,
         dry_run=dry_run,
         yes=yes,
+        as_json=as_json,
+        command="triage",
         mode=RunMode.TRIAGE,
         resume=resume,
     )

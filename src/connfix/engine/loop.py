@@ -26,6 +26,7 @@ from connfix.engine.secrets import secrets_of
 from connfix.errors import ConnfixError, ExitStatus
 from connfix.events import Event, RunbookRef, RunEnd, RunFlags, RunStart
 from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
+from connfix.notify import Notifier
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,6 +49,8 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
 
     incident = new_incident_dir(request.incidents_dir, request.environment)
     journal = Journal(incident, Redactor(secrets_of(request.env)))
+    notifier = Notifier(request.env, request.environment, journal)
+    journal.listeners.append(notifier)
     runbook = request.runbook
     start = RunStart(
         environment=request.environment,
@@ -75,7 +78,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     )
     journal.record(Event.RUN_START, **start)
     ui.started(journal.path, request.dry_run)
-    loop = StepLoop(request, ui, incident, journal)
+    loop = StepLoop(request, ui, incident, journal, notifier)
     interrupt = Interrupt()
     try:
         session = pg.open_session(request.env.database)
@@ -150,8 +153,16 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
 class StepLoop:
     """One run's walk through its runbook's steps."""
 
-    def __init__(self, request: RunRequest, ui: UI, incident: Path, journal: Journal) -> None:
+    def __init__(
+        self,
+        request: RunRequest,
+        ui: UI,
+        incident: Path,
+        journal: Journal,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.request, self.ui, self.incident, self.journal = request, ui, incident, journal
+        self.notifier = notifier
         self.ctx: RunContext | None = None  # once connected
         self.steps: list[StepResult] = []
         self.total = len(request.runbook.steps)
@@ -160,6 +171,9 @@ class StepLoop:
         """End the run: journal `run_end`, close the journal, write the report."""
         ctx = self.ctx
         final = ctx.latest if ctx else None
+        if self.notifier is not None:  # before run_end: its outcome is journaled too
+            with contextlib.suppress(Exception):
+                self.notifier.end(status.value, int(code), message)
         with contextlib.suppress(JournalError):
             end = RunEnd(
                 status=status.value,

@@ -22,6 +22,10 @@ def secrets_of(env: Environment) -> list[str]:
     password_vars = [db.password_env, db.reserved_password_env, db.admin_password_env]
     for bouncer in env.pgbouncers:
         password_vars.append(bouncer.admin_password_env)
+    for target in env.notify:  # a webhook URL is a capability: never journaled
+        password_vars.append(target.url_env)
+        if target.url:
+            found.append(target.url)
     for var in password_vars:
         if var and os.environ.get(var):
             found.append(os.environ[var])

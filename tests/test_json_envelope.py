@@ -1,0 +1,148 @@
+"""`--json` on every command: one envelope, checked against the schema connfix ships,
+on real outputs; tables and progress go to stderr, stdout holds the JSON alone."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from connfix.cli import cli
+from tests.helpers import LAB_HOSTS, Lab, connfix_run
+
+EXAMPLE = str(Path(__file__).resolve().parent.parent / "inventory.example.yaml")
+RUNBOOK = str(
+    Path(__file__).resolve().parent.parent / "src/connfix/runbooks/too-many-connections.yaml"
+)
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("connfix").joinpath("schemas/envelope.schema.json").read_text()
+    return dict(json.loads(text))
+
+
+def envelope_of(stdout: str) -> dict[str, Any]:
+    """stdout is exactly one JSON line, valid against the shipped schema."""
+    lines = stdout.splitlines()
+    assert len(lines) == 1, stdout
+    data = dict(json.loads(lines[0]))
+    jsonschema.validate(data, schema())
+    return data
+
+
+def test_the_schema_is_a_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(schema())
+
+
+def test_the_schema_rejects_what_it_should() -> None:
+    good = {
+        "schema": "connfix/1",
+        "command": "report",
+        "environment": None,
+        "status": "ok",
+        "exit_status": 0,
+        "incident": "x",
+        "result": {"report": "x/report.md", "journal": "x/journal.jsonl"},
+    }
+    jsonschema.validate(good, schema())
+    for broken in (
+        {**good, "exit_status": 7},
+        {**good, "command": "reboot"},
+        {**good, "result": {}},
+        {**good, "status": "error", "result": {}},
+        {k: v for k, v in good.items() if k != "incident"},
+        {**good, "extra": 1},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema())
+
+
+def test_runbook_validate_json(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nsteps: []\n")
+    result = CliRunner().invoke(cli, ["runbook", "validate", RUNBOOK, str(bad), "--json"])
+    assert result.exit_code == 2
+    data = envelope_of(result.stdout)
+    assert data["status"] == "failed" and data["exit_status"] == 2
+    files = data["result"]["files"]
+    assert [f["ok"] for f in files] == [True, False] and "bad.yaml" in files[1]["error"]
+    assert "invalid" in result.stderr  # the human words, on stderr
+
+
+def test_an_error_is_an_envelope_too(tmp_path: Path) -> None:
+    broken = tmp_path / "inventory.yaml"
+    broken.write_text("version: 1\nenvironments: {prod: {database: {}}}\n")
+    for args in (
+        ["diagnose", "prod", "--json", "-i", str(broken)],
+        ["triage", "prod", "--json", "-i", str(broken), "--incidents-dir", str(tmp_path)],
+        ["inventory", "check", "prod", "--json", "-i", str(broken)],
+        ["pool", "prod", "--json", "-i", str(broken)],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        data = envelope_of(result.stdout)
+        assert data["status"] == "error" and data["exit_status"] == 2
+        assert "inventory.yaml" in data["result"]["error"]
+        assert data["command"] == " ".join(args[:2]) if args[0] == "inventory" else args[0]
+        assert "connfix: error:" in result.stderr
+
+
+def test_report_json_refuses_stdout_for_the_report(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "-o", "-", "--json"])
+    assert result.exit_code == 2 and "give -o PATH" in result.output
+
+
+def test_every_run_command_and_diagnose_answer_in_the_envelope(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """triage, terminate, restart (dry runs), diagnose, pool, inventory check, report and
+    lab status on the lab, each checked against the schema."""
+    inventory = clean_lab.inventory
+    runs = {
+        "triage": ["--dry-run"],
+        "terminate": ["--state", "idle", "--older-than", "1h", "--dry-run"],
+        "restart": ["--hosts", "app1", "--dry-run"],
+    }
+    for command, extra in runs.items():
+        incidents = tmp_path / command
+        result = connfix_run(command, inventory, incidents, *extra, "--json")
+        data = envelope_of(result.stdout)
+        assert data["command"] == command and data["environment"] == "lab"
+        assert data["exit_status"] == result.exit_code
+        assert Path(data["incident"]).parent == incidents
+        assert data["result"]["report"] and Path(data["result"]["report"]).is_file()
+        assert data["status"] in ("dry_run", "resolved", "healthy"), data["status"]
+        assert "│" not in result.stdout and result.stderr  # tables and progress on stderr
+    triage = envelope_of(
+        connfix_run("triage", inventory, tmp_path / "t2", "--dry-run", "--json").stdout
+    )
+    assert triage["result"]["steps"][0] == {"id": "diagnose", "status": "ok"}
+    assert triage["result"]["final"]["environment"] == "lab"
+
+    diag = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(inventory), "--json"])
+    data = envelope_of(diag.stdout)
+    assert data["status"] == data["result"]["severity"] == "ok" and diag.exit_code == 0
+    assert {h["host"] for h in data["result"]["by_host"]} >= {
+        f"app{i}" for i in range(1, LAB_HOSTS + 1)
+    }
+
+    pool = CliRunner().invoke(cli, ["pool", "lab", "-i", str(inventory), "--json"])
+    assert envelope_of(pool.stdout)["result"]["sizing"]["servers"] == LAB_HOSTS
+
+    check = CliRunner().invoke(cli, ["inventory", "check", "lab", "-i", str(inventory), "--json"])
+    data = envelope_of(check.stdout)
+    assert data["status"] == "ok" and data["result"]["ok"] is True
+
+    incident = Path(triage["incident"])
+    report = CliRunner().invoke(cli, ["report", str(incident), "--json"])
+    data = envelope_of(report.stdout)
+    assert data["result"]["report"] == str(incident / "report.md")
+
+    status = CliRunner().invoke(cli, ["lab", "status", "--json"])
+    data = envelope_of(status.stdout)
+    assert data["status"] == "ok" and len(data["result"]["hosts"]) == LAB_HOSTS
