@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time)
+packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time
+          prometheus prometheus-alertmanager)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -21,8 +22,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "setup: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # the servers these packages bring are started by the tests, never as services of
+    # this machine: keep their postinst from starting them (only if no policy is set)
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$made_policy" ]; then rm -f "$policy"; fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

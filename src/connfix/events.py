@@ -78,6 +78,7 @@ class RunStart(TypedDict):
     pid: int
     resumed_from: str | None
     resume_done: dict[str, list[str]]  # per action, what an earlier run had finished
+    trigger: NotRequired[str]  # what started it, when not an operator: "alert NAME"
 
 
 class RunEnd(TypedDict):

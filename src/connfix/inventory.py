@@ -418,6 +418,7 @@ class AlertPolicy(_Model):
     mode: Literal["observe", "dry-run", "auto"] = "observe"
     caps: AlertCaps = Field(default_factory=AlertCaps)
     runbook: str | None = None  # default: too-many-connections
+    pagerduty_services: list[str] = Field(default_factory=list)  # PagerDuty service ids
 
 
 class Environment(_Model):

@@ -33,8 +33,9 @@ def _top(counts: dict[str, int]) -> dict[str, int]:
     return kept
 
 
-def registry(diagnoses: list[Diagnosis]) -> CollectorRegistry:
-    """A registry holding the metrics of the latest diagnosis of each environment."""
+def registry(diagnoses: list[Diagnosis], down: list[str] | None = None) -> CollectorRegistry:
+    """A registry holding the metrics of the latest diagnosis of each environment; `down`:
+    environments whose database could not be diagnosed (connfix_up 0)."""
     reg = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -82,7 +83,11 @@ def registry(diagnoses: list[Diagnosis]) -> CollectorRegistry:
         "connfix_diagnosis_timestamp_seconds", "When the diagnosis was taken (Unix time)."
     )
     seconds = gauge("connfix_diagnosis_duration_seconds", "How long the snapshot took.")
+    up = gauge("connfix_up", "1 when the environment's database could be diagnosed.")
+    for name in down or []:
+        up.labels(name).set(0)
     for d in diagnoses:
+        up.labels(d.environment).set(1)
         env = d.environment
         usable.labels(env).set(d.usable_connections)
         backends.labels(env).set(d.client_backends)
@@ -120,9 +125,9 @@ def registry(diagnoses: list[Diagnosis]) -> CollectorRegistry:
     return reg
 
 
-def text(diagnoses: list[Diagnosis]) -> bytes:
+def text(diagnoses: list[Diagnosis], down: list[str] | None = None) -> bytes:
     """The exposition format, as /metrics serves it."""
-    return generate_latest(registry(diagnoses))
+    return generate_latest(registry(diagnoses, down))
 
 
 def write_textfile(path: Path, diagnoses: list[Diagnosis]) -> None:

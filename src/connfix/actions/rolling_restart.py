@@ -132,6 +132,14 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
             if done_before:
                 why = f"every host was already restarted ({', '.join(sorted(done_before))})"
             return Plan(summary=why, details={"skipped_done": sorted(done_before)})
+        cap = ctx.max_restart_hosts
+        if cap is not None and len(targets) > cap:
+            why = (
+                f"{len(targets)} host(s) to restart ({', '.join(h.name for h in targets)}) is"
+                f" more than the alert policy allows ({cap}, alerts.caps.max_hosts): an"
+                " operator must decide"
+            )
+            return Plan(summary=why, blocked=why, details={"max_hosts": cap})
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
         checks: list[Preflight] = remote.parallel(
             targets,

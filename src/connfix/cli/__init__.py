@@ -14,6 +14,7 @@ from connfix.cli.pool_cmd import pool
 from connfix.cli.report_cmd import report
 from connfix.cli.restart_cmd import restart
 from connfix.cli.runbook_cmd import runbook
+from connfix.cli.serve_cmd import serve
 from connfix.cli.terminate_cmd import terminate
 from connfix.cli.triage_cmd import triage
 from connfix.errors import ConnfixError, ExitStatus
@@ -72,6 +73,7 @@ cli.add_command(report)
 cli.add_command(pool)
 cli.add_command(inventory)
 cli.add_command(runbook)
+cli.add_command(serve)
 cli.add_command(lab)
 
 

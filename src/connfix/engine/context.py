@@ -71,6 +71,7 @@ class RunContext:
     db_lock: threading.Lock = field(default_factory=threading.Lock)  # one session, many threads
     resume_done: dict[str, list[str]] = field(default_factory=dict)  # action → done items
     health_checks: bool = True  # run the hosts' health checks with each diagnosis
+    max_restart_hosts: int | None = None  # an alert policy's cap on hosts one run restarts
     remotes: dict[str, Any] = field(default_factory=dict)  # host → its health-check SSH
     _handoff: threading.Condition = field(default_factory=threading.Condition)
     _handoff_inside: int = 0

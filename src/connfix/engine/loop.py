@@ -76,6 +76,8 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
         resumed_from=str(request.resumed_from) if request.resumed_from else None,
         resume_done=request.resume_done,
     )
+    if request.trigger:
+        start["trigger"] = request.trigger
     journal.record(Event.RUN_START, **start)
     ui.started(journal.path, request.dry_run)
     loop = StepLoop(request, ui, incident, journal, notifier)
@@ -120,6 +122,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             ui,
             resume_done=dict(request.resume_done),
             health_checks=request.host_health,
+            max_restart_hosts=request.max_restart_hosts,
         )
         try:
             return loop.walk()

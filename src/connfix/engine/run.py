@@ -74,6 +74,9 @@ class RunRequest:
     # resuming an interrupted run: what its journal says is already done, per action
     resumed_from: Path | None = None
     resume_done: dict[str, list[str]] = field(default_factory=dict)
+    # an alert-triggered run (connfix serve): which alert, and the policy's host cap
+    trigger: str | None = None
+    max_restart_hosts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""`connfix serve`"""
+
+from __future__ import annotations
+
+import click
+
+from connfix.cli.options import DURATION, incidents_dir_option, inventory_option
+
+
+@click.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9187",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen for Alertmanager / PagerDuty webhooks and Prometheus scrapes.",
+)
+@click.option(
+    "--label",
+    default="environment",
+    show_default=True,
+    help="The alert label whose value names the inventory environment.",
+)
+@click.option(
+    "--metrics-interval",
+    default="10s",
+    show_default=True,
+    metavar="DURATION",
+    type=DURATION,
+    help="Diagnose each environment at most this often for /metrics.",
+)
+@incidents_dir_option
+@inventory_option
+def serve(
+    listen: str,
+    label: str,
+    metrics_interval: float,
+    incidents_dir: str | None,
+    inventory_path: str | None,
+) -> None:
+    """Receive alerts and run triages under each environment's alert policy.
+
+    POST /alertmanager (Alertmanager's webhook) and POST /pagerduty (PagerDuty v3
+    webhooks) start a run for the environment an alert names, under the environment's
+    `alerts:` policy in the inventory (observe, dry-run, or auto within caps); the answer
+    comes at once (202) and the run goes on in the background. GET /metrics serves the
+    diagnosis of every environment with a policy as Prometheus metrics; GET /health says
+    the receiver is up. Requests must carry the bearer token in $CONNFIX_SERVE_TOKEN
+    (or, for PagerDuty, a signature made with $CONNFIX_SERVE_HMAC_SECRET); anything else
+    is refused and nothing runs. It will not start without one of them.
+
+    \b
+    Example:
+      CONNFIX_SERVE_TOKEN=… connfix serve -i inventory.yaml --listen 127.0.0.1:9187
+      connfix serve --listen 0.0.0.0:9187 --label env
+    """
+    import uvicorn
+
+    from connfix import serve as core
+    from connfix.errors import InputError
+    from connfix.inventory_file import InventorySearch, find_inventory, load_inventory
+
+    try:
+        host, port = core.listen_address(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    token, secret = core.secrets_from_environment()
+    if not token and not secret:
+        raise InputError(
+            f"set {core.TOKEN_ENV} (a bearer token) or {core.HMAC_ENV} (PagerDuty's signing"
+            " secret): connfix serve never listens unauthenticated"
+        )
+    loaded = load_inventory(find_inventory(inventory_path, None, InventorySearch.from_process()))
+    policies = [n for n, e in loaded.inventory.environments.items() if e.alerts is not None]
+    if not policies:
+        raise InputError(
+            f"{loaded.path}: no environment has an alerts: policy (observe, dry-run or auto);"
+            " serve would refuse every alert"
+        )
+    server = core.Server(loaded, incidents_dir, token, secret, label, metrics_interval)
+    click.echo(
+        f"connfix serve: listening on {host}:{port} for {', '.join(policies)} ({loaded.path})",
+        err=True,
+    )
+    try:
+        uvicorn.run(core.app(server), host=host, port=port, log_level="warning")
+    finally:
+        core.wait_for_runs(server, 300)

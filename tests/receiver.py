@@ -1,0 +1,56 @@
+"""A local HTTP receiver for the tests: records every POST (path, headers, JSON body);
+answers with a status chosen per path. Loopback only."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.status: dict[str, int] = {}  # path → status to answer (default 200)
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def bodies(self, path: str) -> list[Any]:
+        with self.lock:
+            return [p["body"] for p in self.posts if p["path"] == path]
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+            with state.lock:
+                state.posts.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            code = state.status.get(self.path, 200)
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
