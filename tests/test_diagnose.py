@@ -277,3 +277,31 @@ def test_inventory_check_names_missing_privileges(
     )
     assert "cannot see other roles' sessions (grant pg_read_all_stats)" in result.output
     assert "cannot terminate other roles' sessions (grant pg_signal_backend)" in result.output
+
+
+def test_prometheus_textfile_is_written_atomically_and_parses(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """What node_exporter's textfile collector reads: the same figures as --json."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = tmp_path / "connfix.prom"
+    result = CliRunner().invoke(
+        cli,
+        ["diagnose", "lab", "-i", str(clean_lab.inventory), "--json",
+         "--prometheus-textfile", str(path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["result"]
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    (usable,) = families["connfix_usable_connections"].samples
+    assert usable.value == data["usable_connections"] and usable.labels == {"environment": "lab"}
+    (backends,) = families["connfix_client_backends"].samples
+    assert backends.value == data["client_backends"]
+    hosts = {s.labels["host"] for s in families["connfix_host_leak_suspect"].samples}
+    assert hosts == {f"app{i}" for i in range(1, LAB_HOSTS + 1)}
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    bad = CliRunner().invoke(
+        cli, ["diagnose", "lab", "-i", str(clean_lab.inventory), "--prometheus-textfile", "x.txt"]
+    )
+    assert bad.exit_code == 2 and "*.prom" in bad.output

@@ -87,23 +87,29 @@ def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
     return {"version": "4", "status": "firing", "receiver": "connfix", "alerts": list(alerts)}
 
 
+AUTO = {
+    "mode": "auto",
+    "caps": {
+        "actions": ["diagnose", "advise", "wait", "verify", "terminate", "rolling_restart"],
+        "max_hosts": 1,
+        "min_interval": "0s",
+    },
+    "pagerduty_services": ["PSERVICE1"],
+}
+
+
 @pytest.fixture
-def served(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def served(
+    clean_lab: Lab, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
     """connfix serve on the lab's inventory with an auto policy (restarting one host at
-    most) and notifications to a local receiver."""
+    most; or the test's, by indirect parametrization) and notifications to a local
+    receiver."""
+    policy = getattr(request, "param", AUTO)
     with receiver() as rx:
 
         def change(env: dict[str, Any]) -> None:
-            env["alerts"] = {
-                "mode": "auto",
-                "caps": {
-                    "actions": ["diagnose", "advise", "wait", "verify", "terminate",
-                                "rolling_restart"],
-                    "max_hosts": 1,
-                    "min_interval": "0s",
-                },
-                "pagerduty_services": ["PSERVICE1"],
-            }  # fmt: skip
+            env["alerts"] = policy
             env["notify"] = [{"name": "ops", "kind": "webhook", "url": rx.url + "/hook"}]
 
         inventory = clean_lab.inventory_with(tmp_path, change)
@@ -362,3 +368,46 @@ scrape_configs:
         .decode()
     )
     assert "pid" not in text and "SELECT" not in text  # low cardinality, no query text
+
+
+@pytest.mark.parametrize(
+    "served",
+    [{"mode": "observe"}],
+    indirect=True,
+    ids=["observe"],
+)
+def test_an_observe_policy_diagnoses_and_changes_nothing(
+    served: dict[str, Any], clean_lab: Lab
+) -> None:
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    before = clean_lab.main_pids()
+    request(served["base"] + "/alertmanager", webhook(alert()))
+    (journal,) = retry(lambda: _runs(served["incidents"]), timeout=30)
+    evs = retry(lambda: _ended(journal), timeout=60)
+    assert evs[0]["runbook"]["name"] == "observe"
+    assert [e["action"] for e in evs if e["event"] == "step_start"] == ["diagnose", "advise"]
+    assert evs[-1]["status"] == "unhealthy"  # truthfully: it was, and nothing was changed
+    assert clean_lab.main_pids() == before
+
+
+@pytest.mark.parametrize(
+    "served",
+    [{**AUTO, "caps": {**AUTO["caps"], "min_interval": "1h"}}],
+    indirect=True,
+    ids=["min-interval"],
+)
+def test_a_second_change_making_run_within_min_interval_is_a_dry_run(
+    served: dict[str, Any], clean_lab: Lab
+) -> None:
+    base, incidents = served["base"], served["incidents"]
+    request(base + "/alertmanager", webhook(alert()))
+    retry(lambda: _runs(incidents) and all(_ended(j) for j in _runs(incidents)), timeout=60)
+    retry(lambda: request(base + "/health", token=None)[1]["running"] == [])  # report written
+    second = dict(alert(name="PostgresConnectionsHigh"), fingerprint="second")
+    decision = request(base + "/alertmanager", webhook(second))[1]["decisions"][0]
+    assert decision.get("mode") == "dry-run", decision
+    assert "min_interval" in decision["reason"]
+    retry(lambda: len(_runs(incidents)) == 2 and all(_ended(j) for j in _runs(incidents)),
+          timeout=60)  # fmt: skip
+    flags = sorted((_ended(j) or [{}])[0]["flags"]["dry_run"] for j in _runs(incidents))
+    assert flags == [False, True]
