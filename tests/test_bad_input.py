@@ -114,7 +114,7 @@ BAD_FLAGS = [
     (["restart", "prod", "--resume", "/nonexistent/incident"], "no journal there"),
     (["triage", "prod", "--runbook", "Not A Name!"], "neither a runbook name nor a path"),
     (["triage", "prod", "--frobnicate"], "No such option '--frobnicate'"),
-    (["diagnose"], "Missing argument 'ENVIRONMENT'"),
+    (["diagnose"], "give ENVIRONMENT (from the inventory), or --dsn DSN"),
     (["lab", "up", "--app-boot", "forever"], "Invalid value for '--app-boot': not a duration"),
     (["lab", "up", "--pgbouncer", "--pgbouncer-hosts", "1"], "not both"),
     (["lab", "up", "--hosts", "3", "--pgbouncer-hosts", "5"], "--pgbouncer-hosts must be between"),

@@ -254,7 +254,8 @@ def test_human_output_has_every_section(clean_lab: Lab) -> None:
         f" − reserved {clean_lab.reserved})"
     ) in out
     assert "used 13 (connfix's own: 1)" in out and "utilization 76%" in out
-    assert "severity OK" in out
+    # 76% alone would be OK, but a leak suspect is never OK (and exits 1)
+    assert "severity WARNING" in out and "leak suspect(s): app1" in out
     for section in (
         "by state",
         "by host",
@@ -263,7 +264,7 @@ def test_human_output_has_every_section(clean_lab: Lab) -> None:
         "leak suspects: app1",
     ):
         assert section in out, section
-    assert result.exit_code == 0
+    assert result.exit_code == 1
 
 
 def test_inventory_check_names_missing_privileges(
@@ -305,3 +306,24 @@ def test_prometheus_textfile_is_written_atomically_and_parses(
         cli, ["diagnose", "lab", "-i", str(clean_lab.inventory), "--prometheus-textfile", "x.txt"]
     )
     assert bad.exit_code == 2 and "*.prom" in bad.output
+
+
+def test_an_unset_way_in_lists_every_way_in(
+    full_server: list[Any], lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only way in is named by a variable nobody exported: the message says which,
+    and lists every way in that could be configured, as with none configured."""
+
+    def change(env: dict[str, Any]) -> None:
+        del env["database"]["admin_dsn"]
+        env["database"]["admin_dsn_env"] = "CONNFIX_TEST_UNSET_ADMIN_DSN"
+        env["database"].pop("reserved_dsn", None)
+
+    monkeypatch.delenv("CONNFIX_TEST_UNSET_ADMIN_DSN", raising=False)
+    result = CliRunner().invoke(
+        cli, ["diagnose", "lab", "-i", str(lab.inventory_with(tmp_path, change))]
+    )
+    assert result.exit_code == 3
+    assert "admin: environment variable CONNFIX_TEST_UNSET_ADMIN_DSN is not set" in result.output
+    assert "database.reserved_dsn (a role granted pg_use_reserved_connections" in result.output
+    assert "database.admin_dsn (a superuser)" in result.output

@@ -123,9 +123,19 @@ def test_unknown_addresses_local_sockets_and_hidden_rows_are_shown_not_dropped()
 
 def test_severity_follows_thresholds() -> None:
     # usable 17: 13 → 76% ok; 14 → 82% warning; 17 → 100% critical
+    # (from outside the inventory: no host over its pool, no suspect)
     for count, severity in ((13, "ok"), (14, "warning"), (17, "critical")):
-        rows = [backend(i, "10.0.0.1") for i in range(count)]
+        rows = [backend(i, "192.168.9.9") for i in range(count)]
         assert analyse("prod", env(), info(), rows, []).severity == severity
+
+
+def test_a_leak_suspect_is_never_ok() -> None:
+    """Utilization 41% would be ok, but web1 holds 7 over a pool of 4: warning, and the
+    reason names it (diagnose exits 1)."""
+    rows = [backend(i, "10.0.0.1") for i in range(7)]
+    d = analyse("prod", env(), info(), rows, [])
+    assert d.suspects == ["web1"] and d.severity == "warning"
+    assert "leak suspect(s): web1" in d.severity_reasons
 
 
 def test_connection_limits_raise_severity() -> None:
@@ -169,3 +179,42 @@ def test_query_variants_follow_the_server_version() -> None:
     assert pg.pick_variant(files, "x", 180001) == "x.pg16.sql"
     assert pg.pick_variant(files, "y", 180001) == "y.sql"
     assert pg.pick_variant(files, "x", None) == "x.sql"
+
+
+def test_libpq_lines_become_sentences() -> None:
+    from connfix.pg import server_message
+
+    exc = Exception(
+        'connection to server at "10.0.0.9", port 5432 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?\n"
+    )
+    assert server_message(exc) == (
+        'connection to server at "10.0.0.9", port 5432 failed: Connection refused. Is the'
+        " server running on that host and accepting TCP/IP connections?"
+    )
+    assert server_message(Exception("FATAL:  sorry, too many clients already\n")) == (
+        "sorry, too many clients already"
+    )
+
+
+def test_an_empty_application_name_reads_the_same_everywhere() -> None:
+    """(none) in the by-application line, the idle-in-transaction table and the metrics
+    — never blank in one and (none) in another."""
+    import io
+    from dataclasses import replace
+
+    from connfix import metrics
+    from connfix.cli import render
+
+    rows = [
+        replace(backend(1, "10.0.0.1", "idle in transaction", xact=90), application_name=""),
+        replace(backend(2, "10.0.0.1"), application_name=""),
+    ]
+    d = analyse("prod", env(), info(), rows, [])
+    out = io.StringIO()
+    render.diagnosis(render.Terminal.from_process({"COLUMNS": "200"}, out, io.StringIO()), d)
+    text = out.getvalue()
+    assert "by application: (none) 2" in text
+    iit_row = next(line for line in text.splitlines() if line.startswith("│ 1 "))
+    assert "(none)" in iit_row
+    assert 'application="(none)"' in metrics.text([d]).decode()

@@ -182,3 +182,19 @@ def test_not_a_journal_is_bad_input(tmp_path: Path) -> None:
     assert "not a connfix journal" in result.output
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2
+
+
+def test_a_host_whose_restart_began_is_listed_when_the_run_was_killed(
+    triaged: Path, tmp_path: Path
+) -> None:
+    """The journal of a run killed right after a host's restart began (kill -9: nothing
+    after host_start): the hosts table lists it as sent with its outcome unknown."""
+    lines = (triaged / "journal.jsonl").read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if '"event": "host_start"' in line)
+    host = json.loads(lines[start])["host"]
+    killed = tmp_path / "journal.jsonl"
+    killed.write_text("".join(lines[: start + 1]))
+    result = CliRunner().invoke(cli, ["report", str(killed), "-o", "-"])
+    assert result.exit_code == 0, result.output
+    row = next(r for r in result.output.splitlines() if r.startswith(f"| {host} | restart"))
+    assert "restart sent, outcome unknown" in row and "check the host" in row

@@ -89,9 +89,12 @@ def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path)
     result = restart(clean_lab, tmp_path, "--yes")
     assert result.exit_code == 3, result.output
     assert "preflight failed, nothing was restarted: app2: SSH to 10.231.7.12" in result.output
-    assert "step rolling_restart refused, nothing done; the plan was: restart 3 host(s)" in (
+    # it reads like the command typed: no runbook step numbers, no plan about to run
+    assert "restart refused, nothing done: preflight failed, nothing was restarted" in (
         result.output
     )
+    assert "[2/2]" not in result.output and "rolling_restart" not in result.output
+    assert "sudo -n systemctl restart" not in result.output
     row = preflight_row(result.output, "app2")
     assert row[:7] == ["app2", "FAILED", "no", "n/a", "n/a", "-", "n/a"]
     assert row[8].startswith("SSH to 10.231.7.12 failed")

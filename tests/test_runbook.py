@@ -70,7 +70,7 @@ BAD = [
         [
             "steps[1].action",
             "unknown action 'reboot'",
-            "actions: advise, diagnose, pgbouncer_kill_clients, pgbouncer_pause,"
+            "actions: advise, cancel, diagnose, pgbouncer_kill_clients, pgbouncer_pause,"
             " pgbouncer_reconnect, pgbouncer_resume, rolling_restart, terminate, verify, wait",
         ],
     ),

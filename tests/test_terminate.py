@@ -18,7 +18,7 @@ from connfix.engine.run import RunMode, RunRequest
 from connfix.inventory_file import load_inventory
 from connfix.journal import read_journal
 from connfix.runbook import command_runbook
-from tests.helpers import Lab, connfix_run, retry
+from tests.helpers import Lab, connfix_run, events, of, retry
 
 
 class Sessions:
@@ -486,3 +486,48 @@ def test_a_backend_that_does_not_exit_is_reported_failed(
     assert ops[stuck]["reason"] == "signalled, still present after 500ms"
     assert [ops[c.info.backend_pid]["result"] for c in conns[1:]] == ["terminated"] * 6
     assert result.exit_status == 1
+
+
+def test_cancel_ends_a_long_statement_and_keeps_the_session(clean_lab: Lab, tmp_path: Path) -> None:
+    """A session stuck on a long query: --cancel (pg_cancel_backend) ends the statement,
+    re-checked like terminate; the session itself stays, as its pool would want."""
+    import threading
+
+    import psycopg
+
+    outcome: list[str] = []
+    conn = psycopg.connect(clean_lab.app_dsn(), autocommit=True, application_name="longjob")
+    pid = conn.info.backend_pid
+
+    def long_query() -> None:
+        try:
+            conn.execute("SELECT pg_sleep(60)")
+            outcome.append("finished")
+        except psycopg.errors.QueryCanceled:
+            outcome.append("cancelled")
+
+    worker = threading.Thread(target=long_query)
+    worker.start()
+    try:
+        retry(lambda: any(b["pid"] == pid and b["state"] == "active"
+                          for b in clean_lab.client_backends()))  # fmt: skip
+        time.sleep(1.2)
+        dry = connfix_run(
+            "terminate", clean_lab.inventory, tmp_path / "dry", "--cancel", "--older-than", "1s",
+            "--dry-run",
+        )  # fmt: skip
+        assert dry.exit_code == 0, dry.output
+        assert f"SELECT pg_cancel_backend({pid})" in dry.output
+        result = connfix_run(
+            "terminate", clean_lab.inventory, tmp_path / "real", "--cancel", "--older-than",
+            "1s", "--yes",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        worker.join(timeout=10)
+        assert outcome == ["cancelled"]
+        ops = [e for e in of(events(tmp_path / "real"), "operation") if e.get("pid") == pid]
+        assert ops and ops[0]["result"] == "cancelled"
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)  # still there
+    finally:
+        conn.close()
+        worker.join(timeout=70)

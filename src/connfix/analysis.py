@@ -27,6 +27,7 @@ from connfix.diagnosis import (
     IdleTransaction,
     PoolCheck,
     ServiceUsage,
+    app_label,
 )
 
 if TYPE_CHECKING:
@@ -218,13 +219,14 @@ def _hosts(
     under the host's address, and `pooler` the client connections each host holds open
     in a PgBouncer: a host's pool is judged on both, direct and pooled."""
     pooler = pooler or PoolerJoin()
-    by_addr = {host.client_addr: host for host in env.hosts if host.client_addr}
+    known_hosts = [] if env.zero_setup else env.hosts  # a bare DSN knows no host
+    by_addr = {host.client_addr: host for host in known_hosts if host.client_addr}
     groups: dict[str | None, list[Backend]] = {}
     for backend in backends:
         key = backend.client_addr if backend.visible else HIDDEN
         groups.setdefault(key, []).append(backend)
     usages = []
-    for known in env.hosts:  # every inventory host, also one holding nothing
+    for known in known_hosts:  # every inventory host, also one holding nothing
         if known.client_addr:
             groups.setdefault(known.client_addr, [])
     for pooled_addr in pooler.clients:
@@ -302,9 +304,7 @@ def _hosts(
                 pooled=len(pooled),
                 pooled_waiting=sum(1 for _, c in pooled if c.state == "waiting"),
                 pooled_by=dict(Counter(name for name, _ in pooled)),
-                unowned_clients=dict(
-                    Counter(b.application_name or "(no application_name)" for b in unowned)
-                ),
+                unowned_clients=dict(Counter(app_label(b.application_name) for b in unowned)),
                 services=services,
             )
         )
@@ -456,6 +456,11 @@ def analyse(
         pid: host_of.get(c.addr, NOT_IN_INVENTORY) for pid, c in join.lent.items() if c.addr
     }
     chains = blocking_chains(backends, host_of, lent_host)
+    suspects = [u.host for u in hosts if u.suspect]
+    if suspects:  # a leak is a problem before it fills the server: never "ok"
+        reasons.append(f"leak suspect(s): {', '.join(suspects)}")
+        if severity == "ok":
+            severity = "warning"
     blocking = {c.root: c.waiting for c in chains}
     iit = sorted((b for b in others if b.idle_in_transaction), key=lambda b: -(b.xact_seconds or 0))
     return Diagnosis(
@@ -500,7 +505,7 @@ def analyse(
         ],
         connection_limits=limits,
         pool_check=pool_check(env, usable),
-        suspects=[u.host for u in hosts if u.suspect],
+        suspects=suspects,
         pgbouncers=summaries,
         pooler_sessions={
             pid: (
@@ -568,7 +573,7 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
     backends = session.all("activity", Backend)
     limits = session.all("connection_limits", ConnectionLimit)
     bouncers = read_bouncers(env)
-    return analyse(
+    d = analyse(
         environment,
         env,
         session.info,
@@ -579,6 +584,12 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
         seconds=time.monotonic() - started,
         bouncers=bouncers,
     )
+    if env.zero_setup:
+        from connfix import zero
+
+        addresses = sorted({b.client_addr for b in backends if b.client_addr})
+        d = zero.suspects_by_share(d, env, zero.resolve(addresses))
+    return d
 
 
 def read_bouncers(env: Environment) -> list[BouncerState]:

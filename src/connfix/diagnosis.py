@@ -18,6 +18,14 @@ NOT_IN_INVENTORY = "(not in inventory)"
 CONNFIX = "(connfix)"
 PGBOUNCER_ROW = "(pgbouncer {name})"  # a PgBouncer's server connections, lent to no one
 CONNFIX_APPLICATION = "connfix"  # the application_name connfix's sessions carry
+NO_APPLICATION = "(none)"  # how every table, report and metric shows an empty application_name
+
+
+def app_label(name: str | None) -> str:
+    """An application_name as connfix shows it: the empty one as (none), everywhere."""
+    return name or NO_APPLICATION
+
+
 TOP_IDLE_IN_TRANSACTION = 5
 
 
@@ -200,6 +208,8 @@ class Diagnosis:
     # each PgBouncer server connection's backend pid → whose it is: "app1 through
     # PgBouncer lab" when lent to app1's client now, else "(pgbouncer lab)"
     pooler_sessions: dict[int, str] = field(default_factory=dict)
+    zero_setup: bool = False  # from a DSN alone: hosts are client addresses, pools unknown
+    notes: list[str] = field(default_factory=list)  # what the operator should know of it
     own_sessions: int = 0  # connfix's (counted in client_backends, shown apart)
     # each host's health check, where a run checked them: {host: {"ok": …, "detail": …}}
     host_health: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -437,6 +438,13 @@ class Environment(_Model):
     notify: list[NotifyTarget] = Field(default_factory=list, max_length=20)
     alerts: AlertPolicy | None = None  # absent: serve refuses this environment's alerts
     incidents_dir: str | None = None
+    # set by connfix itself for a DSN given without an inventory (never from a file)
+    _zero_setup: bool = PrivateAttr(default=False)
+
+    @property
+    def zero_setup(self) -> bool:
+        """Tell whether this environment is a bare DSN: no hosts, pools or services known."""
+        return self._zero_setup
 
     @model_validator(mode="before")
     @classmethod

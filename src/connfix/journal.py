@@ -93,6 +93,8 @@ def _plain(value: Any) -> Any:
 def new_incident_dir(base: Path, environment: str) -> Path:
     """Create incidents/<UTC timestamp>-<env>/ (mode 0700), never reusing one."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    # a zero-setup run is named user@host:port/dbname: one path component, always
+    environment = re.sub(r"[^A-Za-z0-9._@-]", "_", environment)
     try:
         from connfix.files import make_dir
 

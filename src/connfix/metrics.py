@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
+from connfix.diagnosis import app_label
+
 if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
 
@@ -106,7 +108,7 @@ def registry(diagnoses: list[Diagnosis], down: list[str] | None = None) -> Colle
                 suspect.labels(env, h.host).set(1 if h.suspect else 0)
                 if d.pgbouncers:
                     pooled.labels(env, h.host).set(h.pooled)
-        for app, n in _top({k or "(none)": v for k, v in d.by_application.items()}).items():
+        for app, n in _top({app_label(k): v for k, v in d.by_application.items()}).items():
             by_app.labels(env, app).set(n)
         for user, n in _top({k or "(hidden)": v for k, v in d.by_user.items()}).items():
             by_user.labels(env, user).set(n)

@@ -51,9 +51,22 @@ def classify_refusal(message: str) -> str | None:
     return None
 
 
+def one_line(text: str) -> str:
+    """libpq's multi-line messages on one line, each line a sentence: `Connection
+    refused\n\tIs the server running…` → `Connection refused. Is the server running…`."""
+    parts = [" ".join(line.split()) for line in text.splitlines()]
+    parts = [p for p in parts if p]
+    joined = ""
+    for part in parts:
+        if joined:
+            joined += " " if joined[-1] in ".:;!?," else ". "
+        joined += part
+    return joined
+
+
 def server_message(exc: BaseException) -> str:
     """Return the server's own words from a connection error, one line."""
-    text = " ".join(str(exc).split())
+    text = one_line(str(exc))
     match = re.search(r"FATAL:\s*(.*)", text)
     return match.group(1) if match else text
 
@@ -204,6 +217,14 @@ def connect(
     return psycopg.connect(dsn, **kwargs)
 
 
+WAYS_IN = (
+    "database.reserved_dsn (a role granted pg_use_reserved_connections, PostgreSQL 16+)"
+    " or database.admin_dsn (a superuser), written without a password, or"
+    " reserved_dsn_env / admin_dsn_env (the name of an environment variable holding the"
+    " DSN; export it in the shell that runs connfix)"
+)
+
+
 def open_session(db: Database) -> Session:
     """Connect to an environment's database; when refused for lack of slots, use the
     configured ways in (the reserved-slot role, then the admin), saying which.
@@ -228,11 +249,7 @@ def open_session(db: Database) -> Session:
     if not ways:
         raise DatabaseUnavailable(
             f"the database refused connfix at {where}: {REFUSAL_TEXT[kind]}\n"
-            f"  server said: {message}\n"
-            "  configure a way in for a full server: database.reserved_dsn (a role granted"
-            " pg_use_reserved_connections, PostgreSQL 16+) or database.admin_dsn (a"
-            " superuser), written without a password, or reserved_dsn_env / admin_dsn_env"
-            " (the name of an environment variable holding the DSN)"
+            f"  server said: {message}\n  configure a way in for a full server: {WAYS_IN}"
         )
     failures = []
     for way in ways:
@@ -247,9 +264,12 @@ def open_session(db: Database) -> Session:
             )
             continue
         return Session(conn, way.kind, message)
+    unset = any("is not set" in f for f in failures)
     raise DatabaseUnavailable(
         f"the database refused connfix at {where} ({message}), and every way in failed"
-        " too:\n  " + "\n  ".join(failures)
+        " too:\n  "
+        + "\n  ".join(failures)
+        + (f"\n  the ways in for a full server: {WAYS_IN}" if unset else "")
     )
 
 
@@ -357,7 +377,7 @@ class _Pid:
 
 
 def terminate_if_unchanged(
-    session: Session, params: dict[str, Any], wait_ms: int | None = None
+    session: Session, params: dict[str, Any], wait_ms: int | None = None, cancel: bool = False
 ) -> tuple[str, str]:
     """Signal one planned session to terminate if it is unchanged.
 
@@ -366,6 +386,8 @@ def terminate_if_unchanged(
     ("failed", error). A permission error fails this pid only; the caller goes on.
     """
     name = "terminate" if wait_ms is None else "terminate_wait"
+    if cancel:  # pg_cancel_backend: the statement, not the session (never waited on)
+        name, wait_ms = "cancel", None
     try:
         rows = session.all(name, Signalled, {**params, "timeout_ms": wait_ms})
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -379,13 +401,14 @@ def terminate_if_unchanged(
             return ("signalled", "") if wait_ms is None else ("terminated", "")
         if wait_ms is not None:
             return "failed", f"signalled, still present after {wait_ms} ms"
-        return "failed", "pg_terminate_backend returned false (not a PostgreSQL backend?)"
+        what = "pg_cancel_backend" if cancel else "pg_terminate_backend"
+        return "failed", f"{what} returned false (not a PostgreSQL backend?)"
     now = session.all("session_now", SessionNow, {"pid": params["pid"]})
     return "skipped", _why_skipped(params, now[0] if now else None)
 
 
 def terminate_batch_if_unchanged(
-    session: Session, planned: list[dict[str, Any]]
+    session: Session, planned: list[dict[str, Any]], cancel: bool = False
 ) -> dict[int, tuple[str, str]]:
     """Signal a batch of planned sessions to terminate, each only if it is unchanged, in
     one statement; return pid → ("signalled", "") or ("skipped", why) or ("failed",
@@ -394,7 +417,7 @@ def terminate_batch_if_unchanged(
     (terminate_if_unchanged), so one bad pid fails only itself."""
     try:
         rows = session.all(
-            "terminate_batch",
+            "cancel_batch" if cancel else "terminate_batch",
             Signalled,
             {
                 "pids": [p["pid"] for p in planned],
@@ -410,7 +433,7 @@ def terminate_batch_if_unchanged(
             raise
         # nothing of the batch was signalled (the statement failed as a whole): one at
         # a time, so the pid that cannot be terminated fails alone
-        return {p["pid"]: terminate_if_unchanged(session, p) for p in planned}
+        return {p["pid"]: terminate_if_unchanged(session, p, cancel=cancel) for p in planned}
     result: dict[int, tuple[str, str]] = {
         r.pid: ("signalled", "")
         if r.signalled
@@ -447,6 +470,18 @@ def client_backends(session: Session) -> int:
 @dataclass(frozen=True)
 class _Count:
     count: int
+
+
+def still_running(session: Session, planned: list[dict[str, Any]]) -> set[int]:
+    """Return which cancelled sessions still run the statement that was cancelled."""
+    if not planned:
+        return set()
+    params = {
+        "pids": [p["pid"] for p in planned],
+        "backend_starts": [p["backend_start"] for p in planned],
+        "state_changes": [p["state_change"] for p in planned],
+    }
+    return {row.pid for row in session.all("still_running", _Pid, params)}
 
 
 def alive(session: Session, pids: list[int]) -> set[int]:

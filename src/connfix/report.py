@@ -193,6 +193,14 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
     operations = [e for e in events if e["event"] == Event.OPERATION]
     hosts = [e for e in events if e["event"] in (Event.HOST_DONE, Event.HOST_FAILED)]
+    # a run killed mid-roll: a host whose restart began has no end; it may well have
+    # restarted, so it is listed, with what is known
+    ended = {(e.get("step"), e.get("host")) for e in hosts}
+    hosts += [
+        {**e, "event": "host_unknown"}
+        for e in events
+        if e["event"] == Event.HOST_START and (e.get("step"), e.get("host")) not in ended
+    ]
     freed = sum(
         (e.get("details") or {}).get("slots_freed") or 0
         for e in events

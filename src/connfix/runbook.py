@@ -265,7 +265,8 @@ def command_runbook(command: str, action: str, params: dict[str, Any]) -> Runboo
         Step(
             "diagnose", "diagnose", None, ACTIONS["diagnose"].params_model(), None, False, "halt", 0
         ),
-        Step(action, action, None, typed, None, ACTIONS[action].mutating, "halt", 0),
+        # the step is the command: its messages read "restart refused: …", as typed
+        Step(command, action, None, typed, None, ACTIONS[action].mutating, "halt", 0),
     ]
     return Runbook(
         name=f"connfix {command}",

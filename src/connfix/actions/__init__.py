@@ -14,7 +14,7 @@ from connfix.actions.pgbouncer import (
     ResumeAction,
 )
 from connfix.actions.rolling_restart import RollingRestartAction
-from connfix.actions.terminate import TerminateAction
+from connfix.actions.terminate import CancelAction, TerminateAction
 from connfix.actions.verify import VerifyAction
 from connfix.actions.wait import WaitAction
 
@@ -25,6 +25,7 @@ ACTIONS: dict[str, Action[Any, Any]] = {
         VerifyAction(),
         WaitAction(),
         TerminateAction(),
+        CancelAction(),
         RollingRestartAction(),
         AdviseAction(),
         KillClientsAction(),

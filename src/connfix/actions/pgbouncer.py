@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BeforeValidator, Field
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+from connfix.diagnosis import app_label
 from connfix.events import Event
 from connfix.units import between, format_duration, parse_duration
 
@@ -158,7 +159,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
             Operation(
                 "pgbouncer",
                 f"end {c.host}'s client {c.client.addr}:{c.client.port}"
-                f" ({c.client.user}, {c.client.application_name or 'no application_name'},"
+                f" ({c.client.user}, {app_label(c.client.application_name)},"
                 f" idle {format_duration(c.client.idle_seconds(s_at(states, c)) or 0)})",
                 target=c.pgbouncer,
                 command=f"KILL_CLIENT {c.client.id}",

@@ -225,7 +225,10 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
             f"{', '.join(h.name for h in targets)} (batch {params.batch})"
         )
         if done_before:
-            summary += f"; already done before: {', '.join(sorted(done_before))}"
+            summary += (
+                f"; left out: {', '.join(sorted(done_before))}, restarted and verified by the"
+                " interrupted run this one resumes (whether or not still a suspect)"
+            )
         blocked = None
         if failed:
             blocked = "preflight failed, nothing was restarted: " + "; ".join(

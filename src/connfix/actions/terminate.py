@@ -18,6 +18,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.diagnosis import app_label
 from connfix.events import Event
 from connfix.sessions import BY_FLAG, RUNNING
 from connfix.units import between, format_duration, parse_duration
@@ -58,9 +59,18 @@ class TerminateParams(Params):
     # and role); unowned (from an inventory host, but no service's: pgbench, psql, cron)
     owner: Literal["any", "service", "unowned"] = "any"
     exit_timeout: ExitTimeout = 5.0
+    # terminate ends the session; cancel (pg_cancel_backend) only its running statement:
+    # the gentler remedy for a session stuck on a long query
+    signal: Literal["terminate", "cancel"] = "terminate"
 
     @model_validator(mode="after")
     def _active_is_explicit(self) -> TerminateParams:
+        if self.signal == "cancel":
+            if any(s not in ("active", "fastpath") for s in self.states):
+                raise ValueError(
+                    "cancel ends a running statement: states must be active or fastpath"
+                )
+            return self
         if ("active" in self.states or "fastpath" in self.states) and not self.include_active:
             raise ValueError(
                 "terminating sessions that are running a statement needs"
@@ -107,7 +117,7 @@ def _exclusion(
         return "protected user"
     if c.application_name in protected.applications:
         return "protected application"
-    if c.state in RUNNING and not p.include_active:
+    if c.state in RUNNING and not p.include_active and p.signal == "terminate":
         return "active"
     if c.state not in wanted_states:
         return f"state {c.state}"
@@ -128,6 +138,9 @@ def _exclusion(
 
 
 def _host_of(ctx: RunContext) -> dict[str | None, str]:
+    if ctx.env.zero_setup:  # no inventory: the addresses as the diagnosis named them
+        rows = ctx.latest.by_host if ctx.latest else []
+        return {u.client_addr: u.host for u in rows if u.client_addr and u.pool_size is None}
     return {h.client_addr: h.name for h in ctx.env.hosts if h.client_addr}
 
 
@@ -164,7 +177,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         # behind a pooler: whose each of PgBouncer's server connections is (latest diagnosis)
         pooled = ctx.latest.pooler_sessions if ctx.latest else {}
         hosts_at: dict[str | None, Host] = {
-            h.client_addr: h for h in ctx.env.hosts if h.client_addr
+            h.client_addr: h for h in ctx.env.hosts if h.client_addr and not ctx.env.zero_setup
         }
         wanted: set[str] = {STATES[s] for s in params.states}
         excluded: Counter[str] = Counter()
@@ -189,9 +202,15 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             excluded[f"over the cap ({cap}: {self._binding(limits)})"] += len(chosen) - cap
             chosen = chosen[:cap]
         states = ", ".join(STATES[s] for s in params.states)
+        cancel = params.signal == "cancel"
+        verb, function = (
+            ("cancel the statement of", "pg_cancel_backend")
+            if cancel
+            else ("terminate", "pg_terminate_backend")
+        )
         summary = (
-            f"terminate {len(chosen)} session(s) ({states}, idle over"
-            f" {format_duration(params.older_than)}), "
+            f"{verb} {len(chosen)} session(s) ({states},"
+            f" {'running' if cancel else 'idle'} over {format_duration(params.older_than)}), "
             + ("root blockers first, then " if any(c.pid in waiting for c in chosen) else "")
             + "oldest first"
         )
@@ -203,7 +222,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             Operation(
                 kind="sql",
                 description=(
-                    f"terminate pid {c.pid}: {c.usename} / {c.application_name or '-'}"
+                    f"{verb} pid {c.pid}: {c.usename} / {app_label(c.application_name)}"
                     " from "
                     + (pooled.get(c.pid) or host_of.get(c.client_addr) or c.client_addr or "socket")
                     + ","
@@ -216,7 +235,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                 ),
                 target=f"pid {c.pid}",
                 command=(
-                    f"SELECT pg_terminate_backend({c.pid}) FROM pg_stat_activity"
+                    f"SELECT {function}({c.pid}) FROM pg_stat_activity"
                     f" WHERE pid = {c.pid} AND backend_start = '{c.backend_start}'"
                     f" AND state = '{c.state}' AND state_change = '{c.state_change}'"
                 ),
@@ -303,9 +322,12 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         # pg_terminate_backend(pid, timeout) (14+) confirms each exit itself, but waits in
         # 100 ms steps: used for small plans; larger ones signal every pid first and then
         # confirm the exits together with one pg_stat_activity poll every 20 ms.
+        cancel = params.signal == "cancel"
         wait_ms = (
             round(params.exit_timeout * 1000)
-            if ctx.session.info.server_version_num >= 140000 and len(candidates) <= WAIT_EACH_MAX
+            if ctx.session.info.server_version_num >= 140000
+            and len(candidates) <= WAIT_EACH_MAX
+            and not cancel
             else None
         )
         method = (
@@ -313,6 +335,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             if wait_ms is not None
             else "signal, then pg_stat_activity poll"
         )
+        done_word = "cancelled" if cancel else "terminated"
         planned = list(zip(plan.operations, candidates, strict=True))
         size = 1 if wait_ms is not None else BATCH
         for start in range(0, len(planned), size):
@@ -334,7 +357,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                     i["pid"]: pg.terminate_if_unchanged(ctx.session, i, wait_ms) for i in identities
                 }
             else:
-                results = pg.terminate_batch_if_unchanged(ctx.session, identities)
+                results = pg.terminate_batch_if_unchanged(ctx.session, identities, cancel)
             for op, c in batch:
                 result, detail = results[c.pid]
                 if result == "signalled":
@@ -347,28 +370,37 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                 )  # fmt: skip
             ctx.record_many(records)
         deadline = time.monotonic() + params.exit_timeout
-        remaining = pg.alive(ctx.session, list(signalled))
+        by_pid = {c.pid: c for c in candidates}
+        identities_of = [_identity(by_pid[pid]) for pid in signalled]
+
+        def left(pids: set[int] | None = None) -> set[int]:
+            if cancel:  # the statement ended: no longer active with that state_change
+                wanted = [i for i in identities_of if pids is None or i["pid"] in pids]
+                return pg.still_running(ctx.session, wanted)
+            return pg.alive(ctx.session, list(signalled if pids is None else pids))
+
+        remaining = left()
         while remaining and time.monotonic() < deadline:
             time.sleep(0.02)
-            remaining = pg.alive(ctx.session, list(remaining))
+            remaining = left(remaining)
         confirmed: list[tuple[Event, dict[str, Any]]] = []
         for pid, op in signalled.items():
             gone = pid not in remaining
-            counts["terminated" if gone else "failed"] += 1
+            counts[done_word if gone else "failed"] += 1
             reason = (
                 ""
                 if gone
                 else (f"signalled, still present after {format_duration(params.exit_timeout)}")
             )
             confirmed.append(
-                (Event.OPERATION, {"result": "terminated" if gone else "failed",
+                (Event.OPERATION, {"result": done_word if gone else "failed",
                                    "reason": reason, "confirmed_by": method, **op.details})
             )  # fmt: skip
         ctx.record_many(confirmed)
         after = ctx.diagnose()
         freed = before - after.client_backends
         summary = (
-            f"terminated {counts['terminated']}, skipped {counts['skipped']},"
+            f"{done_word} {counts[done_word]}, skipped {counts['skipped']},"
             f" failed {counts['failed']}"
         )
         if counts["not attempted"]:
@@ -387,5 +419,26 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
                 "client_backends_after": after.client_backends,
             },
             interrupted=interrupted,
-            changed={"terminated": counts["terminated"]},
+            changed={done_word: counts[done_word]},
         )
+
+
+def _active_states() -> list[StateName]:
+    return ["active"]
+
+
+class CancelParams(TerminateParams):
+    """Which running statements to cancel, and how many at most."""
+
+    states: list[StateName] = Field(default_factory=_active_states, min_length=1)
+    signal: Literal["terminate", "cancel"] = "cancel"
+
+
+class CancelAction(TerminateAction):
+    """`cancel`: pg_cancel_backend for sessions stuck on a long statement — the session
+    stays, its statement (and its transaction) ends. Same choice, caps, re-checks and
+    journal as terminate."""
+
+    name = "cancel"
+    description = "cancel long-running statements, oldest first, capped, re-checked per pid"
+    params_model = CancelParams

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import inventory_option, terminal
+from connfix.cli.options import (
+    dsn_option,
+    inventory_option,
+    optional_environment_argument,
+    terminal,
+    zero_setup,
+)
 from connfix.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from connfix.diagnosis import Diagnosis
 
 
 @click.command()
-@click.argument("environment")
+@optional_environment_argument
+@dsn_option
+@click.option(
+    "--write-inventory",
+    metavar="PATH",
+    help="With --dsn: also write a starter inventory from what was seen (never over a file).",
+)
 @json_option
 @click.option(
     "--prometheus-textfile",
@@ -24,7 +41,12 @@ from connfix.errors import ExitStatus
 )
 @inventory_option
 def diagnose(
-    environment: str, as_json: bool, textfile: str | None, inventory_path: str | None
+    environment: str | None,
+    dsn: str | None,
+    write_inventory: str | None,
+    as_json: bool,
+    textfile: str | None,
+    inventory_path: str | None,
 ) -> None:
     """Show who holds the database's connections; read-only.
 
@@ -35,27 +57,45 @@ def diagnose(
     When the server is full it gets in through the reserved-slot or admin connection
     and says so.
 
-    Exit status 0 when severity is ok, 1 for warning or critical, 3 when the database
-    cannot be reached.
+    With no inventory yet (zero-setup): --dsn DSN, or libpq's PG* variables with no
+    ENVIRONMENT. Hosts are then client addresses (reverse DNS names where they answer
+    quickly), pools unknown: a leak suspect is an address holding a large share of the
+    connections with old idle ones, or a transaction left idle too long. The output says
+    what an inventory would add; --write-inventory PATH writes a starter one.
+
+    Exit status 0 when severity is ok, 1 for warning or critical (a leak suspect makes it
+    at least warning), 3 when the database cannot be reached.
 
     \b
     Example:
       connfix diagnose prod
+      connfix diagnose --dsn "host=db1 dbname=app user=connfix"
+      PGSERVICE=prod connfix diagnose --write-inventory inventory.yaml
       connfix diagnose lab --json | jq .result.by_host
       connfix diagnose prod --prometheus-textfile /var/lib/node_exporter/connfix.prom
     """
-    if as_json:
-        envelope.mark("diagnose", environment)
     from connfix.analysis import diagnose as run
     from connfix.inventory_file import InventorySearch, resolve_environment
+
+    bare = zero_setup(environment, dsn, inventory_path)
+    if write_inventory is not None and bare is None:
+        raise click.UsageError("--write-inventory goes with --dsn (no inventory yet)")
+    if bare is not None:
+        environment, env = bare
+    if as_json:
+        envelope.mark("diagnose", environment)
+    assert environment is not None
 
     if textfile is not None and not textfile.endswith(".prom"):
         raise click.BadParameter(
             "node_exporter's textfile collector reads *.prom files only",
             param_hint="--prometheus-textfile",
         )
-    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    if bare is None:
+        _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
     result = run(environment, env)
+    if write_inventory is not None:
+        _write_starter(write_inventory, dsn, result)
     if textfile is not None:
         from pathlib import Path
 
@@ -76,3 +116,30 @@ def diagnose(
 
         render.diagnosis(terminal(), result)
     sys.exit(code)
+
+
+def _write_starter(path_text: str, dsn: str | None, result: Diagnosis) -> None:
+    """Write the starter inventory; never over an existing file."""
+    from pathlib import Path
+
+    from connfix import files, pg, zero
+    from connfix.errors import InputError
+
+    path = Path(path_text).expanduser()
+    if path.exists() or path.is_symlink():
+        raise InputError(f"--write-inventory {path_text}: exists; connfix never overwrites it")
+    name = pg.parse_dsn(dsn or "").get("dbname") or os.environ.get("PGDATABASE") or "main"
+    name = name if _valid(name) else "main"
+    names = zero.resolve(sorted({u.client_addr for u in result.by_host if u.client_addr}))
+    text = zero.starter_inventory(result, dsn, names, name)
+    try:
+        files.write_private(path, text)
+    except OSError as exc:
+        raise InputError(f"--write-inventory {path_text}: {exc.strerror or exc}") from None
+    terminal().err.print(f"starter inventory written to {path} (environment {name!r})")
+
+
+def _valid(name: str) -> bool:
+    from connfix.inventory import NAME_RE
+
+    return bool(NAME_RE.match(name))

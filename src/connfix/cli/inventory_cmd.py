@@ -9,7 +9,7 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import inventory_option, terminal
+from connfix.cli.options import environment_argument, inventory_option, terminal
 from connfix.errors import ExitStatus
 
 
@@ -19,7 +19,7 @@ def inventory() -> None:
 
 
 @inventory.command("check")
-@click.argument("environment")
+@environment_argument
 @json_option
 @inventory_option
 def check(environment: str, as_json: bool, inventory_path: str | None) -> None:

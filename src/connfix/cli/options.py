@@ -22,6 +22,77 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def complete_environments(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of ENVIRONMENT: the names in the inventory the command would
+    use (--inventory if already typed, else the usual search); nothing on any error."""
+    from click.shell_completion import CompletionItem
+
+    from connfix.inventory_file import InventorySearch, find_inventory, load_inventory
+
+    try:
+        explicit = ctx.params.get("inventory_path")
+        names = list(
+            load_inventory(
+                find_inventory(explicit, None, InventorySearch.from_process())
+            ).inventory.environments
+        )
+    except Exception:  # completion must never print a traceback into the shell
+        names = []
+    if "lab" not in names:
+        names.append("lab")  # the lab's own inventory, when it is up
+    return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+
+
+def environment_argument(fn: F) -> F:
+    """Add the ENVIRONMENT argument, completed from the inventory."""
+    return click.argument("environment", shell_complete=complete_environments)(fn)
+
+
+def optional_environment_argument(fn: F) -> F:
+    """ENVIRONMENT, optional: without it, --dsn or libpq's PG* variables (zero-setup)."""
+    return click.argument("environment", required=False, shell_complete=complete_environments)(fn)
+
+
+def dsn_option(fn: F) -> F:
+    """Add --dsn (zero-setup: no inventory)."""
+    return click.option(
+        "--dsn",
+        metavar="DSN",
+        help="Work from this connection string alone, no inventory (zero-setup). Without"
+        " ENVIRONMENT and --dsn, libpq's PG* variables (PGHOST, PGSERVICE…) say where.",
+    )(fn)
+
+
+def zero_setup(
+    environment: str | None, dsn: str | None, inventory_path: str | None
+) -> tuple[str, Environment] | None:
+    """The zero-setup environment when the command was given a DSN and no inventory
+    environment; None for an inventory environment; a usage error when neither or both.
+    The password goes in ~/.pgpass or PGPASSWORD: a DSN on a command line is visible to
+    every user of the machine, so one with a password is refused."""
+    from pydantic import ValidationError
+
+    from connfix import zero
+
+    if dsn is None and (environment is not None or not zero.from_environment()):
+        if environment is None:
+            raise click.UsageError(
+                "give ENVIRONMENT (from the inventory), or --dsn DSN to work from a"
+                " connection string alone (libpq's PG* variables work too)"
+            )
+        return None
+    if environment is not None and dsn is not None:
+        raise click.UsageError("give ENVIRONMENT or --dsn, not both")
+    if inventory_path is not None:
+        raise click.UsageError("--inventory names an inventory: give ENVIRONMENT, not --dsn")
+    try:
+        env = zero.environment_for(dsn)
+    except ValidationError as exc:
+        why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise click.BadParameter(why, param_hint="--dsn") from None
+    return zero.label(dsn), env
+
+
 def inventory_option(fn: F) -> F:
     """Add --inventory PATH (else $CONNFIX_INVENTORY, ./inventory.yaml, the lab's)."""
     return click.option(
@@ -91,7 +162,7 @@ def check_hosts(names: list[str], environment: str, known: set[str], flag: str) 
 
 def run_and_exit(
     environment: str,
-    loaded: LoadedInventory,
+    loaded: LoadedInventory | None,
     env: Environment,
     runbook: Runbook,
     *,
@@ -133,7 +204,7 @@ def run_and_exit(
         env=env,
         runbook=runbook,
         incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
-        inventory_path=loaded.path,
+        inventory_path=loaded.path if loaded is not None else Path("(none: --dsn)"),
         dry_run=dry_run,
         yes=yes,
         interactive=interactive(),
@@ -142,8 +213,9 @@ def run_and_exit(
         resumed_from=resumed_from,
         resume_done=done,
     )
-    result = run_runbook(request, render.RichUI(term))
-    render.triage_result(term, result)
+    single = command if mode is RunMode.COMMAND else None
+    result = run_runbook(request, render.RichUI(term, single))
+    render.triage_result(term, result, single)
     if as_json:
         from connfix.cli import envelope
 

@@ -10,11 +10,11 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import inventory_option, terminal
+from connfix.cli.options import environment_argument, inventory_option, terminal
 
 
 @click.command()
-@click.argument("environment")
+@environment_argument
 @click.option(
     "--pgbouncer-config",
     "config_dir",

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
+from connfix.diagnosis import app_label
 from connfix.text import defang
 
 
@@ -221,7 +222,7 @@ def _counts_table(title: str, counts: dict[str, int], lower_bound: bool) -> Tabl
     table.add_column(title.split()[-1])
     table.add_column("connections", justify="right")
     for key, value in counts.items():
-        table.add_row(escape(key or "(none)"), str(value))
+        table.add_row(escape(app_label(key)), str(value))
     return table
 
 
@@ -246,6 +247,8 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
     )
     for reason in d.severity_reasons:
         term.out.print(f"  - {escape(reason)}")
+    for note in d.notes:
+        term.out.print(f"[yellow]note:[/yellow] {escape(note)}")
     lower = not d.visibility_complete
     if lower:
         term.out.print(
@@ -255,43 +258,46 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
             " per-host counts are lower bounds"
         )
     term.out.print(_counts_table("by state", d.by_state, lower))
-    hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
-    pooled = bool(d.pgbouncers)
-    for column in (
-        "host",
-        "address",
-        "conns",
-        *(("via PgBouncer",) if pooled else ()),
-        "pool (+overflow)",
-        "no service",
-        "idle",
-        "idle in tx",
-        "active",
-        "oldest idle",
-        "suspect",
-    ):
-        hosts.add_column(
-            column,
-            justify="left" if column in ("host", "address", "suspect") else "right",
-            overflow="fold",
-        )
-    for h in d.by_host:
-        hosts.add_row(
-            escape(h.host),
-            escape(h.client_addr or "-"),
-            str(h.count),
-            *((_via(h),) if pooled else ()),
-            _pool(h.pool_size, h.max_capacity),
-            escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
-            if h.pool_size is not None
-            else "-",
-            str(h.idle),
-            str(h.idle_in_transaction),
-            str(h.active),
-            _age(h.oldest_idle_seconds),
-            "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
-        )
-    term.out.print(hosts)
+    if d.zero_setup:
+        _zero_hosts(term, d, lower)
+    else:
+        hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
+        pooled = bool(d.pgbouncers)
+        for column in (
+            "host",
+            "address",
+            "conns",
+            *(("via PgBouncer",) if pooled else ()),
+            "pool (+overflow)",
+            "no service",
+            "idle",
+            "idle in tx",
+            "active",
+            "oldest idle",
+            "suspect",
+        ):
+            hosts.add_column(
+                column,
+                justify="left" if column in ("host", "address", "suspect") else "right",
+                overflow="fold",
+            )
+        for h in d.by_host:
+            hosts.add_row(
+                escape(h.host),
+                escape(h.client_addr or "-"),
+                str(h.count),
+                *((_via(h),) if pooled else ()),
+                _pool(h.pool_size, h.max_capacity),
+                escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
+                if h.pool_size is not None
+                else "-",
+                str(h.idle),
+                str(h.idle_in_transaction),
+                str(h.active),
+                _age(h.oldest_idle_seconds),
+                "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
+            )
+        term.out.print(hosts)
     if d.idle_in_transaction:
         iit = Table(title="oldest idle in transaction", title_justify="left")
         for column in (
@@ -309,7 +315,7 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
             iit.add_row(
                 str(s.pid),
                 escape(s.usename or ""),
-                escape(s.application_name),
+                escape(app_label(s.application_name)),
                 escape(s.host),
                 _age(s.xact_seconds),
                 _age(s.idle_seconds),
@@ -341,17 +347,43 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
         for item in d.connection_limits:
             limits.add_row(item.kind, escape(item.name), str(item.used), str(item.limit))
         term.out.print(limits)
-    apps = ", ".join(f"{escape(k or '(none)')} {v}" for k, v in d.by_application.items())
+    apps = ", ".join(f"{escape(app_label(k))} {v}" for k, v in d.by_application.items())
     users = ", ".join(f"{escape(k or '(hidden)')} {v}" for k, v in d.by_user.items())
     term.out.print(f"by application: {apps or '-'}")
     term.out.print(f"by user: {users or '-'}")
     check = d.pool_check
-    mark = "[green]" if check.safe else "[red]"
-    term.out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
+    if d.zero_setup:
+        term.out.print("pool check: unknown without an inventory (pool sizes)")
+    else:
+        mark = "[green]" if check.safe else "[red]"
+        term.out.print(f"pool check: {mark}{escape(check.sentence())}[/]")
     for state in d.pgbouncers:
         bouncer(term, state)
     if d.suspects:
         term.out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def _zero_hosts(term: Terminal, d: Diagnosis, lower: bool) -> None:
+    """The by-host table with no inventory: client addresses (and their reverse DNS
+    names); no pool or service columns, nothing is known of them."""
+    table = Table(
+        title="by client address" + (" (lower bounds)" if lower else ""), title_justify="left"
+    )
+    for column in ("address", "name", "conns", "idle", "idle in tx", "active", "oldest idle"):
+        table.add_column(column, justify="left" if column in ("address", "name") else "right")
+    table.add_column("suspect (by share and age)", overflow="fold")
+    for h in d.by_host:
+        table.add_row(
+            escape(h.client_addr or h.host),
+            escape(h.host if h.host != h.client_addr else "-"),
+            str(h.count),
+            str(h.idle),
+            str(h.idle_in_transaction),
+            str(h.active),
+            _age(h.oldest_idle_seconds),
+            "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
+        )
+    term.out.print(table)
 
 
 def _via(h: Any) -> str:
@@ -449,8 +481,9 @@ def runbook(term: Terminal, book: Runbook) -> None:
 class RichUI:
     """The engine's operator interface: progress and prompts on stderr, plans on stdout."""
 
-    def __init__(self, term: Terminal) -> None:
+    def __init__(self, term: Terminal, command: str | None = None) -> None:
         self.term = term
+        self.command = command  # a single command (restart, terminate), not a runbook
 
     def started(self, journal: Path, dry_run: bool) -> None:
         if dry_run:
@@ -475,16 +508,20 @@ class RichUI:
             "running": "cyan",
             "interrupted": "red",
         }.get(status, "white")
-        self.term.err.print(
-            f"[{index}/{total}] {escape(step.id)} ({step.action}):"
-            f" [{colour}]{status}[/{colour}] — {escape(detail)}"
+        where = (
+            f"{escape(step.id)}:"
+            if self.command
+            else f"[{index}/{total}] {escape(step.id)} ({step.action}):"
         )
+        self.term.err.print(f"{where} [{colour}]{status}[/{colour}] — {escape(detail)}")
 
     def plan(self, step: Step, plan: Plan[Any], applied: bool) -> None:
         head = "would" if not applied else "plan:"
-        if plan.blocked is not None:
-            head = "refused, nothing done; the plan was:"
-        self.term.out.print(f"step {escape(step.id)} {head} {escape(plan.summary)}")
+        name = escape(step.id) if self.command else f"step {escape(step.id)}"
+        if plan.blocked is not None:  # the refusal alone: no plan that looks about to run
+            self.term.out.print(f"{name} refused, nothing done: {escape(plan.blocked)}")
+            return
+        self.term.out.print(f"{name} {head} {escape(plan.summary)}")
         # a dry run shows every operation; a real run shows the first ones (the journal
         # has them all), so a thousand pids do not bury the prompt
         shown = plan.operations if not applied else plan.operations[:PLAN_LINES]
@@ -516,9 +553,19 @@ class RichUI:
         self.term.err.print(table)
 
 
-def triage_result(term: Terminal, result: RunResult) -> None:
-    """Print how a run ended and where its record is."""
+def triage_result(term: Terminal, result: RunResult, command: str | None = None) -> None:
+    """Print how a run ended and where its record is; a single command's reads like
+    the command (`restart refused: …`, not `halted: step restart refused: …`)."""
     from connfix.engine.run import RunStatus
+
+    if command and result.message.startswith(f"step {command} "):
+        message = result.message.removeprefix("step ")
+        colour = "green" if result.exit_status == 0 else "red"
+        term.out.print(f"[{colour}]{escape(message)}[/{colour}]")
+        term.out.print(f"incident: {escape(str(result.incident_dir))}")
+        if result.report is not None:
+            term.out.print(f"report: {escape(str(result.report))}")
+        return
 
     colour = "green" if result.exit_status == 0 else "red"
     if result.status is RunStatus.DRY_RUN:

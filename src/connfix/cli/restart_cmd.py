@@ -8,6 +8,7 @@ from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import (
     DURATION,
+    environment_argument,
     incidents_dir_option,
     inventory_option,
     yes_option,
@@ -17,7 +18,7 @@ from connfix.units import duration_text
 
 
 @click.command()
-@click.argument("environment")
+@environment_argument
 @click.option(
     "--hosts",
     "hosts",

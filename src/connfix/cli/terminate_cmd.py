@@ -8,9 +8,12 @@ from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import (
     DURATION,
+    dsn_option,
     incidents_dir_option,
     inventory_option,
+    optional_environment_argument,
     yes_option,
+    zero_setup,
 )
 from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.engine.run import RunMode
@@ -22,7 +25,8 @@ STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
 
 
 @click.command()
-@click.argument("environment")
+@optional_environment_argument
+@dsn_option
 @click.option(
     "--state",
     "states",
@@ -80,13 +84,20 @@ STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
     is_flag=True,
     help="Allow terminating sessions running a statement (with --state active).",
 )
+@click.option(
+    "--cancel",
+    is_flag=True,
+    help="Cancel the running statement (pg_cancel_backend) instead of ending the session:"
+    " for active sessions stuck on a long query (--state defaults to active).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the sessions it would end; change nothing.")
 @yes_option
 @incidents_dir_option
 @json_option
 @inventory_option
 def terminate(
-    environment: str,
+    environment: str | None,
+    dsn: str | None,
     states: tuple[str, ...],
     older_than: float,
     max_count: int,
@@ -97,6 +108,7 @@ def terminate(
     excess_only: bool,
     owner: str,
     include_active: bool,
+    cancel: bool,
     dry_run: bool,
     yes: bool,
     incidents_dir: str | None,
@@ -113,6 +125,10 @@ def terminate(
     --max-fraction of all client backends (default 0.5) per run. Slots freed are measured
     by a fresh diagnosis. Journaled like a triage.
 
+    --cancel cancels the running statement instead (pg_cancel_backend): the session and
+    its pool connection stay, its statement and transaction end — the gentler remedy for
+    active sessions stuck on a long query, chosen and re-checked the same way.
+
     Exit status: 0 done, 1 a session could not be terminated, 2 bad flags or
     inventory, 3 database unreachable.
 
@@ -121,18 +137,45 @@ def terminate(
       connfix terminate prod --state idle-in-transaction --older-than 1m --dry-run
       connfix terminate prod --state idle --older-than 10m --only-suspects --excess-only
       connfix terminate prod --state idle --older-than 10m --owner unowned
+      connfix terminate prod --cancel --older-than 5m --dry-run
+      connfix terminate --dsn "host=db1 dbname=app user=connfix" --state idle --older-than 30m
     """
-    if as_json:
-        envelope.mark("terminate", environment)
     from connfix.cli.options import check_hosts, host_names, run_and_exit
     from connfix.inventory_file import InventorySearch, resolve_environment
     from connfix.runbook import command_runbook
 
-    loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    bare = zero_setup(environment, dsn, inventory_path)
+    if bare is not None:
+        needs = [
+            flag
+            for flag, given in (
+                ("--host", bool(hosts)),
+                ("--only-suspects", only_suspects),
+                ("--excess-only", excess_only),
+                ("--owner", owner != "any"),
+            )
+            if given
+        ]
+        if needs:
+            raise click.UsageError(
+                f"{', '.join(needs)} need(s) an inventory (hosts, pools, services); with"
+                " --dsn, choose sessions by --state and --older-than"
+            )
+        environment, env = bare
+        inventory = None
+    else:
+        assert environment is not None
+        inventory, env = resolve_environment(
+            inventory_path, environment, InventorySearch.from_process()
+        )
+    if as_json:
+        envelope.mark("terminate", environment)
     names = host_names(hosts, "--host")
     check_hosts(names, environment, {h.name for h in env.hosts}, "--host")
     params = {
-        "states": [STATE_FLAGS[s] for s in states] or ["idle_in_transaction"],
+        "states": [STATE_FLAGS[s] for s in states]
+        or (["active"] if cancel else ["idle_in_transaction"]),
+        "signal": "cancel" if cancel else "terminate",
         "older_than": duration_text(older_than),
         "max": max_count,
         "max_fraction": max_fraction,
@@ -145,7 +188,7 @@ def terminate(
     }
     run_and_exit(
         environment,
-        loaded,
+        inventory,
         env,
         command_runbook("terminate", "terminate", params),
         incidents_dir=incidents_dir,

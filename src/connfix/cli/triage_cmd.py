@@ -6,12 +6,17 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import incidents_dir_option, inventory_option, yes_option
+from connfix.cli.options import (
+    environment_argument,
+    incidents_dir_option,
+    inventory_option,
+    yes_option,
+)
 from connfix.engine.run import RunMode
 
 
 @click.command()
-@click.argument("environment")
+@environment_argument
 @click.option(
     "--runbook",
     "runbook_ref",

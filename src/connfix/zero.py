@@ -1,0 +1,216 @@
+"""Zero-setup: diagnose (and terminate) from a connection string alone, before any
+inventory exists — what a responder has at 3 a.m.
+
+The DSN is `--dsn`, or libpq's own `PG*` variables and `service=` files. Without an
+inventory connfix knows no hosts, pools or services: each client address is a "host"
+(named by reverse DNS when that answers within half a second in all), and a leak
+suspect is told by share and age instead of by pool size:
+
+- an address holding at least SHARE_MIN_SESSIONS sessions and at least SHARE of the
+  client backends, some of them idle for over thresholds.idle_suspect_age (10m);
+- any session idle in transaction for over idle_in_transaction_suspect_age (1m).
+
+The output says what an inventory would add, and `--write-inventory PATH` writes a
+starter inventory from what was seen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connfix.diagnosis import Diagnosis, HostUsage
+    from connfix.inventory import Environment
+
+PG_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+SHARE = 0.3
+SHARE_MIN_SESSIONS = 5
+DNS_BUDGET_S = 0.5
+WHAT_AN_INVENTORY_ADDS = (
+    "no inventory: hosts are client addresses, pools are unknown (leak suspects by share"
+    " and age, not by pool size). An inventory adds: each host's pool size and overflow"
+    " (a leak told from a busy pool), the services and which sessions are theirs, SSH to"
+    " restart a leaking host with health gates, health checks, thresholds and protected"
+    " users. Start one with --write-inventory PATH"
+)
+
+
+def from_environment() -> bool:
+    """Tell whether libpq's PG* variables name a server (zero-setup without --dsn)."""
+    return any(os.environ.get(v) for v in PG_VARIABLES)
+
+
+def environment_for(dsn: str | None) -> Environment:
+    """An environment with only a database: zero-setup. `dsn` None: libpq's PG*
+    variables (or a service file) say where."""
+    from connfix.inventory import Environment
+
+    env = Environment.model_validate(
+        {
+            "database": {"dsn": dsn or "connect_timeout=5"},
+            "service": {"unit": "unknown.service", "pool_size": 1},
+            "hosts": [{"name": "unknown", "ssh_address": "127.0.0.1"}],
+        }
+    )
+    env._zero_setup = True
+    return env
+
+
+def label(dsn: str | None) -> str:
+    """How the environment is named in output and journals: user@host:port/dbname."""
+    from connfix import pg
+
+    return pg.describe_dsn(dsn or "")
+
+
+def resolve(addresses: list[str], budget: float = DNS_BUDGET_S) -> dict[str, str]:
+    """Reverse DNS names of the addresses that answer within `budget` seconds in all."""
+    if not addresses:
+        return {}
+    pool = ThreadPoolExecutor(max_workers=min(16, len(addresses)))
+    futures = {pool.submit(socket.gethostbyaddr, a): a for a in addresses}
+    done, _ = wait(futures, timeout=budget)
+    pool.shutdown(wait=False, cancel_futures=True)
+    names = {}
+    for future in done:
+        try:
+            name = future.result()[0]
+        except OSError:
+            continue
+        if name and name != futures[future]:
+            names[futures[future]] = name
+    return names
+
+
+def suspects_by_share(d: Diagnosis, env: Environment, names: dict[str, str]) -> Diagnosis:
+    """Name each address row and judge it by share and age (see the module's doc)."""
+    from connfix.diagnosis import CONNFIX, NOT_IN_INVENTORY
+
+    old_age = env.thresholds.idle_suspect_age
+    iit_age = env.thresholds.idle_in_transaction_suspect_age
+    others = sum(u.count for u in d.by_host if u.host != CONNFIX and not u.pgbouncer)
+    stuck_by_addr: dict[str | None, int] = {}
+    for s in d.idle_in_transaction:
+        if (s.xact_seconds or 0) >= iit_age:
+            stuck_by_addr[s.client_addr] = stuck_by_addr.get(s.client_addr, 0) + 1
+    rows: list[HostUsage] = []
+    for u in d.by_host:
+        if u.host != NOT_IN_INVENTORY or u.client_addr is None:
+            rows.append(u)
+            continue
+        name = names.get(u.client_addr, u.client_addr)
+        reasons = []
+        share = u.count / others if others else 0.0
+        old = u.idle if (u.oldest_idle_seconds or 0) >= old_age else 0
+        if u.count >= SHARE_MIN_SESSIONS and share >= SHARE and old:
+            reasons.append(
+                f"holds {u.count} of {others} connections ({share:.0%}), idle up to"
+                f" {u.oldest_idle_seconds or 0:.0f}s (over {old_age:.0f}s)"
+            )
+        if stuck_by_addr.get(u.client_addr):
+            reasons.append(
+                f"{stuck_by_addr[u.client_addr]} idle in transaction for over {iit_age:.0f}s"
+            )
+        rows.append(replace(u, host=name, suspect=bool(reasons), reasons=reasons))
+    rows.sort(key=lambda u: (not u.suspect, -u.count, u.host))
+    suspects = [u.host for u in rows if u.suspect]
+    severity, reasons = d.severity, list(d.severity_reasons)
+    if suspects:
+        reasons.append(f"leak suspect(s) by share and age: {', '.join(suspects)}")
+        if severity == "ok":
+            severity = "warning"
+    named: dict[str | None, str] = {u.client_addr: u.host for u in rows if u.client_addr}
+    return replace(
+        d,
+        by_host=rows,
+        suspects=suspects,
+        severity=severity,
+        severity_reasons=reasons,
+        zero_setup=True,
+        notes=[*d.notes, WHAT_AN_INVENTORY_ADDS],
+        idle_in_transaction=[
+            replace(s, host=named.get(s.client_addr, s.host)) for s in d.idle_in_transaction
+        ],
+    )
+
+
+def _host_name(addr: str, names: dict[str, str], taken: set[str]) -> str:
+    from connfix.inventory import NAME_RE
+
+    base = names.get(addr, "").split(".")[0]
+    if not base or not NAME_RE.match(base):
+        base = "host-" + re.sub(r"[^A-Za-z0-9]", "-", addr).strip("-")
+    name, n = base[:60], 2
+    while name in taken:
+        name, n = f"{base[:56]}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name: str) -> str:
+    """A starter inventory (YAML) from one zero-setup diagnosis: the database as given
+    (never a password), one host per client address seen, the service as far as the
+    sessions show it; what connfix could not see is marked CHANGE-ME."""
+    import yaml
+
+    from connfix import pg
+    from connfix.diagnosis import CONNFIX, LOCAL
+    from connfix.inventory import Inventory
+
+    parts = {k: v for k, v in pg.parse_dsn(dsn or "").items() if k != "password"}
+    for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGDATABASE", "dbname")):
+        if os.environ.get(var) and key not in parts:
+            parts[key] = os.environ[var]
+    if os.environ.get("PGUSER") and "user" not in parts:
+        parts["user"] = os.environ["PGUSER"]
+    db_dsn = " ".join(f"{k}={v}" for k, v in parts.items() if k != "connect_timeout")
+    rows = [u for u in d.by_host if u.client_addr and u.host not in (CONNFIX, LOCAL)]
+    rows = [u for u in rows if not u.pgbouncer]
+    taken: set[str] = set()
+    hosts = [
+        {
+            "name": _host_name(u.client_addr or "", names, taken),
+            "ssh_address": u.client_addr,
+            "db_address": u.client_addr,
+        }
+        for u in sorted(rows, key=lambda u: u.client_addr or "")
+    ]
+    apps = [a for a in d.by_application if a and a != "connfix"]
+    users = [u for u in d.by_user if u]
+    service: dict[str, Any] = {
+        "unit": "CHANGE-ME.service",
+        "pool_size": max((u.count for u in rows), default=1) or 1,
+    }
+    if apps:
+        service["application_name"] = apps[0]
+    if users:
+        service["user"] = users[0]
+    data = {
+        "version": 1,
+        "environments": {
+            name: {
+                "database": {"dsn": db_dsn or "CHANGE-ME"},
+                "service": service,
+                "hosts": hosts or [{"name": "CHANGE-ME", "ssh_address": "127.0.0.1"}],
+            }
+        },
+    }
+    Inventory.model_validate(data)  # what is written is a valid inventory
+    seen = ", ".join(f"{u.client_addr} {u.count}" for u in rows) or "none"
+    head = (
+        f"# Written by `connfix diagnose --write-inventory` at"
+        f" {datetime.now(UTC).isoformat(timespec='seconds')} from what it saw on"
+        f" {label(dsn)}.\n"
+        "# connfix could not see: the service's unit and real pool size (pool_size is the\n"
+        "# most connections one host held), how to restart it (restart_command), its\n"
+        "# health_check, nor how to reach each host over SSH (ssh: user, keys). Fill those\n"
+        f"# in, then: connfix inventory check {name} -i THIS_FILE\n"
+        f"# connections seen per address: {seen}\n"
+    )
+    return head + yaml.safe_dump(data, sort_keys=False)
