@@ -11,6 +11,7 @@ import click
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import (
+    DURATION,
     dsn_option,
     inventory_option,
     optional_environment_argument,
@@ -31,6 +32,17 @@ if TYPE_CHECKING:
     metavar="PATH",
     help="With --dsn: also write a starter inventory from what was seen (never over a file).",
 )
+@click.option(
+    "--watch",
+    "watch_every",
+    is_flag=False,
+    flag_value="2s",
+    default=None,
+    type=DURATION,
+    metavar="[INTERVAL]",
+    help="Refresh the picture in place every INTERVAL (default 2s) with each host's trend"
+    " since the start; q quits, a / h / s sort the sessions by age, host or state.",
+)
 @json_option
 @click.option(
     "--prometheus-textfile",
@@ -44,6 +56,7 @@ def diagnose(
     environment: str | None,
     dsn: str | None,
     write_inventory: str | None,
+    watch_every: float | None,
     as_json: bool,
     textfile: str | None,
     inventory_path: str | None,
@@ -72,6 +85,7 @@ def diagnose(
       connfix diagnose --dsn "host=db1 dbname=app user=connfix"
       PGSERVICE=prod connfix diagnose --write-inventory inventory.yaml
       connfix diagnose lab --json | jq .result.by_host
+      connfix diagnose prod --watch 5s
       connfix diagnose prod --prometheus-textfile /var/lib/node_exporter/connfix.prom
     """
     from connfix.analysis import diagnose as run
@@ -85,6 +99,16 @@ def diagnose(
     if as_json:
         envelope.mark("diagnose", environment)
     assert environment is not None
+    if watch_every is not None:
+        if as_json or textfile or write_inventory:
+            raise click.UsageError(
+                "--watch is a live view: not with --json, --prometheus-textfile or"
+                " --write-inventory"
+            )
+        if watch_every < 0.2:
+            raise click.BadParameter("at least 200ms", param_hint="--watch")
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise click.UsageError("--watch needs a terminal (run it without a pipe)")
 
     if textfile is not None and not textfile.endswith(".prom"):
         raise click.BadParameter(
@@ -93,6 +117,10 @@ def diagnose(
         )
     if bare is None:
         _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    if watch_every is not None:
+        from connfix.cli.watch import watch
+
+        sys.exit(watch(terminal(), environment, env, watch_every))
     result = run(environment, env)
     if write_inventory is not None:
         _write_starter(write_inventory, dsn, result)
