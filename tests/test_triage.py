@@ -216,14 +216,22 @@ def long_run(clean_lab: Lab, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
 def test_second_concurrent_triage_is_refused_with_the_holder(
     long_run: tuple[subprocess.Popen[str], Path], clean_lab: Lab, tmp_path: Path
 ) -> None:
-    _proc, _ = long_run
+    proc, first = long_run
     result = triage(clean_lab, tmp_path, "--yes", "--runbook", str(runbook(tmp_path, PAUSE)))
     assert result.exit_code == 1
-    assert "another connfix run holds environment 'lab'" in result.output
+    # the other run named as a run: who, where, its process, the incident it writes, how long
+    import getpass
+    import socket
+
+    (incident,) = first.glob("*")
+    output = " ".join(result.output.split())
+    assert "another connfix run holds environment 'lab': operator" in output
+    assert f"operator {os.environ.get('SUDO_USER') or getpass.getuser()}" in output
+    assert f"on {socket.gethostname()} (its pid {proc.pid}), writing {incident}" in output
+    assert "holding it for" in output
     holder_pid = next(
         b["pid"] for b in clean_lab.client_backends() if b["application_name"] == "connfix"
     )
-    assert f"pid {holder_pid}, user connfix" in result.output
     evs = events(tmp_path / "incidents")
     assert names(evs) == ["run_start", "connected", "lock_refused", "run_end"]
     assert evs[2]["holder"]["pid"] == holder_pid

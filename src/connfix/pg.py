@@ -147,6 +147,9 @@ class Session:
         self.conn = conn
         self.via = via  # "primary" or "admin"
         self.refusal = refusal  # the refusal that sent us to the admin connection
+        # a run's identity, prefixed to each statement as a comment: pg_stat_activity.query
+        # of this session then names the run to whoever finds the environment locked
+        self.tag: str | None = None
         self.info = self.one("server_info", ServerInfo)
         if self.info.server_version_num < MIN_SERVER_VERSION:
             self.close()
@@ -159,7 +162,10 @@ class Session:
         try:
             with self.conn.cursor(row_factory=class_row(row)) as cur:
                 version = getattr(getattr(self, "info", None), "server_version_num", None)
-                cur.execute(query(name, version), params)
+                text = query(name, version)
+                if self.tag:
+                    text = f"/* {self.tag} */ {text}"
+                cur.execute(text, params)
                 return cur.fetchall()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not self.conn.closed and not self.conn.broken:
@@ -332,6 +338,27 @@ class LockHolder:
     application_name: str
     backend_start: Any
     held_seconds: float | None
+    query: str | None = None  # its last statement: a connfix run's carries run_tag()
+
+
+RUN_TAG = re.compile(
+    r"connfix run operator=(?P<operator>\S+) host=(?P<host>\S+) pid=(?P<pid>\d+)"
+    r" since=(?P<since>\S+) incident=(?P<incident>.*?) \*/"
+)
+
+
+def run_tag(operator: str, host: str, pid: int, since: str, incident: str) -> str:
+    """The comment a run's statements carry (nothing secret; no `%`, `*/` or newline)."""
+
+    def clean(value: object) -> str:
+        text = str(value).replace("*/", "* /").replace("%", "_")
+        return " ".join(text.split()) or "?"
+
+    parts = (clean(operator).replace(" ", "_"), clean(host).replace(" ", "_"))
+    return (
+        f"connfix run operator={parts[0]} host={parts[1]} pid={int(pid)} since={clean(since)}"
+        f" incident={clean(incident)}"
+    )
 
 
 def environment_lock_key(environment: str) -> dict[str, int]:

@@ -10,12 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from connfix import expressions
 from connfix.errors import ConnfixError
 from connfix.events import Event
 from connfix.journal import Journal
+from connfix.units import format_duration
 
 if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
@@ -39,6 +41,20 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
         journal.record(Event.LOCK_ACQUIRED, key=pg.environment_lock_key(environment))
         return None
     journal.record(Event.LOCK_REFUSED, holder=holder)
+    run = pg.RUN_TAG.search(holder.query or "")
+    if run is not None:  # another connfix run: its statements say whose it is
+        held = ""
+        with contextlib.suppress(ValueError):
+            since = datetime.fromisoformat(run["since"])
+            held = (
+                f", holding it for {format_duration((datetime.now(UTC) - since).total_seconds())}"
+            )
+        return (
+            f"another connfix run holds environment {environment!r}: operator"
+            f" {run['operator']} on {run['host']} (its pid {run['pid']}), writing"
+            f" {run['incident']}{held} (since {run['since']}); refusing to run at the same"
+            " time. Wait for it, or ask its operator"
+        )
     who = (
         f"pid {holder.pid}, user {holder.usename}, from"
         f" {holder.client_addr or 'the local socket'}, application"
@@ -47,7 +63,7 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
     if holder.held_seconds is not None:
         who += f", connected {holder.held_seconds:.0f}s ago"
     return (
-        f"another connfix run holds environment {environment!r} ({who}); refusing to"
+        f"another session holds environment {environment!r}'s lock ({who}); refusing to"
         " run at the same time"
     )
 

@@ -14,6 +14,7 @@ import getpass
 import os
 import socket
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from connfix import __version__, expressions
@@ -108,6 +109,13 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
                 f" working through the {session.via} connection"
             )
         if not request.dry_run:
+            session.tag = pg.run_tag(
+                start["operator"],
+                start["hostname"],
+                os.getpid(),
+                datetime.now(UTC).isoformat(timespec="seconds"),
+                str(incident),
+            )
             refused = take_lock(session, request.environment, journal)
             if refused is not None:
                 return loop.finish(RunStatus.LOCKED, ExitStatus.UNHEALTHY, refused)
