@@ -364,6 +364,10 @@ def test_resume_skips_the_hosts_already_done(clean_lab: Lab, tmp_path: Path) -> 
     assert second[0]["resumed_from"] == str(incident)
     assert second[0]["resume_done"] == {"rolling_restart": ["app1"]}
     assert [d["host"] for d in of(second, "host_done")] == ["app2", "app3"]
+    # the plan says what it leaves out and why, in words an operator reads right
+    out = " ".join(result.output.split())
+    assert "left out: app1, restarted and verified by the interrupted run this one" in out
+    assert "already done before" not in out
     final = clean_lab.main_pids()
     assert final["app1"] == after_first["app1"]  # not restarted again
     assert final["app2"] != after_first["app2"] and final["app3"] != after_first["app3"]

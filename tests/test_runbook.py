@@ -257,3 +257,19 @@ def test_sandbox_refuses_unsafe_attribute_access() -> None:
 def test_expression_errors_at_evaluation_are_reported() -> None:
     with pytest.raises(expressions.ExpressionError, match="cannot evaluate"):
         expressions.evaluate("by_state['idle'] > 1", {"by_state": {}})
+
+
+def test_a_cancel_step_validates_and_refuses_idle_states(tmp_path: Path) -> None:
+    good = tmp_path / "cancel.yaml"
+    good.write_text(
+        "version: 1\nname: c\nsummary: c\nhealthy: \"severity == 'ok'\"\nsteps:\n"
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: stuck, action: cancel, params: {older_than: 5m}}\n"
+    )
+    step = load_runbook_file(good).steps[1]
+    assert step.params.signal == "cancel" and step.params.states == ["active"]
+    assert step.mutating
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("older_than: 5m", "states: [idle]"))
+    with pytest.raises(RunbookError, match="cancel ends a running statement"):
+        load_runbook_file(bad)
