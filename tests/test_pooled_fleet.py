@@ -303,7 +303,7 @@ def _apply(settings: dict[str, str]) -> None:
     _admin("RECONNECT appdb")  # drop server connections opened under the old cap
 
 
-def _direct_refusals(load_seconds: float) -> tuple[int, int]:
+def _direct_refusals(load_seconds: float, scratch: Path) -> tuple[int, int]:
     """pgbench through PgBouncer (30 clients, transaction pooling) while app3, still
     direct, opens the connections its pool may hold (3 + 2 overflow), as a restart or a
     burst does. Return (direct connections refused, peak client backends)."""
@@ -311,7 +311,7 @@ def _direct_refusals(load_seconds: float) -> tuple[int, int]:
     from connfix.lab import paths
     from connfix.lab.postgres import passfile
 
-    script = Path(core.lab_dir()) / "sleep.sql"
+    script = scratch / "sleep.sql"  # the test's own directory: the lab's is the lab's
     script.write_text("SELECT pg_sleep(0.1);\n")
     env = {**os.environ, "PGPASSFILE": str(passfile())}
     bench = subprocess.Popen(
@@ -388,9 +388,9 @@ def test_a_migration_is_sized_so_the_database_is_never_exhausted(
     old_cap = usable - buffer  # the old sizing: no room for hosts still direct
     try:
         _apply({"max_db_connections": str(old_cap), "default_pool_size": str(old_cap)})
-        refused_old, peak_old = _direct_refusals(4)
+        refused_old, peak_old = _direct_refusals(4, tmp_path)
         _apply(new)
-        refused_new, peak_new = _direct_refusals(4)
+        refused_new, peak_new = _direct_refusals(4, tmp_path)
     finally:
         _apply({"max_db_connections": "10", "default_pool_size": "10"})  # the lab's own
     assert refused_old > 0, (refused_old, peak_old)  # the database was exhausted
