@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
+from connfix.lab import pgbouncer as lab_bouncer
 from tests.helpers import LAB_HOSTS, Lab, retry
 
 PORT = 6432
@@ -72,26 +72,9 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
             f'"{role}" "SCRAM-SHA-256$<fill in from pg_authid>"', f'"{role}" "{secret}"'
         )
     (directory / "userlist.txt").write_text(template)
-    shutil.chown(directory, "postgres")
-    for path in directory.iterdir():
-        shutil.chown(path, "postgres")
     for index in range(1, LAB_HOSTS + 1):  # the fleet moves behind PgBouncer
         clean_lab.systemctl(index, "stop")
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "/usr/sbin/pgbouncer",
-            "-d",
-            str(directory / "pgbouncer.ini"),
-        ],
-        check=True,
-    )
-    pidfile = directory / "pgbouncer.pid"
-    retry(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit())
-    pid = int(pidfile.read_text())
+    pid = lab_bouncer.launch(directory)
     try:
         yield {
             "config": config,
@@ -100,13 +83,7 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "directory": directory,
         }
     finally:
-        os.kill(pid, signal.SIGTERM)  # the PgBouncer this test started, by its pid
-        retry(
-            lambda: (
-                not Path(f"/proc/{pid}").exists()
-                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
-            )
-        )
+        lab_bouncer.stop(pid)  # the PgBouncer this test started, by its pid
         for index in range(1, LAB_HOSTS + 1):
             clean_lab.systemctl(index, "start")
         shutil.rmtree(directory, ignore_errors=True)

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from connfix.lab import pgbouncer as lab_bouncer
 from tests.helpers import assert_complete, connfix_run, events, of, retry
 
 LAB_ID = "6"  # beside the suite's lab (7): its own bridge, ports and directory
@@ -290,8 +291,6 @@ def test_pool_with_pgbouncer_live_counts_its_server_connections_as_its_own(
 
 def _apply(settings: dict[str, str]) -> None:
     """Write settings into the lab PgBouncer's ini and RELOAD it, as an operator would."""
-    from connfix.lab import pgbouncer as lab_bouncer
-
     path = lab_bouncer.directory() / "pgbouncer.ini"
     text = path.read_text()
     for key, value in settings.items():
@@ -494,29 +493,7 @@ def test_the_auth_query_setup_lets_roles_in_without_their_secrets(
             f'"{role}" "SCRAM-SHA-256$<fill in from pg_authid>"', f'"{role}" "{secret}"'
         )
     (directory / "userlist.txt").write_text(userlist)
-    shutil.chown(directory, "postgres")
-    for path in directory.iterdir():
-        shutil.chown(path, "postgres")
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "/usr/sbin/pgbouncer",
-            "-d",
-            str(directory / "pgbouncer.ini"),
-        ],
-        check=True,
-    )
-    pid = int(
-        retry(
-            lambda: (
-                (directory / "pgbouncer.pid").exists()
-                and (directory / "pgbouncer.pid").read_text().strip()
-            )
-        )
-    )
+    pid = lab_bouncer.launch(directory)
     try:
         app_password = next(
             line.split(":")[4]
@@ -533,13 +510,7 @@ def test_the_auth_query_setup_lets_roles_in_without_their_secrets(
                 connect_timeout=5,
             )
     finally:
-        os.kill(pid, 15)  # the PgBouncer this test started, by its pid
-        retry(
-            lambda: (
-                not Path(f"/proc/{pid}").exists()
-                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
-            )
-        )
+        lab_bouncer.stop(pid)  # the PgBouncer this test started, by its pid
         with psycopg.connect(appdb, autocommit=True) as conn:
             conn.execute("DROP SCHEMA pgbouncer CASCADE")
             conn.execute("DROP ROLE pgbouncer_auth")

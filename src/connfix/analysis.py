@@ -135,6 +135,8 @@ class PoolerJoin:
 
     servers: dict[int, str] = field(default_factory=dict)  # backend pid → PgBouncer
     lent: dict[int, BouncerClient] = field(default_factory=dict)  # backend pid → client
+    # a lent backend as its client's session: the client's address and application
+    as_client: dict[int, Backend] = field(default_factory=dict)
     clients: dict[str, list[tuple[str, Backend]]] = field(default_factory=dict)
     unix_clients: int = 0
 
@@ -158,7 +160,7 @@ def join_poolers(bouncers: list[BouncerState], backends: list[Backend]) -> Poole
             backend = by_pid.get(pid) if pid else None
             if backend is not None:
                 join.lent[backend.pid] = client
-                stand_in = replace(
+                stand_in = join.as_client[backend.pid] = replace(
                     backend,
                     client_addr=client.addr,
                     application_name=client.application_name or backend.application_name,
@@ -422,9 +424,7 @@ def analyse(
     states = Counter((b.state or "unknown") if b.visible else HIDDEN_STATE for b in others)
     # a server connection lent to a host's client counts as that host's session
     sessions = [
-        replace(b, client_addr=c.addr, application_name=c.application_name or b.application_name)
-        if (c := join.lent.get(b.pid)) is not None
-        else b
+        join.as_client.get(b.pid, b)
         for b in others
         if b.pid not in join.servers or b.pid in join.lent
     ]
@@ -601,15 +601,10 @@ def read_bouncers(env: Environment) -> list[BouncerState]:
 
     from connfix import bouncer
 
-    def one(access: Any) -> BouncerState:
-        return bouncer.read(
-            access.name, access.admin_dsn, access.admin_password_env, access.connect_timeout
-        )
-
     if len(env.pgbouncers) == 1:
-        return [one(env.pgbouncers[0])]
+        return [bouncer.read(env.pgbouncers[0])]
     with ThreadPoolExecutor(max_workers=min(8, len(env.pgbouncers))) as pool:
-        return list(pool.map(one, env.pgbouncers))
+        return list(pool.map(bouncer.read, env.pgbouncers))
 
 
 def diagnose(environment: str, env: Environment) -> Diagnosis:

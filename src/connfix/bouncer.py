@@ -10,15 +10,20 @@ pg_stat_activity. That join is how connfix attributes sessions through the poole
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from connfix.errors import ConnfixError, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from connfix.inventory import PgBouncerAccess
 
 KILL_CLIENT_SINCE = (1, 24)  # KILL_CLIENT came with PgBouncer 1.24.0 (#1147)
 
@@ -196,14 +201,26 @@ def state_of(conn: psycopg.Connection[Any], name: str, where: str) -> BouncerSta
     return state
 
 
-def read(name: str, dsn: str, password_env: str | None, connect_timeout: float) -> BouncerState:
+@contextlib.contextmanager
+def console(access: PgBouncerAccess) -> Iterator[psycopg.Connection[Any]]:
+    """The admin console of one PgBouncer of the inventory (its password, if any, from
+    the environment variable it names)."""
+    from connfix import pg
+
+    password = pg.password_from(
+        access.admin_password_env, f"pgbouncers[{access.name}].admin_password_env"
+    )
+    with connect(access.admin_dsn, password, access.connect_timeout) as conn:
+        yield conn
+
+
+def read(access: PgBouncerAccess) -> BouncerState:
     """Read one PgBouncer; a failure is recorded in the state, never raised."""
     from connfix import pg
 
-    where = pg.describe_dsn(dsn)
+    name, where = access.name, pg.describe_dsn(access.admin_dsn)
     try:
-        password = pg.password_from(password_env, f"pgbouncers[{name}].admin_password_env")
-        with connect(dsn, password, connect_timeout) as conn:
+        with console(access) as conn:
             return state_of(conn, name, where)
     except psycopg.Error as exc:
         return BouncerState(
@@ -213,30 +230,24 @@ def read(name: str, dsn: str, password_env: str | None, connect_timeout: float) 
         return BouncerState(name, where, error=f"cannot read PgBouncer {name}: {exc}")
 
 
-def command(
-    name: str, dsn: str, password_env: str | None, connect_timeout: float, statement: str
-) -> None:
+def command(access: PgBouncerAccess, statement: str) -> None:
     """Send one admin command; raise DatabaseUnavailable with PgBouncer's own words."""
     from connfix import pg
 
-    where = pg.describe_dsn(dsn)
     try:
-        password = pg.password_from(password_env, f"pgbouncers[{name}].admin_password_env")
-        with connect(dsn, password, connect_timeout) as conn:
+        with console(access) as conn:
             conn.execute(statement)
     except psycopg.Error as exc:
+        where = pg.describe_dsn(access.admin_dsn)
         raise DatabaseUnavailable(
-            f"PgBouncer {name} at {where} refused `{statement}`: {pg.server_message(exc)}"
+            f"PgBouncer {access.name} at {where} refused `{statement}`: {pg.server_message(exc)}"
         ) from None
 
 
-def paused(name: str, dsn: str, password_env: str | None, connect_timeout: float, db: str) -> bool:
+def paused(access: PgBouncerAccess, db: str) -> bool:
     """Tell whether PgBouncer holds this database paused (SHOW DATABASES)."""
-    from connfix import pg
-
-    password = pg.password_from(password_env, f"pgbouncers[{name}].admin_password_env")
     try:
-        with connect(dsn, password, connect_timeout) as conn:
+        with console(access) as conn:
             return any(
                 str(r.get("name")) == db and _int(r.get("paused")) == 1
                 for r in _rows(conn, "SHOW DATABASES")

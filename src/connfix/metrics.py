@@ -10,6 +10,7 @@ a pid, an address or query text.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,8 +121,6 @@ def registry(diagnoses: list[Diagnosis], down: list[str] | None = None) -> Colle
             bouncer_up.labels(env, b["name"]).set(0 if "error" in b else 1)
             if "error" not in b:
                 waiting.labels(env, b["name"]).set(b.get("clients_waiting", 0))
-        from datetime import datetime
-
         taken.labels(env).set(datetime.fromisoformat(d.taken_at).timestamp())
         seconds.labels(env).set(d.seconds)
     return reg

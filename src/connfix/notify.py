@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +130,11 @@ class Notifier:
 
 def post(url: str, body: dict[str, Any], timeout: float) -> str | None:
     """POST JSON; return None when the target answered 2xx, else why not (no URL in
-    the message: a webhook URL is a secret)."""
+    the message: a webhook URL is a secret). urllib is imported here: every run loads
+    this module, few send anything."""
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(
         url,

@@ -412,11 +412,11 @@ def terminate_if_unchanged(
     ("signalled", "") and the caller confirms the exit. Otherwise ("skipped", why) or
     ("failed", error). A permission error fails this pid only; the caller goes on.
     """
-    name = "terminate" if wait_ms is None else "terminate_wait"
     if cancel:  # pg_cancel_backend: the statement, not the session (never waited on)
-        name, wait_ms = "cancel", None
+        wait_ms = None
+    name = "terminate" if wait_ms is None else "terminate_wait"
     try:
-        rows = session.all(name, Signalled, {**params, "timeout_ms": wait_ms})
+        rows = session.all(name, Signalled, {**params, "timeout_ms": wait_ms, "cancel": cancel})
     except psycopg.errors.InsufficientPrivilege as exc:
         detail = exc.diag.message_detail  # PostgreSQL 16+ says why here
         text = str(exc).strip().splitlines()[0]
@@ -444,13 +444,14 @@ def terminate_batch_if_unchanged(
     (terminate_if_unchanged), so one bad pid fails only itself."""
     try:
         rows = session.all(
-            "cancel_batch" if cancel else "terminate_batch",
+            "terminate_batch",
             Signalled,
             {
                 "pids": [p["pid"] for p in planned],
                 "backend_starts": [p["backend_start"] for p in planned],
                 "states": [p["state"] for p in planned],
                 "state_changes": [p["state_change"] for p in planned],
+                "cancel": cancel,
             },
         )
     except psycopg.Error as exc:

@@ -77,7 +77,6 @@ class Server:
     threads: list[threading.Thread] = field(default_factory=list)
     latest: dict[str, tuple[float, Diagnosis | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    log: list[dict[str, Any]] = field(default_factory=list)  # recent decisions
 
     # --- authentication --------------------------------------------------------------
 
@@ -177,6 +176,7 @@ class Server:
         thread = threading.Thread(
             target=self._run, args=(environment, mode, alert), name=f"connfix-{environment}"
         )
+        self.threads = [t for t in self.threads if t.is_alive()]  # a long-lived receiver
         self.threads.append(thread)
         thread.start()
         return Decision(environment, alert, "started", reason, mode)
@@ -229,8 +229,6 @@ class Server:
             "status": status,
             "detail": detail,
         }
-        with self.lock:
-            self.log = [*self.log[-99:], entry]
         _stderr().write(json.dumps({"connfix_serve": entry}) + "\n")
 
     # --- metrics ---------------------------------------------------------------------

@@ -69,23 +69,27 @@ def label(dsn: str | None) -> str:
     return pg.describe_dsn(dsn or "")
 
 
+_RESOLVED: dict[str, str | None] = {}  # per process: a --watch refresh asks again
+
+
 def resolve(addresses: list[str], budget: float = DNS_BUDGET_S) -> dict[str, str]:
-    """Reverse DNS names of the addresses that answer within `budget` seconds in all."""
-    if not addresses:
-        return {}
-    pool = ThreadPoolExecutor(max_workers=min(16, len(addresses)))
-    futures = {pool.submit(socket.gethostbyaddr, a): a for a in addresses}
-    done, _ = wait(futures, timeout=budget)
-    pool.shutdown(wait=False, cancel_futures=True)
-    names = {}
-    for future in done:
-        try:
-            name = future.result()[0]
-        except OSError:
-            continue
-        if name and name != futures[future]:
-            names[futures[future]] = name
-    return names
+    """Reverse DNS names of the addresses that answer within `budget` seconds in all
+    (each address asked once per process; one that did not answer in time is asked
+    again next time)."""
+    ask = [a for a in addresses if a not in _RESOLVED]
+    if ask:
+        pool = ThreadPoolExecutor(max_workers=min(16, len(ask)))
+        futures = {pool.submit(socket.gethostbyaddr, a): a for a in ask}
+        done, _ = wait(futures, timeout=budget)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future in done:
+            addr = futures[future]
+            try:
+                name: str | None = future.result()[0]
+            except OSError:
+                name = None
+            _RESOLVED[addr] = name if name and name != addr else None
+    return {a: n for a in addresses if (n := _RESOLVED.get(a))}
 
 
 def suspects_by_share(d: Diagnosis, env: Environment, names: dict[str, str]) -> Diagnosis:

@@ -21,7 +21,7 @@ database it paused is still paused resumes it on the way out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, Field
 
@@ -63,9 +63,7 @@ def _unknown(env: Environment, names: list[str]) -> str | None:
 def _read(access: PgBouncerAccess) -> BouncerState:
     from connfix import bouncer
 
-    return bouncer.read(
-        access.name, access.admin_dsn, access.admin_password_env, access.connect_timeout
-    )
+    return bouncer.read(access)
 
 
 def _send(ctx: RunContext, access: PgBouncerAccess, statement: str) -> str | None:
@@ -74,13 +72,7 @@ def _send(ctx: RunContext, access: PgBouncerAccess, statement: str) -> str | Non
     from connfix.errors import ConnfixError
 
     try:
-        bouncer.command(
-            access.name,
-            access.admin_dsn,
-            access.admin_password_env,
-            access.connect_timeout,
-            statement,
-        )
+        bouncer.command(access, statement)
     except ConnfixError as exc:
         ctx.record(Event.OPERATION, pgbouncer=access.name, command=statement, error=str(exc))
         return str(exc)
@@ -108,6 +100,7 @@ class ClientChoice:
     pgbouncer: str
     host: str
     client: BouncerClient
+    idle: float  # seconds since its last request, when chosen
 
 
 @dataclass(frozen=True)
@@ -160,7 +153,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                 "pgbouncer",
                 f"end {c.host}'s client {c.client.addr}:{c.client.port}"
                 f" ({c.client.user}, {app_label(c.client.application_name)},"
-                f" idle {format_duration(c.client.idle_seconds(s_at(states, c)) or 0)})",
+                f" idle {format_duration(c.idle)})",
                 target=c.pgbouncer,
                 command=f"KILL_CLIENT {c.client.id}",
                 details=_client_identity(c),
@@ -216,7 +209,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                     skip(f"idle less than {format_duration(params.older_than)}")
                 else:
                     per_host.setdefault(host.name, []).append(
-                        (idle, ClientChoice(state.name, host.name, client))
+                        (idle, ClientChoice(state.name, host.name, client, idle))
                     )
         chosen: list[ClientChoice] = []
         by_name = {h.name: h for h in env.hosts}
@@ -286,10 +279,6 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
         )
 
 
-def s_at(states: list[BouncerState], c: ClientChoice) -> float:
-    return next(s.read_at for s in states if s.name == c.pgbouncer)
-
-
 # --- RECONNECT, PAUSE, RESUME ----------------------------------------------------------
 
 
@@ -317,26 +306,34 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class _PoolCommand(Action[PoolParams, None]):
+PP = TypeVar("PP", bound=PoolParams)
+
+
+class _PoolCommand(Action[PP, None]):
     verb: str = ""
     mutating = True
     params_model = PoolParams
 
-    def plan(self, ctx: RunContext, params: PoolParams) -> Plan[None]:
+    def caveat(self, params: PP) -> str:
+        """What the summary adds after `VERB db in PgBouncer …`."""
+        return ""
+
+    def plan(self, ctx: RunContext, params: PP) -> Plan[None]:
         refused = _unknown(ctx.env, params.pgbouncers)
         if refused:
             return Plan(summary=refused, blocked=refused)
         db = _database(ctx, params)
         targets = _accesses(ctx.env, params.pgbouncers)
         return Plan(
-            summary=f"{self.verb} {db} in PgBouncer {', '.join(a.name for a in targets)}",
+            summary=f"{self.verb} {db} in PgBouncer {', '.join(a.name for a in targets)}"
+            + self.caveat(params),
             operations=[
                 Operation("pgbouncer", self.description, a.name, f"{self.verb} {_ident(db)}")
                 for a in targets
             ],
         )
 
-    def apply(self, ctx: RunContext, params: PoolParams, plan: Plan[None]) -> Outcome:
+    def apply(self, ctx: RunContext, params: PP, plan: Plan[None]) -> Outcome:
         accesses = {a.name: a for a in ctx.env.pgbouncers}
         errors = [
             e
@@ -348,40 +345,28 @@ class _PoolCommand(Action[PoolParams, None]):
         return Outcome(True, plan.summary)
 
 
-class ReconnectAction(_PoolCommand):
+class ReconnectAction(_PoolCommand[PoolParams]):
     name = "pgbouncer_reconnect"
     verb = "RECONNECT"
     description = "close a pool's server connections once released; clients stay connected"
 
 
-class ResumeAction(_PoolCommand):
+class ResumeAction(_PoolCommand[PoolParams]):
     name = "pgbouncer_resume"
     verb = "RESUME"
     description = "let a paused pool's clients through again"
 
 
-class PauseAction(Action[PauseParams, None]):
+class PauseAction(_PoolCommand[PauseParams]):
     name = "pgbouncer_pause"
+    verb = "PAUSE"
     description = "pause a pool: new clients wait; returns once every server connection is released"
     params_model = PauseParams
-    mutating = True
 
-    def plan(self, ctx: RunContext, params: PauseParams) -> Plan[None]:
-        refused = _unknown(ctx.env, params.pgbouncers)
-        if refused:
-            return Plan(summary=refused, blocked=refused)
-        db = _database(ctx, params)
-        targets = _accesses(ctx.env, params.pgbouncers)
-        return Plan(
-            summary=(
-                f"PAUSE {db} in PgBouncer {', '.join(a.name for a in targets)} (RESUME at once"
-                f" if not paused within {format_duration(params.timeout)}, and when the run"
-                " ends)"
-            ),
-            operations=[
-                Operation("pgbouncer", self.description, a.name, f"PAUSE {_ident(db)}")
-                for a in targets
-            ],
+    def caveat(self, params: PauseParams) -> str:
+        return (
+            f" (RESUME at once if not paused within {format_duration(params.timeout)}, and"
+            " when the run ends)"
         )
 
     def apply(self, ctx: RunContext, params: PauseParams, plan: Plan[None]) -> Outcome:
@@ -418,9 +403,7 @@ class PauseAction(Action[PauseParams, None]):
 
                 # the run ends with the database still paused (no resume step ran, or it
                 # failed, or Ctrl-C): never leave a pool paused behind
-                if bouncer.paused(
-                    a.name, a.admin_dsn, a.admin_password_env, a.connect_timeout, name
-                ):
+                if bouncer.paused(a, name):
                     _send(ctx, a, f"RESUME {db}")
 
             ctx.cleanups.append(resume)

@@ -112,7 +112,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             session.tag = pg.run_tag(
                 start["operator"],
                 start["hostname"],
-                os.getpid(),
+                start["pid"],
                 datetime.now(UTC).isoformat(timespec="seconds"),
                 str(incident),
             )

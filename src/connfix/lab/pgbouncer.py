@@ -67,6 +67,13 @@ def start(verifiers: dict[str, str], pooled_hosts: int, pool_size: int, max_over
     userlist = d / "userlist.txt"
     userlist.write_text(users)
     userlist.chmod(0o600)
+    return launch(d)
+
+
+def launch(d: Path) -> int:
+    """Start PgBouncer from d/pgbouncer.ini (its pidfile and log in d, as the lab's and
+    `connfix pool`'s configs put them), as `postgres`, which must own d; return its pid
+    once it runs."""
     for path in (d, *d.iterdir()):
         shutil.chown(path, "postgres", "postgres")
     run(["runuser", "-u", "postgres", "--", BINARY, "-d", str(d / "pgbouncer.ini")])

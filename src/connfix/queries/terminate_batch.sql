@@ -4,7 +4,10 @@
 -- only for the rows that pass those checks (a target list is evaluated after the join
 -- and its conditions). A planned pid with no row here changed: nothing was signalled.
 -- The signals are sent without waiting; connfix confirms the exits for all pids at once.
-SELECT a.pid, pg_terminate_backend(a.pid) AS signalled
+-- With cancel, pg_cancel_backend instead: the running statements end, the sessions stay.
+SELECT a.pid,
+       CASE WHEN %(cancel)s THEN pg_cancel_backend(a.pid) ELSE pg_terminate_backend(a.pid) END
+           AS signalled
 FROM unnest(
     %(pids)s::int[], %(backend_starts)s::timestamptz[], %(states)s::text[],
     %(state_changes)s::timestamptz[]
