@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time
-          prometheus prometheus-alertmanager)
+          prometheus prometheus-alertmanager
+          # the lab builds PgBouncer 1.24 / 1.25 from their release sources with these
+          libevent-dev libssl-dev pkg-config autoconf automake libtool make gcc)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

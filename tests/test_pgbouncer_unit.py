@@ -40,9 +40,26 @@ def environment(**extra: Any) -> Environment:
     )
 
 
-def client(n: int, addr: str, link: str = "", idle: float = 120, state: str = "active") -> Any:
+def client(
+    n: int,
+    addr: str,
+    link: str = "",
+    idle: float = 120,
+    state: str = "active",
+    connected: float = 600,
+) -> Any:
     return BouncerClient(
-        "app", "app", state, addr, 40000 + n, "web", NOW - 600, NOW - idle, f"c{n}", link, id=n
+        "app",
+        "app",
+        state,
+        addr,
+        40000 + n,
+        "web",
+        NOW - connected,
+        NOW - idle,
+        f"c{n}",
+        link,
+        id=n,
     )
 
 
@@ -94,26 +111,51 @@ def _ctx(env: Environment, d: Any) -> Any:
     return SimpleNamespace(env=env, latest=d)
 
 
-def test_kill_clients_chooses_a_suspects_idle_clients_beyond_its_pool() -> None:
-    """web1 has 8 clients: 1 lent a server (never chosen), 1 protected, 1 young, 5 idle
-    and old; its pool may hold 5 of its 8 → 3 are ended, the oldest idle first."""
-    env = environment(protected={"applications": ["batch"]})
-    clients = [client(i, "10.0.0.1", idle=100 + i) for i in range(5)]
-    clients += [client(5, "10.0.0.1", link="s1"), client(6, "10.0.0.1", idle=5)]
-    protected = client(7, "10.0.0.1")
-    clients.append(BouncerClient(**{**protected.__dict__, "application_name": "batch"}))
+def _kill_choice(clients: list[Any], env: Environment) -> tuple[list[int], dict[str, int]]:
     bouncer = state(clients, [BouncerServer("app", "app", "active", 101, "s1", "c5")])
     d = diagnosis(env, [backend(101, "10.9.9.9", "active")], bouncer)
     assert d.suspects == ["web1"]
-    params = KillClientsParams(older_than="1m")
     chosen, excluded = KillClientsAction._choose(
-        _ctx(env, d), params, [bouncer], {"10.0.0.1": env.hosts[0]}
+        _ctx(env, d), KillClientsParams(older_than="1m"), [bouncer], {"10.0.0.1": env.hosts[0]}
     )
-    assert [c.client.id for c in chosen] == [4, 3, 2]  # oldest idle first
+    return [c.client.id for c in chosen if c.client.id is not None], excluded
+
+
+@pytest.mark.parametrize("client_state", ["active", "idle"])  # PgBouncer ≤ 1.24, ≥ 1.25
+def test_kill_clients_ends_the_leaked_clients_not_the_quiet_pools(client_state: str) -> None:
+    """web1, a quiet app: its pool (3, connected an hour ago at start, idle ever since:
+    the OLDEST idle) and 2 leaked clients (connected 10 and 8 minutes ago, idle since),
+    one lent a server (never chosen), one young, one of a protected application (not
+    the service's: not counted as its). 7 of the service's: 4 beyond the pool of 3;
+    newest connected first: the 2 leaked; the pool's, connected in the same second as
+    the one still idle in the pool, are never ended."""
+    env = environment(protected={"applications": ["batch"]})
+    pool = [client(i, "10.0.0.1", idle=3500, connected=3600, state=client_state) for i in range(3)]
+    leaked = [
+        client(3, "10.0.0.1", idle=590, connected=600, state=client_state),
+        client(4, "10.0.0.1", idle=470, connected=480, state=client_state),
+    ]
+    others = [client(5, "10.0.0.1", link="s1"), client(6, "10.0.0.1", idle=5, state=client_state)]
+    protected = client(7, "10.0.0.1", state=client_state)
+    batch = BouncerClient(**{**protected.__dict__, "application_name": "batch"})
+    chosen, excluded = _kill_choice([*pool, *leaked, *others, batch], env)
+    assert chosen == [4, 3]  # newest connected first; oldest idle would have been 0, 1, 2
     assert excluded["protected application"] == 1
     assert excluded["holds a server connection, or waits for one"] == 1
     assert excluded["idle less than 1m00s"] == 1
-    assert excluded["within the host's pool"] == 2
+    assert excluded["connected in the same second as the pool's: cannot be told apart"] == 2
+    assert excluded["within the host's pool"] == 1
+
+
+def test_a_busy_apps_pool_is_in_use_and_every_leaked_client_ends() -> None:
+    """A busy app uses its pool every second: its 3 clients are young, never candidates;
+    the 6 leaked ones, whatever their order, are all beyond the pool."""
+    env = environment()
+    pool = [client(i, "10.0.0.1", idle=1, connected=3600) for i in range(3)]
+    leaked = [client(10 + i, "10.0.0.1", idle=300, connected=400 - i) for i in range(6)]
+    chosen, excluded = _kill_choice([*pool, *leaked], env)
+    assert sorted(chosen) == [10, 11, 12, 13, 14, 15]
+    assert excluded == {"idle less than 1m00s": 3}
 
 
 def test_kill_clients_is_refused_on_a_pgbouncer_without_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,7 +166,7 @@ def join_poolers(bouncers: list[BouncerState], backends: list[Backend]) -> Poole
                     application_name=client.application_name or backend.application_name,
                 )
             else:
-                idle = client.state == "active"  # logged in, no server: idle in the pool
+                idle = client.idle_in_pool
                 stand_in = Backend(
                     pid=0,
                     usename=client.user,

@@ -71,6 +71,13 @@ class BouncerClient:
     link: str  # the server connection lent to it, if any
     id: int | None = None  # KILL_CLIENT's argument (PgBouncer ≥ 1.24)
 
+    @property
+    def idle_in_pool(self) -> bool:
+        """Logged in, holding no server connection and waiting for none: idle in the
+        pooler. PgBouncer up to 1.24 lists such a client as `active` (it is on the
+        pool's active client list); 1.25.0 (#1191) and later say `idle`."""
+        return not self.link and self.state in ("active", "idle")
+
     def idle_seconds(self, now: float) -> float | None:
         """Seconds since its last request."""
         return None if self.request_time is None else max(0.0, now - self.request_time)

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from connfix.diagnosis import app_label
 from connfix.engine.run import RunStatus
 from connfix.errors import InputError
 from connfix.events import Event
@@ -178,6 +179,103 @@ def _describe(event: dict[str, Any]) -> str | None:
     return None  # per-pid operations are in the actions table
 
 
+def _session_row(o: dict[str, Any]) -> dict[str, Any]:
+    """A session terminated, cancelled, skipped or failed, with every column present."""
+    keys = ("pid", "usename", "application_name", "host", "client_addr", "state", "reason")
+    row = {k: o.get(k) for k in keys}
+    row["idle_seconds"] = o.get("idle_seconds")
+    row["result"] = o.get("result") or ("skipped" if o.get("skipped") else "?")
+    return row
+
+
+def _pooler_row(o: dict[str, Any]) -> dict[str, Any]:
+    """A command sent to a PgBouncer (KILL_CLIENT, RECONNECT, PAUSE, RESUME), or a
+    client left alone because it changed, with every column present."""
+    client = ""
+    if o.get("addr") or o.get("host"):
+        client = (
+            f"{o.get('host') or '?'}: {o.get('addr') or '?'}:{o.get('port') or '?'}"
+            f" ({o.get('user') or '?'}, {app_label(o.get('application_name'))})"
+        )
+    if o.get("skipped"):
+        result = f"skipped: {o['skipped']}"
+    elif o.get("error"):
+        result = f"FAILED: {o['error']}"
+    else:
+        result = "ok" if o.get("ok") else "?"
+    command = o.get("command") or (f"KILL_CLIENT {o['client_id']}" if o.get("client_id") else "")
+    return {
+        "pgbouncer": o.get("pgbouncer"),
+        "command": str(command),
+        "client": client,
+        "idle_seconds": o.get("idle_seconds"),
+        "result": result,
+        "ok": bool(o.get("ok")),
+    }
+
+
+HOST_RESULTS = {
+    "host_done": "done",
+    "host_unknown": "restart sent, outcome unknown",
+    "host_untouched": "not touched",
+    "host_planned": "would restart (dry run)",
+}
+
+
+def _host_result(h: dict[str, Any]) -> str:
+    if h["event"] == Event.HOST_FAILED:
+        return f"FAILED at {h.get('gate')}"
+    return HOST_RESULTS.get(h["event"], str(h["event"]))
+
+
+def _host_rows(events: list[dict[str, Any]], dry_run: bool) -> list[dict[str, Any]]:
+    """Every host a roll planned or touched: done, failed, unknown (its restart began,
+    the run ended before its gates did: it may well have restarted), not touched
+    (planned, never reached), or — in a dry run — would be restarted."""
+    actions = {e.get("step"): e.get("action") for e in events if e["event"] == Event.STEP_START}
+    planned: list[tuple[Any, str]] = []
+    for e in events:
+        if e["event"] != Event.PLAN or actions.get(e.get("step")) != "rolling_restart":
+            continue
+        if e.get("blocked"):
+            continue
+        for op in e.get("operations") or []:
+            target = op.get("target") if isinstance(op, dict) else None
+            if op.get("kind") == "ssh" and target and (e.get("step"), target) not in planned:
+                planned.append((e.get("step"), target))
+    ends = {
+        (e.get("step"), e.get("host")): e
+        for e in events
+        if e["event"] in (Event.HOST_DONE, Event.HOST_FAILED)
+    }
+    starts = {(e.get("step"), e.get("host")): e for e in events if e["event"] == Event.HOST_START}
+    rows: list[dict[str, Any]] = []
+    for key in [*planned, *(k for k in [*ends, *starts] if k not in planned)]:
+        if any(r["_key"] == key for r in rows):
+            continue
+        if key in ends:
+            row = dict(ends[key])
+        elif key in starts:
+            row = {**starts[key], "event": "host_unknown"}
+        else:
+            row = {
+                "event": "host_planned" if dry_run else "host_untouched",
+                "host": key[1],
+                "step": key[0],
+            }
+        row["_key"] = key
+        rows.append(row)
+    for row in rows:
+        row.pop("_key")
+        row.setdefault("old_main_pid", None)
+        row.setdefault("new_main_pid", None)
+        row.setdefault("gate", None)
+        row.setdefault("detail", "")
+        if not isinstance(row.get("gates"), dict):
+            row["gates"] = {}
+    return rows
+
+
 def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     """Turn a journal's events into everything the report template shows."""
     if not events or events[0].get("event") != "run_start":
@@ -192,15 +290,10 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     first_ts, last_ts = events[0]["ts"], events[-1]["ts"]
     duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
     operations = [e for e in events if e["event"] == Event.OPERATION]
-    hosts = [e for e in events if e["event"] in (Event.HOST_DONE, Event.HOST_FAILED)]
-    # a run killed mid-roll: a host whose restart began has no end; it may well have
-    # restarted, so it is listed, with what is known
-    ended = {(e.get("step"), e.get("host")) for e in hosts}
-    hosts += [
-        {**e, "event": "host_unknown"}
-        for e in events
-        if e["event"] == Event.HOST_START and (e.get("step"), e.get("host")) not in ended
-    ]
+    sessions = [_session_row(o) for o in operations if "pid" in o]
+    pooler_ops = [_pooler_row(o) for o in operations if "pid" not in o and "pgbouncer" in o]
+    other_ops = [o for o in operations if "pid" not in o and "pgbouncer" not in o]
+    hosts = _host_rows(events, dry_run=bool(start.get("flags", {}).get("dry_run")))
     freed = sum(
         (e.get("details") or {}).get("slots_freed") or 0
         for e in events
@@ -208,11 +301,19 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     )
     peak = max((d["client_backends"] for d in diagnoses), default=None)
     dry_run = bool(start.get("flags", {}).get("dry_run"))
+    after_pgbouncers = {b.get("name"): b for b in (after or {}).get("pgbouncers") or []}
     known = status_key in RunStatus.__members__.values()
     status = STATUS_TEXT[RunStatus(status_key)] if known else escape(status_key)
     env = start.get("environment", "?")
-    terminated = [o for o in operations if o.get("result") == "terminated"]
+    terminated = [o for o in sessions if o["result"] == "terminated"]
+    cancelled = [o for o in sessions if o["result"] == "cancelled"]
+    killed = [o for o in pooler_ops if o["command"].startswith("KILL_CLIENT") and o["ok"]]
+    pool_commands = [
+        o["command"] for o in pooler_ops if not o["command"].startswith("KILL_CLIENT") and o["ok"]
+    ]
     restarted = [h for h in hosts if h["event"] == Event.HOST_DONE]
+    unknown = [h for h in hosts if h["event"] == "host_unknown"]
+    untouched = [h for h in hosts if h["event"] == "host_untouched"]
 
     summary = []
     if before:
@@ -232,9 +333,25 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         done = []
         if terminated:
             done.append(f"terminated {len(terminated)} session(s)")
+        if cancelled:
+            done.append(f"cancelled the statements of {len(cancelled)} session(s)")
+        if killed:
+            done.append(f"ended {len(killed)} PgBouncer client connection(s) (KILL_CLIENT)")
+        if pool_commands:
+            done.append(f"sent {', '.join(pool_commands)} to PgBouncer")
         if restarted:
             done.append(f"restarted {', '.join(h['host'] for h in restarted)}")
         summary.append("connfix " + (" and ".join(done) if done else "changed nothing") + ".")
+        if unknown:
+            summary.append(
+                f"The run ended while restarting {', '.join(h['host'] for h in unknown)}:"
+                " the restart command was sent, the outcome is unknown."
+            )
+        if untouched:
+            summary.append(
+                f"Not touched: {', '.join(h['host'] for h in untouched)} (planned for a"
+                " restart, never reached)."
+            )
     if after:
         summary.append(
             f"Afterwards {after['client_backends']} of {after['usable_connections']} were in"
@@ -370,7 +487,11 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "pct": _pct,
         "age": lambda s: "–" if s is None else format_duration(s),
         "timeline": timeline,
-        "operations": operations,
+        "operations": sessions,
+        "pooler_operations": pooler_ops,
+        "other_operations": other_ops,
+        "after_pgbouncers": after_pgbouncers,
+        "host_result": _host_result,
         "hosts": hosts,
         "suspects": suspects,
         "states": states,
@@ -493,16 +614,81 @@ def render(journal: Path, template: Path | None = None) -> str:
         raise InputError(f"{where}: {type(exc).__name__}: {exc}") from None
 
 
-def write(incident: Path, output: Path | None = None, template: Path | None = None) -> Path:
-    """Render and write the report (default: report.md beside the journal, mode 0600)."""
+def minimal(events: list[dict[str, Any]], journal: Path, why: str) -> str:
+    """The report when the full one cannot be rendered: the outcome and the timeline,
+    from the journal alone, each event said as well as it can be (an event that cannot
+    be said is shown by its name). Never raises for a journal that could be read."""
+    end = next((e for e in reversed(events) if e.get("event") == Event.RUN_END), None)
+    start = events[0] if events else {}
+    status = str(end.get("status")) if end else "interrupted (the journal has no run_end)"
+    lines = [
+        f"# Incident report: {escape(start.get('environment', '?'))} — {escape(status)}",
+        "",
+        f"> The full report could not be rendered ({escape(why)}). This minimal report"
+        " was written from the journal alone; the journal is intact: fix the cause and"
+        f" run `connfix report {escape(str(journal.parent))}` again.",
+        "",
+        "## Outcome",
+        "",
+        f"- Status: **{escape(status)}**",
+    ]
+    if end:
+        lines.append(f"- {escape(end.get('message', ''))}")
+        lines.append(f"- Exit status: {escape(end.get('exit_status', '?'))}")
+    flags = start.get("flags")
+    if isinstance(flags, dict) and flags.get("dry_run"):
+        lines.append("- This was a dry run: nothing was changed.")
+    lines += ["", "## Timeline (UTC)", "", "| Time | Event |", "| --- | --- |"]
+    for event in events:
+        try:
+            text = _describe(event)
+            when = _clock(event["ts"])
+        except Exception:  # an event of a shape connfix no longer writes
+            text, when = str(event.get("event", "?")), str(event.get("ts", "?"))
+        if text is None and event.get("event") == Event.OPERATION:
+            text = "operation: " + ", ".join(
+                f"{k}={v}" for k, v in event.items() if k not in ("event", "ts", "seq")
+            )
+        if text is not None:
+            lines.append(f"| {escape(when)} | {escape(text)} |")
+    lines += ["", f"Journal: {escape(str(journal))}", ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A report written: where, and why only a minimal one was (None: the full one)."""
+
+    path: Path
+    degraded: str | None = None
+
+
+def write(incident: Path, output: Path | None = None, template: Path | None = None) -> Written:
+    """Render and write the report (default: report.md beside the journal, mode 0600).
+    With connfix's own template, a report is always written: if the full one cannot be
+    rendered, a minimal one from the journal (outcome and timeline) is, and `degraded`
+    says why. A user's --template that fails is that template's error (InputError)."""
 
     from connfix import files
 
     journal = journal_of(incident)
-    text = render(journal, template)
+    degraded = None
+    try:
+        text = render(journal, template)
+    except InputError as exc:
+        if template is not None:
+            raise
+        try:
+            events = list(read_journal(journal))
+        except (OSError, ValueError):
+            raise exc from None  # no journal to write even a minimal report from
+        if not events:
+            raise
+        degraded = str(exc)
+        text = minimal(events, journal, degraded)
     target = files.expand(output) if output else journal.parent / REPORT
     try:
         files.write_private(target, text)
     except OSError as exc:
         raise InputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
-    return target
+    return Written(target, degraded)

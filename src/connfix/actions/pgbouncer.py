@@ -4,9 +4,12 @@
 connections that sit idle in the pooler beyond its pool. Only clients that hold no server
 connection are ended (one in a transaction holds a server connection: the terminate step
 ends that backend, and PgBouncer then closes the client); only the host's service's;
-never protected users or applications, never connfix's own. Each client is re-read just
-before it is ended and skipped if it changed (used since, or given a server). On an
-older PgBouncer the step is refused with what that version offers instead.
+never protected users or applications, never connfix's own. Which of a host's idle
+clients are beyond its pool — the leaked ones, not the pool's own, which a quiet app
+leaves idle longest — is `connfix.beyond_pool`'s rule: newest connected first. Each
+client is re-read just before it is ended and skipped if it changed (used since, or
+given a server). On an older PgBouncer the step is refused with what that version
+offers instead.
 
 `pgbouncer_reconnect`: RECONNECT a database's pool: its server connections are closed
 once released and opened afresh (after a failover; or to hand back the idle server
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from pydantic import BeforeValidator, Field
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
+from connfix.beyond_pool import beyond_the_pool
 from connfix.diagnosis import app_label
 from connfix.events import Event
 from connfix.units import between, format_duration, parse_duration
@@ -66,17 +70,19 @@ def _read(access: PgBouncerAccess) -> BouncerState:
     return bouncer.read(access)
 
 
-def _send(ctx: RunContext, access: PgBouncerAccess, statement: str) -> str | None:
-    """Send one admin command and journal it; return the error, if any."""
+def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any) -> str | None:
+    """Send one admin command and journal it (with `about`: whom it is for); return the
+    error, if any."""
     from connfix import bouncer
     from connfix.errors import ConnfixError
 
+    fields = {**about, "pgbouncer": access.name, "command": statement}
     try:
         bouncer.command(access, statement)
     except ConnfixError as exc:
-        ctx.record(Event.OPERATION, pgbouncer=access.name, command=statement, error=str(exc))
+        ctx.record(Event.OPERATION, **fields, error=str(exc))
         return str(exc)
-    ctx.record(Event.OPERATION, pgbouncer=access.name, command=statement, ok=True)
+    ctx.record(Event.OPERATION, **fields, ok=True)
     return None
 
 
@@ -89,7 +95,7 @@ class KillClientsParams(Params):
     pgbouncers: list[str] = Field(default_factory=list)  # default: every one
     hosts: list[str] = Field(default_factory=list)  # default: the leak suspects
     older_than: Age = 60.0  # idle in the pooler at least this long
-    excess_only: bool = True  # keep as many as the host's pool may hold
+    excess_only: bool = True  # keep as many as the host's pool keeps (pool size × workers)
     max: int = Field(default=200, ge=1, le=10_000)
 
 
@@ -106,6 +112,15 @@ class ClientChoice:
 @dataclass(frozen=True)
 class KillPlan:
     chosen: list[ClientChoice]
+
+
+def _clock(epoch: float | None) -> str:
+    """An epoch time as HH:MM:SS UTC, as PgBouncer shows it (to the second)."""
+    from datetime import UTC, datetime
+
+    if epoch is None:
+        return "?"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
 
 
 def _client_identity(c: ClientChoice) -> dict[str, Any]:
@@ -153,7 +168,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                 "pgbouncer",
                 f"end {c.host}'s client {c.client.addr}:{c.client.port}"
                 f" ({c.client.user}, {app_label(c.client.application_name)},"
-                f" idle {format_duration(c.idle)})",
+                f" connected {_clock(c.client.connect_time)}, idle {format_duration(c.idle)})",
                 target=c.pgbouncer,
                 command=f"KILL_CLIENT {c.client.id}",
                 details=_client_identity(c),
@@ -163,9 +178,18 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
         hosts = sorted({c.host for c in chosen})
         summary = (
             f"end {len(chosen)} idle client connection(s) of {', '.join(hosts)} in PgBouncer"
+            + (
+                ", newest connected first (a pool's own are its oldest)"
+                if params.excess_only
+                else ""
+            )
             if chosen
             else "no idle client connection to end"
         )
+        if excluded:
+            summary += "; left alone: " + ", ".join(
+                f"{n} {why}" for why, n in sorted(excluded.items(), key=lambda kv: -kv[1])
+            )
         return Plan(
             summary=summary,
             operations=operations,
@@ -182,7 +206,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
     ) -> tuple[list[ClientChoice], dict[str, int]]:
         env, protected = ctx.env, ctx.env.protected
         excluded: dict[str, int] = {}
-        per_host: dict[str, list[tuple[float, ClientChoice]]] = {}
+        per_host: dict[str, list[ClientChoice]] = {}
 
         def skip(why: str) -> None:
             excluded[why] = excluded.get(why, 0) + 1
@@ -201,7 +225,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                     skip("protected application")
                 elif env.owner(host, client.application_name, client.user) is None:
                     skip("no service's")
-                elif client.link or client.state != "active":
+                elif not client.idle_in_pool:
                     skip("holds a server connection, or waits for one")
                 elif client.id is None:
                     skip("no client id")
@@ -209,26 +233,36 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                     skip(f"idle less than {format_duration(params.older_than)}")
                 else:
                     per_host.setdefault(host.name, []).append(
-                        (idle, ClientChoice(state.name, host.name, client, idle))
+                        ClientChoice(state.name, host.name, client, idle)
                     )
         chosen: list[ClientChoice] = []
         by_name = {h.name: h for h in env.hosts}
         rows = {u.host: u for u in (ctx.latest.by_host if ctx.latest else [])}
         for name, found in per_host.items():
-            found.sort(key=lambda pair: -pair[0])  # oldest idle first
-            count = len(found)
-            if params.excess_only:
-                host = by_name[name]
-                capacity = sum(host.max_capacity(s) for s in env.services_on(host))
-                row = rows.get(name)
-                direct = max(0, row.owned - row.pooled) if row else 0
-                in_pooler = sum(1 for s in states for c in s.clients if c.addr == host.client_addr)
-                count = max(0, min(count, in_pooler + direct - capacity))
-                if count < len(found):
-                    excluded["within the host's pool"] = (
-                        excluded.get("within the host's pool", 0) + len(found) - count
-                    )
-            chosen += [c for _, c in found[:count]]
+            if not params.excess_only:
+                found.sort(key=lambda c: -c.idle)  # oldest idle first
+                chosen += found
+                continue
+            host = by_name[name]
+            row = rows.get(name)
+            direct = max(0, row.owned - row.pooled) if row else 0
+            in_pooler = sum(  # the host's services' clients (a psql or a job is not theirs)
+                1
+                for s in states
+                for c in s.clients
+                if c.addr == host.client_addr
+                and env.owner(host, c.application_name, c.user) is not None
+            )
+            picked = beyond_the_pool(
+                found,
+                held=in_pooler + direct,
+                pool=sum(host.pool_capacity(s) for s in env.services_on(host)),
+                connected=lambda c: c.client.connect_time,
+                last_used=lambda c: c.client.request_time,
+            )
+            chosen += picked.chosen
+            for why, n in picked.left.items():
+                excluded[why] = excluded.get(why, 0) + n
         if len(chosen) > params.max:
             excluded[f"over max {params.max}"] = len(chosen) - params.max
             chosen = chosen[: params.max]
@@ -254,8 +288,7 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                 and (now.addr, now.port, now.connect_time)
                 == (before.addr, before.port, before.connect_time)
                 and now.request_time == before.request_time
-                and not now.link
-                and now.state == "active"
+                and now.idle_in_pool
             )
             if not same:
                 skipped += 1
@@ -265,7 +298,13 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
                     skipped="changed since planned (used, given a server, or gone)",
                 )
                 continue
-            error = _send(ctx, accesses[choice.pgbouncer], f"KILL_CLIENT {choice.client.id}")
+            error = _send(
+                ctx,
+                accesses[choice.pgbouncer],
+                f"KILL_CLIENT {choice.client.id}",
+                **_client_identity(choice),
+                idle_seconds=round(choice.idle, 3),
+            )
             if error:
                 failed += 1
             else:

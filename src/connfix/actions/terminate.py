@@ -196,7 +196,8 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         chosen.sort(key=lambda c: -waiting.get(c.pid, 0))
         limits = self._limits(ctx, params, len(rows))
         if params.excess_only:
-            chosen = self._excess(ctx, chosen, rows, host_of)
+            chosen, left = self._excess(ctx, chosen, rows, host_of)
+            excluded.update(left)
         cap = min(limits.values())
         if len(chosen) > cap:
             excluded[f"over the cap ({cap}: {self._binding(limits)})"] += len(chosen) - cap
@@ -212,7 +213,12 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             f"{verb} {len(chosen)} session(s) ({states},"
             f" {'running' if cancel else 'idle'} over {format_duration(params.older_than)}), "
             + ("root blockers first, then " if any(c.pid in waiting for c in chosen) else "")
-            + "oldest first"
+            + (
+                "those beyond each host's pool, newest connected first (the pool's own"
+                " connections are its oldest)"
+                if params.excess_only
+                else "oldest first"
+            )
         )
         if excluded:
             summary += "; left alone: " + ", ".join(
@@ -285,8 +291,12 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         chosen: list[Candidate],
         rows: list[Candidate],
         host_of: dict[str | None, str],
-    ) -> list[Candidate]:
-        """Per inventory host, keep only as many as it holds over its pool size."""
+    ) -> tuple[list[Candidate], dict[str, int]]:
+        """Per inventory host, only the sessions beyond its pool: as many as it holds
+        over its pool size, newest connected first (connfix.beyond_pool); return them in
+        the plan's order, and why the others stay."""
+        from connfix.beyond_pool import beyond_the_pool
+
         hosts = {h.name: h for h in ctx.env.hosts}
         env = ctx.env
         held = Counter(
@@ -296,18 +306,28 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             and (name := host_of.get(r.client_addr)) is not None
             and env.owner(hosts[name], r.application_name, r.usename) is not None
         )
-        taken: Counter[str | None] = Counter()
-        kept = []
+        per_host: dict[str, list[Candidate]] = {}
+        left: Counter[str] = Counter()
         for c in chosen:
             name = host_of.get(c.client_addr)
             if name is None:
-                continue
+                left["not from an inventory host"] += 1
+            else:
+                per_host.setdefault(name, []).append(c)
+        keep: set[int] = set()
+        for name, found in per_host.items():
             host = hosts[name]
-            excess = held[name] - sum(host.pool_capacity(s) for s in env.services_on(host))
-            if taken[name] < excess:
-                taken[name] += 1
-                kept.append(c)
-        return kept
+            pool = sum(host.pool_capacity(s) for s in env.services_on(host))
+            picked = beyond_the_pool(
+                found,
+                held=held[name],
+                pool=pool,
+                connected=lambda c: c.backend_start.timestamp() if c.backend_start else None,
+                last_used=lambda c: c.state_change.timestamp() if c.state_change else None,
+            )
+            keep.update(c.pid for c in picked.chosen)
+            left.update(picked.left)
+        return [c for c in chosen if c.pid in keep], dict(left)
 
     def apply(self, ctx: RunContext, params: TerminateParams, plan: Plan[TerminatePlan]) -> Outcome:
         from connfix import pg

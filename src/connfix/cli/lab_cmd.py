@@ -79,6 +79,13 @@ def lab() -> None:
     metavar="N",
     help="Point only the first N hosts at the PgBouncer; the rest stay direct (a migration).",
 )
+@click.option(
+    "--pgbouncer-version",
+    type=click.Choice(["1.18", "1.24", "1.25"]),
+    default=None,
+    help="Which PgBouncer: 1.18 (Debian's, the default), 1.24 or 1.25 (built once from"
+    " their release sources in $CONNFIX_VENDOR_DIR, default ../shared/vendor).",
+)
 def up(
     hosts: int,
     max_connections: int | None,
@@ -90,6 +97,7 @@ def up(
     reserved_connections: int,
     pgbouncer_all: bool,
     pgbouncer_hosts: int | None,
+    pgbouncer_version: str | None,
 ) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts each booting a real systemd (its
     sshd, a deploy user, the app as a Type=notify unit), an inventory.
@@ -100,14 +108,20 @@ def up(
       connfix lab up --postgres 18
       connfix lab up --hosts 4 --pgbouncer
       connfix lab up --hosts 4 --pgbouncer-hosts 2
+      connfix lab up --hosts 3 --pgbouncer --pgbouncer-version 1.25
     """
     from connfix.cli import render
     from connfix.lab import lab as core
+    from connfix.lab.pgbouncer import DEFAULT_VERSION
 
     boot, traffic = app_boot, app_traffic
     if pgbouncer_all and pgbouncer_hosts is not None:
         raise click.UsageError("give --pgbouncer (every host) or --pgbouncer-hosts N, not both")
     behind = hosts if pgbouncer_all else (pgbouncer_hosts or 0)
+    if pgbouncer_version is not None and not behind:
+        raise click.UsageError(
+            "--pgbouncer-version needs a PgBouncer: add --pgbouncer or --pgbouncer-hosts N"
+        )
     render.lab_up(
         terminal(),
         core.up(
@@ -120,6 +134,7 @@ def up(
             traffic,
             max_overflow,
             behind,
+            pgbouncer_version or DEFAULT_VERSION,
         ),
     )
 

@@ -156,7 +156,7 @@ def lab_up(term: Terminal, result: UpResult) -> None:
             if result.pgbouncer_hosts == result.hosts
             else f"app1–app{result.pgbouncer_hosts} (the rest direct)"
         )
-        term.out.print(f"PgBouncer in front of the database for {who}")
+        term.out.print(f"PgBouncer {result.pgbouncer_version} in front of the database for {who}")
     term.out.print(f"inventory: {result.inventory}  (environment: lab)")
 
 
@@ -170,6 +170,11 @@ def lab_status(term: Terminal, status: Status) -> None:
         f"PostgreSQL {escape(status.server_version)}: {status.client_backends} client"
         f" backends of max_connections {status.max_connections}"
     )
+    if status.pgbouncer_hosts:
+        term.out.print(
+            f"{escape(status.pgbouncer or 'PgBouncer (version unknown)')} in front of the"
+            f" database for {status.pgbouncer_hosts} host(s)"
+        )
     table = Table()
     for column in (
         "host",
@@ -578,8 +583,9 @@ def triage_result(term: Terminal, result: RunResult, command: str | None = None)
     if result.report is not None:
         term.out.print(f"report: {escape(str(result.report))}")
     if result.report_error:
+        what = "" if result.report is not None else "the report could not be written: "
         term.err.print(
-            f"[red]the report could not be written:[/red] {escape(result.report_error)}"
+            f"[red]{what}{escape(result.report_error)}[/red]"
             f" (regenerate it with `connfix report {escape(str(result.incident_dir))}`)"
         )
 

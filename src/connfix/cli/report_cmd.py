@@ -45,10 +45,23 @@ def report(incident: str, output: str | None, template: str | None, as_json: boo
     if output == "-":
         sys.stdout.write(core.render(journal_of(Path(incident)), tmpl))
         return
-    path = core.write(Path(incident), Path(output) if output else None, tmpl)
-    terminal().out.print(f"report: {path}")
+    written = core.write(Path(incident), Path(output) if output else None, tmpl)
+    term = terminal()
+    term.out.print(f"report: {written.path}")
+    code = 0
+    if written.degraded:  # connfix's own template failed: a minimal report was written
+        code = 1
+        term.err.print(
+            f"the full report could not be rendered ({written.degraded}); a minimal report"
+            " (outcome and timeline, from the journal) was written instead"
+        )
     if as_json:
         journal = journal_of(Path(incident))
         envelope.emit(
-            "report", "ok", 0, incident=journal.parent, result={"report": path, "journal": journal}
+            "report",
+            "degraded" if written.degraded else "ok",
+            code,
+            incident=journal.parent,
+            result={"report": written.path, "journal": journal, "degraded": written.degraded},
         )
+    sys.exit(code)

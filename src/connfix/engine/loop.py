@@ -343,6 +343,11 @@ class StepLoop:
             else (StepStatus.INTERRUPTED if outcome.interrupted else StepStatus.FAILED)
         )
         self._step_ended(index, step, status, outcome.summary)
+        if action.mutating and not outcome.interrupted and ctx.latest is before:
+            # a change was made (or tried) and the step took no picture after it: the
+            # next step decides on a fresh one, never on the one this step acted on (a
+            # kill that fixed a host must not be followed by its restart)
+            ctx.diagnose()
         if ctx.latest is not None and ctx.latest is not before:
             ui.diagnosis(ctx.latest)
         if outcome.interrupted:

@@ -106,6 +106,13 @@ class RunResult:
         from connfix import report
 
         try:
-            self.report = report.write(self.incident_dir)
+            written = report.write(self.incident_dir)
         except ConnfixError as exc:
             self.report_error = str(exc)
+            return
+        self.report = written.path
+        if written.degraded:
+            self.report_error = (
+                f"the full report could not be rendered ({written.degraded}); a minimal"
+                " report (outcome and timeline, from the journal) was written instead"
+            )

@@ -202,6 +202,7 @@ class UpResult:
     pg_major: int = 0
     reserved_connections: int = 0
     pgbouncer_hosts: int = 0
+    pgbouncer_version: str = ""
 
 
 SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
@@ -223,10 +224,12 @@ def up(
     traffic_seconds: float = 1.0,
     max_overflow: int = 2,
     pgbouncer_hosts: int = 0,
+    pgbouncer_version: str = lab_bouncer.DEFAULT_VERSION,
 ) -> UpResult:
     """Build the lab, or confirm the one that is up matches; idempotent. With
     pgbouncer_hosts, the first that many hosts reach the database through the lab's
-    PgBouncer (all of them: a fleet behind a pooler; some: a migration)."""
+    PgBouncer (all of them: a fleet behind a pooler; some: a migration), of
+    `pgbouncer_version` (1.18: Debian's; 1.24, 1.25: built from their release sources)."""
     started = time.monotonic()
     if not 1 <= hosts <= 200:
         raise LabInputError("--hosts must be between 1 and 200")
@@ -242,9 +245,18 @@ def up(
         raise LabInputError("--app-boot must be between 0s and 60s")
     if not 0 <= pgbouncer_hosts <= hosts:
         raise LabInputError(f"--pgbouncer-hosts must be between 0 and --hosts ({hosts})")
+    if pgbouncer_version not in lab_bouncer.VERSIONS:
+        raise LabInputError(
+            f"--pgbouncer-version must be one of {', '.join(lab_bouncer.VERSIONS)},"
+            f" not {pgbouncer_version!r}"
+        )
     if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
         raise LabInputError("--app-traffic must be 0 (none) or between 100ms and 10m")
     check_prerequisites()
+    if pgbouncer_hosts:
+        why = lab_bouncer.unavailable(pgbouncer_version)
+        if why:
+            raise LabError(why)
     pg_bin = lab_pg.resolve_postgres(postgres)
     major = lab_pg.pg_major(pg_bin)
     if not 0 <= reserved_connections <= max_connections // 2:
@@ -262,19 +274,23 @@ def up(
         lab_hosts.check_inotify(hosts)
     if state is not None:
         if state.complete and not problems(state):
-            wanted = (hosts, max_connections, pool_size, major, pgbouncer_hosts)
+            version = pgbouncer_version if pgbouncer_hosts else ""
+            wanted = (hosts, max_connections, pool_size, major, pgbouncer_hosts, version)
             have = (
                 state.hosts,
                 state.max_connections,
                 state.pool_size,
                 state.pg_major,
                 state.pgbouncer_hosts,
+                state.pgbouncer_version if state.pgbouncer_hosts else "",
             )
             if wanted != have:
                 raise LabError(
                     f"the lab is already up with {state.hosts} hosts, max_connections"
                     f" {state.max_connections}, pool size {state.pool_size}, PostgreSQL"
-                    f" {state.pg_major}, {state.pgbouncer_hosts} host(s) behind PgBouncer;"
+                    f" {state.pg_major}, {state.pgbouncer_hosts} host(s) behind PgBouncer"
+                    + (f" {state.pgbouncer_version}" if state.pgbouncer_hosts else "")
+                    + ";"
                     " run `connfix lab down` first to build a different one"
                 )
             return UpResult(
@@ -287,6 +303,7 @@ def up(
                 state.pg_major,
                 state.reserved_connections,
                 state.pgbouncer_hosts,
+                state.pgbouncer_version,
             )
         down()  # half-built or broken: start over from nothing
     root = lab_dir()
@@ -298,6 +315,7 @@ def up(
         pg_major=major,
         reserved_connections=reserved_connections if major >= 16 else 0,
         pgbouncer_hosts=pgbouncer_hosts,
+        pgbouncer_version=pgbouncer_version if pgbouncer_hosts else "",
     )
     state.save()
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
@@ -323,6 +341,7 @@ def up(
         major,
         state.reserved_connections,
         pgbouncer_hosts,
+        state.pgbouncer_version,
     )
 
 
@@ -344,10 +363,29 @@ def _start_pgbouncer(state: LabState, pool_size: int, max_overflow: int) -> None
         if f[1] == port and f[3] in verifiers
     ]
     files.write_private(passfile(), "\n".join(lines + extra) + "\n")
+    executable = lab_bouncer.binary(state.pgbouncer_version)  # built once, if it must be
     state.pgbouncer_pid = lab_bouncer.start(
-        verifiers, state.pgbouncer_hosts, state.pool_size, max_overflow
+        verifiers, state.pgbouncer_hosts, state.pool_size, max_overflow, executable
     )
     state.save()
+
+
+def use_pgbouncer(version: str) -> int:
+    """Put another PgBouncer version in front of the running lab, on the same
+    configuration, address and port (its clients reconnect: a pooled connection that
+    died is replaced by the app's pool); return the new pid. The lab's PgBouncer is
+    stopped by its recorded pid."""
+    state = LabState.load()
+    if state is None or not state.complete or not state.pgbouncer_hosts:
+        raise LabError("no lab with a PgBouncer is up (connfix lab up --pgbouncer)")
+    executable = lab_bouncer.binary(version)
+    lab_bouncer.stop(state.pgbouncer_pid)
+    state.pgbouncer_pid = 0
+    state.save()
+    state.pgbouncer_pid = lab_bouncer.launch(lab_bouncer.directory(), executable)
+    state.pgbouncer_version = version
+    state.save()
+    return state.pgbouncer_pid
 
 
 def _boot_hosts(state: LabState, count: int, app: lab_hosts.AppConfig) -> None:

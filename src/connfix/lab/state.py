@@ -29,6 +29,7 @@ class LabState:
     reserved_connections: int = 0
     pgbouncer_hosts: int = 0  # the first N hosts reach the database through PgBouncer
     pgbouncer_pid: int = 0
+    pgbouncer_version: str = ""  # 1.18 (Debian's), 1.24, 1.25 (built from source)
     complete: bool = False
 
     @staticmethod

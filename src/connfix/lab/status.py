@@ -45,6 +45,8 @@ class Status:
     max_connections: int
     client_backends: int
     hosts: list[HostStatus]
+    pgbouncer: str | None = None  # SHOW VERSION of the running PgBouncer, read live
+    pgbouncer_hosts: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,4 +129,32 @@ def status() -> Status:
                 row.idle_in_transaction,
             )
         )
-    return Status(not found, found, version, max_conn, total, result)
+    return Status(
+        not found,
+        found,
+        version,
+        max_conn,
+        total,
+        result,
+        _pgbouncer_version(state, found),
+        state.pgbouncer_hosts,
+    )
+
+
+def _pgbouncer_version(state: LabState, found: list[str]) -> str | None:
+    """What the lab's running PgBouncer says it is (SHOW VERSION on its console)."""
+    if not state.pgbouncer_hosts or not alive(state.pgbouncer_pid):
+        return None
+    from connfix import bouncer
+    from connfix.lab.postgres import passfile
+
+    dsn = (
+        f"host={paths.db_address()} port={paths.pgbouncer_port()} dbname=pgbouncer"
+        f" user=connfix passfile={passfile()}"
+    )
+    try:
+        with bouncer.connect(dsn, None, 5) as conn:
+            return bouncer.state_of(conn, "lab", "lab").version
+    except Exception as exc:
+        found.append(f"cannot read PgBouncer's version: {str(exc).strip()}")
+        return None
