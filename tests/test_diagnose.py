@@ -155,7 +155,7 @@ def test_json_fields_one_by_one(clean_lab: Lab) -> None:
         "(connfix)": "10.231.7.1",  # connfix's own session, from the database's bridge
     }
     check = data["pool_check"]
-    assert (check["servers"], check["pool_size"], check["total"]) == (3, 3, 9)
+    assert (check["servers"], check["pool_size"], check["total"]) == (3, 3, 15)  # (3 + 2) × 3
     assert (check["usable_connections"], check["buffer"], check["limit"]) == (17, 2, 15)
     assert check["safe"] is True
     assert data["by_application"] == {"labapp": 9}

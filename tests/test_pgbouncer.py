@@ -1,4 +1,5 @@
-"""A real PgBouncer (Debian's) started from the config connfix generates, on a lab address."""
+"""A real PgBouncer started from the config connfix generates for its version, on a lab
+address: Debian's 1.18, and 1.24.1 / 1.25.2 built from their release sources."""
 
 from __future__ import annotations
 
@@ -31,9 +32,16 @@ def passwords(lab: Lab) -> dict[str, str]:
     return {fields[3]: fields[4] for fields in (line.split(":") for line in lines)}
 
 
-@pytest.fixture
-def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Generate the config with `connfix pool`, start PgBouncer from it as is."""
+@pytest.fixture(params=("1.18", "1.24", "1.25"), ids=lambda v: f"pgbouncer{v}")
+def bouncer(
+    clean_lab: Lab, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
+    """Generate the config with `connfix pool` for a PgBouncer version, start that
+    version from it as is."""
+    version = str(request.param)
+    why = lab_bouncer.unavailable(version)
+    if why:
+        pytest.skip(f"PgBouncer {version}: {why}")
     # PgBouncer refuses to run as root: it runs as postgres, which cannot enter pytest's
     # private temporary directories, so its files live in the lab's directory
     directory = clean_lab.paths.lab_dir() / "pgbouncer-test"
@@ -54,6 +62,8 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
             str(PORT),
             "--auth",
             "userlist",  # the fallback; auth_query: test_pooled_fleet.py
+            "--pgbouncer-version",
+            version,
             "--json",
         ],
     )
@@ -74,9 +84,10 @@ def bouncer(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
     (directory / "userlist.txt").write_text(template)
     for index in range(1, LAB_HOSTS + 1):  # the fleet moves behind PgBouncer
         clean_lab.systemctl(index, "stop")
-    pid = lab_bouncer.launch(directory)
+    pid = lab_bouncer.launch(directory, lab_bouncer.binary(version))
     try:
         yield {
+            "version": version,
             "config": config,
             "address": address,
             "passwords": passwords(clean_lab),
@@ -98,6 +109,12 @@ def test_generated_config_caps_server_connections(
 ) -> None:
     cap = bouncer["config"]["max_db_connections"]
     assert cap == 15  # 17 usable − buffer 2 − no other clients
+    settings = {s["key"]: s for s in bouncer["config"]["settings"]}
+    per_role = settings["max_user_client_connections"]
+    # 1.24+ caps one role's client connections (twice what the pools may open): the
+    # load stays within it there; 1.18 has no such cap
+    clients = int(per_role["value"]) - 1 if per_role["written"] else CLIENTS
+    rounds = 3 if clients >= 100 else 40  # fewer clients each wait longer: still saturated
     password = bouncer["passwords"]["app"]
     stop = threading.Event()
     peak = [0]
@@ -116,7 +133,7 @@ def test_generated_config_caps_server_connections(
         with psycopg.connect(
             bouncer_dsn(bouncer, "app"), password=password, autocommit=True, connect_timeout=20
         ) as conn:
-            for _ in range(3):
+            for _ in range(rounds):
                 conn.execute("SELECT pg_sleep(0.05)")
             return 1
 
@@ -133,7 +150,7 @@ def test_generated_config_caps_server_connections(
     saturated: dict[str, Any] = {}
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
-            futures = [pool.submit(client, i) for i in range(CLIENTS)]
+            futures = [pool.submit(client, i) for i in range(clients)]
 
             def diagnose_saturated() -> bool:
                 env = {
@@ -166,7 +183,7 @@ def test_generated_config_caps_server_connections(
     finally:
         stop.set()
         sampler.join()
-    assert done == CLIENTS
+    assert done == clients
     assert 0 < peak[0] <= cap, peak[0]
     assert saturated["clients_waiting"] > 0
     assert saturated["verdict"].startswith("the pool is saturated:")
@@ -192,7 +209,7 @@ def test_diagnose_shows_the_pool_state_when_it_keeps_up(
     ) as conn:
         conn.execute("SELECT 1")
         result = CliRunner().invoke(cli, ["diagnose", "lab", "-i", str(inventory)])
-    assert "PgBouncer pgbouncer pools (PgBouncer 1.18" in result.output
+    assert f"PgBouncer pgbouncer pools (PgBouncer {bouncer['version']}." in result.output
     assert "PgBouncer pgbouncer: PgBouncer keeps up: no client is waiting" in result.output
     monkeypatch.setenv("CONNFIX_TEST_PGBOUNCER_PASSWORD", "wrong")
     result = CliRunner().invoke(cli, ["diagnose", "lab", "--json", "-i", str(inventory)])

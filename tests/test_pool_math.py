@@ -15,7 +15,13 @@ from tests.test_diagnose_unit import backend
 
 
 def env(
-    hosts: int, pool: int, *, buffer: int = 5, workers: int = 1, max_unavailable: int = 1
+    hosts: int,
+    pool: int,
+    *,
+    buffer: int = 5,
+    workers: int = 1,
+    max_unavailable: int = 1,
+    max_overflow: int = 0,
 ) -> Environment:
     return Environment.model_validate(
         {
@@ -25,6 +31,7 @@ def env(
                 "pool_size": pool,
                 "workers": workers,
                 "max_unavailable": max_unavailable,
+                "max_overflow": max_overflow,
             },
             "hosts": [
                 {"name": f"web{i}", "ssh_address": f"10.0.0.{i}"} for i in range(1, hosts + 1)
@@ -141,21 +148,63 @@ def test_pgbouncer_caps_server_connections_at_what_the_database_can_spare() -> N
     max_unavailable=st.integers(1, 10),
     buffer=st.integers(0, 50),
     max_connections=st.integers(5, 5000),
+    overflow=st.integers(0, 20),
 )
 def test_the_safe_size_is_the_largest_that_survives_a_rolling_restart(
-    servers: int, pool: int, workers: int, max_unavailable: int, buffer: int, max_connections: int
+    servers: int,
+    pool: int,
+    workers: int,
+    max_unavailable: int,
+    buffer: int,
+    max_connections: int,
+    overflow: int,
 ) -> None:
-    """At the safe size, the fleet plus the hosts restarting at once fit; one more does not."""
-    e = env(servers, pool, buffer=buffer, workers=workers, max_unavailable=max_unavailable)
+    """At the safe size, the fleet in a burst (every pool with its overflow) plus the
+    hosts restarting at once fit; one more does not."""
+    e = env(
+        servers,
+        pool,
+        buffer=buffer,
+        workers=workers,
+        max_unavailable=max_unavailable,
+        max_overflow=overflow,
+    )
     sizing = size_pools(e, diag(e, max_connections))
     base = sizing.usable_connections - buffer
     at_once = min(max_unavailable, servers)
     s = sizing.max_safe_pool_size
 
-    def held(size: int) -> int:  # every server's pools, plus the restarting hosts' twice
-        return (servers + at_once) * workers * size
+    def held(size: int) -> int:  # every server's pools and overflow, the restarting twice
+        return (servers + at_once) * workers * (size + overflow)
 
-    assert held(s) <= max(0, base) < held(s + 1)
-    assert sizing.after_total + sizing.after_restart_overlap == held(s)
+    if s:
+        assert held(s) <= max(0, base) < held(s + 1)
+        assert sizing.after_total + sizing.after_restart_overlap == held(s)
+    else:
+        assert held(1) > max(0, base) and sizing.after_total == 0
     assert sizing.table()[1]["safe"] is (s > 0)
-    assert sizing.safe is (servers * workers * pool + at_once * workers * pool <= base)
+    assert sizing.safe is (held(pool) <= base)
+
+
+def test_max_overflow_is_part_of_the_worst_case() -> None:
+    """4 servers × pool 100 with SQLAlchemy's default max_overflow 10; max_connections 205:
+    usable 202, base 197 (buffer 5). Without the overflow the safe size would be
+    197 // 5 = 39, and a burst would open 5 × (39 + 10) = 245 > 197. With it:
+    39 − 10 = 29, whose worst case 5 × (29 + 10) = 195 fits."""
+    e = env(4, 100, max_overflow=10)
+    sizing = size_pools(e, diag(e, 205))
+    assert sizing.fleet_total == 4 * 110 and not sizing.safe
+    assert sizing.max_safe_pool_size == 29
+    assert (sizing.after_total, sizing.after_restart_overlap) == (4 * 39, 39)
+    assert sizing.after_total + sizing.after_restart_overlap <= 197
+    now, safe = sizing.table()
+    assert now["per_server"] == "(100 + 10 overflow)" and safe["per_server"] == "(29 + 10 overflow)"
+    assert any("max_overflow 10 in a burst" in n for n in sizing.notes)
+    assert sizing.notes[-1].endswith("− 10 overflow = 29") or any(
+        n.endswith("− 10 overflow = 29") for n in sizing.notes
+    )
+    # the diagnosis's pool check counts the overflow too
+    check = diag(e, 205).pool_check
+    assert (check.total, check.limit, check.safe) == (440, 197, False)
+    assert check.recommended_pool_size == 29
+    assert check.sentence().startswith("4 servers × (100 + 10 overflow) = 440 > 197")

@@ -1,5 +1,7 @@
-"""A fleet behind a real PgBouncer (Debian's 1.18), mid-migration: `lab up
---pgbouncer-hosts 2` puts app1 and app2 behind the lab's PgBouncer, app3 stays direct.
+"""A fleet behind a real PgBouncer, mid-migration: `lab up --pgbouncer-hosts 2` puts app1
+and app2 behind the lab's PgBouncer, app3 stays direct. Every test runs on PostgreSQL 15
+and 18, and on each PgBouncer users run: Debian's 1.18, and 1.24.1 / 1.25.2 built from
+their release sources (swapped in place in front of the same lab).
 
 Attribution through the pooler, a triage of a leak behind it, 1.18's remedy for a
 client stuck in a transaction, pool sizing with the pooler live and during the
@@ -24,9 +26,10 @@ import psycopg
 import pytest
 
 from connfix.lab import pgbouncer as lab_bouncer
-from tests.helpers import assert_complete, connfix_run, events, of, retry
+from tests.helpers import PG_VERSIONS, assert_complete, connfix_run, events, of, retry
 
 LAB_ID = "6"  # beside the suite's lab (7): its own bridge, ports and directory
+BOUNCERS = ("1.18", "1.24", "1.25")
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
@@ -43,23 +46,24 @@ def pooled_lab_id() -> Iterator[None]:
             os.environ["CONNFIX_LAB_ID"] = saved
 
 
-@pytest.fixture(scope="module")
-def pooled_lab() -> Iterator[Path]:
-    """Lab 6: PostgreSQL 15, 3 hosts × pool 3 (+2 overflow), app1 and app2 behind
-    PgBouncer, app3 direct; 17 usable slots."""
+@pytest.fixture(scope="module", params=PG_VERSIONS, ids=[f"pg{v}" for v in PG_VERSIONS])
+def pooled_lab(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Lab 6: PostgreSQL 15 or 18, 3 hosts × pool 3 (+2 overflow), app1 and app2 behind
+    PgBouncer, app3 direct; 17 usable slots on both versions."""
     from connfix.lab import lab as core
     from connfix.lab import paths
 
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (namespaces, cgroups, systemd hosts)")
+    version = int(request.param)
     with pooled_lab_id():
         core.down()
         core.up(
             hosts=3,
-            max_connections=20,
+            max_connections=20 + (2 if version >= 16 else 0),
             pool_size=3,
             boot_seconds=0.2,
-            postgres="15",
+            postgres=str(version),
             reserved_connections=2,
             pgbouncer_hosts=2,
         )
@@ -71,10 +75,33 @@ def pooled_lab() -> Iterator[Path]:
             core.down()
 
 
+@pytest.fixture(params=BOUNCERS, ids=[f"pgbouncer{v}" for v in BOUNCERS])
+def pgbouncer_version(request: pytest.FixtureRequest) -> str:
+    """Each PgBouncer users run: Debian's 1.18, and 1.24 / 1.25 built from their release
+    sources (../shared/vendor; a clone without it skips these, saying why)."""
+    from connfix.lab import pgbouncer as lab_bouncer
+
+    why = lab_bouncer.unavailable(request.param)
+    if why:
+        pytest.skip(f"PgBouncer {request.param}: {why}")
+    return str(request.param)
+
+
 @pytest.fixture
-def pooled(pooled_lab: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The pooled lab with no leak before and after the test."""
+def pooled(
+    pooled_lab: Path, pgbouncer_version: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """The pooled lab with `pgbouncer_version` in front, no leak before and after."""
+    from connfix.lab import lab as core
+    from connfix.lab.state import LabState
+
     monkeypatch.setenv("CONNFIX_LAB_ID", LAB_ID)
+    state = LabState.load()
+    assert state is not None
+    if state.pgbouncer_version != pgbouncer_version:
+        core.use_pgbouncer(pgbouncer_version)
+        for index in (1, 2):  # their pools' connections went with the old PgBouncer
+            core.systemctl(f"app{index}", "restart", "labapp.service")
     _reset()
     yield pooled_lab
     _reset()
@@ -91,7 +118,7 @@ def _reset() -> None:
         )
     for index in (1, 2, 3):
         status = core.app_request(index, "/status")
-        if status["leaked"] or status.get("checked_out"):
+        if status["leaked"] or status.get("checked_out") or status["traffic_seconds"] != 1:
             core.systemctl(f"app{index}", "restart", "labapp.service")
         retry(lambda i=index: _healthy(i), timeout=30)  # type: ignore[misc]
     _admin("RESUME")  # in case a test left the pool paused (an error when it is not)
@@ -167,7 +194,9 @@ def _diagnose(inventory: Path) -> dict[str, Any]:
     return json.loads(result.stdout)["result"]
 
 
-def test_attribution_through_the_pooler_and_only_suspects(pooled: Path, tmp_path: Path) -> None:
+def test_attribution_through_the_pooler_and_only_suspects(
+    pooled: Path, pgbouncer_version: str, tmp_path: Path
+) -> None:
     from connfix.lab import lab as core
     from connfix.lab import paths
 
@@ -185,7 +214,8 @@ def test_attribution_through_the_pooler_and_only_suspects(pooled: Path, tmp_path
     assert bouncer_row["pgbouncer"] == "lab" and bouncer_row["client_addr"] == "127.0.0.1"
     assert "(not in inventory)" not in rows
     (state,) = data["pgbouncers"]
-    assert state["version"].startswith("PgBouncer 1.18") and state["kill_client"] is False
+    assert state["version"].startswith(f"PgBouncer {pgbouncer_version}.")
+    assert state["kill_client"] is (pgbouncer_version != "1.18")
     # cross-check: psql's SHOW CLIENTS counts the same clients per address
     by_addr = _psql_clients_by_addr()
     assert state["clients_by_host"]["app1"] == by_addr[paths.host_address(1)] == 9
@@ -202,29 +232,133 @@ def test_attribution_through_the_pooler_and_only_suspects(pooled: Path, tmp_path
     assert after["suspects"] == []
 
 
-def test_triage_of_a_leak_behind_pgbouncer_ends_healthy(pooled: Path, tmp_path: Path) -> None:
-    """PgBouncer 1.18 has no KILL_CLIENT: that step is refused, saying what 1.18 offers,
-    and the escalation goes on to restart the leaking host: resolved."""
+def _runbook_killing_after(tmp_path: Path, older_than: str) -> Path:
+    """The shipped runbook, its kill step taking clients idle for `older_than` (1m by
+    default: a test does not wait a minute)."""
+    from importlib import resources
+
+    import yaml
+
+    shipped = resources.files("connfix").joinpath("runbooks", "too-many-connections.yaml")
+    book = yaml.safe_load(shipped.read_text("utf-8"))
+    (kill,) = [s for s in book["steps"] if s["action"] == "pgbouncer_kill_clients"]
+    kill["params"]["older_than"] = older_than
+    path = tmp_path / "too-many-connections.yaml"
+    path.write_text(yaml.safe_dump(book, sort_keys=False))
+    return path
+
+
+class HealthWatch:
+    """Poll a host's /health every 100 ms while a run goes on; keep every failure."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.failures, self.polls = index, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        from connfix.lab import lab as core
+
+        while not self.stop.is_set():
+            self.polls += 1
+            try:
+                core.app_request(self.index, "/health", timeout=3)
+            except Exception as exc:
+                self.failures.append(str(exc))
+            time.sleep(0.1)
+
+    def __enter__(self) -> HealthWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _clients_of(port_set: set[int]) -> set[int]:
+    """Of these local ports of app1, those PgBouncer still lists as clients."""
+    from connfix.lab import paths
+
+    out = subprocess.run(
+        ["psql", _admin_dsn(), "-X", "-A", "-F", "|", "-c", "SHOW CLIENTS"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    header = out[0].split("|")
+    rows = [dict(zip(header, line.split("|"), strict=False)) for line in out[1:]]
+    return {
+        int(r["port"])
+        for r in rows
+        if r.get("addr") == paths.host_address(1) and r.get("port", "").isdigit()
+    } & port_set
+
+
+@pytest.mark.parametrize("traffic", [0, 0.5], ids=["quiet-app", "busy-app"])
+def test_a_leak_behind_each_pgbouncer_is_resolved_and_reported(
+    pooled: Path, pgbouncer_version: str, traffic: float, tmp_path: Path
+) -> None:
+    """app1 leaks 6 idle connections through PgBouncer; its app is quiet (its pool idle
+    since it started: the OLDEST idle clients) or busy. On 1.24 and 1.25 the kill step
+    ends exactly the 6 leaked clients (by their ports, as the app knows them), never a
+    pool connection; the app's health never fails; a fresh diagnosis follows the kill
+    and no restart comes after it. On 1.18 the step is refused, saying what 1.18 offers,
+    and the restart resolves it. The dry run and the real run each write a complete
+    report."""
     from connfix.lab import lab as core
 
+    core.traffic("app1", traffic)
+    time.sleep(1.1)  # PgBouncer's connect times are to the second: the leak comes later
     core.leak("app1", 6, idle_in_transaction=False)
+    status = core.app_request(1, "/status")
+    pool_ports, leaked_ports = set(status["pool_ports"]), set(status["leaked_ports"])
+    assert len(pool_ports) == 3 and len(leaked_ports) == 6
     retry(lambda: _suspected(pooled, "app1"))
-    result = connfix_run("triage", pooled, tmp_path, "--yes")
+    time.sleep(2.2)  # the leaked clients are idle longer than the kill step's older_than
+    book = str(_runbook_killing_after(tmp_path, "2s"))
+    dry = tmp_path / "dry"
+    result = connfix_run("triage", pooled, dry, "--dry-run", "--runbook", book)
+    assert result.exit_code == 1, result.output
+    report = assert_complete(dry, "DRY RUN")
+    assert "> **DRY RUN**" in report and "would restart (dry run)" in report
+    kill_plan = next(e for e in of(events(dry), "plan") if e["step"].startswith("pgbouncer-kill"))
+    runs = tmp_path / "runs"
+    with HealthWatch(1) as health:
+        result = connfix_run("triage", pooled, runs, "--yes", "--runbook", book)
+        time.sleep(1.5)  # and the app's next requests, on what its pool kept
     assert result.exit_code == 0, result.output
-    evs = events(tmp_path)
-    refused = [
-        e
-        for e in of(evs, "step_end")
-        if "KILL_CLIENT came with PgBouncer 1.24" in str(e.get("summary"))
-    ]
-    assert len(refused) == 1 and "PgBouncer 1.18.0" in refused[0]["summary"]
-    assert "connfix never sends KILL <db>" in refused[0]["summary"]
-    assert [e["host"] for e in of(evs, "host_done")] == ["app1"]
+    evs = events(runs)
     assert of(evs, "run_end")[0]["status"] == "resolved"
-    assert not any(str(e.get("command", "")).startswith("KILL") for e in of(evs, "operation"))
-    report = assert_complete(tmp_path, "resolved")
-    assert "### Behind PgBouncer" in report and "| lab | PgBouncer 1.18.0 | app1 9" in report
-    assert re.search(r"\| app1 \| [0-9.]+ \| 3 \| 0 \| 0 \| 9 → [0-5] \|", report), report
+    report = assert_complete(runs, "resolved")
+    assert "### Behind PgBouncer" in report
+    kill_end = next(e for e in of(evs, "step_end") if e["step"].startswith("pgbouncer-kill"))
+    if pgbouncer_version == "1.18":
+        assert kill_plan["blocked"] and "PgBouncer 1.18.0" in kill_plan["blocked"]
+        assert "KILL_CLIENT came with PgBouncer 1.24" in kill_end["summary"]
+        assert "connfix never sends KILL <db>" in kill_end["summary"]
+        assert [e["host"] for e in of(evs, "host_done")] == ["app1"]
+        assert not any(str(e.get("command", "")).startswith("KILL") for e in of(evs, "operation"))
+        return
+    planned = {op["details"]["port"] for op in kill_plan["operations"]}
+    assert planned == leaked_ports, (planned, leaked_ports, pool_ports)  # the dry run's truth
+    killed = {
+        e["port"] for e in of(evs, "operation") if str(e.get("command")).startswith("KILL_CLIENT")
+    }
+    assert killed == leaked_ports and not killed & pool_ports
+    assert all(e.get("ok") for e in of(evs, "operation"))
+    assert not of(evs, "host_start"), "a restart followed the kill that fixed app1"
+    # the decision after the kill was taken on a diagnosis taken after it
+    kill_at = evs.index(kill_end)
+    fresh = [e for e in evs[kill_at:] if e["event"] == "diagnosis"]
+    assert fresh and "app1" not in fresh[0]["diagnosis"]["suspects"]
+    assert health.polls > 5 and not health.failures, health.failures
+    assert _clients_of(pool_ports) == pool_ports  # the pool's connections are all there
+    assert _clients_of(leaked_ports) == set()
+    assert "### Sent to PgBouncer" in report
+    assert report.count("| lab | KILL\\_CLIENT ") == 6
+    assert "ended 6 PgBouncer client connection(s) (KILL\\_CLIENT)" in report
+    assert core.app_request(1, "/health")["ok"]
 
 
 def test_a_client_stuck_in_a_transaction_ends_with_its_server_connection(
@@ -263,7 +397,7 @@ def test_a_client_stuck_in_a_transaction_ends_with_its_server_connection(
 
 
 def test_pool_with_pgbouncer_live_counts_its_server_connections_as_its_own(
-    pooled: Path, tmp_path: Path
+    pooled: Path, pgbouncer_version: str, tmp_path: Path
 ) -> None:
     from click.testing import CliRunner
 
@@ -280,13 +414,17 @@ def test_pool_with_pgbouncer_live_counts_its_server_connections_as_its_own(
     assert sizing["pooled_hosts"] == ["app1", "app2"] and sizing["direct_hosts"] == ["app3"]
     # 17 usable − buffer 2 − app3's pool with overflow (5) and its restart overlap (5)
     assert bouncer["max_db_connections"] == 5 and bouncer["safe"]
-    assert bouncer["direct_hosts"] == ["app3"] and bouncer["version"] == "1.18.0"
+    assert bouncer["direct_hosts"] == ["app3"]
+    assert bouncer["version"].startswith(f"{pgbouncer_version}.")
     settings = {s["key"]: s for s in bouncer["settings"]}
     assert settings["server_idle_timeout"]["value"] == "10"
     assert "still connecting directly" in settings["server_idle_timeout"]["reason"]
-    assert not settings["max_user_client_connections"]["written"]  # 1.24+, not for 1.18
+    # 1.24+ only: commented out for 1.18, written for the versions that have it
+    newer = pgbouncer_version != "1.18"
+    assert settings["max_user_client_connections"]["written"] is newer
     ini = (tmp_path / "b" / "pgbouncer.ini").read_text()
-    assert "\n; max_user_client_connections = " in ini and "\nmax_db_connections = 5\n" in ini
+    assert ("\n; max_user_client_connections = " in ini) is not newer
+    assert "\nmax_db_connections = 5\n" in ini
 
 
 def _apply(settings: dict[str, str]) -> None:
@@ -303,7 +441,7 @@ def _apply(settings: dict[str, str]) -> None:
 
 
 def _direct_refusals(load_seconds: float, scratch: Path) -> tuple[int, int]:
-    """pgbench through PgBouncer (30 clients, transaction pooling) while app3, still
+    """pgbench through PgBouncer (12 clients, transaction pooling) while app3, still
     direct, opens the connections its pool may hold (3 + 2 overflow), as a restart or a
     burst does. Return (direct connections refused, peak client backends)."""
     from connfix.lab import lab as core
@@ -318,7 +456,7 @@ def _direct_refusals(load_seconds: float, scratch: Path) -> tuple[int, int]:
             PGBENCH,
             "-n",
             "-c",
-            "30",
+            "12",  # with the apps' 6, within the 1.24+ per-role client cap connfix sets (20)
             "-j",
             "2",
             "-T",
@@ -385,15 +523,45 @@ def test_a_migration_is_sized_so_the_database_is_never_exhausted(
     new = {s["key"]: s["value"] for s in data["pgbouncer"]["settings"] if s["written"]}
     usable, buffer = 17, 2
     old_cap = usable - buffer  # the old sizing: no room for hosts still direct
+    ini = lab_bouncer.directory() / "pgbouncer.ini"
+    original = ini.read_text()
     try:
         _apply({"max_db_connections": str(old_cap), "default_pool_size": str(old_cap)})
         refused_old, peak_old = _direct_refusals(4, tmp_path)
         _apply(new)
         refused_new, peak_new = _direct_refusals(4, tmp_path)
+        capped = _client_cap_refusal(int(new.get("max_user_client_connections", 0)))
     finally:
-        _apply({"max_db_connections": "10", "default_pool_size": "10"})  # the lab's own
+        ini.write_text(original)  # the lab's own configuration, for the next test
+        _admin("RELOAD")
     assert refused_old > 0, (refused_old, peak_old)  # the database was exhausted
     assert refused_new == 0 and peak_new <= usable, (refused_new, peak_new)
+    if "max_user_client_connections" in new:  # 1.24+: the generated per-role client cap
+        assert capped and "max_user_client_connections" in capped, capped
+
+
+def _client_cap_refusal(cap: int) -> str | None:
+    """Open client connections as `app` through PgBouncer until it refuses one (at most
+    cap + 1 beyond what the apps hold); return its refusal."""
+    from connfix.lab import paths
+    from connfix.lab.postgres import passfile
+
+    if not cap:
+        return None
+    dsn = (
+        f"host={paths.db_address()} port={paths.pgbouncer_port()} dbname=appdb user=app"
+        f" passfile={passfile()}"
+    )
+    held: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(cap + 1):
+            held.append(psycopg.connect(dsn, autocommit=True, connect_timeout=5))
+    except psycopg.OperationalError as exc:
+        return str(exc)
+    finally:
+        for conn in held:
+            conn.close()
+    return None
 
 
 def test_pause_resume_and_reconnect_as_runbook_steps(pooled: Path, tmp_path: Path) -> None:
@@ -439,10 +607,11 @@ def test_a_pause_that_cannot_complete_is_undone(pooled: Path, tmp_path: Path) ->
 
 
 def test_the_auth_query_setup_lets_roles_in_without_their_secrets(
-    pooled: Path, tmp_path: Path
+    pooled: Path, pgbouncer_version: str, tmp_path: Path
 ) -> None:
     """Generate the auth_query setup, run its SQL, start a PgBouncer from the generated
-    config whose userlist holds only the lookup role's verifier: `app` logs in through it
+    config (for the version in front of the lab, started by that version's binary)
+    whose userlist holds only the lookup role's verifier: `app` logs in through it
     with its own password; a superuser is never looked up."""
     import secrets
 
@@ -493,7 +662,7 @@ def test_the_auth_query_setup_lets_roles_in_without_their_secrets(
             f'"{role}" "SCRAM-SHA-256$<fill in from pg_authid>"', f'"{role}" "{secret}"'
         )
     (directory / "userlist.txt").write_text(userlist)
-    pid = lab_bouncer.launch(directory)
+    pid = lab_bouncer.launch(directory, lab_bouncer.binary(pgbouncer_version))
     try:
         app_password = next(
             line.split(":")[4]

@@ -45,16 +45,19 @@ def usable_connections(info: ServerInfo) -> int:
 
 
 def pool_check(env: Environment, usable: int) -> PoolCheck:
-    """Check servers × pool size against the usable limit minus the buffer."""
+    """Check servers × (pool size + max_overflow) against the usable limit minus the
+    buffer: what the fleet may open in a burst is what must fit."""
     servers = len(env.hosts)
     workers = env.service.workers
-    total = sum(host.pool_capacity(s) for host in env.hosts for s in env.services_on(host))
+    overflow = env.service.max_overflow
+    total = sum(host.max_capacity(s) for host in env.hosts for s in env.services_on(host))
     buffer = env.thresholds.buffer
     limit = max(0, usable - buffer)
-    # a size that stays within the limit during a rolling restart too, when max_unavailable
-    # hosts hold their old and their new pool at once (connfix pool shows the full sum)
+    # a size that stays within the limit in a burst (its overflow) and during a rolling
+    # restart too, when max_unavailable hosts hold their old and their new pool at once
+    # (connfix pool shows the full sum)
     at_once = min(env.service.max_unavailable, servers)
-    recommended = limit // ((servers + at_once) * workers) if servers else 0
+    recommended = max(0, limit // ((servers + at_once) * workers) - overflow) if servers else 0
     return PoolCheck(
         servers=servers,
         pool_size=env.service.pool_size,
@@ -65,6 +68,7 @@ def pool_check(env: Environment, usable: int) -> PoolCheck:
         limit=limit,
         safe=total <= limit,
         recommended_pool_size=recommended,
+        max_overflow=overflow,
     )
 
 

@@ -144,21 +144,28 @@ class IdleTransaction:
 
 @dataclass(frozen=True)
 class PoolCheck:
-    """servers × pool size against what the database can give, minus a buffer."""
+    """servers × (pool size + max_overflow) against what the database can give, minus a
+    buffer: a burst opens the overflow too, so the worst case is what must fit."""
 
     servers: int
     pool_size: int
     workers: int
-    total: int
+    total: int  # the worst case: Σ (pool size + max_overflow) × workers
     usable_connections: int
     buffer: int
     limit: int
     safe: bool
     recommended_pool_size: int
+    max_overflow: int = 0
 
     def sentence(self) -> str:
         """Say the check the way an operator reads it."""
-        per = str(self.pool_size) + (f" × {self.workers} workers" if self.workers > 1 else "")
+        per = (
+            f"({self.pool_size} + {self.max_overflow} overflow)"
+            if self.max_overflow
+            else str(self.pool_size)
+        )
+        per += f" × {self.workers} workers" if self.workers > 1 else ""
         verdict = "safe" if self.safe else "NOT safe"
         relation = "≤" if self.safe else ">"
         text = (
@@ -168,7 +175,8 @@ class PoolCheck:
         if not self.safe:
             text += (
                 f"; pool size {self.recommended_pool_size} per server would fit,"
-                " rolling restarts included"
+                + (f" its overflow of {self.max_overflow} and" if self.max_overflow else "")
+                + " rolling restarts included"
             )
         return text
 

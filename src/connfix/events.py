@@ -116,3 +116,40 @@ class HostOutcomeFields(TypedDict):
     command: NotRequired[str]  # the command that failed the gate, if one did
     exit_code: NotRequired[int | None]
     output_tail: NotRequired[str | None]
+
+
+class SessionOperation(TypedDict):
+    """`operation` of a terminate or cancel step: one session ended, skipped, failed, or
+    not attempted, with what it was when planned."""
+
+    result: str  # terminated, cancelled, skipped, failed, not attempted
+    reason: str
+    confirmed_by: NotRequired[str]
+    pid: int
+    usename: str | None
+    application_name: str
+    client_addr: str | None
+    host: str | None
+    state: str | None
+    idle_seconds: float
+    xact_seconds: float | None
+    query: str | None
+
+
+class PoolerOperation(TypedDict):
+    """`operation` of a PgBouncer step: a command sent (KILL_CLIENT, RECONNECT, PAUSE,
+    RESUME) and its answer, or a planned client left alone because it changed."""
+
+    pgbouncer: str
+    command: NotRequired[str]
+    ok: NotRequired[bool]
+    error: NotRequired[str]
+    skipped: NotRequired[str]
+    # KILL_CLIENT: the client it is for
+    host: NotRequired[str]
+    client_id: NotRequired[int | None]
+    addr: NotRequired[str | None]
+    port: NotRequired[int]
+    user: NotRequired[str]
+    application_name: NotRequired[str]
+    idle_seconds: NotRequired[float]

@@ -192,9 +192,11 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
     from connfix import files
 
     text = files.read_text(path, 200_000_000)
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
-        if not line.endswith("\n"):
-            return  # torn last write of a killed run
+    # lines end at "\n" only: str.splitlines would also split inside a value at U+0085,
+    # U+2028, \x1c… (an application name from the database may hold them)
+    lines = text.split("\n")
+    lines.pop()  # "" after the last newline; else the torn last write of a killed run
+    for number, line in enumerate(lines, start=1):
         event = json.loads(line)
         if not (
             isinstance(event, dict)

@@ -23,6 +23,12 @@ SESSION_FEATURES = (
 )
 
 
+def per_server(pool_size: int, overflow: int = 0, workers: int = 1) -> str:
+    """A server's pool as the tables say it: `3`, `(3 + 2 overflow)`, `… × 4 workers`."""
+    text = f"({pool_size} + {overflow} overflow)" if overflow else str(pool_size)
+    return text + (f" × {workers} workers" if workers > 1 else "")
+
+
 @dataclass(frozen=True)
 class PoolSizing:
     """What the fleet may open, against what the database can give."""
@@ -30,7 +36,7 @@ class PoolSizing:
     servers: int
     workers: int
     pool_size: int  # per worker, as configured
-    fleet_total: int  # Σ pool size × workers over hosts
+    fleet_total: int  # the worst case: Σ (pool size + max_overflow) × workers over hosts
     max_connections: int
     superuser_reserved_connections: int
     reserved_connections: int
@@ -50,6 +56,7 @@ class PoolSizing:
     pooler_connections: int = 0
     pooled_hosts: list[str] = field(default_factory=list)
     direct_hosts: list[str] = field(default_factory=list)
+    max_overflow: int = 0  # per worker: a burst opens this many beyond the pool
 
     def verdict(self) -> str:
         """Say in one phrase whether the pools fit, and what would."""
@@ -65,6 +72,8 @@ class PoolSizing:
             "label": "now",
             "servers": self.servers,
             "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "per_server": per_server(self.pool_size, self.max_overflow, self.workers),
             "total": self.fleet_total,
             "available": self.available,
             "safe": self.safe,
@@ -73,6 +82,8 @@ class PoolSizing:
             "label": "safe",
             "servers": self.servers,
             "pool_size": self.max_safe_pool_size,
+            "max_overflow": self.max_overflow,
+            "per_server": per_server(self.max_safe_pool_size, self.max_overflow, self.workers),
             "total": self.after_total,
             "available": self.after_available,
             "safe": self.after_total <= self.after_available and self.max_safe_pool_size > 0,
@@ -91,14 +102,16 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     max_connections − superuser_reserved_connections − reserved_connections and other
     clients are the sessions open now that no service of the fleet owns: from addresses
     outside the fleet, and from fleet hosts but no service's (pgbench, psql, a job);
-    connfix's own left out. During a rolling restart a restarting batch holds its pools twice while
-    the old ones drain and the new ones connect, so with u = max_unavailable hosts at a
-    time, pool size s per worker and w workers per server:
+    connfix's own left out. A burst opens a pool's max_overflow o beyond its size s (per
+    worker), so s + o is what each worker may hold. During a rolling restart a
+    restarting batch holds its pools twice while the old ones drain and the new ones
+    connect, so with u = max_unavailable hosts at a time and w workers per server:
 
-        servers × w × s  +  u × w × s  ≤  base   →   s = base // ((servers + u) × w)
+        servers × w × (s + o)  +  u × w × (s + o)  ≤  base
+            →   s = base // ((servers + u) × w) − o
 
-    The overlap counts at the size being judged: now, the largest host's pool; at the
-    safe size, that size.
+    The overlap counts at the size being judged: now, the largest host's pool with its
+    overflow; at the safe size, that size with its overflow.
     """
     service = env.service
     from connfix.diagnosis import CONNFIX
@@ -108,7 +121,8 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     direct = [h for h in env.hosts if h.name not in pooled_hosts]
     servers = len(direct)
     workers = service.workers
-    capacities = [h.pool_capacity(service) for h in direct]
+    overflow = service.max_overflow
+    capacities = [h.max_capacity(service) for h in direct]  # pool + overflow, × workers
     fleet_total = sum(capacities)
     fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
     # PgBouncer's own server connections are the pooled apps' demand, not other clients
@@ -123,9 +137,11 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     buffer = env.thresholds.buffer
     base = d.usable_connections - buffer - other - pooler
     available = base - overlap
-    per_worker = max(0, base) // ((servers + at_once) * workers) if servers else 0
-    after_total = per_worker * servers * workers
-    after_overlap = at_once * per_worker * workers
+    per_worker = (
+        max(0, max(0, base) // ((servers + at_once) * workers) - overflow) if servers else 0
+    )
+    after_total = (per_worker + overflow) * servers * workers if per_worker else 0
+    after_overlap = at_once * (per_worker + overflow) * workers if per_worker else 0
     notes = [
         f"usable {d.usable_connections} = max_connections {d.max_connections}"
         f" − superuser_reserved_connections {d.superuser_reserved_connections}"
@@ -135,10 +151,17 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         + f" and what a rolling restart holds twice (max_unavailable"
         f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
         f" {overlap} now, {after_overlap} at the safe size",
+        f"each worker may hold its pool size and max_overflow {overflow} in a burst: the"
+        f" worst case, {servers} servers × {workers} workers × (pool size + {overflow}),"
+        " is what must fit"
+        if overflow
+        else "max_overflow 0: a pool never opens more than its size",
         f"safe size = ({d.usable_connections} − {buffer} − {other}"
         + (f" − {pooler}" if pooler else "")
         + ") //"
-        f" (({servers} servers + {at_once} restarting) × {workers} workers) = {per_worker}",
+        f" (({servers} servers + {at_once} restarting) × {workers} workers)"
+        + (f" − {overflow} overflow" if overflow else "")
+        + f" = {per_worker}",
     ]
     if per_worker == 0 and servers:
         notes.append(
@@ -175,6 +198,7 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         pooler_connections=pooler,
         pooled_hosts=pooled_hosts,
         direct_hosts=[h.name for h in direct],
+        max_overflow=overflow,
     )
 
 

@@ -109,7 +109,7 @@ class PoolRow:
 
     label: str
     servers: int
-    pool_size: int
+    pool_size: int | str  # per server: `3`, or `(3 + 2 overflow)`
     total: int
     limit: int
     safe: bool
@@ -385,7 +385,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
                 PoolRow(
                     row["label"],
                     row["servers"],
-                    row["pool_size"],
+                    row.get("per_server", row["pool_size"]),
                     row["total"],
                     row["available"],
                     row["safe"],
@@ -395,8 +395,8 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         now, safe = sizing["table"]
         relation = "≤" if now["safe"] else ">"
         pool_line = (
-            f"{now['servers']} servers × {now['pool_size']} = {now['total']}"
-            f" {relation} {now['available']}"
+            f"{now['servers']} servers × {now.get('per_server', now['pool_size'])}"
+            f" = {now['total']} {relation} {now['available']}"
         )
         pool_line += (
             ": safe as it is"
@@ -405,21 +405,30 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
             f" {'safe' if safe['safe'] else 'still NOT safe: use PgBouncer'}"
         )
     elif check:
-        per = check["total"] // max(1, check["servers"])
+        from connfix.pool import per_server
+
+        overflow, workers = check.get("max_overflow", 0), check.get("workers", 1)
+        per = per_server(check["pool_size"], overflow, workers)
         pool_rows.append(
             PoolRow("now", check["servers"], per, check["total"], check["limit"], check["safe"])
         )
         if not check["safe"]:
             size = check["recommended_pool_size"]
-            total = size * check["servers"] * check.get("workers", 1)
+            total = (size + overflow) * check["servers"] * workers if size else 0
             pool_rows.append(
                 PoolRow(
-                    "safe", check["servers"], size, total, check["limit"], total <= check["limit"]
+                    "safe",
+                    check["servers"],
+                    per_server(size, overflow, workers),
+                    total,
+                    check["limit"],
+                    bool(size) and total <= check["limit"],
                 )
             )
             pool_line = (
                 f"{check['servers']} servers × {per} = {check['total']} >"
-                f" {check['limit']} → pool {size}: {total}, safe"
+                f" {check['limit']} → pool {size}: {total}, "
+                + ("safe" if size else "nothing fits: use PgBouncer")
             )
         else:
             pool_line = (

@@ -38,6 +38,6 @@ class AdviseAction(Action[Params, None]):
         )
         return Outcome(
             True,
-            f"{sizing.servers} servers × {sizing.pool_size}"
+            f"{sizing.servers} servers × {sizing.table()[0]['per_server']}"
             f" = {sizing.fleet_total} against {sizing.available} available: {sizing.verdict()}",
         )

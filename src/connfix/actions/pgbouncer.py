@@ -31,7 +31,7 @@ from pydantic import BeforeValidator, Field
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.beyond_pool import beyond_the_pool
 from connfix.diagnosis import app_label
-from connfix.events import Event
+from connfix.events import Event, PoolerOperation
 from connfix.units import between, format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -70,20 +70,29 @@ def _read(access: PgBouncerAccess) -> BouncerState:
     return bouncer.read(access)
 
 
-def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any) -> str | None:
-    """Send one admin command and journal it (with `about`: whom it is for); return the
-    error, if any."""
+def _command(access: PgBouncerAccess, statement: str) -> str | None:
+    """Send one admin command; return the error, if any."""
     from connfix import bouncer
     from connfix.errors import ConnfixError
 
-    fields = {**about, "pgbouncer": access.name, "command": statement}
     try:
         bouncer.command(access, statement)
     except ConnfixError as exc:
-        ctx.record(Event.OPERATION, **fields, error=str(exc))
         return str(exc)
-    ctx.record(Event.OPERATION, **fields, ok=True)
     return None
+
+
+def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any) -> str | None:
+    """Send one admin command and journal it (with `about`: whom it is for); return the
+    error, if any."""
+    error = _command(access, statement)
+    fields = PoolerOperation(**about, pgbouncer=access.name, command=statement)  # type: ignore[typeddict-item]
+    if error:
+        fields["error"] = error
+    else:
+        fields["ok"] = True
+    ctx.record(Event.OPERATION, **fields)
+    return error
 
 
 # --- KILL_CLIENT ---------------------------------------------------------------------
@@ -417,24 +426,28 @@ class PauseAction(_PoolCommand[PauseParams]):
         for op in plan.operations:
             access = accesses[op.target or ""]
             result: list[str | None] = []
+            # the command alone runs in the thread: if PAUSE outlives its timeout, its
+            # late answer is dropped, never journaled after the step (or the run) ended
             sender = threading.Thread(
-                target=lambda a=access, out=result: out.append(_send(ctx, a, f"PAUSE {db}")),
+                target=lambda a=access, out=result: out.append(_command(a, f"PAUSE {db}")),
                 daemon=True,
             )
             sender.start()
             sender.join(params.timeout)
-            if sender.is_alive() or (result and result[0]):
-                why = (
-                    result[0]
-                    if result and result[0]
-                    else (
-                        f"PAUSE did not complete within {format_duration(params.timeout)}: a client"
-                        " holds a server connection (a transaction left open?)"
-                    )
-                )
+            late = sender.is_alive()
+            why = (
+                f"PAUSE did not complete within {format_duration(params.timeout)}: a client"
+                " holds a server connection (a transaction left open?)"
+                if late
+                else result[0]
+            )
+            fields = PoolerOperation(pgbouncer=access.name, command=f"PAUSE {db}")
+            if why:
+                ctx.record(Event.OPERATION, **fields, error=why)
                 for name in [*paused, access.name]:
                     _send(ctx, accesses[name], f"RESUME {db}")
                 return Outcome(False, f"PgBouncer {access.name}: {why}; resumed")
+            ctx.record(Event.OPERATION, **fields, ok=True)
             paused.append(access.name)
 
             def resume(a: PgBouncerAccess = access, name: str = _database(ctx, params)) -> None:

@@ -199,6 +199,28 @@ def burst(host: str, count: int, duration: float) -> None:
     )
 
 
+@lab.command("traffic")
+@click.argument("host")
+@click.argument("every", metavar="EVERY", type=DURATION)
+def traffic(host: str, every: float) -> None:
+    """Make HOST's app serve a request on each pooled connection every EVERY from now on;
+    0s makes it a quiet app, whose pool sits idle (its connections become the oldest
+    idle ones: what a remedy must still tell from a leak).
+
+    \b
+    Example:
+      connfix lab traffic app1 0s
+      connfix lab traffic app1 500ms
+    """
+    from connfix.lab import lab as core
+    from connfix.units import duration_text
+
+    took = core.traffic(host, every)
+    terminal().out.print(
+        f"{host} serves traffic every {duration_text(took)}" if took else f"{host} is quiet"
+    )
+
+
 @lab.command("client")
 @click.argument("host")
 @click.argument("kind", type=click.Choice(["pgbench", "psql", "job", "stop"]))

@@ -599,7 +599,7 @@ def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | No
         table.add_row(
             row["label"],
             str(row["servers"]),
-            str(row["pool_size"]),
+            escape(row["per_server"]),
             str(row["total"]),
             str(row["available"]),
             "[green]yes[/green]" if row["safe"] else "[red]NO[/red]",

@@ -23,6 +23,11 @@ HTTP on the host's address:
                    checked out of the pool and never returned)
   POST /burst?count=K&seconds=S  K concurrent requests holding a connection for S seconds:
                    a legitimate burst into max_overflow
+  POST /traffic?every=S          serve traffic every S seconds from now on (0: a quiet app,
+                   whose pool sits idle: its connections are the oldest idle ones)
+
+/status also gives each connection's local TCP port (`pool_ports`, `leaked_ports`): the
+port PgBouncer's SHOW CLIENTS shows, so a test can tell which clients connfix ended.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class App:
         )
         self.leaked: list[Any] = []  # raw connections, or checked-out pool connections
         self.pool_pids: set[int] = set()  # backend pids of the pool's connections
+        self.pool_ports: dict[int, int] = {}  # backend pid → the connection's local port
+        self.traffic_every = float(config.get("traffic_seconds", 0))
+        self.traffic_changed = threading.Event()
         sqlalchemy.event.listen(self.engine.pool, "connect", self._pool_connect)
         for gone in ("close", "invalidate", "close_detached"):
             sqlalchemy.event.listen(self.engine.pool, gone, self._pool_gone)
@@ -72,6 +80,7 @@ class App:
     def _pool_connect(self, dbapi_connection: Any, record: Any) -> None:
         with self.lock:
             self.pool_pids.add(dbapi_connection.info.backend_pid)
+            self.pool_ports[dbapi_connection.info.backend_pid] = _local_port(dbapi_connection)
         record.info["pid"] = dbapi_connection.info.backend_pid
 
     def _pool_gone(self, dbapi_connection: Any, *args: Any) -> None:
@@ -81,6 +90,7 @@ class App:
                 pid = dbapi_connection.info.backend_pid
         with self.lock:
             self.pool_pids.discard(pid)
+            self.pool_ports.pop(pid, None)  # type: ignore[arg-type]
 
     def _open(self, autocommit: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
@@ -118,14 +128,23 @@ class App:
             return False, f"database error: {str(exc).splitlines()[0]}"
         return True, "ok"
 
-    def serve_traffic(self, every: float) -> None:
-        """Use each pooled connection every `every` seconds, as an app serving requests
-        does; a dead one fails its request and the pool replaces it."""
+    def serve_traffic(self) -> None:
+        """Use each pooled connection every `traffic_every` seconds, as an app serving
+        requests does (none while it is 0: a quiet app); a dead one fails its request
+        and the pool replaces it."""
         while True:
-            time.sleep(every)
+            every = self.traffic_every
+            self.traffic_changed.wait(every if every > 0 else None)
+            if self.traffic_changed.is_set():
+                self.traffic_changed.clear()
+                continue
             for _ in range(self.pool_size):
                 with contextlib.suppress(sa_exc.SQLAlchemyError):
                     self.request()
+
+    def set_traffic(self, every: float) -> None:
+        self.traffic_every = every
+        self.traffic_changed.set()
 
     def leak(self, count: int, mode: str) -> list[int]:
         pids = []
@@ -176,7 +195,7 @@ class App:
         pool = self.engine.pool
         assert isinstance(pool, QueuePool)
         with self.lock:
-            leaked = []
+            leaked, leaked_ports = [], []
             for conn in self.leaked:
                 raw = conn if isinstance(conn, psycopg.Connection) else None
                 if raw is None:
@@ -184,8 +203,10 @@ class App:
                         raw = conn.connection.dbapi_connection
                 if raw is not None and not raw.closed:
                     leaked.append(raw.info.backend_pid)
+                    leaked_ports.append(_local_port(raw))
         with self.lock:
             pool_pids = sorted(self.pool_pids)
+            pool_ports = sorted(p for pid, p in self.pool_ports.items() if pid in self.pool_pids)
         return {
             "pid": os.getpid(),
             "pool": pool_pids,  # every connection the pool holds, in use or not
@@ -195,7 +216,20 @@ class App:
             "idle_in_pool": pool.checkedin(),
             "overflow": pool.overflow(),
             "leaked": leaked,
+            "pool_ports": pool_ports,
+            "leaked_ports": leaked_ports,
+            "traffic_seconds": self.traffic_every,
         }
+
+
+def _local_port(conn: Any) -> int:
+    """The local TCP port of a connection (0 over a Unix socket, or once closed)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            name = sock.getsockname()
+    except (OSError, psycopg.Error):
+        return 0
+    return int(name[1]) if isinstance(name, tuple) else 0
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
@@ -231,6 +265,9 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 if url.path == "/leak":
                     pids = app.leak(count, query.get("mode", ["idle"])[0])
                     self._reply(200, {"leaked": pids})
+                elif url.path == "/traffic":
+                    app.set_traffic(float(query.get("every", ["0"])[0]))
+                    self._reply(200, {"traffic_seconds": app.traffic_every})
                 elif url.path == "/burst":
                     seconds = float(query.get("seconds", ["5"])[0])
                     self._reply(200, {"burst": app.burst(count, seconds)})
@@ -275,9 +312,7 @@ def main(config_path: str) -> int:
     leak_on_start = app.faults / "leak-on-start"
     if leak_on_start.exists():  # lab fault: the new process leaks at once
         app.leak(int(leak_on_start.read_text().strip() or "3"), "idle")
-    every = float(config.get("traffic_seconds", 0))
-    if every > 0:
-        threading.Thread(target=app.serve_traffic, args=(every,), daemon=True).start()
+    threading.Thread(target=app.serve_traffic, daemon=True).start()
     notify(f"READY=1\nSTATUS=serving with a pool of {app.pool_size}")
     print(f"labapp pid {os.getpid()} up with a pool of {app.pool_size}", flush=True)
     server.serve_forever()

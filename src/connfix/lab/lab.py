@@ -524,6 +524,15 @@ def _up_host(name: str) -> tuple[LabState, int]:
     return state, names.index(name) + 1
 
 
+def traffic(host: str, every: float) -> float:
+    """Make one lab host's app serve traffic every `every` seconds from now on (0: a
+    quiet app, whose pool sits idle); return what it took."""
+    _, index = _up_host(host)
+    if not (every == 0 or 0.1 <= every <= 600):
+        raise LabInputError("the traffic interval must be 0s (none) or between 100ms and 10m")
+    return float(app_request(index, f"/traffic?every={every}", "POST")["traffic_seconds"])
+
+
 def leak(host: str, count: int, idle_in_transaction: bool, from_pool: bool = False) -> list[int]:
     """Make one lab host's app leak `count` connections: opened outside its pool and never
     closed, or (from_pool) checked out of its pool and never returned; left idle, or

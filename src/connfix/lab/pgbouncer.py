@@ -20,7 +20,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -206,14 +208,36 @@ def launch(d: Path, executable: str = DEBIAN_BINARY) -> int:
     pidfile.unlink(missing_ok=True)  # a stopped one's: never taken for the new one's
     run(["runuser", "-u", "postgres", "--", executable, "-d", str(d / "pgbouncer.ini")])
     deadline = time.monotonic() + 10
+    listener = _listener(d / "pgbouncer.ini")
     while time.monotonic() < deadline:
         text = pidfile.read_text().strip() if pidfile.exists() else ""
-        if text.isdigit() and alive(int(text)):
+        if text.isdigit() and alive(int(text)) and _accepts(listener):
             return int(text)
         time.sleep(0.02)
     log = d / "pgbouncer.log"
     tail = log.read_text()[-1500:] if log.exists() else ""
     raise LabError(f"PgBouncer did not start: {tail.strip()}")
+
+
+def _listener(config: Path) -> tuple[str, int] | None:
+    """The TCP address and port a PgBouncer configuration listens on, if it says."""
+    text = config.read_text()
+    addr = re.search(r"(?m)^\s*listen_addr\s*=\s*([^,\s]+)", text)
+    port = re.search(r"(?m)^\s*listen_port\s*=\s*(\d+)", text)
+    if not addr or not port or addr.group(1) == "*":
+        return None
+    return addr.group(1), int(port.group(1))
+
+
+def _accepts(listener: tuple[str, int] | None) -> bool:
+    """Whether PgBouncer accepts connections yet (its pidfile comes before its socket)."""
+    if listener is None:
+        return True
+    try:
+        with socket.create_connection(listener, timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def stop(pid: int) -> bool:
