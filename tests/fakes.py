@@ -18,6 +18,7 @@ from connfix.inventory import Environment
 from connfix.remote import CommandResult
 
 INVOCATIONS = {"old": "a" * 32, "new": "b" * 32, "newer": "c" * 32}
+LOG = "2026-12-04T02:00:01+0000 app1 app[200]: cannot connect to the cache\n"
 
 
 def show(
@@ -28,10 +29,13 @@ def show(
     pid: int = 100,
     type_: str = "notify",
     result: str = "success",
+    restart: str = "no",
+    restarts: int = 0,
 ) -> str:
     """`systemctl show` output for one unit, properties in systemd's own order."""
     return (
-        f"Type={type_}\nRestart=no\nMainPID={pid}\nResult={result}\nNRestarts=0\n"
+        f"Type={type_}\nRestart={restart}\nRestartUSec=1s\nMainPID={pid}\nResult={result}\n"
+        f"NRestarts={restarts}\n"
         f"TimeoutStartUSec=1min 30s\nTimeoutStopUSec=1min 30s\n"
         f"ExecMainStartTimestampMonotonic={pid * 1000}\n"
         f"InvocationID={INVOCATIONS.get(invocation, invocation)}\nId={unit}\n"
@@ -65,6 +69,8 @@ class ScriptedRemote:
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         with self.lock:
             self.sent.append(command)
+            if "journalctl" in command:  # a failed unit's log, read after any failure
+                return CommandResult(self.host, command, 0, LOG, "", 0.01)
             while self.script:
                 step = self.script[0]
                 if step.contains in command:

@@ -169,6 +169,44 @@ def test_sigkill_mid_roll_then_resume(clean_lab: Lab, tmp_path: Path) -> None:
     complete(tmp_path / "second", "done")
 
 
+def test_a_roll_killed_during_its_second_host_reports_done_unknown_and_not_touched(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """SIGKILL while app2 restarts (its health gate waits: app2 is unhealthy) in a roll of
+    app1, app2, app3: the report, regenerated from the journal, names app1 done, app2
+    restart sent with its outcome unknown, app3 not touched — in the hosts table and in
+    the summary."""
+    incidents = tmp_path / "incidents"
+    clean_lab.core.leak("app1", 4, idle_in_transaction=False)  # app1 first: it leaks
+    clean_lab.fault("app2", "unhealthy")  # then app2 (its health check fails), then app3
+    pids = clean_lab.main_pids()
+    proc = start(clean_lab, incidents, "restart", "lab", "--yes")
+    try:
+        retry(
+            lambda: (
+                list(incidents.glob("*/journal.jsonl"))
+                and [e for e in of(events(incidents), "host_start") if e["host"] == "app2"]
+            ),
+            timeout=30,
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [e["host"] for e in of(events(incidents), "host_done")] == ["app1"]
+    (incident,) = incidents.glob("*")
+    text = render(incident / "journal.jsonl")
+    hosts = text.split("### Hosts restarted", 1)[1].split("## Before and after", 1)[0]
+    assert "| app1 | done |" in hosts
+    assert "| app2 | restart sent, outcome unknown |" in hosts
+    assert "| app3 | not touched |" in hosts and "nothing was sent to it" in hosts
+    summary = text.split("## Summary", 1)[1].split("## Impact", 1)[0]
+    assert "restarted app1" in summary
+    assert "while restarting app2" in summary and "Not touched: app3" in summary
+    assert clean_lab.core.app_request(3, "/status")["pid"] == pids["app3"]  # not touched
+
+
 def test_sigint_mid_roll(clean_lab: Lab, tmp_path: Path) -> None:
     incidents = tmp_path / "incidents"
     proc = start(clean_lab, incidents, "restart", "lab", "--yes", "--pause", "30s")

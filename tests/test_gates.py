@@ -145,7 +145,8 @@ def test_a_simple_unit_must_settle_before_its_health_check() -> None:
                 Expect(HEALTH),
                 Expect(SHOW, show(active="activating", sub="auto-restart", invocation="newer")),
             ],
-            "after the gates: service app.service is in a crash loop",
+            "after the gates: service app.service failed and waits for its first automatic"
+            " restart (activating/auto-restart, Restart=no in 1s, Result=success)",
         ),
     ],
     ids=[
@@ -317,3 +318,45 @@ def test_ctrl_c_between_batches_stops_before_the_next_host() -> None:
     result, conns = scripted_roll(run, {f"app{i}": healthy_host() for i in range(1, 4)})
     assert result.interrupted and result.done == [] and result.untouched == ["app1", "app2", "app3"]
     assert all(c.sent == [] for c in conns.values())
+
+
+AUTO = {"active": "activating", "sub": "auto-restart", "restart": "on-failure"}
+
+
+def test_a_failed_start_its_restart_policy_heals_is_waited_for_and_reported() -> None:
+    """Lab: test_restart.py::test_a_start_failure_its_restart_policy_heals_is_waited_for."""
+    run = FakeRun(environment(), sessions=[{"app": set()}])
+    conn = ScriptedRemote(
+        "app1",
+        [
+            Expect(RESTART, exit_code=1, stderr="Job for app.service failed."),
+            Expect(SHOW, show(invocation="new", result="exit-code", **AUTO)),
+            Expect(SHOW, show(invocation="newer", pid=300, restart="on-failure", restarts=1)),
+            Expect(HEALTH),
+            Expect(SHOW, show(invocation="newer", pid=300, restart="on-failure", restarts=1)),
+        ],
+    )
+    outcome = run_host(conn, run)
+    assert outcome.ok and outcome.healed, outcome
+    assert outcome.healed.startswith("app.service: the restart command failed (app1:")
+    assert "healed: active as a new invocation after 1 automatic restart(s)" in outcome.healed
+    (done,) = [e for e in run.events if e["event"] == "host_done"]
+    assert done["healed"] == outcome.healed
+
+
+def test_a_failed_start_that_does_not_heal_fails_after_three_automatic_restarts() -> None:
+    run = FakeRun(environment(), sessions=[{"app": set()}])
+    looping = [
+        Expect(SHOW, show(invocation=f"{n:032x}", result="exit-code", restarts=n, **AUTO))
+        for n in range(0, 4)
+    ]
+    conn = ScriptedRemote(
+        "app1",
+        [Expect(RESTART, exit_code=1, stderr="Job for app.service failed."), *looping],
+    )
+    outcome = run_host(conn, run, GateTimeouts(active=5, health=0.3, database=0.3, settle=0.05))
+    assert not outcome.ok and outcome.gate == "active"
+    assert "it did not heal: still failing after 3 automatic restarts" in outcome.detail
+    assert "is in a crash loop (activating/auto-restart, restarted 3 time(s)" in outcome.detail
+    assert outcome.command == RESTART and outcome.exit_code == 1  # the cause, kept
+    assert outcome.log_tail and "cannot connect to the cache" in outcome.log_tail

@@ -137,6 +137,12 @@ def test_generated_config_caps_server_connections(
                 conn.execute("SELECT pg_sleep(0.05)")
             return 1
 
+    # PgBouncer logs in to the server with the SCRAM keys of a client login that
+    # completed: a server connection it opens before any did is refused, and every login
+    # waiting on the pool with it ("server login failed: wrong password type", seen on
+    # 1.25.2 when the whole load logs in at once). One login first, as a live pooler has.
+    with psycopg.connect(bouncer_dsn(bouncer, "app"), password=password) as warm:
+        warm.execute("SELECT 1")
     sampler = threading.Thread(target=sample)
     sampler.start()
 

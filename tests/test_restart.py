@@ -202,19 +202,46 @@ def test_failed_restart_halts_and_later_hosts_keep_their_pid(
     assert result.exit_code == 1
     evs = events(tmp_path / "incidents")
     (failed,) = of(evs, "host_failed")
-    assert failed["host"] == "app2" and failed["gate"] == "restart"
+    # its Restart=on-failure was given 3 automatic restarts to heal it: it did not
+    assert failed["host"] == "app2" and failed["gate"] == "active"
+    assert "it did not heal: still failing after 3 automatic restarts" in failed["detail"]
+    assert "service labapp.service is in a crash loop" in failed["detail"]
     assert failed["command"] == "sudo -n systemctl restart labapp.service"
     assert failed["exit_code"] == 1
     assert "Job for labapp.service failed" in failed["output_tail"]  # systemctl's own words
-    # and what systemd says of the unit now (Restart=on-failure: it is retrying)
-    assert "service labapp.service" in failed["detail"]
+    # and the unit's own last log lines, read with the sudo rule for journalctl
+    assert "labapp: cannot start (lab fault fail-start)" in failed["log_tail"]
+    assert "its last log lines:" in result.output
     (halted,) = of(evs, "roll_halted")
     assert (halted["done"], halted["failed"], halted["untouched"]) == (["app1"], ["app2"], ["app3"])
-    assert "done app1; failed app2 at restart" in result.output
+    assert "done app1; failed app2 at active" in result.output
     assert "not touched app3" in result.output
     assert clean_lab.core.app_request(3, "/status")["pid"] == pids["app3"]
     report = assert_complete(tmp_path / "incidents", "halted")
-    assert "| app2 | FAILED at restart |" in report and "exit 1" in report
+    assert "| app2 | FAILED at active |" in report and "exit 1" in report
+    assert "its last log lines: " in report and "lab fault fail-start" in report
+
+
+def test_a_start_failure_its_restart_policy_heals_is_waited_for(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """app1's app fails its next start (a transient fault): `systemctl restart` fails,
+    systemd's Restart=on-failure (RestartSec=1s) starts it again and it comes up: the
+    roll waits for it, reports it healed, and goes on."""
+    clean_lab.fault("app1", "fail-start", "times=1")
+    result = restart(clean_lab, tmp_path, "--yes", "--hosts", "app1,app2")
+    assert result.exit_code == 0, result.output
+    evs = events(tmp_path / "incidents")
+    assert [e["host"] for e in of(evs, "host_done")] == ["app1", "app2"]
+    healed = of(evs, "host_done")[0]["healed"]
+    assert healed.startswith("labapp.service: the restart command failed (")
+    assert "its Restart=on-failure started it again; healed: active as a new invocation" in healed
+    assert "healed by its Restart= policy" in result.output
+    assert not of(evs, "host_failed")
+    report = assert_complete(tmp_path / "incidents", "done")
+    assert (
+        "| app1 | done |" in report and "ok; labapp.service: the restart command failed" in report
+    )
 
 
 def test_failed_health_check_halts(clean_lab: Lab, tmp_path: Path) -> None:

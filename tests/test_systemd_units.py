@@ -270,10 +270,64 @@ def test_crash_loop_is_refused_as_a_crash_loop(host: Host, clean_lab: Lab, tmp_p
         "Restart=always\nRestartSec=3s\n",
     )
     host.start(unit, block=False)
-    retry(lambda: host.state(unit).sub_state == "auto-restart")
+    # at its first failure NRestarts is still 0: it waits for its first restart, not "0 times"
+    first = host.state(unit)
+    if first.auto_restarting and first.restarts == 0:
+        assert "waits for its first automatic restart" in first.verdict()
+        assert "Restart=always in 3s" in first.verdict()
+    retry(lambda: host.state(unit).sub_state == "auto-restart" and host.state(unit).restarts > 0)
     output = _refused(roll(clean_lab, tmp_path, inventory(clean_lab, tmp_path, unit)), tmp_path)
     assert f"service {unit} is in a crash loop (activating/auto-restart, restarted" in output
+    assert "restarted 0 time(s)" not in output
     assert "rerun with --include-failed" in output
+
+
+def test_a_crash_looping_simple_unit_caught_while_active_is_refused(
+    host: Host, clean_lab: Lab, tmp_path: Path
+) -> None:
+    """A Type=simple unit that runs 0.8 s, crashes, and is restarted after 0.3 s reads
+    `active` most of the time: caught in that window, the preflight watches it (NRestarts
+    > 0), sees systemd restart it again, and refuses it as a crash loop. A stable unit
+    with NRestarts > 0 passes, with a warning."""
+    unit = "cfxtest-flap.service"
+    host.install(
+        unit,
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=simple\n"
+        "ExecStart=/bin/sh -c 'sleep 0.8; exit 1'\nRestart=always\nRestartSec=300ms\n",
+    )
+    host.start(unit)
+    retry(lambda: host.state(unit).restarts >= 1 and host.state(unit).active_state == "active")
+    output = _refused(roll(clean_lab, tmp_path, inventory(clean_lab, tmp_path, unit)), tmp_path)
+    assert f"service {unit} is in a crash loop: it read active between two crashes" in output
+    assert "rerun with --include-failed" in output
+
+
+def test_a_unit_restarted_by_systemd_once_then_stable_passes_with_a_warning(
+    host: Host, clean_lab: Lab, tmp_path: Path
+) -> None:
+    unit = "cfxtest-once.service"
+    host.install(
+        unit,
+        "[Service]\nType=simple\nExecStart=/bin/sh -c"
+        " 'if [ -e /run/cfxtest-crashed ]; then exec sleep infinity; fi;"
+        " touch /run/cfxtest-crashed; exit 1'\nRestart=on-failure\nRestartSec=200ms\n",
+    )
+    host.files.append("/run/cfxtest-crashed")
+    host.start(unit, block=False)
+    retry(lambda: host.state(unit).restarts == 1 and host.state(unit).sub_state == "running")
+    result = connfix_run(
+        "restart",
+        inventory(clean_lab, tmp_path, unit),
+        tmp_path / "incidents",
+        "--hosts",
+        "app1",
+        "--dry-run",
+    )
+    assert result.exit_code == 0, result.output
+    plan = next(e for e in of(events(tmp_path / "incidents"), "plan") if e.get("details"))
+    (check,) = plan["details"]["preflight"]
+    assert check["ok"] and "NRestarts=1 (systemd restarted it by itself" in check["detail"]
+    assert "NRestarts=1" in result.output
 
 
 def test_inactive_activating_and_reloading_units_are_refused(

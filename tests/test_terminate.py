@@ -441,6 +441,37 @@ def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
     assert clean_lab.core.app_request(2, "/health")["ok"] is True
 
 
+def test_on_a_quiet_app_excess_only_ends_the_leak_not_the_idle_pool(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """The same on a quiet app: its pool has sat idle since it started, so the pool's
+    sessions are the OLDEST idle ones ("oldest first" would end them and spare the
+    leak). Newest connected first, the leak ends and the pool's sessions stay."""
+    try:
+        clean_lab.core.traffic("app2", 0)
+        time.sleep(1.1)
+        leaked = set(clean_lab.core.leak("app2", 3, idle_in_transaction=False))
+        pool = set(clean_lab.core.app_request(2, "/status")["pool"])
+        result = terminate(
+            clean_lab.inventory,
+            tmp_path,
+            "--state",
+            "idle",
+            "--older-than",
+            "0s",
+            "--only-suspects",
+            "--excess-only",
+        )
+        assert result.exit_code == 0, result.output
+        ops = operations(tmp_path)
+        assert set(ops) == leaked and all(op["result"] == "terminated" for op in ops.values())
+        assert "newest connected first" in result.output
+        assert set(clean_lab.core.app_request(2, "/status")["pool"]) == pool
+        assert clean_lab.core.app_request(2, "/health")["ok"] is True  # its next request
+    finally:
+        clean_lab.core.traffic("app2", 1)
+
+
 def test_host_restricts_termination_to_that_host(clean_lab: Lab, tmp_path: Path) -> None:
     """--host app3: app3's leaked sessions end; app2's, just as old, stay."""
     on_app2 = set(clean_lab.core.leak("app2", 2, idle_in_transaction=False))

@@ -116,6 +116,8 @@ class HostOutcomeFields(TypedDict):
     command: NotRequired[str]  # the command that failed the gate, if one did
     exit_code: NotRequired[int | None]
     output_tail: NotRequired[str | None]
+    log_tail: NotRequired[str]  # host_failed: the unit's last log lines (journalctl)
+    healed: NotRequired[str]  # host_done: a failed start the unit's Restart= policy healed
 
 
 class SessionOperation(TypedDict):

@@ -31,6 +31,8 @@ PROPERTIES = (
     "TimeoutStopUSec",
     "NRestarts",
     "RemainAfterExit",
+    "Restart",
+    "RestartUSec",
 )
 
 
@@ -94,7 +96,19 @@ class UnitState:
     result: str
     start_timeout: float | None  # seconds; None: infinity
     stop_timeout: float | None
-    restarts: int
+    restarts: int  # NRestarts: automatic restarts since the unit was last started by hand
+    restart_policy: str = ""  # Restart=: no, on-failure, always, …
+    restart_sec: float | None = None  # RestartUSec, seconds
+
+    @property
+    def auto_restarting(self) -> bool:
+        """Failed, and waiting for its Restart= policy to start it again (RestartSec)."""
+        return self.active_state == "activating" and self.sub_state == "auto-restart"
+
+    @property
+    def restarts_itself(self) -> bool:
+        """Whether systemd starts it again after a failure (Restart= other than no)."""
+        return self.restart_policy not in ("", "no")
 
     @classmethod
     def from_show(cls, props: dict[str, str], asked: str = "") -> UnitState:
@@ -123,6 +137,8 @@ class UnitState:
             start_timeout=span("TimeoutStartUSec"),
             stop_timeout=span("TimeoutStopUSec"),
             restarts=number("NRestarts"),
+            restart_policy=props.get("Restart", ""),
+            restart_sec=span("RestartUSec"),
         )
 
     @property
@@ -146,10 +162,19 @@ class UnitState:
         state = f"{self.active_state}/{self.sub_state}" if self.sub_state else self.active_state
         if self.active_state == "failed":
             return f"service {self.id} has failed ({state}, Result={self.result or '?'})"
-        if self.active_state == "activating" and self.sub_state == "auto-restart":
+        if self.auto_restarting:
+            # NRestarts counts the restarts done: the one it waits for is not in it yet
+            wait = f" in {self.restart_sec:g}s" if self.restart_sec else ""
+            if self.restarts:
+                return (
+                    f"service {self.id} is in a crash loop ({state}, restarted"
+                    f" {self.restarts} time(s) by systemd and failing again,"
+                    f" Result={self.result or '?'}; its next start{wait})"
+                )
             return (
-                f"service {self.id} is in a crash loop ({state}, restarted"
-                f" {self.restarts} time(s), Result={self.result or '?'})"
+                f"service {self.id} failed and waits for its first automatic restart"
+                f" ({state}, Restart={self.restart_policy or '?'}{wait},"
+                f" Result={self.result or '?'})"
             )
         if self.active_state in ("activating", "deactivating", "reloading"):
             return f"service {self.id} is {self.active_state} ({state}), not settled"
@@ -221,3 +246,24 @@ def show_units(conn: Remote, units: list[str]) -> tuple[list[UnitState], str | N
             f" {' / '.join(shown.stdout.strip().splitlines()[-3:])}"
         )
     return [UnitState.from_show(b, asked) for b, asked in zip(blocks, units, strict=True)], None
+
+
+LOG_LINES = 20
+
+
+def log_command(unit: str, sudo: bool = True) -> str:
+    """The read-only command that prints a unit's last log lines (journalctl, through
+    sudo: the rule the README documents; or as the user, in group systemd-journal)."""
+    command = f"journalctl -u {shlex.quote(unit)} -n {LOG_LINES} --no-pager -o short-iso"
+    return f"sudo -n {command}" if sudo else command
+
+
+def log_tail(conn: Remote, unit: str) -> str:
+    """A unit's last log lines, or why they could not be read. Never raises."""
+    tried = []
+    for sudo in (True, False):
+        result = conn.run(log_command(unit, sudo), timeout=10)
+        if result.ok and result.stdout.strip() and "No entries" not in result.stdout:
+            return result.stdout.strip()
+        tried.append(" ".join(result.describe().split())[:300])
+    return "(its log could not be read: " + "; ".join(tried) + ")"

@@ -291,10 +291,29 @@ def notify(state: str) -> None:
         sock.sendall(state.encode())
 
 
+def _failing_start(fault: Path) -> bool:
+    """The fail-start fault: every start fails, or (`times=N`) the first N starts after
+    the fault was set: a transient failure the unit's Restart=on-failure heals. The
+    starts are counted in the unit's runtime directory (kept across restarts)."""
+    try:
+        text = fault.read_text().strip()
+        stamp = fault.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    if not text.startswith("times="):
+        return True
+    counter = Path(os.environ.get("RUNTIME_DIRECTORY", "/run/labapp")) / f"failed-starts-{stamp}"
+    failed = int(counter.read_text()) if counter.exists() else 0
+    if failed >= int(text.removeprefix("times=")):
+        return False
+    counter.write_text(str(failed + 1))
+    return True
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     app = App(config)
-    if (app.faults / "fail-start").exists():  # lab fault: the app cannot start
+    if _failing_start(app.faults / "fail-start"):  # lab fault: the app cannot start
         print("labapp: cannot start (lab fault fail-start)", file=sys.stderr, flush=True)
         return 1
     notify("STATUS=booting")

@@ -37,8 +37,9 @@ FAULTS = ("fail-start", "unhealthy", "leak-on-start")
 
 
 def fault(name: str, which: str, content: str = "") -> None:
-    """Inject a lab fault on a host: fail-start (the app exits before it is ready),
-    unhealthy (its /health fails), leak-on-start (a new app process leaks N at once)."""
+    """Inject a lab fault on a host: fail-start (the app exits before it is ready; with
+    content `times=N`, only its next N starts: a transient failure), unhealthy
+    (its /health fails), leak-on-start (a new app process leaks N at once)."""
     if which not in FAULTS:
         raise LabInputError(f"unknown fault {which!r} ({', '.join(FAULTS)})")
     lab_hosts.file_in(_pid(name), f"{lab_hosts.FAULTS_DIR}/{which}").write_text(content)

@@ -121,6 +121,9 @@ Environment=PYTHONDONTWRITEBYTECODE=1
 ExecStart={python} -m connfix.lab.app /etc/labapp/app.json
 Restart=on-failure
 RestartSec=1s
+# where the app counts its failed starts (the fail-start fault `times=N`)
+RuntimeDirectory=labapp
+RuntimeDirectoryPreserve=yes
 TimeoutStartSec=30s
 TimeoutStopSec=10s
 
@@ -230,8 +233,10 @@ def seed(
     _write(
         root,
         "/etc/sudoers.d/connfix-lab",
-        f"# the deploy user may restart the app, and nothing else\n"
-        f"{DEPLOY_USER} ALL=(root) NOPASSWD: /usr/bin/systemctl restart {UNIT}\n",
+        f"# the deploy user may restart the app and read its last log lines, nothing else\n"
+        f"{DEPLOY_USER} ALL=(root) NOPASSWD: /usr/bin/systemctl restart {UNIT}\n"
+        f"{DEPLOY_USER} ALL=(root) NOPASSWD: /usr/bin/journalctl -u {UNIT} -n 20"
+        " --no-pager -o short-iso\n",
         0o440,
     )
     binds, traverse = runtime_paths()

@@ -57,6 +57,9 @@ class GateResult:
     detail: str = ""
     result: CommandResult | None = None  # the command whose failure failed the gate
     unit: UnitState | None = None  # the unit's latest state the gate saw
+    # the restart command failed, but the unit's own Restart= policy is starting it
+    # again: what happened, for the report once it is active (the active gate waits)
+    healing: str = ""
 
 
 def poll(
@@ -125,18 +128,47 @@ def restart_gate(
         return GateResult(True, "", restarted)
     state, _ = systemd.show_units(conn, [old.id])
     why = restarted.describe()
-    if state:
-        why += f"\n{state[0].verdict()}"
-    return GateResult(False, why, restarted, state[0] if state else None)
+    unit = state[0] if state else None
+    if (
+        unit is not None
+        and unit.restarts_itself
+        and (unit.auto_restarting or (unit.active_state == "active" and unit.started_since(old)))
+    ):
+        # the start failed, and systemd starts it again (Restart=): a transient failure
+        # heals itself; the active gate waits for it, for a few automatic restarts
+        first = " ".join(why.split())[:300]
+        ctx.progress(f"{label}: the restart failed ({first}); {unit.verdict()}: waiting for it")
+        return GateResult(
+            True,
+            "healing",
+            restarted,
+            unit,
+            healing=f"the restart command failed ({first}); its Restart={unit.restart_policy}"
+            " started it again",
+        )
+    if unit is not None:
+        why += f"\n{unit.verdict()}"
+    return GateResult(False, why, restarted, unit)
+
+
+HEAL_RESTARTS = 3  # automatic restarts a unit healing itself is given, at most
 
 
 def active_gate(
-    ctx: GateContext, conn: Remote, old: UnitState, timeout: float, label: str
+    ctx: GateContext,
+    conn: Remote,
+    old: UnitState,
+    timeout: float,
+    label: str,
+    healing_from: UnitState | None = None,
 ) -> GateResult:
     """Wait until the unit is active as a new invocation. A new invocation that ends
-    `failed` fails the gate at once."""
+    `failed` fails the gate at once. A unit healing itself (its start failed and its
+    Restart= policy starts it again: `healing_from`, as seen then) is given at most
+    HEAL_RESTARTS automatic restarts: one still failing after them is a crash loop."""
     seen: list[UnitState] = []
     started = time.monotonic()
+    limit = healing_from.restarts + HEAL_RESTARTS if healing_from is not None else None
 
     def check() -> tuple[bool, str] | None:
         units, error = systemd.show_units(conn, [old.id])
@@ -144,6 +176,8 @@ def active_gate(
             return False, error
         unit = units[0]
         seen[:] = [unit]
+        if limit is not None and unit.auto_restarting and unit.restarts >= limit:
+            return None  # final: it does not heal
         if not unit.started_since(old):
             return False, (
                 f"still the old invocation (InvocationID {unit.invocation_id or '-'},"
@@ -160,6 +194,13 @@ def active_gate(
     if ok:
         return GateResult(True, "", unit=last)
     if detail == "final" and last is not None:
+        if limit is not None and last.auto_restarting:
+            return GateResult(
+                False,
+                f"it did not heal: still failing after {HEAL_RESTARTS} automatic restarts:"
+                f" {last.verdict()}",
+                unit=last,
+            )
         return GateResult(False, f"the new invocation failed: {last.verdict()}", unit=last)
     return GateResult(
         False,

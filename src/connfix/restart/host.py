@@ -3,6 +3,7 @@ passed in order (see `gates`), and what happened as a `HostOutcome`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class HostOutcome:
     command: str | None = None  # the command that failed the gate, if one did
     exit_code: int | None = None
     output_tail: str | None = None
+    log_tail: str | None = None  # a failed unit's last log lines (journalctl)
+    healed: str | None = None  # a failed start the unit's Restart= policy healed
 
     def journal(self) -> HostOutcomeFields:
         """The fields of the host's `host_done` / `host_failed` event."""
@@ -84,6 +87,10 @@ class HostOutcome:
             entry["command"] = self.command
             entry["exit_code"] = self.exit_code
             entry["output_tail"] = self.output_tail
+        if self.log_tail is not None:
+            entry["log_tail"] = self.log_tail
+        if self.healed is not None:
+            entry["healed"] = self.healed
         return entry
 
 
@@ -104,6 +111,8 @@ class _HostRun:
         self.before: dict[str, UnitState] = {u.id: u for u in check.units}
         self.after: dict[str, UnitState] = {}
         self.reconnects_before = len(conn.reconnects)
+        self.healed: list[str] = []  # units whose failed start their Restart= policy healed
+        self.failed_unit: str | None = None
 
     def timed(self, gate: str, result: GateResult, mark: float) -> GateResult:
         self.timings[gate] = round(self.timings.get(gate, 0) + time.monotonic() - mark, 3)
@@ -143,16 +152,22 @@ class _HostRun:
         )
         if failed is None:
             done.new_main_pid = self.after[names[0]].main_pid
+            done.healed = "; ".join(self.healed) or None
             self.ctx.record(Event.HOST_DONE, **done.journal())
             return done
         assert gate is not None
         done.gate, done.detail = failed, gate.detail
-        if gate.result is not None and failed in ("restart", "health"):
+        if gate.result is not None and failed in ("restart", "active", "health"):
             done.command = gate.result.command
             done.exit_code = gate.result.exit_code
             done.output_tail = gate.result.output_tail
+        if failed != "database":  # the unit's own words: its last log lines
+            unit = self.failed_unit or (gate.unit.id if gate.unit else names[0])
+            done.log_tail = systemd.log_tail(self.conn, unit)
         self.ctx.record(Event.HOST_FAILED, **done.journal())
         self.ctx.progress(f"{self.label}: FAILED at {failed}: {gate.detail}")
+        if done.log_tail:
+            self.ctx.progress(f"{self.label}: its last log lines:\n{done.log_tail}")
         return done
 
 
@@ -248,14 +263,29 @@ def _restart_and_check(
             gates.restart_gate(ctx, conn, command, old, ctx.env.ssh.command_timeout, label),
             mark,
         )
+        run.failed_unit = name
         if not result.ok:
             return "restart", result
+        healing = result.unit if result.healing else None
+        healing_text, restarted = result.healing, result.result
         mark = time.monotonic()
         result = run.timed(
-            "active", gates.active_gate(ctx, conn, old, timeouts.active, label), mark
+            "active",
+            gates.active_gate(ctx, conn, old, timeouts.active, label, healing_from=healing),
+            mark,
         )
         if not result.ok:
+            if healing is not None:  # it did not heal: the failed restart is the cause
+                result = dataclasses.replace(result, result=restarted)
             return "active", result
+        if healing is not None:
+            now = run.after[name]
+            run.healed.append(
+                f"{name}: {healing_text}; healed: active as a new invocation after"
+                f" {max(1, now.restarts - healing.restarts)} automatic restart(s)"
+                f" (NRestarts {now.restarts})"
+            )
+            ctx.progress(f"{label}: healed by its Restart= policy ({run.elapsed()})")
         ctx.progress(
             f"{label}: active as a new invocation, main pid {old.main_pid} →"
             f" {run.after[name].main_pid} ({run.elapsed()})"
@@ -268,6 +298,7 @@ def _restart_and_check(
         )
         if not result.ok:
             return "settle", result
+    run.failed_unit = None
     for service in services:
         if not service.health_check:
             continue

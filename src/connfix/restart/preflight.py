@@ -139,6 +139,55 @@ def unit_refusal(unit: UnitState, include_failed: bool) -> str | None:
     return unit.verdict() + ": wait for it to settle, then retry"
 
 
+WATCH_MIN_S, WATCH_MAX_S = 1.0, 5.0  # how long an active unit with NRestarts > 0 is watched
+
+
+def crash_loops(conn: Remote, result: Preflight) -> list[str]:
+    """Watch the active units systemd has restarted by itself (NRestarts > 0) for a
+    short while: a crash-looping `Type=simple` unit reads `active` between two crashes.
+    Return a refusal for each one restarted again (or gone from active) meanwhile; a
+    unit that stays up keeps a warning saying its NRestarts. `result.units` is updated
+    to the last state seen."""
+    watched = [u for u in result.units if u.active_state == "active" and u.restarts > 0]
+    if not watched:
+        return []
+    longest = max((u.restart_sec or 0.1) for u in watched)
+    window = min(WATCH_MAX_S, max(WATCH_MIN_S, 2 * longest + 1))
+    deadline = time.monotonic() + window
+    first = {u.id: u for u in watched}
+    changed: dict[str, UnitState] = {}
+    while time.monotonic() < deadline and len(changed) < len(watched):
+        time.sleep(0.2)
+        now, error = systemd.show_units(conn, list(first))
+        if error is not None:
+            break
+        for unit in now:
+            was = first[unit.id]
+            if unit.id not in changed and (
+                unit.started_since(was)
+                or unit.restarts > was.restarts
+                or unit.active_state != "active"
+            ):
+                changed[unit.id] = unit
+    refusals = []
+    for unit in watched:
+        if unit.id in changed:
+            later = changed[unit.id]
+            refusals.append(
+                f"service {unit.id} is in a crash loop: it read {unit.active_state} between two"
+                f" crashes, and within {window:g}s systemd restarted it again (NRestarts"
+                f" {unit.restarts} → {later.restarts}; now {later.active_state}/{later.sub_state},"
+                f" Result={later.result or '?'})"
+            )
+        else:
+            result.warnings.append(
+                f"{unit.id}: NRestarts={unit.restarts} (systemd restarted it by itself since it"
+                f" was last started by hand); up for the {window:g}s it was watched"
+            )
+    result.units = [changed.get(u.id, u) for u in result.units]
+    return refusals
+
+
 def preflight(
     host: Host,
     env: Environment,
@@ -182,7 +231,12 @@ def preflight(
         (u.label if len(result.units) == 1 else f"{u.id} {u.label}") for u in result.units
     )
     result.main_pid = result.units[0].main_pid
+    looping = crash_loops(conn, result)
     refusals = [r for u in result.units if (r := unit_refusal(u, include_failed))]
+    if not include_failed:
+        refusals += [
+            f"{why}; restarting it may be the fix: rerun with --include-failed" for why in looping
+        ]
     if refusals:
         result.detail = "; ".join(refusals)
         return _done(result, started)
