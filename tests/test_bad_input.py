@@ -119,6 +119,9 @@ BAD_FLAGS = [
     (["lab", "up", "--pgbouncer", "--pgbouncer-hosts", "1"], "not both"),
     (["lab", "up", "--hosts", "3", "--pgbouncer-hosts", "5"], "--pgbouncer-hosts must be between"),
     (["lab", "up", "--pgbouncer-hosts", "-1"], "Invalid value for '--pgbouncer-hosts'"),
+    (["lab", "up", "--pgbouncer-version", "1.25"], "--pgbouncer-version needs a PgBouncer"),
+    (["lab", "up", "--pgbouncer", "--pgbouncer-version", "1.9"], "'1.9' is not one of"),
+    (["lab", "traffic", "app1", "often"], "Invalid value for 'EVERY': not a duration"),
     (["pool", "prod", "--direct", "nosuch", "-i", EXAMPLE], "--direct: no host nosuch"),
     (["pool", "prod", "--pgbouncer-version", "new", "-i", EXAMPLE], "not a version"),
     (["pool", "prod", "--auth", "trust", "-i", EXAMPLE], "Invalid value for '--auth'"),
@@ -226,3 +229,36 @@ def _only_documented_errors(text: str) -> None:
             parse_runbook(text, path)
         except RunbookError as exc:
             assert str(exc).startswith(str(path))
+
+
+def test_a_pgbouncer_version_whose_sources_are_absent_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone without the vendor folder: the lab says where it looked and what to set
+    (the PgBouncer tests skip with this sentence); nothing is built."""
+    from connfix.lab import pgbouncer as lab_bouncer
+
+    monkeypatch.setenv("CONNFIX_VENDOR_DIR", str(tmp_path / "vendor"))
+    monkeypatch.setenv("CONNFIX_CACHE_DIR", str(tmp_path / "cache"))
+    why = lab_bouncer.unavailable("1.25")
+    assert why and "PgBouncer 1.25.2 is built from its release sources" in why
+    assert f"{tmp_path / 'vendor'}/pgbouncer-1.25.2-src.tar.gz is not here" in why
+    assert "set CONNFIX_VENDOR_DIR" in why
+    assert "must be one of 1.18, 1.24, 1.25" in str(lab_bouncer.unavailable("2.0"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_tarball_that_is_not_the_release_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connfix.errors import LabError
+    from connfix.lab import pgbouncer as lab_bouncer
+
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "pgbouncer-1.24.1-src.tar.gz").write_bytes(b"not the release")
+    monkeypatch.setenv("CONNFIX_VENDOR_DIR", str(vendor))
+    monkeypatch.setenv("CONNFIX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(LabError, match=r"sha256 .*, expected 348beeff"):
+        lab_bouncer.binary("1.24")
+    assert not (tmp_path / "cache" / "pgbouncer-1.24.1").exists()

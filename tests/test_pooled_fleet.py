@@ -161,8 +161,8 @@ def _admin(command: str) -> list[dict[str, Any]]:
         return []
 
 
-def _psql_clients_by_addr() -> dict[str, int]:
-    """SHOW CLIENTS as psql prints it: the cross-check connfix's attribution must match."""
+def _psql_clients() -> list[dict[str, str]]:
+    """SHOW CLIENTS as psql prints it (the cross-check of what connfix reads)."""
     out = subprocess.run(
         ["psql", _admin_dsn(), "-X", "-A", "-F", "|", "-c", "SHOW CLIENTS"],
         capture_output=True,
@@ -170,9 +170,13 @@ def _psql_clients_by_addr() -> dict[str, int]:
         check=True,
     ).stdout.splitlines()
     header = out[0].split("|")
+    return [dict(zip(header, line.split("|"), strict=False)) for line in out[1:]]
+
+
+def _psql_clients_by_addr() -> dict[str, int]:
+    """Clients of appdb per address, as psql shows them: connfix's attribution must match."""
     counts: dict[str, int] = {}
-    for line in out[1:]:
-        row = dict(zip(header, line.split("|"), strict=False))
+    for row in _psql_clients():
         if row.get("database") == "appdb":
             counts[row["addr"]] = counts.get(row["addr"], 0) + 1
     return counts
@@ -216,6 +220,13 @@ def test_attribution_through_the_pooler_and_only_suspects(
     (state,) = data["pgbouncers"]
     assert state["version"].startswith(f"PgBouncer {pgbouncer_version}.")
     assert state["kill_client"] is (pgbouncer_version != "1.18")
+    # `lab status` says which PgBouncer runs, as it answers SHOW VERSION
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    status = json.loads(CliRunner().invoke(cli, ["lab", "status", "--json"]).stdout)["result"]
+    assert status["pgbouncer"] == state["version"] and status["pgbouncer_hosts"] == 2
     # cross-check: psql's SHOW CLIENTS counts the same clients per address
     by_addr = _psql_clients_by_addr()
     assert state["clients_by_host"]["app1"] == by_addr[paths.host_address(1)] == 9
@@ -280,17 +291,9 @@ def _clients_of(port_set: set[int]) -> set[int]:
     """Of these local ports of app1, those PgBouncer still lists as clients."""
     from connfix.lab import paths
 
-    out = subprocess.run(
-        ["psql", _admin_dsn(), "-X", "-A", "-F", "|", "-c", "SHOW CLIENTS"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    header = out[0].split("|")
-    rows = [dict(zip(header, line.split("|"), strict=False)) for line in out[1:]]
     return {
         int(r["port"])
-        for r in rows
+        for r in _psql_clients()
         if r.get("addr") == paths.host_address(1) and r.get("port", "").isdigit()
     } & port_set
 
@@ -323,6 +326,12 @@ def test_a_leak_behind_each_pgbouncer_is_resolved_and_reported(
     report = assert_complete(dry, "DRY RUN")
     assert "> **DRY RUN**" in report and "would restart (dry run)" in report
     kill_plan = next(e for e in of(events(dry), "plan") if e["step"].startswith("pgbouncer-kill"))
+    dry_restart = next(e for e in of(events(dry), "step_end") if e["step"].startswith("restart"))
+    # the dry run says the restart is only what a real run would do if the kill did not
+    # settle it: a real run diagnoses again after the kill
+    assert ("if still needed after pgbouncer-kill-leaked-clients" in dry_restart["summary"]) is (
+        pgbouncer_version != "1.18"
+    ), dry_restart["summary"]
     runs = tmp_path / "runs"
     with HealthWatch(1) as health:
         result = connfix_run("triage", pooled, runs, "--yes", "--runbook", book)

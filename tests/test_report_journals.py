@@ -282,3 +282,12 @@ def test_a_journal_the_template_cannot_render_still_gets_a_minimal_report(
     assert text.startswith("# Incident report: prod — halted")
     assert "The full report could not be rendered" in text and "journal is intact" in text
     assert "| Time | Event |" in text and "run ended: halted — step x failed" in text
+
+    # `connfix report` writes it too, says so, and exits 1
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "a minimal report (outcome and timeline, from the journal) was written" in result.output

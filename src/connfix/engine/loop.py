@@ -177,6 +177,7 @@ class StepLoop:
         self.ctx: RunContext | None = None  # once connected
         self.steps: list[StepResult] = []
         self.total = len(request.runbook.steps)
+        self.planned_changes: list[str] = []  # a dry run's change-making steps so far
 
     def finish(self, status: RunStatus, code: ExitStatus, message: str) -> RunResult:
         """End the run: journal `run_end`, close the journal, write the report."""
@@ -299,14 +300,25 @@ class StepLoop:
         apply = not ctx.dry_run or (action.runs_in_dry_run and not action.mutating)
         if ctx.dry_run and not apply:
             ui.plan(step, plan, applied=False)
+            # a real run diagnoses again after each change: a step planned after one is
+            # what it would do only if the earlier changes did not settle it
+            after_change = self.planned_changes and action.mutating and plan.operations
+            summary = plan.summary + (
+                f" — if still needed after {', '.join(self.planned_changes)} (a real run"
+                " diagnoses again after each change and decides this step on that)"
+                if after_change
+                else ""
+            )
             ctx.record(
                 Event.STEP_END,
                 ok=True,
                 dry_run=True,
                 applied=False,
-                summary=f"dry run: would {plan.summary}",
+                summary=f"dry run: would {summary}",
             )
-            self._step_ended(index, step, StepStatus.PLANNED, plan.summary)
+            self._step_ended(index, step, StepStatus.PLANNED, summary)
+            if action.mutating and plan.operations:
+                self.planned_changes.append(step.id)
             return None
         if action.mutating and not plan.operations:
             # nothing to change: no question to ask, nothing to apply
