@@ -142,7 +142,7 @@ BAD = [
         "password in dsn",
         GOOD.replace("user=connfix", "user=connfix password=hunter2"),
         5,
-        ["environments.prod.database.dsn", "contains a password"],
+        ["environments.prod.database.dsn", "contains a secret (password"],
     ),
     (
         "password in URI",
@@ -150,7 +150,7 @@ BAD = [
             '"host=db1 port=5432 dbname=app user=connfix"', '"postgresql://connfix:hunter2@db1/app"'
         ),
         5,
-        ["dsn", "contains a password"],
+        ["dsn", "contains a secret (password"],
     ),
     (
         "shell metacharacters in unit",

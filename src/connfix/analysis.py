@@ -328,7 +328,7 @@ def _hosts(
 
 def _masked(query: str | None) -> str | None:
     """Another session's query text, with any password in it masked (ALTER ROLE …)."""
-    from connfix.journal import mask_passwords
+    from connfix.redact import mask_secrets as mask_passwords
 
     return None if query is None else mask_passwords(query)
 

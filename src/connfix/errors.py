@@ -57,3 +57,8 @@ class LabInputError(LabError):
     """A lab flag or host name that cannot be used; nothing was done."""
 
     exit_status = ExitStatus.BAD_INPUT
+
+
+class DsnError(ValueError, InputError):
+    """A connection string that cannot be parsed; its message is already redacted
+    (connfix.redact.dsn_error). A ValueError too, for the inventory's validators."""

@@ -63,10 +63,15 @@ def _check_env_var(value: str | None) -> str | None:
 
 
 def dsn_has_password(dsn: str) -> bool:
-    """Tell whether a libpq DSN (key=value or URI) carries a password."""
+    """Tell whether a libpq DSN (key=value or URI) carries a secret: a password, an
+    sslpassword, an oauth_client_secret (connfix.redact.SECRET_KEYWORDS), parsed by
+    libpq or — a string libpq refuses — read tolerantly."""
     from connfix import pg  # psycopg is only imported by pg
+    from connfix.redact import SECRET_KEYWORDS, has_secret
 
-    return "password" in pg.parse_dsn(dsn)
+    if has_secret(dsn):
+        return True
+    return any(k in pg.parse_dsn(dsn) for k in SECRET_KEYWORDS)
 
 
 class Database(_Model):
@@ -102,8 +107,9 @@ class Database(_Model):
             raise ValueError(f"not a valid libpq connection string: {exc}") from None
         if has_password:
             raise ValueError(
-                "the connection string contains a password; secrets never live in the"
-                " inventory: use .pgpass (passfile=...), PGPASSWORD, a service file, or"
+                "the connection string contains a secret (password, sslpassword or"
+                " oauth_client_secret); secrets never live in the inventory or on a"
+                " command line: use .pgpass (passfile=...), PGPASSWORD, a service file, or"
                 " password_env / admin_dsn_env"
             )
         return value

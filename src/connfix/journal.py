@@ -19,12 +19,9 @@ from typing import Any
 
 from connfix.errors import ConnfixError
 from connfix.events import Event
+from connfix.redact import mask_secrets
 
 JOURNAL = "journal.jsonl"
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)")
-# another session's query text: ALTER ROLE … [ENCRYPTED] PASSWORD '…', CREATE USER … too
-_PASSWORD_SQL = re.compile(r"(\bpassword\s+)('(?:[^']|'')*'?|\$[^$]*\$[^$]*)", re.IGNORECASE)
 MIN_SUBSTRING_SECRET = 8  # shorter secrets are redacted as whole values only
 
 
@@ -71,11 +68,9 @@ class Redactor:
 
 
 def mask_passwords(text: str) -> str:
-    """Mask whatever is shaped like a password: `password=…`, `user:pass@`, and SQL's
-    `PASSWORD '…'`, whatever parser produced the text."""
-    text = _PASSWORD_KV.sub(r"\1***", text)
-    text = _PASSWORD_URI.sub(r"\1***\3", text)
-    return _PASSWORD_SQL.sub(r"\1'***'", text)
+    """Mask whatever is shaped like a secret (see connfix.redact), whatever parser
+    produced the text."""
+    return mask_secrets(text)
 
 
 def _plain(value: Any) -> Any:

@@ -72,15 +72,17 @@ def server_message(exc: BaseException) -> str:
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
-    """Parse a libpq connection string or URI; raise ValueError if it is not one."""
-    from connfix.journal import mask_passwords
+    """Parse a libpq connection string or URI; raise DsnError (a ValueError) if it is not
+    one, its message redacted: libpq quotes what it could not parse (the whole string,
+    or a token that is the password), so it goes through connfix.redact first."""
+    from connfix.errors import DsnError
+    from connfix.redact import dsn_error
 
     try:
         return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
-    except psycopg.ProgrammingError as exc:
-        # libpq may quote the whole string back (an unclosed "[" in a URI): never echo it
-        message = str(exc).splitlines()[0].replace(dsn, mask_passwords(dsn))
-        raise ValueError(mask_passwords(message)) from None
+    except (psycopg.Error, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or ["not a connection string"])[0]
+        raise DsnError(f"invalid connection string: {dsn_error(first, dsn)}") from None
 
 
 def describe_dsn(dsn: str) -> str:

@@ -9,6 +9,7 @@ The same journal always renders the same report.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import signal
 import threading
@@ -95,6 +96,15 @@ def _health(diagnosis: dict[str, Any] | None, host: str) -> str:
     return "ok" if checked.get("ok") else "FAILING"
 
 
+def _age(seconds: object) -> str:
+    """A duration from the journal, or – for one that is not a finite, positive number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "–"
+    if not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    return format_duration(seconds)
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
@@ -160,7 +170,7 @@ def _describe(event: dict[str, Any]) -> str | None:
     if kind == "host_done":
         return (
             f"{event.get('host')} back: main pid {event.get('old_main_pid')} →"
-            f" {event.get('new_main_pid')}, {format_duration(event.get('seconds', 0))}"
+            f" {event.get('new_main_pid')}, {_age(event.get('seconds', 0))}"
         )
     if kind == "host_failed":
         return f"{event.get('host')} FAILED at {event.get('gate')}: {event.get('detail')}"
@@ -494,7 +504,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "peak": peak,
         "slots_freed": freed,
         "pct": _pct,
-        "age": lambda s: "–" if s is None else format_duration(s),
+        "age": _age,
         "timeline": timeline,
         "operations": sessions,
         "pooler_operations": pooler_ops,

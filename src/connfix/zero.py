@@ -163,11 +163,11 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
     sessions show it; what connfix could not see is marked CHANGE-ME."""
     import yaml
 
-    from connfix import pg
+    from connfix import pg, redact
     from connfix.diagnosis import CONNFIX, LOCAL
     from connfix.inventory import Inventory
 
-    parts = {k: v for k, v in pg.parse_dsn(dsn or "").items() if k != "password"}
+    parts = {k: v for k, v in pg.parse_dsn(dsn or "").items() if k not in redact.SECRET_KEYWORDS}
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGDATABASE", "dbname")):
         if os.environ.get(var) and key not in parts:
             parts[key] = os.environ[var]

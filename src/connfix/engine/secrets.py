@@ -3,7 +3,6 @@ environment's configuration."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ def secrets_of(env: Environment) -> list[str]:
     """Return the secret values this environment's configuration points at: every
     `*_password_env` and `*_dsn_env` (ordinary, reserved, admin, PgBouncer), the
     passwords inside those DSNs, and PGPASSWORD."""
-    from connfix import pg
+    from connfix import redact
 
     found = []
     db = env.database
@@ -33,8 +32,7 @@ def secrets_of(env: Environment) -> list[str]:
         if var and os.environ.get(var):
             dsn = os.environ[var]
             found.append(dsn)
-            with contextlib.suppress(ValueError):
-                found.append(pg.parse_dsn(dsn).get("password", ""))
+            found += redact.dsn_secrets(dsn)  # read tolerantly: malformed or not
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
     return [s for s in found if s]

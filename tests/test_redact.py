@@ -1,0 +1,124 @@
+"""Secrets, whichever way they arrive: one redaction boundary (connfix.redact) for every
+error about a connection string, every secret keyword libpq has, the URI userinfo,
+malformed or not — and the places that used to leak, end to end through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connfix import pg, redact
+from connfix.cli import cli
+from connfix.errors import DsnError
+
+# what libpq refuses, each quoting a piece of the string back (seen with libpq 15 and 17)
+MALFORMED = [
+    "postgresql://admin:{s}%zz@db.internal/app",  # invalid percent-encoded token: "…"
+    "postgresql://admin:{s}@db.internal/app?sslpassword={s}%zz",
+    "postgresql://admin:{s}@db.internal/app?oauth_client_secret={s}%zz",
+    "postgresql://admin:{s}@[db.internal/app",  # quotes the whole string back
+    "host=db.internal password='{s}",  # unterminated quoted string
+    "host=db.internal sslpassword='{s}",
+    "host=db.internal password={s} nosuchoption=1",
+    "host=db.internal oauth_client_secret={s} nosuchoption=1",
+]
+secret = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="%'\\@"),
+    min_size=6,
+    max_size=24,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=secret, template=st.sampled_from(MALFORMED))
+def test_no_parser_error_about_a_dsn_carries_its_secret(secret: str, template: str) -> None:
+    dsn = template.format(s=secret)
+    try:
+        pg.parse_dsn(dsn)
+    except DsnError as exc:
+        assert secret not in str(exc), str(exc)
+        assert dsn not in str(exc)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db password=hunter2hunter2",
+        "host=db sslpassword=hunter2hunter2",
+        "host=db oauth_client_secret=hunter2hunter2",
+        "host=db sslpassword='hunter2 hunter2'",
+        "postgresql://u:hunter2hunter2@db/app",
+        "postgresql://u@db/app?sslpassword=hunter2hunter2",
+        "postgresql://u@db/app?oauth_client_secret=hunter2hunter2",
+    ],
+)
+def test_every_secret_keyword_is_a_secret(dsn: str, tmp_path: Path) -> None:
+    """Refused in an inventory and on the command line alike; masked in any text."""
+    assert redact.has_secret(dsn)
+    assert "hunter2" not in redact.mask_secrets(f"connecting with {dsn} failed")
+    result = CliRunner().invoke(cli, ["diagnose", "--dsn", dsn, "--json"])
+    assert result.exit_code == 2 and "contains a secret" in result.output, result.output
+    assert "hunter2" not in result.output
+
+
+def test_a_bad_percent_escape_via_dsn_never_prints_the_password() -> None:
+    """The exact example named by the last two reviews."""
+    result = CliRunner().invoke(cli, ["diagnose", "--dsn", "postgresql://u:PW%zz@h/db"])
+    assert result.exit_code == 2, result.output
+    assert "PW%zz" not in result.output and "contains a secret" in result.output
+    with pytest.raises(DsnError, match="invalid percent-encoded token") as caught:
+        pg.parse_dsn("postgresql://u:PW%zz@h/db")
+    assert "PW" not in str(caught.value)
+
+
+def test_an_admin_dsn_from_the_environment_never_prints_its_password(tmp_path: Path) -> None:
+    """inventory check and triage with an admin DSN (from the environment) libpq
+    refuses: a clear error, no traceback, no password in output, journal or report."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "version: 1\nenvironments:\n  prod:\n    database:\n"
+        '      dsn: "host=127.0.0.1 port=1 dbname=app user=connfix connect_timeout=1"\n'
+        "      admin_dsn_env: CONNFIX_TEST_ADMIN_DSN\n"
+        "    service: {unit: app.service, pool_size: 3}\n"
+        "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
+    )
+    env = {**os.environ, "CONNFIX_TEST_ADMIN_DSN": "postgresql://a:Sw0rdfish%zz@127.0.0.1:1/x"}
+    for args in (
+        ["inventory", "check", "prod"],
+        ["triage", "prod", "--yes", "--incidents-dir", str(tmp_path / "incidents")],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "connfix", *args, "-i", str(inventory)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        output = proc.stdout + proc.stderr
+        assert "Sw0rdfish" not in output and "Traceback" not in output, output
+        assert proc.returncode in (1, 2, 3), output
+    for path in (tmp_path / "incidents").rglob("*"):
+        if path.is_file():
+            assert "Sw0rdfish" not in path.read_text()
+
+
+def test_write_inventory_never_writes_a_secret() -> None:
+    """The starter inventory keeps every connection keyword but the secret ones."""
+    from connfix.analysis import analyse
+    from connfix.zero import starter_inventory
+    from tests.test_diagnose_unit import backend, env, info
+
+    d = analyse("prod", env(), info(), [backend(1, "10.0.0.1")], [])
+    for keyword in redact.SECRET_KEYWORDS:
+        text = starter_inventory(
+            d, f"host=db dbname=app user=x {keyword}=s3cr3tvalue sslmode=require", {}, "prod"
+        )
+        assert "s3cr3tvalue" not in text and keyword not in text
+        assert "sslmode=require" in text
