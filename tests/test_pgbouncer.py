@@ -252,3 +252,140 @@ def test_the_generated_files_are_never_overwritten_without_force(
     for name in ("pgbouncer.ini", "userlist.txt"):
         assert (directory / name).stat().st_mode & 0o777 == 0o600
     assert directory.stat().st_mode & 0o777 == 0o700
+
+
+# Role names anyone with CREATEROLE can make: each generated file must hold them as what
+# they are, by its own quoting rules, or refuse them.
+HOSTILE = ['we"ird role', "o'brien", "semi;colon -- x", "back\\slash $$", "ünï 🐘"]
+INJECTION = "reporting\nALTER ROLE cfx_victim SUPERUSER;\n--"
+
+
+@pytest.fixture
+def hostile_roles(clean_lab: Lab) -> Iterator[dict[str, psycopg.Connection[Any]]]:
+    """The hostile roles, each with a session open (so the diagnosis sees them), and a
+    victim an injected statement would make superuser."""
+    from psycopg import sql
+
+    names = [*HOSTILE, INJECTION]
+    with clean_lab.superuser() as conn:
+        conn.execute("CREATE ROLE cfx_victim LOGIN")
+        for name in names:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-Hostile-1'").format(sql.Identifier(name))
+            )
+    sessions: dict[str, psycopg.Connection[Any]] = {}
+    try:
+        for name in names:
+            sessions[name] = psycopg.connect(
+                host="127.0.0.1",
+                port=clean_lab.paths.pg_port(),
+                dbname="appdb",
+                user=name,
+                password="pw-Hostile-1",
+                autocommit=True,
+            )
+        yield sessions
+    finally:
+        for conn in sessions.values():
+            conn.close()
+        with clean_lab.superuser() as su:
+            for name in [*names, "cfx_victim"]:
+                su.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _pool(lab: Lab, directory: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli,
+        [
+            "pool",
+            "lab",
+            "-i",
+            str(lab.inventory),
+            "--pgbouncer-config",
+            str(directory),
+            "--listen-addr",
+            lab.paths.db_address(),
+            "--listen-port",
+            str(PORT),
+            "--force",
+            *args,
+        ],
+    )
+
+
+def test_hostile_role_names_are_written_by_each_files_rules_or_refused(
+    hostile_roles: dict[str, psycopg.Connection[Any]], clean_lab: Lab
+) -> None:
+    """auth_query.sql runs in psql (in a transaction rolled back) with every hostile name
+    in it and makes no one superuser; the userlist cannot hold a line break, so with the
+    injection role present `--auth userlist` writes nothing and names it; without it,
+    the userlist and ini written start each PgBouncer version, and every hostile role
+    logs in through it as itself."""
+    from psycopg import sql
+
+    from connfix.quoting import userlist_name
+
+    directory = clean_lab.paths.lab_dir() / "pgbouncer-hostile"  # PgBouncer runs as postgres
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        refused = _pool(clean_lab, directory, "--auth", "userlist")
+        assert refused.exit_code == 2, refused.output
+        assert "cannot be written into userlist.txt" in refused.output
+        assert "reporting\\nALTER ROLE cfx_victim SUPERUSER;\\n--" in refused.output
+        assert not directory.exists() or not any(directory.iterdir())
+
+        made = _pool(clean_lab, directory)  # auth_query: the names go into SQL only
+        assert made.exit_code in (0, 1), made.output
+        script = directory / "run.sql"
+        script.write_text(
+            "BEGIN;\n\\i auth_query.sql\n"
+            "SELECT 'victim superuser: ' || rolsuper FROM pg_roles WHERE rolname = 'cfx_victim';\n"
+            "ROLLBACK;\n"
+        )
+        ran = subprocess.run(
+            ["psql", clean_lab.core.bootstrap_dsn().replace("dbname=postgres", "dbname=appdb"),
+             "-X", "-v", "ON_ERROR_STOP=1", "-At", "-f", str(script)],
+            capture_output=True, text=True, cwd=directory, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert "victim superuser: false" in ran.stdout, ran.stdout
+
+        hostile_roles.pop(INJECTION).close()
+        with clean_lab.superuser() as su:
+            su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(INJECTION)))
+            secrets = dict(
+                su.execute(
+                    "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
+                    ([*HOSTILE, "connfix"],),
+                ).fetchall()
+            )
+        written = _pool(clean_lab, directory, "--auth", "userlist")
+        assert written.exit_code in (0, 1), written.output
+        userlist = (directory / "userlist.txt").read_text()
+        for name, secret in secrets.items():
+            line = f'{userlist_name(name)} "SCRAM-SHA-256$<fill in from pg_authid>"'
+            assert line in userlist, (name, userlist)
+            userlist = userlist.replace(line, f'{userlist_name(name)} "{secret}"')
+        (directory / "userlist.txt").write_text(userlist)
+        for conn in hostile_roles.values():  # their slots, for the logins through PgBouncer
+            conn.close()
+        for version in ("1.18", "1.24", "1.25"):
+            if lab_bouncer.unavailable(version):
+                continue  # said by the version-specific tests; 1.18 always runs
+            pid = lab_bouncer.launch(directory, lab_bouncer.binary(version))
+            try:
+                for name in HOSTILE:
+                    with psycopg.connect(
+                        host=clean_lab.paths.db_address(),
+                        port=PORT,
+                        dbname="appdb",
+                        user=name,
+                        password="pw-Hostile-1",
+                        connect_timeout=10,
+                    ) as conn:
+                        row = conn.execute("SELECT current_user").fetchone()
+                        assert row == (name,), (version, name, row)
+            finally:
+                lab_bouncer.stop(pid)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
