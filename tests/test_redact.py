@@ -122,3 +122,103 @@ def test_write_inventory_never_writes_a_secret() -> None:
         )
         assert "s3cr3tvalue" not in text and keyword not in text
         assert "sslmode=require" in text
+
+
+names = st.text(min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    app=names,
+    user=names,
+    options=st.text(max_size=30),
+    ptr=st.text(min_size=1, max_size=40),
+)
+def test_write_inventory_output_is_read_back_by_inventory_check(
+    app: str, user: str, options: str, ptr: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever the sessions and the reverse DNS showed (names with spaces, quotes, line
+    breaks; a DSN whose options hold spaces), the starter inventory is one that
+    `inventory check`'s own reader accepts — or connfix says why it cannot write one."""
+    import dataclasses
+
+    from connfix.analysis import analyse
+    from connfix.errors import InputError
+    from connfix.inventory_file import load_inventory
+    from connfix.zero import starter_inventory
+    from tests.test_diagnose_unit import backend, env, info
+
+    row = dataclasses.replace(backend(1, "10.0.0.1"), application_name=app, usename=user)
+    d = analyse("prod", env(), info(), [row], [])
+    dsn = pg.make_dsn({"host": "db", "dbname": "app", **({"options": options} if options else {})})
+    try:
+        text = starter_inventory(d, dsn, {"10.0.0.1": ptr}, "prod")
+    except InputError:
+        return
+    path = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    path.write_text(text)
+    load_inventory(path).environment("prod")
+
+
+# --- never a traceback ------------------------------------------------------------------
+
+
+def test_deeply_nested_yaml_and_journals_are_clear_errors(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("version: 1\nenvironments: " + "[" * 20000 + "]" * 20000 + "\n")
+    runbook = tmp_path / "runbook.yaml"
+    runbook.write_text("steps: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n")
+    incident = tmp_path / "incident"
+    incident.mkdir()
+    (incident / "journal.jsonl").write_text(
+        '{"event": "run_start", "ts": "2026-01-01T00:00:00Z", "environment": "x"}\n'
+        '{"event": "diagnosis", "ts": "2026-01-01T00:00:00Z", "x": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n"
+    )
+    for args, expected in (
+        (["inventory", "check", "prod", "-i", str(inventory)], "YAML nested too deeply"),
+        (["runbook", "validate", str(runbook)], "YAML nested too deeply"),
+        (["report", str(incident)], "line 2 is nested too deeply"),
+        (
+            ["restart", "x", "--resume", str(incident), "-i", str(inventory)],
+            "YAML nested too deeply",
+        ),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "connfix", *args], capture_output=True, text=True, check=False
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and expected in output, output
+        assert "Traceback" not in output
+
+
+def test_resume_of_a_journal_with_a_host_done_and_no_host_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from connfix.errors import InputError
+    from connfix.events import Event
+    from connfix.journal import Journal, Redactor, resume_state
+
+    journal = Journal(tmp_path, Redactor())
+    journal.record(Event.RUN_START, environment="prod")
+    journal.record(Event.HOST_DONE, ok=True)
+    journal.close()
+    with pytest.raises(InputError, match="a host done without a host name"):
+        resume_state(tmp_path, "prod")
+
+
+def test_a_reverse_dns_name_that_is_not_utf8_is_no_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's resolver cannot serve a PTR record that is not UTF-8; the C library can
+    (Python raises UnicodeDecodeError): the address is shown without a name."""
+    import socket
+
+    from connfix import zero
+
+    def not_utf8(addr: str) -> tuple[str, list[str], list[str]]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(socket, "gethostbyaddr", not_utf8)
+    zero._RESOLVED.clear()
+    assert zero.resolve(["192.0.2.7"]) == {}

@@ -192,7 +192,10 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
     lines = text.split("\n")
     lines.pop()  # "" after the last newline; else the torn last write of a killed run
     for number, line in enumerate(lines, start=1):
-        event = json.loads(line)
+        try:
+            event = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"line {number} is nested too deeply to be a journal event") from None
         if not (
             isinstance(event, dict)
             and isinstance(event.get("event"), str)
@@ -224,10 +227,20 @@ def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list
         raise InputError(
             f"--resume {incident}: that run was for environment {found!r}, not {environment!r}"
         )
-    done: dict[str, list[str]] = {
-        "rolling_restart": list(start.get("resume_done", {}).get("rolling_restart", []))
-    }
-    for event in events:
-        if event.get("event") == Event.HOST_DONE and event["host"] not in done["rolling_restart"]:
-            done["rolling_restart"].append(event["host"])
+    earlier = start.get("resume_done")
+    hosts = earlier.get("rolling_restart") if isinstance(earlier, dict) else None
+    done: dict[str, list[str]] = {"rolling_restart": []}
+    for number, host in enumerate(
+        [
+            *(hosts if isinstance(hosts, list) else []),
+            *(e.get("host") for e in events if e.get("event") == Event.HOST_DONE),
+        ]
+    ):
+        if not isinstance(host, str) or not host:
+            raise InputError(
+                f"--resume {incident}: the journal does not have the shape connfix writes"
+                f" (a host done without a host name, entry {number + 1}); was it edited?"
+            )
+        if host not in done["rolling_restart"]:
+            done["rolling_restart"].append(host)
     return journal.parent, done

@@ -85,6 +85,12 @@ def parse_dsn(dsn: str) -> dict[str, str]:
         raise DsnError(f"invalid connection string: {dsn_error(first, dsn)}") from None
 
 
+def make_dsn(parts: dict[str, str]) -> str:
+    """A key=value connection string of these parts, each value quoted as libpq reads it
+    (psycopg's make_conninfo)."""
+    return psycopg.conninfo.make_conninfo(**parts)
+
+
 def describe_dsn(dsn: str) -> str:
     """Describe where a DSN points, without anything secret: user@host:port/dbname."""
     try:

@@ -73,6 +73,10 @@ def load_text(text: str) -> Located:
     try:
         try:
             node = loader.get_single_node()
+        except RecursionError:  # PyYAML composes recursively: [[[[…]]]]
+            raise YamlError(
+                "YAML nested too deeply (connfix reads at most a few hundred levels)"
+            ) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 0

@@ -86,7 +86,7 @@ def resolve(addresses: list[str], budget: float = DNS_BUDGET_S) -> dict[str, str
             addr = futures[future]
             try:
                 name: str | None = future.result()[0]
-            except OSError:
+            except (OSError, UnicodeError):  # a PTR record that is not UTF-8: no name
                 name = None
             _RESOLVED[addr] = name if name and name != addr else None
     return {a: n for a in addresses if (n := _RESOLVED.get(a))}
@@ -165,7 +165,6 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
 
     from connfix import pg, redact
     from connfix.diagnosis import CONNFIX, LOCAL
-    from connfix.inventory import Inventory
 
     parts = {k: v for k, v in pg.parse_dsn(dsn or "").items() if k not in redact.SECRET_KEYWORDS}
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGDATABASE", "dbname")):
@@ -173,7 +172,7 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
             parts[key] = os.environ[var]
     if os.environ.get("PGUSER") and "user" not in parts:
         parts["user"] = os.environ["PGUSER"]
-    db_dsn = " ".join(f"{k}={v}" for k, v in parts.items() if k != "connect_timeout")
+    db_dsn = pg.make_dsn({k: v for k, v in parts.items() if k != "connect_timeout"})
     rows = [u for u in d.by_host if u.client_addr and u.host not in (CONNFIX, LOCAL)]
     rows = [u for u in rows if not u.pgbouncer]
     taken: set[str] = set()
@@ -205,7 +204,7 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
             }
         },
     }
-    Inventory.model_validate(data)  # what is written is a valid inventory
+    dropped = _valid_or_dropped(data, name, service)  # what is written is a valid inventory
     seen = ", ".join(f"{u.client_addr} {u.count}" for u in rows) or "none"
     head = (
         f"# Written by `connfix diagnose --write-inventory` at"
@@ -215,6 +214,40 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
         "# most connections one host held), how to restart it (restart_command), its\n"
         "# health_check, nor how to reach each host over SSH (ssh: user, keys). Fill those\n"
         f"# in, then: connfix inventory check {name} -i THIS_FILE\n"
-        f"# connections seen per address: {seen}\n"
+        f"# connections seen per address: {seen}\n" + "".join(f"# {line}\n" for line in dropped)
     )
     return head + yaml.safe_dump(data, sort_keys=False)
+
+
+def _valid_or_dropped(data: dict[str, Any], name: str, service: dict[str, Any]) -> list[str]:
+    """Validate the starter inventory; a name seen in the sessions that an inventory
+    cannot hold (an application_name or role with a control character, say) is left out
+    and said (as comments); anything else invalid is an input error, never a traceback."""
+    from pydantic import ValidationError
+
+    from connfix.errors import InputError
+    from connfix.inventory import Inventory
+    from connfix.text import defang
+
+    dropped: list[str] = []
+    while True:
+        try:
+            Inventory.model_validate(data)
+            return dropped
+        except ValidationError as exc:
+            errors = exc.errors()
+        optional = {("environments", name, "service", k) for k in ("application_name", "user")}
+        bad = [e for e in errors if tuple(e["loc"]) in optional]
+        if not bad or len(bad) != len(errors):
+            why = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+                for e in errors
+            )
+            raise InputError(f"--write-inventory: what connfix saw cannot be written: {why}")
+        for e in bad:
+            key = str(e["loc"][-1])
+            value = service.pop(key)
+            dropped.append(
+                f"{key} seen: {defang(repr(value))}, which an inventory cannot hold"
+                f" ({str(e['msg']).removeprefix('Value error, ')}): set {key} yourself"
+            )
