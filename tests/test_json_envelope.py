@@ -146,3 +146,69 @@ def test_every_run_command_and_diagnose_answer_in_the_envelope(
     status = CliRunner().invoke(cli, ["lab", "status", "--json"])
     data = envelope_of(status.stdout)
     assert data["status"] == "ok" and len(data["result"]["hosts"]) == LAB_HOSTS
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["diagnose", "lab", "--json", "--bogus"],
+        ["diagnose", "--json"],  # neither ENVIRONMENT nor --dsn: a usage error in the command
+        ["terminate", "prod", "--json", "--state", "sleeping"],
+        ["inventory", "check", "--json", "--nope"],
+        ["pool", "prod", "--json", "--listen-port", "many"],
+    ],
+)
+def test_a_usage_error_with_json_is_one_envelope(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    data = envelope_of(result.stdout)
+    assert data["status"] == "error" and data["exit_status"] == 2
+    assert data["command"] == " ".join(a for a in args[:2] if a in ("inventory", "check")) or (
+        data["command"] == args[0]
+    )
+    assert data["result"]["error"]
+
+
+def test_a_run_that_ends_in_error_says_why_in_result_error() -> None:
+    from connfix.cli.envelope import envelope
+
+    data = envelope("triage", "error", 1, result={"message": "the journal could not be written"})
+    assert data["result"]["error"] == "the journal could not be written"
+    jsonschema.validate(data, schema())
+
+
+def test_ctrl_c_during_diagnose_with_json_is_one_envelope(tmp_path: Path) -> None:
+    """A server that accepts and never answers (loopback) keeps diagnose connecting;
+    SIGINT then: stdout holds one envelope (status error, result.error: interrupted),
+    exit 130."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connfix",
+                "diagnose",
+                "--dsn",
+                f"host=127.0.0.1 port={port} user=x dbname=x connect_timeout=30",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    data = envelope_of(out)
+    assert data["status"] == "error" and data["exit_status"] == 130
+    assert data["result"]["error"] == "interrupted (Ctrl-C)"

@@ -21,22 +21,33 @@ from connfix.errors import ConnfixError, ExitStatus
 
 
 class ConnfixGroup(click.Group):
-    """A group that turns connfix's errors into a message and an exit status."""
+    """A group that turns connfix's errors into a message and an exit status, and, with
+    --json, into exactly one envelope on stdout whatever happened (a usage error while
+    parsing the command's arguments, Ctrl-C)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["connfix.argv"] = list(args)  # for a usage error's envelope
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from connfix.cli import envelope
+
         try:
             return super().invoke(ctx)
         except ConnfixError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            from connfix.cli import envelope
             from connfix.text import defang
 
             click.echo(f"connfix: error: {defang(str(exc))}", err=True)
             envelope.error(defang(str(exc)), exc.exit_status)
             ctx.exit(exc.exit_status)
+        except click.UsageError as exc:  # click prints the usage on stderr as always
+            envelope.error(exc.format_message(), ExitStatus.BAD_INPUT)
+            raise
         except (KeyboardInterrupt, click.exceptions.Abort):
             click.echo("connfix: interrupted", err=True)
+            envelope.error("interrupted (Ctrl-C)", ExitStatus.INTERRUPTED)
             ctx.exit(ExitStatus.INTERRUPTED)
 
 

@@ -64,7 +64,12 @@ def envelope(
     incident: Path | str | None = None,
     result: Any = None,
 ) -> dict[str, Any]:
-    """Build the envelope (see the module's docstring)."""
+    """Build the envelope (see the module's docstring). Status "error" always carries
+    result.error (a run that ended in error says why in its message)."""
+    if status == "error" and (result is None or isinstance(result, dict)):
+        result = dict(result or {})
+        if not isinstance(result.get("error"), str):
+            result["error"] = str(result.get("message") or "the command failed")
     return {
         "schema": SCHEMA,
         "command": command,
@@ -84,8 +89,9 @@ def emit(command: str, status: str, exit_status: int, **fields: Any) -> None:
 
 
 def error(message: str, exit_status: int) -> None:
-    """The envelope of a command that failed with connfix's own error."""
-    noted = marked()
+    """The envelope of a command that failed with connfix's own error, a usage error, or
+    was interrupted: with --json, stdout always holds exactly one envelope."""
+    noted = marked() or _asked()
     if noted is None:
         return
     emit(
@@ -95,6 +101,36 @@ def error(message: str, exit_status: int) -> None:
         environment=noted.get("environment"),
         result={"error": message},
     )
+
+
+# the commands that answer with an envelope (the schema's `command`)
+COMMANDS = frozenset(
+    {
+        "triage",
+        "diagnose",
+        "terminate",
+        "restart",
+        "report",
+        "pool",
+        "inventory check",
+        "runbook validate",
+        "lab status",
+    }
+)
+
+
+def _asked() -> dict[str, Any] | None:
+    """Before the command ran (a usage error while parsing it): whether its arguments
+    asked for --json, and which command it was."""
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.find_root().meta.get("connfix.argv") if ctx is not None else None
+    if not argv or "--json" not in argv:
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    for name in (" ".join(words[:2]), " ".join(words[:1])):
+        if name in COMMANDS:
+            return {"command": name, "environment": None}
+    return None
 
 
 def json_option(fn: Any) -> Any:
