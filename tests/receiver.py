@@ -15,6 +15,8 @@ class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
         self.status: dict[str, int] = {}  # path → status to answer (default 200)
+        self.redirect: dict[str, str] = {}  # path → Location of a 302 answer
+        self.trickle: dict[str, float] = {}  # path → seconds to trickle the answer over
         self.lock = threading.Lock()
         self.url = ""
 
@@ -40,8 +42,30 @@ def receiver() -> Iterator[Receiver]:
                 body = raw.decode("utf-8", "replace")
             with state.lock:
                 state.posts.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            if self.path in state.trickle:  # one byte of the answer every 0.2 s
+                import time
+
+                deadline = time.monotonic() + state.trickle[self.path]
+                answer = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"y" * 10_000 + b"\r\n\r\n"
+                for byte in answer:
+                    if time.monotonic() > deadline:
+                        break
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                self.close_connection = True
+                return
             code = state.status.get(self.path, 200)
-            self.send_response(code)
+            self.send_response(302 if self.path in state.redirect else code)
+            if self.path in state.redirect:
+                self.send_header("Location", state.redirect[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.posts.append({"path": self.path, "headers": dict(self.headers), "body": None})
+            self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -98,3 +98,30 @@ def test_metrics_keep_cardinality_low() -> None:
     assert 'connfix_up{environment="other-env"} 0.0' in text
     assert 'connfix_up{environment="prod"} 1.0' in text
     assert "10.0.0.1" not in text and "SELECT" not in text and "pid" not in text
+
+
+def test_a_trickling_target_cannot_hold_a_send_past_its_timeout() -> None:
+    """The target answers one byte every 0.2 s for 20 s; the send's 1 s timeout is the
+    whole send's, not each read's."""
+    import time
+
+    from connfix.notify import post
+
+    with receiver() as rx:
+        rx.trickle["/slow"] = 20
+        started = time.monotonic()
+        error = post(rx.url + "/slow", {"text": "x"}, 1.0)
+        took = time.monotonic() - started
+    assert error is not None and "no complete answer within 1s" in error
+    assert took < 2.5, took
+
+
+def test_a_redirect_is_not_followed_and_not_called_delivered() -> None:
+    from connfix.notify import post
+
+    with receiver() as rx:
+        rx.redirect["/moved"] = rx.url + "/elsewhere"
+        error = post(rx.url + "/moved", {"text": "x"}, 3.0)
+        followed = [p for p in rx.posts if p["path"] == "/elsewhere"]
+    assert error is not None and "HTTP 302, a redirect; connfix does not follow it" in error
+    assert not followed

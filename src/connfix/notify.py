@@ -5,8 +5,9 @@ line, where the report is) — to the environment's `notify:` targets.
 A Slack-compatible incoming webhook gets `{"text": "…"}`; a generic webhook gets one
 JSON object (`connfix`, `event`, `environment`, `incident`, and the event's fields).
 Everything sent is built from journal entries, which are already redacted: no secret
-goes out. Each send has its own timeout; every one is journaled (`notification`, ok or
-the error) and a failure never stops the run.
+goes out. Each send has one total deadline (its timeout), redirects are not followed;
+every send is journaled (`notification`, ok or the error) and a failure never stops or
+holds the run.
 """
 
 from __future__ import annotations
@@ -130,10 +131,32 @@ class Notifier:
 
 def post(url: str, body: dict[str, Any], timeout: float) -> str | None:
     """POST JSON; return None when the target answered 2xx, else why not (no URL in
-    the message: a webhook URL is a secret). urllib is imported here: every run loads
+    the message: a webhook URL is a secret). `timeout` bounds the whole send, not each
+    socket read (a target trickling its answer byte by byte cannot hold the run): the
+    request runs in a daemon thread the run stops waiting for. A redirect is not
+    followed (urllib would re-send a POST as a GET without its body, to wherever it
+    points): it is journaled as not delivered. urllib is imported here: every run loads
     this module, few send anything."""
+    import threading
+
+    answer: list[str | None] = []
+    sender = threading.Thread(
+        target=lambda: answer.append(_post(url, body, timeout)), daemon=True, name="notify"
+    )
+    sender.start()
+    sender.join(timeout)
+    if not answer:
+        return f"not delivered: no complete answer within {timeout:g}s"
+    return answer[0]
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> str | None:
     import urllib.error
     import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # urlopen raises HTTPError with the 3xx
 
     data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(
@@ -142,12 +165,18 @@ def post(url: str, body: dict[str, Any], timeout: float) -> str | None:
         method="POST",
         headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
     )
+    opener = urllib.request.build_opener(NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            return (
+                f"not delivered: the target answered HTTP {exc.code}, a redirect; connfix does"
+                " not follow it (point the webhook at its final address)"
+            )
         return f"the target answered HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"not delivered: {reason}"
     return None if 200 <= status < 300 else f"the target answered HTTP {status}"
