@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 TOKEN_ENV = "CONNFIX_SERVE_TOKEN"
 HMAC_ENV = "CONNFIX_SERVE_HMAC_SECRET"
 MAX_BODY = 1_000_000  # bytes: an alert batch is far smaller
+BODY_SECONDS = 10.0  # the whole body must arrive within this
+HEADER_SECONDS = 10.0  # a connection must send a whole request head within this
+MAX_CONNECTIONS = 256  # open connections at once, whatever their state (below the fd limit)
 DEDUPE_SECONDS = 24 * 3600
 
 
@@ -80,16 +83,21 @@ class Server:
 
     # --- authentication --------------------------------------------------------------
 
-    def authorized(self, request: Request, body: bytes) -> bool:
+    def bearer_ok(self, request: Request) -> bool:
+        """The bearer token: it opens every endpoint."""
         header = request.headers.get("authorization", "")
-        if self.token and header.startswith("Bearer "):
-            return hmac.compare_digest(header[7:].encode(), self.token.encode())
+        if not self.token or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].encode("utf-8", "replace"), self.token.encode())
+
+    def signature_ok(self, request: Request, body: bytes) -> bool:
+        """PagerDuty's signature (v1=HMAC-SHA256 of the body): it opens /pagerduty only."""
         signature = request.headers.get("x-pagerduty-signature", "")
-        if self.hmac_secret and signature:
-            digest = hmac.new(self.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
-            offered = [s.strip()[3:] for s in signature.split(",") if s.strip().startswith("v1=")]
-            return any(hmac.compare_digest(o, digest) for o in offered)
-        return False
+        if not self.hmac_secret or not signature or not signature.isascii():
+            return False
+        digest = hmac.new(self.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+        offered = [s.strip()[3:] for s in signature.split(",") if s.strip().startswith("v1=")]
+        return any(hmac.compare_digest(o.encode(), digest.encode()) for o in offered)
 
     # --- alerts ----------------------------------------------------------------------
 
@@ -101,13 +109,21 @@ class Server:
         for alert in alerts:
             if not isinstance(alert, dict):
                 raise ValueError("not an Alertmanager webhook: an alert is not an object")
-            labels = alert.get("labels") or {}
+            labels = alert.get("labels", {})
+            if not isinstance(labels, dict):
+                raise ValueError("not an Alertmanager webhook: an alert's labels are not an object")
             name = str(labels.get("alertname", "?"))
             if alert.get("status") != "firing":
                 decisions.append(Decision(None, name, "ignored", "resolved: nothing to do"))
                 continue
-            key = "am:" + str(alert.get("fingerprint") or json.dumps(labels, sort_keys=True))
-            key += "@" + str(alert.get("startsAt", ""))
+            fingerprint, starts = alert.get("fingerprint"), alert.get("startsAt")
+            if not isinstance(starts, str) or not starts:
+                decisions.append(
+                    Decision(None, name, "refused", "no startsAt: one firing cannot be told apart")
+                )
+                continue
+            ident = fingerprint if isinstance(fingerprint, str) and fingerprint else None
+            key = "am:" + (ident or json.dumps(labels, sort_keys=True, default=str)) + "@" + starts
             decisions.append(self.start(labels.get(self.label), name, key))
         return decisions
 
@@ -115,11 +131,20 @@ class Server:
         event = payload.get("event")
         if not isinstance(event, dict):
             raise ValueError("not a PagerDuty v3 webhook: no event object")
-        data = event.get("data") or {}
+        data = event.get("data", {})
+        if not isinstance(data, dict):
+            raise ValueError("not a PagerDuty v3 webhook: event.data is not an object")
         title = str(data.get("title") or event.get("event_type") or "?")
         if event.get("event_type") != "incident.triggered":
             return [Decision(None, title, "ignored", f"{event.get('event_type')}: not a trigger")]
-        service = str((data.get("service") or {}).get("id") or "")
+        incident = data.get("id")
+        if not isinstance(incident, str) or not incident:
+            why = "no data.id: one incident cannot be told apart"
+            return [Decision(None, title, "refused", why)]
+        service_of = data.get("service", {})
+        if not isinstance(service_of, dict):
+            raise ValueError("not a PagerDuty v3 webhook: event.data.service is not an object")
+        service = str(service_of.get("id") or "")
         env = next(
             (
                 name
@@ -134,7 +159,7 @@ class Server:
                     None, title, "refused", f"no environment maps PagerDuty service {service!r}"
                 )
             ]
-        return [self.start(env, title, f"pd:{data.get('id')}")]
+        return [self.start(env, title, f"pd:{incident}")]
 
     def start(self, environment: object, alert: str, key: str) -> Decision:
         """Start the environment's run for an alert, unless it must not run."""
@@ -278,27 +303,51 @@ def app(server: Server) -> Any:
     from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
-    async def body_of(request: Request) -> bytes | None:
+    async def body_of(request: Request) -> bytes | str:
+        """The body, read with its size enforced as it arrives and a deadline for the
+        whole of it; or why not (too large, too slow, the client went away)."""
+        import anyio
+        from starlette.requests import ClientDisconnect
+
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return None
-        data = await request.body()
-        return data if len(data) <= MAX_BODY else None
+            return "too large"
+        chunks, size = [], 0
+        try:
+            with anyio.fail_after(BODY_SECONDS):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        return "too large"
+                    chunks.append(chunk)
+        except TimeoutError:
+            return "too slow"
+        except ClientDisconnect:
+            return "gone"
+        return b"".join(chunks)
+
+    def refused(status: int, error: str) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
 
     def receiver(kind: str) -> Any:
         async def handle(request: Request) -> Response:
+            who = request.client.host if request.client else "?"
+            bearer = server.bearer_ok(request)
+            signed = kind == "pagerduty" and "x-pagerduty-signature" in request.headers
+            if not bearer and not signed:  # refused before a byte of the body is read
+                server._note("-", "-", kind, "unauthorized", who)
+                return refused(401, "unauthorized: a bearer token or a valid signature is required")
             body = await body_of(request)
-            if body is None:
-                return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
-            if not server.authorized(request, body):
-                server._note(
-                    "-", "-", kind, "unauthorized", request.client.host if request.client else "?"
-                )
-                return JSONResponse(
-                    {"error": "unauthorized: a bearer token or a valid signature is required"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+            if body == "gone":
+                return refused(400, "the client went away mid-body")
+            if body == "too slow":
+                return refused(408, f"the body did not arrive within {BODY_SECONDS:g}s")
+            if not isinstance(body, bytes):
+                return refused(413, f"body over {MAX_BODY} bytes")
+            if not bearer and not server.signature_ok(request, body):
+                server._note("-", "-", kind, "unauthorized", who)
+                return refused(401, "unauthorized: a bearer token or a valid signature is required")
             try:
                 payload = json.loads(body)
                 if not isinstance(payload, dict):
@@ -308,8 +357,10 @@ def app(server: Server) -> Any:
                     if kind == "alertmanager"
                     else server.pagerduty(payload)
                 )
-            except ValueError as exc:
-                return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+            except RecursionError:
+                return refused(400, "bad request: JSON nested too deeply")
+            except (ValueError, TypeError, AttributeError) as exc:
+                return refused(400, f"bad request: {exc}")
             for d in decisions:
                 if d.action != "started":
                     server._note(d.environment or "-", d.alert, kind, d.action, d.reason)
@@ -323,8 +374,8 @@ def app(server: Server) -> Any:
         return JSONResponse({"status": "ok", "running": sorted(running)})
 
     async def metrics(request: Request) -> Response:
-        if not server.authorized(request, b""):
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        if not server.bearer_ok(request):  # the bearer token only: a signature is PagerDuty's
+            return refused(401, "unauthorized: the bearer token is required")
         import anyio
 
         text = await anyio.to_thread.run_sync(server.metrics)
@@ -338,6 +389,105 @@ def app(server: Server) -> Any:
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )
+
+
+PER_CLIENT = 32  # open connections from one address at once
+
+
+def bounded_protocol() -> type:
+    """uvicorn's h11 protocol, bounded: a connection must send a whole request head
+    within HEADER_SECONDS of connecting or of its last response (uvicorn has no such
+    timeout: unfinished heads were held forever); at most MAX_CONNECTIONS connections,
+    and PER_CLIENT from one address, are kept (beyond: closed at once, holding no file
+    descriptor), so one client cannot take the slots real alerts arrive on."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    per_client: dict[str, int] = {}
+
+    class BoundedH11(H11Protocol):
+        head_timer: Any = None
+        counted: str | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            host = self.client[0] if self.client else "?"
+            if len(self.connections) > MAX_CONNECTIONS or per_client.get(host, 0) >= PER_CLIENT:
+                transport.close()
+                return
+            per_client[host] = per_client.get(host, 0) + 1
+            self.counted = host
+            self._arm()
+
+        def _arm(self) -> None:
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(HEADER_SECONDS, self._expired)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _expired(self) -> None:
+            self.head_timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()  # no request head in time
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm()  # a new request head is due
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a whole head arrived: the body has its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self.counted is not None:
+                left = per_client.get(self.counted, 1) - 1
+                if left > 0:
+                    per_client[self.counted] = left
+                else:
+                    per_client.pop(self.counted, None)
+                self.counted = None
+            super().connection_lost(exc)
+
+    return BoundedH11
+
+
+class RateLimitedLog:
+    """A logging filter: at most `burst` records per `window` seconds per logger, then
+    one line saying how many were left out (a flood of bad requests or accept errors
+    must not fill the disk with tracebacks)."""
+
+    def __init__(self, burst: int = 20, window: float = 60.0) -> None:
+        self.burst, self.window = burst, window
+        self.since: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+
+    def filter(self, record: Any) -> bool:
+        now = time.monotonic()
+        name = record.name
+        if now - self.since.get(name, -1e12) > self.window:
+            dropped = self.dropped.pop(name, 0)
+            self.since[name], self.count[name] = now, 0
+            if dropped:
+                record.msg = f"({dropped} log records left out in the last minute) {record.msg}"
+        self.count[name] = self.count.get(name, 0) + 1
+        if self.count[name] > self.burst:
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+            return False
+        if record.exc_info and self.count[name] > 1:  # one traceback per window is enough
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def bound_logs() -> None:
+    """Rate-limit what uvicorn and asyncio may log."""
+    import logging
+
+    limit = RateLimitedLog()
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        logging.getLogger(name).addFilter(limit)
 
 
 def secrets_from_environment() -> tuple[str | None, str | None]:

@@ -29,12 +29,21 @@ from connfix.cli.options import DURATION, incidents_dir_option, inventory_option
     type=DURATION,
     help="Diagnose each environment at most this often for /metrics.",
 )
+@click.option(
+    "--request-timeout",
+    default="10s",
+    show_default=True,
+    metavar="DURATION",
+    type=DURATION,
+    help="A connection must send a whole request head within this, and then its body.",
+)
 @incidents_dir_option
 @inventory_option
 def serve(
     listen: str,
     label: str,
     metrics_interval: float,
+    request_timeout: float,
     incidents_dir: str | None,
     inventory_path: str | None,
 ) -> None:
@@ -53,6 +62,7 @@ def serve(
     Example:
       CONNFIX_SERVE_TOKEN=… connfix serve -i inventory.yaml --listen 127.0.0.1:9187
       connfix serve --listen 0.0.0.0:9187 --label env
+      connfix serve --request-timeout 5s
     """
     import uvicorn
 
@@ -83,6 +93,15 @@ def serve(
         err=True,
     )
     try:
-        uvicorn.run(core.app(server), host=host, port=port, log_level="warning")
+        core.bound_logs()
+        core.HEADER_SECONDS = core.BODY_SECONDS = request_timeout
+        uvicorn.run(
+            core.app(server),
+            host=host,
+            port=port,
+            log_level="warning",
+            http=core.bounded_protocol(),
+            timeout_keep_alive=5,
+        )
     finally:
         core.wait_for_runs(server, 300)
