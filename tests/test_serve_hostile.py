@@ -5,6 +5,7 @@ environment observes only, its database unreachable: nothing here needs the lab.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -199,10 +200,8 @@ def test_a_flood_of_garbage_and_broken_clients_keeps_the_log_small(
         with socket.create_connection(("127.0.0.1", server["port"]), timeout=5) as sock:
             sock.sendall(b"GARBAGE\r\n\r\n")
             sock.settimeout(2)
-            try:
+            with contextlib.suppress(OSError):
                 sock.recv(100)
-            except OSError:
-                pass
     # a client that goes away mid-body
     with socket.create_connection(("127.0.0.1", server["port"]), timeout=5) as sock:
         sock.sendall(CHUNKED + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode() + b"10\r\n0123")
