@@ -455,3 +455,43 @@ def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) ->
     after = clean_lab.main_pids()
     assert after["app2"] != before["app2"] and after["app1"] == before["app1"]
     assert lab_status().hosts[1].backends == LAB_POOL_SIZE
+
+
+def test_an_alert_runs_host_cap_counts_every_roll_of_the_run(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    """max_hosts is per run, not per step: a runbook with two rolling_restart steps of
+    one host each, under a cap of 1, restarts app1 and refuses the second step."""
+    from connfix.engine.loop import run_runbook
+    from connfix.engine.run import RunMode, RunRequest
+    from connfix.inventory_file import load_inventory
+    from connfix.runbook import parse_runbook
+    from tests.test_terminate import HookUI
+
+    book = parse_runbook(
+        "version: 1\nname: two-rolls\nsummary: two rolls\nhealthy: 'false'\nsteps:\n"
+        "  - {id: diagnose, action: diagnose}\n"
+        "  - {id: roll-1, action: rolling_restart, params: {hosts: [app1]},"
+        " on_failure: continue}\n"
+        "  - {id: roll-2, action: rolling_restart, params: {hosts: [app2]},"
+        " on_failure: continue}\n",
+        tmp_path / "two-rolls.yaml",
+    )
+    env = load_inventory(clean_lab.inventory).environment("lab")
+    pids = clean_lab.main_pids()
+    request = RunRequest(
+        "lab",
+        env,
+        book,
+        tmp_path / "incidents",
+        clean_lab.inventory,
+        RunMode.TRIAGE,
+        yes=True,
+        max_restart_hosts=1,
+    )
+    run_runbook(request, HookUI(lambda: None))
+    evs = events(tmp_path / "incidents")
+    assert [e["host"] for e in of(evs, "host_done")] == ["app1"]
+    refused = next(e for e in of(evs, "plan") if e["step"] == "roll-2")
+    assert "after 1 this run already restarted" in refused["blocked"]
+    assert clean_lab.main_pids()["app2"] == pids["app2"]

@@ -209,7 +209,7 @@ def test_duplicates_start_one_run_and_a_held_lock_refuses_the_next(
     # is refused by the database's advisory lock, and its journal says so
     from connfix import pg
 
-    key = pg.environment_lock_key("lab")
+    key = pg.database_lock_key("appdb")
     appdb = clean_lab.core.bootstrap_dsn().replace("dbname=postgres", "dbname=appdb")
     with psycopg.connect(appdb, autocommit=True) as holder:  # advisory locks are per database
         holder.execute("SELECT pg_advisory_lock(%(key1)s, %(key2)s)", key)
@@ -292,7 +292,7 @@ def test_a_restart_beyond_the_policy_cap_is_refused(served: dict[str, Any], clea
     (journal,) = retry(lambda: _runs(served["incidents"]), timeout=30)
     evs = retry(lambda: _ended(journal), timeout=60)
     refused = [e for e in evs if e["event"] == "plan" and e.get("blocked")]
-    assert refused and "more than the alert policy allows (1" in refused[0]["blocked"]
+    assert refused and "more than the alert policy allows in one run (1" in refused[0]["blocked"]
     assert clean_lab.main_pids() == before
 
 

@@ -225,7 +225,7 @@ def test_second_concurrent_triage_is_refused_with_the_holder(
 
     (incident,) = first.glob("*")
     output = " ".join(result.output.split())
-    assert "another connfix run holds environment 'lab': operator" in output
+    assert "another connfix run holds environment 'lab' (the lock of its database 'appdb'" in output
     assert f"operator {os.environ.get('SUDO_USER') or getpass.getuser()}" in output
     assert f"on {socket.gethostname()} (its pid {proc.pid}), writing {incident}" in output
     assert "holding it for" in output
@@ -242,6 +242,28 @@ def test_second_concurrent_triage_is_refused_with_the_holder(
         clean_lab, tmp_path / "dry", "--dry-run", "--runbook", str(runbook(tmp_path, PAUSE))
     )
     assert dry.exit_code == 1 and "another connfix run" not in dry.output
+
+
+def test_another_environment_naming_the_same_database_is_refused_too(
+    long_run: tuple[subprocess.Popen[str], Path], clean_lab: Lab, tmp_path: Path
+) -> None:
+    """The lock is the database's, not the environment name's: `lab2`, a second name for
+    the same database (another inventory, another team), is refused while `lab` runs."""
+    import yaml
+
+    data = yaml.safe_load(clean_lab.inventory.read_text())
+    data["environments"] = {"lab2": data["environments"]["lab"]}
+    inventory = tmp_path / "other.yaml"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    book = str(runbook(tmp_path, PAUSE))
+    result = connfix_run(
+        "triage", inventory, tmp_path / "other", "--yes", "--runbook", book, environment="lab2"
+    )
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert "another connfix run holds environment 'lab2' (the lock of its database 'appdb'" in (
+        output
+    )
 
 
 def test_ctrl_c_finishes_the_journal_and_exits_130(

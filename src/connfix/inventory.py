@@ -410,11 +410,50 @@ class NotifyTarget(_Model):
 
 
 class AlertCaps(_Model):
-    """What an alert-triggered `auto` run may do."""
+    """What an alert-triggered `auto` run may do. `actions` names what may happen — an
+    effect (cancel_queries, end_sessions, restart_hosts, kill_pooler_clients,
+    pooler_pools) or an action standing for its effects (terminate: end_sessions and
+    cancel_queries; cancel: cancel_queries; rolling_restart: restart_hosts; …); each
+    step is checked by what it will do (a `cancel` step with `signal: terminate` ends
+    sessions)."""
 
     actions: list[str] = Field(
         default_factory=lambda: ["diagnose", "advise", "wait", "verify", "terminate"]
     )
+
+    @field_validator("actions")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from connfix.actions import ACTIONS
+        from connfix.actions.base import EFFECTS
+
+        unknown = [v for v in value if v not in ACTIONS and v not in EFFECTS]
+        if unknown:
+            raise ValueError(
+                f"unknown {', '.join(map(repr, unknown))}: give effects"
+                f" ({', '.join(EFFECTS)}) or actions ({', '.join(ACTIONS)})"
+            )
+        return value
+
+    def effects(self) -> set[str]:
+        """The effects these caps allow."""
+        from connfix.actions import ACTIONS
+
+        allowed: set[str] = set()
+        for name in self.actions:
+            if name in ACTIONS:
+                effect = ACTIONS[name].effect_name
+                allowed |= (
+                    {"end_sessions", "cancel_queries"}
+                    if name == "terminate"
+                    else (
+                        {"cancel_queries"} if name == "cancel" else ({effect} if effect else set())
+                    )
+                )
+            else:
+                allowed.add(name)
+        return allowed
+
     max_hosts: int = Field(default=1, ge=0, le=1000)  # hosts one run may restart
     min_interval: Duration = 1800.0  # between two runs that may change things
 

@@ -244,3 +244,43 @@ def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list
         if host not in done["rolling_restart"]:
             done["rolling_restart"].append(host)
     return journal.parent, done
+
+
+RECENT_JOURNALS = 50  # how many of an environment's newest incidents last_change reads
+
+
+def last_change(incidents_dir: Path, environment: str) -> float | None:
+    """When a run of `environment` last changed something (epoch seconds), read from
+    the newest journals in the incidents directory — so every runner sees it: `connfix
+    serve` after a restart, and operators' `--yes` runs writing to the same directory.
+    A change: a session ended or cancelled, a PgBouncer command answered, a host whose
+    restart began. None: no such run is journaled there."""
+    suffix = "-" + re.sub(r"[^A-Za-z0-9._@-]", "_", environment)
+    try:
+        names = sorted(
+            (p for p in incidents_dir.iterdir() if p.name.endswith(suffix)),
+            key=lambda p: p.name,
+            reverse=True,
+        )[:RECENT_JOURNALS]
+    except OSError:
+        return None
+    for incident in names:
+        try:
+            events = list(read_journal(incident / JOURNAL))
+        except (OSError, ValueError):
+            continue
+        changes = [
+            e["ts"]
+            for e in events
+            if e.get("event") == Event.HOST_START
+            or (
+                e.get("event") == Event.OPERATION
+                and (e.get("ok") is True or e.get("result") in ("terminated", "cancelled"))
+            )
+        ]
+        if changes:
+            try:
+                return datetime.fromisoformat(changes[-1].replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None

@@ -369,19 +369,23 @@ def run_tag(operator: str, host: str, pid: int, since: str, incident: str) -> st
     )
 
 
-def environment_lock_key(environment: str) -> dict[str, int]:
-    """Return the two int4 keys of an environment's advisory lock (both non-negative)."""
+def database_lock_key(database: str) -> dict[str, int]:
+    """Return the two int4 keys of a database's connfix advisory lock (both
+    non-negative). It is keyed by the database, not by the environment's name: two
+    environments (or two inventories) naming the same database must not run at once;
+    and an advisory lock lives in its database, so the name of the database is the key."""
     import zlib
 
     return {
         "key1": int.from_bytes(b"cnfx", "big"),
-        "key2": zlib.crc32(environment.encode()) & 0x7FFFFFFF,
+        "key2": zlib.crc32(f"database:{database}".encode()) & 0x7FFFFFFF,
     }
 
 
 def try_environment_lock(session: Session, environment: str) -> LockHolder | None:
-    """Take the environment's lock for this session; return the holder if someone has it."""
-    key = environment_lock_key(environment)
+    """Take the lock of the database this session is in (one run per database, whatever
+    environment names it); return the holder if someone has it."""
+    key = database_lock_key(session.info.database)
     if session.one("lock_try", LockAcquired, key).acquired:
         return None
     holders = session.all("lock_holder", LockHolder, key)

@@ -32,7 +32,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from connfix.journal import last_change
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -187,6 +190,11 @@ class Server:
             reason = ""
             if mode == "auto":
                 since = now - self.last_change.get(environment, -1e12)
+                # and what every runner journaled (a restarted serve, operators' --yes
+                # runs in the same incidents directory)
+                on_disk = last_change(self.incidents_of(environment), environment)
+                if on_disk is not None:
+                    since = min(since, time.time() - on_disk)
                 if since < env.alerts.caps.min_interval:
                     mode, reason = (
                         "dry-run",
@@ -206,6 +214,12 @@ class Server:
         thread.start()
         return Decision(environment, alert, "started", reason, mode)
 
+    def incidents_of(self, environment: str) -> Path:
+        from connfix.cli.options import incidents_base
+
+        env = self.loaded.inventory.environments[environment]
+        return Path(incidents_base(self.incidents_dir, env.incidents_dir))
+
     def _run(self, environment: str, mode: str, alert: str) -> None:
         from connfix.cli import render
         from connfix.cli.options import incidents_base
@@ -221,8 +235,7 @@ class Server:
             else:
                 book = resolve_runbook(env.alerts.runbook)
                 if mode == "auto":
-                    allowed = set(env.alerts.caps.actions) | {"diagnose"}
-                    book = _within_caps(book, allowed)
+                    book = _within_caps(book, env.alerts.caps.effects())
             request = RunRequest(
                 environment=environment,
                 env=env,
@@ -280,13 +293,21 @@ class Server:
 
 
 def _within_caps(book: Any, allowed: set[str]) -> Any:
-    """The runbook with only the allowed actions' steps (the first, a diagnose, kept)."""
+    """The runbook with only the steps whose effect the caps allow (read-only steps
+    always), each judged by what it will do with its parameters — not by its action's
+    name."""
     import dataclasses
 
-    kept = [s for s in book.steps if s.action in allowed]
+    from connfix.actions import ACTIONS
+
+    def fits(step: Any) -> bool:
+        effect = ACTIONS[step.action].effect(step.params)
+        return effect is None or effect in allowed
+
+    kept = [s for s in book.steps if fits(s)]
     if len(kept) == len(book.steps):
         return book
-    left_out = [s.id for s in book.steps if s.action not in allowed]
+    left_out = [f"{s.id} ({ACTIONS[s.action].effect(s.params)})" for s in book.steps if not fits(s)]
     summary = f"{book.summary} (alert policy caps: left out {', '.join(left_out)})"
     return dataclasses.replace(book, steps=kept, summary=summary)
 

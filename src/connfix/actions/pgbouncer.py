@@ -146,6 +146,7 @@ def _client_identity(c: ClientChoice) -> dict[str, Any]:
 
 class KillClientsAction(Action[KillClientsParams, KillPlan]):
     name = "pgbouncer_kill_clients"
+    effect_name = "kill_pooler_clients"
     description = "end a leaking host's idle client connections in PgBouncer (KILL_CLIENT, ≥ 1.24)"
     params_model = KillClientsParams
     mutating = True
@@ -360,6 +361,7 @@ PP = TypeVar("PP", bound=PoolParams)
 class _PoolCommand(Action[PP, None]):
     verb: str = ""
     mutating = True
+    effect_name = "pooler_pools"
     params_model = PoolParams
 
     def caveat(self, params: PP) -> str:

@@ -56,6 +56,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
     """Restart app hosts one at a time, leak suspects first, gated on health and the DB."""
 
     name = "rolling_restart"
+    effect_name = "restart_hosts"
     description = "restart app hosts one batch at a time, each gated before the next"
     params_model = RestartParams
     mutating = True
@@ -133,13 +134,15 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
                 why = f"every host was already restarted ({', '.join(sorted(done_before))})"
             return Plan(summary=why, details={"skipped_done": sorted(done_before)})
         cap = ctx.max_restart_hosts
-        if cap is not None and len(targets) > cap:
+        earlier = ctx.totals.get("hosts_touched", 0)  # by this run's earlier roll steps
+        if cap is not None and earlier + len(targets) > cap:
             why = (
-                f"{len(targets)} host(s) to restart ({', '.join(h.name for h in targets)}) is"
-                f" more than the alert policy allows ({cap}, alerts.caps.max_hosts): an"
-                " operator must decide"
+                f"{len(targets)} host(s) to restart ({', '.join(h.name for h in targets)})"
+                + (f", after {earlier} this run already restarted," if earlier else "")
+                + f" is more than the alert policy allows in one run ({cap},"
+                " alerts.caps.max_hosts): an operator must decide"
             )
-            return Plan(summary=why, blocked=why, details={"max_hosts": cap})
+            return Plan(summary=why, blocked=why, details={"max_hosts": cap, "earlier": earlier})
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
         checks: list[Preflight] = remote.parallel(
             targets,
@@ -271,5 +274,9 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
             result.summary(),
             {"done": result.done, "failed": result.failed, "untouched": result.untouched},
             interrupted=result.interrupted,
-            changed={"restarted": len(result.done)},
+            # every host whose restart was sent counts against a per-run cap
+            changed={
+                "restarted": len(result.done),
+                "hosts_touched": len(result.done) + len(result.failed),
+            },
         )

@@ -171,6 +171,10 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
     params_model = TerminateParams
     mutating = True
 
+    def effect(self, params: TerminateParams) -> str | None:
+        """By the signal it sends, whatever the action is called."""
+        return "cancel_queries" if params.signal == "cancel" else "end_sessions"
+
     def plan(self, ctx: RunContext, params: TerminateParams) -> Plan[TerminatePlan]:
         rows = ctx.session.all("terminate_candidates", Candidate)
         host_of = _host_of(ctx)

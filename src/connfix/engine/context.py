@@ -38,7 +38,11 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
 
     holder = pg.try_environment_lock(session, environment)
     if holder is None:
-        journal.record(Event.LOCK_ACQUIRED, key=pg.environment_lock_key(environment))
+        journal.record(
+            Event.LOCK_ACQUIRED,
+            key=pg.database_lock_key(session.info.database),
+            database=session.info.database,
+        )
         return None
     journal.record(Event.LOCK_REFUSED, holder=holder)
     run = pg.RUN_TAG.search(holder.query or "")
@@ -50,7 +54,8 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
                 f", holding it for {format_duration((datetime.now(UTC) - since).total_seconds())}"
             )
         return (
-            f"another connfix run holds environment {environment!r}: operator"
+            f"another connfix run holds environment {environment!r} (the lock of its"
+            f" database {session.info.database!r}, whatever environment names it): operator"
             f" {run['operator']} on {run['host']} (its pid {run['pid']}), writing"
             f" {run['incident']}{held} (since {run['since']}); refusing to run at the same"
             " time. Wait for it, or ask its operator"
@@ -63,8 +68,8 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
     if holder.held_seconds is not None:
         who += f", connected {holder.held_seconds:.0f}s ago"
     return (
-        f"another session holds environment {environment!r}'s lock ({who}); refusing to"
-        " run at the same time"
+        f"another session holds environment {environment!r}'s lock (of database"
+        f" {session.info.database!r}; {who}); refusing to run at the same time"
     )
 
 

@@ -1,0 +1,106 @@
+"""Caps bind effects, not action names; and min_interval is kept where every runner
+sees it. The per-run host cap on real hosts: tests/test_restart.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from connfix.events import Event
+from connfix.inventory import AlertCaps
+from connfix.journal import Journal, Redactor, last_change
+from connfix.runbook import parse_runbook
+from connfix.serve import _within_caps
+
+BOOK = """\
+version: 1
+name: effects
+summary: every kind of effect
+healthy: "false"
+steps:
+  - {id: diagnose, action: diagnose}
+  - {id: cancel-queries, action: cancel, params: {older_than: 1m}}
+  - {id: cancel-but-terminate, action: cancel,
+     params: {signal: terminate, states: [idle], older_than: 1m}}
+  - {id: end-idle, action: terminate, params: {states: [idle], older_than: 1m}}
+  - {id: roll, action: rolling_restart}
+  - {id: kill, action: pgbouncer_kill_clients}
+  - {id: verify, action: verify}
+"""
+
+
+def kept(actions: list[str]) -> list[str]:
+    book = parse_runbook(BOOK, Path("effects.yaml"))
+    return [s.id for s in _within_caps(book, AlertCaps(actions=actions).effects()).steps]
+
+
+def test_a_cancel_step_that_terminates_needs_the_right_to_end_sessions() -> None:
+    assert kept(["diagnose", "cancel"]) == ["diagnose", "cancel-queries", "verify"]
+    assert kept(["cancel_queries"]) == ["diagnose", "cancel-queries", "verify"]
+    assert kept(["end_sessions"]) == ["diagnose", "cancel-but-terminate", "end-idle", "verify"]
+    assert kept(["terminate"]) == [
+        "diagnose", "cancel-queries", "cancel-but-terminate", "end-idle", "verify"
+    ]  # fmt: skip
+    assert kept(["restart_hosts", "kill_pooler_clients"]) == ["diagnose", "roll", "kill", "verify"]
+    book = parse_runbook(BOOK, Path("effects.yaml"))
+    left = _within_caps(book, AlertCaps(actions=["cancel"]).effects()).summary
+    assert "cancel-but-terminate (end_sessions)" in left
+
+
+def test_an_unknown_cap_is_refused_naming_what_exists() -> None:
+    with pytest.raises(ValidationError, match="unknown 'restart'"):
+        AlertCaps(actions=["restart"])
+
+
+def test_the_last_change_is_read_from_the_journals(tmp_path: Path) -> None:
+    """A dry run changes nothing; a run that ended a session did, whoever ran it."""
+    assert last_change(tmp_path, "prod") is None
+    dry = tmp_path / "20261204T010000Z-prod"
+    dry.mkdir()
+    journal = Journal(dry, Redactor())
+    journal.record(Event.RUN_START, environment="prod", flags={"dry_run": True})
+    journal.record(Event.RUN_END, status="dry_run")
+    journal.close()
+    assert last_change(tmp_path, "prod") is None
+    real = tmp_path / "20261204T020000Z-prod"
+    real.mkdir()
+    journal = Journal(real, Redactor())
+    journal.record(Event.RUN_START, environment="prod", flags={"dry_run": False})
+    journal.record(Event.OPERATION, pid=42, result="terminated")
+    journal.close()
+    when = last_change(tmp_path, "prod")
+    assert when is not None and abs(time.time() - when) < 60
+    assert last_change(tmp_path, "staging") is None  # another environment's
+
+
+def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: Path) -> None:
+    """A new Server (serve restarted) finds the change an operator's `--yes` run
+    journaled a minute ago in the shared incidents directory: an auto alert is run as a
+    dry run instead."""
+    from connfix.inventory_file import load_inventory
+    from connfix.serve import Server
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "version: 1\nenvironments:\n  prod:\n    database:\n"
+        '      dsn: "host=127.0.0.1 port=1 dbname=app user=connfix connect_timeout=1"\n'
+        "    service: {unit: app.service, pool_size: 3}\n"
+        "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
+        "    alerts: {mode: auto, caps: {min_interval: 30m}}\n"
+    )
+    incidents = tmp_path / "incidents"
+    earlier = incidents / "20261204T020000Z-prod"
+    earlier.mkdir(parents=True)
+    journal = Journal(earlier, Redactor())
+    journal.record(Event.RUN_START, environment="prod", flags={"dry_run": False, "yes": True})
+    journal.record(Event.HOST_START, host="web1")
+    journal.close()
+    server = Server(load_inventory(inventory), str(incidents), "token", None)
+    decision = server.start("prod", "PostgresTooManyConnections", "am:x@1")
+    for thread in server.threads:
+        thread.join(30)
+    assert decision.action == "started" and decision.mode == "dry-run", decision
+    assert "min_interval" in decision.reason
