@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -399,3 +400,44 @@ def test_known_hosts_are_parsed_once_per_process_and_again_when_changed(
     assert len(parsed) == 2
     assert fourth.get_host_keys().lookup("10.0.0.2") is None
     assert fourth.get_host_keys().lookup("10.0.0.0") is not None
+
+
+def test_principals_are_compared_exactly_as_openssh_does(
+    keys: dict[str, Path], host_pub: Path, tmp_path: Path
+) -> None:
+    """ssh lowercases the host name it was given and compares it with the certificate's
+    principals byte for byte: APP1.EXAMPLE is not a listed principal for app1.example."""
+    kh = known(tmp_path, f"@cert-authority *.example {pub(keys['ca'])}")
+    upper = sign(tmp_path, keys["ca"], host_pub, principals="APP1.EXAMPLE")
+    with pytest.raises(CertificateRefused, match=r"its principals are APP1\.EXAMPLE"):
+        check_certificate(offered(upper), "app1.example", "app1.example", kh)
+    lower = sign(tmp_path, keys["ca"], host_pub, principals="app1.example")
+    check_certificate(offered(lower), "app1.example", "APP1.example", kh)  # ssh lowercases
+
+
+def test_a_pattern_of_many_stars_is_matched_at_once() -> None:
+    """A regular expression of many `.*` backtracks exponentially on a name that almost
+    matches; the matcher must not."""
+    import threading
+
+    answer: list[bool] = []
+    worker = threading.Thread(
+        target=lambda: answer.append(host_matches("a" * 60 + "b", "*a" * 40 + "*c")), daemon=True
+    )
+    worker.start()
+    worker.join(10)
+    assert answer == [False]
+
+
+@given(
+    name=st.text(alphabet="ab.*?[]:", max_size=12),
+    pattern=st.text(alphabet="ab.*?[]:", max_size=8),
+)
+def test_the_matcher_agrees_with_a_plain_glob(name: str, pattern: str) -> None:
+    """The reference: fnmatch with brackets escaped (OpenSSH has no character classes)."""
+    import fnmatch
+
+    if pattern.startswith("!") or "," in pattern:
+        return
+    reference = fnmatch.fnmatchcase(name, re.sub(r"([\[\]])", r"[\1]", pattern))
+    assert known_hosts._glob(name, pattern) is reference

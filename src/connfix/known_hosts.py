@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,11 +108,23 @@ def load(path: Path) -> KnownHosts:
     return known
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """OpenSSH's host patterns: `*` and `?` are wildcards, every other character literal
-    (brackets included: `[host]:2222` is a name, not a character class)."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
-    return re.compile(body + r"\Z", re.DOTALL)
+def _glob(name: str, pattern: str) -> bool:
+    """OpenSSH's host patterns: `*` any run of characters, `?` one, every other character
+    literal (brackets included: `[host]:2222` is a name, not a character class). Matched
+    without a regular expression, in O(len(name) × len(pattern)) at worst: a pattern of
+    many `*` cannot make it backtrack exponentially."""
+    p, n, star, mark = 0, 0, -1, 0
+    while n < len(name):
+        if p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, n, p + 1
+        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == name[n]):
+            p, n = p + 1, n + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            n = mark
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])
 
 
 def _hashed_matches(name: str, hashed: str) -> bool:
@@ -138,7 +149,7 @@ def host_matches(name: str, patterns: str) -> bool:
     lowered, positive = name.lower(), False
     for pattern in patterns.split(","):
         negated = pattern.startswith("!")
-        if _pattern_regex(pattern[1:] if negated else pattern).match(lowered):
+        if _glob(lowered, (pattern[1:] if negated else pattern).lower()):
             if negated:
                 return False
             positive = True
@@ -324,7 +335,9 @@ def check_certificate(
             f"its certificate ({about}) lists no principals; connfix requires the host's"
             f" name ({host}) among them"
         )
-    if host.lower() not in (p.lower() for p in cert.principals):
+    # as OpenSSH: the host name as ssh uses it (lowercased) must be one of the principals
+    # exactly ("not a listed principal" otherwise); principals are not case-folded
+    if host.lower() not in cert.principals:
         raise CertificateRefused(
             f"its certificate ({about}) is not valid for {host}: its principals are"
             f" {defang(', '.join(cert.principals))}"
