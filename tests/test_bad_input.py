@@ -200,6 +200,9 @@ DOCUMENTS = st.recursive(
 )
 
 
+# hypothesis 6.170 sometimes says this extend "doesn't use it's argument" (it does:
+# lists and dictionaries of `children`); seen once in a full run, never alone
+@pytest.mark.filterwarnings("ignore:extend=.*doesn't use it's argument")
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=DOCUMENTS)
 def test_loaders_raise_only_their_own_errors_on_any_structure(document: Any) -> None:

@@ -451,7 +451,8 @@ def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) ->
     assert evs[-1]["status"] == "resolved"
     assert [d["host"] for d in of(evs, "host_done")] == ["app2"]  # only the suspect
     skipped = {e["step"]: e["condition"] for e in of(evs, "step_skipped")}
-    assert skipped["verify-after-terminate"] == "terminated > 0"  # nothing was terminated
+    # nothing was terminated nor killed
+    assert skipped["verify-after-terminate"] == "terminated > 0 or pgbouncer_clients_killed > 0"
     after = clean_lab.main_pids()
     assert after["app2"] != before["app2"] and after["app1"] == before["app1"]
     assert lab_status().hosts[1].backends == LAB_POOL_SIZE

@@ -412,11 +412,13 @@ steps:
 def test_advise_puts_the_pool_sizing_in_the_journal_and_the_report(
     clean_lab: Lab, tmp_path: Path
 ) -> None:
-    """An inventory that lets each host open 6 (3 × 6 = 18 against 17 usable): advise says
-    it is not safe and which size is, in the journal and in the report, even in a dry run.
+    """An inventory that lets each host open 6, and 2 more in a burst (the lab's
+    max_overflow): advise says it is not safe and which size is, in the journal and in
+    the report, even in a dry run.
 
-    base = 17 usable − 2 buffer − 0 other = 15; now 18 + a restarting host's 6 = 24 > 15;
-    safe size 15 // (3 hosts + 1 restarting) = 3: 9, plus 3 while a host restarts = 12."""
+    base = 17 usable − 2 buffer − 0 other = 15; now 3 × (6 + 2) = 24, and a restarting
+    host's 8 twice: available 15 − 8 = 7 < 24; safe size 15 // (3 hosts + 1 restarting)
+    − 2 overflow = 1: 3 × (1 + 2) = 9, plus 3 while a host restarts = 12 ≤ 15."""
 
     def change(env: dict[str, Any]) -> None:
         env["service"]["pool_size"] = 6
@@ -427,16 +429,19 @@ def test_advise_puts_the_pool_sizing_in_the_journal_and_the_report(
     result = connfix_run(
         "triage", inventory, tmp_path / "incidents", "--dry-run", "--runbook", str(book)
     )
-    assert "3 servers × 6 = 18 against 9 available: NOT safe: pool size 3" in result.output
+    assert (
+        "3 servers × (6 + 2 overflow) = 24 against 7 available: NOT safe: pool size 1"
+        in " ".join(result.output.split())
+    ), result.output
     (advice,) = [e for e in events(tmp_path / "incidents") if e["event"] == "advice"]
     sizing = advice["sizing"]
-    assert (sizing["fleet_total"], sizing["available"], sizing["safe"]) == (18, 9, False)
-    assert (sizing["max_safe_pool_size"], sizing["after_total"]) == (3, 9)
+    assert (sizing["fleet_total"], sizing["available"], sizing["safe"]) == (24, 7, False)
+    assert (sizing["max_safe_pool_size"], sizing["after_total"]) == (1, 9)
     assert advice["pgbouncer"] is True
     report = assert_complete(tmp_path / "incidents", "DRY RUN")
-    assert "| now | 3 | 6 | 18 | 9 | NO |" in report
-    assert "| safe | 3 | 3 | 9 | 12 | yes |" in report
-    assert "3 servers × 6 = 18 &gt; 9 → pool 3: 9, safe" in report  # escaped, renders as >
+    assert "| now | 3 | (6 + 2 overflow) | 24 | 7 | NO |" in report
+    assert "| safe | 3 | (1 + 2 overflow) | 9 | 12 | yes |" in report
+    assert "3 servers × (6 + 2 overflow) = 24 &gt; 7 → pool 1: 9, safe" in report
 
 
 def test_a_healthy_condition_that_fails_on_live_data_ends_the_run_with_a_report(

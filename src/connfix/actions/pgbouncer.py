@@ -86,7 +86,7 @@ def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any
     """Send one admin command and journal it (with `about`: whom it is for); return the
     error, if any."""
     error = _command(access, statement)
-    fields = PoolerOperation(**about, pgbouncer=access.name, command=statement)  # type: ignore[typeddict-item]
+    fields = PoolerOperation(**{**about, "pgbouncer": access.name, "command": statement})  # type: ignore[typeddict-item]
     if error:
         fields["error"] = error
     else:
