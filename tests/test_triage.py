@@ -485,3 +485,25 @@ def test_a_mutating_step_with_confirm_false_does_not_run_unattended(
     assert "it changes things and the runbook says confirm: false" in result.output
     assert clean_lab.main_pids() == pids
     assert events(tmp_path / "incidents")[-1]["status"] == "stopped"
+
+
+def test_a_bug_in_an_action_still_finishes_the_journal_and_the_report(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the real actions cannot be made to produce (an exception that is none of
+    connfix's errors), injected into the advise step: the run ends as error, with
+    run_end and a report, saying it is connfix's bug, not a traceback."""
+    from connfix.actions import ACTIONS
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("injected")
+
+    monkeypatch.setattr(ACTIONS["advise"], "apply", broken)
+    book = tmp_path / "advise.yaml"
+    book.write_text(ADVISE)
+    result = connfix_run("triage", clean_lab.inventory, tmp_path / "incidents", "--yes",
+                         "--runbook", str(book))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "internal error in connfix (TypeError: injected)" in result.output
+    report = assert_complete(tmp_path / "incidents", "halted (error)")
+    assert "internal error in connfix" in report
