@@ -1,7 +1,8 @@
-"""The README's command reference is checked against the commands themselves (their
---help), so it cannot drift: every command has its section, every flag of a command is
-in its section, every flag a section names exists, and every example in --help is in
-the README."""
+"""The command reference (docs/commands.md, and the sections that moved to docs/lab.md
+and docs/alerts.md) is checked against the commands themselves (their --help), so it
+cannot drift: every command has its section, every flag of a command is in its section,
+every flag a section names exists, and every example in --help is in the docs. The
+README is a landing page: at most 250 lines, linking every document."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 
 from connfix.cli import cli
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+# where each part of the reference lives: the README and every document under docs/
+DOCS = {p.name: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+ALL = "\n".join(DOCS.values())
 
 
 def commands(group: click.Group = cli, prefix: str = "connfix") -> list[tuple[str, click.Command]]:
@@ -27,7 +32,10 @@ def commands(group: click.Group = cli, prefix: str = "connfix") -> list[tuple[st
     return found
 
 
-INTRO = README[README.index("## Commands") : README.index("### ", README.index("## Commands"))]
+REFERENCE = DOCS["commands.md"]
+INTRO = REFERENCE[
+    REFERENCE.index("## Commands") : REFERENCE.index("### ", REFERENCE.index("## Commands"))
+]
 
 
 def section(path: str) -> str:
@@ -37,12 +45,13 @@ def section(path: str) -> str:
     words = path.split()
     for size in range(len(words), 1, -1):
         name = " ".join(words[:size])
-        match = re.search(
-            rf"^### `{re.escape(name)}\b[^\n]*\n(.*?)(?=^### |^## )", README, re.M | re.S
-        )
-        if match:
-            return INTRO + match.group(0)
-    raise AssertionError(f"the README has no section for `{path}`")
+        for text in DOCS.values():
+            match = re.search(
+                rf"^### `{re.escape(name)}\b[^\n]*\n(.*?)(?=^### |^## |\Z)", text, re.M | re.S
+            )
+            if match:
+                return INTRO + match.group(0)
+    raise AssertionError(f"the docs have no section for `{path}`")
 
 
 def flags(command: click.Command) -> set[str]:
@@ -74,13 +83,13 @@ def test_every_example_in_help_is_in_the_readme(path: str, command: click.Comman
     if "Example:" in help_text:
         assert examples, f"`{path} --help` has an Example: block with no command"
     for example in examples:
-        assert example.split("  #")[0].strip() in README, f"`{example}` is not in the README"
+        assert example.split("  #")[0].strip() in ALL, f"`{example}` is not in the docs"
 
 
 def test_every_flag_the_readme_names_for_a_command_exists() -> None:
     """A `connfix CMD … --flag` line in the README uses only flags CMD has."""
     known = dict(COMMANDS)
-    for line in re.findall(r"^connfix [^\n]+$", README, re.M):
+    for line in re.findall(r"^connfix [^\n]+$", ALL, re.M):
         words = line.split("#")[0].split()
         path = next(
             (
@@ -95,3 +104,17 @@ def test_every_flag_the_readme_names_for_a_command_exists() -> None:
         used = {w.split("=")[0] for w in words if w.startswith("--")}
         unknown = used - flags(known[path]) - {"--help", "--debug", "--version"}
         assert not unknown, f"README line `{line}`: {path} has no {sorted(unknown)}"
+
+
+def test_the_readme_is_a_landing_page_linking_every_document() -> None:
+    assert README.count("\n") <= 250
+    for name in DOCS:
+        if name != "README.md":
+            assert f"(docs/{name})" in README, f"docs/{name} is not linked from the README"
+
+
+def test_every_relative_link_in_the_docs_leads_somewhere() -> None:
+    for name, text in DOCS.items():
+        base = ROOT if name == "README.md" else ROOT / "docs"
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (base / target).exists(), f"{name} links to {target}, which does not exist"

@@ -231,7 +231,7 @@ class Diagnosis:
         return self.severity == "ok"
 
     def to_json(self) -> dict[str, Any]:
-        """Return the machine-readable form (see README: diagnose --json)."""
+        """Return the machine-readable form (see docs/commands.md: diagnose --json)."""
         data = asdict(self)
         data["utilization"] = round(self.utilization, 4)
         return data

@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """Exit statuses, as documented in the README."""
+    """Exit statuses, as documented in the README and docs/commands.md."""
 
     OK = 0
     UNHEALTHY = 1  # still unhealthy, or a step failed and the run halted

@@ -253,7 +253,7 @@ LOG_LINES = 20
 
 def log_command(unit: str, sudo: bool = True) -> str:
     """The read-only command that prints a unit's last log lines (journalctl, through
-    sudo: the rule the README documents; or as the user, in group systemd-journal)."""
+    sudo: the rule docs/commands.md documents; or as the user, in group systemd-journal)."""
     command = f"journalctl -u {shlex.quote(unit)} -n {LOG_LINES} --no-pager -o short-iso"
     return f"sudo -n {command}" if sudo else command
 
