@@ -158,9 +158,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
         except Exception as exc:  # connfix's own bug: the record is still finished
             message = f"internal error in connfix ({type(exc).__name__}: {exc}); please report it"
             with contextlib.suppress(Exception):
-                journal.record(
-                    Event.ERROR, step=ctx.step.id if ctx.step else None, message=message
-                )
+                journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=message)
             return loop.finish(RunStatus.ERROR, ExitStatus.UNHEALTHY, message)
         finally:
             for cleanup in ctx.cleanups:
