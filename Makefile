@@ -11,6 +11,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The whole suite, lab tests included (needs root: namespaces, sshd, PostgreSQL).
 test: lint

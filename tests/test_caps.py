@@ -104,3 +104,14 @@ def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: 
         thread.join(30)
     assert decision.action == "started" and decision.mode == "dry-run", decision
     assert "min_interval" in decision.reason
+
+
+def test_the_effects_table_names_every_action_and_what_each_may_do() -> None:
+    from connfix.actions import ACTIONS
+    from connfix.effects import ACTION_EFFECTS, EFFECTS
+
+    assert set(ACTION_EFFECTS) == set(ACTIONS)
+    for name, action in ACTIONS.items():
+        assert action.effect_name is None or action.effect_name in ACTION_EFFECTS[name]
+        assert ACTION_EFFECTS[name] <= set(EFFECTS)
+        assert bool(ACTION_EFFECTS[name]) is action.mutating, name

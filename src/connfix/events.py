@@ -9,6 +9,22 @@ import enum
 from typing import NotRequired, TypedDict
 
 
+class RunStatus(enum.StrEnum):
+    """How a run ended: the journal's `run_end` status, the report's title."""
+
+    RESOLVED = "resolved"
+    DONE = "done"
+    UNHEALTHY = "unhealthy"
+    HALTED = "halted"
+    DECLINED = "declined"
+    STOPPED = "stopped"
+    LOCKED = "locked"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    DRY_RUN = "dry_run"
+
+
 class Event(enum.StrEnum):
     """One kind of journal line."""
 

@@ -420,42 +420,30 @@ class AlertCaps(_Model):
     actions: list[str] = Field(
         default_factory=lambda: ["diagnose", "advise", "wait", "verify", "terminate"]
     )
+    max_hosts: int = Field(default=1, ge=0, le=1000)  # hosts one run may restart
+    min_interval: Duration = 1800.0  # between two runs that may change things
 
     @field_validator("actions")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        from connfix.actions import ACTIONS
-        from connfix.actions.base import EFFECTS
+        from connfix.effects import ACTION_EFFECTS, EFFECTS
 
-        unknown = [v for v in value if v not in ACTIONS and v not in EFFECTS]
+        unknown = [v for v in value if v not in ACTION_EFFECTS and v not in EFFECTS]
         if unknown:
             raise ValueError(
                 f"unknown {', '.join(map(repr, unknown))}: give effects"
-                f" ({', '.join(EFFECTS)}) or actions ({', '.join(ACTIONS)})"
+                f" ({', '.join(EFFECTS)}) or actions ({', '.join(ACTION_EFFECTS)})"
             )
         return value
 
     def effects(self) -> set[str]:
         """The effects these caps allow."""
-        from connfix.actions import ACTIONS
+        from connfix.effects import ACTION_EFFECTS
 
         allowed: set[str] = set()
         for name in self.actions:
-            if name in ACTIONS:
-                effect = ACTIONS[name].effect_name
-                allowed |= (
-                    {"end_sessions", "cancel_queries"}
-                    if name == "terminate"
-                    else (
-                        {"cancel_queries"} if name == "cancel" else ({effect} if effect else set())
-                    )
-                )
-            else:
-                allowed.add(name)
+            allowed |= ACTION_EFFECTS.get(name, frozenset({name}))
         return allowed
-
-    max_hosts: int = Field(default=1, ge=0, le=1000)  # hosts one run may restart
-    min_interval: Duration = 1800.0  # between two runs that may change things
 
 
 class AlertPolicy(_Model):

@@ -3,7 +3,6 @@ and the checks that span fields (`connfix.inventory` holds the models)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +134,6 @@ def load_inventory(path: Path) -> LoadedInventory:
     return LoadedInventory(path, parse_inventory(path, located), located)
 
 
-def lab_inventory_path() -> Path:
-    """Return where `connfix lab up` writes the lab's inventory."""
-    from connfix.lab.paths import lab_dir
-
-    return lab_dir() / "inventory.yaml"
-
-
 def _must_be_file(path: Path, source: str) -> None:
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, a device?)"
@@ -154,15 +146,12 @@ def _must_be_file(path: Path, source: str) -> None:
 class InventorySearch:
     """Where an inventory is looked for when --inventory is not given: the variable
     CONNFIX_INVENTORY, ./inventory.yaml in the working directory, then (for the `lab`
-    environment) the lab's. Passed in: the CLI builds it from the process once."""
+    environment) the lab's. Passed in: the CLI builds it from the process once
+    (cli.options.inventory_search)."""
 
     from_env: str | None
     cwd: Path
     lab_inventory: Path
-
-    @classmethod
-    def from_process(cls) -> InventorySearch:
-        return cls(os.environ.get("CONNFIX_INVENTORY") or None, Path.cwd(), lab_inventory_path())
 
 
 def find_inventory(explicit: str | None, environment: str | None, search: InventorySearch) -> Path:

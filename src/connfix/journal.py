@@ -85,6 +85,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def incidents_base(flag: str | None, configured: str | None) -> Path:
+    """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
+    from connfix.files import expand
+
+    return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
+
+
 def new_incident_dir(base: Path, environment: str) -> Path:
     """Create incidents/<UTC timestamp>-<env>/ (mode 0700), never reusing one."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from connfix.diagnosis import app_label
-from connfix.engine.run import RunStatus
 from connfix.errors import InputError
-from connfix.events import Event
+from connfix.events import Event, RunStatus
 from connfix.journal import journal_of, read_journal
 from connfix.units import format_duration
 

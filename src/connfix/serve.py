@@ -215,16 +215,13 @@ class Server:
         return Decision(environment, alert, "started", reason, mode)
 
     def incidents_of(self, environment: str) -> Path:
-        from connfix.cli.options import incidents_base
+        from connfix.journal import incidents_base
 
         env = self.loaded.inventory.environments[environment]
         return Path(incidents_base(self.incidents_dir, env.incidents_dir))
 
     def _run(self, environment: str, mode: str, alert: str) -> None:
-        from connfix.cli import render
-        from connfix.cli.options import incidents_base
-        from connfix.engine.loop import run_runbook
-        from connfix.engine.run import RunMode, RunRequest
+        from connfix.engine.start import start_run
         from connfix.runbook import resolve_runbook
 
         env = self.loaded.inventory.environments[environment]
@@ -236,21 +233,18 @@ class Server:
                 book = resolve_runbook(env.alerts.runbook)
                 if mode == "auto":
                     book = _within_caps(book, env.alerts.caps.effects())
-            request = RunRequest(
-                environment=environment,
-                env=env,
-                runbook=book,
-                incidents_dir=incidents_base(self.incidents_dir, env.incidents_dir),
+            result = start_run(
+                environment,
+                env,
+                book,
+                LogUI(environment),
+                incidents_dir=self.incidents_dir,
                 inventory_path=self.loaded.path,
-                mode=RunMode.TRIAGE,
                 dry_run=mode == "dry-run",
                 yes=mode == "auto",
-                interactive=False,
-                max_restart_hosts=env.alerts.caps.max_hosts if mode == "auto" else None,
                 trigger=f"alert {alert}",
+                max_restart_hosts=env.alerts.caps.max_hosts if mode == "auto" else None,
             )
-            term = render.Terminal.from_process(stdout=_stderr())
-            result = run_runbook(request, render.RichUI(term))
             self._note(environment, alert, mode, result.status.value, str(result.incident_dir))
         except Exception as exc:  # a failed run must not take the receiver down
             self._note(environment, alert, mode, "error", str(exc))
@@ -290,6 +284,40 @@ class Server:
         good = [d for _, d in (self.latest.get(n, (0, None)) for n in names) if d is not None]
         down = [n for n in names if self.latest.get(n, (0, None))[1] is None]
         return metrics.text(good, down)
+
+
+class LogUI:
+    """What a background run tells: one line per step and note on stderr, prefixed with
+    its environment (the journal holds everything; nobody is there to be asked)."""
+
+    def __init__(self, environment: str) -> None:
+        self.prefix = f"connfix serve [{environment}]"
+
+    def _say(self, text: str) -> None:
+        from connfix.text import defang
+
+        _stderr().write(f"{self.prefix} {defang(text)}\n")
+
+    def started(self, journal: Path, dry_run: bool) -> None:
+        self._say(f"journal {journal}" + (" (dry run)" if dry_run else ""))
+
+    def diagnosis(self, d: Any) -> None:
+        self._say(f"diagnosis: {d.client_backends} of {d.usable_connections}, {d.severity}")
+
+    def step(self, index: int, total: int, step: Any, status: str, detail: str) -> None:
+        self._say(f"[{index}/{total}] {step.id}: {status} — {detail}")
+
+    def plan(self, step: Any, plan: Any, applied: bool) -> None:
+        self._say(f"{step.id} plan: {plan.summary}")
+
+    def confirm(self, question: str) -> bool:
+        return False  # never asked: serve runs with --yes or as a dry run
+
+    def note(self, message: str) -> None:
+        self._say(message)
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        self._say(f"{title}: {len(rows)} row(s)")
 
 
 def _within_caps(book: Any, allowed: set[str]) -> Any:

@@ -59,17 +59,6 @@ class Outcome:
     changed: dict[str, int] = field(default_factory=dict)
 
 
-# What a step may change: the words of an alert policy's caps (alerts.caps.actions),
-# each step checked by what it will do, not by its action's name.
-EFFECTS: dict[str, str] = {
-    "cancel_queries": "cancel running statements (pg_cancel_backend); sessions stay",
-    "end_sessions": "end sessions (pg_terminate_backend)",
-    "restart_hosts": "restart the app's units on hosts (rolling restart)",
-    "kill_pooler_clients": "end client connections in PgBouncer (KILL_CLIENT)",
-    "pooler_pools": "PAUSE, RESUME or RECONNECT a PgBouncer pool",
-}
-
-
 class Action(Generic[P, D]):
     """Base of every runbook action, typed by its parameters P and its plan's data D;
     subclasses are registered in actions.ACTIONS."""
@@ -79,12 +68,12 @@ class Action(Generic[P, D]):
     params_model: ClassVar[type[Params]] = Params
     mutating: ClassVar[bool] = False  # changes something: confirmed, skipped in dry-run
     runs_in_dry_run: ClassVar[bool] = True  # read-only and quick: applied in dry-run too
-    # what it may change (EFFECTS), by its class; `effect` may look at its parameters
+    # what it may change (connfix.effects), by its class; `effect` may look at its params
     effect_name: ClassVar[str | None] = None
 
     def effect(self, params: P) -> str | None:
         """What this step may change, said as an alert policy's caps say it (one of
-        EFFECTS; None: nothing, it only reads or waits)."""
+        connfix.effects.EFFECTS; None: nothing, it only reads or waits)."""
         return self.effect_name
 
     def expressions(self, params: P) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from connfix.cli.options import (
     DURATION,
     dsn_option,
     inventory_option,
+    inventory_search,
     optional_environment_argument,
     terminal,
     zero_setup,
@@ -89,7 +90,7 @@ def diagnose(
       connfix diagnose prod --prometheus-textfile /var/lib/node_exporter/connfix.prom
     """
     from connfix.analysis import diagnose as run
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
 
     bare = zero_setup(environment, dsn, inventory_path)
     if write_inventory is not None and bare is None:
@@ -116,7 +117,7 @@ def diagnose(
             param_hint="--prometheus-textfile",
         )
     if bare is None:
-        _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+        _, env = resolve_environment(inventory_path, environment, inventory_search())
     if watch_every is not None:
         from connfix.cli.watch import watch
 

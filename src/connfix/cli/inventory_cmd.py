@@ -9,7 +9,7 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import environment_argument, inventory_option, terminal
+from connfix.cli.options import environment_argument, inventory_option, inventory_search, terminal
 from connfix.errors import ExitStatus
 
 
@@ -37,9 +37,9 @@ def check(environment: str, as_json: bool, inventory_path: str | None) -> None:
         envelope.mark("inventory check", environment)
     from connfix.check import check_environment
     from connfix.cli import render
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
 
-    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    _, env = resolve_environment(inventory_path, environment, inventory_search())
     result = check_environment(environment, env)
     render.environment_check(terminal(), result)
     code = ExitStatus.OK if result.ok else ExitStatus.UNREACHABLE

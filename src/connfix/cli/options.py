@@ -16,7 +16,7 @@ from connfix.units import parse_duration
 if TYPE_CHECKING:
     from connfix.cli.render import Terminal
     from connfix.inventory import Environment
-    from connfix.inventory_file import LoadedInventory
+    from connfix.inventory_file import InventorySearch, LoadedInventory
     from connfix.runbook import Runbook
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,13 +27,13 @@ def complete_environments(ctx: click.Context, param: click.Parameter, incomplete
     use (--inventory if already typed, else the usual search); nothing on any error."""
     from click.shell_completion import CompletionItem
 
-    from connfix.inventory_file import InventorySearch, find_inventory, load_inventory
+    from connfix.inventory_file import find_inventory, load_inventory
 
     try:
         explicit = ctx.params.get("inventory_path")
         names = list(
             load_inventory(
-                find_inventory(explicit, None, InventorySearch.from_process())
+                find_inventory(explicit, None, inventory_search())
             ).inventory.environments
         )
     except Exception:  # completion must never print a traceback into the shell
@@ -110,11 +110,15 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def incidents_base(flag: str | None, configured: str | None) -> Path:
-    """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
-    from connfix.files import expand
+def inventory_search() -> InventorySearch:
+    """Where this process looks for an inventory: $CONNFIX_INVENTORY, the working
+    directory, then the lab's (the CLI knows the lab; the inventory module does not)."""
+    from connfix.inventory_file import InventorySearch
+    from connfix.lab.paths import lab_dir
 
-    return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
+    return InventorySearch(
+        os.environ.get("CONNFIX_INVENTORY") or None, Path.cwd(), lab_dir() / "inventory.yaml"
+    )
 
 
 def incidents_dir_option(fn: F) -> F:
@@ -181,9 +185,7 @@ def run_and_exit(
     from pathlib import Path
 
     from connfix.cli import render
-    from connfix.engine.loop import run_runbook
-    from connfix.engine.run import RunRequest
-    from connfix.journal import resume_state
+    from connfix.engine.start import start_run
 
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     term = terminal()
@@ -198,23 +200,21 @@ def run_and_exit(
                 f" connfix's shipped runbook of the same name ({render.escape(runbook.shadows)});"
                 " pass a path to choose explicitly"
             )
-    resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
-    request = RunRequest(
-        environment=environment,
-        env=env,
-        runbook=runbook,
-        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
+    single = command if mode is RunMode.COMMAND else None
+    result = start_run(
+        environment,
+        env,
+        runbook,
+        render.RichUI(term, single),
+        incidents_dir=incidents_dir,
         inventory_path=loaded.path if loaded is not None else Path("(none: --dsn)"),
+        mode=mode,
         dry_run=dry_run,
         yes=yes,
         interactive=interactive(),
-        mode=mode,
         host_health=host_health,
-        resumed_from=resumed_from,
-        resume_done=done,
+        resume=resume,
     )
-    single = command if mode is RunMode.COMMAND else None
-    result = run_runbook(request, render.RichUI(term, single))
     render.triage_result(term, result, single)
     if as_json:
         from connfix.cli import envelope

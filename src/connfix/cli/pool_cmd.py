@@ -10,7 +10,7 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import environment_argument, inventory_option, terminal
+from connfix.cli.options import environment_argument, inventory_option, inventory_search, terminal
 
 
 @click.command()
@@ -104,10 +104,10 @@ def pool(
     from connfix.bouncer import parse_version
     from connfix.cli import render
     from connfix.errors import ExitStatus, InputError
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
     from connfix.pool import pgbouncer_plan, size_pools
 
-    _, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    _, env = resolve_environment(inventory_path, environment, inventory_search())
     unknown = sorted(set(direct) - {h.name for h in env.hosts})
     if unknown:
         raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")

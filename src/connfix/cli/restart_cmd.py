@@ -11,6 +11,7 @@ from connfix.cli.options import (
     environment_argument,
     incidents_dir_option,
     inventory_option,
+    inventory_search,
     yes_option,
 )
 from connfix.engine.run import RunMode
@@ -110,10 +111,10 @@ def restart(
     if as_json:
         envelope.mark("restart", environment)
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
     from connfix.runbook import command_runbook
 
-    loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    loaded, env = resolve_environment(inventory_path, environment, inventory_search())
     names = host_names(hosts, "--hosts")
     check_hosts(names, environment, {h.name for h in env.hosts}, "--hosts")
     params = {

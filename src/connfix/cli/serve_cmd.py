@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from connfix.cli.options import DURATION, incidents_dir_option, inventory_option
+from connfix.cli.options import DURATION, incidents_dir_option, inventory_option, inventory_search
 
 
 @click.command()
@@ -68,7 +68,7 @@ def serve(
 
     from connfix import serve as core
     from connfix.errors import InputError
-    from connfix.inventory_file import InventorySearch, find_inventory, load_inventory
+    from connfix.inventory_file import find_inventory, load_inventory
 
     try:
         host, port = core.listen_address(listen)
@@ -80,7 +80,7 @@ def serve(
             f"set {core.TOKEN_ENV} (a bearer token) or {core.HMAC_ENV} (PagerDuty's signing"
             " secret): connfix serve never listens unauthenticated"
         )
-    loaded = load_inventory(find_inventory(inventory_path, None, InventorySearch.from_process()))
+    loaded = load_inventory(find_inventory(inventory_path, None, inventory_search()))
     policies = [n for n, e in loaded.inventory.environments.items() if e.alerts is not None]
     if not policies:
         raise InputError(

@@ -11,6 +11,7 @@ from connfix.cli.options import (
     dsn_option,
     incidents_dir_option,
     inventory_option,
+    inventory_search,
     optional_environment_argument,
     yes_option,
     zero_setup,
@@ -141,7 +142,7 @@ def terminate(
       connfix terminate --dsn "host=db1 dbname=app user=connfix" --state idle --older-than 30m
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
     from connfix.runbook import command_runbook
 
     bare = zero_setup(environment, dsn, inventory_path)
@@ -165,9 +166,7 @@ def terminate(
         inventory = None
     else:
         assert environment is not None
-        inventory, env = resolve_environment(
-            inventory_path, environment, InventorySearch.from_process()
-        )
+        inventory, env = resolve_environment(inventory_path, environment, inventory_search())
     if as_json:
         envelope.mark("terminate", environment)
     names = host_names(hosts, "--host")

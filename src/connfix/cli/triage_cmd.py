@@ -10,6 +10,7 @@ from connfix.cli.options import (
     environment_argument,
     incidents_dir_option,
     inventory_option,
+    inventory_search,
     yes_option,
 )
 from connfix.engine.run import RunMode
@@ -67,10 +68,10 @@ def triage(
     if as_json:
         envelope.mark("triage", environment)
     from connfix.cli.options import run_and_exit
-    from connfix.inventory_file import InventorySearch, resolve_environment
+    from connfix.inventory_file import resolve_environment
     from connfix.runbook import resolve_runbook
 
-    loaded, env = resolve_environment(inventory_path, environment, InventorySearch.from_process())
+    loaded, env = resolve_environment(inventory_path, environment, inventory_search())
     run_and_exit(
         environment,
         loaded,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connfix.errors import ConnfixError, ExitStatus
+from connfix.events import RunStatus as RunStatus  # the journal's vocabulary, re-exported
 
 if TYPE_CHECKING:
     from connfix.diagnosis import Diagnosis
@@ -25,22 +26,6 @@ class RunMode(enum.StrEnum):
 
     TRIAGE = "triage"
     COMMAND = "command"
-
-
-class RunStatus(enum.StrEnum):
-    """How a run ended: the journal's `run_end` status, the report's title."""
-
-    RESOLVED = "resolved"
-    DONE = "done"
-    UNHEALTHY = "unhealthy"
-    HALTED = "halted"
-    DECLINED = "declined"
-    STOPPED = "stopped"
-    LOCKED = "locked"
-    UNREACHABLE = "unreachable"
-    ERROR = "error"
-    INTERRUPTED = "interrupted"
-    DRY_RUN = "dry_run"
 
 
 class StepStatus(enum.StrEnum):
