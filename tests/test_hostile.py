@@ -551,7 +551,7 @@ def test_created_directories_are_0700_whatever_the_umask(tmp_path: Path) -> None
 def test_a_tilde_in_configured_paths_is_expanded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from connfix.cli.options import incidents_base
+    from connfix.journal import incidents_base
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert incidents_base("~/inc", None) == tmp_path / "inc"
