@@ -17,13 +17,14 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ["CONNFIX_LAB_ID"] = "5"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 
 from connfix import remote
-from connfix.inventory import resolve_environment
-from connfix.lab import lab
+from connfix.inventory_file import InventorySearch, resolve_environment
+from connfix.lab import lab, paths
 
 PHASES = ("connect + authenticate", "first command", "second command")
 
@@ -34,7 +35,8 @@ def plain_socket(host: str, port: int, timeout: float) -> socket.socket:
 
 
 def once(open_socket: Callable[[str, int, float], socket.socket]) -> list[float]:
-    _, env = resolve_environment(None, "lab")
+    search = InventorySearch(None, Path.cwd(), paths.lab_dir() / "inventory.yaml")
+    _, env = resolve_environment(None, "lab", search)
     saved = remote.prompt_ack_socket
     remote.prompt_ack_socket = open_socket
     conn = remote.Remote(env.hosts[0], env.ssh)
