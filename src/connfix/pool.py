@@ -5,6 +5,7 @@ diagnosis; `connfix pool` and the `advise` action show and journal them."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -494,3 +495,109 @@ ignore_startup_parameters = extra_float_digits,options
 def env_name(env: Environment) -> str:
     """Return a short label for comments."""
     return env.description or "(see the inventory)"
+
+
+def pgbouncer_version_of(text: str | None) -> tuple[int, ...]:
+    """--pgbouncer-version as a version tuple; () when not given; an input error when
+    it is not a version."""
+    from connfix.bouncer import parse_version
+    from connfix.errors import InputError
+
+    if text is None:
+        return ()
+    version = parse_version(text)
+    if not version:
+        raise InputError(f"--pgbouncer-version {text!r}: not a version (1.18)")
+    return version
+
+
+def live_version(d: Diagnosis) -> tuple[int, ...]:
+    """The oldest version among the environment's live PgBouncers; () when none answered."""
+    from connfix.bouncer import parse_version
+
+    live = [parse_version(b.get("version", "")) for b in d.pgbouncers if "error" not in b]
+    return min((v for v in live if v), default=())
+
+
+def write_pgbouncer_config(
+    env: Environment,
+    d: Diagnosis,
+    sizing: PoolSizing,
+    directory: Path,
+    *,
+    listen_addr: str,
+    listen_port: int,
+    direct: list[str],
+    version: tuple[int, ...],
+    auth: str,
+    force: bool,
+    flag: str,
+) -> tuple[PgBouncerPlan, dict[str, Any]]:
+    """Plan the PgBouncer configuration for this environment and write its files into
+    `directory` (mode 0600, never over an existing one without `force`: every file is
+    checked before any is written); return the plan and what `connfix pool` reports of
+    it. `flag` is how the directory was given, for errors."""
+    import os
+
+    from connfix import files, pg
+    from connfix.errors import InputError
+
+    parts = pg.parse_dsn(env.database.dsn)
+    roles = sorted(r for r in d.by_user if r and r != d.connected_as)
+    plan = pgbouncer_plan(
+        env,
+        d,
+        sizing,
+        db_host=parts.get("host") or parts.get("hostaddr") or "localhost",
+        db_port=int(parts.get("port", "5432")),
+        dbname=parts.get("dbname", d.connected_as),
+        roles=roles or ["app"],
+        admin_users=[d.connected_as],
+        directory=str(directory),
+        listen_addr=listen_addr,
+        listen_port=listen_port,
+        direct=direct,
+        version=version,
+        auth=auth,
+    )
+    written = {"pgbouncer.ini": plan.ini, "userlist.txt": plan.userlist}
+    if plan.auth_sql:
+        written["auth_query.sql"] = plan.auth_sql
+    try:
+        files.make_dir(directory)
+        for name in written:  # refuse before writing any
+            if not force and os.path.lexists(directory / name):
+                raise files.FileRefused(f"{name} already exists (--force to overwrite it)")
+        for name, text in written.items():
+            files.write_private(directory / name, text)
+    except OSError as exc:
+        raise InputError(f"--pgbouncer-config {flag}: {exc.strerror or exc}") from None
+    report = {
+        "directory": str(directory),
+        "max_db_connections": plan.max_db_connections,
+        "default_pool_size": plan.default_pool_size,
+        "reserve_pool_size": plan.reserve_pool_size,
+        "max_client_conn": plan.max_client_conn,
+        "pool_mode": plan.pool_mode,
+        "database_url": plan.database_url,
+        "files": sorted(written),
+        "auth": plan.auth,
+        "version": plan.version,
+        "pgbouncers": plan.pgbouncers,
+        "pooled_hosts": plan.pooled_hosts,
+        "direct_hosts": plan.direct_hosts,
+        "direct_capacity": plan.direct_capacity,
+        "safe": plan.safe,
+        "settings": [
+            {
+                "key": x.key,
+                "value": x.value,
+                "reason": x.reason,
+                "since": ".".join(map(str, x.since)),
+                "written": not (x.since and version and version < x.since)
+                and not (x.since and not version),
+            }
+            for x in plan.settings
+        ],
+    }
+    return plan, report

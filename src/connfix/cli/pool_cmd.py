@@ -99,93 +99,36 @@ def pool(
     """
     if as_json:
         envelope.mark("pool", environment)
-    from connfix import pg
     from connfix.analysis import diagnose
-    from connfix.bouncer import parse_version
     from connfix.cli import render
     from connfix.errors import ExitStatus, InputError
     from connfix.inventory_file import resolve_environment
-    from connfix.pool import pgbouncer_plan, size_pools
+    from connfix.pool import live_version, pgbouncer_version_of, size_pools, write_pgbouncer_config
 
     _, env = resolve_environment(inventory_path, environment, inventory_search())
     unknown = sorted(set(direct) - {h.name for h in env.hosts})
     if unknown:
         raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")
-    version: tuple[int, ...] = ()
-    if pgbouncer_version is not None:
-        version = parse_version(pgbouncer_version)
-        if not version:
-            raise InputError(f"--pgbouncer-version {pgbouncer_version!r}: not a version (1.18)")
+    version = pgbouncer_version_of(pgbouncer_version)
     d = diagnose(environment, env)
-    if not version:
-        live = [parse_version(b.get("version", "")) for b in d.pgbouncers if "error" not in b]
-        version = min((v for v in live if v), default=())
+    version = version or live_version(d)
     sizing = size_pools(env, d)
     result: dict[str, object] = {"environment": environment, "sizing": sizing.to_json()}
     plan = None
     if config_dir:
-        directory = Path(os.path.expanduser(config_dir)).resolve()
-        parts = pg.parse_dsn(env.database.dsn)
-        host = parts.get("host") or parts.get("hostaddr") or "localhost"
-        roles = sorted(r for r in d.by_user if r and r != d.connected_as)
-        plan = pgbouncer_plan(
+        plan, result["pgbouncer"] = write_pgbouncer_config(
             env,
             d,
             sizing,
-            db_host=host,
-            db_port=int(parts.get("port", "5432")),
-            dbname=parts.get("dbname", d.connected_as),
-            roles=roles or ["app"],
-            admin_users=[d.connected_as],
-            directory=str(directory),
+            Path(os.path.expanduser(config_dir)).resolve(),
             listen_addr=listen_addr,
             listen_port=listen_port,
             direct=list(direct),
             version=version,
             auth=auth,
+            force=force,
+            flag=config_dir,
         )
-        from connfix import files
-
-        try:
-            files.make_dir(directory)
-            written = {"pgbouncer.ini": plan.ini, "userlist.txt": plan.userlist}
-            if plan.auth_sql:
-                written["auth_query.sql"] = plan.auth_sql
-            for name in written:  # refuse before writing any
-                if not force and os.path.lexists(directory / name):
-                    raise files.FileRefused(f"{name} already exists (--force to overwrite it)")
-            for name, text in written.items():
-                files.write_private(directory / name, text)
-        except OSError as exc:
-            raise InputError(f"--pgbouncer-config {config_dir}: {exc.strerror or exc}") from None
-        result["pgbouncer"] = {
-            "directory": str(directory),
-            "max_db_connections": plan.max_db_connections,
-            "default_pool_size": plan.default_pool_size,
-            "reserve_pool_size": plan.reserve_pool_size,
-            "max_client_conn": plan.max_client_conn,
-            "pool_mode": plan.pool_mode,
-            "database_url": plan.database_url,
-            "files": sorted(written),
-            "auth": plan.auth,
-            "version": plan.version,
-            "pgbouncers": plan.pgbouncers,
-            "pooled_hosts": plan.pooled_hosts,
-            "direct_hosts": plan.direct_hosts,
-            "direct_capacity": plan.direct_capacity,
-            "safe": plan.safe,
-            "settings": [
-                {
-                    "key": x.key,
-                    "value": x.value,
-                    "reason": x.reason,
-                    "since": ".".join(map(str, x.since)),
-                    "written": not (x.since and version and version < x.since)
-                    and not (x.since and not version),
-                }
-                for x in plan.settings
-            ],
-        }
     safe = sizing.safe and (plan is None or plan.safe)
     if as_json:
         envelope.emit(
