@@ -285,35 +285,51 @@ def _host_rows(events: list[dict[str, Any]], dry_run: bool) -> list[dict[str, An
     return rows
 
 
-def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
-    """Turn a journal's events into everything the report template shows."""
-    if not events or events[0].get("event") != "run_start":
-        raise InputError(f"{journal}: not a connfix journal (no run_start first)")
-    start = events[0]
-    end = next((e for e in reversed(events) if e["event"] == Event.RUN_END), None)
-    status_key = end["status"] if end else "interrupted"
-    diagnoses = [e["diagnosis"] for e in events if e["event"] == Event.DIAGNOSIS]
-    before = diagnoses[0] if diagnoses else None
-    after = diagnoses[-1] if len(diagnoses) > 1 else None
-    connected = next((e for e in events if e["event"] == Event.CONNECTED), None)
-    first_ts, last_ts = events[0]["ts"], events[-1]["ts"]
-    duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
-    operations = [e for e in events if e["event"] == Event.OPERATION]
-    sessions = [_session_row(o) for o in operations if "pid" in o]
-    pooler_ops = [_pooler_row(o) for o in operations if "pid" not in o and "pgbouncer" in o]
-    other_ops = [o for o in operations if "pid" not in o and "pgbouncer" not in o]
-    hosts = _host_rows(events, dry_run=bool(start.get("flags", {}).get("dry_run")))
-    freed = sum(
-        (e.get("details") or {}).get("slots_freed") or 0
-        for e in events
-        if e["event"] == Event.STEP_END
-    )
-    peak = max((d["client_backends"] for d in diagnoses), default=None)
-    dry_run = bool(start.get("flags", {}).get("dry_run"))
-    after_pgbouncers = {b.get("name"): b for b in (after or {}).get("pgbouncers") or []}
-    known = status_key in RunStatus.__members__.values()
-    status = STATUS_TEXT[RunStatus(status_key)] if known else escape(status_key)
+def _summary(
+    start: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    status: str,
+    duration: float,
+    sessions: list[dict[str, Any]],
+    pooler_ops: list[dict[str, Any]],
+    hosts: list[dict[str, Any]],
+) -> str:
+    """The summary paragraph: the state found, what connfix changed (or that a dry run
+    changed nothing, or which hosts a killed roll never reached), the state left."""
     env = start.get("environment", "?")
+    summary = []
+    if before:
+        summary.append(
+            f"At {_ts(start['ts']).strftime('%Y-%m-%d %H:%M')} UTC, {env} had"
+            f" {before['client_backends']} of {before['usable_connections']} usable"
+            f" connections in use ({_pct(before['utilization'])}, {before['severity']})"
+            + (
+                f"; leak suspects: {', '.join(before['suspects'])}."
+                if before.get("suspects")
+                else "; no leak suspect."
+            )
+        )
+    if bool(start.get("flags", {}).get("dry_run")):
+        summary.append("This was a dry run: connfix diagnosed and planned, and changed nothing.")
+    else:
+        summary += _changes(sessions, pooler_ops, hosts)
+    if after:
+        summary.append(
+            f"Afterwards {after['client_backends']} of {after['usable_connections']} were in"
+            f" use ({_pct(after['utilization'])}); the run ended {status} after"
+            f" {format_duration(duration)}."
+        )
+    else:
+        summary.append(f"The run ended {status} after {format_duration(duration)}.")
+    return " ".join(summary)
+
+
+def _changes(
+    sessions: list[dict[str, Any]], pooler_ops: list[dict[str, Any]], hosts: list[dict[str, Any]]
+) -> list[str]:
+    """What a run changed, in sentences: sessions, PgBouncer commands, hosts — and the
+    hosts whose outcome is unknown or that were never reached."""
     terminated = [o for o in sessions if o["result"] == "terminated"]
     cancelled = [o for o in sessions if o["result"] == "cancelled"]
     killed = [o for o in pooler_ops if o["command"].startswith("KILL_CLIENT") and o["ok"]]
@@ -323,74 +339,43 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     restarted = [h for h in hosts if h["event"] == Event.HOST_DONE]
     unknown = [h for h in hosts if h["event"] == "host_unknown"]
     untouched = [h for h in hosts if h["event"] == "host_untouched"]
-
-    summary = []
-    if before:
-        summary.append(
-            f"At {_ts(first_ts).strftime('%Y-%m-%d %H:%M')} UTC, {env} had"
-            f" {before['client_backends']} of {before['usable_connections']} usable"
-            f" connections in use ({_pct(before['utilization'])}, {before['severity']})"
-            + (
-                f"; leak suspects: {', '.join(before['suspects'])}."
-                if before.get("suspects")
-                else "; no leak suspect."
-            )
+    done = []
+    if terminated:
+        done.append(f"terminated {len(terminated)} session(s)")
+    if cancelled:
+        done.append(f"cancelled the statements of {len(cancelled)} session(s)")
+    if killed:
+        done.append(f"ended {len(killed)} PgBouncer client connection(s) (KILL_CLIENT)")
+    if pool_commands:
+        done.append(f"sent {', '.join(pool_commands)} to PgBouncer")
+    if restarted:
+        done.append(f"restarted {', '.join(h['host'] for h in restarted)}")
+    sentences = ["connfix " + (" and ".join(done) if done else "changed nothing") + "."]
+    if unknown:
+        sentences.append(
+            f"The run ended while restarting {', '.join(h['host'] for h in unknown)}:"
+            " the restart command was sent, the outcome is unknown."
         )
-    if dry_run:
-        summary.append("This was a dry run: connfix diagnosed and planned, and changed nothing.")
-    else:
-        done = []
-        if terminated:
-            done.append(f"terminated {len(terminated)} session(s)")
-        if cancelled:
-            done.append(f"cancelled the statements of {len(cancelled)} session(s)")
-        if killed:
-            done.append(f"ended {len(killed)} PgBouncer client connection(s) (KILL_CLIENT)")
-        if pool_commands:
-            done.append(f"sent {', '.join(pool_commands)} to PgBouncer")
-        if restarted:
-            done.append(f"restarted {', '.join(h['host'] for h in restarted)}")
-        summary.append("connfix " + (" and ".join(done) if done else "changed nothing") + ".")
-        if unknown:
-            summary.append(
-                f"The run ended while restarting {', '.join(h['host'] for h in unknown)}:"
-                " the restart command was sent, the outcome is unknown."
-            )
-        if untouched:
-            summary.append(
-                f"Not touched: {', '.join(h['host'] for h in untouched)} (planned for a"
-                " restart, never reached)."
-            )
-    if after:
-        summary.append(
-            f"Afterwards {after['client_backends']} of {after['usable_connections']} were in"
-            f" use ({_pct(after['utilization'])}); the run ended {status} after"
-            f" {format_duration(duration)}."
+    if untouched:
+        sentences.append(
+            f"Not touched: {', '.join(h['host'] for h in untouched)} (planned for a"
+            " restart, never reached)."
         )
-    else:
-        summary.append(f"The run ended {status} after {format_duration(duration)}.")
+    return sentences
 
-    suspects = [u for u in (before or {}).get("by_host", []) if u.get("suspect")]
-    states = sorted(
-        set((before or {}).get("by_state", {})) | set((after or {}).get("by_state", {}))
-    )
-    host_names = [u["host"] for u in (before or {}).get("by_host", [])]
-    for u in (after or {}).get("by_host", []):
-        if u["host"] not in host_names:
-            host_names.append(u["host"])
 
-    def by_host(d: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-        return {u["host"]: u for u in (d or {}).get("by_host", [])}
+def _pool_section(
+    advice: dict[str, Any] | None, check: dict[str, Any] | None
+) -> tuple[list[PoolRow], str | None, list[str]]:
+    """The pool-sizing table, its one line and its notes: from the advise step's sizing
+    (room kept for other clients and a restart), else from the diagnosis's pool check."""
+    from connfix.pool import per_server
 
-    pool_rows: list[PoolRow] = []
-    pool_line = None
-    pool_notes: list[str] = []
-    advice = next((e for e in reversed(events) if e["event"] == Event.ADVICE), None)
-    check = (after or before or {}).get("pool_check")
-    if advice:  # the advise step's sizing also keeps room for other clients and a restart
+    rows: list[PoolRow] = []
+    if advice:
         sizing = advice["sizing"]
         for row in sizing["table"]:
-            pool_rows.append(
+            rows.append(
                 PoolRow(
                     row["label"],
                     row["servers"],
@@ -400,51 +385,57 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
                     row["safe"],
                 )
             )
-        pool_notes = sizing["notes"]
         now, safe = sizing["table"]
         relation = "≤" if now["safe"] else ">"
-        pool_line = (
+        line = (
             f"{now['servers']} servers × {now.get('per_server', now['pool_size'])}"
             f" = {now['total']} {relation} {now['available']}"
         )
-        pool_line += (
+        line += (
             ": safe as it is"
             if now["safe"]
             else f" → pool {safe['pool_size']}: {safe['total']},"
             f" {'safe' if safe['safe'] else 'still NOT safe: use PgBouncer'}"
         )
-    elif check:
-        from connfix.pool import per_server
-
-        overflow, workers = check.get("max_overflow", 0), check.get("workers", 1)
-        per = per_server(check["pool_size"], overflow, workers)
-        pool_rows.append(
-            PoolRow("now", check["servers"], per, check["total"], check["limit"], check["safe"])
+        return rows, line, sizing["notes"]
+    if not check:
+        return rows, None, []
+    overflow, workers = check.get("max_overflow", 0), check.get("workers", 1)
+    per = per_server(check["pool_size"], overflow, workers)
+    rows.append(
+        PoolRow("now", check["servers"], per, check["total"], check["limit"], check["safe"])
+    )
+    if check["safe"]:
+        line = (
+            f"{check['servers']} servers × {per} = {check['total']} ≤"
+            f" {check['limit']}: safe as it is"
         )
-        if not check["safe"]:
-            size = check["recommended_pool_size"]
-            total = (size + overflow) * check["servers"] * workers if size else 0
-            pool_rows.append(
-                PoolRow(
-                    "safe",
-                    check["servers"],
-                    per_server(size, overflow, workers),
-                    total,
-                    check["limit"],
-                    bool(size) and total <= check["limit"],
-                )
-            )
-            pool_line = (
-                f"{check['servers']} servers × {per} = {check['total']} >"
-                f" {check['limit']} → pool {size}: {total}, "
-                + ("safe" if size else "nothing fits: use PgBouncer")
-            )
-        else:
-            pool_line = (
-                f"{check['servers']} servers × {per} = {check['total']} ≤"
-                f" {check['limit']}: safe as it is"
-            )
+        return rows, line, []
+    size = check["recommended_pool_size"]
+    total = (size + overflow) * check["servers"] * workers if size else 0
+    rows.append(
+        PoolRow(
+            "safe",
+            check["servers"],
+            per_server(size, overflow, workers),
+            total,
+            check["limit"],
+            bool(size) and total <= check["limit"],
+        )
+    )
+    line = (
+        f"{check['servers']} servers × {per} = {check['total']} >"
+        f" {check['limit']} → pool {size}: {total}, "
+        + ("safe" if size else "nothing fits: use PgBouncer")
+    )
+    return rows, line, []
 
+
+def _timeouts(
+    before: dict[str, Any] | None, connected: dict[str, Any] | None
+) -> tuple[list[tuple[str, str, str]], str]:
+    """The timeouts to set, for the server version seen, and the ALTER ROLE statements
+    for the roles the apps used (connfix's own left out)."""
     version = (before or {}).get("server_version_num", 0)
     role = connected.get("role") if connected else None
     app_roles = sorted(r for r in (before or {}).get("by_user", {}) if r and r != role)
@@ -471,9 +462,12 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         for r in app_roles
         for name, value, _ in settings
     )
-    bursty = bool(before and before["severity"] != "ok" and not before.get("suspects"))
-    pooler = bool(check and not check["safe"]) or bursty or bool(advice and advice["pgbouncer"])
+    return settings, statements
 
+
+def _timeline(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each event said in a sentence, at its time; a verify polling an unchanged state
+    is one line, with a count."""
     timeline: list[tuple[str, str]] = []
     repeats = 0
     for event in events:
@@ -481,7 +475,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         if text is None:
             continue
         if timeline and event["event"] == Event.DIAGNOSIS and timeline[-1][1].startswith(text):
-            repeats += 1  # a verify polling an unchanged state: one line, with a count
+            repeats += 1
             timeline[-1] = (
                 timeline[-1][0],
                 f"{text} (×{repeats + 1}, until {_clock(event['ts'])})",
@@ -489,30 +483,73 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
             continue
         repeats = 0
         timeline.append((_clock(event["ts"]), text))
+    return timeline
+
+
+def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
+    """Turn a journal's events into everything the report template shows."""
+    if not events or events[0].get("event") != "run_start":
+        raise InputError(f"{journal}: not a connfix journal (no run_start first)")
+    start = events[0]
+    end = next((e for e in reversed(events) if e["event"] == Event.RUN_END), None)
+    status_key = end["status"] if end else "interrupted"
+    diagnoses = [e["diagnosis"] for e in events if e["event"] == Event.DIAGNOSIS]
+    before = diagnoses[0] if diagnoses else None
+    after = diagnoses[-1] if len(diagnoses) > 1 else None
+    connected = next((e for e in events if e["event"] == Event.CONNECTED), None)
+    first_ts, last_ts = events[0]["ts"], events[-1]["ts"]
+    duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
+    operations = [e for e in events if e["event"] == Event.OPERATION]
+    sessions = [_session_row(o) for o in operations if "pid" in o]
+    pooler_ops = [_pooler_row(o) for o in operations if "pid" not in o and "pgbouncer" in o]
+    other_ops = [o for o in operations if "pid" not in o and "pgbouncer" not in o]
+    dry_run = bool(start.get("flags", {}).get("dry_run"))
+    hosts = _host_rows(events, dry_run=dry_run)
+    known = status_key in RunStatus.__members__.values()
+    status = STATUS_TEXT[RunStatus(status_key)] if known else escape(status_key)
+    host_names = [u["host"] for u in (before or {}).get("by_host", [])]
+    for u in (after or {}).get("by_host", []):
+        if u["host"] not in host_names:
+            host_names.append(u["host"])
+
+    def by_host(d: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+        return {u["host"]: u for u in (d or {}).get("by_host", [])}
+
+    advice = next((e for e in reversed(events) if e["event"] == Event.ADVICE), None)
+    check = (after or before or {}).get("pool_check")
+    pool_rows, pool_line, pool_notes = _pool_section(advice, check)
+    settings, statements = _timeouts(before, connected)
+    bursty = bool(before and before["severity"] != "ok" and not before.get("suspects"))
     return {
-        "environment": env,
+        "environment": start.get("environment", "?"),
         "status": status,
         "status_key": status_key,
         "dry_run": dry_run,
-        "summary": " ".join(summary),
+        "summary": _summary(start, before, after, status, duration, sessions, pooler_ops, hosts),
         "started": first_ts,
         "ended": last_ts,
         "duration": format_duration(duration),
         "before": before,
         "after": after,
-        "peak": peak,
-        "slots_freed": freed,
+        "peak": max((d["client_backends"] for d in diagnoses), default=None),
+        "slots_freed": sum(
+            (e.get("details") or {}).get("slots_freed") or 0
+            for e in events
+            if e["event"] == Event.STEP_END
+        ),
         "pct": _pct,
         "age": _age,
-        "timeline": timeline,
+        "timeline": _timeline(events),
         "operations": sessions,
         "pooler_operations": pooler_ops,
         "other_operations": other_ops,
-        "after_pgbouncers": after_pgbouncers,
+        "after_pgbouncers": {b.get("name"): b for b in (after or {}).get("pgbouncers") or []},
         "host_result": _host_result,
         "hosts": hosts,
-        "suspects": suspects,
-        "states": states,
+        "suspects": [u for u in (before or {}).get("by_host", []) if u.get("suspect")],
+        "states": sorted(
+            set((before or {}).get("by_state", {})) | set((after or {}).get("by_state", {}))
+        ),
         "host_names": host_names,
         "health": _health,
         "counts": lambda c: ", ".join(f"{k} {v}" for k, v in c.items()) or "–",
@@ -526,7 +563,9 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "pool_notes": pool_notes,
         "settings": [(Markdown(f"`{name}`"), value, why) for name, value, why in settings],
         "statements": code(statements) if statements else None,
-        "pooler": pooler,
+        "pooler": bool(check and not check["safe"])
+        or bursty
+        or bool(advice and advice["pgbouncer"]),
         "bursty": bursty,
         "start": start,
         "runbook": start.get("runbook", {}),
