@@ -10,6 +10,7 @@ as soon as the runbook's healthy condition holds. Every way a run can end goes t
 from __future__ import annotations
 
 import contextlib
+import enum
 import getpass
 import os
 import socket
@@ -166,6 +167,13 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
                     cleanup()
 
 
+class Flow(enum.Enum):
+    """How the walk goes on after a step that did not end the run."""
+
+    NEXT = "next"  # to the next step
+    HEALTHY = "healthy"  # the runbook's healthy condition holds: the escalation ends
+
+
 class StepLoop:
     """One run's walk through its runbook's steps."""
 
@@ -226,13 +234,15 @@ class StepLoop:
         for index, step in enumerate(ctx.runbook.steps, start=1):
             ctx.step = step
             ended = self._one(index, step, ctx)
-            if ended is not None:
-                return ended if isinstance(ended, RunResult) else self._escalation_ends()
+            if isinstance(ended, RunResult):
+                return ended
+            if ended is Flow.HEALTHY:
+                break
         return self._escalation_ends()
 
-    def _one(self, index: int, step: Step, ctx: RunContext) -> RunResult | bool | None:
-        """Run one step; return a finished run, True when the runbook is healthy (the
-        escalation ends), or None to go on."""
+    def _one(self, index: int, step: Step, ctx: RunContext) -> RunResult | Flow:
+        """Run one step; return a finished run, or how the walk goes on: to the next
+        step, or to its end because the runbook is healthy."""
         request, ui, runbook = self.request, self.ui, ctx.runbook
         action = ACTIONS[step.action]
         if ctx.interrupt.requested:
@@ -256,7 +266,7 @@ class StepLoop:
                 message=f"{runbook.healthy} holds: escalation ends",
             )
             ui.note(f"healthy ({runbook.healthy}): no further steps")
-            return True
+            return Flow.HEALTHY
         if step.when is not None:
             assert ctx.latest is not None  # the first step is a diagnose
             try:
@@ -268,11 +278,11 @@ class StepLoop:
                     return self.finish(
                         RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id}: {exc}"
                     )
-                return None
+                return Flow.NEXT
             if not take:
                 ctx.record(Event.STEP_SKIPPED, condition=step.when, reason="condition is false")
                 self._step_ended(index, step, StepStatus.SKIPPED, f"when {step.when}: false")
-                return None
+                return Flow.NEXT
         ctx.record(
             Event.STEP_START,
             index=index,
@@ -295,7 +305,7 @@ class StepLoop:
             ctx.record(Event.STEP_END, ok=False, applied=False, summary=plan.blocked)
             self._step_ended(index, step, StepStatus.REFUSED, plan.blocked)
             if step.on_failure == "continue":  # the runbook's next step is the way on
-                return None
+                return Flow.NEXT
             return self.finish(
                 RunStatus.HALTED,
                 ExitStatus(plan.blocked_exit_status),
@@ -324,7 +334,7 @@ class StepLoop:
             self._step_ended(index, step, StepStatus.PLANNED, summary)
             if action.mutating and plan.operations:
                 self.planned_changes.append(step.id)
-            return None
+            return Flow.NEXT
         if action.mutating and not plan.operations:
             # nothing to change: no question to ask, nothing to apply
             ctx.record(
@@ -333,7 +343,7 @@ class StepLoop:
             self._step_ended(
                 index, step, StepStatus.NOTHING_TO_DO, f"nothing to do: {plan.summary}", "ok"
             )
-            return None
+            return Flow.NEXT
         stopped = self._confirmed(step, plan, action.mutating, ctx)
         if stopped is not None:
             return stopped
@@ -375,7 +385,7 @@ class StepLoop:
             return self.finish(
                 RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id} failed: {outcome.summary}"
             )
-        return None
+        return Flow.NEXT
 
     def _confirmed(
         self, step: Step, plan: Plan[Any], mutating: bool, ctx: RunContext
