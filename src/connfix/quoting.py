@@ -51,7 +51,7 @@ def shown(text: str) -> str:
 def _plain(value: str, what: str, where: str) -> str:
     if _CONTROL.search(value):
         raise Unrepresentable(
-            f"{what} {shown(value)!r} cannot be written into {where}: it holds a control"
+            f"{what} '{shown(value)}' cannot be written into {where}: it holds a control"
             " character (a line break, ESC, …) that the file cannot represent; connfix"
             " writes nothing rather than a file that says something else"
         )
@@ -63,7 +63,7 @@ def ini_value(value: str, what: str) -> str:
     _plain(value, what, "pgbouncer.ini")
     if value != value.strip() or not value:
         raise Unrepresentable(
-            f"{what} {shown(value)!r} cannot be written into pgbouncer.ini: PgBouncer trims"
+            f"{what} '{shown(value)}' cannot be written into pgbouncer.ini: PgBouncer trims"
             " a value's leading and trailing spaces"
         )
     return value
@@ -76,7 +76,7 @@ def ini_key(name: str, what: str) -> str:
         return name
     if "'" in name or not name:
         raise Unrepresentable(
-            f"{what} {shown(name)!r} cannot be a pgbouncer.ini key: a quoted key cannot hold"
+            f"{what} '{shown(name)}' cannot be a pgbouncer.ini key: a quoted key cannot hold"
             " a single quote"
         )
     return f"'{name}'"
@@ -88,7 +88,7 @@ def ini_list(names: list[str], what: str) -> str:
         _plain(name, what, "pgbouncer.ini")
         if not name or re.search(r"[\s,]", name):
             raise Unrepresentable(
-                f"{what} {shown(name)!r} cannot be written into pgbouncer.ini: PgBouncer"
+                f"{what} '{shown(name)}' cannot be written into pgbouncer.ini: PgBouncer"
                 " splits this list at spaces and commas"
             )
     return ", ".join(names)
@@ -116,5 +116,5 @@ def comment(text: str) -> str:
 def sql_ident(name: str) -> str:
     """An SQL identifier, double-quoted (PostgreSQL's quote_ident, always quoting)."""
     if "\x00" in name:
-        raise Unrepresentable(f"identifier {shown(name)!r}: SQL cannot hold a NUL")
+        raise Unrepresentable(f"identifier '{shown(name)}': SQL cannot hold a NUL")
     return '"' + name.replace('"', '""') + '"'
