@@ -118,3 +118,15 @@ def test_every_relative_link_in_the_docs_leads_somewhere() -> None:
         base = ROOT if name == "README.md" else ROOT / "docs"
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (base / target).exists(), f"{name} links to {target}, which does not exist"
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """docs/reliability.md and docs/security.md prove each claim with a named test
+    (`tests/x.py::name`, or `…::name` for the file named last): each must exist."""
+    for name, text in DOCS.items():
+        last = None
+        for m in re.finditer(r"`(tests/\w+\.py)::(\w+)|`…::(\w+)", text):
+            last = m.group(1) or last
+            test = m.group(2) or m.group(3)
+            assert last is not None, f"{name}: `…::{test}` names no file before it"
+            assert f"def {test}(" in (ROOT / last).read_text(), f"{name}: {last}::{test}"

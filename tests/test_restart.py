@@ -458,9 +458,7 @@ def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) ->
     assert lab_status().hosts[1].backends == LAB_POOL_SIZE
 
 
-def test_an_alert_runs_host_cap_counts_every_roll_of_the_run(
-    clean_lab: Lab, tmp_path: Path
-) -> None:
+def test_the_host_cap_counts_every_roll_of_the_run(clean_lab: Lab, tmp_path: Path) -> None:
     """max_hosts is per run, not per step: a runbook with two rolling_restart steps of
     one host each, under a cap of 1, restarts app1 and refuses the second step."""
     from connfix.engine.loop import run_runbook
