@@ -19,7 +19,8 @@ from connfix.analysis import analyse
 from connfix.cli import cli
 from connfix.diagnosis import Backend
 from connfix.errors import InputError
-from connfix.journal import Journal, Redactor, mask_passwords, read_journal
+from connfix.journal import Journal, Redactor, read_journal
+from connfix.redact import mask_secrets as mask_passwords
 from tests.test_diagnose_unit import backend, env, info
 
 # ---------------------------------------------------------------- conditions

@@ -415,6 +415,11 @@ def test_small_plans_wait_on_each_pid_large_ones_poll_together(
     assert not (few | many) & sessions.alive()
 
 
+def _pools(lab: Lab) -> dict[int, set[int]]:
+    """Each host's pool, as its app knows it (backend pids)."""
+    return {i: set(lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)}
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["busy-app", "quiet-app"])
 def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
     clean_lab: Lab, tmp_path: Path, quiet: bool
@@ -429,7 +434,7 @@ def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
             clean_lab.core.traffic("app2", 0)
             time.sleep(1.1)
         leaked = set(clean_lab.core.leak("app2", 3, idle_in_transaction=False))
-        pools = {i: set(clean_lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)}
+        pools = _pools(clean_lab)
         if not quiet:
             time.sleep(3.5)  # the leak is older than 3s; the pools were used within 1s
         result = terminate(
@@ -446,8 +451,7 @@ def test_only_suspects_excess_only_ends_the_leak_not_the_pool(
         ops = operations(tmp_path)
         assert set(ops) == leaked and all(op["result"] == "terminated" for op in ops.values())
         assert "newest connected first" in result.output
-        now = {i: set(clean_lab.core.app_request(i, "/status")["pool"]) for i in (1, 2, 3)}
-        assert now == pools
+        assert _pools(clean_lab) == pools
         assert clean_lab.core.app_request(2, "/health")["ok"] is True
     finally:
         clean_lab.core.traffic("app2", 1)

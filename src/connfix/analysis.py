@@ -328,9 +328,9 @@ def _hosts(
 
 def _masked(query: str | None) -> str | None:
     """Another session's query text, with any password in it masked (ALTER ROLE …)."""
-    from connfix.redact import mask_secrets as mask_passwords
+    from connfix.redact import mask_secrets
 
-    return None if query is None else mask_passwords(query)
+    return None if query is None else mask_secrets(query)
 
 
 def blocking_chains(

@@ -54,7 +54,7 @@ class Redactor:
         for secret in self.secrets:
             if len(secret) >= MIN_SUBSTRING_SECRET:
                 text = text.replace(secret, "***")
-        return mask_passwords(text)
+        return mask_secrets(text)
 
     def value(self, value: Any) -> Any:
         """Redact every string in a decoded JSON value (keys are connfix's own)."""
@@ -65,12 +65,6 @@ class Redactor:
         if isinstance(value, dict):
             return {k: self.value(v) for k, v in value.items()}
         return value
-
-
-def mask_passwords(text: str) -> str:
-    """Mask whatever is shaped like a secret (see connfix.redact), whatever parser
-    produced the text."""
-    return mask_secrets(text)
 
 
 def _plain(value: Any) -> Any:

@@ -47,8 +47,8 @@ def dsn_secrets(dsn: str) -> list[str]:
         if ":" in userinfo:
             raw = userinfo.split(":", 1)[1]
             found += [raw, _decoded(raw)]
-        found += [m.group(2) for m in _SECRET_QUERY.finditer(dsn)]
-        found += [_decoded(m.group(2)) for m in _SECRET_QUERY.finditer(dsn)]
+        for m in _SECRET_QUERY.finditer(dsn):
+            found += [m.group(2), _decoded(m.group(2))]
     for m in _KV_VALUE.finditer(dsn):
         value = m.group(1)
         found.append(value)

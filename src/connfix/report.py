@@ -258,31 +258,24 @@ def _host_rows(events: list[dict[str, Any]], dry_run: bool) -> list[dict[str, An
         if e["event"] in (Event.HOST_DONE, Event.HOST_FAILED)
     }
     starts = {(e.get("step"), e.get("host")): e for e in events if e["event"] == Event.HOST_START}
-    rows: list[dict[str, Any]] = []
-    for key in [*planned, *(k for k in [*ends, *starts] if k not in planned)]:
-        if any(r["_key"] == key for r in rows):
+    rows: dict[tuple[Any, Any], dict[str, Any]] = {}  # in plan order, then the rest
+    for key in [*planned, *ends, *starts]:
+        if key in rows:
             continue
         if key in ends:
             row = dict(ends[key])
         elif key in starts:
             row = {**starts[key], "event": "host_unknown"}
         else:
-            row = {
-                "event": "host_planned" if dry_run else "host_untouched",
-                "host": key[1],
-                "step": key[0],
-            }
-        row["_key"] = key
-        rows.append(row)
-    for row in rows:
-        row.pop("_key")
+            row = {"event": "host_planned" if dry_run else "host_untouched", "host": key[1]}
         row.setdefault("old_main_pid", None)
         row.setdefault("new_main_pid", None)
         row.setdefault("gate", None)
         row.setdefault("detail", "")
         if not isinstance(row.get("gates"), dict):
             row["gates"] = {}
-    return rows
+        rows[key] = row
+    return list(rows.values())
 
 
 def _summary(
