@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row
 
-from connfix import pg
+from connfix.db import pg
 from connfix.lab import lab
 
 HOSTS, POOL, MAX_CONNECTIONS = 4, 250, 1100
@@ -59,7 +59,7 @@ def measure(runs: int = 9, keep: bool = False) -> list[Row]:
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             ).fetchone()
         print(f"client backends: {count[0] if count else '?'}")
-        queries = resources.files("connfix").joinpath("queries")
+        queries = resources.files("connfix.db").joinpath("queries")
         psql = [
             "psql",
             "-X",

@@ -77,7 +77,7 @@ def pool_back(admin: psycopg.Connection[Any], address: str, deadline: float = 60
 
 def floor_once(admin: psycopg.Connection[Any], address: str) -> float:
     """One diagnosis query, then the bare restart until the pool is back."""
-    activity = resources.files("connfix").joinpath("queries", "activity.sql")
+    activity = resources.files("connfix.db").joinpath("queries", "activity.sql")
     admin_dsn = lab.dsn("connfix_admin", "127.0.0.1")
     started = time.perf_counter()
     subprocess.run(

@@ -22,8 +22,8 @@ from pathlib import Path
 os.environ["CONNFIX_LAB_ID"] = "5"
 os.environ.pop("CONNFIX_LAB_DIR", None)
 
-from connfix import remote
-from connfix.inventory_file import InventorySearch, resolve_environment
+from connfix.config.inventory_file import InventorySearch, resolve_environment
+from connfix.hosts import remote
 from connfix.lab import lab, paths
 
 PHASES = ("connect + authenticate", "first command", "second command")

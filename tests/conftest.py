@@ -85,7 +85,7 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
 @pytest.fixture
 def lab_env(lab: Lab) -> Any:
     """The lab environment from its inventory."""
-    from connfix.inventory_file import load_inventory
+    from connfix.config.inventory_file import load_inventory
 
     return load_inventory(lab.inventory).environment("lab")
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from connfix.events import Event
-from connfix.inventory import Environment
-from connfix.remote import CommandResult
+from connfix.config.inventory import Environment
+from connfix.hosts.remote import CommandResult
+from connfix.record.events import Event
 
 INVOCATIONS = {"old": "a" * 32, "new": "b" * 32, "newer": "c" * 32}
 LOG = "2026-12-04T02:00:01+0000 app1 app[200]: cannot connect to the cache\n"
@@ -58,7 +58,7 @@ class Expect:
 
 @dataclass
 class ScriptedRemote:
-    """A stand-in for `connfix.remote.Remote` in gate tests: see the module docstring."""
+    """A stand-in for `connfix.hosts.remote.Remote` in gate tests: see the module docstring."""
 
     host: str
     script: list[Expect]

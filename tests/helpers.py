@@ -33,10 +33,11 @@ class Lab:
     """Handles onto the running test lab."""
 
     def __init__(self, version: int) -> None:
+        from connfix.lab import faults, paths
         from connfix.lab import lab as core
-        from connfix.lab import paths
 
         self.core = core
+        self.faults = faults
         self.paths = paths
         self.inventory = paths.lab_dir() / "inventory.yaml"
         self.version = version
@@ -72,7 +73,7 @@ class Lab:
 
     def show(self, index: int, unit: str = "labapp.service") -> dict[str, str]:
         """A unit's properties, straight from the host's systemctl."""
-        from connfix.systemd import parse_show
+        from connfix.hosts.systemd import parse_show
 
         (props,) = parse_show(self.systemctl(index, "show", unit))
         return props
@@ -105,7 +106,7 @@ class Lab:
 
     def fault(self, host: str, name: str, content: str = "") -> None:
         """Inject a lab fault (fail-start, unhealthy, leak-on-start) on a host."""
-        self.core.fault(host, name, content)
+        self.faults.fault(host, name, content)
 
     def reset(self) -> None:
         """Bring every host back: no faults, sshd up, no clients, app running, no leaks;
@@ -122,8 +123,8 @@ class Lab:
 
         for index in range(1, LAB_HOSTS + 1):
             name = self.paths.host_name(index)
-            self.core.clear_faults(name)
-            self.core.sshd(name, "start")
+            self.faults.clear_faults(name)
+            self.faults.sshd(name, "start")
             lab_clients.stop(name)
             try:
                 status = self.core.app_request(index, "/status")
@@ -168,7 +169,7 @@ def assert_complete(incidents: Path, status: str) -> str:
 
 def events(incidents: Path) -> list[dict[str, Any]]:
     """The events of the one journal under an incidents directory."""
-    from connfix.journal import read_journal
+    from connfix.record.journal import read_journal
 
     (journal,) = incidents.glob("*/journal.jsonl")
     return list(read_journal(journal))

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connfix import InventoryError, RunbookError
 from connfix.cli import cli
-from connfix.errors import InventoryError, RunbookError
-from connfix.inventory_file import load_inventory
-from connfix.runbook import parse_runbook
+from connfix.config.inventory_file import load_inventory
+from connfix.engine.runbook import parse_runbook
 from tests.test_inventory import GOOD
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "inventory.example.yaml")
@@ -254,7 +254,7 @@ def test_a_pgbouncer_version_whose_sources_are_absent_says_why(
 def test_a_tarball_that_is_not_the_release_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connfix.errors import LabError
+    from connfix import LabError
     from connfix.lab import pgbouncer as lab_bouncer
 
     vendor = tmp_path / "vendor"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from connfix.events import Event
-from connfix.inventory import AlertCaps
-from connfix.journal import Journal, Redactor, last_change
-from connfix.runbook import parse_runbook
+from connfix.config.inventory import AlertCaps
+from connfix.engine.runbook import parse_runbook
+from connfix.record.events import Event
+from connfix.record.journal import Journal, Redactor, last_change
 from connfix.serve import _within_caps
 
 BOOK = """\
@@ -80,7 +80,7 @@ def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: 
     """A new Server (serve restarted) finds the change an operator's `--yes` run
     journaled a minute ago in the shared incidents directory: an auto alert is run as a
     dry run instead."""
-    from connfix.inventory_file import load_inventory
+    from connfix.config.inventory_file import load_inventory
     from connfix.serve import Server
 
     inventory = tmp_path / "inventory.yaml"
@@ -108,7 +108,7 @@ def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: 
 
 def test_the_effects_table_names_every_action_and_what_each_may_do() -> None:
     from connfix.actions import ACTIONS
-    from connfix.effects import ACTION_EFFECTS, EFFECTS
+    from connfix.config.effects import ACTION_EFFECTS, EFFECTS
 
     assert set(ACTION_EFFECTS) == set(ACTIONS)
     for name, action in ACTIONS.items():

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from connfix.analysis import diagnose
 from connfix.cli import cli
-from connfix.diagnosis import HIDDEN_STATE
+from connfix.diagnosis.analysis import diagnose
+from connfix.diagnosis.model import HIDDEN_STATE
 from tests.helpers import LAB_HOSTS, LAB_POOL_SIZE, Lab, retry
 
 
@@ -232,7 +232,7 @@ def test_role_connection_limit_near_its_cap(clean_lab: Lab) -> None:
     with clean_lab.superuser() as conn:
         conn.execute("ALTER ROLE app CONNECTION LIMIT 10")
     try:
-        from connfix.inventory_file import load_inventory
+        from connfix.config.inventory_file import load_inventory
 
         env = load_inventory(clean_lab.inventory).environment("lab")
         d = diagnose("lab", env)

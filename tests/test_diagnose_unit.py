@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from connfix import pg
-from connfix.analysis import analyse, usable_connections
-from connfix.diagnosis import (
+from connfix.config.inventory import Environment
+from connfix.db import pg
+from connfix.db.pg import ServerInfo
+from connfix.diagnosis.analysis import analyse, usable_connections
+from connfix.diagnosis.model import (
     HIDDEN,
     HIDDEN_STATE,
     LOCAL,
@@ -14,8 +16,6 @@ from connfix.diagnosis import (
     Backend,
     ConnectionLimit,
 )
-from connfix.inventory import Environment
-from connfix.pg import ServerInfo
 
 
 def env(**thresholds: Any) -> Environment:
@@ -182,7 +182,7 @@ def test_query_variants_follow_the_server_version() -> None:
 
 
 def test_libpq_lines_become_sentences() -> None:
-    from connfix.pg import server_message
+    from connfix.db.pg import server_message
 
     exc = Exception(
         'connection to server at "10.0.0.9", port 5432 failed: Connection refused\n'
@@ -203,8 +203,8 @@ def test_an_empty_application_name_reads_the_same_everywhere() -> None:
     import io
     from dataclasses import replace
 
-    from connfix import metrics
     from connfix.cli import render
+    from connfix.record import metrics
 
     rows = [
         replace(backend(1, "10.0.0.1", "idle in transaction", xact=90), application_name=""),

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from connfix.report import render
+from connfix.record.report import render
 from tests.helpers import Lab, assert_complete, connfix_run, events, of, retry
 
 complete = assert_complete
@@ -51,7 +51,7 @@ def test_sshd_killed_mid_roll(clean_lab: Lab, tmp_path: Path) -> None:
     proc = start(clean_lab, incidents, "restart", "lab", "--yes", "--pause", "2s")
     try:
         wait_event(incidents, "host_done")  # app1 is done; the roll pauses before app2
-        clean_lab.core.sshd("app2", "kill")  # listener and sessions: the host drops off
+        clean_lab.faults.sshd("app2", "kill")  # listener and sessions: the host drops off
         assert proc.wait(30) == 1
     finally:
         if proc.poll() is None:
@@ -81,7 +81,7 @@ def test_database_restarted_during_a_triage(clean_lab: Lab, tmp_path: Path) -> N
     try:
         wait_event(incidents, "plan")
         retry(lambda: any(e["event"] == "plan" and e["step"] == "pause" for e in events(incidents)))
-        clean_lab.core.restart_postgres()  # cuts connfix's session and its lock
+        clean_lab.faults.restart_postgres()  # cuts connfix's session and its lock
         assert proc.wait(60) == 1  # the runbook never counts as healthy
     finally:
         if proc.poll() is None:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from connfix import remote
-from connfix.pg import BackendId
-from connfix.restart import gates
-from connfix.restart.host import GateTimeouts, HostOutcome, restart_host
-from connfix.restart.preflight import Preflight
-from connfix.restart.roll import batches, roll
-from connfix.systemd import UnitState, parse_show
+from connfix.actions.restart import gates
+from connfix.actions.restart.host import GateTimeouts, HostOutcome, restart_host
+from connfix.actions.restart.preflight import Preflight
+from connfix.actions.restart.roll import batches, roll
+from connfix.db.pg import BackendId
+from connfix.hosts import remote
+from connfix.hosts.systemd import UnitState, parse_show
 from tests.fakes import Expect, FakeRun, ScriptedRemote, environment, show
 
 RESTART = "sudo -n systemctl restart app.service"

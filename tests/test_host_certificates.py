@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from connfix import remote
 from connfix.cli import cli
+from connfix.hosts import remote
 from tests.helpers import Lab, assert_complete, connfix_run, retry
 from tests.test_known_hosts import keygen, pub, sign
 

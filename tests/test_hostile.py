@@ -14,13 +14,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connfix import expressions, report
-from connfix.analysis import analyse
+from connfix import InputError
 from connfix.cli import cli
-from connfix.diagnosis import Backend
-from connfix.errors import InputError
-from connfix.journal import Journal, Redactor, read_journal
-from connfix.redact import mask_secrets as mask_passwords
+from connfix.config.redact import mask_secrets as mask_passwords
+from connfix.diagnosis.analysis import analyse
+from connfix.diagnosis.model import Backend
+from connfix.engine import expressions
+from connfix.record import report
+from connfix.record.journal import Journal, Redactor, read_journal
 from tests.test_diagnose_unit import backend, env, info
 
 # ---------------------------------------------------------------- conditions
@@ -315,8 +316,8 @@ def test_mask_passwords_covers_each_shape() -> None:
 def test_every_secret_environment_variable_is_in_the_redaction_list(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from connfix.config.inventory import Environment
     from connfix.engine.secrets import secrets_of
-    from connfix.inventory import Environment
 
     values = {
         "PW": "pw-ordinary-1",
@@ -366,7 +367,7 @@ def test_every_secret_environment_variable_is_in_the_redaction_list(
     ],
 )
 def test_defang_shows_control_characters_and_bidi_overrides(raw: str, shown: str) -> None:
-    from connfix.text import defang
+    from connfix.config.text import defang
 
     assert defang(raw) == shown
 
@@ -538,7 +539,7 @@ def test_a_fifo_or_a_directory_where_a_file_is_expected_is_refused_at_once(
 def test_created_directories_are_0700_whatever_the_umask(tmp_path: Path) -> None:
     import os
 
-    from connfix.files import make_dir
+    from connfix.config.files import make_dir
 
     old = os.umask(0)
     try:
@@ -552,7 +553,7 @@ def test_created_directories_are_0700_whatever_the_umask(tmp_path: Path) -> None
 def test_a_tilde_in_configured_paths_is_expanded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from connfix.journal import incidents_base
+    from connfix.record.journal import incidents_base
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert incidents_base("~/inc", None) == tmp_path / "inc"
@@ -615,7 +616,7 @@ def test_a_crafted_journal_gets_a_clear_error(tmp_path: Path, line: str) -> None
 def test_a_local_runbook_that_shadows_the_shipped_one_is_said_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connfix.runbook import resolve_runbook
+    from connfix.engine.runbook import resolve_runbook
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runbooks").mkdir()

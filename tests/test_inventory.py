@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from connfix import InventoryError
 from connfix.cli import cli
-from connfix.errors import InventoryError
-from connfix.inventory_file import (
+from connfix.config.inventory_file import (
     InventorySearch,
     find_inventory,
     load_inventory,

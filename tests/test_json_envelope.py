@@ -17,12 +17,12 @@ from tests.helpers import LAB_HOSTS, Lab, connfix_run
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "inventory.example.yaml")
 RUNBOOK = str(
-    Path(__file__).resolve().parent.parent / "src/connfix/runbooks/too-many-connections.yaml"
+    Path(__file__).resolve().parent.parent / "src/connfix/engine/runbooks/too-many-connections.yaml"
 )
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("connfix").joinpath("schemas/envelope.schema.json").read_text()
+    text = resources.files("connfix.cli").joinpath("schemas/envelope.schema.json").read_text()
     return dict(json.loads(text))
 
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connfix import known_hosts
-from connfix.known_hosts import CertificateRefused, check_certificate, host_matches
+from connfix.hosts import known_hosts
+from connfix.hosts.known_hosts import CertificateRefused, check_certificate, host_matches
 
 NAME = "10.231.7.11"
 NOW = time.time()
@@ -369,7 +369,7 @@ def test_known_hosts_are_parsed_once_per_process_and_again_when_changed(
     """paramiko's loading is quadratic in the file's lines: connfix parses a known_hosts
     file once and gives each connection its own copy of the keys; an edited file is read
     again; a client's copy can be changed without touching another's."""
-    from connfix import remote
+    from connfix.hosts import remote
 
     def key(i: int) -> str:
         subprocess.run(

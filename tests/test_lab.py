@@ -48,7 +48,7 @@ def test_leak_of_an_unknown_host_is_refused(lab: Lab) -> None:
 
 
 def test_sudo_systemctl_restart_over_ssh_gives_a_new_main_pid(clean_lab: Lab, lab_env: Any) -> None:
-    from connfix import remote
+    from connfix.hosts import remote
 
     conn = remote.Remote(lab_env.hosts[0], lab_env.ssh)
     try:

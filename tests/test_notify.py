@@ -68,7 +68,7 @@ def test_a_run_notifies_start_each_change_and_end(
 def test_a_slack_url_is_never_written_in_the_inventory() -> None:
     from pydantic import ValidationError
 
-    from connfix.inventory import NotifyTarget
+    from connfix.config.inventory import NotifyTarget
 
     with pytest.raises(ValidationError, match="secret: give it by environment variable"):
         NotifyTarget.model_validate({"kind": "slack", "url": "https://hooks.slack.com/x"})
@@ -80,7 +80,7 @@ def test_a_slack_url_is_never_written_in_the_inventory() -> None:
 
 def test_metrics_keep_cardinality_low() -> None:
     """50 application names become the 20 largest and (other); no pid, address or query."""
-    from connfix import metrics
+    from connfix.record import metrics
     from tests.test_diagnose_unit import backend
     from tests.test_pgbouncer_unit import diagnosis, environment, state
 
@@ -105,7 +105,7 @@ def test_a_trickling_target_cannot_hold_a_send_past_its_timeout() -> None:
     whole send's, not each read's."""
     import time
 
-    from connfix.notify import post
+    from connfix.record.notify import post
 
     with receiver() as rx:
         rx.trickle["/slow"] = 20
@@ -117,7 +117,7 @@ def test_a_trickling_target_cannot_hold_a_send_past_its_timeout() -> None:
 
 
 def test_a_redirect_is_not_followed_and_not_called_delivered() -> None:
-    from connfix.notify import post
+    from connfix.record.notify import post
 
     with receiver() as rx:
         rx.redirect["/moved"] = rx.url + "/elsewhere"

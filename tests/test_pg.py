@@ -9,9 +9,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from connfix import pg
+from connfix import DatabaseUnavailable
 from connfix.cli import cli
-from connfix.errors import DatabaseUnavailable
+from connfix.config.dsn import describe_dsn
+from connfix.db import pg
 from tests.helpers import Lab
 
 PG16_MESSAGES = [
@@ -44,7 +45,7 @@ def test_classify_refusal(message: str, kind: str | None) -> None:
 
 
 def test_dsn_description_never_contains_the_password() -> None:
-    described = pg.describe_dsn("host=db1 port=5433 dbname=app user=u password=s3cret")
+    described = describe_dsn("host=db1 port=5433 dbname=app user=u password=s3cret")
     assert described == "u@db1:5433/app"
 
 
@@ -138,7 +139,7 @@ def test_reserved_slots_on_16_plus(full_server: list[Any], lab: Lab, lab_env: An
     try:
         with pg.open_session(lab_env.database) as session:  # the second reserved slot
             assert session.via == "reserved" and session.info.role == "connfix_reserved"
-            from connfix.analysis import take_snapshot
+            from connfix.diagnosis.analysis import take_snapshot
 
             d = take_snapshot(session, "lab", lab_env)
             assert (

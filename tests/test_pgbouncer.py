@@ -325,7 +325,7 @@ def test_hostile_role_names_are_written_by_each_files_rules_or_refused(
     logs in through it as itself."""
     from psycopg import sql
 
-    from connfix.quoting import userlist_name
+    from connfix.config.quoting import userlist_name
 
     directory = clean_lab.paths.lab_dir() / "pgbouncer-hostile"  # PgBouncer runs as postgres
     shutil.rmtree(directory, ignore_errors=True)

@@ -11,12 +11,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from connfix.actions.pgbouncer import KillClientsAction, KillClientsParams
-from connfix.analysis import analyse
-from connfix.bouncer import BouncerClient, BouncerServer, BouncerState, _epoch, parse_version
-from connfix.inventory import Environment
-from connfix.pg import ServerInfo
-from connfix.pool import pgbouncer_plan, size_pools
+from connfix.actions.pgbouncer_commands import KillClientsAction, KillClientsParams
+from connfix.config.inventory import Environment
+from connfix.db.pg import ServerInfo
+from connfix.db.pgbouncer_console import (
+    BouncerClient,
+    BouncerServer,
+    BouncerState,
+    _epoch,
+    parse_version,
+)
+from connfix.diagnosis.analysis import analyse
+from connfix.diagnosis.pool_sizing import pgbouncer_plan, size_pools
 from tests.test_diagnose_unit import backend
 
 NOW = time.time()
@@ -159,7 +165,7 @@ def test_a_busy_apps_pool_is_in_use_and_every_leaked_client_ends() -> None:
 
 
 def test_kill_clients_is_refused_on_a_pgbouncer_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from connfix.actions import pgbouncer as actions
+    from connfix.actions import pgbouncer_commands as actions
 
     env = environment()
     old = state([client(1, "10.0.0.1")], [], version="PgBouncer 1.18.0")

@@ -7,10 +7,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connfix.analysis import analyse
-from connfix.inventory import Environment
-from connfix.pg import ServerInfo
-from connfix.pool import pgbouncer_plan, size_pools
+from connfix.config.inventory import Environment
+from connfix.db.pg import ServerInfo
+from connfix.diagnosis.analysis import analyse
+from connfix.diagnosis.pool_sizing import pgbouncer_plan, size_pools
 from tests.test_diagnose_unit import backend
 
 

@@ -250,7 +250,7 @@ def _runbook_killing_after(tmp_path: Path, older_than: str) -> Path:
 
     import yaml
 
-    shipped = resources.files("connfix").joinpath("runbooks", "too-many-connections.yaml")
+    shipped = resources.files("connfix.engine").joinpath("runbooks", "too-many-connections.yaml")
     book = yaml.safe_load(shipped.read_text("utf-8"))
     (kill,) = [s for s in book["steps"] if s["action"] == "pgbouncer_kill_clients"]
     kill["params"]["older_than"] = older_than

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connfix import quoting
-from connfix.pool import auth_query_sql, pgbouncer_plan, size_pools
+from connfix.config import quoting
+from connfix.diagnosis.pool_sizing import auth_query_sql, pgbouncer_plan, size_pools
 from tests.test_pgbouncer_unit import diagnosis, environment, state
 
 INJECTION = "reporting\nALTER ROLE victim SUPERUSER;\n--"

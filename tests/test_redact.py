@@ -1,4 +1,4 @@
-"""Secrets, whichever way they arrive: one redaction boundary (connfix.redact) for every
+"""Secrets, whichever way they arrive: one redaction boundary (connfix.config.redact) for every
 error about a connection string, every secret keyword libpq has, the URI userinfo,
 malformed or not — and the places that used to leak, end to end through the CLI."""
 
@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connfix import pg, redact
+from connfix import DsnError
 from connfix.cli import cli
-from connfix.errors import DsnError
+from connfix.config import redact
+from connfix.config.dsn import make_dsn, parse_dsn
 
 # what libpq refuses, each quoting a piece of the string back (seen with libpq 15 and 17)
 MALFORMED = [
@@ -41,7 +42,7 @@ secret = st.text(
 def test_no_parser_error_about_a_dsn_carries_its_secret(secret: str, template: str) -> None:
     dsn = template.format(s=secret)
     try:
-        pg.parse_dsn(dsn)
+        parse_dsn(dsn)
     except DsnError as exc:
         assert secret not in str(exc), str(exc)
         assert dsn not in str(exc)
@@ -74,7 +75,7 @@ def test_a_bad_percent_escape_via_dsn_never_prints_the_password() -> None:
     assert result.exit_code == 2, result.output
     assert "PW%zz" not in result.output and "contains a secret" in result.output
     with pytest.raises(DsnError, match="invalid percent-encoded token") as caught:
-        pg.parse_dsn("postgresql://u:PW%zz@h/db")
+        parse_dsn("postgresql://u:PW%zz@h/db")
     assert "PW" not in str(caught.value)
 
 
@@ -111,8 +112,8 @@ def test_an_admin_dsn_from_the_environment_never_prints_its_password(tmp_path: P
 
 def test_write_inventory_never_writes_a_secret() -> None:
     """The starter inventory keeps every connection keyword but the secret ones."""
-    from connfix.analysis import analyse
-    from connfix.zero import starter_inventory
+    from connfix.diagnosis.analysis import analyse
+    from connfix.diagnosis.zero_setup import starter_inventory
     from tests.test_diagnose_unit import backend, env, info
 
     d = analyse("prod", env(), info(), [backend(1, "10.0.0.1")], [])
@@ -142,15 +143,15 @@ def test_write_inventory_output_is_read_back_by_inventory_check(
     `inventory check`'s own reader accepts — or connfix says why it cannot write one."""
     import dataclasses
 
-    from connfix.analysis import analyse
-    from connfix.errors import InputError
-    from connfix.inventory_file import load_inventory
-    from connfix.zero import starter_inventory
+    from connfix import InputError
+    from connfix.config.inventory_file import load_inventory
+    from connfix.diagnosis.analysis import analyse
+    from connfix.diagnosis.zero_setup import starter_inventory
     from tests.test_diagnose_unit import backend, env, info
 
     row = dataclasses.replace(backend(1, "10.0.0.1"), application_name=app, usename=user)
     d = analyse("prod", env(), info(), [row], [])
-    dsn = pg.make_dsn({"host": "db", "dbname": "app", **({"options": options} if options else {})})
+    dsn = make_dsn({"host": "db", "dbname": "app", **({"options": options} if options else {})})
     try:
         text = starter_inventory(d, dsn, {"10.0.0.1": ptr}, "prod")
     except InputError:
@@ -197,9 +198,9 @@ def test_deeply_nested_yaml_and_journals_are_clear_errors(tmp_path: Path) -> Non
 def test_resume_of_a_journal_with_a_host_done_and_no_host_is_a_clear_error(
     tmp_path: Path,
 ) -> None:
-    from connfix.errors import InputError
-    from connfix.events import Event
-    from connfix.journal import Journal, Redactor, resume_state
+    from connfix import InputError
+    from connfix.record.events import Event
+    from connfix.record.journal import Journal, Redactor, resume_state
 
     journal = Journal(tmp_path, Redactor())
     journal.record(Event.RUN_START, environment="prod")
@@ -214,11 +215,11 @@ def test_a_reverse_dns_name_that_is_not_utf8_is_no_name(monkeypatch: pytest.Monk
     (Python raises UnicodeDecodeError): the address is shown without a name."""
     import socket
 
-    from connfix import zero
+    from connfix.diagnosis import zero_setup
 
     def not_utf8(addr: str) -> tuple[str, list[str], list[str]]:
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
 
     monkeypatch.setattr(socket, "gethostbyaddr", not_utf8)
-    zero._RESOLVED.clear()
-    assert zero.resolve(["192.0.2.7"]) == {}
+    zero_setup._RESOLVED.clear()
+    assert zero_setup.resolve(["192.0.2.7"]) == {}

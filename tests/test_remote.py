@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from connfix import remote
-from connfix.inventory import Host
+from connfix.config.inventory import Host
+from connfix.hosts import remote
 from tests.helpers import Lab
 
 

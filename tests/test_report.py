@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from markdown_it import MarkdownIt
 
 from connfix.cli import cli
-from connfix.journal import read_journal
-from connfix.report import escape, render
+from connfix.record.journal import read_journal
+from connfix.record.report import escape, render
 from tests.helpers import Lab, connfix_run
 
 HOSTILE = "evil | `tick` <script>alert(1)</script> *x* [y](z)"

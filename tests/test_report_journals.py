@@ -20,21 +20,21 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connfix import report
 from connfix.actions.base import Operation
-from connfix.analysis import analyse
-from connfix.bouncer import BouncerClient, BouncerServer, BouncerState
+from connfix.db.pg import ServerInfo
+from connfix.db.pgbouncer_console import BouncerClient, BouncerServer, BouncerState
+from connfix.diagnosis.analysis import analyse
+from connfix.diagnosis.pool_sizing import size_pools
 from connfix.engine.run import RunStatus
-from connfix.events import Event, PoolerOperation, SessionOperation
-from connfix.journal import Journal, Redactor
-from connfix.pg import ServerInfo
-from connfix.pool import size_pools
-from connfix.runbook import parse_runbook
+from connfix.engine.runbook import parse_runbook
+from connfix.record import report
+from connfix.record.events import Event, PoolerOperation, SessionOperation
+from connfix.record.journal import Journal, Redactor
 from tests.test_diagnose_unit import backend
 from tests.test_pgbouncer_unit import environment
 
 RUNBOOK = parse_runbook(
-    resources.files("connfix").joinpath("runbooks", "too-many-connections.yaml").read_text(),
+    resources.files("connfix.engine").joinpath("runbooks", "too-many-connections.yaml").read_text(),
     Path("connfix:runbooks/too-many-connections.yaml"),
 )
 STATES = ("idle", "active", "idle in transaction", "idle in transaction (aborted)", None)

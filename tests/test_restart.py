@@ -85,7 +85,7 @@ def test_dry_run_leaves_every_main_pid_and_backend(clean_lab: Lab, tmp_path: Pat
 
 def test_sshd_down_at_preflight_restarts_nothing(clean_lab: Lab, tmp_path: Path) -> None:
     pids = clean_lab.main_pids()
-    clean_lab.core.sshd("app2", "stop")
+    clean_lab.faults.sshd("app2", "stop")
     result = restart(clean_lab, tmp_path, "--yes")
     assert result.exit_code == 3, result.output
     assert "preflight failed, nothing was restarted: app2: SSH to 10.231.7.12" in result.output
@@ -289,7 +289,7 @@ def test_a_reused_pid_is_not_an_old_session(
 
     PostgreSQL cannot be made to reuse a pid on demand: the fault is injected by giving
     one new backend an old pid (its backend_start stays its own)."""
-    from connfix import pg
+    from connfix.db import pg
 
     real = pg.host_backends
     first: dict[str, set[pg.BackendId]] = {}
@@ -461,10 +461,10 @@ def test_triage_on_a_leaking_lab_ends_healthy(clean_lab: Lab, tmp_path: Path) ->
 def test_the_host_cap_counts_every_roll_of_the_run(clean_lab: Lab, tmp_path: Path) -> None:
     """max_hosts is per run, not per step: a runbook with two rolling_restart steps of
     one host each, under a cap of 1, restarts app1 and refuses the second step."""
+    from connfix.config.inventory_file import load_inventory
     from connfix.engine.loop import run_runbook
     from connfix.engine.run import RunMode, RunRequest
-    from connfix.inventory_file import load_inventory
-    from connfix.runbook import parse_runbook
+    from connfix.engine.runbook import parse_runbook
     from tests.test_terminate import HookUI
 
     book = parse_runbook(

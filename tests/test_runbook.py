@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from connfix import expressions
+from connfix import RunbookError
 from connfix.cli import cli
-from connfix.errors import RunbookError
-from connfix.runbook import load_runbook_file, resolve_runbook
+from connfix.engine import expressions
+from connfix.engine.runbook import load_runbook_file, resolve_runbook
 from tests.helpers import connfix_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_runbook_is_valid_and_the_same_in_both_places() -> None:
     top = ROOT / "runbooks" / "too-many-connections.yaml"
-    packaged = ROOT / "src" / "connfix" / "runbooks" / "too-many-connections.yaml"
+    packaged = ROOT / "src" / "connfix" / "engine" / "runbooks" / "too-many-connections.yaml"
     assert top.read_bytes() == packaged.read_bytes()
     book = resolve_runbook(None)
     assert book.name == "too-many-connections"

@@ -207,7 +207,7 @@ def test_duplicates_start_one_run_and_a_held_lock_refuses_the_next(
     )
     # another connfix (here: this test) holds the environment's lock: a new alert's run
     # is refused by the database's advisory lock, and its journal says so
-    from connfix import pg
+    from connfix.db import pg
 
     key = pg.database_lock_key("appdb")
     appdb = clean_lab.core.bootstrap_dsn().replace("dbname=postgres", "dbname=appdb")

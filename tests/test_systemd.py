@@ -1,12 +1,12 @@
-"""connfix.systemd and the sudo permission probe, without a lab (the lab tests run them
+"""connfix.hosts.systemd and the sudo permission probe, without a lab (the lab tests run them
 against real systemd and real sudo: tests/test_systemd_units.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from connfix.restart.preflight import permission_probe
-from connfix.systemd import UnitState, is_pattern, parse_list_units, parse_show, usec
+from connfix.actions.restart.preflight import permission_probe
+from connfix.hosts.systemd import UnitState, is_pattern, parse_list_units, parse_show, usec
 
 
 def test_parse_show_is_by_name_whatever_the_order() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from connfix.systemd import UnitState, parse_show, show_command
+from connfix.hosts.systemd import UnitState, parse_show, show_command
 from tests.helpers import Lab, assert_complete, connfix_run, events, of, retry
 
 UNITS = "/etc/systemd/system"
@@ -115,7 +115,7 @@ def roll(lab: Lab, tmp_path: Path, inv: Path, *args: str) -> Any:
 def test_parser_reads_real_systemctl_output_by_name(clean_lab: Lab, lab_env: Any) -> None:
     """Real systemd answers in its own property order; connfix reads it by name, and agrees
     with `systemctl show -p X --value` asked one property at a time."""
-    from connfix import remote
+    from connfix.hosts import remote
 
     conn = remote.Remote(lab_env.hosts[0], lab_env.ssh)
     try:
@@ -558,7 +558,7 @@ def test_the_lab_deploy_user_may_restart_the_app_and_nothing_else(
 ) -> None:
     """The production default on a real host: `sudo -n systemctl restart UNIT`, permitted by
     a sudoers rule for exactly that command, for a user who is not root."""
-    from connfix import remote
+    from connfix.hosts import remote
 
     conn = remote.Remote(lab_env.hosts[1], lab_env.ssh)
     try:

@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from connfix.config.inventory_file import load_inventory
 from connfix.engine.loop import run_runbook
 from connfix.engine.run import RunMode, RunRequest
-from connfix.inventory_file import load_inventory
-from connfix.journal import read_journal
-from connfix.runbook import command_runbook
+from connfix.engine.runbook import command_runbook
+from connfix.record.journal import read_journal
 from tests.helpers import Lab, connfix_run, events, of, retry
 
 
@@ -253,7 +253,7 @@ def test_a_batch_the_database_refuses_is_taken_one_pid_at_a_time(
     real batch path: test_a_session_that_changed_after_planning_is_skipped[set-based]."""
     import psycopg
 
-    from connfix import pg
+    from connfix.db import pg
 
     pids = [sessions.open().info.backend_pid for _ in range(8)]
     real = pg.Session.all
@@ -373,7 +373,7 @@ def test_permission_failure_on_one_pid_does_not_stop_the_rest(
 
 
 def test_default_runbook_terminates_idle_in_transaction_before_long_idle() -> None:
-    from connfix.runbook import resolve_runbook
+    from connfix.engine.runbook import resolve_runbook
 
     steps = resolve_runbook(None).steps
     ids = [s.id for s in steps]
@@ -484,7 +484,7 @@ def test_a_backend_that_does_not_exit_is_reported_failed(
     """A signalled backend still in pg_stat_activity after exit_timeout is `failed`, the
     others `terminated`, and the step fails. PostgreSQL backends exit on SIGTERM, so the
     one that does not is injected: pg.alive keeps reporting it."""
-    from connfix import pg
+    from connfix.db import pg
 
     conns = [sessions.open() for _ in range(7)]  # more than 5: signal, then poll
     stuck = conns[0].info.backend_pid

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli, options
-from connfix.journal import read_journal
+from connfix.record.journal import read_journal
 from tests.helpers import Lab, assert_complete, connfix_run, events, retry
 
 HEADER = """\
@@ -390,7 +390,7 @@ def test_no_password_reaches_journal_or_output(
 
 
 def test_redactor_removes_secrets_and_password_patterns() -> None:
-    from connfix.journal import Redactor
+    from connfix.record.journal import Redactor
 
     redact = Redactor(["s3cr3t-value"])
     assert redact("x s3cr3t-value y") == "x *** y"

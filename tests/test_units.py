@@ -2,7 +2,7 @@
 
 import pytest
 
-from connfix.units import format_duration, parse_duration
+from connfix.config.units import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_libpq_variables_alone_are_enough(clean_lab: Lab) -> None:
 
 
 def test_a_starter_inventory_from_what_was_seen(clean_lab: Lab, tmp_path: Path) -> None:
-    from connfix.inventory_file import load_inventory
+    from connfix.config.inventory_file import load_inventory
 
     path = tmp_path / "inventory.yaml"
     dsn = clean_lab.core.dsn("connfix")
@@ -107,17 +107,17 @@ def test_bad_zero_setup_input() -> None:
 def test_suspects_by_share_and_age() -> None:
     """10.0.0.7 holds 8 of 12 (67%), idle up to 20 minutes: a suspect; 10.0.0.8 holds 4,
     young: not; 10.0.0.9 keeps a transaction idle for 2 minutes: a suspect."""
-    from connfix import zero
-    from connfix.analysis import analyse
-    from connfix.pg import ServerInfo
+    from connfix.db.pg import ServerInfo
+    from connfix.diagnosis import zero_setup
+    from connfix.diagnosis.analysis import analyse
     from tests.test_diagnose_unit import backend
 
-    env = zero.environment_for("host=db dbname=app user=connfix")
+    env = zero_setup.environment_for("host=db dbname=app user=connfix")
     rows = [backend(i, "10.0.0.7", idle=1200) for i in range(8)]
     rows += [backend(20 + i, "10.0.0.8", idle=5) for i in range(3)]
     rows += [backend(30, "10.0.0.9", "idle in transaction", xact=120)]
     info = ServerInfo("connfix", False, True, True, "x", 150004, 40, 3, 0, 1, "app")
-    d = zero.suspects_by_share(
+    d = zero_setup.suspects_by_share(
         analyse("db", env, info, rows, []), env, {"10.0.0.7": "web7.internal"}
     )
     assert d.suspects == ["web7.internal", "10.0.0.9"]
@@ -126,5 +126,5 @@ def test_suspects_by_share_and_age() -> None:
     assert not by["10.0.0.8"].suspect
     assert d.severity == "warning" and d.zero_setup
     young = [replace(b, idle_seconds=5) for b in rows[:8]]
-    calm = zero.suspects_by_share(analyse("db", env, info, young, []), env, {})
+    calm = zero_setup.suspects_by_share(analyse("db", env, info, young, []), env, {})
     assert calm.suspects == []

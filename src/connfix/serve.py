@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connfix.journal import last_change
+from connfix.record.journal import last_change
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from connfix.diagnosis import Diagnosis
-    from connfix.inventory_file import LoadedInventory
+    from connfix.config.inventory_file import LoadedInventory
+    from connfix.diagnosis.model import Diagnosis
 
 TOKEN_ENV = "CONNFIX_SERVE_TOKEN"
 HMAC_ENV = "CONNFIX_SERVE_HMAC_SECRET"
@@ -215,14 +215,14 @@ class Server:
         return Decision(environment, alert, "started", reason, mode)
 
     def incidents_of(self, environment: str) -> Path:
-        from connfix.journal import incidents_base
+        from connfix.record.journal import incidents_base
 
         env = self.loaded.inventory.environments[environment]
         return Path(incidents_base(self.incidents_dir, env.incidents_dir))
 
     def _run(self, environment: str, mode: str, alert: str) -> None:
+        from connfix.engine.runbook import resolve_runbook
         from connfix.engine.start import start_run
-        from connfix.runbook import resolve_runbook
 
         env = self.loaded.inventory.environments[environment]
         assert env.alerts is not None
@@ -266,9 +266,9 @@ class Server:
     # --- metrics ---------------------------------------------------------------------
 
     def metrics(self) -> bytes:
-        from connfix import metrics
-        from connfix.analysis import diagnose
-        from connfix.errors import ConnfixError
+        from connfix import ConnfixError
+        from connfix.diagnosis.analysis import diagnose
+        from connfix.record import metrics
 
         names = [n for n, e in self.loaded.inventory.environments.items() if e.alerts]
         now = time.monotonic()
@@ -294,7 +294,7 @@ class LogUI:
         self.prefix = f"connfix serve [{environment}]"
 
     def _say(self, text: str) -> None:
-        from connfix.text import defang
+        from connfix.config.text import defang
 
         _stderr().write(f"{self.prefix} {defang(text)}\n")
 

@@ -1,4 +1,5 @@
-"""Runbook actions, one module each, registered by name."""
+"""Runbook actions, one module each, registered by name; `restart/` is the rolling
+restart's machinery (preflight, gates, one host, the roll)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from connfix.actions.advise import AdviseAction
 from connfix.actions.base import Action
 from connfix.actions.diagnose import DiagnoseAction
-from connfix.actions.pgbouncer import (
+from connfix.actions.pgbouncer_commands import (
     KillClientsAction,
     PauseAction,
     ReconnectAction,

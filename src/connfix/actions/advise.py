@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.events import Event
+from connfix.record.events import Event
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
@@ -25,7 +25,7 @@ class AdviseAction(Action[Params, None]):
         )
 
     def apply(self, ctx: RunContext, params: Params, plan: Plan[None]) -> Outcome:
-        from connfix.pool import size_pools
+        from connfix.diagnosis.pool_sizing import size_pools
 
         assert ctx.latest is not None  # the first step is a diagnose
         sizing = size_pools(ctx.env, ctx.latest)

@@ -68,12 +68,12 @@ class Action(Generic[P, D]):
     params_model: ClassVar[type[Params]] = Params
     mutating: ClassVar[bool] = False  # changes something: confirmed, skipped in dry-run
     runs_in_dry_run: ClassVar[bool] = True  # read-only and quick: applied in dry-run too
-    # what it may change (connfix.effects), by its class; `effect` may look at its params
+    # what it may change (connfix.config.effects), by its class; `effect` may look at its params
     effect_name: ClassVar[str | None] = None
 
     def effect(self, params: P) -> str | None:
         """What this step may change, said as an alert policy's caps say it (one of
-        connfix.effects.EFFECTS; None: nothing, it only reads or waits)."""
+        connfix.config.effects.EFFECTS; None: nothing, it only reads or waits)."""
         return self.effect_name
 
     def expressions(self, params: P) -> list[tuple[str, str]]:

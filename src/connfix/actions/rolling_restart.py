@@ -3,8 +3,8 @@ service, its health check and the database before the next is touched.
 
 Plan = the preflight of every target host, in parallel and read-only; nothing is
 restarted unless every host passed it. The SSH connections the preflight opened are the
-ones the roll uses. Apply = the roll (`connfix.restart.roll`), each host through its
-gates (`connfix.restart.gates`) by `connfix.restart.host`.
+ones the roll uses. Apply = the roll (`connfix.actions.restart.roll`), each host through its
+gates (`connfix.actions.restart.gates`) by `connfix.actions.restart.host`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
 
+from connfix import ExitStatus
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.errors import ExitStatus
-from connfix.restart.host import GateTimeouts, restart_host
-from connfix.restart.preflight import Preflight, preflight
-from connfix.restart.roll import roll
-from connfix.units import between, parse_duration
+from connfix.actions.restart.host import GateTimeouts, restart_host
+from connfix.actions.restart.preflight import Preflight, preflight
+from connfix.actions.restart.roll import roll
+from connfix.config.units import between, parse_duration
 
 if TYPE_CHECKING:
+    from connfix.config.inventory import Host, Service
     from connfix.engine.context import RunContext
-    from connfix.inventory import Host, Service
 
 Gate = Annotated[float, BeforeValidator(parse_duration), between(1, 3600)]
 Pause = Annotated[float, BeforeValidator(parse_duration), between(0, 3600)]
@@ -100,7 +100,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         return [s for s in on_host if s.label in wanted]
 
     def plan(self, ctx: RunContext, params: RestartParams) -> Plan[RollPlan]:
-        from connfix import remote
+        from connfix.hosts import remote
 
         service = ctx.env.service
         if params.batch > service.max_unavailable:
@@ -247,7 +247,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         )
 
     def apply(self, ctx: RunContext, params: RestartParams, plan: Plan[RollPlan]) -> Outcome:
-        from connfix import remote
+        from connfix.hosts import remote
 
         assert plan.data is not None  # a plan with operations carries its data
         targets, checks = plan.data.targets, plan.data.checks

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
-from connfix.diagnosis import app_label
-from connfix.events import Event
-from connfix.sessions import BY_FLAG, RUNNING
-from connfix.units import between, format_duration, parse_duration
+from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.config.units import between, format_duration, parse_duration
+from connfix.db.sessions import BY_FLAG, RUNNING
+from connfix.diagnosis.model import app_label
+from connfix.record.events import Event
 
 if TYPE_CHECKING:
+    from connfix.config.inventory import Host
     from connfix.engine.context import RunContext
-    from connfix.inventory import Host
 
 STATES = BY_FLAG
 StateName = Literal[
@@ -297,9 +297,9 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         host_of: dict[str | None, str],
     ) -> tuple[list[Candidate], dict[str, int]]:
         """Per inventory host, only the sessions beyond its pool: as many as it holds
-        over its pool size, newest connected first (connfix.beyond_pool); return them in
+        over its pool size, newest connected first (connfix.diagnosis.beyond_pool); return them in
         the plan's order, and why the others stay."""
-        from connfix.beyond_pool import beyond_the_pool
+        from connfix.diagnosis.beyond_pool import beyond_the_pool
 
         hosts = {h.name: h for h in ctx.env.hosts}
         env = ctx.env
@@ -334,7 +334,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         return [c for c in chosen if c.pid in keep], dict(left)
 
     def apply(self, ctx: RunContext, params: TerminateParams, plan: Plan[TerminatePlan]) -> Outcome:
-        from connfix import pg
+        from connfix.db import pg
 
         with ctx.db_lock:  # the count right before, to measure what was freed
             before = pg.client_backends(ctx.session)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import BeforeValidator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.units import between, format_duration, parse_duration
+from connfix.config.units import between, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext

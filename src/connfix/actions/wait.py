@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.actions.verify import Interval, Pause
-from connfix.units import format_duration
+from connfix.config.units import format_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext

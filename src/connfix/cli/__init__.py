@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from connfix import __version__
+from connfix import ConnfixError, ExitStatus, __version__
 from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
@@ -17,7 +17,6 @@ from connfix.cli.runbook_cmd import runbook
 from connfix.cli.serve_cmd import serve
 from connfix.cli.terminate_cmd import terminate
 from connfix.cli.triage_cmd import triage
-from connfix.errors import ConnfixError, ExitStatus
 
 
 class ConnfixGroup(click.Group):
@@ -37,7 +36,7 @@ class ConnfixGroup(click.Group):
         except ConnfixError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            from connfix.text import defang
+            from connfix.config.text import defang
 
             click.echo(f"connfix: error: {defang(str(exc))}", err=True)
             envelope.error(defang(str(exc)), exc.exit_status)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from connfix import ExitStatus
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import (
@@ -19,10 +20,9 @@ from connfix.cli.options import (
     terminal,
     zero_setup,
 )
-from connfix.errors import ExitStatus
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis
+    from connfix.diagnosis.model import Diagnosis
 
 
 @click.command()
@@ -89,8 +89,8 @@ def diagnose(
       connfix diagnose prod --watch 5s
       connfix diagnose prod --prometheus-textfile /var/lib/node_exporter/connfix.prom
     """
-    from connfix.analysis import diagnose as run
-    from connfix.inventory_file import resolve_environment
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.diagnosis.analysis import diagnose as run
 
     bare = zero_setup(environment, dsn, inventory_path)
     if write_inventory is not None and bare is None:
@@ -128,8 +128,8 @@ def diagnose(
     if textfile is not None:
         from pathlib import Path
 
-        from connfix import metrics
-        from connfix.errors import InputError
+        from connfix import InputError
+        from connfix.record import metrics
 
         try:
             metrics.write_textfile(Path(textfile).expanduser(), [result])
@@ -151,16 +151,18 @@ def _write_starter(path_text: str, dsn: str | None, result: Diagnosis) -> None:
     """Write the starter inventory; never over an existing file."""
     from pathlib import Path
 
-    from connfix import files, pg, zero
-    from connfix.errors import InputError
+    from connfix import InputError
+    from connfix.config import files
+    from connfix.config.dsn import parse_dsn
+    from connfix.diagnosis import zero_setup
 
     path = Path(path_text).expanduser()
     if path.exists() or path.is_symlink():
         raise InputError(f"--write-inventory {path_text}: exists; connfix never overwrites it")
-    name = pg.parse_dsn(dsn or "").get("dbname") or os.environ.get("PGDATABASE") or "main"
+    name = parse_dsn(dsn or "").get("dbname") or os.environ.get("PGDATABASE") or "main"
     name = name if _valid(name) else "main"
-    names = zero.resolve(sorted({u.client_addr for u in result.by_host if u.client_addr}))
-    text = zero.starter_inventory(result, dsn, names, name)
+    names = zero_setup.resolve(sorted({u.client_addr for u in result.by_host if u.client_addr}))
+    text = zero_setup.starter_inventory(result, dsn, names, name)
     try:
         files.write_private(path, text)
     except OSError as exc:
@@ -169,6 +171,6 @@ def _write_starter(path_text: str, dsn: str | None, result: Diagnosis) -> None:
 
 
 def _valid(name: str) -> bool:
-    from connfix.inventory import NAME_RE
+    from connfix.config.inventory import NAME_RE
 
     return bool(NAME_RE.match(name))

@@ -1,5 +1,5 @@
 """`--json`: one envelope for every command's result, on stdout (progress stays on
-stderr). Its JSON Schema ships with the package: connfix/schemas/envelope.schema.json.
+stderr). Its JSON Schema ships with the package: connfix/cli/schemas/envelope.schema.json.
 
     {"schema": "connfix/1", "command": "triage", "environment": "prod",
      "status": "resolved", "exit_status": 0, "incident": "incidents/…", "result": {…}}

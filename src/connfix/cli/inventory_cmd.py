@@ -7,10 +7,10 @@ import sys
 
 import click
 
+from connfix import ExitStatus
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import environment_argument, inventory_option, inventory_search, terminal
-from connfix.errors import ExitStatus
 
 
 @click.group()
@@ -35,9 +35,9 @@ def check(environment: str, as_json: bool, inventory_path: str | None) -> None:
     """
     if as_json:
         envelope.mark("inventory check", environment)
-    from connfix.check import check_environment
     from connfix.cli import render
-    from connfix.inventory_file import resolve_environment
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.diagnosis.inventory_check import check_environment
 
     _, env = resolve_environment(inventory_path, environment, inventory_search())
     result = check_environment(environment, env)

@@ -189,8 +189,8 @@ def burst(host: str, count: int, duration: float) -> None:
     Example:
       connfix lab burst app1 --count 5 --duration 30s
     """
+    from connfix.config.units import duration_text
     from connfix.lab import lab as core
-    from connfix.units import duration_text
 
     pids = core.burst(host, count, duration)
     terminal().out.print(
@@ -212,8 +212,8 @@ def traffic(host: str, every: float) -> None:
       connfix lab traffic app1 0s
       connfix lab traffic app1 500ms
     """
+    from connfix.config.units import duration_text
     from connfix.lab import lab as core
-    from connfix.units import duration_text
 
     took = core.traffic(host, every)
     terminal().out.print(

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from connfix.config.units import parse_duration
 from connfix.engine.run import RunMode
-from connfix.units import parse_duration
 
 if TYPE_CHECKING:
     from connfix.cli.render import Terminal
-    from connfix.inventory import Environment
-    from connfix.inventory_file import InventorySearch, LoadedInventory
-    from connfix.runbook import Runbook
+    from connfix.config.inventory import Environment
+    from connfix.config.inventory_file import InventorySearch, LoadedInventory
+    from connfix.engine.runbook import Runbook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,7 +27,7 @@ def complete_environments(ctx: click.Context, param: click.Parameter, incomplete
     use (--inventory if already typed, else the usual search); nothing on any error."""
     from click.shell_completion import CompletionItem
 
-    from connfix.inventory_file import find_inventory, load_inventory
+    from connfix.config.inventory_file import find_inventory, load_inventory
 
     try:
         explicit = ctx.params.get("inventory_path")
@@ -72,9 +72,9 @@ def zero_setup(
     every user of the machine, so one with a password is refused."""
     from pydantic import ValidationError
 
-    from connfix import zero
+    from connfix.diagnosis import zero_setup
 
-    if dsn is None and (environment is not None or not zero.from_environment()):
+    if dsn is None and (environment is not None or not zero_setup.from_environment()):
         if environment is None:
             raise click.UsageError(
                 "give ENVIRONMENT (from the inventory), or --dsn DSN to work from a"
@@ -86,11 +86,11 @@ def zero_setup(
     if inventory_path is not None:
         raise click.UsageError("--inventory names an inventory: give ENVIRONMENT, not --dsn")
     try:
-        env = zero.environment_for(dsn)
+        env = zero_setup.environment_for(dsn)
     except ValidationError as exc:
         why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise click.BadParameter(why, param_hint="--dsn") from None
-    return zero.label(dsn), env
+    return zero_setup.label(dsn), env
 
 
 def inventory_option(fn: F) -> F:
@@ -113,7 +113,7 @@ def interactive() -> bool:
 def inventory_search() -> InventorySearch:
     """Where this process looks for an inventory: $CONNFIX_INVENTORY, the working
     directory, then the lab's (the CLI knows the lab; the inventory module does not)."""
-    from connfix.inventory_file import InventorySearch
+    from connfix.config.inventory_file import InventorySearch
     from connfix.lab.paths import lab_dir
 
     return InventorySearch(

@@ -99,11 +99,16 @@ def pool(
     """
     if as_json:
         envelope.mark("pool", environment)
-    from connfix.analysis import diagnose
+    from connfix import ExitStatus, InputError
     from connfix.cli import render
-    from connfix.errors import ExitStatus, InputError
-    from connfix.inventory_file import resolve_environment
-    from connfix.pool import live_version, pgbouncer_version_of, size_pools, write_pgbouncer_config
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.diagnosis.analysis import diagnose
+    from connfix.diagnosis.pool_sizing import (
+        live_version,
+        pgbouncer_version_of,
+        size_pools,
+        write_pgbouncer_config,
+    )
 
     _, env = resolve_environment(inventory_path, environment, inventory_search())
     unknown = sorted(set(direct) - {h.name for h in env.hosts})

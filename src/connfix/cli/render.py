@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from connfix.diagnosis import app_label
-from connfix.text import defang
+from connfix.config.text import defang
+from connfix.diagnosis.model import app_label
 
 
 def escape(text: str) -> str:
     """Make text from outside safe to print: rich markup escaped, and control characters
-    and bidi overrides shown visibly (see connfix.text)."""
+    and bidi overrides shown visibly (see connfix.config.text)."""
     return _markup_escape(defang(str(text)))
 
 
@@ -26,13 +26,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from connfix.actions.base import Plan
-    from connfix.check import EnvironmentCheck
-    from connfix.diagnosis import Diagnosis
+    from connfix.diagnosis.inventory_check import EnvironmentCheck
+    from connfix.diagnosis.model import Diagnosis
+    from connfix.diagnosis.pool_sizing import PoolSizing
     from connfix.engine.run import RunResult
+    from connfix.engine.runbook import Runbook, Step
     from connfix.lab.lab import UpResult
     from connfix.lab.status import Status
-    from connfix.pool import PoolSizing
-    from connfix.runbook import Runbook, Step
 
 
 def _width(stream: TextIO, environ: Mapping[str, str]) -> int | None:
@@ -217,7 +217,7 @@ _SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
 
 
 def _age(seconds: float | None) -> str:
-    from connfix.units import format_duration
+    from connfix.config.units import format_duration
 
     return "-" if seconds is None else format_duration(seconds)
 

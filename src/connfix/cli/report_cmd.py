@@ -38,8 +38,8 @@ def report(incident: str, output: str | None, template: str | None, as_json: boo
         envelope.mark("report")
         if output == "-":
             raise click.UsageError("--json prints the envelope on stdout: give -o PATH, not -")
-    from connfix import report as core
-    from connfix.journal import journal_of
+    from connfix.record import report as core
+    from connfix.record.journal import journal_of
 
     tmpl = Path(template) if template else None
     if output == "-":

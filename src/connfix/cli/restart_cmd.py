@@ -14,8 +14,8 @@ from connfix.cli.options import (
     inventory_search,
     yes_option,
 )
+from connfix.config.units import duration_text
 from connfix.engine.run import RunMode
-from connfix.units import duration_text
 
 
 @click.command()
@@ -111,8 +111,8 @@ def restart(
     if as_json:
         envelope.mark("restart", environment)
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory_file import resolve_environment
-    from connfix.runbook import command_runbook
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.engine.runbook import command_runbook
 
     loaded, env = resolve_environment(inventory_path, environment, inventory_search())
     names = host_names(hosts, "--hosts")

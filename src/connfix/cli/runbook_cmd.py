@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
+from connfix import ExitStatus, RunbookError
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
 from connfix.cli.options import terminal
-from connfix.errors import ExitStatus, RunbookError
 
 
 @click.group()
@@ -31,7 +31,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
       connfix runbook validate runbooks/*.yaml
     """
     from connfix.cli.render import escape
-    from connfix.runbook import load_runbook_file
+    from connfix.engine.runbook import load_runbook_file
 
     if as_json:
         envelope.mark("runbook validate")
@@ -68,6 +68,6 @@ def show(ref: str) -> None:
       connfix runbook show too-many-connections
     """
     from connfix.cli import render
-    from connfix.runbook import resolve_runbook
+    from connfix.engine.runbook import resolve_runbook
 
     render.runbook(terminal(), resolve_runbook(ref))

@@ -66,9 +66,9 @@ def serve(
     """
     import uvicorn
 
+    from connfix import InputError
     from connfix import serve as core
-    from connfix.errors import InputError
-    from connfix.inventory_file import find_inventory, load_inventory
+    from connfix.config.inventory_file import find_inventory, load_inventory
 
     try:
         host, port = core.listen_address(listen)

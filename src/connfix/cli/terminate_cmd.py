@@ -16,10 +16,10 @@ from connfix.cli.options import (
     yes_option,
     zero_setup,
 )
-from connfix.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
+from connfix.config.units import duration_text
+from connfix.db.sessions import BY_FLAG
 from connfix.engine.run import RunMode
-from connfix.sessions import BY_FLAG
-from connfix.units import duration_text
 
 # the flag's spelling (dashes) → the runbook parameter's (underscores)
 STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
@@ -142,8 +142,8 @@ def terminate(
       connfix terminate --dsn "host=db1 dbname=app user=connfix" --state idle --older-than 30m
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.inventory_file import resolve_environment
-    from connfix.runbook import command_runbook
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.engine.runbook import command_runbook
 
     bare = zero_setup(environment, dsn, inventory_path)
     if bare is not None:

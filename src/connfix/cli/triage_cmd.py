@@ -68,8 +68,8 @@ def triage(
     if as_json:
         envelope.mark("triage", environment)
     from connfix.cli.options import run_and_exit
-    from connfix.inventory_file import resolve_environment
-    from connfix.runbook import resolve_runbook
+    from connfix.config.inventory_file import resolve_environment
+    from connfix.engine.runbook import resolve_runbook
 
     loaded, env = resolve_environment(inventory_path, environment, inventory_search())
     run_and_exit(

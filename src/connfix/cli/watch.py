@@ -27,8 +27,8 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from connfix.cli.render import Terminal
-    from connfix.diagnosis import Diagnosis
-    from connfix.inventory import Environment
+    from connfix.config.inventory import Environment
+    from connfix.diagnosis.model import Diagnosis
 
 SORTS = {"a": "age", "h": "host", "s": "state"}
 SESSION_ROWS = 15
@@ -57,7 +57,7 @@ def screen(
 ) -> Group:
     """One frame of the view."""
     from connfix.cli.render import _age, escape
-    from connfix.diagnosis import app_label
+    from connfix.diagnosis.model import app_label
 
     head = Text.from_markup(
         f"[bold]{escape(d.environment)}[/bold]  {d.client_backends} of"
@@ -126,8 +126,8 @@ def keys() -> Iterator[int]:
 
 def watch(term: Terminal, environment: str, env: Environment, interval: float) -> int:
     """Refresh until q or Ctrl-C; return the exit status."""
-    from connfix import pg
-    from connfix.analysis import take_snapshot
+    from connfix.db import pg
+    from connfix.diagnosis.analysis import take_snapshot
 
     trend = Trend()
     sort = "age"

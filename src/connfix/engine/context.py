@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connfix import expressions
-from connfix.errors import ConnfixError
-from connfix.events import Event
-from connfix.journal import Journal
-from connfix.units import format_duration
+from connfix import ConnfixError
+from connfix.config.units import format_duration
+from connfix.engine import expressions
+from connfix.record.events import Event
+from connfix.record.journal import Journal
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis
+    from connfix.config.inventory import Environment, Host, Service
+    from connfix.db.pg import BackendId, Session
+    from connfix.diagnosis.model import Diagnosis
     from connfix.engine.interrupt import Interrupt
+    from connfix.engine.runbook import Runbook, Step
     from connfix.engine.ui import UI
-    from connfix.inventory import Environment, Host, Service
-    from connfix.pg import BackendId, Session
-    from connfix.runbook import Runbook, Step
 
 
 class LockLost(ConnfixError):
@@ -34,7 +34,7 @@ class LockLost(ConnfixError):
 
 def take_lock(session: Session, environment: str, journal: Journal) -> str | None:
     """Take the environment's advisory lock and journal it; else say who holds it."""
-    from connfix import pg
+    from connfix.db import pg
 
     holder = pg.try_environment_lock(session, environment)
     if holder is None:
@@ -135,7 +135,7 @@ class RunContext:
                     self._handoff.wait_for(lambda: not self._handoff_released, timeout=3600)
 
     def _reopen(self) -> None:
-        from connfix import pg
+        from connfix.db import pg
 
         self.session = pg.open_session(self.env.database)
         self.cleanups.append(self.session.close)
@@ -149,7 +149,7 @@ class RunContext:
     def host_health(self) -> dict[str, dict[str, Any]]:
         """Run every host's health check, in parallel (read-only), on connections kept for
         the run; {} when the inventory has none."""
-        from connfix import remote
+        from connfix.hosts import remote
 
         if not any(s.health_check for s in self.env.all_services()):
             return {}
@@ -182,7 +182,7 @@ class RunContext:
 
     def backends(self, addr: str, service: Service) -> set[BackendId]:
         """Return the sessions of one service from one client address, now."""
-        from connfix import pg
+        from connfix.db import pg
 
         with self.db_lock:  # one session, shared by a batch's threads
             return pg.host_backends(self.session, addr, service.application_name, service.user)
@@ -206,8 +206,8 @@ class RunContext:
 
     def diagnose(self) -> Diagnosis:
         """Take a fresh diagnosis, journal it, and make it the latest."""
-        from connfix.analysis import take_snapshot
-        from connfix.errors import ConnectionLost
+        from connfix import ConnectionLost
+        from connfix.diagnosis.analysis import take_snapshot
 
         try:
             snapshot = take_snapshot(self.session, self.environment, self.env)
@@ -228,7 +228,7 @@ class RunContext:
     def reconnect(self, why: str) -> None:
         """Connect again once after losing the database (it restarted?), and take the
         environment's lock again: a restart released it."""
-        from connfix import pg
+        from connfix.db import pg
 
         self.record(Event.CONNECTION_LOST, message=why)
         self.ui.note(f"{why}; connecting again")

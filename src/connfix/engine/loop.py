@@ -18,23 +18,23 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connfix import __version__, expressions
+from connfix import ConnfixError, ExitStatus, __version__
 from connfix.actions import ACTIONS
 from connfix.actions.base import Outcome, Plan
+from connfix.engine import expressions
 from connfix.engine.context import RunContext, take_lock
 from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
 from connfix.engine.secrets import secrets_of
-from connfix.errors import ConnfixError, ExitStatus
-from connfix.events import Event, RunbookRef, RunEnd, RunFlags, RunStart
-from connfix.journal import Journal, JournalError, Redactor, new_incident_dir
-from connfix.notify import Notifier
+from connfix.record.events import Event, RunbookRef, RunEnd, RunFlags, RunStart
+from connfix.record.journal import Journal, JournalError, Redactor, new_incident_dir
+from connfix.record.notify import Notifier
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from connfix.engine.runbook import Step
     from connfix.engine.ui import UI
-    from connfix.runbook import Step
 
 
 def operator() -> str:
@@ -47,7 +47,7 @@ def operator() -> str:
 
 def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     """Run a runbook against one environment; always leaves a complete journal."""
-    from connfix import pg
+    from connfix.db import pg
 
     incident = new_incident_dir(request.incidents_dir, request.environment)
     journal = Journal(incident, Redactor(secrets_of(request.env)))

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connfix.errors import ConnfixError, ExitStatus
-from connfix.events import RunStatus as RunStatus  # the journal's vocabulary, re-exported
+from connfix import ConnfixError, ExitStatus
+from connfix.record.events import RunStatus as RunStatus  # the journal's vocabulary, re-exported
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis
-    from connfix.inventory import Environment
-    from connfix.runbook import Runbook
+    from connfix.config.inventory import Environment
+    from connfix.diagnosis.model import Diagnosis
+    from connfix.engine.runbook import Runbook
 
 
 class RunMode(enum.StrEnum):
@@ -88,7 +88,7 @@ class RunResult:
 
     def write_report(self) -> None:
         """Render the report from the journal just closed; a failure is said, not raised."""
-        from connfix import report
+        from connfix.record import report
 
         try:
             written = report.write(self.incident_dir)

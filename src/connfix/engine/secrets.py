@@ -7,14 +7,14 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from connfix.inventory import Environment
+    from connfix.config.inventory import Environment
 
 
 def secrets_of(env: Environment) -> list[str]:
     """Return the secret values this environment's configuration points at: every
     `*_password_env` and `*_dsn_env` (ordinary, reserved, admin, PgBouncer), the
     passwords inside those DSNs, and PGPASSWORD."""
-    from connfix import redact
+    from connfix.config import redact
 
     found = []
     db = env.database

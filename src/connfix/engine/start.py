@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from connfix.engine.run import RunMode, RunRequest
 
 if TYPE_CHECKING:
+    from connfix.config.inventory import Environment
     from connfix.engine.run import RunResult
+    from connfix.engine.runbook import Runbook
     from connfix.engine.ui import UI
-    from connfix.inventory import Environment
-    from connfix.runbook import Runbook
 
 
 def start_run(
@@ -35,7 +35,7 @@ def start_run(
 ) -> RunResult:
     """Run a runbook against one environment (see engine.loop.run_runbook)."""
     from connfix.engine.loop import run_runbook
-    from connfix.journal import incidents_base, resume_state
+    from connfix.record.journal import incidents_base, resume_state
 
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from connfix.actions.base import Plan
-    from connfix.diagnosis import Diagnosis
-    from connfix.runbook import Step
+    from connfix.diagnosis.model import Diagnosis
+    from connfix.engine.runbook import Step
 
 
 class UI(Protocol):

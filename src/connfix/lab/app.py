@@ -1,7 +1,7 @@
 """The lab's application: a small web service on SQLAlchemy's QueuePool, and its leaks.
 
 This stands for a customer's app server, so it talks to PostgreSQL directly; connfix's
-own code reaches the database only through connfix.pg.
+own code reaches the database only through connfix.db.pg.
 
 Why SQLAlchemy's QueuePool: it is what most Python web apps run on, and it behaves the
 way the incidents need: `pool_size` connections kept, up to `max_overflow` more opened

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 
-from connfix.errors import LabInputError
+from connfix import LabInputError
 from connfix.lab import hosts, paths
 from connfix.lab.paths import DATABASE
 

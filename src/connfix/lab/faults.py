@@ -4,7 +4,7 @@ database restarted under every session."""
 
 from __future__ import annotations
 
-from connfix.errors import LabInputError
+from connfix import LabInputError
 from connfix.lab import hosts as lab_hosts
 from connfix.lab import postgres as lab_pg
 

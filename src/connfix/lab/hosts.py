@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from connfix.errors import LabError
+from connfix import LabError
 from connfix.lab import cgroups, paths
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
 from connfix.lab.shell import alive, kill_all, run

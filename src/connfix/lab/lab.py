@@ -21,29 +21,23 @@ from typing import Any
 
 import psycopg
 
-from connfix import files
-from connfix.errors import LabError, LabInputError
+from connfix import LabError, LabInputError
+from connfix.config import files
 from connfix.lab import cgroups, network, paths
 from connfix.lab import hosts as lab_hosts
 from connfix.lab import pgbouncer as lab_bouncer
 from connfix.lab import postgres as lab_pg
-from connfix.lab.faults import FAULTS, clear_faults, fault, restart_postgres, sshd
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
 from connfix.lab.postgres import bootstrap_dsn, dsn, passfile
 from connfix.lab.shell import alive, kill_all, run
 from connfix.lab.state import LabState
 
 __all__ = [
-    "FAULTS",
     "LabError",
     "LabState",
     "bootstrap_dsn",
-    "clear_faults",
     "dsn",
-    "fault",
     "passfile",
-    "restart_postgres",
-    "sshd",
 ]
 
 REQUIRED_TOOLS = {
@@ -124,7 +118,7 @@ def write_inventory(
     """Write the inventory of environment `lab`, built from the inventory model."""
     import yaml
 
-    from connfix.inventory import Inventory
+    from connfix.config.inventory import Inventory
 
     ssh_dir = lab_dir() / "ssh"
     database: dict[str, Any] = {

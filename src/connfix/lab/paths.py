@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from connfix.errors import LabInputError
+from connfix import LabInputError
 
 UNIT = "labapp.service"
 APPLICATION_NAME = "labapp"

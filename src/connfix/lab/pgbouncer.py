@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from connfix.errors import LabError, LabInputError
+from connfix import LabError, LabInputError
 from connfix.lab import paths
 from connfix.lab.paths import lab_dir
 from connfix.lab.shell import alive, kill_all, run

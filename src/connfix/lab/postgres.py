@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connfix import files
-from connfix.errors import LabError
+from connfix import LabError
+from connfix.config import files
 from connfix.lab import paths
 from connfix.lab.paths import DATABASE, lab_dir
 from connfix.lab.shell import alive, as_postgres, run
@@ -96,7 +96,7 @@ def bootstrap_dsn() -> str:
 
 
 def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connections: int) -> None:
-    from connfix import pg
+    from connfix.db import pg
 
     base = lab_dir() / "pg"
     data = base / "data"

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from connfix.errors import LabError
+from connfix import LabError
 
 
 def run(

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from connfix.errors import LabError
+from connfix import LabError
 from connfix.lab.paths import lab_dir
 
 

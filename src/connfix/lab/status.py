@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from connfix.errors import LabError
+from connfix import LabError
 from connfix.lab import cgroups, paths
 from connfix.lab import hosts as lab_hosts
 from connfix.lab.lab import app_request, problems
@@ -61,7 +61,7 @@ def _host_units(pid: int | None) -> tuple[str, str, str, int | None]:
     """Return a host's system state, ssh's and the app's ActiveState, and the app's pid."""
     if pid is None or not alive(pid):
         return "down", "-", "-", None
-    from connfix.systemd import parse_show
+    from connfix.hosts.systemd import parse_show
 
     system = lab_hosts.enter(pid, ["systemctl", "is-system-running"], check=False).stdout
     shown = lab_hosts.systemctl(
@@ -84,7 +84,7 @@ def _mb(value: int | None) -> float | None:
 
 def status() -> Status:
     """Report the lab: server, hosts (systemd, ssh, app) and connections per host."""
-    from connfix import pg
+    from connfix.db import pg
 
     state = LabState.load()
     if state is None:
@@ -145,7 +145,7 @@ def _pgbouncer_version(state: LabState, found: list[str]) -> str | None:
     """What the lab's running PgBouncer says it is (SHOW VERSION on its console)."""
     if not state.pgbouncer_hosts or not alive(state.pgbouncer_pid):
         return None
-    from connfix import bouncer
+    from connfix.db import pgbouncer_console
     from connfix.lab.postgres import passfile
 
     dsn = (
@@ -153,8 +153,8 @@ def _pgbouncer_version(state: LabState, found: list[str]) -> str | None:
         f" user=connfix passfile={passfile()}"
     )
     try:
-        with bouncer.connect(dsn, None, 5) as conn:
-            return bouncer.state_of(conn, "lab", "lab").version
+        with pgbouncer_console.connect(dsn, None, 5) as conn:
+            return pgbouncer_console.state_of(conn, "lab", "lab").version
     except Exception as exc:
         found.append(f"cannot read PgBouncer's version: {str(exc).strip()}")
         return None

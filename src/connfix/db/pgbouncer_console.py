@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from connfix.errors import ConnfixError, DatabaseUnavailable
+from connfix import ConnfixError, DatabaseUnavailable
+from connfix.config.dsn import describe_dsn
 
 if TYPE_CHECKING:
-    from connfix.inventory import PgBouncerAccess
+    from connfix.config.inventory import PgBouncerAccess
 
 KILL_CLIENT_SINCE = (1, 24)  # KILL_CLIENT came with PgBouncer 1.24.0 (#1147)
 
@@ -212,7 +213,7 @@ def state_of(conn: psycopg.Connection[Any], name: str, where: str) -> BouncerSta
 def console(access: PgBouncerAccess) -> Iterator[psycopg.Connection[Any]]:
     """The admin console of one PgBouncer of the inventory (its password, if any, from
     the environment variable it names)."""
-    from connfix import pg
+    from connfix.db import pg
 
     password = pg.password_from(
         access.admin_password_env, f"pgbouncers[{access.name}].admin_password_env"
@@ -223,9 +224,9 @@ def console(access: PgBouncerAccess) -> Iterator[psycopg.Connection[Any]]:
 
 def read(access: PgBouncerAccess) -> BouncerState:
     """Read one PgBouncer; a failure is recorded in the state, never raised."""
-    from connfix import pg
+    from connfix.db import pg
 
-    name, where = access.name, pg.describe_dsn(access.admin_dsn)
+    name, where = access.name, describe_dsn(access.admin_dsn)
     try:
         with console(access) as conn:
             return state_of(conn, name, where)
@@ -239,13 +240,13 @@ def read(access: PgBouncerAccess) -> BouncerState:
 
 def command(access: PgBouncerAccess, statement: str) -> None:
     """Send one admin command; raise DatabaseUnavailable with PgBouncer's own words."""
-    from connfix import pg
+    from connfix.db import pg
 
     try:
         with console(access) as conn:
             conn.execute(statement)
     except psycopg.Error as exc:
-        where = pg.describe_dsn(access.admin_dsn)
+        where = describe_dsn(access.admin_dsn)
         raise DatabaseUnavailable(
             f"PgBouncer {access.name} at {where} refused `{statement}`: {pg.server_message(exc)}"
         ) from None

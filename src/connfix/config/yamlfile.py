@@ -96,7 +96,7 @@ def load_text(text: str) -> Located:
 
 def load_file(path: Path) -> Located:
     """Read and parse `path`; raise YamlError for anything unreadable."""
-    from connfix import files
+    from connfix.config import files
 
     try:
         text = files.read_text(path, 4 * MAX_BYTES)  # load_text says when it is too large

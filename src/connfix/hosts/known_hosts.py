@@ -26,7 +26,7 @@ from pathlib import Path
 
 import paramiko
 
-from connfix.text import defang
+from connfix.config.text import defang
 
 CERT_SUFFIX = "-cert-v01@openssh.com"
 HOST_CERT = 2  # SSH2_CERT_TYPE_HOST; 1 is a user certificate
@@ -82,7 +82,7 @@ class KnownHosts:
 def load(path: Path) -> KnownHosts:
     """Read a known_hosts file; raise ValueError naming the line of a marker line that
     cannot be read, OSError/FileNotFoundError as reading does."""
-    from connfix import files
+    from connfix.config import files
 
     known = KnownHosts(path)
     text = files.read_text(path, MAX_BYTES)

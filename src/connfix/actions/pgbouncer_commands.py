@@ -6,7 +6,7 @@ connection are ended (one in a transaction holds a server connection: the termin
 ends that backend, and PgBouncer then closes the client); only the host's service's;
 never protected users or applications, never connfix's own. Which of a host's idle
 clients are beyond its pool — the leaked ones, not the pool's own, which a quiet app
-leaves idle longest — is `connfix.beyond_pool`'s rule: newest connected first. Each
+leaves idle longest — is `connfix.diagnosis.beyond_pool`'s rule: newest connected first. Each
 client is re-read just before it is ended and skipped if it changed (used since, or
 given a server). On an older PgBouncer the step is refused with what that version
 offers instead.
@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from pydantic import BeforeValidator, Field
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.beyond_pool import beyond_the_pool
-from connfix.diagnosis import app_label
-from connfix.events import Event, PoolerOperation
-from connfix.units import between, format_duration, parse_duration
+from connfix.config.units import between, format_duration, parse_duration
+from connfix.diagnosis.beyond_pool import beyond_the_pool
+from connfix.diagnosis.model import app_label
+from connfix.record.events import Event, PoolerOperation
 
 if TYPE_CHECKING:
-    from connfix.bouncer import BouncerClient, BouncerState
+    from connfix.config.inventory import Environment, Host, PgBouncerAccess
+    from connfix.db.pgbouncer_console import BouncerClient, BouncerState
     from connfix.engine.context import RunContext
-    from connfix.inventory import Environment, Host, PgBouncerAccess
 
 Age = Annotated[float, BeforeValidator(parse_duration), between(0, 7 * 86400)]
 PauseTimeout = Annotated[float, BeforeValidator(parse_duration), between(1, 600)]
@@ -65,18 +65,18 @@ def _unknown(env: Environment, names: list[str]) -> str | None:
 
 
 def _read(access: PgBouncerAccess) -> BouncerState:
-    from connfix import bouncer
+    from connfix.db import pgbouncer_console
 
-    return bouncer.read(access)
+    return pgbouncer_console.read(access)
 
 
 def _command(access: PgBouncerAccess, statement: str) -> str | None:
     """Send one admin command; return the error, if any."""
-    from connfix import bouncer
-    from connfix.errors import ConnfixError
+    from connfix import ConnfixError
+    from connfix.db import pgbouncer_console
 
     try:
-        bouncer.command(access, statement)
+        pgbouncer_console.command(access, statement)
     except ConnfixError as exc:
         return str(exc)
     return None
@@ -343,11 +343,11 @@ class PauseParams(PoolParams):
 
 
 def _database(ctx: RunContext, params: PoolParams) -> str:
-    from connfix import pg
+    from connfix.config.dsn import parse_dsn
 
     if params.database:
         return params.database
-    return pg.parse_dsn(ctx.env.database.dsn).get("dbname", "postgres")
+    return parse_dsn(ctx.env.database.dsn).get("dbname", "postgres")
 
 
 def _ident(name: str) -> str:
@@ -453,11 +453,11 @@ class PauseAction(_PoolCommand[PauseParams]):
             paused.append(access.name)
 
             def resume(a: PgBouncerAccess = access, name: str = _database(ctx, params)) -> None:
-                from connfix import bouncer
+                from connfix.db import pgbouncer_console
 
                 # the run ends with the database still paused (no resume step ran, or it
                 # failed, or Ctrl-C): never leave a pool paused behind
-                if bouncer.paused(a, name):
+                if pgbouncer_console.paused(a, name):
                     _send(ctx, a, f"RESUME {db}")
 
             ctx.cleanups.append(resume)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
-from connfix.diagnosis import app_label
+from connfix.diagnosis.model import app_label
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis
+    from connfix.diagnosis.model import Diagnosis
 
 TOP_LABELS = 20
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}

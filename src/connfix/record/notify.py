@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connfix.events import Event
+from connfix.record.events import Event
 
 if TYPE_CHECKING:
-    from connfix.inventory import Environment, NotifyTarget
-    from connfix.journal import Journal
+    from connfix.config.inventory import Environment, NotifyTarget
+    from connfix.record.journal import Journal
 
 USER_AGENT = "connfix-notify/1"
 

@@ -9,18 +9,19 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connfix import events, systemd
-from connfix.events import Event, HostOutcomeFields
-from connfix.restart import gates
-from connfix.restart.gates import GateContext, GateResult
-from connfix.units import format_duration
+from connfix.actions.restart import gates
+from connfix.actions.restart.gates import GateContext, GateResult
+from connfix.config.units import format_duration
+from connfix.hosts import systemd
+from connfix.record import events
+from connfix.record.events import Event, HostOutcomeFields
 
 if TYPE_CHECKING:
-    from connfix.inventory import Environment, Host, Service
-    from connfix.pg import BackendId
-    from connfix.remote import Remote
-    from connfix.restart.preflight import Preflight
-    from connfix.systemd import UnitState
+    from connfix.actions.restart.preflight import Preflight
+    from connfix.config.inventory import Environment, Host, Service
+    from connfix.db.pg import BackendId
+    from connfix.hosts.remote import Remote
+    from connfix.hosts.systemd import UnitState
 
 PREFLIGHT_FRESH_S = 10.0  # unit states read by the preflight this recently are used as is
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connfix.errors import ConnfixError
-from connfix.events import Event
-from connfix.redact import mask_secrets
+from connfix import ConnfixError
+from connfix.config.redact import mask_secrets
+from connfix.record.events import Event
 
 JOURNAL = "journal.jsonl"
 MIN_SUBSTRING_SECRET = 8  # shorter secrets are redacted as whole values only
@@ -81,7 +81,7 @@ def _plain(value: Any) -> Any:
 
 def incidents_base(flag: str | None, configured: str | None) -> Path:
     """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
-    from connfix.files import expand
+    from connfix.config.files import expand
 
     return expand(flag or configured or os.environ.get("CONNFIX_INCIDENTS_DIR") or "incidents")
 
@@ -92,7 +92,7 @@ def new_incident_dir(base: Path, environment: str) -> Path:
     # a zero-setup run is named user@host:port/dbname: one path component, always
     environment = re.sub(r"[^A-Za-z0-9._@-]", "_", environment)
     try:
-        from connfix.files import make_dir
+        from connfix.config.files import make_dir
 
         make_dir(base)
         for attempt in range(1, 100):
@@ -185,7 +185,7 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the events of a journal; a last line cut mid-write is skipped. A line that
     is not an event as connfix writes them (an object with a string `event` and `ts`)
     raises ValueError naming the line."""
-    from connfix import files
+    from connfix.config import files
 
     text = files.read_text(path, 200_000_000)
     # lines end at "\n" only: str.splitlines would also split inside a value at U+0085,
@@ -213,7 +213,7 @@ def journal_of(incident: Path) -> Path:
 
 def resume_state(incident: Path, environment: str) -> tuple[Path, dict[str, list[str]]]:
     """Read an earlier run's journal: what it finished, per action (hosts restarted)."""
-    from connfix.errors import InputError
+    from connfix import InputError
 
     journal = journal_of(incident)
     if not journal.is_file():

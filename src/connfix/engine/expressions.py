@@ -13,10 +13,10 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 
-from connfix.diagnosis import Diagnosis
-from connfix.errors import ConnfixError, ExitStatus
-from connfix.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
-from connfix.sessions import in_transaction
+from connfix import ConnfixError, ExitStatus
+from connfix.config.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
+from connfix.db.sessions import in_transaction
+from connfix.diagnosis.model import Diagnosis
 
 MAX_LENGTH = 500
 MAX_DEPTH = 40  # nesting of the expression's syntax tree

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 from fabric import Connection
 
-from connfix import known_hosts
+from connfix.hosts import known_hosts
 
 if TYPE_CHECKING:
-    from connfix.inventory import Host, Ssh
+    from connfix.config.inventory import Host, Ssh
 
 T = TypeVar("T")
 TAIL_LINES = 10

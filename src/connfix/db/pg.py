@@ -1,4 +1,7 @@
-"""The only module that talks to PostgreSQL (psycopg 3); SQL lives in queries/*.sql."""
+"""PostgreSQL through psycopg 3: sessions, the ways in when full, set-based terminate;
+SQL lives in queries/*.sql. Only connfix.db connects (this module, and PgBouncer's console
+in pgbouncer_console, which uses this module's passwords and messages).
+A connection string is parsed and written by connfix.config.dsn (no connection)."""
 
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg.rows import class_row
 
-from connfix.errors import ConnectionLost, DatabaseUnavailable, InputError, UnsupportedServer
+from connfix import ConnectionLost, DatabaseUnavailable, InputError, UnsupportedServer
+from connfix.config.dsn import describe_dsn, parse_dsn
 
 if TYPE_CHECKING:
-    from connfix.inventory import Database, WayIn
+    from connfix.config.inventory import Database, WayIn
 
 APPLICATION_NAME = "connfix"
 T = TypeVar("T")
@@ -71,39 +75,6 @@ def server_message(exc: BaseException) -> str:
     return match.group(1) if match else text
 
 
-def parse_dsn(dsn: str) -> dict[str, str]:
-    """Parse a libpq connection string or URI; raise DsnError (a ValueError) if it is not
-    one, its message redacted: libpq quotes what it could not parse (the whole string,
-    or a token that is the password), so it goes through connfix.redact first."""
-    from connfix.errors import DsnError
-    from connfix.redact import dsn_error
-
-    try:
-        return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
-    except (psycopg.Error, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or ["not a connection string"])[0]
-        raise DsnError(f"invalid connection string: {dsn_error(first, dsn)}") from None
-
-
-def make_dsn(parts: dict[str, str]) -> str:
-    """A key=value connection string of these parts, each value quoted as libpq reads it
-    (psycopg's make_conninfo)."""
-    return psycopg.conninfo.make_conninfo(**parts)
-
-
-def describe_dsn(dsn: str) -> str:
-    """Describe where a DSN points, without anything secret: user@host:port/dbname."""
-    try:
-        parts = parse_dsn(dsn)
-    except ValueError:
-        return "(unparsable connection string)"
-    user = parts.get("user", os.environ.get("PGUSER", "(default user)"))
-    host = parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST", "(socket)")
-    port = parts.get("port", os.environ.get("PGPORT", "5432"))
-    db = parts.get("dbname", os.environ.get("PGDATABASE", user))
-    return f"{user}@{host}:{port}/{db}"
-
-
 MIN_SERVER_VERSION = 120000
 
 
@@ -126,7 +97,7 @@ def pick_variant(files: list[str], name: str, server_version_num: int | None) ->
 @cache
 def query(name: str, server_version_num: int | None = None) -> str:
     """Return the SQL of a query for a server version (see pick_variant)."""
-    folder = resources.files("connfix").joinpath("queries")
+    folder = resources.files("connfix.db").joinpath("queries")
     files = [entry.name for entry in folder.iterdir()]
     return folder.joinpath(pick_variant(files, name, server_version_num)).read_text("utf-8")
 

@@ -12,11 +12,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connfix import expressions
+from connfix import RunbookError
 from connfix.actions import ACTIONS
 from connfix.actions.base import Params
-from connfix.errors import RunbookError
-from connfix.yamlfile import Located, PathT, YamlError, describe_at, describe_validation, load_text
+from connfix.config.yamlfile import (
+    Located,
+    PathT,
+    YamlError,
+    describe_at,
+    describe_validation,
+    load_text,
+)
+from connfix.engine import expressions
 
 DEFAULT_RUNBOOK = "too-many-connections"
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -198,7 +205,7 @@ def parse_runbook(text: str, path: Path) -> Runbook:
 
 def load_runbook_file(path: Path) -> Runbook:
     """Read and validate one runbook file."""
-    from connfix import files
+    from connfix.config import files
 
     try:
         text = files.read_text(files.expand(path), 1_000_000)
@@ -223,7 +230,7 @@ def resolve_runbook(ref: str | None) -> Runbook:
     if not _ID.match(ref):
         raise RunbookError(f"{ref!r} is neither a runbook name nor a path")
     local = Path("runbooks") / f"{ref}.yaml"
-    shipped = resources.files("connfix").joinpath("runbooks", f"{ref}.yaml")
+    shipped = resources.files("connfix.engine").joinpath("runbooks", f"{ref}.yaml")
     if local.is_file():
         book = load_runbook_file(local)
         if shipped.is_file():
@@ -233,7 +240,7 @@ def resolve_runbook(ref: str | None) -> Runbook:
         return parse_runbook(shipped.read_text("utf-8"), Path(f"connfix:runbooks/{ref}.yaml"))
     known = sorted(
         entry.name.removesuffix(".yaml")
-        for entry in resources.files("connfix").joinpath("runbooks").iterdir()
+        for entry in resources.files("connfix.engine").joinpath("runbooks").iterdir()
         if entry.name.endswith(".yaml")
     )
     raise RunbookError(f"no runbook named {ref!r} (./runbooks/ or shipped: {', '.join(known)})")

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis, HostUsage
-    from connfix.inventory import Environment
+    from connfix.config.inventory import Environment
+    from connfix.diagnosis.model import Diagnosis, HostUsage
 
 PG_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 SHARE = 0.3
@@ -49,7 +49,7 @@ def from_environment() -> bool:
 def environment_for(dsn: str | None) -> Environment:
     """An environment with only a database: zero-setup. `dsn` None: libpq's PG*
     variables (or a service file) say where."""
-    from connfix.inventory import Environment
+    from connfix.config.inventory import Environment
 
     env = Environment.model_validate(
         {
@@ -64,9 +64,9 @@ def environment_for(dsn: str | None) -> Environment:
 
 def label(dsn: str | None) -> str:
     """How the environment is named in output and journals: user@host:port/dbname."""
-    from connfix import pg
+    from connfix.config.dsn import describe_dsn
 
-    return pg.describe_dsn(dsn or "")
+    return describe_dsn(dsn or "")
 
 
 _RESOLVED: dict[str, str | None] = {}  # per process: a --watch refresh asks again
@@ -94,7 +94,7 @@ def resolve(addresses: list[str], budget: float = DNS_BUDGET_S) -> dict[str, str
 
 def suspects_by_share(d: Diagnosis, env: Environment, names: dict[str, str]) -> Diagnosis:
     """Name each address row and judge it by share and age (see the module's doc)."""
-    from connfix.diagnosis import CONNFIX, NOT_IN_INVENTORY
+    from connfix.diagnosis.model import CONNFIX, NOT_IN_INVENTORY
 
     old_age = env.thresholds.idle_suspect_age
     iit_age = env.thresholds.idle_in_transaction_suspect_age
@@ -145,7 +145,7 @@ def suspects_by_share(d: Diagnosis, env: Environment, names: dict[str, str]) -> 
 
 
 def _host_name(addr: str, names: dict[str, str], taken: set[str]) -> str:
-    from connfix.inventory import NAME_RE
+    from connfix.config.inventory import NAME_RE
 
     base = names.get(addr, "").split(".")[0]
     if not base or not NAME_RE.match(base):
@@ -163,16 +163,17 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
     sessions show it; what connfix could not see is marked CHANGE-ME."""
     import yaml
 
-    from connfix import pg, redact
-    from connfix.diagnosis import CONNFIX, LOCAL
+    from connfix.config import redact
+    from connfix.config.dsn import make_dsn, parse_dsn
+    from connfix.diagnosis.model import CONNFIX, LOCAL
 
-    parts = {k: v for k, v in pg.parse_dsn(dsn or "").items() if k not in redact.SECRET_KEYWORDS}
+    parts = {k: v for k, v in parse_dsn(dsn or "").items() if k not in redact.SECRET_KEYWORDS}
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGDATABASE", "dbname")):
         if os.environ.get(var) and key not in parts:
             parts[key] = os.environ[var]
     if os.environ.get("PGUSER") and "user" not in parts:
         parts["user"] = os.environ["PGUSER"]
-    db_dsn = pg.make_dsn({k: v for k, v in parts.items() if k != "connect_timeout"})
+    db_dsn = make_dsn({k: v for k, v in parts.items() if k != "connect_timeout"})
     rows = [u for u in d.by_host if u.client_addr and u.host not in (CONNFIX, LOCAL)]
     rows = [u for u in rows if not u.pgbouncer]
     taken: set[str] = set()
@@ -225,9 +226,9 @@ def _valid_or_dropped(data: dict[str, Any], name: str, service: dict[str, Any]) 
     and said (as comments); anything else invalid is an input error, never a traceback."""
     from pydantic import ValidationError
 
-    from connfix.errors import InputError
-    from connfix.inventory import Inventory
-    from connfix.text import defang
+    from connfix import InputError
+    from connfix.config.inventory import Inventory
+    from connfix.config.text import defang
 
     dropped: list[str] = []
     while True:

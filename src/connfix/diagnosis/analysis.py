@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connfix.diagnosis import (
+from connfix.diagnosis.model import (
     CONNFIX,
     HIDDEN,
     HIDDEN_STATE,
@@ -31,9 +31,9 @@ from connfix.diagnosis import (
 )
 
 if TYPE_CHECKING:
-    from connfix.bouncer import BouncerClient, BouncerState
-    from connfix.inventory import Environment
-    from connfix.pg import ServerInfo, Session
+    from connfix.config.inventory import Environment
+    from connfix.db.pg import ServerInfo, Session
+    from connfix.db.pgbouncer_console import BouncerClient, BouncerState
 
 
 def usable_connections(info: ServerInfo) -> int:
@@ -328,7 +328,7 @@ def _hosts(
 
 def _masked(query: str | None) -> str | None:
     """Another session's query text, with any password in it masked (ALTER ROLE …)."""
-    from connfix.redact import mask_secrets
+    from connfix.config.redact import mask_secrets
 
     return None if query is None else mask_secrets(query)
 
@@ -528,7 +528,7 @@ def analyse(
 def _bouncer(state: BouncerState, join: PoolerJoin, env: Environment, free: int) -> dict[str, Any]:
     """What one PgBouncer says: "the pool is saturated" (clients waiting in PgBouncer)
     told from "the database is full" (no free slot), and its clients by host."""
-    from connfix.bouncer import KILL_CLIENT_SINCE
+    from connfix.db.pgbouncer_console import KILL_CLIENT_SINCE
 
     head = {"name": state.name, "where": state.where, "version": state.version}
     if state.error:
@@ -589,10 +589,10 @@ def take_snapshot(session: Session, environment: str, env: Environment) -> Diagn
         bouncers=bouncers,
     )
     if env.zero_setup:
-        from connfix import zero
+        from connfix.diagnosis import zero_setup
 
         addresses = sorted({b.client_addr for b in backends if b.client_addr})
-        d = zero.suspects_by_share(d, env, zero.resolve(addresses))
+        d = zero_setup.suspects_by_share(d, env, zero_setup.resolve(addresses))
     return d
 
 
@@ -603,17 +603,17 @@ def read_bouncers(env: Environment) -> list[BouncerState]:
         return []
     from concurrent.futures import ThreadPoolExecutor
 
-    from connfix import bouncer
+    from connfix.db import pgbouncer_console
 
     if len(env.pgbouncers) == 1:
-        return [bouncer.read(env.pgbouncers[0])]
+        return [pgbouncer_console.read(env.pgbouncers[0])]
     with ThreadPoolExecutor(max_workers=min(8, len(env.pgbouncers))) as pool:
-        return list(pool.map(bouncer.read, env.pgbouncers))
+        return list(pool.map(pgbouncer_console.read, env.pgbouncers))
 
 
 def diagnose(environment: str, env: Environment) -> Diagnosis:
     """Connect (falling back to the admin connection when full) and diagnose once."""
-    from connfix import pg
+    from connfix.db import pg
 
     with pg.open_session(env.database) as session:
         return take_snapshot(session, environment, env)

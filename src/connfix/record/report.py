@@ -20,11 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from connfix.diagnosis import app_label
-from connfix.errors import InputError
-from connfix.events import Event, RunStatus
-from connfix.journal import journal_of, read_journal
-from connfix.units import format_duration
+from connfix import InputError
+from connfix.config.units import format_duration
+from connfix.diagnosis.model import app_label
+from connfix.record.events import Event, RunStatus
+from connfix.record.journal import journal_of, read_journal
 
 REPORT = "report.md"
 _ESCAPE = re.compile(r"([\\`*_\[\]|~#])")
@@ -61,7 +61,7 @@ def escape(value: object) -> str:
 def code(text: str) -> Markdown:
     """Return a fenced code block that no backtick run in `text` can close early, with
     control characters and bidi overrides shown visibly (a role name may carry them)."""
-    from connfix.text import defang
+    from connfix.config.text import defang
 
     text = defang(text)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -362,7 +362,7 @@ def _pool_section(
 ) -> tuple[list[PoolRow], str | None, list[str]]:
     """The pool-sizing table, its one line and its notes: from the advise step's sizing
     (room kept for other clients and a restart), else from the diagnosis's pool check."""
-    from connfix.pool import per_server
+    from connfix.diagnosis.pool_sizing import per_server
 
     rows: list[PoolRow] = []
     if advice:
@@ -600,7 +600,7 @@ def render(journal: Path, template: Path | None = None) -> str:
     from jinja2 import StrictUndefined, TemplateError
     from jinja2.exceptions import SecurityError
 
-    from connfix.sandbox import TemplateSandbox
+    from connfix.config.sandbox import TemplateSandbox
 
     try:
         events = list(read_journal(journal))
@@ -616,7 +616,7 @@ def render(journal: Path, template: Path | None = None) -> str:
             f" ({type(exc).__name__}: {exc}); was it edited?"
         ) from None
     if template is not None:
-        from connfix import files
+        from connfix.config import files
 
         try:
             source = files.read_text(files.expand(template), 1_000_000)
@@ -624,7 +624,11 @@ def render(journal: Path, template: Path | None = None) -> str:
             reason = getattr(exc, "strerror", None) or exc
             raise InputError(f"--template {template}: {reason}") from None
     else:
-        source = resources.files("connfix").joinpath("templates", "report.md.j2").read_text("utf-8")
+        source = (
+            resources.files("connfix.record")
+            .joinpath("templates", "report.md.j2")
+            .read_text("utf-8")
+        )
     env = TemplateSandbox(
         undefined=StrictUndefined,
         finalize=_finalize,
@@ -719,7 +723,7 @@ def write(incident: Path, output: Path | None = None, template: Path | None = No
     rendered, a minimal one from the journal (outcome and timeline) is, and `degraded`
     says why. A user's --template that fails is that template's error (InputError)."""
 
-    from connfix import files
+    from connfix.config import files
 
     journal = journal_of(incident)
     degraded = None

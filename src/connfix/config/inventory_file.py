@@ -1,5 +1,5 @@
 """An inventory file: finding it (`InventorySearch`), reading it with file:line errors,
-and the checks that span fields (`connfix.inventory` holds the models)."""
+and the checks that span fields (`connfix.config.inventory` holds the models)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from connfix.errors import InventoryError
-from connfix.inventory import LAB_ENVIRONMENT, NAME_RE, Environment, Inventory
-from connfix.yamlfile import (
+from connfix import InventoryError
+from connfix.config.inventory import LAB_ENVIRONMENT, NAME_RE, Environment, Inventory
+from connfix.config.yamlfile import (
     Located,
     PathT,
     YamlError,
@@ -156,7 +156,7 @@ class InventorySearch:
 
 def find_inventory(explicit: str | None, environment: str | None, search: InventorySearch) -> Path:
     """Find the inventory: --inventory, $CONNFIX_INVENTORY, ./inventory.yaml, the lab's."""
-    from connfix.files import expand
+    from connfix.config.files import expand
 
     if explicit:
         path = expand(explicit)

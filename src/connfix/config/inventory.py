@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from connfix.units import duration_text, parse_duration
+from connfix.config.units import duration_text, parse_duration
 
 Duration = Annotated[
     float,
@@ -64,14 +64,14 @@ def _check_env_var(value: str | None) -> str | None:
 
 def dsn_has_password(dsn: str) -> bool:
     """Tell whether a libpq DSN (key=value or URI) carries a secret: a password, an
-    sslpassword, an oauth_client_secret (connfix.redact.SECRET_KEYWORDS), parsed by
+    sslpassword, an oauth_client_secret (connfix.config.redact.SECRET_KEYWORDS), parsed by
     libpq or — a string libpq refuses — read tolerantly."""
-    from connfix import pg  # psycopg is only imported by pg
-    from connfix.redact import SECRET_KEYWORDS, has_secret
+    from connfix.config.dsn import parse_dsn
+    from connfix.config.redact import SECRET_KEYWORDS, has_secret
 
     if has_secret(dsn):
         return True
-    return any(k in pg.parse_dsn(dsn) for k in SECRET_KEYWORDS)
+    return any(k in parse_dsn(dsn) for k in SECRET_KEYWORDS)
 
 
 class Database(_Model):
@@ -426,7 +426,7 @@ class AlertCaps(_Model):
     @field_validator("actions")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        from connfix.effects import ACTION_EFFECTS, EFFECTS
+        from connfix.config.effects import ACTION_EFFECTS, EFFECTS
 
         unknown = [v for v in value if v not in ACTION_EFFECTS and v not in EFFECTS]
         if unknown:
@@ -438,7 +438,7 @@ class AlertCaps(_Model):
 
     def effects(self) -> set[str]:
         """The effects these caps allow."""
-        from connfix.effects import ACTION_EFFECTS
+        from connfix.config.effects import ACTION_EFFECTS
 
         allowed: set[str] = set()
         for name in self.actions:

@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connfix import systemd
-from connfix.systemd import UnitState
+from connfix.hosts import systemd
+from connfix.hosts.systemd import UnitState
 
 if TYPE_CHECKING:
-    from connfix.inventory import Environment, Host, Service
-    from connfix.remote import CommandResult, Remote
+    from connfix.config.inventory import Environment, Host, Service
+    from connfix.hosts.remote import CommandResult, Remote
 
 
 @dataclass
@@ -199,7 +199,7 @@ def preflight(
     host's, or these) loaded and active, the restart of each allowed. `opened` is the
     run's connection to the host (its health checks), used when it is still up: one SSH
     login fewer per host; its host key was checked when it was opened."""
-    from connfix import remote
+    from connfix.hosts import remote
 
     started = time.monotonic()
     result = Preflight(host.name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from connfix.remote import Remote
+    from connfix.hosts.remote import Remote
 
 # What connfix reads of a service, for the preflight, the gates and `inventory check`.
 PROPERTIES = (

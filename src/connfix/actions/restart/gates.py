@@ -23,14 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from connfix import systemd
-from connfix.units import format_duration
+from connfix.config.units import format_duration
+from connfix.hosts import systemd
 
 if TYPE_CHECKING:
-    from connfix.inventory import Host, Service
-    from connfix.pg import BackendId
-    from connfix.remote import CommandResult, Remote
-    from connfix.systemd import UnitState
+    from connfix.config.inventory import Host, Service
+    from connfix.db.pg import BackendId
+    from connfix.hosts.remote import CommandResult, Remote
+    from connfix.hosts.systemd import UnitState
 
 POLL_S = 0.1
 STILL_WAITING_S = 10.0  # while a gate waits, say so this often

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from connfix.errors import ConnfixError
-from connfix.inventory import Environment, Host
+from connfix import ConnfixError
+from connfix.config.inventory import Environment, Host
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,10 @@ class EnvironmentCheck:
 
 def check_database(env: Environment) -> DatabaseCheck:
     """Connect once (falling back to the admin connection) and read the server settings."""
-    from connfix import pg
+    from connfix.config.dsn import describe_dsn
+    from connfix.db import pg
 
-    target = pg.describe_dsn(env.database.dsn)
+    target = describe_dsn(env.database.dsn)
     try:
         with pg.open_session(env.database) as session:
             info = session.info
@@ -96,7 +97,7 @@ def check_host(env: Environment, host: Host) -> HostCheck:
 
     The units are read by property name (`systemctl show`), as the restart preflight
     reads them; a unit that is loaded but not active is said, not counted as missing."""
-    from connfix import remote, systemd
+    from connfix.hosts import remote, systemd
 
     started = time.monotonic()
     conn, reachable, host_key, error = remote.open_checked(host, env.ssh)
@@ -133,7 +134,7 @@ def check_host(env: Environment, host: Host) -> HostCheck:
 
 def check_environment(name: str, env: Environment) -> EnvironmentCheck:
     """Check the database and, in parallel, every host; change nothing."""
-    from connfix import remote
+    from connfix.hosts import remote
 
     hosts = remote.parallel(env.hosts, lambda h: check_host(env, h))
     return EnvironmentCheck(name, check_database(env), hosts)

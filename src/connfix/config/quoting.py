@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 
-from connfix.errors import InputError
-from connfix.text import defang
+from connfix import InputError
+from connfix.config.text import defang
 
 _CONTROL = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"

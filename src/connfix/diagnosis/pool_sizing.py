@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from connfix import quoting
+from connfix.config import quoting
 
 if TYPE_CHECKING:
-    from connfix.diagnosis import Diagnosis
-    from connfix.inventory import Environment
+    from connfix.config.inventory import Environment
+    from connfix.diagnosis.model import Diagnosis
 
 PGBOUNCER_PORT = 6432
 MIN_CLIENT_CONN = 500  # clients are cheap for PgBouncer; server connections are not
@@ -118,7 +118,7 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     overflow; at the safe size, that size with its overflow.
     """
     service = env.service
-    from connfix.diagnosis import CONNFIX
+    from connfix.diagnosis.model import CONNFIX
 
     names = {h.name for h in env.hosts}
     pooled_hosts = sorted(u.host for u in d.by_host if u.pooled and u.host in names)
@@ -500,8 +500,8 @@ def env_name(env: Environment) -> str:
 def pgbouncer_version_of(text: str | None) -> tuple[int, ...]:
     """--pgbouncer-version as a version tuple; () when not given; an input error when
     it is not a version."""
-    from connfix.bouncer import parse_version
-    from connfix.errors import InputError
+    from connfix import InputError
+    from connfix.db.pgbouncer_console import parse_version
 
     if text is None:
         return ()
@@ -513,7 +513,7 @@ def pgbouncer_version_of(text: str | None) -> tuple[int, ...]:
 
 def live_version(d: Diagnosis) -> tuple[int, ...]:
     """The oldest version among the environment's live PgBouncers; () when none answered."""
-    from connfix.bouncer import parse_version
+    from connfix.db.pgbouncer_console import parse_version
 
     live = [parse_version(b.get("version", "")) for b in d.pgbouncers if "error" not in b]
     return min((v for v in live if v), default=())
@@ -539,10 +539,11 @@ def write_pgbouncer_config(
     it. `flag` is how the directory was given, for errors."""
     import os
 
-    from connfix import files, pg
-    from connfix.errors import InputError
+    from connfix import InputError
+    from connfix.config import files
+    from connfix.config.dsn import parse_dsn
 
-    parts = pg.parse_dsn(env.database.dsn)
+    parts = parse_dsn(env.database.dsn)
     roles = sorted(r for r in d.by_user if r and r != d.connected_as)
     plan = pgbouncer_plan(
         env,

@@ -1,6 +1,6 @@
 """What a diagnosis is: an exact, read-only picture of who holds the connections — the
 rows read from pg_stat_activity and the figures and attributions computed from them
-(`connfix.analysis` computes them)."""
+(`connfix.diagnosis.analysis` computes them)."""
 
 from __future__ import annotations
 

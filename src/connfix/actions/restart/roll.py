@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connfix.events import Event
-from connfix.restart.gates import GateContext
-from connfix.units import format_duration
+from connfix.actions.restart.gates import GateContext
+from connfix.config.units import format_duration
+from connfix.record.events import Event
 
 if TYPE_CHECKING:
-    from connfix.inventory import Host
-    from connfix.restart.host import HostOutcome
+    from connfix.actions.restart.host import HostOutcome
+    from connfix.config.inventory import Host
 
 
 class RollControl(GateContext, Protocol):
