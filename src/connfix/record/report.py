@@ -9,6 +9,7 @@ The same journal always renders the same report.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import signal
@@ -18,13 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connfix import InputError
 from connfix.config.units import format_duration
 from connfix.diagnosis.model import app_label
 from connfix.record.events import Event, RunStatus
 from connfix.record.journal import journal_of, read_journal
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 REPORT = "report.md"
 _ESCAPE = re.compile(r"([\\`*_\[\]|~#])")
@@ -595,12 +599,29 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def render(journal: Path, template: Path | None = None) -> str:
-    """Render the report of one journal, with the shipped or a user template."""
-    from jinja2 import StrictUndefined, TemplateError
-    from jinja2.exceptions import SecurityError
+@functools.lru_cache(maxsize=4)
+def _compiled(source: str) -> Template:
+    """A template's source compiled in the sandbox, once per source text: the shipped
+    template is compiled at the first report of a process, not at every one."""
+    from jinja2 import StrictUndefined
 
     from connfix.config.sandbox import TemplateSandbox
+
+    env = TemplateSandbox(
+        undefined=StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = lambda value: Markdown(str(value))
+    return env.from_string(source)
+
+
+def render(journal: Path, template: Path | None = None) -> str:
+    """Render the report of one journal, with the shipped or a user template."""
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
 
     try:
         events = list(read_journal(journal))
@@ -629,19 +650,11 @@ def render(journal: Path, template: Path | None = None) -> str:
             .joinpath("templates", "report.md.j2")
             .read_text("utf-8")
         )
-    env = TemplateSandbox(
-        undefined=StrictUndefined,
-        finalize=_finalize,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["md"] = lambda value: Markdown(str(value))
     where = f"--template {template}" if template else "the report template"
     try:
         with _time_limit(RENDER_SECONDS):
             parts, size = [], 0
-            for part in env.from_string(source).generate(**context):
+            for part in _compiled(source).generate(**context):
                 size += len(part)
                 if size > MAX_REPORT_CHARS:
                     raise InputError(

@@ -1,0 +1,1 @@
+"""Tests that need no root and no lab: any user, seconds."""

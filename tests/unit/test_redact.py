@@ -1,0 +1,225 @@
+"""Secrets, whichever way they arrive: one redaction boundary (connfix.config.redact) for every
+error about a connection string, every secret keyword libpq has, the URI userinfo,
+malformed or not — and the places that used to leak, end to end through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connfix import DsnError
+from connfix.cli import cli
+from connfix.config import redact
+from connfix.config.dsn import make_dsn, parse_dsn
+
+# what libpq refuses, each quoting a piece of the string back (seen with libpq 15 and 17)
+MALFORMED = [
+    "postgresql://admin:{s}%zz@db.internal/app",  # invalid percent-encoded token: "…"
+    "postgresql://admin:{s}@db.internal/app?sslpassword={s}%zz",
+    "postgresql://admin:{s}@db.internal/app?oauth_client_secret={s}%zz",
+    "postgresql://admin:{s}@[db.internal/app",  # quotes the whole string back
+    "host=db.internal password='{s}",  # unterminated quoted string
+    "host=db.internal sslpassword='{s}",
+    "host=db.internal password={s} nosuchoption=1",
+    "host=db.internal oauth_client_secret={s} nosuchoption=1",
+]
+secret = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="%'\\@"),
+    min_size=6,
+    max_size=24,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=secret, template=st.sampled_from(MALFORMED))
+def test_no_parser_error_about_a_dsn_carries_its_secret(secret: str, template: str) -> None:
+    dsn = template.format(s=secret)
+    try:
+        parse_dsn(dsn)
+    except DsnError as exc:
+        assert secret not in str(exc), str(exc)
+        assert dsn not in str(exc)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db password=hunter2hunter2",
+        "host=db sslpassword=hunter2hunter2",
+        "host=db oauth_client_secret=hunter2hunter2",
+        "host=db sslpassword='hunter2 hunter2'",
+        "postgresql://u:hunter2hunter2@db/app",
+        "postgresql://u@db/app?sslpassword=hunter2hunter2",
+        "postgresql://u@db/app?oauth_client_secret=hunter2hunter2",
+    ],
+)
+def test_every_secret_keyword_is_a_secret(dsn: str, tmp_path: Path) -> None:
+    """Refused in an inventory and on the command line alike; masked in any text."""
+    assert redact.has_secret(dsn)
+    assert "hunter2" not in redact.mask_secrets(f"connecting with {dsn} failed")
+    result = CliRunner().invoke(cli, ["diagnose", "--dsn", dsn, "--json"])
+    assert result.exit_code == 2 and "contains a secret" in result.output, result.output
+    assert "hunter2" not in result.output
+
+
+def test_a_bad_percent_escape_via_dsn_never_prints_the_password() -> None:
+    """The exact example named by the last two reviews."""
+    result = CliRunner().invoke(cli, ["diagnose", "--dsn", "postgresql://u:PW%zz@h/db"])
+    assert result.exit_code == 2, result.output
+    assert "PW%zz" not in result.output and "contains a secret" in result.output
+    with pytest.raises(DsnError, match="invalid percent-encoded token") as caught:
+        parse_dsn("postgresql://u:PW%zz@h/db")
+    assert "PW" not in str(caught.value)
+
+
+def test_an_admin_dsn_from_the_environment_never_prints_its_password(tmp_path: Path) -> None:
+    """inventory check and triage with an admin DSN (from the environment) libpq
+    refuses: a clear error, no traceback, no password in output, journal or report."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "version: 1\nenvironments:\n  prod:\n    database:\n"
+        '      dsn: "host=127.0.0.1 port=1 dbname=app user=connfix connect_timeout=1"\n'
+        "      admin_dsn_env: CONNFIX_TEST_ADMIN_DSN\n"
+        "    service: {unit: app.service, pool_size: 3}\n"
+        "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
+    )
+    env = {**os.environ, "CONNFIX_TEST_ADMIN_DSN": "postgresql://a:Sw0rdfish%zz@127.0.0.1:1/x"}
+    for args in (
+        ["inventory", "check", "prod"],
+        ["triage", "prod", "--yes", "--incidents-dir", str(tmp_path / "incidents")],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "connfix", *args, "-i", str(inventory)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        output = proc.stdout + proc.stderr
+        assert "Sw0rdfish" not in output and "Traceback" not in output, output
+        assert proc.returncode in (1, 2, 3), output
+    for path in (tmp_path / "incidents").rglob("*"):
+        if path.is_file():
+            assert "Sw0rdfish" not in path.read_text()
+
+
+def test_write_inventory_never_writes_a_secret() -> None:
+    """The starter inventory keeps every connection keyword but the secret ones."""
+    from connfix.diagnosis.analysis import analyse
+    from connfix.diagnosis.zero_setup import starter_inventory
+    from tests.builders import backend, env, info
+
+    d = analyse("prod", env(), info(), [backend(1, "10.0.0.1")], [])
+    for keyword in redact.SECRET_KEYWORDS:
+        text = starter_inventory(
+            d, f"host=db dbname=app user=x {keyword}=s3cr3tvalue sslmode=require", {}, "prod"
+        )
+        assert "s3cr3tvalue" not in text and keyword not in text
+        assert "sslmode=require" in text
+
+
+names = st.text(min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    app=names,
+    user=names,
+    options=st.text(st.characters(exclude_characters="\x00"), max_size=30),  # no DSN holds NUL
+    ptr=st.text(min_size=1, max_size=40),
+)
+def test_write_inventory_output_is_read_back_by_inventory_check(
+    app: str, user: str, options: str, ptr: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever the sessions and the reverse DNS showed (names with spaces, quotes, line
+    breaks; a DSN whose options hold spaces), the starter inventory is one that
+    `inventory check`'s own reader accepts — or connfix says why it cannot write one."""
+    import dataclasses
+
+    from connfix import InputError
+    from connfix.config.inventory_file import load_inventory
+    from connfix.diagnosis.analysis import analyse
+    from connfix.diagnosis.zero_setup import starter_inventory
+    from tests.builders import backend, env, info
+
+    row = dataclasses.replace(backend(1, "10.0.0.1"), application_name=app, usename=user)
+    d = analyse("prod", env(), info(), [row], [])
+    dsn = make_dsn({"host": "db", "dbname": "app", **({"options": options} if options else {})})
+    try:
+        text = starter_inventory(d, dsn, {"10.0.0.1": ptr}, "prod")
+    except InputError:
+        return
+    path = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    path.write_text(text)
+    load_inventory(path).environment("prod")
+
+
+# --- never a traceback ------------------------------------------------------------------
+
+
+def test_deeply_nested_yaml_and_journals_are_clear_errors(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("version: 1\nenvironments: " + "[" * 20000 + "]" * 20000 + "\n")
+    runbook = tmp_path / "runbook.yaml"
+    runbook.write_text("steps: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n")
+    incident = tmp_path / "incident"
+    incident.mkdir()
+    (incident / "journal.jsonl").write_text(
+        '{"event": "run_start", "ts": "2026-01-01T00:00:00Z", "environment": "x"}\n'
+        '{"event": "diagnosis", "ts": "2026-01-01T00:00:00Z", "x": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n"
+    )
+    for args, expected in (
+        (["inventory", "check", "prod", "-i", str(inventory)], "YAML nested too deeply"),
+        (["runbook", "validate", str(runbook)], "YAML nested too deeply"),
+        (["report", str(incident)], "line 2 is nested too deeply"),
+        (
+            ["restart", "x", "--resume", str(incident), "-i", str(inventory)],
+            "YAML nested too deeply",
+        ),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "connfix", *args], capture_output=True, text=True, check=False
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and expected in output, output
+        assert "Traceback" not in output
+
+
+def test_resume_of_a_journal_with_a_host_done_and_no_host_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from connfix import InputError
+    from connfix.record.events import Event
+    from connfix.record.journal import Journal, Redactor, resume_state
+
+    journal = Journal(tmp_path, Redactor())
+    journal.record(Event.RUN_START, environment="prod")
+    journal.record(Event.HOST_DONE, ok=True)
+    journal.close()
+    with pytest.raises(InputError, match="a host done without a host name"):
+        resume_state(tmp_path, "prod")
+
+
+def test_a_reverse_dns_name_that_is_not_utf8_is_no_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's resolver cannot serve a PTR record that is not UTF-8; the C library can
+    (Python raises UnicodeDecodeError): the address is shown without a name."""
+    import socket
+
+    from connfix.diagnosis import zero_setup
+
+    def not_utf8(addr: str) -> tuple[str, list[str], list[str]]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(socket, "gethostbyaddr", not_utf8)
+    zero_setup._RESOLVED.clear()
+    assert zero_setup.resolve(["192.0.2.7"]) == {}
