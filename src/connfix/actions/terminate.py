@@ -11,7 +11,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -20,7 +19,7 @@ from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.config.units import between, format_duration, parse_duration
 from connfix.db.sessions import BY_FLAG, RUNNING
-from connfix.diagnosis.model import app_label
+from connfix.diagnosis.model import Backend, app_label
 from connfix.record.events import Event
 
 if TYPE_CHECKING:
@@ -79,28 +78,8 @@ class TerminateParams(Params):
         return self
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A client backend as termination planning sees it."""
-
-    pid: int
-    usename: str | None
-    application_name: str
-    client_addr: str | None
-    datname: str | None
-    state: str | None
-    visible: bool
-    is_superuser: bool
-    is_replication: bool
-    backend_start: datetime | None
-    state_change: datetime | None
-    idle_seconds: float | None
-    xact_seconds: float | None
-    query: str | None
-
-
 def _exclusion(
-    c: Candidate, p: TerminateParams, ctx: RunContext, host: Host | None, wanted_states: set[str]
+    c: Backend, p: TerminateParams, ctx: RunContext, host: Host | None, wanted_states: set[str]
 ) -> str | None:
     """Return why a session must not be terminated, or None."""
     name = host.name if host is not None else None
@@ -148,12 +127,12 @@ def _host_of(ctx: RunContext) -> dict[str | None, str]:
 class TerminatePlan:
     """What apply needs of a terminate plan: the sessions chosen, re-checked when ended."""
 
-    candidates: list[Candidate]
+    candidates: list[Backend]
     excluded: dict[str, int]  # why the others were left, and how many
     limits: dict[str, int]
 
 
-def _identity(c: Candidate) -> dict[str, Any]:
+def _identity(c: Backend) -> dict[str, Any]:
     """What must still hold for a planned session to be terminated: it is the same."""
     return {
         "pid": c.pid,
@@ -176,7 +155,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         return "cancel_queries" if params.signal == "cancel" else "end_sessions"
 
     def plan(self, ctx: RunContext, params: TerminateParams) -> Plan[TerminatePlan]:
-        rows = ctx.session.all("terminate_candidates", Candidate)
+        rows = [b for b in ctx.session.all("activity", Backend) if not b.own]
         host_of = _host_of(ctx)
         # behind a pooler: whose each of PgBouncer's server connections is (latest diagnosis)
         pooled = ctx.latest.pooler_sessions if ctx.latest else {}
@@ -185,7 +164,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         }
         wanted: set[str] = {STATES[s] for s in params.states}
         excluded: Counter[str] = Counter()
-        chosen: list[Candidate] = []
+        chosen: list[Backend] = []
         for c in rows:
             reason = _exclusion(c, params, ctx, hosts_at.get(c.client_addr), wanted)
             if reason:
@@ -292,10 +271,10 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
     @staticmethod
     def _excess(
         ctx: RunContext,
-        chosen: list[Candidate],
-        rows: list[Candidate],
+        chosen: list[Backend],
+        rows: list[Backend],
         host_of: dict[str | None, str],
-    ) -> tuple[list[Candidate], dict[str, int]]:
+    ) -> tuple[list[Backend], dict[str, int]]:
         """Per inventory host, only the sessions beyond its pool: as many as it holds
         over its pool size, newest connected first (connfix.diagnosis.beyond_pool); return them in
         the plan's order, and why the others stay."""
@@ -310,7 +289,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             and (name := host_of.get(r.client_addr)) is not None
             and env.owner(hosts[name], r.application_name, r.usename) is not None
         )
-        per_host: dict[str, list[Candidate]] = {}
+        per_host: dict[str, list[Backend]] = {}
         left: Counter[str] = Counter()
         for c in chosen:
             name = host_of.get(c.client_addr)

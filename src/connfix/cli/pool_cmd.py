@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -99,51 +97,33 @@ def pool(
     """
     if as_json:
         envelope.mark("pool", environment)
-    from connfix import ExitStatus, InputError
+    from connfix import ExitStatus
     from connfix.cli import render
     from connfix.config.inventory_file import resolve_environment
-    from connfix.diagnosis.analysis import diagnose
-    from connfix.diagnosis.pool_sizing import (
-        live_version,
-        pgbouncer_version_of,
-        size_pools,
-        write_pgbouncer_config,
-    )
+    from connfix.diagnosis.pool_sizing import advise
 
     _, env = resolve_environment(inventory_path, environment, inventory_search())
-    unknown = sorted(set(direct) - {h.name for h in env.hosts})
-    if unknown:
-        raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")
-    version = pgbouncer_version_of(pgbouncer_version)
-    d = diagnose(environment, env)
-    version = version or live_version(d)
-    sizing = size_pools(env, d)
-    result: dict[str, object] = {"environment": environment, "sizing": sizing.to_json()}
-    plan = None
-    if config_dir:
-        plan, result["pgbouncer"] = write_pgbouncer_config(
-            env,
-            d,
-            sizing,
-            Path(os.path.expanduser(config_dir)).resolve(),
-            listen_addr=listen_addr,
-            listen_port=listen_port,
-            direct=list(direct),
-            version=version,
-            auth=auth,
-            force=force,
-            flag=config_dir,
-        )
-    safe = sizing.safe and (plan is None or plan.safe)
+    advice = advise(
+        environment,
+        env,
+        config_dir=config_dir,
+        listen_addr=listen_addr,
+        listen_port=listen_port,
+        direct=list(direct),
+        pgbouncer_version=pgbouncer_version,
+        auth=auth,
+        force=force,
+    )
+    status = ExitStatus.OK if advice.safe else ExitStatus.UNHEALTHY
     if as_json:
         envelope.emit(
             "pool",
-            "ok" if safe else "failed",
-            ExitStatus.OK if safe else ExitStatus.UNHEALTHY,
+            "ok" if advice.safe else "failed",
+            status,
             environment=environment,
-            result=result,
+            result=advice.to_json(),
         )
     else:
-        render.pool(terminal(), sizing, result.get("pgbouncer"))  # type: ignore[arg-type]
-    if not sizing.safe or not (plan is None or plan.safe):
-        sys.exit(ExitStatus.UNHEALTHY)
+        render.pool(terminal(), advice.sizing, advice.written)
+    if not advice.safe:
+        sys.exit(status)

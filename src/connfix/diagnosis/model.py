@@ -31,7 +31,8 @@ TOP_IDLE_IN_TRANSACTION = 5
 
 @dataclass(frozen=True)
 class Backend:
-    """One client backend from pg_stat_activity."""
+    """One client backend from pg_stat_activity (queries/activity.sql): what a diagnosis
+    counts and attributes, and what a termination plans with."""
 
     pid: int
     usename: str | None
@@ -48,6 +49,8 @@ class Backend:
     blocked_by: list[int] | None
     query: str | None
     own: bool = False  # connfix's own session
+    is_superuser: bool = False  # the role's attributes (a termination never picks these)
+    is_replication: bool = False
 
     @property
     def connfix(self) -> bool:

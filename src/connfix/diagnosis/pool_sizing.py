@@ -12,7 +12,7 @@ from urllib.parse import quote
 from connfix.config import quoting
 
 if TYPE_CHECKING:
-    from connfix.config.inventory import Environment
+    from connfix.config.inventory import Environment, Host
     from connfix.diagnosis.model import Diagnosis
 
 PGBOUNCER_PORT = 6432
@@ -283,6 +283,240 @@ GRANT EXECUTE ON FUNCTION {AUTH_SCHEMA}.get_auth(text) TO {AUTH_ROLE};
 """
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """The numbers a PgBouncer config is written from (pgbouncer_plan's first stage)."""
+
+    pooled: list[Host]
+    direct: list[Host]
+    direct_capacity: int  # the direct hosts' pools with max_overflow, a batch twice
+    count: int  # PgBouncers sharing the database
+    cap: int  # max_db_connections of each
+    safe: bool  # every PgBouncer gets at least one connection
+    reserve: int
+    default_pool: int
+    clients: int  # what the pooled hosts' pools may open
+    max_client: int
+
+    @property
+    def migration(self) -> bool:
+        """Tell whether some hosts still connect directly."""
+        return bool(self.direct)
+
+    @property
+    def who(self) -> str:
+        """The direct hosts, for a comment."""
+        return ", ".join(h.name for h in self.direct)
+
+
+def _budget(
+    env: Environment, d: Diagnosis, sizing: PoolSizing, roles: list[str], direct: list[str] | None
+) -> _Budget:
+    """Split the hosts into pooled and direct, and share the usable slots: what the direct
+    hosts may open (a restarting batch's pools twice) comes off first, then the buffer
+    and other clients; each PgBouncer gets an equal cap of the rest."""
+    service = env.service
+    direct_names = set(direct or []) | (set(sizing.direct_hosts) if sizing.pooled_hosts else set())
+    direct_hosts = [h for h in env.hosts if h.name in direct_names]
+    pooled = [h for h in env.hosts if h.name not in direct_names]
+    caps = [sum(h.max_capacity(s) for s in env.services_on(h)) for h in direct_hosts]
+    at_once = min(service.max_unavailable, len(direct_hosts))
+    direct_capacity = sum(caps) + at_once * max(caps, default=0)
+    count = max(1, len(env.pgbouncers))
+    spare = d.usable_connections - sizing.buffer - sizing.other_clients - direct_capacity
+    cap = max(1, spare // count)
+    reserve = min(5, max(0, cap // 10))
+    clients = sum(h.max_capacity(s) for h in pooled for s in env.services_on(h))
+    return _Budget(
+        pooled=pooled,
+        direct=direct_hosts,
+        direct_capacity=direct_capacity,
+        count=count,
+        cap=cap,
+        safe=spare >= count,
+        reserve=reserve,
+        default_pool=max(1, (cap - reserve) // max(1, len(roles))),
+        clients=clients,
+        max_client=max(MIN_CLIENT_CONN, clients * 4),
+    )
+
+
+def _settings(
+    env: Environment, d: Diagnosis, sizing: PoolSizing, b: _Budget, users: int
+) -> list[Setting]:
+    """Every setting connfix writes, each with the reason shown above it in the file."""
+    iit = round(env.thresholds.idle_in_transaction_suspect_age)
+    return [
+        Setting(
+            "max_db_connections",
+            str(b.cap),
+            f"usable {d.usable_connections} − buffer {sizing.buffer} − other clients"
+            f" {sizing.other_clients}"
+            + (f" − the direct hosts' {b.direct_capacity} ({b.who})" if b.migration else "")
+            + (f", shared by {b.count} PgBouncers" if b.count > 1 else "")
+            + ": the database cannot be exhausted through PgBouncer",
+        ),
+        Setting(
+            "default_pool_size",
+            str(b.default_pool),
+            f"per (user, database) pair: the cap less the reserve, shared by {users} role(s)",
+        ),
+        Setting("reserve_pool_size", str(b.reserve), "a few more for a burst, within the cap"),
+        Setting("reserve_pool_timeout", "3", "a client waits 3 s before the reserve opens"),
+        Setting(
+            "max_client_conn",
+            str(b.max_client),
+            f"the pooled hosts' pools may open {b.clients}; four times that, at least"
+            f" {MIN_CLIENT_CONN} (a client costs PgBouncer a file descriptor, no more)",
+        ),
+        Setting(
+            "max_user_connections",
+            str(b.default_pool + b.reserve),
+            "one role's server connections across databases: no role can take them all",
+        ),
+        Setting(
+            "server_idle_timeout",
+            "10" if b.migration else "60",
+            "server connections left idle after a burst go back to the database within"
+            " 10 s: the hosts still connecting directly may need those slots (PgBouncer's"
+            " default keeps them 600 s)"
+            if b.migration
+            else "idle server connections are closed after a minute (default 600 s)",
+        ),
+        Setting(
+            "idle_transaction_timeout",
+            str(max(1, iit)),
+            "a client idle in a transaction pins a server connection; PgBouncer closes it"
+            f" after {iit} s, connfix's idle-in-transaction suspect age",
+        ),
+        Setting(
+            "query_wait_timeout",
+            "30",
+            "a client waits at most 30 s for a server connection, then gets an error"
+            " instead of piling up behind a leak (default 120 s)",
+        ),
+        Setting(
+            "max_user_client_connections",
+            str(max(1, b.clients * 2)),
+            "client connections per role: twice what the pooled hosts' pools may open,"
+            " so one leaking host cannot take every client slot",
+            since=(1, 24),
+        ),
+    ]
+
+
+def _setting_lines(settings: list[Setting], known: tuple[int, ...]) -> list[str]:
+    """Each setting under its reason; one the PgBouncer is too old for, commented out."""
+    lines = []
+    for item in settings:
+        lines.append(f"; {item.reason}")
+        if item.since and known < item.since:
+            need = ".".join(map(str, item.since))
+            lines.append(f"; (PgBouncer {need} and later; this one is older)")
+            lines.append(f"; {item.key} = {item.value}")
+        else:
+            lines.append(f"{item.key} = {item.value}")
+    return lines
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where the PgBouncer listens and what it serves (pgbouncer_plan's arguments)."""
+
+    db_host: str
+    db_port: int
+    dbname: str
+    directory: str  # already quoted for the ini
+    listen_addr: str
+    listen_port: int
+    admin_users: list[str]
+    auth: str
+
+
+def _ini(
+    env: Environment, d: Diagnosis, sizing: PoolSizing, b: _Budget, w: _Where, lines: list[str]
+) -> str:
+    """pgbouncer.ini: the header saying where the numbers come from, [databases],
+    [pgbouncer] with the way in and auth, then the settings with their reasons."""
+    caveats = "\n".join(f";   - {feature}" for feature in SESSION_FEATURES)
+    if w.auth == "auth_query":
+        auth_lines = (
+            f"auth_type = scram-sha-256\nauth_file = {w.directory}/userlist.txt\n"
+            f"auth_user = {AUTH_ROLE}\n"
+            f"auth_query = SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
+        )
+    else:
+        auth_lines = f"auth_type = scram-sha-256\nauth_file = {w.directory}/userlist.txt"
+    verdict = (
+        ""
+        if b.safe
+        else (
+            ";; NOT SAFE: the hosts still connecting directly can take every slot by themselves;\n"
+            ";; move more of them behind PgBouncer or lower their pool size first.\n"
+        )
+    )
+    return (
+        f"""\
+;; PgBouncer for environment {quoting.comment(env_name(env))}, generated by connfix pool.
+;; The database can give {d.usable_connections} connections to ordinary roles; keeping
+;; {sizing.buffer} spare, leaving {sizing.other_clients} for other clients{
+            f" and {b.direct_capacity} for the hosts still direct ({quoting.comment(b.who)})"
+            if b.migration
+            else ""
+        },
+;; each of {b.count} PgBouncer(s) may open at most max_db_connections = {b.cap} server
+;; connections, whatever the apps do.
+{verdict};;
+;; pool_mode = transaction: a server connection is lent per transaction. Applications
+;; must not rely on session state across transactions:
+{caveats}
+;; Use pool_mode = session for an application that needs them.
+
+[databases]
+{quoting.ini_key(w.dbname, "database")} = host={
+            quoting.connstr_value(w.db_host, "database host")
+        } port={w.db_port} dbname={quoting.connstr_value(w.dbname, "database")}
+
+[pgbouncer]
+listen_addr = {quoting.ini_value(w.listen_addr, "--listen-addr")}
+listen_port = {w.listen_port}
+unix_socket_dir = {w.directory}
+pidfile = {w.directory}/pgbouncer.pid
+logfile = {w.directory}/pgbouncer.log
+{auth_lines}
+admin_users = {quoting.ini_list(w.admin_users, "admin role")}
+stats_users = {quoting.ini_list(w.admin_users, "admin role")}
+pool_mode = transaction
+ignore_startup_parameters = extra_float_digits,options
+
+"""
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def _userlist(roles: list[str], admin_users: list[str], auth: str) -> str:
+    """userlist.txt with placeholders: connfix never writes a secret."""
+    listed = [] if auth == "auth_query" else sorted(set(roles))
+    return (
+        ';; One line per role: "name" "SCRAM-SHA-256$<iterations>:<salt>$<key>:<key>".\n'
+        + (
+            f";; auth_query: every app role's verifier is looked up in the database (see\n"
+            f";; auth_query.sql); {AUTH_ROLE} logs in with its password, in plain text here.\n"
+            f'"{AUTH_ROLE}" "<its password: PgBouncer logs in with it to run the lookup>"\n'
+            if auth == "auth_query"
+            else ""
+        )
+        + ";; Copy each secret from the database, as a superuser:\n"
+        ";;   SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN (...);\n"
+        ";; connfix never writes secrets: fill in the placeholders, keep this file 0600.\n"
+        + "".join(
+            f'{quoting.userlist_name(role)} "SCRAM-SHA-256$<fill in from pg_authid>"\n'
+            for role in sorted(set(listed) | set(admin_users))
+        )
+    )
+
+
 def pgbouncer_plan(
     env: Environment,
     d: Diagnosis,
@@ -309,185 +543,39 @@ def pgbouncer_plan(
     the poolers, and a direct host can always start. Hosts behind PgBouncer keep its
     server connections while they restart: no overlap for them.
     """
-    service = env.service
-    direct_names = set(direct or []) | (set(sizing.direct_hosts) if sizing.pooled_hosts else set())
-    direct_hosts = [h for h in env.hosts if h.name in direct_names]
-    pooled = [h for h in env.hosts if h.name not in direct_names]
-    caps = [sum(h.max_capacity(s) for s in env.services_on(h)) for h in direct_hosts]
-    at_once = min(service.max_unavailable, len(direct_hosts))
-    direct_capacity = sum(caps) + at_once * max(caps, default=0)
-    count = max(1, len(env.pgbouncers))
-    spare = d.usable_connections - sizing.buffer - sizing.other_clients - direct_capacity
-    safe = spare >= count
-    cap = max(1, spare // count)
-    users = max(1, len(roles))
-    reserve = min(5, max(0, cap // 10))
-    default_pool = max(1, (cap - reserve) // users)
-    clients = sum(h.max_capacity(s) for h in pooled for s in env.services_on(h))
-    max_client = max(MIN_CLIENT_CONN, clients * 4)
-    migration = bool(direct_hosts)
-    iit = round(env.thresholds.idle_in_transaction_suspect_age)
+    b = _budget(env, d, sizing, roles, direct)
+    settings = _settings(env, d, sizing, b, max(1, len(roles)))
     known = version or (1, 18)  # unknown: what Debian 12 ships, the oldest in use here
-    who = ", ".join(h.name for h in direct_hosts)
-    settings = [
-        Setting(
-            "max_db_connections",
-            str(cap),
-            f"usable {d.usable_connections} − buffer {sizing.buffer} − other clients"
-            f" {sizing.other_clients}"
-            + (f" − the direct hosts' {direct_capacity} ({who})" if migration else "")
-            + (f", shared by {count} PgBouncers" if count > 1 else "")
-            + ": the database cannot be exhausted through PgBouncer",
-        ),
-        Setting(
-            "default_pool_size",
-            str(default_pool),
-            f"per (user, database) pair: the cap less the reserve, shared by {users} role(s)",
-        ),
-        Setting("reserve_pool_size", str(reserve), "a few more for a burst, within the cap"),
-        Setting("reserve_pool_timeout", "3", "a client waits 3 s before the reserve opens"),
-        Setting(
-            "max_client_conn",
-            str(max_client),
-            f"the pooled hosts' pools may open {clients}; four times that, at least"
-            f" {MIN_CLIENT_CONN} (a client costs PgBouncer a file descriptor, no more)",
-        ),
-        Setting(
-            "max_user_connections",
-            str(default_pool + reserve),
-            "one role's server connections across databases: no role can take them all",
-        ),
-        Setting(
-            "server_idle_timeout",
-            "10" if migration else "60",
-            "server connections left idle after a burst go back to the database within"
-            " 10 s: the hosts still connecting directly may need those slots (PgBouncer's"
-            " default keeps them 600 s)"
-            if migration
-            else "idle server connections are closed after a minute (default 600 s)",
-        ),
-        Setting(
-            "idle_transaction_timeout",
-            str(max(1, iit)),
-            "a client idle in a transaction pins a server connection; PgBouncer closes it"
-            f" after {iit} s, connfix's idle-in-transaction suspect age",
-        ),
-        Setting(
-            "query_wait_timeout",
-            "30",
-            "a client waits at most 30 s for a server connection, then gets an error"
-            " instead of piling up behind a leak (default 120 s)",
-        ),
-        Setting(
-            "max_user_client_connections",
-            str(max(1, clients * 2)),
-            "client connections per role: twice what the pooled hosts' pools may open,"
-            " so one leaking host cannot take every client slot",
-            since=(1, 24),
-        ),
-    ]
-    caveats = "\n".join(f";   - {feature}" for feature in SESSION_FEATURES)
-    lines = []
-    for item in settings:
-        lines.append(f"; {item.reason}")
-        if item.since and known < item.since:
-            need = ".".join(map(str, item.since))
-            lines.append(f"; (PgBouncer {need} and later; this one is older)")
-            lines.append(f"; {item.key} = {item.value}")
-        else:
-            lines.append(f"{item.key} = {item.value}")
-    directory = quoting.ini_value(directory, "--pgbouncer-config directory")
-    if auth == "auth_query":
-        auth_lines = (
-            f"auth_type = scram-sha-256\nauth_file = {directory}/userlist.txt\n"
-            f"auth_user = {AUTH_ROLE}\n"
-            f"auth_query = SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
-        )
-    else:
-        auth_lines = f"auth_type = scram-sha-256\nauth_file = {directory}/userlist.txt"
-    verdict = (
-        ""
-        if safe
-        else (
-            ";; NOT SAFE: the hosts still connecting directly can take every slot by themselves;\n"
-            ";; move more of them behind PgBouncer or lower their pool size first.\n"
-        )
+    where = _Where(
+        db_host,
+        db_port,
+        dbname,
+        quoting.ini_value(directory, "--pgbouncer-config directory"),
+        listen_addr,
+        listen_port,
+        admin_users,
+        auth,
     )
-    ini = (
-        f"""\
-;; PgBouncer for environment {quoting.comment(env_name(env))}, generated by connfix pool.
-;; The database can give {d.usable_connections} connections to ordinary roles; keeping
-;; {sizing.buffer} spare, leaving {sizing.other_clients} for other clients{
-            f" and {direct_capacity} for the hosts still direct ({quoting.comment(who)})"
-            if migration
-            else ""
-        },
-;; each of {count} PgBouncer(s) may open at most max_db_connections = {cap} server
-;; connections, whatever the apps do.
-{verdict};;
-;; pool_mode = transaction: a server connection is lent per transaction. Applications
-;; must not rely on session state across transactions:
-{caveats}
-;; Use pool_mode = session for an application that needs them.
-
-[databases]
-{quoting.ini_key(dbname, "database")} = host={
-            quoting.connstr_value(db_host, "database host")
-        } port={db_port} dbname={quoting.connstr_value(dbname, "database")}
-
-[pgbouncer]
-listen_addr = {quoting.ini_value(listen_addr, "--listen-addr")}
-listen_port = {listen_port}
-unix_socket_dir = {directory}
-pidfile = {directory}/pgbouncer.pid
-logfile = {directory}/pgbouncer.log
-{auth_lines}
-admin_users = {quoting.ini_list(admin_users, "admin role")}
-stats_users = {quoting.ini_list(admin_users, "admin role")}
-pool_mode = transaction
-ignore_startup_parameters = extra_float_digits,options
-
-"""
-        + "\n".join(lines)
-        + "\n"
-    )
-    listed = [] if auth == "auth_query" else sorted(set(roles))
-    userlist = (
-        ';; One line per role: "name" "SCRAM-SHA-256$<iterations>:<salt>$<key>:<key>".\n'
-        + (
-            f";; auth_query: every app role's verifier is looked up in the database (see\n"
-            f";; auth_query.sql); {AUTH_ROLE} logs in with its password, in plain text here.\n"
-            f'"{AUTH_ROLE}" "<its password: PgBouncer logs in with it to run the lookup>"\n'
-            if auth == "auth_query"
-            else ""
-        )
-        + ";; Copy each secret from the database, as a superuser:\n"
-        ";;   SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN (...);\n"
-        ";; connfix never writes secrets: fill in the placeholders, keep this file 0600.\n"
-        + "".join(
-            f'{quoting.userlist_name(role)} "SCRAM-SHA-256$<fill in from pg_authid>"\n'
-            for role in sorted(set(listed) | set(admin_users))
-        )
-    )
+    ini = _ini(env, d, sizing, b, where, _setting_lines(settings, known))
     user = quote(roles[0], safe="") if roles else "<user>"
     url = f"postgresql://{user}@<pgbouncer host>:{listen_port}/{quote(dbname, safe='')}"
     return PgBouncerPlan(
-        cap,
-        default_pool,
-        reserve,
-        max_client,
+        b.cap,
+        b.default_pool,
+        b.reserve,
+        b.max_client,
         "transaction",
         ini,
-        userlist,
+        _userlist(roles, admin_users, auth),
         url,
         settings=settings,
         auth=auth,
         auth_sql=auth_query_sql(sorted(set(roles))) if auth == "auth_query" else "",
-        pooled_hosts=[h.name for h in pooled],
-        direct_hosts=[h.name for h in direct_hosts],
-        direct_capacity=direct_capacity,
-        pgbouncers=count,
-        safe=safe,
+        pooled_hosts=[h.name for h in b.pooled],
+        direct_hosts=[h.name for h in b.direct],
+        direct_capacity=b.direct_capacity,
+        pgbouncers=b.count,
+        safe=b.safe,
         version=".".join(map(str, version)) if version else "",
     )
 
@@ -602,3 +690,74 @@ def write_pgbouncer_config(
         ],
     }
     return plan, report
+
+
+@dataclass(frozen=True)
+class PoolAdvice:
+    """What `connfix pool` answers: the sizing, and the PgBouncer config when asked."""
+
+    environment: str
+    sizing: PoolSizing
+    plan: PgBouncerPlan | None = None
+    written: dict[str, Any] | None = None  # the files written, the URL, the settings
+
+    @property
+    def safe(self) -> bool:
+        """Tell whether the pool sizes (and the PgBouncer cap, if planned) are safe."""
+        return self.sizing.safe and (self.plan is None or self.plan.safe)
+
+    def to_json(self) -> dict[str, object]:
+        """The `--json` result."""
+        result: dict[str, object] = {
+            "environment": self.environment,
+            "sizing": self.sizing.to_json(),
+        }
+        if self.written is not None:
+            result["pgbouncer"] = self.written
+        return result
+
+
+def advise(
+    environment: str,
+    env: Environment,
+    *,
+    config_dir: str | None = None,
+    listen_addr: str = "*",
+    listen_port: int = PGBOUNCER_PORT,
+    direct: list[str] | None = None,
+    pgbouncer_version: str | None = None,
+    auth: str = "auth_query",
+    force: bool = False,
+) -> PoolAdvice:
+    """Diagnose the live server, size the pools, and with `config_dir` write the PgBouncer
+    config for the given (or the live PgBouncer's) version. Bad input (a --direct host
+    the environment lacks, a version that is not one) is refused before the database is
+    read."""
+    import os
+
+    from connfix import InputError
+    from connfix.diagnosis.analysis import diagnose
+
+    unknown = sorted(set(direct or []) - {h.name for h in env.hosts})
+    if unknown:
+        raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")
+    version = pgbouncer_version_of(pgbouncer_version)
+    d = diagnose(environment, env)
+    version = version or live_version(d)
+    sizing = size_pools(env, d)
+    if not config_dir:
+        return PoolAdvice(environment, sizing)
+    plan, written = write_pgbouncer_config(
+        env,
+        d,
+        sizing,
+        Path(os.path.expanduser(config_dir)).resolve(),
+        listen_addr=listen_addr,
+        listen_port=listen_port,
+        direct=list(direct or []),
+        version=version,
+        auth=auth,
+        force=force,
+        flag=config_dir,
+    )
+    return PoolAdvice(environment, sizing, plan, written)

@@ -5,6 +5,9 @@
 -- they belong to a role and a database, as client backends do, so they are counted
 -- instead of silently dropped. (Background workers without a database, such as the
 -- logical replication launcher, and autovacuum, which has no role, stay out.)
+-- The same rows plan a termination: the role's attributes exclude superusers and
+-- replication roles; pid, backend_start, state and state_change identify a session for
+-- the re-check before it is ended.
 SELECT
     a.pid,
     a.usename::text AS usename,
@@ -20,7 +23,10 @@ SELECT
     a.wait_event_type,
     CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END AS blocked_by,
     left(a.query, 200) AS query,
-    (a.pid = pg_backend_pid()) AS own
+    (a.pid = pg_backend_pid()) AS own,
+    coalesce(r.rolsuper, false) AS is_superuser,
+    coalesce(r.rolreplication, false) AS is_replication
 FROM pg_stat_activity AS a
+LEFT JOIN pg_roles AS r ON r.oid = a.usesysid
 WHERE a.backend_type = 'client backend'
    OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL AND a.datid IS NOT NULL)
