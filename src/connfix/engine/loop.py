@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from connfix import ConnfixError, ExitStatus, __version__
 from connfix.actions import ACTIONS
-from connfix.actions.base import Outcome, Plan
+from connfix.actions.base import Action, Outcome, Plan
 from connfix.engine import expressions
 from connfix.engine.context import RunContext, take_lock
 from connfix.engine.interrupt import Interrupt
@@ -33,6 +33,7 @@ from connfix.record.notify import Notifier
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from connfix.db.pg import Session
     from connfix.engine.runbook import Step
     from connfix.engine.ui import UI
 
@@ -46,13 +47,51 @@ def operator() -> str:
 
 
 def run_runbook(request: RunRequest, ui: UI) -> RunResult:
-    """Run a runbook against one environment; always leaves a complete journal."""
+    """Run a runbook against one environment; always leaves a complete journal. The
+    stages: the journal first (run_start), the connection and the lock (_connected),
+    the walk through the steps (_walk), each ending through StepLoop.finish."""
     from connfix.db import pg
 
     incident = new_incident_dir(request.incidents_dir, request.environment)
     journal = Journal(incident, Redactor(secrets_of(request.env)))
     notifier = Notifier(request.env, request.environment, journal)
     journal.listeners.append(notifier)
+    start = _run_start(request)
+    journal.record(Event.RUN_START, **start)
+    ui.started(journal.path, request.dry_run)
+    loop = StepLoop(request, ui, incident, journal, notifier)
+    interrupt = Interrupt()
+    try:
+        session = pg.open_session(request.env.database)
+    except ConnfixError as exc:
+        journal.record(Event.ERROR, phase="connect", message=str(exc))
+        return loop.finish(RunStatus.UNREACHABLE, exc.exit_status, str(exc))
+    except KeyboardInterrupt:
+        return loop.finish(
+            RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted while connecting"
+        )
+    with session, interrupt.installed():
+        refused = _connected(session, request, start, incident, journal, ui)
+        if refused is not None:
+            return loop.finish(RunStatus.LOCKED, ExitStatus.UNHEALTHY, refused)
+        loop.ctx = RunContext(
+            request.environment,
+            request.env,
+            request.runbook,
+            journal,
+            session,
+            request.dry_run,
+            interrupt,
+            ui,
+            resume_done=dict(request.resume_done),
+            health_checks=request.host_health,
+            max_restart_hosts=request.max_restart_hosts,
+        )
+        return _walk(loop, loop.ctx)
+
+
+def _run_start(request: RunRequest) -> RunStart:
+    """The run_start record: who, where, which runbook and inventory, with what flags."""
     runbook = request.runbook
     start = RunStart(
         environment=request.environment,
@@ -80,91 +119,84 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     )
     if request.trigger:
         start["trigger"] = request.trigger
-    journal.record(Event.RUN_START, **start)
-    ui.started(journal.path, request.dry_run)
-    loop = StepLoop(request, ui, incident, journal, notifier)
-    interrupt = Interrupt()
+    return start
+
+
+def _connected(
+    session: Session,
+    request: RunRequest,
+    start: RunStart,
+    incident: Path,
+    journal: Journal,
+    ui: UI,
+) -> str | None:
+    """Journal how connfix got in; a real run tags its session and takes the
+    environment's lock. Return why the run may not go on (another run holds the lock),
+    or None."""
+    from connfix.db import pg
+
+    info = session.info
+    journal.record(
+        Event.CONNECTED,
+        via=session.via,
+        refusal=session.refusal,
+        role=info.role,
+        is_superuser=info.is_superuser,
+        server_version=info.server_version,
+        server_version_num=info.server_version_num,
+    )
+    if session.refusal:
+        ui.note(
+            f"the database refused the ordinary connection ({session.refusal});"
+            f" working through the {session.via} connection"
+        )
+    if request.dry_run:
+        return None
+    session.tag = pg.run_tag(
+        start["operator"],
+        start["hostname"],
+        start["pid"],
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        str(incident),
+    )
+    return take_lock(session, request.environment, journal)
+
+
+def _walk(loop: StepLoop, ctx: RunContext) -> RunResult:
+    """Walk the steps; every way out, a bug in connfix included, finishes the record."""
+    journal, request = loop.journal, loop.request
     try:
-        session = pg.open_session(request.env.database)
-    except ConnfixError as exc:
-        journal.record(Event.ERROR, phase="connect", message=str(exc))
-        return loop.finish(RunStatus.UNREACHABLE, exc.exit_status, str(exc))
-    except KeyboardInterrupt:
-        return loop.finish(
-            RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted while connecting"
-        )
-    with session, interrupt.installed():
-        info = session.info
-        journal.record(
-            Event.CONNECTED,
-            via=session.via,
-            refusal=session.refusal,
-            role=info.role,
-            is_superuser=info.is_superuser,
-            server_version=info.server_version,
-            server_version_num=info.server_version_num,
-        )
-        if session.refusal:
-            ui.note(
-                f"the database refused the ordinary connection ({session.refusal});"
-                f" working through the {session.via} connection"
-            )
-        if not request.dry_run:
-            session.tag = pg.run_tag(
-                start["operator"],
-                start["hostname"],
-                start["pid"],
-                datetime.now(UTC).isoformat(timespec="seconds"),
-                str(incident),
-            )
-            refused = take_lock(session, request.environment, journal)
-            if refused is not None:
-                return loop.finish(RunStatus.LOCKED, ExitStatus.UNHEALTHY, refused)
-        loop.ctx = ctx = RunContext(
-            request.environment,
-            request.env,
-            runbook,
-            journal,
-            session,
+        return loop.walk()
+    except JournalError as exc:
+        journal.close()
+        result = RunResult(
+            RunStatus.ERROR,
+            ExitStatus.UNHEALTHY,
+            loop.incident,
             request.dry_run,
-            interrupt,
-            ui,
-            resume_done=dict(request.resume_done),
-            health_checks=request.host_health,
-            max_restart_hosts=request.max_restart_hosts,
+            f"{exc}; the run stopped",
         )
-        try:
-            return loop.walk()
-        except JournalError as exc:
-            journal.close()
-            result = RunResult(
-                RunStatus.ERROR,
-                ExitStatus.UNHEALTHY,
-                incident,
-                request.dry_run,
-                f"{exc}; the run stopped",
-            )
-            result.write_report()
-            return result
-        except KeyboardInterrupt:
-            journal.record(
-                Event.INTERRUPTED,
-                step=ctx.step.id if ctx.step else None,
-                message="interrupted at once (Ctrl-C twice)",
-            )
-            return loop.finish(RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted")
-        except ConnfixError as exc:
-            journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=str(exc))
-            return loop.finish(RunStatus.ERROR, exc.exit_status, str(exc))
-        except Exception as exc:  # connfix's own bug: the record is still finished
-            message = f"internal error in connfix ({type(exc).__name__}: {exc}); please report it"
+        result.write_report()
+        return result
+    except KeyboardInterrupt:
+        journal.record(
+            Event.INTERRUPTED,
+            step=ctx.step.id if ctx.step else None,
+            message="interrupted at once (Ctrl-C twice)",
+        )
+        return loop.finish(RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, "interrupted")
+    except ConnfixError as exc:
+        journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=str(exc))
+        return loop.finish(RunStatus.ERROR, exc.exit_status, str(exc))
+    except Exception as exc:  # connfix's own bug: the record is still finished
+        message = f"internal error in connfix ({type(exc).__name__}: {exc}); please report it"
+        with contextlib.suppress(Exception):
+            journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=message)
+        return loop.finish(RunStatus.ERROR, ExitStatus.UNHEALTHY, message)
+    finally:
+        for cleanup in ctx.cleanups:
             with contextlib.suppress(Exception):
-                journal.record(Event.ERROR, step=ctx.step.id if ctx.step else None, message=message)
-            return loop.finish(RunStatus.ERROR, ExitStatus.UNHEALTHY, message)
-        finally:
-            for cleanup in ctx.cleanups:
-                with contextlib.suppress(Exception):
-                    cleanup()
+                cleanup()
 
 
 class Flow(enum.Enum):
@@ -242,9 +274,42 @@ class StepLoop:
 
     def _one(self, index: int, step: Step, ctx: RunContext) -> RunResult | Flow:
         """Run one step; return a finished run, or how the walk goes on: to the next
-        step, or to its end because the runbook is healthy."""
-        request, ui, runbook = self.request, self.ui, ctx.runbook
+        step, or to its end because the runbook is healthy. The stages: whether the step
+        is reached (_reached), its plan, whether it is applied (_not_applied), the
+        operator's yes (_confirmed), the change and its record (_apply)."""
+        reached = self._reached(index, step, ctx)
+        if reached is not None:
+            return reached
         action = ACTIONS[step.action]
+        ctx.record(
+            Event.STEP_START,
+            index=index,
+            total=self.total,
+            action=step.action,
+            mutating=action.mutating,
+        )
+        started = time.monotonic()
+        plan = action.plan(ctx, step.params)
+        ctx.record(
+            Event.PLAN,
+            summary=plan.summary,
+            operations=plan.operations,
+            dry_run=ctx.dry_run,
+            details=plan.details,
+            blocked=plan.blocked,
+        )
+        ended = self._not_applied(index, step, action, plan, ctx)
+        if ended is not None:
+            return ended
+        stopped = self._confirmed(step, plan, action.mutating, ctx)
+        if stopped is not None:
+            return stopped
+        return self._apply(index, step, action, plan, ctx, started)
+
+    def _reached(self, index: int, step: Step, ctx: RunContext) -> RunResult | Flow | None:
+        """Before a step: a Ctrl-C ends the run, a healthy runbook ends the walk, a false
+        `when` skips the step; None when the step is to be planned."""
+        request, ui, runbook = self.request, self.ui, ctx.runbook
         if ctx.interrupt.requested:
             ctx.record(Event.INTERRUPTED, message="stopped before this step (Ctrl-C)")
             return self.finish(
@@ -267,39 +332,29 @@ class StepLoop:
             )
             ui.note(f"healthy ({runbook.healthy}): no further steps")
             return Flow.HEALTHY
-        if step.when is not None:
-            assert ctx.latest is not None  # the first step is a diagnose
-            try:
-                take = ctx.holds(step.when, ctx.latest)
-            except expressions.ExpressionError as exc:
-                ctx.record(Event.STEP_END, ok=False, summary=str(exc), expression=step.when)
-                self._step_ended(index, step, StepStatus.FAILED, str(exc))
-                if step.on_failure == "halt":
-                    return self.finish(
-                        RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id}: {exc}"
-                    )
-                return Flow.NEXT
-            if not take:
-                ctx.record(Event.STEP_SKIPPED, condition=step.when, reason="condition is false")
-                self._step_ended(index, step, StepStatus.SKIPPED, f"when {step.when}: false")
-                return Flow.NEXT
-        ctx.record(
-            Event.STEP_START,
-            index=index,
-            total=self.total,
-            action=step.action,
-            mutating=action.mutating,
-        )
-        started = time.monotonic()
-        plan = action.plan(ctx, step.params)
-        ctx.record(
-            Event.PLAN,
-            summary=plan.summary,
-            operations=plan.operations,
-            dry_run=ctx.dry_run,
-            details=plan.details,
-            blocked=plan.blocked,
-        )
+        if step.when is None:
+            return None
+        assert ctx.latest is not None  # the first step is a diagnose
+        try:
+            take = ctx.holds(step.when, ctx.latest)
+        except expressions.ExpressionError as exc:
+            ctx.record(Event.STEP_END, ok=False, summary=str(exc), expression=step.when)
+            self._step_ended(index, step, StepStatus.FAILED, str(exc))
+            if step.on_failure == "halt":
+                return self.finish(RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id}: {exc}")
+            return Flow.NEXT
+        if not take:
+            ctx.record(Event.STEP_SKIPPED, condition=step.when, reason="condition is false")
+            self._step_ended(index, step, StepStatus.SKIPPED, f"when {step.when}: false")
+            return Flow.NEXT
+        return None
+
+    def _not_applied(
+        self, index: int, step: Step, action: Action[Any, Any], plan: Plan[Any], ctx: RunContext
+    ) -> RunResult | Flow | None:
+        """A plan that is not applied: refused (blocked), planned only (a dry run), or
+        with nothing to change; None when it is to be applied."""
+        ui = self.ui
         if plan.blocked is not None:
             ui.plan(step, plan, applied=False)
             ctx.record(Event.STEP_END, ok=False, applied=False, summary=plan.blocked)
@@ -344,10 +399,20 @@ class StepLoop:
                 index, step, StepStatus.NOTHING_TO_DO, f"nothing to do: {plan.summary}", "ok"
             )
             return Flow.NEXT
-        stopped = self._confirmed(step, plan, action.mutating, ctx)
-        if stopped is not None:
-            return stopped
-        ui.step(index, self.total, step, "running", plan.summary)
+        return None
+
+    def _apply(
+        self,
+        index: int,
+        step: Step,
+        action: Action[Any, Any],
+        plan: Plan[Any],
+        ctx: RunContext,
+        started: float,
+    ) -> RunResult | Flow:
+        """Apply the plan, record the outcome, diagnose again after a change, and end the
+        run on an interruption or a failure the runbook halts on."""
+        self.ui.step(index, self.total, step, "running", plan.summary)
         before = ctx.latest
         try:
             outcome: Outcome = action.apply(ctx, step.params, plan)
@@ -376,7 +441,7 @@ class StepLoop:
             # kill that fixed a host must not be followed by its restart)
             ctx.diagnose()
         if ctx.latest is not None and ctx.latest is not before:
-            ui.diagnosis(ctx.latest)
+            self.ui.diagnosis(ctx.latest)
         if outcome.interrupted:
             return self.finish(
                 RunStatus.INTERRUPTED, ExitStatus.INTERRUPTED, f"interrupted during step {step.id}"
