@@ -100,8 +100,9 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         return [s for s in on_host if s.label in wanted]
 
     def plan(self, ctx: RunContext, params: RestartParams) -> Plan[RollPlan]:
-        from connfix.hosts import remote
-
+        """The stages: a batch the service allows, the targets (less what a resumed run
+        already restarted), the alert policy's cap, the read-only preflight of every
+        target, then one operation per host in order."""
         service = ctx.env.service
         if params.batch > service.max_unavailable:
             return Plan(
@@ -115,34 +116,85 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         done_before = set(ctx.resume_done.get(self.name, []))
         targets = [h for h in self.targets(ctx, params) if h.name not in done_before]
         if not targets:
-            why = (
-                "no leak suspect and no failing health check to restart"
-                if params.only_suspects
-                else "no host to restart"
+            return self._nothing_to_restart(ctx, params, done_before)
+        over = self._over_cap(ctx, targets)
+        if over is not None:
+            return over
+        checks = self._preflight(ctx, params, targets)
+        failed = [c for c in checks if not c.ok]
+        summary = (
+            f"restart {len(targets)} host(s) in this order: "
+            f"{', '.join(h.name for h in targets)} (batch {params.batch})"
+        )
+        if done_before:
+            summary += (
+                f"; left out: {', '.join(sorted(done_before))}, restarted and verified by the"
+                " interrupted run this one resumes (whether or not still a suspect)"
             )
-            if params.only_suspects and ctx.latest is not None and ctx.latest.unowned_connections:
-                owners = "; ".join(
-                    f"{u.host}: " + ", ".join(f"{k} {v}" for k, v in u.unowned_clients.items())
-                    for u in ctx.latest.by_host
-                    if u.unowned
-                )
-                why += (
-                    f"; {ctx.latest.unowned_connections} connection(s) belong to no service"
-                    f" ({owners}): restarting a service cannot free them"
-                )
-            if done_before:
-                why = f"every host was already restarted ({', '.join(sorted(done_before))})"
-            return Plan(summary=why, details={"skipped_done": sorted(done_before)})
+        blocked = None
+        if failed:
+            blocked = "preflight failed, nothing was restarted: " + "; ".join(
+                f"{c.host}: {c.detail}" for c in failed
+            )
+        return Plan(
+            summary=summary,
+            operations=self._operations(ctx, params, targets, checks),
+            details={
+                "preflight": [c.journal() for c in checks],
+                "order": [h.name for h in targets],
+                "skipped_done": sorted(done_before),
+            },
+            data=RollPlan(targets, {c.host: c for c in checks}),
+            blocked=blocked,
+            blocked_exit_status=ExitStatus.UNREACHABLE,
+        )
+
+    @staticmethod
+    def _nothing_to_restart(
+        ctx: RunContext, params: RestartParams, done_before: set[str]
+    ) -> Plan[RollPlan]:
+        """No target: say why (no suspect; connections no service owns; all done)."""
+        why = (
+            "no leak suspect and no failing health check to restart"
+            if params.only_suspects
+            else "no host to restart"
+        )
+        if params.only_suspects and ctx.latest is not None and ctx.latest.unowned_connections:
+            owners = "; ".join(
+                f"{u.host}: " + ", ".join(f"{k} {v}" for k, v in u.unowned_clients.items())
+                for u in ctx.latest.by_host
+                if u.unowned
+            )
+            why += (
+                f"; {ctx.latest.unowned_connections} connection(s) belong to no service"
+                f" ({owners}): restarting a service cannot free them"
+            )
+        if done_before:
+            why = f"every host was already restarted ({', '.join(sorted(done_before))})"
+        return Plan(summary=why, details={"skipped_done": sorted(done_before)})
+
+    @staticmethod
+    def _over_cap(ctx: RunContext, targets: list[Host]) -> Plan[RollPlan] | None:
+        """Refused when this run's restarts would pass the alert policy's max_hosts."""
         cap = ctx.max_restart_hosts
         earlier = ctx.totals.get("hosts_touched", 0)  # by this run's earlier roll steps
-        if cap is not None and earlier + len(targets) > cap:
-            why = (
-                f"{len(targets)} host(s) to restart ({', '.join(h.name for h in targets)})"
-                + (f", after {earlier} this run already restarted," if earlier else "")
-                + f" is more than the alert policy allows in one run ({cap},"
-                " alerts.caps.max_hosts): an operator must decide"
-            )
-            return Plan(summary=why, blocked=why, details={"max_hosts": cap, "earlier": earlier})
+        if cap is None or earlier + len(targets) <= cap:
+            return None
+        why = (
+            f"{len(targets)} host(s) to restart ({', '.join(h.name for h in targets)})"
+            + (f", after {earlier} this run already restarted," if earlier else "")
+            + f" is more than the alert policy allows in one run ({cap},"
+            " alerts.caps.max_hosts): an operator must decide"
+        )
+        return Plan(summary=why, blocked=why, details={"max_hosts": cap, "earlier": earlier})
+
+    def _preflight(
+        self, ctx: RunContext, params: RestartParams, targets: list[Host]
+    ) -> list[Preflight]:
+        """Check every target in parallel (read-only), show the table and the warnings;
+        the connections opened are closed when the run ends."""
+        from connfix.hosts import remote
+
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
         checks: list[Preflight] = remote.parallel(
             targets,
@@ -185,15 +237,17 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
                 for c in checks
             ],
         )
-        details = {
-            "preflight": [c.journal() for c in checks],
-            "order": [h.name for h in targets],
-            "skipped_done": sorted(done_before),
-        }
-        failed = [c for c in checks if not c.ok]
         for check in checks:
             for warning in check.warnings:
                 ctx.progress(f"{check.host}: {warning}")
+        return checks
+
+    @staticmethod
+    def _operations(
+        ctx: RunContext, params: RestartParams, targets: list[Host], checks: list[Preflight]
+    ) -> list[Operation]:
+        """One ssh operation per host, in order, each saying its batch and its gates."""
+        service = ctx.env.service
         health = (
             f"health: {service.health_check}"
             if service.health_check
@@ -223,28 +277,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
                     details={"host": host.name, "position": position, "batch": batch_no},
                 )
             )
-        summary = (
-            f"restart {len(targets)} host(s) in this order: "
-            f"{', '.join(h.name for h in targets)} (batch {params.batch})"
-        )
-        if done_before:
-            summary += (
-                f"; left out: {', '.join(sorted(done_before))}, restarted and verified by the"
-                " interrupted run this one resumes (whether or not still a suspect)"
-            )
-        blocked = None
-        if failed:
-            blocked = "preflight failed, nothing was restarted: " + "; ".join(
-                f"{c.host}: {c.detail}" for c in failed
-            )
-        return Plan(
-            summary=summary,
-            operations=operations,
-            details=details,
-            data=RollPlan(targets, {c.host: c for c in checks}),
-            blocked=blocked,
-            blocked_exit_status=ExitStatus.UNREACHABLE,
-        )
+        return operations
 
     def apply(self, ctx: RunContext, params: RestartParams, plan: Plan[RollPlan]) -> Outcome:
         from connfix.hosts import remote

@@ -232,119 +232,19 @@ def _counts_table(title: str, counts: dict[str, int], lower_bound: bool) -> Tabl
 
 
 def diagnosis(term: Terminal, d: Diagnosis) -> None:
-    """Print a diagnosis: header, by state, by host with suspects, idle transactions, pools."""
-    style = _SEVERITY_STYLE[d.severity]
-    term.out.print(
-        f"[bold]{escape(d.environment)}[/bold]: PostgreSQL {escape(d.server_version)},"
-        f" connected as {escape(d.connected_as)} via the {d.via} connection"
-    )
-    if d.refusal:
-        term.out.print(
-            f"[yellow]the database refused the ordinary connection[/yellow]"
-            f" ({escape(d.refusal)}); diagnosed through the {d.via} connection"
-        )
-    term.out.print(
-        f"usable {d.usable_connections} (max_connections {d.max_connections}"
-        f" − superuser_reserved {d.superuser_reserved_connections}"
-        f" − reserved {d.reserved_connections})   used {d.client_backends}"
-        + (f" (connfix's own: {d.own_sessions})" if d.own_sessions else "")
-        + f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
-    )
-    for reason in d.severity_reasons:
-        term.out.print(f"  - {escape(reason)}")
-    for note in d.notes:
-        term.out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    """Print a diagnosis: header, by state, by host with suspects, idle transactions,
+    blocking chains, CONNECTION LIMITs, the breakdowns, pools."""
+    _header(term, d)
     lower = not d.visibility_complete
-    if lower:
-        term.out.print(
-            f"[yellow]visibility incomplete:[/yellow] {d.hidden_sessions} session(s) of other"
-            f" roles are hidden from {escape(d.connected_as)} (grant pg_read_all_stats);"
-            " they are counted, but their state and host are unknown: the per-state and"
-            " per-host counts are lower bounds"
-        )
     term.out.print(_counts_table("by state", d.by_state, lower))
     if d.zero_setup:
         _zero_hosts(term, d, lower)
     else:
-        hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
-        pooled = bool(d.pgbouncers)
-        for column in (
-            "host",
-            "address",
-            "conns",
-            *(("via PgBouncer",) if pooled else ()),
-            "pool (+overflow)",
-            "no service",
-            "idle",
-            "idle in tx",
-            "active",
-            "oldest idle",
-            "suspect",
-        ):
-            hosts.add_column(
-                column,
-                justify="left" if column in ("host", "address", "suspect") else "right",
-                overflow="fold",
-            )
-        for h in d.by_host:
-            hosts.add_row(
-                escape(h.host),
-                escape(h.client_addr or "-"),
-                str(h.count),
-                *((_via(h),) if pooled else ()),
-                _pool(h.pool_size, h.max_capacity),
-                escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
-                if h.pool_size is not None
-                else "-",
-                str(h.idle),
-                str(h.idle_in_transaction),
-                str(h.active),
-                _age(h.oldest_idle_seconds),
-                "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
-            )
-        term.out.print(hosts)
+        term.out.print(_hosts_table(d, lower))
     if d.idle_in_transaction:
-        iit = Table(title="oldest idle in transaction", title_justify="left")
-        for column in (
-            "pid",
-            "user",
-            "application",
-            "host",
-            "in transaction",
-            "idle",
-            "blocking",
-            "query",
-        ):
-            iit.add_column(column, overflow="fold")
-        for s in d.idle_in_transaction:
-            iit.add_row(
-                str(s.pid),
-                escape(s.usename or ""),
-                escape(app_label(s.application_name)),
-                escape(s.host),
-                _age(s.xact_seconds),
-                _age(s.idle_seconds),
-                ", ".join(map(str, s.blocking)) or "-",
-                escape(s.query or ""),
-            )
-        term.out.print(iit)
+        term.out.print(_idle_in_transaction_table(d))
     if d.blocking_chains:
-        chains = Table(
-            title="blocking chains (root blocker → every session behind it)", title_justify="left"
-        )
-        for column in ("root pid", "host", "user", "state", "in transaction", "waiting", "query"):
-            chains.add_column(column, overflow="fold")
-        for c in d.blocking_chains:
-            chains.add_row(
-                str(c.root),
-                escape(c.host),
-                escape(c.usename or ""),
-                escape(c.state),
-                _age(c.xact_seconds),
-                f"{len(c.waiting)}: " + ", ".join(map(str, c.waiting)),
-                escape(c.query or ""),
-            )
-        term.out.print(chains)
+        term.out.print(_chains_table(d))
     if d.connection_limits:
         limits = Table(title="CONNECTION LIMITs", title_justify="left")
         for column in ("kind", "name", "used", "limit"):
@@ -366,6 +266,127 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
         bouncer(term, state)
     if d.suspects:
         term.out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def _header(term: Terminal, d: Diagnosis) -> None:
+    """Where connfix got in, the limits and their use, the severity and why, the notes."""
+    style = _SEVERITY_STYLE[d.severity]
+    term.out.print(
+        f"[bold]{escape(d.environment)}[/bold]: PostgreSQL {escape(d.server_version)},"
+        f" connected as {escape(d.connected_as)} via the {d.via} connection"
+    )
+    if d.refusal:
+        term.out.print(
+            f"[yellow]the database refused the ordinary connection[/yellow]"
+            f" ({escape(d.refusal)}); diagnosed through the {d.via} connection"
+        )
+    term.out.print(
+        f"usable {d.usable_connections} (max_connections {d.max_connections}"
+        f" − superuser_reserved {d.superuser_reserved_connections}"
+        f" − reserved {d.reserved_connections})   used {d.client_backends}"
+        + (f" (connfix's own: {d.own_sessions})" if d.own_sessions else "")
+        + f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
+    )
+    for reason in d.severity_reasons:
+        term.out.print(f"  - {escape(reason)}")
+    for note in d.notes:
+        term.out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if not d.visibility_complete:
+        term.out.print(
+            f"[yellow]visibility incomplete:[/yellow] {d.hidden_sessions} session(s) of other"
+            f" roles are hidden from {escape(d.connected_as)} (grant pg_read_all_stats);"
+            " they are counted, but their state and host are unknown: the per-state and"
+            " per-host counts are lower bounds"
+        )
+
+
+def _hosts_table(d: Diagnosis, lower: bool) -> Table:
+    """The inventory's hosts: connections, pool, what no service owns, states, suspects."""
+    hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
+    pooled = bool(d.pgbouncers)
+    for column in (
+        "host",
+        "address",
+        "conns",
+        *(("via PgBouncer",) if pooled else ()),
+        "pool (+overflow)",
+        "no service",
+        "idle",
+        "idle in tx",
+        "active",
+        "oldest idle",
+        "suspect",
+    ):
+        hosts.add_column(
+            column,
+            justify="left" if column in ("host", "address", "suspect") else "right",
+            overflow="fold",
+        )
+    for h in d.by_host:
+        hosts.add_row(
+            escape(h.host),
+            escape(h.client_addr or "-"),
+            str(h.count),
+            *((_via(h),) if pooled else ()),
+            _pool(h.pool_size, h.max_capacity),
+            escape(", ".join(f"{k} {v}" for k, v in h.unowned_clients.items()) or "-")
+            if h.pool_size is not None
+            else "-",
+            str(h.idle),
+            str(h.idle_in_transaction),
+            str(h.active),
+            _age(h.oldest_idle_seconds),
+            "[red]SUSPECT[/red]: " + escape("; ".join(h.reasons)) if h.suspect else "",
+        )
+    return hosts
+
+
+def _idle_in_transaction_table(d: Diagnosis) -> Table:
+    """The oldest sessions idle in a transaction, with what they block."""
+    iit = Table(title="oldest idle in transaction", title_justify="left")
+    for column in (
+        "pid",
+        "user",
+        "application",
+        "host",
+        "in transaction",
+        "idle",
+        "blocking",
+        "query",
+    ):
+        iit.add_column(column, overflow="fold")
+    for s in d.idle_in_transaction:
+        iit.add_row(
+            str(s.pid),
+            escape(s.usename or ""),
+            escape(app_label(s.application_name)),
+            escape(s.host),
+            _age(s.xact_seconds),
+            _age(s.idle_seconds),
+            ", ".join(map(str, s.blocking)) or "-",
+            escape(s.query or ""),
+        )
+    return iit
+
+
+def _chains_table(d: Diagnosis) -> Table:
+    """Each root blocker and every session waiting behind it."""
+    chains = Table(
+        title="blocking chains (root blocker → every session behind it)", title_justify="left"
+    )
+    for column in ("root pid", "host", "user", "state", "in transaction", "waiting", "query"):
+        chains.add_column(column, overflow="fold")
+    for c in d.blocking_chains:
+        chains.add_row(
+            str(c.root),
+            escape(c.host),
+            escape(c.usename or ""),
+            escape(c.state),
+            _age(c.xact_seconds),
+            f"{len(c.waiting)}: " + ", ".join(map(str, c.waiting)),
+            escape(c.query or ""),
+        )
+    return chains
 
 
 def _zero_hosts(term: Terminal, d: Diagnosis, lower: bool) -> None:

@@ -411,10 +411,8 @@ def analyse(
     utilization = count / usable if usable else 1.0
     severity, reasons = _severity(env, utilization, limits)
     join = join_poolers(bouncers or [], others)
-    summaries = []
-    for state in bouncers or []:
-        summary = _bouncer(state, join, env, usable - count)
-        summaries.append(summary)
+    summaries = [_bouncer(state, join, env, usable - count) for state in bouncers or []]
+    for state, summary in zip(bouncers or [], summaries, strict=True):
         if summary.get("saturated"):
             reasons.append(
                 f"PgBouncer {state.name} pool saturated:"
@@ -434,28 +432,8 @@ def analyse(
     ]
     hosts = _hosts(env, sessions, join) + _bouncer_rows(join, others)
     if own:
-        hosts.append(
-            HostUsage(
-                host=CONNFIX,
-                client_addr=own[0].client_addr,
-                count=len(own),
-                idle=sum(1 for b in own if b.state == "idle"),
-                idle_in_transaction=sum(1 for b in own if b.idle_in_transaction),
-                active=sum(1 for b in own if b.state == "active"),
-                old_idle=0,
-                oldest_idle_seconds=None,
-                pool_size=None,
-                suspect=False,
-                reasons=[],
-            )
-        )
-    host_of: dict[str | None, str] = {
-        u.client_addr: u.host for u in hosts if u.client_addr and u.host != CONNFIX
-    }
-    for name in set(join.servers.values()):
-        for b in others:
-            if join.servers.get(b.pid) == name and b.pid not in join.lent and b.client_addr:
-                host_of.setdefault(b.client_addr, PGBOUNCER_ROW.format(name=name))
+        hosts.append(_own_row(own))
+    host_of = _host_of(hosts, join, others)
     lent_host = {
         pid: host_of.get(c.addr, NOT_IN_INVENTORY) for pid, c in join.lent.items() if c.addr
     }
@@ -492,37 +470,83 @@ def analyse(
         by_user=dict(Counter(b.usename or "" for b in others).most_common()),
         by_database=dict(Counter(b.datname or "" for b in others).most_common()),
         idle_in_transaction=[
-            IdleTransaction(
-                pid=b.pid,
-                usename=b.usename,
-                application_name=b.application_name,
-                host=lent_host.get(b.pid)
-                or host_of.get(b.client_addr, LOCAL if b.client_addr is None else NOT_IN_INVENTORY),
-                client_addr=b.client_addr,
-                state=b.state or "",
-                xact_seconds=b.xact_seconds,
-                idle_seconds=b.idle_seconds,
-                blocking=sorted(blocking.get(b.pid, [])),
-                query=_masked(b.query),
-            )
+            _idle_transaction(b, lent_host.get(b.pid), host_of, blocking)
             for b in iit[:TOP_IDLE_IN_TRANSACTION]
         ],
         connection_limits=limits,
         pool_check=pool_check(env, usable),
         suspects=suspects,
         pgbouncers=summaries,
-        pooler_sessions={
-            pid: (
-                f"{lent_host[pid]} through PgBouncer {name}"
-                if pid in lent_host
-                else PGBOUNCER_ROW.format(name=name)
-            )
-            for pid, name in join.servers.items()
-        },
+        pooler_sessions=_pooler_sessions(join, lent_host),
         own_sessions=len(own),
         unowned_connections=sum(u.unowned for u in hosts if u.pool_size is not None),
         blocking_chains=chains,
     )
+
+
+def _own_row(own: list[Backend]) -> HostUsage:
+    """connfix's own sessions, as a row of their own: counted, never a suspect."""
+    return HostUsage(
+        host=CONNFIX,
+        client_addr=own[0].client_addr,
+        count=len(own),
+        idle=sum(1 for b in own if b.state == "idle"),
+        idle_in_transaction=sum(1 for b in own if b.idle_in_transaction),
+        active=sum(1 for b in own if b.state == "active"),
+        old_idle=0,
+        oldest_idle_seconds=None,
+        pool_size=None,
+        suspect=False,
+        reasons=[],
+    )
+
+
+def _host_of(
+    hosts: list[HostUsage], join: PoolerJoin, others: list[Backend]
+) -> dict[str | None, str]:
+    """Which row each client address is shown in: a host's, or a PgBouncer's for the
+    server connections it holds unlent."""
+    host_of: dict[str | None, str] = {
+        u.client_addr: u.host for u in hosts if u.client_addr and u.host != CONNFIX
+    }
+    for name in set(join.servers.values()):
+        for b in others:
+            if join.servers.get(b.pid) == name and b.pid not in join.lent and b.client_addr:
+                host_of.setdefault(b.client_addr, PGBOUNCER_ROW.format(name=name))
+    return host_of
+
+
+def _idle_transaction(
+    b: Backend, lent_to: str | None, host_of: dict[str | None, str], blocking: dict[int, list[int]]
+) -> IdleTransaction:
+    """One session idle in a transaction, with its host (through a pooler too) and what
+    it blocks."""
+    return IdleTransaction(
+        pid=b.pid,
+        usename=b.usename,
+        application_name=b.application_name,
+        host=lent_to
+        or host_of.get(b.client_addr, LOCAL if b.client_addr is None else NOT_IN_INVENTORY),
+        client_addr=b.client_addr,
+        state=b.state or "",
+        xact_seconds=b.xact_seconds,
+        idle_seconds=b.idle_seconds,
+        blocking=sorted(blocking.get(b.pid, [])),
+        query=_masked(b.query),
+    )
+
+
+def _pooler_sessions(join: PoolerJoin, lent_host: dict[int, str]) -> dict[int, str]:
+    """Whose each of PgBouncer's server connections is: the host it is lent to, or the
+    PgBouncer's own row."""
+    return {
+        pid: (
+            f"{lent_host[pid]} through PgBouncer {name}"
+            if pid in lent_host
+            else PGBOUNCER_ROW.format(name=name)
+        )
+        for pid, name in join.servers.items()
+    }
 
 
 def _bouncer(state: BouncerState, join: PoolerJoin, env: Environment, free: int) -> dict[str, Any]:
