@@ -142,6 +142,41 @@ def _identity(c: Backend) -> dict[str, Any]:
     }
 
 
+def _operation(c: Backend, cancel: bool, host: str | None, waiting: dict[int, int]) -> Operation:
+    """One planned statement: what it ends, from where, and the re-check it carries."""
+    verb, function = (
+        ("cancel the statement of", "pg_cancel_backend")
+        if cancel
+        else ("terminate", "pg_terminate_backend")
+    )
+    return Operation(
+        kind="sql",
+        description=(
+            f"{verb} pid {c.pid}: {c.usename} / {app_label(c.application_name)}"
+            " from " + (host or c.client_addr or "socket") + ","
+            f" {c.state} for {format_duration(c.idle_seconds or 0)}"
+            + (f", root blocker of {waiting[c.pid]} waiting session(s)" if c.pid in waiting else "")
+        ),
+        target=f"pid {c.pid}",
+        command=(
+            f"SELECT {function}({c.pid}) FROM pg_stat_activity"
+            f" WHERE pid = {c.pid} AND backend_start = '{c.backend_start}'"
+            f" AND state = '{c.state}' AND state_change = '{c.state_change}'"
+        ),
+        details={
+            "pid": c.pid,
+            "usename": c.usename,
+            "application_name": c.application_name,
+            "client_addr": c.client_addr,
+            "host": host,
+            "state": c.state,
+            "idle_seconds": round(c.idle_seconds or 0, 3),
+            "xact_seconds": c.xact_seconds,
+            "query": c.query,
+        },
+    )
+
+
 class TerminateAction(Action[TerminateParams, TerminatePlan]):
     """Plan which idle sessions to end; end them one re-checked statement at a time."""
 
@@ -155,23 +190,12 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         return "cancel_queries" if params.signal == "cancel" else "end_sessions"
 
     def plan(self, ctx: RunContext, params: TerminateParams) -> Plan[TerminatePlan]:
+        """The stages: every client backend read again, the excluded set aside (_chosen),
+        root blockers first, only what is beyond each pool with --excess-only, the caps,
+        then one re-checked statement per session (_operation)."""
         rows = [b for b in ctx.session.all("activity", Backend) if not b.own]
         host_of = _host_of(ctx)
-        # behind a pooler: whose each of PgBouncer's server connections is (latest diagnosis)
-        pooled = ctx.latest.pooler_sessions if ctx.latest else {}
-        hosts_at: dict[str | None, Host] = {
-            h.client_addr: h for h in ctx.env.hosts if h.client_addr and not ctx.env.zero_setup
-        }
-        wanted: set[str] = {STATES[s] for s in params.states}
-        excluded: Counter[str] = Counter()
-        chosen: list[Backend] = []
-        for c in rows:
-            reason = _exclusion(c, params, ctx, hosts_at.get(c.client_addr), wanted)
-            if reason:
-                excluded[reason] += 1
-            else:
-                chosen.append(c)
-        chosen.sort(key=lambda c: -(c.idle_seconds or 0))  # oldest idle first
+        chosen, excluded = self._chosen(ctx, params, rows)
         # root blockers before anything: each frees every session queued behind it
         waiting = {
             c.root: len(c.waiting) for c in (ctx.latest.blocking_chains if ctx.latest else [])
@@ -187,14 +211,10 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             chosen = chosen[:cap]
         states = ", ".join(STATES[s] for s in params.states)
         cancel = params.signal == "cancel"
-        verb, function = (
-            ("cancel the statement of", "pg_cancel_backend")
-            if cancel
-            else ("terminate", "pg_terminate_backend")
-        )
         summary = (
-            f"{verb} {len(chosen)} session(s) ({states},"
-            f" {'running' if cancel else 'idle'} over {format_duration(params.older_than)}), "
+            f"{'cancel the statement of' if cancel else 'terminate'} {len(chosen)} session(s)"
+            f" ({states}, {'running' if cancel else 'idle'} over"
+            f" {format_duration(params.older_than)}), "
             + ("root blockers first, then " if any(c.pid in waiting for c in chosen) else "")
             + (
                 "those beyond each host's pool, newest connected first (the pool's own"
@@ -207,46 +227,37 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             summary += "; left alone: " + ", ".join(
                 f"{n} {why}" for why, n in excluded.most_common()
             )
-        operations = [
-            Operation(
-                kind="sql",
-                description=(
-                    f"{verb} pid {c.pid}: {c.usename} / {app_label(c.application_name)}"
-                    " from "
-                    + (pooled.get(c.pid) or host_of.get(c.client_addr) or c.client_addr or "socket")
-                    + ","
-                    f" {c.state} for {format_duration(c.idle_seconds or 0)}"
-                    + (
-                        f", root blocker of {waiting[c.pid]} waiting session(s)"
-                        if c.pid in waiting
-                        else ""
-                    )
-                ),
-                target=f"pid {c.pid}",
-                command=(
-                    f"SELECT {function}({c.pid}) FROM pg_stat_activity"
-                    f" WHERE pid = {c.pid} AND backend_start = '{c.backend_start}'"
-                    f" AND state = '{c.state}' AND state_change = '{c.state_change}'"
-                ),
-                details={
-                    "pid": c.pid,
-                    "usename": c.usename,
-                    "application_name": c.application_name,
-                    "client_addr": c.client_addr,
-                    "host": pooled.get(c.pid) or host_of.get(c.client_addr),
-                    "state": c.state,
-                    "idle_seconds": round(c.idle_seconds or 0, 3),
-                    "xact_seconds": c.xact_seconds,
-                    "query": c.query,
-                },
-            )
-            for c in chosen
-        ]
+        # behind a pooler: whose each of PgBouncer's server connections is (latest diagnosis)
+        pooled = ctx.latest.pooler_sessions if ctx.latest else {}
         return Plan(
             summary=summary,
-            operations=operations,
+            operations=[
+                _operation(c, cancel, pooled.get(c.pid) or host_of.get(c.client_addr), waiting)
+                for c in chosen
+            ],
             data=TerminatePlan(chosen, dict(excluded), limits),
         )
+
+    @staticmethod
+    def _chosen(
+        ctx: RunContext, params: TerminateParams, rows: list[Backend]
+    ) -> tuple[list[Backend], Counter[str]]:
+        """The sessions no exclusion holds back, oldest idle first; and why the others
+        were left, counted."""
+        hosts_at: dict[str | None, Host] = {
+            h.client_addr: h for h in ctx.env.hosts if h.client_addr and not ctx.env.zero_setup
+        }
+        wanted: set[str] = {STATES[s] for s in params.states}
+        excluded: Counter[str] = Counter()
+        chosen: list[Backend] = []
+        for c in rows:
+            reason = _exclusion(c, params, ctx, hosts_at.get(c.client_addr), wanted)
+            if reason:
+                excluded[reason] += 1
+            else:
+                chosen.append(c)
+        chosen.sort(key=lambda c: -(c.idle_seconds or 0))  # oldest idle first
+        return chosen, excluded
 
     @staticmethod
     def _limits(ctx: RunContext, p: TerminateParams, client_backends: int) -> dict[str, int]:
@@ -313,15 +324,15 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         return [c for c in chosen if c.pid in keep], dict(left)
 
     def apply(self, ctx: RunContext, params: TerminateParams, plan: Plan[TerminatePlan]) -> Outcome:
+        """The stages: the count before; each batch signalled, every pid re-checked in the
+        statement (_signal); the exits confirmed together (_confirm); the count after."""
         from connfix.db import pg
 
         with ctx.db_lock:  # the count right before, to measure what was freed
             before = pg.client_backends(ctx.session)
         assert plan.data is not None  # a plan with operations carries its data
         candidates = plan.data.candidates
-        signalled: dict[int, Operation] = {}
         counts: Counter[str] = Counter()
-        interrupted = False
         # pg_terminate_backend(pid, timeout) (14+) confirms each exit itself, but waits in
         # 100 ms steps: used for small plans; larger ones signal every pid first and then
         # confirm the exits together with one pg_stat_activity poll every 20 ms.
@@ -340,66 +351,8 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         )
         done_word = "cancelled" if cancel else "terminated"
         planned = list(zip(plan.operations, candidates, strict=True))
-        size = 1 if wait_ms is not None else BATCH
-        for start in range(0, len(planned), size):
-            batch = planned[start : start + size]
-            records: list[tuple[Event, dict[str, Any]]] = []
-            if ctx.interrupt.requested:
-                interrupted = True
-                for op, _ in planned[start:]:
-                    records.append(
-                        (Event.OPERATION, {"result": "not attempted", "reason": "interrupted",
-                                           **op.details})
-                    )  # fmt: skip
-                counts["not attempted"] += len(planned) - start
-                ctx.record_many(records)
-                break
-            identities = [_identity(c) for _, c in batch]
-            if wait_ms is not None:  # one pid, waiting on its exit
-                results = {
-                    i["pid"]: pg.terminate_if_unchanged(ctx.session, i, wait_ms) for i in identities
-                }
-            else:
-                results = pg.terminate_batch_if_unchanged(ctx.session, identities, cancel)
-            for op, c in batch:
-                result, detail = results[c.pid]
-                if result == "signalled":
-                    signalled[c.pid] = op
-                    continue
-                counts[result] += 1
-                records.append(
-                    (Event.OPERATION, {"result": result, "reason": detail,
-                                       "confirmed_by": method, **op.details})
-                )  # fmt: skip
-            ctx.record_many(records)
-        deadline = time.monotonic() + params.exit_timeout
-        by_pid = {c.pid: c for c in candidates}
-        identities_of = [_identity(by_pid[pid]) for pid in signalled]
-
-        def left(pids: set[int] | None = None) -> set[int]:
-            if cancel:  # the statement ended: no longer active with that state_change
-                wanted = [i for i in identities_of if pids is None or i["pid"] in pids]
-                return pg.still_running(ctx.session, wanted)
-            return pg.alive(ctx.session, list(signalled if pids is None else pids))
-
-        remaining = left()
-        while remaining and time.monotonic() < deadline:
-            time.sleep(0.02)
-            remaining = left(remaining)
-        confirmed: list[tuple[Event, dict[str, Any]]] = []
-        for pid, op in signalled.items():
-            gone = pid not in remaining
-            counts[done_word if gone else "failed"] += 1
-            reason = (
-                ""
-                if gone
-                else (f"signalled, still present after {format_duration(params.exit_timeout)}")
-            )
-            confirmed.append(
-                (Event.OPERATION, {"result": done_word if gone else "failed",
-                                   "reason": reason, "confirmed_by": method, **op.details})
-            )  # fmt: skip
-        ctx.record_many(confirmed)
+        signalled, interrupted = _signal(ctx, planned, wait_ms, cancel, method, counts)
+        _confirm(ctx, signalled, candidates, params, method, done_word, counts)
         after = ctx.diagnose()
         freed = before - after.client_backends
         summary = (
@@ -424,6 +377,99 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             interrupted=interrupted,
             changed={done_word: counts[done_word]},
         )
+
+
+def _signal(
+    ctx: RunContext,
+    planned: list[tuple[Operation, Backend]],
+    wait_ms: int | None,
+    cancel: bool,
+    method: str,
+    counts: Counter[str],
+) -> tuple[dict[int, Operation], bool]:
+    """Signal the planned sessions batch by batch, each statement re-checking that its
+    session is the one planned; journal what is already settled (skipped, failed, or
+    confirmed by the timeout form). Return the pids signalled and awaiting their exit,
+    and whether a Ctrl-C stopped it (the rest journaled as not attempted)."""
+    from connfix.db import pg
+
+    signalled: dict[int, Operation] = {}
+    size = 1 if wait_ms is not None else BATCH
+    for start in range(0, len(planned), size):
+        batch = planned[start : start + size]
+        records: list[tuple[Event, dict[str, Any]]] = []
+        if ctx.interrupt.requested:
+            for op, _ in planned[start:]:
+                records.append(
+                    (Event.OPERATION, {"result": "not attempted", "reason": "interrupted",
+                                       **op.details})
+                )  # fmt: skip
+            counts["not attempted"] += len(planned) - start
+            ctx.record_many(records)
+            return signalled, True
+        identities = [_identity(c) for _, c in batch]
+        if wait_ms is not None:  # one pid, waiting on its exit
+            results = {
+                i["pid"]: pg.terminate_if_unchanged(ctx.session, i, wait_ms) for i in identities
+            }
+        else:
+            results = pg.terminate_batch_if_unchanged(ctx.session, identities, cancel)
+        for op, c in batch:
+            result, detail = results[c.pid]
+            if result == "signalled":
+                signalled[c.pid] = op
+                continue
+            counts[result] += 1
+            records.append(
+                (Event.OPERATION, {"result": result, "reason": detail,
+                                   "confirmed_by": method, **op.details})
+            )  # fmt: skip
+        ctx.record_many(records)
+    return signalled, False
+
+
+def _confirm(
+    ctx: RunContext,
+    signalled: dict[int, Operation],
+    candidates: list[Backend],
+    params: TerminateParams,
+    method: str,
+    done_word: str,
+    counts: Counter[str],
+) -> None:
+    """Poll until every signalled session is gone (or its statement ended, for a
+    cancel), up to exit_timeout; journal each as done or failed."""
+    from connfix.db import pg
+
+    cancel = params.signal == "cancel"
+    deadline = time.monotonic() + params.exit_timeout
+    by_pid = {c.pid: c for c in candidates}
+    identities_of = [_identity(by_pid[pid]) for pid in signalled]
+
+    def left(pids: set[int] | None = None) -> set[int]:
+        if cancel:  # the statement ended: no longer active with that state_change
+            wanted = [i for i in identities_of if pids is None or i["pid"] in pids]
+            return pg.still_running(ctx.session, wanted)
+        return pg.alive(ctx.session, list(signalled if pids is None else pids))
+
+    remaining = left()
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.02)
+        remaining = left(remaining)
+    confirmed: list[tuple[Event, dict[str, Any]]] = []
+    for pid, op in signalled.items():
+        gone = pid not in remaining
+        counts[done_word if gone else "failed"] += 1
+        reason = (
+            ""
+            if gone
+            else (f"signalled, still present after {format_duration(params.exit_timeout)}")
+        )
+        confirmed.append(
+            (Event.OPERATION, {"result": done_word if gone else "failed",
+                               "reason": reason, "confirmed_by": method, **op.details})
+        )  # fmt: skip
+    ctx.record_many(confirmed)
 
 
 def _active_states() -> list[StateName]:

@@ -31,7 +31,7 @@ from connfix.diagnosis.model import (
 )
 
 if TYPE_CHECKING:
-    from connfix.config.inventory import Environment
+    from connfix.config.inventory import Environment, Host
     from connfix.db.pg import ServerInfo, Session
     from connfix.db.pgbouncer_console import BouncerClient, BouncerState
 
@@ -243,75 +243,30 @@ def _hosts(
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
         ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
-        pool: int | None = None
-        capacity: int | None = None
-        reasons: list[str] = []
-        old_idle = 0
-        owned: list[Backend] = members
-        unowned: list[Backend] = []
-        services: list[ServiceUsage] = []
-        if host is not None:
-            on_host = env.services_on(host)
-            by_service: dict[str, list[Backend]] = {s.label: [] for s in on_host}
-            owned = []
-            # what each service's pool holds: its direct sessions, and its client
-            # connections in PgBouncers (a lent server connection stands for its client)
-            for b in [*(m for m in members if m.pid not in pooler.lent), *(c for _, c in pooled)]:
-                owner = env.owner(host, b.application_name, b.usename)
-                if owner is None:
-                    unowned.append(b)
-                else:
-                    by_service[owner.label].append(b)
-                    owned.append(b)
-            pool, capacity = 0, 0
-            for service in on_host:
-                mine = by_service[service.label]
-                s_pool, s_cap = host.pool_capacity(service), host.max_capacity(service)
-                s_reasons, s_old = _host_reasons(env, mine, s_pool, s_cap)
-                through = sum(1 for b in mine if b.pid <= 0 or b.pid in pooler.lent)
-                if s_reasons and through:
-                    names = ", ".join(sorted({name for name, _ in pooled}))
-                    s_reasons[0] += f" ({through} of them through PgBouncer {names})"
-                pool, capacity = (pool or 0) + s_pool, (capacity or 0) + s_cap
-                old_idle += s_old
-                services.append(
-                    ServiceUsage(
-                        service.label, len(mine), s_pool, s_cap, bool(s_reasons), s_reasons
-                    )
-                )
-                several = len(on_host) > 1
-                reasons += [f"{service.label}: {r}" if several else r for r in s_reasons]
-        if host is not None:
-            name = host.name
-        elif addr == HIDDEN:
-            name = HIDDEN
-        elif addr is None:
-            name = LOCAL
-        else:
-            name = NOT_IN_INVENTORY
+        j = _judge(env, host, members, pooled, pooler) if host is not None else _Judged()
         usages.append(
             HostUsage(
-                host=name,
+                host=_row_name(host, addr),
                 client_addr=None if addr == HIDDEN else addr,
                 count=len(members),
                 idle=len(idle),
                 idle_in_transaction=len(iit),
                 active=sum(1 for b in members if b.state == "active"),
-                old_idle=old_idle,
+                old_idle=j.old_idle,
                 oldest_idle_seconds=max(ages) if ages else None,
-                pool_size=pool,
-                suspect=bool(reasons),
-                reasons=reasons,
-                max_capacity=capacity,
-                owned=len(owned) if host is not None else 0,
+                pool_size=j.pool,
+                suspect=bool(j.reasons),
+                reasons=j.reasons,
+                max_capacity=j.capacity,
+                owned=len(j.owned) if host is not None else 0,
                 # database sessions only: a client idle in a PgBouncer holds no slot
-                unowned=sum(1 for b in unowned if b.pid > 0 and b.pid not in pooler.lent),
+                unowned=sum(1 for b in j.unowned if b.pid > 0 and b.pid not in pooler.lent),
                 lent=sum(1 for b in members if b.pid in pooler.lent),
                 pooled=len(pooled),
                 pooled_waiting=sum(1 for _, c in pooled if c.state == "waiting"),
                 pooled_by=dict(Counter(name for name, _ in pooled)),
-                unowned_clients=dict(Counter(app_label(b.application_name) for b in unowned)),
-                services=services,
+                unowned_clients=dict(Counter(app_label(b.application_name) for b in j.unowned)),
+                services=j.services,
             )
         )
     # suspects first, most over what they may hold first; then by count
@@ -324,6 +279,69 @@ def _hosts(
         )
     )
     return usages
+
+
+@dataclass
+class _Judged:
+    """One inventory host's pools judged (_judge): its sessions by service, each
+    service's pool and capacity, and why a service is a suspect."""
+
+    pool: int | None = None
+    capacity: int | None = None
+    reasons: list[str] = field(default_factory=list)
+    old_idle: int = 0
+    owned: list[Backend] = field(default_factory=list)
+    unowned: list[Backend] = field(default_factory=list)
+    services: list[ServiceUsage] = field(default_factory=list)
+
+
+def _judge(
+    env: Environment,
+    host: Host,
+    members: list[Backend],
+    pooled: list[tuple[str, Backend]],
+    pooler: PoolerJoin,
+) -> _Judged:
+    """What each of the host's services holds — its direct sessions and its client
+    connections in PgBouncers (a lent server connection stands for its client) — against
+    its pool; what no service owns."""
+    on_host = env.services_on(host)
+    by_service: dict[str, list[Backend]] = {s.label: [] for s in on_host}
+    j = _Judged(pool=0, capacity=0)
+    for b in [*(m for m in members if m.pid not in pooler.lent), *(c for _, c in pooled)]:
+        owner = env.owner(host, b.application_name, b.usename)
+        if owner is None:
+            j.unowned.append(b)
+        else:
+            by_service[owner.label].append(b)
+            j.owned.append(b)
+    for service in on_host:
+        mine = by_service[service.label]
+        s_pool, s_cap = host.pool_capacity(service), host.max_capacity(service)
+        s_reasons, s_old = _host_reasons(env, mine, s_pool, s_cap)
+        through = sum(1 for b in mine if b.pid <= 0 or b.pid in pooler.lent)
+        if s_reasons and through:
+            names = ", ".join(sorted({name for name, _ in pooled}))
+            s_reasons[0] += f" ({through} of them through PgBouncer {names})"
+        j.pool, j.capacity = (j.pool or 0) + s_pool, (j.capacity or 0) + s_cap
+        j.old_idle += s_old
+        j.services.append(
+            ServiceUsage(service.label, len(mine), s_pool, s_cap, bool(s_reasons), s_reasons)
+        )
+        several = len(on_host) > 1
+        j.reasons += [f"{service.label}: {r}" if several else r for r in s_reasons]
+    return j
+
+
+def _row_name(host: Host | None, addr: str | None) -> str:
+    """The by-host row's name: the inventory host, or what the address is."""
+    if host is not None:
+        return host.name
+    if addr == HIDDEN:
+        return HIDDEN
+    if addr is None:
+        return LOCAL
+    return NOT_IN_INVENTORY
 
 
 def _masked(query: str | None) -> str | None:
