@@ -346,6 +346,8 @@ def _stderr() -> Any:
     return sys.stderr
 
 
+# Over 80 lines: the route table, each route a short closure over the server's state;
+# read top to bottom it is the HTTP surface of serve.
 def app(server: Server) -> Any:
     """The Starlette application."""
     from starlette.applications import Starlette

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from connfix.diagnosis.model import Diagnosis
 
 
+# Over 80 lines: the signature is its options and the docstring is the --help text; the
+# body picks the way (inventory, --dsn, --watch) and renders.
 @click.command()
 @optional_environment_argument
 @dsn_option

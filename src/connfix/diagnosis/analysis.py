@@ -408,6 +408,8 @@ def blocking_chains(
     return chains
 
 
+# Over 80 lines: half of it is the Diagnosis built field by field; the stages are calls
+# (_severity, join_poolers, _hosts, blocking_chains, _idle_transaction, …).
 def analyse(
     environment: str,
     env: Environment,

@@ -4,7 +4,7 @@ diagnosis; `connfix pool` and the `advise` action show and journal them."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -118,8 +118,6 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     overflow; at the safe size, that size with its overflow.
     """
     service = env.service
-    from connfix.diagnosis.model import CONNFIX
-
     names = {h.name for h in env.hosts}
     pooled_hosts = sorted(u.host for u in d.by_host if u.pooled and u.host in names)
     direct = [h for h in env.hosts if h.name not in pooled_hosts]
@@ -127,64 +125,20 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
     workers = service.workers
     overflow = service.max_overflow
     capacities = [h.max_capacity(service) for h in direct]  # pool + overflow, × workers
-    fleet_total = sum(capacities)
-    fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
-    # PgBouncer's own server connections are the pooled apps' demand, not other clients
-    pooler = sum(u.count for u in d.by_host if u.pgbouncer) + sum(u.lent for u in d.by_host)
-    other = sum(
-        u.count
-        for u in d.by_host
-        if u.client_addr not in fleet_addresses and u.host != CONNFIX and not u.pgbouncer
-    ) + sum(u.unowned for u in d.by_host if u.client_addr in fleet_addresses)
+    other, pooler = _other_demand(env, d)
     at_once = min(service.max_unavailable, servers)
     overlap = at_once * max(capacities, default=0)
     buffer = env.thresholds.buffer
     base = d.usable_connections - buffer - other - pooler
-    available = base - overlap
     per_worker = (
         max(0, max(0, base) // ((servers + at_once) * workers) - overflow) if servers else 0
     )
-    after_total = (per_worker + overflow) * servers * workers if per_worker else 0
     after_overlap = at_once * (per_worker + overflow) * workers if per_worker else 0
-    notes = [
-        f"usable {d.usable_connections} = max_connections {d.max_connections}"
-        f" − superuser_reserved_connections {d.superuser_reserved_connections}"
-        f" − reserved_connections {d.reserved_connections}",
-        f"minus buffer {buffer}, other clients {other} (open now, no service's),"
-        + (f" PgBouncer's server connections {pooler} (now)," if pooler else "")
-        + f" and what a rolling restart holds twice (max_unavailable"
-        f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
-        f" {overlap} now, {after_overlap} at the safe size",
-        f"each worker may hold its pool size and max_overflow {overflow} in a burst: the"
-        f" worst case, {servers} servers × {workers} workers × (pool size + {overflow}),"
-        " is what must fit"
-        if overflow
-        else "max_overflow 0: a pool never opens more than its size",
-        f"safe size = ({d.usable_connections} − {buffer} − {other}"
-        + (f" − {pooler}" if pooler else "")
-        + ") //"
-        f" (({servers} servers + {at_once} restarting) × {workers} workers)"
-        + (f" − {overflow} overflow" if overflow else "")
-        + f" = {per_worker}",
-    ]
-    if per_worker == 0 and servers:
-        notes.append(
-            f"{servers} servers × {workers} workers cannot each get even one"
-            " connection: put PgBouncer in front of the database"
-        )
-    if any(h.pool_size for h in env.hosts):
-        notes.append("some hosts set their own pool_size; the safe size applies to every host")
-    if pooled_hosts:
-        notes.append(
-            f"behind PgBouncer: {', '.join(pooled_hosts)}; still direct:"
-            f" {', '.join(h.name for h in direct) or 'none'} (this sizing is of the direct"
-            " hosts' pools; PgBouncer's is in its config)"
-        )
-    return PoolSizing(
+    sizing = PoolSizing(
         servers=servers,
         workers=workers,
         pool_size=service.pool_size,
-        fleet_total=fleet_total,
+        fleet_total=sum(capacities),
         max_connections=d.max_connections,
         superuser_reserved_connections=d.superuser_reserved_connections,
         reserved_connections=d.reserved_connections,
@@ -192,18 +146,77 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         buffer=buffer,
         other_clients=other,
         restart_overlap=overlap,
-        available=available,
-        safe=fleet_total <= available,
+        available=base - overlap,
+        safe=sum(capacities) <= base - overlap,
         max_safe_pool_size=per_worker,
-        after_total=after_total,
+        after_total=(per_worker + overflow) * servers * workers if per_worker else 0,
         after_restart_overlap=after_overlap,
         after_available=base - after_overlap,
-        notes=notes,
+        notes=[],
         pooler_connections=pooler,
         pooled_hosts=pooled_hosts,
         direct_hosts=[h.name for h in direct],
         max_overflow=overflow,
     )
+    return replace(sizing, notes=_sizing_notes(env, sizing))
+
+
+def _other_demand(env: Environment, d: Diagnosis) -> tuple[int, int]:
+    """What holds slots besides the fleet's pools, now: other clients (sessions from
+    outside the fleet, and the fleet hosts' sessions no service owns; connfix's own left
+    out) and PgBouncer's server connections (the pooled apps' demand)."""
+    from connfix.diagnosis.model import CONNFIX
+
+    fleet_addresses = {h.client_addr for h in env.hosts if h.client_addr}
+    pooler = sum(u.count for u in d.by_host if u.pgbouncer) + sum(u.lent for u in d.by_host)
+    other = sum(
+        u.count
+        for u in d.by_host
+        if u.client_addr not in fleet_addresses and u.host != CONNFIX and not u.pgbouncer
+    ) + sum(u.unowned for u in d.by_host if u.client_addr in fleet_addresses)
+    return other, pooler
+
+
+def _sizing_notes(env: Environment, s: PoolSizing) -> list[str]:
+    """How the safe size was reached, one line per term, and what to know about it."""
+    service = env.service
+    at_once = min(service.max_unavailable, s.servers)
+    overflow, pooler = s.max_overflow, s.pooler_connections
+    notes = [
+        f"usable {s.usable_connections} = max_connections {s.max_connections}"
+        f" − superuser_reserved_connections {s.superuser_reserved_connections}"
+        f" − reserved_connections {s.reserved_connections}",
+        f"minus buffer {s.buffer}, other clients {s.other_clients} (open now, no service's),"
+        + (f" PgBouncer's server connections {pooler} (now)," if pooler else "")
+        + f" and what a rolling restart holds twice (max_unavailable"
+        f" {service.max_unavailable} × one host's pool: its old and new pools overlap):"
+        f" {s.restart_overlap} now, {s.after_restart_overlap} at the safe size",
+        f"each worker may hold its pool size and max_overflow {overflow} in a burst: the"
+        f" worst case, {s.servers} servers × {s.workers} workers × (pool size + {overflow}),"
+        " is what must fit"
+        if overflow
+        else "max_overflow 0: a pool never opens more than its size",
+        f"safe size = ({s.usable_connections} − {s.buffer} − {s.other_clients}"
+        + (f" − {pooler}" if pooler else "")
+        + ") //"
+        f" (({s.servers} servers + {at_once} restarting) × {s.workers} workers)"
+        + (f" − {overflow} overflow" if overflow else "")
+        + f" = {s.max_safe_pool_size}",
+    ]
+    if s.max_safe_pool_size == 0 and s.servers:
+        notes.append(
+            f"{s.servers} servers × {s.workers} workers cannot each get even one"
+            " connection: put PgBouncer in front of the database"
+        )
+    if any(h.pool_size for h in env.hosts):
+        notes.append("some hosts set their own pool_size; the safe size applies to every host")
+    if s.pooled_hosts:
+        notes.append(
+            f"behind PgBouncer: {', '.join(s.pooled_hosts)}; still direct:"
+            f" {', '.join(s.direct_hosts) or 'none'} (this sizing is of the direct"
+            " hosts' pools; PgBouncer's is in its config)"
+        )
+    return notes
 
 
 @dataclass(frozen=True)
@@ -607,6 +620,8 @@ def live_version(d: Diagnosis) -> tuple[int, ...]:
     return min((v for v in live if v), default=())
 
 
+# Over 80 lines: the plan, then every file checked before any is written (an existing
+# one refused without --force), then each written 0600; then what `pool` reports of it.
 def write_pgbouncer_config(
     env: Environment,
     d: Diagnosis,

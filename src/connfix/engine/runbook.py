@@ -125,67 +125,15 @@ def parse_runbook(text: str, path: Path) -> Runbook:
     steps: list[Step] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(model.steps):
-        where: PathT = ("steps", index)
         if raw.id in seen:
             raise _fail(
                 path,
                 located,
-                (*where, "id"),
+                ("steps", index, "id"),
                 f"duplicate step id {raw.id!r} (also steps[{seen[raw.id]}])",
             )
         seen[raw.id] = index
-        action = ACTIONS.get(raw.action)
-        if action is None:
-            raise _fail(
-                path,
-                located,
-                (*where, "action"),
-                f"unknown action {raw.action!r}; actions: {', '.join(sorted(ACTIONS))}",
-            )
-        try:
-            params = action.params_model.model_validate(raw.params)
-        except ValidationError as exc:
-            raise RunbookError(
-                describe_validation(
-                    path,
-                    located,
-                    list(exc.errors()),
-                    f"action {raw.action} takes: {', '.join(action.params_model.model_fields)}"
-                    if action.params_model.model_fields
-                    else f"action {raw.action} takes none",
-                    prefix=(*where, "params"),
-                )
-            ) from None
-        named = getattr(params, "hosts", None)
-        if "hosts" in params.model_fields_set and (
-            not named or any(not str(n).strip() for n in named)
-        ):
-            raise _fail(
-                path,
-                located,
-                (*where, "params", "hosts"),
-                "names no host (an empty list or an empty name); leave it out for every host",
-            )
-        checks = [("when", raw.when)] if raw.when is not None else []
-        checks += [(f"params.{name}", expr) for name, expr in action.expressions(params)]
-        for field_name, expression in checks:
-            try:
-                expressions.check(expression)
-            except expressions.ExpressionError as exc:
-                loc = (*where, *field_name.split("."))
-                raise _fail(path, located, loc, str(exc)) from None
-        steps.append(
-            Step(
-                id=raw.id,
-                action=raw.action,
-                description=raw.description,
-                params=params,
-                when=raw.when,
-                confirm=raw.confirm if raw.confirm is not None else action.mutating,
-                on_failure=raw.on_failure,
-                line=located.line_of(where),
-            )
-        )
+        steps.append(_step(raw, index, path, located))
     if steps[0].action != "diagnose":
         raise _fail(
             path,
@@ -200,6 +148,60 @@ def parse_runbook(text: str, path: Path) -> Runbook:
         steps=steps,
         source=str(path),
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
+
+
+def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
+    """One step checked against its action: the action exists, its params are the
+    action's, a `hosts:` names a host, every condition compiles."""
+    where: PathT = ("steps", index)
+    action = ACTIONS.get(raw.action)
+    if action is None:
+        raise _fail(
+            path,
+            located,
+            (*where, "action"),
+            f"unknown action {raw.action!r}; actions: {', '.join(sorted(ACTIONS))}",
+        )
+    try:
+        params = action.params_model.model_validate(raw.params)
+    except ValidationError as exc:
+        raise RunbookError(
+            describe_validation(
+                path,
+                located,
+                list(exc.errors()),
+                f"action {raw.action} takes: {', '.join(action.params_model.model_fields)}"
+                if action.params_model.model_fields
+                else f"action {raw.action} takes none",
+                prefix=(*where, "params"),
+            )
+        ) from None
+    named = getattr(params, "hosts", None)
+    if "hosts" in params.model_fields_set and (not named or any(not str(n).strip() for n in named)):
+        raise _fail(
+            path,
+            located,
+            (*where, "params", "hosts"),
+            "names no host (an empty list or an empty name); leave it out for every host",
+        )
+    checks = [("when", raw.when)] if raw.when is not None else []
+    checks += [(f"params.{name}", expr) for name, expr in action.expressions(params)]
+    for field_name, expression in checks:
+        try:
+            expressions.check(expression)
+        except expressions.ExpressionError as exc:
+            loc = (*where, *field_name.split("."))
+            raise _fail(path, located, loc, str(exc)) from None
+    return Step(
+        id=raw.id,
+        action=raw.action,
+        description=raw.description,
+        params=params,
+        when=raw.when,
+        confirm=raw.confirm if raw.confirm is not None else action.mutating,
+        on_failure=raw.on_failure,
+        line=located.line_of(where),
     )
 
 

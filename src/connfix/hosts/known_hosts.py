@@ -270,6 +270,8 @@ def parse_certificate(blob: bytes) -> Certificate:
     )
 
 
+# Over 80 lines: OpenSSH's checks of a host certificate, in OpenSSH's order, each
+# refusing with its own reason (sshkey_cert_check_authority).
 def check_certificate(
     server_key: paramiko.PKey,
     name: str,

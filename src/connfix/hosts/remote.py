@@ -257,6 +257,9 @@ class Remote:
             self.close()  # a half-open transport must not linger
             raise
 
+    # Over 80 lines: the known_hosts of every host on the way (jump hosts too) loaded and
+    # its certificate policy set, then one connect whose every failure (changed or unknown
+    # host key, authentication, timeout) becomes its own message.
     def _open(self) -> None:
         files: dict[str, Path] = {}  # known_hosts name of each host on the way → its file
         for conn in (self.conn, *self.hops):

@@ -167,6 +167,9 @@ def runtime_paths() -> tuple[list[str], list[str]]:
     return kept, sorted(traverse)
 
 
+# Over 80 lines: the host's own files (hostname, masked units, the app's unit and
+# config, its passfile, SSH host key and authorized keys, …) written in one place, each a
+# few lines; the boot spec at the end names them.
 def seed(
     index: int, app: AppConfig, pg_port: int, app_password_line: str, pooled: bool = False
 ) -> Path:

@@ -95,6 +95,8 @@ def bootstrap_dsn() -> str:
     return f"host={lab_dir() / 'pg' / 'run'} port={paths.pg_port()} dbname=postgres user=postgres"
 
 
+# Over 80 lines: initdb, pg_hba.conf, the server's options, pg_ctl start (waiting), then
+# the roles' passwords in a passfile and the bootstrap SQL, in the order they need.
 def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connections: int) -> None:
     from connfix.db import pg
 

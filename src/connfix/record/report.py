@@ -496,10 +496,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     connected = next((e for e in events if e["event"] == Event.CONNECTED), None)
     first_ts, last_ts = events[0]["ts"], events[-1]["ts"]
     duration = (_ts(last_ts) - _ts(first_ts)).total_seconds()
-    operations = [e for e in events if e["event"] == Event.OPERATION]
-    sessions = [_session_row(o) for o in operations if "pid" in o]
-    pooler_ops = [_pooler_row(o) for o in operations if "pid" not in o and "pgbouncer" in o]
-    other_ops = [o for o in operations if "pid" not in o and "pgbouncer" not in o]
+    sessions, pooler_ops, other_ops = _operations(events)
     dry_run = bool(start.get("flags", {}).get("dry_run"))
     hosts = _host_rows(events, dry_run=dry_run)
     known = status_key in RunStatus.__members__.values()
@@ -518,6 +515,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     settings, statements = _timeouts(before, connected)
     bursty = bool(before and before["severity"] != "ok" and not before.get("suspects"))
     return {
+        **_template_functions(),
         "environment": start.get("environment", "?"),
         "status": status,
         "status_key": status_key,
@@ -534,25 +532,17 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
             for e in events
             if e["event"] == Event.STEP_END
         ),
-        "pct": _pct,
-        "age": _age,
         "timeline": _timeline(events),
         "operations": sessions,
         "pooler_operations": pooler_ops,
         "other_operations": other_ops,
         "after_pgbouncers": {b.get("name"): b for b in (after or {}).get("pgbouncers") or []},
-        "host_result": _host_result,
         "hosts": hosts,
         "suspects": [u for u in (before or {}).get("by_host", []) if u.get("suspect")],
         "states": sorted(
             set((before or {}).get("by_state", {})) | set((after or {}).get("by_state", {}))
         ),
         "host_names": host_names,
-        "health": _health,
-        "counts": lambda c: ", ".join(f"{k} {v}" for k, v in c.items()) or "–",
-        "unowned": lambda u: (
-            ", ".join(f"{k} {v}" for k, v in u.get("unowned_clients", {}).items()) or "–"
-        ),
         "before_hosts": by_host(before),
         "after_hosts": by_host(after),
         "pool_rows": pool_rows,
@@ -568,6 +558,32 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         "runbook": start.get("runbook", {}),
         "journal": str(journal),
         "connected": connected,
+    }
+
+
+def _operations(
+    events: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The operations as the report shows them: on sessions (a pid), sent to PgBouncer,
+    and any other."""
+    operations = [e for e in events if e["event"] == Event.OPERATION]
+    sessions = [_session_row(o) for o in operations if "pid" in o]
+    pooler_ops = [_pooler_row(o) for o in operations if "pid" not in o and "pgbouncer" in o]
+    other_ops = [o for o in operations if "pid" not in o and "pgbouncer" not in o]
+    return sessions, pooler_ops, other_ops
+
+
+def _template_functions() -> dict[str, Any]:
+    """The functions the report template calls."""
+    return {
+        "pct": _pct,
+        "age": _age,
+        "host_result": _host_result,
+        "health": _health,
+        "counts": lambda c: ", ".join(f"{k} {v}" for k, v in c.items()) or "–",
+        "unowned": lambda u: (
+            ", ".join(f"{k} {v}" for k, v in u.get("unowned_clients", {}).items()) or "–"
+        ),
     }
 
 
