@@ -8,32 +8,42 @@ import pytest
 
 CONFTEST = (Path(__file__).resolve().parents[1] / "conftest.py").read_text()
 
+MISPLACED = {
+    "unit/test_a.py": "def test_a(clean_lab): pass",  # a lab fixture in tests/unit/
+    "unit/test_b.py": "import pytest\n@pytest.mark.lab\ndef test_b(): pass",  # marked lab
+    "test_c.py": "def test_c(): pass",  # in neither folder
+}
+PLACED = {
+    "unit/test_d.py": "def test_d(tmp_path): pass",
+    "lab/test_e.py": "def test_e(): pass",
+}
 
-@pytest.mark.parametrize(
-    ("path", "body", "refused"),
-    [
-        ("unit/test_a.py", "def test_a(clean_lab): pass", True),
-        ("unit/test_b.py", "import pytest\n@pytest.mark.lab\ndef test_b(): pass", True),
-        ("test_c.py", "def test_c(): pass", True),
-        ("unit/test_d.py", "def test_d(tmp_path): pass", False),
-        ("lab/test_e.py", "def test_e(): pass", False),
-    ],
-)
-def test_a_lab_test_outside_tests_lab_is_refused(
-    pytester: pytest.Pytester, path: str, body: str, refused: bool
-) -> None:
+
+def _tree(pytester: pytest.Pytester, files: dict[str, str]) -> None:
     pytester.makeconftest(CONFTEST.replace("pytest_plugins = ", "_unused = "))
     pytester.makeini("[pytest]\nmarkers =\n    lab: the lab\n")
-    target = pytester.path / path
-    target.parent.mkdir(exist_ok=True)
-    target.write_text(body + "\n")
+    for path, body in files.items():
+        target = pytester.path / path
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(body + "\n")
+
+
+def test_a_lab_test_outside_tests_lab_is_refused(pytester: pytest.Pytester) -> None:
+    _tree(pytester, {**MISPLACED, **PLACED})
     result = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
-    output = result.stdout.str() + result.stderr.str()
-    if refused:
-        assert result.ret != 0 and "tests in the wrong folder" in output, output
-        assert path.split("/")[-1] in output, output
-    else:
-        assert result.ret == 0, output
-        if path.startswith("lab/"):  # marked lab: deselected by -m "not lab"
-            again = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "not lab")
-            assert "no tests collected" in again.stdout.str() + again.stderr.str()
+    error = next((line for line in result.stderr.lines if "wrong folder" in line), "")
+    assert result.ret != 0 and error, result.stdout.str() + result.stderr.str()
+    for path in MISPLACED:
+        assert f"{path}::" in error, error
+    for path in PLACED:
+        assert f"{path}::" not in error, error
+
+
+def test_tests_in_their_folders_are_collected_and_lab_ones_marked(
+    pytester: pytest.Pytester,
+) -> None:
+    _tree(pytester, PLACED)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "not lab")
+    output = result.stdout.str()
+    assert result.ret == 0, output
+    assert "test_d" in output and "test_e" not in output and "1 deselected" in output, output
