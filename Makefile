@@ -19,7 +19,7 @@ test: lint
 
 # The tests that need no lab: any user, no root, seconds.
 unit:
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit -n auto
 
 # Every benchmark, then one table (root; under 15 minutes). QUICK=1: a 2-minute subset.
 bench: setup

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # The suite's lab lives beside an operator's rehearsal lab (id 0), never on top of it.
 os.environ["CONNFIX_LAB_ID"] = "7"
@@ -19,6 +20,11 @@ os.environ.pop("CONNFIX_LAB_DIR", None)
 os.environ.pop("CONNFIX_INVENTORY", None)
 # Output the tests read (tables included) at a fixed width, whatever the CI terminal says.
 os.environ["COLUMNS"] = "160"
+
+# Hypothesis keeps no example database: the checkout may be read-only to the user running
+# the tests (make unit runs as any user), and CI starts from a fresh clone anyway.
+settings.register_profile("connfix", database=None)
+settings.load_profile("connfix")
 
 LAB_FIXTURES = frozenset({"lab", "clean_lab", "lab_env", "full_server", "pooled_lab", "pooled"})
 

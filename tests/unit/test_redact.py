@@ -132,7 +132,10 @@ names = st.text(min_size=1, max_size=30)
 @given(
     app=names,
     user=names,
-    options=st.text(st.characters(exclude_characters="\x00"), max_size=30),  # no DSN holds NUL
+    # no DSN holds NUL, nor a lone surrogate (the CLI refuses a --dsn that is not UTF-8)
+    options=st.text(
+        st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30
+    ),
     ptr=st.text(min_size=1, max_size=40),
 )
 def test_write_inventory_output_is_read_back_by_inventory_check(
