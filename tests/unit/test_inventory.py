@@ -228,6 +228,40 @@ BAD = [
         9,
         ["max_overflow", "greater than or equal to 0"],
     ),
+    (
+        "two nodes of one name",
+        GOOD.replace(
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n',
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n'
+            "      nodes:\n"
+            '        - {name: db2, dsn: "host=db2 dbname=app"}\n'
+            '        - {name: db2, dsn: "host=db3 dbname=app"}\n',
+        ),
+        6,
+        ["database.nodes", "two nodes are named 'db2'"],
+    ),
+    (
+        "a node DSN with a password",
+        GOOD.replace(
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n',
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n'
+            "      nodes:\n"
+            '        - {name: db2, dsn: "host=db2 password=hunter2"}\n',
+        ),
+        7,
+        ["database.nodes[0].dsn", "contains a secret"],
+    ),
+    (
+        "a Patroni URL that is not one",
+        GOOD.replace(
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n',
+            '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n'
+            "      patroni:\n"
+            '        urls: ["db1:8008"]\n',
+        ),
+        7,
+        ["database.patroni.urls", "not a Patroni REST API address"],
+    ),
 ]
 
 
@@ -342,3 +376,49 @@ def test_several_services_per_host_load_with_their_hosts(tmp_path: Path) -> None
     assert worker is not None and worker.label == "worker"
     assert env.owner(web2, "worker", "app") is None  # web2 runs no worker: no service's
     assert env.owner(web1, "pgbench", "app") is None
+
+
+def test_nodes_found_and_listed_get_their_own_dsn_and_ways_in(tmp_path: Path) -> None:
+    from connfix.config.dsn import parse_dsn
+
+    text = GOOD.replace(
+        '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n',
+        '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n'
+        '      admin_dsn: "host=db1 port=5432 dbname=app user=admin"\n'
+        "      patroni: {urls: ['http://db1:8008/']}\n"
+        "      nodes:\n"
+        '        - {name: db3, dsn: "host=db3 port=6432 dbname=app user=connfix"}\n',
+    )
+    db = load_inventory(write(tmp_path, text)).environment("prod").database
+    assert db.several and db.patroni is not None and db.patroni.urls == ["http://db1:8008"]
+    found = db.node_at("db2", "10.0.0.2", 5433)  # a member Patroni reports, not listed
+    assert parse_dsn(found.dsn) == {
+        "host": "10.0.0.2", "port": "5433", "dbname": "app", "user": "connfix"
+    }  # fmt: skip
+    pointed = db.of_node(found)
+    assert parse_dsn(pointed.admin_dsn or "")["host"] == "10.0.0.2"
+    assert parse_dsn(pointed.admin_dsn or "")["user"] == "admin"
+    assert not pointed.several  # one node: diagnosed as today
+    assert db.node_at("db3", "ignored", 1).dsn.startswith("host=db3 port=6432")
+
+
+def test_a_patroni_that_does_not_answer_leaves_the_listed_nodes_with_a_note(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from connfix.diagnosis.cluster import topology
+
+    with socket.socket() as s:  # a loopback port nothing listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = GOOD.replace(
+        '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n',
+        '      dsn: "host=db1 port=5432 dbname=app user=connfix"\n'
+        f"      patroni: {{urls: ['http://127.0.0.1:{port}'], timeout: 1s}}\n",
+    )
+    env = load_inventory(write(tmp_path, text)).environment("prod")
+    topo = topology(env)
+    assert topo.source == "inventory"
+    assert [m.node.name for m in topo.members] == ["primary"]
+    assert "Patroni did not answer" in topo.notes[0] and str(port) in topo.notes[0]

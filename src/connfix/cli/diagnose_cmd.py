@@ -22,6 +22,7 @@ from connfix.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from connfix.config.inventory import Environment
     from connfix.diagnosis.model import Diagnosis
 
 
@@ -120,6 +121,13 @@ def diagnose(
         )
     if bare is None:
         _, env = resolve_environment(inventory_path, environment, inventory_search())
+    if env.database.several:
+        if watch_every is not None or textfile is not None:
+            raise click.UsageError(
+                f"environment {environment} has several database nodes: --watch and"
+                " --prometheus-textfile show one node and do not take several yet"
+            )
+        sys.exit(_diagnose_nodes(environment, env, as_json))
     if watch_every is not None:
         from connfix.cli.watch import watch
 
@@ -147,6 +155,32 @@ def diagnose(
 
         render.diagnosis(terminal(), result)
     sys.exit(code)
+
+
+def _diagnose_nodes(environment: str, env: Environment, as_json: bool) -> ExitStatus:
+    """Every node of the environment, each diagnosed on its own; the worst severity
+    decides the exit status (3 when no node could be reached)."""
+    from connfix.diagnosis.cluster import diagnose_all
+
+    found = diagnose_all(environment, env)
+    if not found.nodes:
+        code = ExitStatus.UNREACHABLE
+    else:
+        code = ExitStatus.OK if found.severity == "ok" else ExitStatus.UNHEALTHY
+    if as_json:
+        result = {
+            "environment": environment,
+            "severity": found.severity,
+            "nodes": [d.to_json() for d in found.nodes],
+            "unreachable": found.unreachable,
+            "topology": {"source": found.topology.source, "notes": found.topology.notes},
+        }
+        envelope.emit("diagnose", found.severity, code, environment=environment, result=result)
+    else:
+        from connfix.cli import render
+
+        render.nodes(terminal(), environment, found)
+    return code
 
 
 def _write_starter(path_text: str, dsn: str | None, result: Diagnosis) -> None:

@@ -86,6 +86,19 @@ def lab() -> None:
     help="Which PgBouncer: 1.18 (Debian's, the default), 1.24 or 1.25 (built once from"
     " their release sources in $CONNFIX_VENDOR_DIR, default ../shared/vendor).",
 )
+@click.option(
+    "--ha",
+    is_flag=True,
+    help="Two PostgreSQL nodes under Patroni with etcd (Debian's patroni, etcd-server):"
+    " pg1 starts as the primary, pg2 streams from it.",
+)
+@click.option(
+    "--standby-hosts",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="With --ha: the last N hosts' apps read from the standby (pg2).",
+)
 def up(
     hosts: int,
     max_connections: int | None,
@@ -98,6 +111,8 @@ def up(
     pgbouncer_all: bool,
     pgbouncer_hosts: int | None,
     pgbouncer_version: str | None,
+    ha: bool,
+    standby_hosts: int,
 ) -> None:
     """Build the lab (idempotent): PostgreSQL, N hosts each booting a real systemd (its
     sshd, a deploy user, the app as a Type=notify unit), an inventory.
@@ -109,6 +124,7 @@ def up(
       connfix lab up --hosts 4 --pgbouncer
       connfix lab up --hosts 4 --pgbouncer-hosts 2
       connfix lab up --hosts 3 --pgbouncer --pgbouncer-version 1.25
+      connfix lab up --hosts 3 --ha --standby-hosts 1
     """
     from connfix.cli import render
     from connfix.lab import lab as core
@@ -135,6 +151,8 @@ def up(
             max_overflow,
             behind,
             pgbouncer_version or DEFAULT_VERSION,
+            ha,
+            standby_hosts,
         ),
     )
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from connfix.actions.base import Plan
+    from connfix.diagnosis.cluster import ClusterDiagnosis
     from connfix.diagnosis.inventory_check import EnvironmentCheck
     from connfix.diagnosis.model import Diagnosis
     from connfix.diagnosis.pool_sizing import PoolSizing
@@ -266,6 +267,37 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
         bouncer(term, state)
     if d.suspects:
         term.out.print(f"[red]leak suspects:[/red] {escape(', '.join(d.suspects))}")
+
+
+def nodes(term: Terminal, environment: str, found: ClusterDiagnosis) -> None:
+    """Every node's diagnosis under a heading saying its role; then the environment's
+    severity (the worst node's) and any node that could not be diagnosed."""
+    for note in found.topology.notes:
+        term.out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    for d in found.nodes:
+        style = _SEVERITY_STYLE[d.severity]
+        ha = f", Patroni: {escape(d.ha_role)}" if d.ha_role else ""
+        term.out.rule(
+            f"node [bold]{escape(d.node or '?')}[/bold]: {d.role}{ha} —"
+            f" [{style}]{d.severity.upper()}[/{style}]",
+            align="left",
+        )
+        diagnosis(term, d)
+        if d.ha_sessions:
+            term.out.print(
+                f"the HA agent (Patroni) holds {d.ha_sessions} session(s) here: counted, never"
+                " a leak suspect, never terminated"
+            )
+    for name, why in found.unreachable.items():
+        term.out.print(f"[red]node {escape(name)}: cannot be diagnosed:[/red] {escape(why)}")
+    style = _SEVERITY_STYLE[found.severity]
+    worst = [d.node or "?" for d in found.nodes if d.severity == found.severity]
+    worst += [n for n in found.unreachable if found.severity == "critical"]
+    term.out.print(
+        f"[bold]{escape(environment)}[/bold]: {len(found.nodes) + len(found.unreachable)}"
+        f" node(s), severity [{style}]{found.severity.upper()}[/{style}]"
+        + (f" ({escape(', '.join(worst))})" if found.severity != "ok" else "")
+    )
 
 
 def _header(term: Terminal, d: Diagnosis) -> None:

@@ -74,6 +74,58 @@ def dsn_has_password(dsn: str) -> bool:
     return any(k in parse_dsn(dsn) for k in SECRET_KEYWORDS)
 
 
+def _check_secretless(value: str | None) -> str | None:
+    """A connection string with no secret in it (they live in passfiles and variables)."""
+    if value is None:
+        return value
+    try:
+        has_password = dsn_has_password(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid libpq connection string: {exc}") from None
+    if has_password:
+        raise ValueError(
+            "the connection string contains a secret (password, sslpassword or"
+            " oauth_client_secret); secrets never live in the inventory or on a"
+            " command line: use .pgpass (passfile=...), PGPASSWORD, a service file, or"
+            " password_env / admin_dsn_env"
+        )
+    return value
+
+
+class Node(_Model):
+    """One database node the apps reach (a primary or a hot standby), by its own DSN."""
+
+    name: str
+    dsn: str = Field(min_length=1)
+    reserved_dsn: str | None = None
+    admin_dsn: str | None = None
+
+    _v_dsn = field_validator("dsn", "reserved_dsn", "admin_dsn")(_check_secretless)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("a node name is letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+
+class Patroni(_Model):
+    """Where Patroni's REST API answers (any member's): the cluster's members and roles
+    are read from GET /cluster, and read again during a run."""
+
+    urls: list[str] = Field(min_length=1, max_length=16)
+    timeout: Duration = 2.0
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"^https?://[^\s/@]+(:\d+)?/?\Z", url):
+                raise ValueError(f"{url!r} is not a Patroni REST API address (http://host:8008)")
+        return [u.rstrip("/") for u in value]
+
+
 class Database(_Model):
     """How to reach the database, and how to get in when it is full."""
 
@@ -87,6 +139,9 @@ class Database(_Model):
     admin_password_env: str | None = None
     connect_timeout: Duration = 5.0
     statement_timeout: Duration = 5.0
+    # several nodes (a primary and hot standbys): listed, or found through Patroni
+    nodes: list[Node] = Field(default_factory=list, max_length=32)
+    patroni: Patroni | None = None
 
     _v_env = field_validator(
         "password_env",
@@ -96,22 +151,16 @@ class Database(_Model):
         "reserved_password_env",
     )(_check_env_var)
 
-    @field_validator("dsn", "admin_dsn", "reserved_dsn")
+    _v_dsn = field_validator("dsn", "admin_dsn", "reserved_dsn")(_check_secretless)
+
+    @field_validator("nodes")
     @classmethod
-    def _no_password(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            has_password = dsn_has_password(value)
-        except ValueError as exc:
-            raise ValueError(f"not a valid libpq connection string: {exc}") from None
-        if has_password:
-            raise ValueError(
-                "the connection string contains a secret (password, sslpassword or"
-                " oauth_client_secret); secrets never live in the inventory or on a"
-                " command line: use .pgpass (passfile=...), PGPASSWORD, a service file, or"
-                " password_env / admin_dsn_env"
-            )
+    def _unique_nodes(cls, value: list[Node]) -> list[Node]:
+        seen = set()
+        for node in value:
+            if node.name in seen:
+                raise ValueError(f"two nodes are named {node.name!r}")
+            seen.add(node.name)
         return value
 
     @field_validator("connect_timeout", "statement_timeout")
@@ -120,6 +169,45 @@ class Database(_Model):
         if not 0.1 <= value <= 300:
             raise ValueError("must be between 100ms and 5m")
         return value
+
+    @property
+    def several(self) -> bool:
+        """Tell whether the environment has several nodes (listed or from Patroni)."""
+        return bool(self.nodes) or self.patroni is not None
+
+    def of_node(self, node: Node) -> Database:
+        """This database's settings with a node's DSN and ways in (the node's own where
+        it gives them, else this database's, pointed at the node's host and port)."""
+        from connfix.config.dsn import make_dsn, parse_dsn
+
+        target = {k: v for k, v in parse_dsn(node.dsn).items() if k in ("host", "hostaddr", "port")}
+
+        def pointed(dsn: str | None) -> str | None:
+            if dsn is None:
+                return None
+            parts = {k: v for k, v in parse_dsn(dsn).items() if k not in ("hostaddr",)}
+            return make_dsn({**parts, **target})
+
+        return self.model_copy(
+            update={
+                "dsn": node.dsn,
+                "reserved_dsn": node.reserved_dsn or pointed(self.reserved_dsn),
+                "admin_dsn": node.admin_dsn or pointed(self.admin_dsn),
+                "nodes": [],
+                "patroni": None,
+            }
+        )
+
+    def node_at(self, name: str, host: str, port: int) -> Node:
+        """A node found by discovery (Patroni's member `name` at host:port): listed nodes
+        keep their own DSN; another gets this database's DSN pointed at it."""
+        from connfix.config.dsn import make_dsn, parse_dsn
+
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        parts = {k: v for k, v in parse_dsn(self.dsn).items() if k != "hostaddr"}
+        return Node(name=name, dsn=make_dsn({**parts, "host": host, "port": str(port)}))
 
     @property
     def has_admin(self) -> bool:
@@ -365,12 +453,7 @@ class PgBouncerAccess(_Model):
             raise ValueError("letters, digits, '.', '_' and '-' only, at most 63")
         return value
 
-    @field_validator("admin_dsn")
-    @classmethod
-    def _no_password(cls, value: str) -> str:
-        result = Database._no_password(value)
-        assert result is not None
-        return result
+    _v_dsn = field_validator("admin_dsn")(_check_secretless)
 
 
 NotifyEvent = Literal["start", "step", "end"]

@@ -117,6 +117,7 @@ class ServerInfo:
     reserved_connections: int
     backend_pid: int
     database: str
+    in_recovery: bool = False  # a hot standby
 
 
 class Session:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from connfix.diagnosis.model import (
     CONNFIX,
+    HA_AGENT,
     HIDDEN,
     HIDDEN_STATE,
     LOCAL,
@@ -229,8 +230,8 @@ def _hosts(
     by_addr = {host.client_addr: host for host in known_hosts if host.client_addr}
     groups: dict[str | None, list[Backend]] = {}
     for backend in backends:
-        key = backend.client_addr if backend.visible else HIDDEN
-        groups.setdefault(key, []).append(backend)
+        key = HA_AGENT if is_ha_agent(backend) else backend.client_addr
+        groups.setdefault(key if backend.visible else HIDDEN, []).append(backend)
     usages = []
     for known in known_hosts:  # every inventory host, also one holding nothing
         if known.client_addr:
@@ -238,8 +239,8 @@ def _hosts(
     for pooled_addr in pooler.clients:
         groups.setdefault(pooled_addr, [])
     for addr, members in groups.items():
-        pooled = pooler.clients.get(addr, []) if addr not in (None, HIDDEN) else []
-        host = by_addr.get(addr) if addr not in (None, HIDDEN) else None
+        pooled = pooler.clients.get(addr, []) if addr not in (None, HIDDEN, HA_AGENT) else []
+        host = by_addr.get(addr) if addr not in (None, HIDDEN, HA_AGENT) else None
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
         ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
@@ -247,7 +248,7 @@ def _hosts(
         usages.append(
             HostUsage(
                 host=_row_name(host, addr),
-                client_addr=None if addr == HIDDEN else addr,
+                client_addr=None if addr in (HIDDEN, HA_AGENT) else addr,
                 count=len(members),
                 idle=len(idle),
                 idle_in_transaction=len(iit),
@@ -337,11 +338,17 @@ def _row_name(host: Host | None, addr: str | None) -> str:
     """The by-host row's name: the inventory host, or what the address is."""
     if host is not None:
         return host.name
-    if addr == HIDDEN:
-        return HIDDEN
+    if addr in (HIDDEN, HA_AGENT):
+        return addr
     if addr is None:
         return LOCAL
     return NOT_IN_INVENTORY
+
+
+def is_ha_agent(b: Backend) -> bool:
+    """Tell whether a session is the HA agent's own: Patroni connects as the superuser with
+    application_name `Patroni` (newer releases: `Patroni heartbeat`, `Patroni restapi`)."""
+    return b.visible and b.is_superuser and b.application_name.startswith("Patroni")
 
 
 def _masked(query: str | None) -> str | None:
@@ -501,6 +508,8 @@ def analyse(
         own_sessions=len(own),
         unowned_connections=sum(u.unowned for u in hosts if u.pool_size is not None),
         blocking_chains=chains,
+        role="standby" if info.in_recovery else "primary",
+        ha_sessions=sum(1 for b in others if is_ha_agent(b)),
     )
 
 

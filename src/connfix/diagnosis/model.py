@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 HIDDEN_STATE = "unknown (insufficient privilege)"
 LOCAL = "(local socket)"
 HIDDEN = "(hidden)"
+HA_AGENT = "(HA agent)"  # Patroni's own sessions: application_name Patroni…
 NOT_IN_INVENTORY = "(not in inventory)"
 CONNFIX = "(connfix)"
 PGBOUNCER_ROW = "(pgbouncer {name})"  # a PgBouncer's server connections, lent to no one
@@ -227,6 +228,10 @@ class Diagnosis:
     unhealthy_hosts: list[str] = field(default_factory=list)
     unowned_connections: int = 0  # sessions from inventory hosts no service owns
     blocking_chains: list[BlockingChain] = field(default_factory=list)
+    role: str = "primary"  # "standby" when the server is in recovery (a hot standby)
+    node: str | None = None  # the node's name, in an environment of several
+    ha_role: str | None = None  # what Patroni calls the member (leader, replica, …)
+    ha_sessions: int = 0  # the HA agent's own sessions (Patroni): theirs, never a leak
 
     @property
     def healthy(self) -> bool:

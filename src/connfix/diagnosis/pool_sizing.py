@@ -753,6 +753,11 @@ def advise(
     from connfix import InputError
     from connfix.diagnosis.analysis import diagnose
 
+    if env.database.several:
+        raise InputError(
+            f"environment {environment} has several database nodes: `connfix pool` sizes"
+            " one server and does not yet take a primary and its standbys together"
+        )
     unknown = sorted(set(direct or []) - {h.name for h in env.hosts})
     if unknown:
         raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")

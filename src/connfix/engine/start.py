@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from connfix import InputError
 from connfix.engine.run import RunMode, RunRequest
 
 if TYPE_CHECKING:
@@ -37,6 +38,13 @@ def start_run(
     from connfix.engine.loop import run_runbook
     from connfix.record.journal import incidents_base, resume_state
 
+    if env.database.several:
+        raise InputError(
+            f"environment {environment} has several database nodes"
+            " (database.nodes / database.patroni): connfix diagnoses each of them"
+            f" (`connfix diagnose {environment}`), but its remedies do not yet act per node;"
+            " nothing was done. Point a one-node environment at the node to act on."
+        )
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
     request = RunRequest(

@@ -25,6 +25,7 @@ from connfix import LabError, LabInputError
 from connfix.config import files
 from connfix.lab import cgroups, network, paths
 from connfix.lab import hosts as lab_hosts
+from connfix.lab import patroni as lab_patroni
 from connfix.lab import pgbouncer as lab_bouncer
 from connfix.lab import postgres as lab_pg
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
@@ -113,7 +114,12 @@ def _wait_healthy(hosts: int, timeout: float = 30) -> None:
 
 
 def write_inventory(
-    hosts_count: int, pool_size: int, pg_major: int, max_overflow: int = 0, pgbouncer_hosts: int = 0
+    hosts_count: int,
+    pool_size: int,
+    pg_major: int,
+    max_overflow: int = 0,
+    pgbouncer_hosts: int = 0,
+    ha: bool = False,
 ) -> Path:
     """Write the inventory of environment `lab`, built from the inventory model."""
     import yaml
@@ -130,6 +136,8 @@ def write_inventory(
     }
     if pg_major >= 16:
         database["reserved_dsn"] = dsn("connfix_reserved")
+    if ha:  # the nodes are found through Patroni: any member's REST API answers
+        database["patroni"] = {"urls": [lab_patroni.rest_url(n) for n in lab_patroni.NODES]}
     env = {
         "description": f"connfix incident lab ({hosts_count} hosts)",
         "database": database,
@@ -208,33 +216,36 @@ def default_max_connections(hosts: int, pool_size: int) -> int:
     return max(20, hosts * pool_size + HEADROOM)
 
 
-# Over 80 lines: building the lab is one ordered sequence (network, PostgreSQL, hosts,
-# PgBouncer, inventory), each stage a call; split further it would only pass state along.
-def up(
+def _checked_flags(
     hosts: int,
     max_connections: int | None,
     pool_size: int,
-    boot_seconds: float = 0.5,
-    postgres: str | None = None,
-    reserved_connections: int = 2,
-    traffic_seconds: float = 1.0,
-    max_overflow: int = 2,
-    pgbouncer_hosts: int = 0,
-    pgbouncer_version: str = lab_bouncer.DEFAULT_VERSION,
-) -> UpResult:
-    """Build the lab, or confirm the one that is up matches; idempotent. With
-    pgbouncer_hosts, the first that many hosts reach the database through the lab's
-    PgBouncer (all of them: a fleet behind a pooler; some: a migration), of
-    `pgbouncer_version` (1.18: Debian's; 1.24, 1.25: built from their release sources)."""
-    started = time.monotonic()
+    boot_seconds: float,
+    traffic_seconds: float,
+    max_overflow: int,
+    pgbouncer_hosts: int,
+    pgbouncer_version: str,
+    ha: bool,
+    standby_hosts: int,
+) -> int:
+    """Refuse a flag the lab cannot build (nothing is built yet); return max_connections,
+    the default filled in."""
     if not 1 <= hosts <= 200:
         raise LabInputError("--hosts must be between 1 and 200")
     if not 1 <= pool_size <= 1000:
         raise LabInputError("--pool-size must be between 1 and 1000")
     if not 0 <= max_overflow <= 1000:
         raise LabInputError("--max-overflow must be between 0 and 1000")
+    if ha and max_connections is not None and max_connections < lab_patroni.MIN_MAX_CONNECTIONS:
+        raise LabInputError(
+            f"--max-connections {max_connections}: Patroni starts PostgreSQL with 100 instead"
+            f" of a value below {lab_patroni.MIN_MAX_CONNECTIONS}; give"
+            f" {lab_patroni.MIN_MAX_CONNECTIONS} or more with --ha"
+        )
     if max_connections is None:
         max_connections = default_max_connections(hosts, pool_size)
+        if ha:
+            max_connections = max(max_connections, lab_patroni.MIN_MAX_CONNECTIONS)
     if not 5 <= max_connections <= 10_000:
         raise LabInputError("--max-connections must be between 5 and 10000")
     if not 0 <= boot_seconds <= 60:
@@ -248,7 +259,53 @@ def up(
         )
     if not (traffic_seconds == 0 or 0.1 <= traffic_seconds <= 600):
         raise LabInputError("--app-traffic must be 0 (none) or between 100ms and 10m")
+    if standby_hosts and not ha:
+        raise LabInputError("--standby-hosts needs --ha (a standby to read from)")
+    if not 0 <= standby_hosts <= hosts:
+        raise LabInputError(f"--standby-hosts must be between 0 and --hosts ({hosts})")
+    if ha and pgbouncer_hosts:
+        raise LabInputError("--ha and --pgbouncer cannot be combined in the lab yet")
+    return max_connections
+
+
+# Over 80 lines: the checks that need the server's version, the idempotent answer when
+# the same lab is up, then the build in order (network, PostgreSQL or the HA cluster,
+# PgBouncer, hosts, inventory), each stage a call; split further it would only pass
+# state along.
+def up(
+    hosts: int,
+    max_connections: int | None,
+    pool_size: int,
+    boot_seconds: float = 0.5,
+    postgres: str | None = None,
+    reserved_connections: int = 2,
+    traffic_seconds: float = 1.0,
+    max_overflow: int = 2,
+    pgbouncer_hosts: int = 0,
+    pgbouncer_version: str = lab_bouncer.DEFAULT_VERSION,
+    ha: bool = False,
+    standby_hosts: int = 0,
+) -> UpResult:
+    """Build the lab, or confirm the one that is up matches; idempotent. With
+    pgbouncer_hosts, the first that many hosts reach the database through the lab's
+    PgBouncer (all of them: a fleet behind a pooler; some: a migration), of
+    `pgbouncer_version` (1.18: Debian's; 1.24, 1.25: built from their release sources)."""
+    started = time.monotonic()
+    max_connections = _checked_flags(
+        hosts,
+        max_connections,
+        pool_size,
+        boot_seconds,
+        traffic_seconds,
+        max_overflow,
+        pgbouncer_hosts,
+        pgbouncer_version,
+        ha,
+        standby_hosts,
+    )
     check_prerequisites()
+    if ha and lab_patroni.unavailable():
+        raise LabError(str(lab_patroni.unavailable()))
     if pgbouncer_hosts:
         why = lab_bouncer.unavailable(pgbouncer_version)
         if why:
@@ -271,7 +328,7 @@ def up(
     if state is not None:
         if state.complete and not problems(state):
             version = pgbouncer_version if pgbouncer_hosts else ""
-            wanted = (hosts, max_connections, pool_size, major, pgbouncer_hosts, version)
+            wanted = (hosts, max_connections, pool_size, major, pgbouncer_hosts, version, ha)
             have = (
                 state.hosts,
                 state.max_connections,
@@ -279,6 +336,7 @@ def up(
                 state.pg_major,
                 state.pgbouncer_hosts,
                 state.pgbouncer_version if state.pgbouncer_hosts else "",
+                state.ha,
             )
             if wanted != have:
                 raise LabError(
@@ -286,6 +344,7 @@ def up(
                     f" {state.max_connections}, pool size {state.pool_size}, PostgreSQL"
                     f" {state.pg_major}, {state.pgbouncer_hosts} host(s) behind PgBouncer"
                     + (f" {state.pgbouncer_version}" if state.pgbouncer_hosts else "")
+                    + (", two nodes under Patroni" if state.ha else "")
                     + ";"
                     " run `connfix lab down` first to build a different one"
                 )
@@ -312,19 +371,24 @@ def up(
         reserved_connections=reserved_connections if major >= 16 else 0,
         pgbouncer_hosts=pgbouncer_hosts,
         pgbouncer_version=pgbouncer_version if pgbouncer_hosts else "",
+        ha=ha,
+        standby_hosts=standby_hosts,
     )
     state.save()
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     _keygen(root / "ssh" / "id_ed25519", "connfix-lab-client")
     network.build(state, hosts)
-    lab_pg.start(state, pg_bin, max_connections, reserved_connections)
+    if ha:
+        _start_ha(state, pg_bin, max_connections, reserved_connections, major)
+    else:
+        lab_pg.start(state, pg_bin, max_connections, reserved_connections)
     if pgbouncer_hosts:
         _start_pgbouncer(state, pool_size, max_overflow)
     app = lab_hosts.AppConfig(pool_size, max_overflow, boot_seconds, traffic_seconds)
     _boot_hosts(state, hosts, app)
     _known_hosts(hosts)
     _wait_healthy(hosts)
-    inventory = write_inventory(hosts, pool_size, major, max_overflow, pgbouncer_hosts)
+    inventory = write_inventory(hosts, pool_size, major, max_overflow, pgbouncer_hosts, ha)
     state.complete = True
     state.save()
     return UpResult(
@@ -338,6 +402,22 @@ def up(
         state.reserved_connections,
         pgbouncer_hosts,
         state.pgbouncer_version,
+    )
+
+
+def _start_ha(
+    state: LabState, pg_bin: Path, max_connections: int, reserved: int, major: int
+) -> None:
+    """The HA shape: etcd and two nodes under Patroni, then the lab's roles created on the
+    primary (they replicate to the standby)."""
+    lab_patroni.start(state, pg_bin, max_connections, reserved, major)
+    state.pg_started = False  # Patroni runs the servers: `lab down` stops Patroni
+    state.save()
+    primary = lab_patroni.NODES[0]
+    lab_pg.bootstrap(
+        lab_patroni.superuser_dsn(primary),
+        [lab_patroni.node_port(n) for n in lab_patroni.NODES],
+        major,
     )
 
 
@@ -395,6 +475,8 @@ def _boot_hosts(state: LabState, count: int, app: lab_hosts.AppConfig) -> None:
         state.save()
         pooled = index <= state.pgbouncer_hosts
         port = paths.pgbouncer_port() if pooled else paths.pg_port()
+        if state.ha and index > count - state.standby_hosts:
+            port = lab_patroni.node_port(lab_patroni.NODES[1])  # reads from the standby
         fields = app_line.split(":")
         line = ":".join([fields[0], str(port), *fields[2:]])
         spec = lab_hosts.seed(index, app, port, line + "\n", pooled)
@@ -439,6 +521,8 @@ def down() -> list[str]:
     if host_pids:
         lab_hosts.stop(host_pids)
         removed.append(f"{len(host_pids)} host process(es)")
+    if state is not None and state.ha:  # while its address (on the lab bridge) still exists
+        removed += lab_patroni.stop(state)
     for ns in namespaces:  # anything else still inside a host's network namespace
         pids = network.namespace_pids(ns)
         if pids:
@@ -461,6 +545,9 @@ def down() -> list[str]:
 LAB_FILES = (
     "hosts",
     "pg",
+    "pg2",
+    "etcd",
+    "etcd.log",
     "pgbouncer",
     "ssh",
     "inventory.yaml",

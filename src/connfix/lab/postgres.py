@@ -98,8 +98,6 @@ def bootstrap_dsn() -> str:
 # Over 80 lines: initdb, pg_hba.conf, the server's options, pg_ctl start (waiting), then
 # the roles' passwords in a passfile and the bootstrap SQL, in the order they need.
 def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connections: int) -> None:
-    from connfix.db import pg
-
     base = lab_dir() / "pg"
     data = base / "data"
     run_dir = base / "run"
@@ -158,15 +156,23 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connecti
         ],
         timeout=90,
     )
+    bootstrap(bootstrap_dsn(), [paths.pg_port()], state.pg_major)
+
+
+def bootstrap(superuser_dsn: str, ports: list[int], major: int) -> None:
+    """Create the lab's roles and database (random passwords, kept in the lab's passfile
+    for each of `ports`: one server, or every node of the HA lab)."""
+    from connfix.db import pg
+
     passwords = {
         "app_password": secrets.token_urlsafe(18),
         "connfix_password": secrets.token_urlsafe(18),
         "admin_password": secrets.token_urlsafe(18),
         "reserved_password": secrets.token_urlsafe(18),
     }
-    pgpass = passfile()
     lines = [
-        f"*:{paths.pg_port()}:*:{user}:{passwords[key]}\n"
+        f"*:{port}:*:{user}:{passwords[key]}\n"
+        for port in ports
         for user, key in (
             ("app", "app_password"),
             ("connfix", "connfix_password"),
@@ -174,10 +180,10 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connecti
             ("connfix_reserved", "reserved_password"),
         )
     ]
-    files.write_private(pgpass, "".join(lines))
-    pg.execute_file(bootstrap_dsn(), "lab_bootstrap", passwords)
-    if state.pg_major >= 16:
-        pg.execute_file(bootstrap_dsn(), "lab_reserved", passwords)
+    files.write_private(passfile(), "".join(lines))
+    pg.execute_file(superuser_dsn, "lab_bootstrap", passwords)
+    if major >= 16:
+        pg.execute_file(superuser_dsn, "lab_reserved", passwords)
 
 
 def stop(state: LabState) -> bool:

@@ -30,6 +30,10 @@ class LabState:
     pgbouncer_hosts: int = 0  # the first N hosts reach the database through PgBouncer
     pgbouncer_pid: int = 0
     pgbouncer_version: str = ""  # 1.18 (Debian's), 1.24, 1.25 (built from source)
+    ha: bool = False  # two nodes under Patroni (lab/patroni.py) instead of one server
+    standby_hosts: int = 0  # with ha: the last N hosts' apps use the standby (pg2)
+    etcd_pid: int = 0
+    patroni_pids: dict[str, int] = field(default_factory=dict)  # node name → Patroni's pid
     complete: bool = False
 
     @staticmethod

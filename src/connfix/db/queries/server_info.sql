@@ -10,6 +10,7 @@ SELECT
     current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
     coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections,
     pg_backend_pid() AS backend_pid,
-    current_database()::text AS database
+    current_database()::text AS database,
+    pg_is_in_recovery() AS in_recovery
 FROM pg_roles AS r
 WHERE r.rolname = current_user

@@ -1,0 +1,204 @@
+"""An HA cluster, for real: etcd and two PostgreSQL nodes under Debian's Patroni (`lab up
+--ha`), app hosts on real systemd writing to the primary and one reading from the
+standby. connfix finds the nodes through Patroni's REST API, diagnoses each on its own,
+and names the node that is full and the hosts crowding it; Patroni's own word
+(patronictl) and each server's (psql) are the cross-checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import PG_VERSIONS, invoke, retry
+
+HA_LAB_ID = "8"  # beside the suite's lab (7), never on top of it
+
+
+class HaLab:
+    """Handles onto the running HA lab."""
+
+    def __init__(self, version: int) -> None:
+        from connfix.lab import lab, paths, patroni
+
+        self.version = version
+        self.core, self.patroni, self.paths = lab, patroni, paths
+        self.inventory = paths.lab_dir() / "inventory.yaml"
+
+    def reset_leaks(self) -> None:
+        """Restart every app that leaked (its leaked connections close with it)."""
+        for index in range(1, 4):
+            if self.core.app_request(index, "/status")["leaked"]:
+                self.core.systemctl(self.paths.host_name(index), "restart", self.paths.UNIT)
+                retry(lambda i=index: self.core.app_request(i, "/health", timeout=2))  # type: ignore[misc]
+
+    def diagnose(self) -> tuple[int, dict[str, Any]]:
+        result = invoke("diagnose", "lab", "-i", str(self.inventory), "--json")
+        return result.exit_code, json.loads(result.stdout)
+
+    def psql(self, node: str, sql: str) -> str:
+        """A node's own answer, through psql over its socket (the cross-check)."""
+        out = subprocess.run(
+            ["psql", "-XAtq", "-d", self.patroni.superuser_dsn(node), "-c", sql],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        )
+        return out.stdout.strip()
+
+    def patronictl_list(self) -> list[dict[str, Any]]:
+        """`patronictl list -f json`, Patroni's own view of its members."""
+        out = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "/usr/bin/patronictl",
+                "-c",
+                str(self.patroni.node_dir("pg1") / "patroni.yml"),
+                "list",
+                "-f",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+            env={"HOME": "/var/lib/postgresql", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+        return list(json.loads(out.stdout))
+
+
+@pytest.fixture(scope="module", params=PG_VERSIONS, ids=[f"pg{v}" for v in PG_VERSIONS])
+def ha_lab(request: pytest.FixtureRequest) -> Iterator[HaLab]:
+    """The HA lab, once per PostgreSQL version: built, then removed."""
+    from connfix.lab import lab, patroni
+
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (namespaces, cgroups, systemd hosts)")
+    why = patroni.unavailable()
+    if why:
+        pytest.fail(why)  # scripts/setup.sh installs them: their absence is a broken setup
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONNFIX_LAB_ID", HA_LAB_ID)
+        lab.down()
+        lab.up(
+            hosts=3,
+            max_connections=None,
+            pool_size=3,
+            boot_seconds=0.2,
+            postgres=str(request.param),
+            ha=True,
+            standby_hosts=1,
+        )
+        try:
+            yield HaLab(request.param)
+        finally:
+            lab.down()
+
+
+def _node(data: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(n for n in data["result"]["nodes"] if n["node"] == name)
+
+
+def test_each_node_is_found_through_patroni_with_its_role(ha_lab: HaLab) -> None:
+    code, data = ha_lab.diagnose()
+    assert code == 0 and data["status"] == "ok", data
+    members = {m["Member"]: m for m in ha_lab.patronictl_list()}
+    assert set(members) == {"pg1", "pg2"}
+    for name in ("pg1", "pg2"):
+        node = _node(data, name)
+        leader = members[name]["Role"] == "Leader"
+        assert node["ha_role"] == ("leader" if leader else "replica")
+        assert node["role"] == ("primary" if leader else "standby")
+        in_recovery = ha_lab.psql(name, "SELECT pg_is_in_recovery()")
+        assert in_recovery == ("f" if leader else "t")
+        # each node's own limits, as its server says them
+        assert node["max_connections"] == int(ha_lab.psql(name, "SHOW max_connections"))
+        # Patroni's own session: counted, shown apart, never a suspect
+        agent = int(
+            ha_lab.psql(
+                name,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'Patroni%'"
+                " AND backend_type = 'client backend'",
+            )
+        )
+        assert node["ha_sessions"] == agent >= 1
+        rows = {u["host"]: u for u in node["by_host"]}
+        assert rows["(HA agent)"]["count"] == agent and not rows["(HA agent)"]["suspect"]
+    assert data["result"]["topology"]["source"].startswith("http://")
+
+
+def test_a_full_standby_is_named_with_the_hosts_crowding_it(ha_lab: HaLab) -> None:
+    """app3 reads from the standby and leaks until the standby is full; the primary is
+    fine. The standby is named critical, app3 its suspect; the primary stays ok."""
+    _, before = ha_lab.diagnose()
+    standby = next(n for n in before["result"]["nodes"] if n["role"] == "standby")
+    room = standby["usable_connections"] - standby["client_backends"]
+    ha_lab.core.leak("app3", room + 1, idle_in_transaction=False)
+    try:
+        code, data = ha_lab.diagnose()
+        assert code == 1 and data["status"] == "critical", data
+        full = _node(data, standby["node"])
+        primary = next(n for n in data["result"]["nodes"] if n["role"] == "primary")
+        assert full["severity"] == "critical" and full["suspects"] == ["app3"], full
+        assert primary["severity"] == "ok" and primary["suspects"] == [], primary
+        # the standby's own count of app3's sessions agrees
+        app3 = ha_lab.paths.host_address(3)
+        held = int(
+            ha_lab.psql(
+                standby["node"],
+                f"SELECT count(*) FROM pg_stat_activity WHERE client_addr = '{app3}'",
+            )
+        )
+        assert {u["host"]: u["count"] for u in full["by_host"]}["app3"] == held
+        # diagnosed through a way in when the ordinary slots are full
+        assert full["via"] != "primary" or full["client_backends"] < full["usable_connections"]
+        text = invoke("diagnose", "lab", "-i", str(ha_lab.inventory))
+        assert text.exit_code == 1
+        assert f"node {standby['node']}: standby" in text.stdout
+        assert "SUSPECT" in text.stdout and "severity CRITICAL" in text.stdout
+    finally:
+        ha_lab.reset_leaks()
+
+
+def test_remedies_refuse_an_environment_of_several_nodes_and_change_nothing(
+    ha_lab: HaLab, tmp_path: Path
+) -> None:
+    ha_lab.core.leak("app3", 4, idle_in_transaction=False)
+    try:
+        _, before = ha_lab.diagnose()
+        for args in (
+            ["triage", "lab", "--yes"],
+            ["terminate", "lab", "--state", "idle", "--older-than", "0s", "--yes"],
+            ["pool", "lab"],
+        ):
+            result = invoke(*args, "-i", str(ha_lab.inventory), "--incidents-dir", str(tmp_path))
+            if args[0] == "pool":  # pool takes no --incidents-dir
+                result = invoke(*args, "-i", str(ha_lab.inventory))
+            assert result.exit_code == 2, (args, result.output)
+            assert "several database nodes" in result.output, result.output
+        assert not any(tmp_path.iterdir())  # no run started
+        _, after = ha_lab.diagnose()
+        counts = [
+            {n["node"]: n["client_backends"] for n in d["result"]["nodes"]} for d in (before, after)
+        ]
+        assert counts[0] == counts[1]  # nothing was terminated on either node
+    finally:
+        ha_lab.reset_leaks()
+
+
+def test_roles_follow_a_real_switchover(ha_lab: HaLab) -> None:
+    old, new = ha_lab.patroni.switchover()
+    _, data = ha_lab.diagnose()  # Patroni's /cluster is read again: the new roles
+    roles = {n["node"]: (n["role"], n["ha_role"]) for n in data["result"]["nodes"]}
+    assert roles[new] == ("primary", "leader"), roles
+    assert roles[old][0] == "standby", roles
+    assert ha_lab.psql(new, "SELECT pg_is_in_recovery()") == "f"
