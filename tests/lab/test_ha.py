@@ -169,30 +169,57 @@ def test_a_full_standby_is_named_with_the_hosts_crowding_it(ha_lab: HaLab) -> No
         ha_lab.reset_leaks()
 
 
-def test_remedies_refuse_an_environment_of_several_nodes_and_change_nothing(
-    ha_lab: HaLab, tmp_path: Path
-) -> None:
-    ha_lab.core.leak("app3", 4, idle_in_transaction=False)
+def _labapp_pids(ha_lab: HaLab, node: str, address: str) -> set[str]:
+    rows = ha_lab.psql(
+        node,
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        f" AND client_addr = '{address}'",
+    )
+    return set(rows.split())
+
+
+def test_triage_acts_on_the_full_standby_alone(ha_lab: HaLab, tmp_path: Path) -> None:
+    """The standby is full (app3 reads from it and leaks); the primary is fine. A triage
+    picks the standby, acts on its sessions and on app3 alone, and ends healthy; the
+    primary's sessions are the same ones before and after."""
+    _, before = ha_lab.diagnose()
+    standby = next(n for n in before["result"]["nodes"] if n["role"] == "standby")
+    primary = next(n for n in before["result"]["nodes"] if n["role"] == "primary")
+    ha_lab.core.leak("app3", standby["usable_connections"] - standby["client_backends"] + 1,
+                     idle_in_transaction=False)  # fmt: skip
+    on_primary = {
+        i: _labapp_pids(ha_lab, primary["node"], ha_lab.paths.host_address(i)) for i in (1, 2)
+    }
     try:
-        _, before = ha_lab.diagnose()
-        for args in (
-            ["triage", "lab", "--yes"],
-            ["terminate", "lab", "--state", "idle", "--older-than", "0s", "--yes"],
-            ["pool", "lab"],
-        ):
-            result = invoke(*args, "-i", str(ha_lab.inventory), "--incidents-dir", str(tmp_path))
-            if args[0] == "pool":  # pool takes no --incidents-dir
-                result = invoke(*args, "-i", str(ha_lab.inventory))
-            assert result.exit_code == 2, (args, result.output)
-            assert "several database nodes" in result.output, result.output
-        assert not any(tmp_path.iterdir())  # no run started
+        result = invoke(
+            "triage", "lab", "-i", str(ha_lab.inventory), "--yes",
+            "--incidents-dir", str(tmp_path), "--json",
+        )  # fmt: skip
+        envelope = json.loads(result.stdout)
+        assert result.exit_code == 0, (result.output, envelope)
+        (journal,) = tmp_path.glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        start = events[0]
+        assert start["node"] == standby["node"] and start["node_role"] == "standby"
+        assert start["nodes"] == {standby["node"]: "critical", primary["node"]: "ok"}
+        restarted = {e["host"] for e in events if e["event"] == "host_done"}
+        assert restarted <= {"app3"}, restarted  # only the host crowding the standby
+        # the primary's sessions were not touched: the same pids, from app1 and app2
+        for index, pids in on_primary.items():
+            assert pids <= _labapp_pids(
+                ha_lab, primary["node"], ha_lab.paths.host_address(index)
+            ), index
         _, after = ha_lab.diagnose()
-        counts = [
-            {n["node"]: n["client_backends"] for n in d["result"]["nodes"]} for d in (before, after)
-        ]
-        assert counts[0] == counts[1]  # nothing was terminated on either node
+        assert after["result"]["severity"] == "ok", after
+        report = (journal.parent / "report.md").read_text()
+        assert f"| Database node | {standby['node']} (standby)" in report
     finally:
         ha_lab.reset_leaks()
+
+
+def test_pool_refuses_an_environment_of_several_nodes(ha_lab: HaLab) -> None:
+    result = invoke("pool", "lab", "-i", str(ha_lab.inventory))
+    assert result.exit_code == 2 and "several database nodes" in result.output, result.output
 
 
 def test_roles_follow_a_real_switchover(ha_lab: HaLab) -> None:

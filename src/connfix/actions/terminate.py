@@ -351,7 +351,7 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         )
         done_word = "cancelled" if cancel else "terminated"
         planned = list(zip(plan.operations, candidates, strict=True))
-        signalled, interrupted = _signal(ctx, planned, wait_ms, cancel, method, counts)
+        signalled, interrupted, stopped = _signal(ctx, planned, wait_ms, cancel, method, counts)
         _confirm(ctx, signalled, candidates, params, method, done_word, counts)
         after = ctx.diagnose()
         freed = before - after.client_backends
@@ -360,13 +360,14 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
             f" failed {counts['failed']}"
         )
         if counts["not attempted"]:
-            summary += f", not attempted {counts['not attempted']} (interrupted)"
+            why = stopped or "interrupted"
+            summary += f", not attempted {counts['not attempted']} ({why})"
         summary += (
             f"; {freed} slot(s) freed (client backends {before}"
             f" → {after.client_backends}, measured)"
         )
         return Outcome(
-            ok=counts["failed"] == 0 and not interrupted,
+            ok=counts["failed"] == 0 and not interrupted and stopped is None,
             summary=summary,
             details={
                 **{k: v for k, v in counts.items()},
@@ -386,18 +387,31 @@ def _signal(
     cancel: bool,
     method: str,
     counts: Counter[str],
-) -> tuple[dict[int, Operation], bool]:
+) -> tuple[dict[int, Operation], bool, str | None]:
     """Signal the planned sessions batch by batch, each statement re-checking that its
-    session is the one planned; journal what is already settled (skipped, failed, or
-    confirmed by the timeout form). Return the pids signalled and awaiting their exit,
-    and whether a Ctrl-C stopped it (the rest journaled as not attempted)."""
+    session is the one planned, and each batch that the server's role is the planned one
+    (a switchover makes it another server: nothing more is ended on it); journal what is
+    already settled (skipped, failed, or confirmed by the timeout form). Return the pids
+    signalled and awaiting their exit, whether a Ctrl-C stopped it, and why it stopped
+    otherwise (the rest journaled as not attempted)."""
     from connfix.db import pg
 
     signalled: dict[int, Operation] = {}
     size = 1 if wait_ms is not None else BATCH
+    planned_role = ctx.latest.role if ctx.latest is not None else None
     for start in range(0, len(planned), size):
         batch = planned[start : start + size]
         records: list[tuple[Event, dict[str, Any]]] = []
+        role = pg.role_now(ctx.session) if planned_role is not None else None
+        if role != planned_role:  # a switchover since the plan: this is another server now
+            reason = f"the node's role changed since the plan ({planned_role} → {role})"
+            for op, _ in planned[start:]:
+                records.append(
+                    (Event.OPERATION, {"result": "not attempted", "reason": reason, **op.details})
+                )
+            counts["not attempted"] += len(planned) - start
+            ctx.record_many(records)
+            return signalled, False, reason
         if ctx.interrupt.requested:
             for op, _ in planned[start:]:
                 records.append(
@@ -406,7 +420,7 @@ def _signal(
                 )  # fmt: skip
             counts["not attempted"] += len(planned) - start
             ctx.record_many(records)
-            return signalled, True
+            return signalled, True, None
         identities = [_identity(c) for _, c in batch]
         if wait_ms is not None:  # one pid, waiting on its exit
             results = {
@@ -425,7 +439,7 @@ def _signal(
                                    "confirmed_by": method, **op.details})
             )  # fmt: skip
         ctx.record_many(records)
-    return signalled, False
+    return signalled, False, None
 
 
 def _confirm(

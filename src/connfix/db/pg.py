@@ -484,6 +484,16 @@ class _Count:
     count: int
 
 
+@dataclass(frozen=True)
+class _Recovery:
+    in_recovery: bool
+
+
+def role_now(session: Session) -> str:
+    """The server's role now: `standby` while it is in recovery, else `primary`."""
+    return "standby" if session.one("in_recovery", _Recovery).in_recovery else "primary"
+
+
 def still_running(session: Session, planned: list[dict[str, Any]]) -> set[int]:
     """Return which cancelled sessions still run the statement that was cancelled."""
     if not planned:

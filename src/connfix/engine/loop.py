@@ -119,6 +119,10 @@ def _run_start(request: RunRequest) -> RunStart:
     )
     if request.trigger:
         start["trigger"] = request.trigger
+    if request.node:
+        start["node"] = request.node
+        start["node_role"] = request.node_role or ""
+        start["nodes"] = dict(request.nodes)
     return start
 
 

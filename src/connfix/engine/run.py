@@ -62,6 +62,10 @@ class RunRequest:
     # an alert-triggered run (connfix serve): which alert, and the policy's host cap
     trigger: str | None = None
     max_restart_hosts: int | None = None
+    # of several database nodes: the one this run acts on, its role, every node's severity
+    node: str | None = None
+    node_role: str | None = None
+    nodes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

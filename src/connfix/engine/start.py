@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connfix import InputError
 from connfix.engine.run import RunMode, RunRequest
 
 if TYPE_CHECKING:
@@ -38,13 +37,10 @@ def start_run(
     from connfix.engine.loop import run_runbook
     from connfix.record.journal import incidents_base, resume_state
 
+    node = node_role = None
+    nodes: dict[str, str] = {}
     if env.database.several:
-        raise InputError(
-            f"environment {environment} has several database nodes"
-            " (database.nodes / database.patroni): connfix diagnoses each of them"
-            f" (`connfix diagnose {environment}`), but its remedies do not yet act per node;"
-            " nothing was done. Point a one-node environment at the node to act on."
-        )
+        env, node, node_role, nodes = _on_the_exhausted_node(environment, env, ui)
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
     request = RunRequest(
@@ -62,5 +58,40 @@ def start_run(
         resume_done=done,
         trigger=trigger,
         max_restart_hosts=max_restart_hosts,
+        node=node,
+        node_role=node_role,
+        nodes=nodes,
     )
     return run_runbook(request, ui)
+
+
+def _on_the_exhausted_node(
+    environment: str, env: Environment, ui: UI
+) -> tuple[Environment, str, str, dict[str, str]]:
+    """Of several database nodes, the one the run acts on: the worst (by severity, then
+    utilization; the primary when every node is fine). The run then sees that node
+    alone: its sessions, its way in when full, the hosts crowding it."""
+    from connfix import DatabaseUnavailable
+    from connfix.diagnosis.cluster import SEVERITY_ORDER, diagnose_all
+
+    found = diagnose_all(environment, env)
+    if not found.nodes:
+        why = "; ".join(f"{n}: {w}" for n, w in found.unreachable.items())
+        raise DatabaseUnavailable(f"no database node of {environment} can be reached ({why})")
+    target = max(
+        found.nodes,
+        key=lambda d: (SEVERITY_ORDER.index(d.severity), d.utilization, d.role == "primary"),
+    )
+    if target.severity == "ok":
+        target = next((d for d in found.nodes if d.role == "primary"), target)
+    member = next(m for m in found.topology.members if m.node.name == target.node)
+    severities = {d.node or "?": d.severity for d in found.nodes}
+    severities.update({name: "unreachable" for name in found.unreachable})
+    others = ", ".join(f"{n} {s}" for n, s in severities.items() if n != target.node)
+    ui.note(
+        f"{environment} has {len(severities)} database nodes; this run acts on"
+        f" {target.node} ({target.role}, {target.severity}) alone"
+        + (f"; {others}" if others else "")
+    )
+    node_env = env.model_copy(update={"database": env.database.of_node(member.node)})
+    return node_env, member.node.name, target.role, severities

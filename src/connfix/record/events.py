@@ -95,6 +95,9 @@ class RunStart(TypedDict):
     resumed_from: str | None
     resume_done: dict[str, list[str]]  # per action, what an earlier run had finished
     trigger: NotRequired[str]  # what started it, when not an operator: "alert NAME"
+    node: NotRequired[str]  # of several database nodes, the one the run acts on
+    node_role: NotRequired[str]  # its role when the run started: primary or standby
+    nodes: NotRequired[dict[str, str]]  # every node's severity when the run started
 
 
 class RunEnd(TypedDict):

@@ -555,6 +555,9 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         or bool(advice and advice["pgbouncer"]),
         "bursty": bursty,
         "start": start,
+        "node": start.get("node"),  # of several database nodes, the one the run acted on
+        "node_role": start.get("node_role"),
+        "node_severities": start.get("nodes") or {},
         "runbook": start.get("runbook", {}),
         "journal": str(journal),
         "connected": connected,
