@@ -22,6 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from connfix.cli import cli
+from connfix.record.journal import read_journal
 
 LAB_HOSTS = 3
 LAB_POOL_SIZE = 3
@@ -184,7 +185,6 @@ def assert_complete(incidents: Path, status: str) -> str:
 
 def events(incidents: Path) -> list[dict[str, Any]]:
     """The events of the one journal under an incidents directory."""
-    from connfix.record.journal import read_journal
 
     (journal,) = incidents.glob("*/journal.jsonl")
     return list(read_journal(journal))
@@ -275,3 +275,21 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     from connfix.cli import cli
 
     return CliRunner().invoke(cli, list(args), env=env)
+
+
+class HookUI:
+    """A UI that runs `hook` at the confirmation prompt (between plan and apply)."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook = hook
+
+    def started(self, *args: Any) -> None: ...
+    def diagnosis(self, *args: Any) -> None: ...
+    def step(self, *args: Any) -> None: ...
+    def plan(self, *args: Any, **kwargs: Any) -> None: ...
+    def note(self, *args: Any) -> None: ...
+    def table(self, *args: Any) -> None: ...
+
+    def confirm(self, question: str) -> bool:
+        self.hook()
+        return True

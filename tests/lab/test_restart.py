@@ -465,7 +465,7 @@ def test_the_host_cap_counts_every_roll_of_the_run(clean_lab: Lab, tmp_path: Pat
     from connfix.engine.loop import run_runbook
     from connfix.engine.run import RunMode, RunRequest
     from connfix.engine.runbook import parse_runbook
-    from tests.test_terminate import HookUI
+    from tests.helpers import HookUI
 
     book = parse_runbook(
         "version: 1\nname: two-rolls\nsummary: two rolls\nhealthy: 'false'\nsteps:\n"

@@ -18,7 +18,7 @@ from connfix.engine.loop import run_runbook
 from connfix.engine.run import RunMode, RunRequest
 from connfix.engine.runbook import command_runbook
 from connfix.record.journal import read_journal
-from tests.helpers import Lab, connfix_run, events, of, retry
+from tests.helpers import HookUI, Lab, connfix_run, events, of, retry
 
 
 class Sessions:
@@ -172,24 +172,6 @@ def test_active_sessions_only_with_include_active(
     assert result.exit_code == 0, result.output
     assert operations(tmp_path)[sleeper]["result"] == "terminated"
     retry(lambda: sleeper not in sessions.alive())
-
-
-class HookUI:
-    """A UI that runs `hook` at the confirmation prompt (between plan and apply)."""
-
-    def __init__(self, hook: Callable[[], None]) -> None:
-        self.hook = hook
-
-    def started(self, *args: Any) -> None: ...
-    def diagnosis(self, *args: Any) -> None: ...
-    def step(self, *args: Any) -> None: ...
-    def plan(self, *args: Any, **kwargs: Any) -> None: ...
-    def note(self, *args: Any) -> None: ...
-    def table(self, *args: Any) -> None: ...
-
-    def confirm(self, question: str) -> bool:
-        self.hook()
-        return True
 
 
 def run_with_hook(inventory: Path, tmp_path: Path, hook: Callable[[], None], **params: Any) -> Any:

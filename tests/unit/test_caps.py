@@ -1,5 +1,5 @@
 """Caps bind effects, not action names; and min_interval is kept where every runner
-sees it. The per-run host cap on real hosts: tests/test_restart.py."""
+sees it. The per-run host cap on real hosts: tests/lab/test_restart.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The restart gates, one host's restart and the roll, on a scripted SSH layer (no root,
 no lab). Each behaviour here is also proven on real systemd hosts by the lab tests named
-in the docstrings (tests/test_restart.py, tests/test_systemd_units.py)."""
+in the docstrings (tests/lab/test_restart.py, tests/lab/test_systemd_units.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Generated files are code: each name quoted by its file's rules, or refused. The real
-consumers (psql, PgBouncer) read them back in tests/test_pgbouncer.py."""
+consumers (psql, PgBouncer) read them back in tests/lab/test_pgbouncer.py."""
 
 from __future__ import annotations
 

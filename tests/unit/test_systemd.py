@@ -1,5 +1,5 @@
 """connfix.hosts.systemd and the sudo permission probe, without a lab (the lab tests run them
-against real systemd and real sudo: tests/test_systemd_units.py)."""
+against real systemd and real sudo: tests/lab/test_systemd_units.py)."""
 
 from __future__ import annotations
 
