@@ -32,6 +32,10 @@ from connfix.lab.shell import alive, kill_all
 if TYPE_CHECKING:
     from connfix.lab.state import LabState
 
+# the processes this one started, kept so they are reaped when `stop` ends them (a
+# process started by an earlier `lab up` is its init's to reap)
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
 NODES = ("pg1", "pg2")
 # Patroni 3.0.2 takes a max_connections below 25 as invalid and starts PostgreSQL with
 # its default, 100 (patroni/postgresql/config.py: `lambda v: int(v) >= 25`)
@@ -219,6 +223,7 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved: int, ma
             stderr=log,
             start_new_session=True,
         )
+    _STARTED[etcd.pid] = etcd
     state.etcd_pid = etcd.pid
     state.save()
     _wait(lambda: _get(f"http://127.0.0.1:{client}/health")[0] == 200, "etcd healthy", 30)
@@ -247,6 +252,7 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved: int, ma
                 start_new_session=True,
                 env={"HOME": "/var/lib/postgresql", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
+        _STARTED[node.pid] = node
         state.patroni_pids[name] = node.pid
         state.save()
         if name == NODES[0]:
@@ -340,4 +346,8 @@ def stop(state: LabState) -> list[str]:
     if state.etcd_pid and alive(state.etcd_pid):
         kill_all([state.etcd_pid], grace=10)
         stopped.append(f"etcd (pid {state.etcd_pid})")
+    for pid in [*pids.values(), state.etcd_pid]:
+        proc = _STARTED.pop(pid, None)
+        if proc is not None:
+            proc.wait(timeout=10)
     return stopped
