@@ -217,9 +217,21 @@ def test_triage_acts_on_the_full_standby_alone(ha_lab: HaLab, tmp_path: Path) ->
         ha_lab.reset_leaks()
 
 
-def test_pool_refuses_an_environment_of_several_nodes(ha_lab: HaLab) -> None:
-    result = invoke("pool", "lab", "-i", str(ha_lab.inventory))
-    assert result.exit_code == 2 and "several database nodes" in result.output, result.output
+def test_pool_sizes_each_node_for_its_own_hosts_standbys_first(ha_lab: HaLab) -> None:
+    result = invoke("pool", "lab", "-i", str(ha_lab.inventory), "--json")
+    assert result.exit_code == 0, result.output
+    nodes = json.loads(result.stdout)["result"]["nodes"]
+    assert [n["role"] for n in nodes] == ["standby", "primary"]  # standbys first
+    by_role = {n["role"]: n for n in nodes}
+    assert by_role["standby"]["hosts"] == ["app3"]  # it reads from the standby
+    assert by_role["primary"]["hosts"] == ["app1", "app2"]
+    for n in nodes:  # the HA agent's session is kept room for, as another client
+        assert n["sizing"]["other_clients"] >= 1
+        assert n["max_connections"] == int(ha_lab.psql(n["node"], "SHOW max_connections"))
+    notes = json.loads(result.stdout)["result"]["cluster_notes"]
+    assert any("standbys" in note and "first" in note for note in notes), notes
+    refused = invoke("pool", "lab", "-i", str(ha_lab.inventory), "--pgbouncer-config", "x")
+    assert refused.exit_code == 2 and "several database nodes" in refused.output
 
 
 def test_roles_follow_a_real_switchover(ha_lab: HaLab) -> None:

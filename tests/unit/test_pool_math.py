@@ -208,3 +208,17 @@ def test_max_overflow_is_part_of_the_worst_case() -> None:
     assert (check.total, check.limit, check.safe) == (440, 197, False)
     assert check.recommended_pool_size == 29
     assert check.sentence().startswith("4 servers × (100 + 10 overflow) = 440 > 197")
+
+
+def test_a_standby_below_the_primary_is_flagged_and_standbys_come_first() -> None:
+    """Under Patroni the lab cannot run a standby below the primary (Patroni raises it,
+    PostgreSQL refuses to replay below it): the rule is checked here on the numbers."""
+    from connfix.diagnosis.pool_sizing import cluster_notes
+
+    notes = cluster_notes(
+        [("db1", "primary", 200), ("db2", "standby", 100), ("db3", "standby", 200)]
+    )
+    assert any("standby db2 has max_connections 100, below the primary's 200" in n for n in notes)
+    assert not any("standby db3" in n and "below" in n for n in notes)
+    assert any("standbys (db2, db3) first" in n for n in notes)
+    assert not any("below" in n for n in cluster_notes([("db1", "primary", 100)]))

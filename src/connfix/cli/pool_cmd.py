@@ -123,6 +123,8 @@ def pool(
             environment=environment,
             result=advice.to_json(),
         )
+    elif advice.nodes:
+        render.pool_nodes(terminal(), advice)
     else:
         render.pool(terminal(), advice.sizing, advice.written)
     if not advice.safe:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from connfix.diagnosis.cluster import ClusterDiagnosis
     from connfix.diagnosis.inventory_check import EnvironmentCheck
     from connfix.diagnosis.model import Diagnosis
-    from connfix.diagnosis.pool_sizing import PoolSizing
+    from connfix.diagnosis.pool_sizing import PoolAdvice, PoolSizing
     from connfix.engine.run import RunResult
     from connfix.engine.runbook import Runbook, Step
     from connfix.lab.lab import UpResult
@@ -641,6 +641,19 @@ def triage_result(term: Terminal, result: RunResult, command: str | None = None)
             f"[red]{what}{escape(result.report_error)}[/red]"
             f" (regenerate it with `connfix report {escape(str(result.incident_dir))}`)"
         )
+
+
+def pool_nodes(term: Terminal, advice: PoolAdvice) -> None:
+    """Each database node's sizing (standbys first), then what to know of the cluster."""
+    for n in advice.nodes:
+        term.out.rule(
+            f"node [bold]{escape(n.node)}[/bold]: {n.role}, max_connections"
+            f" {n.max_connections}, hosts {escape(', '.join(n.hosts) or 'none')}",
+            align="left",
+        )
+        pool(term, n.sizing, None)
+    for note in advice.cluster_notes:
+        term.out.print(f"[yellow]cluster:[/yellow] {escape(note)}")
 
 
 def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:

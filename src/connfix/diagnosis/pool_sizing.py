@@ -708,17 +708,34 @@ def write_pgbouncer_config(
 
 
 @dataclass(frozen=True)
+class NodeSizing:
+    """One database node's sizing, of the hosts whose pools connect to it."""
+
+    node: str
+    role: str  # primary or standby
+    max_connections: int
+    hosts: list[str]
+    sizing: PoolSizing
+
+
+@dataclass(frozen=True)
 class PoolAdvice:
-    """What `connfix pool` answers: the sizing, and the PgBouncer config when asked."""
+    """What `connfix pool` answers: the sizing, and the PgBouncer config when asked; for
+    several database nodes, each node's sizing and what to know of the cluster."""
 
     environment: str
     sizing: PoolSizing
     plan: PgBouncerPlan | None = None
     written: dict[str, Any] | None = None  # the files written, the URL, the settings
+    nodes: list[NodeSizing] = field(default_factory=list)
+    cluster_notes: list[str] = field(default_factory=list)
 
     @property
     def safe(self) -> bool:
-        """Tell whether the pool sizes (and the PgBouncer cap, if planned) are safe."""
+        """Tell whether the pool sizes (every node's, and the PgBouncer cap, if planned)
+        are safe."""
+        if self.nodes:
+            return all(n.sizing.safe for n in self.nodes)
         return self.sizing.safe and (self.plan is None or self.plan.safe)
 
     def to_json(self) -> dict[str, object]:
@@ -729,7 +746,82 @@ class PoolAdvice:
         }
         if self.written is not None:
             result["pgbouncer"] = self.written
+        if self.nodes:
+            result["nodes"] = [
+                {
+                    "node": n.node,
+                    "role": n.role,
+                    "max_connections": n.max_connections,
+                    "hosts": n.hosts,
+                    "sizing": n.sizing.to_json(),
+                }
+                for n in self.nodes
+            ]
+            result["cluster_notes"] = self.cluster_notes
         return result
+
+
+def cluster_notes(nodes: list[tuple[str, str, int]]) -> list[str]:
+    """What to know of pools on a primary with hot standbys, from each node's (name, role,
+    max_connections): a standby below the primary is flagged, and raising the limit goes
+    standbys first."""
+    primary = next(((n, m) for n, r, m in nodes if r == "primary"), None)
+    standbys = [(n, m) for n, r, m in nodes if r == "standby"]
+    notes = []
+    if primary is not None:
+        for name, value in standbys:
+            if value < primary[1]:
+                notes.append(
+                    f"standby {name} has max_connections {value}, below the primary's"
+                    f" {primary[1]}: PostgreSQL stops replaying (and refuses to start) a hot"
+                    " standby whose max_connections is below the primary's; raise it first"
+                )
+    if standbys:
+        names = ", ".join(n for n, _ in standbys)
+        notes.append(
+            f"to raise max_connections, raise it on the standbys ({names}) first and restart"
+            " them, then the primary: a standby below the primary cannot replay its WAL."
+            " Under Patroni it is one cluster-wide setting (patronictl edit-config -p"
+            " max_connections=N, then patronictl restart, which restarts the replicas"
+            " before the leader)"
+        )
+    notes.append(
+        "the HA agent's sessions (Patroni) are counted as other clients on each node and"
+        " kept room for; replication uses max_wal_senders, not these slots"
+    )
+    return notes
+
+
+def _advise_nodes(environment: str, env: Environment) -> PoolAdvice:
+    """Each node sized for the hosts whose pools connect to it (seen there now; a host
+    seen nowhere counts on the primary), its HA agent among the other clients."""
+    from connfix import DatabaseUnavailable
+    from connfix.diagnosis.cluster import diagnose_all
+
+    found = diagnose_all(environment, env)
+    if found.unreachable:
+        why = "; ".join(f"{n}: {w}" for n, w in found.unreachable.items())
+        raise DatabaseUnavailable(f"cannot size the pools of every node ({why})")
+    seen: dict[str, set[str]] = {
+        d.node or "?": {u.host for u in d.by_host if u.owned} for d in found.nodes
+    }
+    anywhere = set().union(*seen.values()) if seen else set()
+    primary = next((d for d in found.nodes if d.role == "primary"), found.nodes[0])
+    sized = []
+    for d in sorted(found.nodes, key=lambda d: d.role != "standby"):  # standbys first
+        names = seen[d.node or "?"] | (
+            {h.name for h in env.hosts} - anywhere if d is primary else set()
+        )
+        hosts = [h for h in env.hosts if h.name in names]
+        node_env = env.model_copy(update={"hosts": hosts})
+        sized.append(
+            NodeSizing(
+                d.node or "?", d.role, d.max_connections, [h.name for h in hosts],
+                size_pools(node_env, d),
+            )
+        )  # fmt: skip
+    notes = cluster_notes([(n.node, n.role, n.max_connections) for n in sized])
+    return PoolAdvice(environment, sized[-1].sizing, nodes=sized, cluster_notes=notes)
 
 
 def advise(
@@ -753,15 +845,17 @@ def advise(
     from connfix import InputError
     from connfix.diagnosis.analysis import diagnose
 
-    if env.database.several:
+    if env.database.several and config_dir:
         raise InputError(
-            f"environment {environment} has several database nodes: `connfix pool` sizes"
-            " one server and does not yet take a primary and its standbys together"
+            f"environment {environment} has several database nodes: --pgbouncer-config"
+            " writes one PgBouncer's config for one server, not yet for a cluster"
         )
     unknown = sorted(set(direct or []) - {h.name for h in env.hosts})
     if unknown:
         raise InputError(f"--direct: no host {', '.join(unknown)} in environment {environment}")
     version = pgbouncer_version_of(pgbouncer_version)
+    if env.database.several:
+        return _advise_nodes(environment, env)
     d = diagnose(environment, env)
     version = version or live_version(d)
     sizing = size_pools(env, d)
