@@ -252,3 +252,77 @@ def test_roles_follow_a_real_switchover(ha_lab: HaLab) -> None:
     nodes = retry(settled, timeout=60, interval=0.5)
     assert nodes[old]["ha_role"] == "replica" and nodes[new]["role"] == "primary"
     assert ha_lab.psql(old, "SELECT pg_is_in_recovery()") == "t"
+
+
+class SwitchoverUI:
+    """The run's UI, answering yes to every question; at the first question (a change
+    planned on the primary, not yet applied) it runs a real `patronictl switchover`."""
+
+    def __init__(self, ha_lab: HaLab) -> None:
+        self.ha_lab, self.switched = ha_lab, None
+        self.notes: list[str] = []
+
+    def started(self, *args: Any) -> None: ...
+    def diagnosis(self, *args: Any) -> None: ...
+    def step(self, *args: Any) -> None: ...
+    def plan(self, *args: Any, **kwargs: Any) -> None: ...
+    def table(self, *args: Any) -> None: ...
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def confirm(self, question: str) -> bool:
+        if self.switched is None:
+            self.switched = self.ha_lab.patroni.switchover()
+        return True
+
+
+def test_a_switchover_in_the_middle_of_a_triage_is_followed(ha_lab: HaLab, tmp_path: Path) -> None:
+    """The primary is full; the triage plans on it; before the change is applied a real
+    switchover makes the other node the primary. The step is cut, nothing more is done
+    on the old primary, the role change is journaled and shown, the run follows the
+    primary, and ends healthy; the report's timeline has the switchover."""
+    from connfix.config.inventory_file import load_inventory
+    from connfix.engine.runbook import resolve_runbook
+    from connfix.engine.start import start_run
+
+    _, before = ha_lab.diagnose()
+    primary = next(n for n in before["result"]["nodes"] if n["role"] == "primary")
+    room = primary["usable_connections"] - primary["client_backends"]
+    writers = [i for i in (1, 2, 3) if ha_lab.paths.host_address(i) in {
+        u["client_addr"] for u in primary["by_host"] if u["count"]
+    }]  # fmt: skip
+    ha_lab.core.leak(ha_lab.paths.host_name(writers[0]), room + 1, idle_in_transaction=False)
+    ui = SwitchoverUI(ha_lab)
+    try:
+        env = load_inventory(ha_lab.inventory).environment("lab")
+        result = start_run(
+            "lab", env, resolve_runbook(None), ui,  # type: ignore[arg-type]
+            incidents_dir=str(tmp_path), inventory_path=ha_lab.inventory, interactive=True,
+        )  # fmt: skip
+        assert ui.switched is not None, ui.notes
+        old, new = ui.switched
+        assert old == primary["node"]
+        (journal,) = tmp_path.glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert events[0]["node"] == old and events[0]["node_role"] == "primary"
+        changed = [e for e in events if e["event"] == "role_changed"]
+        assert changed and changed[0]["node"] == old and changed[0]["was"] == "primary"
+        assert f"following the primary to {new}" in changed[0]["message"]
+        assert any("following the primary" in n for n in ui.notes), ui.notes
+        # after the switch, nothing was ended through the old primary's session: every
+        # termination came after the run connected to the new primary
+        at = events.index(changed[0])
+        cut = [e for e in events if e["event"] == "step_end" and "cut:" in (e.get("summary") or "")]
+        assert cut and events.index(cut[0]) < at, cut
+        done = [
+            e for e in events[:at] if e["event"] == "operation" and e.get("result") == "terminated"
+        ]
+        assert not done, done
+        assert result.status.value == "resolved", (result.message, ui.notes)
+        report = (journal.parent / "report.md").read_text()
+        assert f"node {old} is a standby now (was the primary)" in report
+    finally:
+        ha_lab.reset_leaks()
+        # the old primary is back as a standby before the next test
+        retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)

@@ -73,6 +73,19 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
     )
 
 
+FOLLOW_WAIT_S = 20.0  # how long a run waits for Patroni to name a new leader
+
+
+@dataclass
+class Follow:
+    """Of several database nodes: the one a run acts on and the role it has, and the
+    whole environment (its Patroni, every node) to find the roles again."""
+
+    node: str
+    role: str
+    cluster: Environment
+
+
 @dataclass
 class RunContext:
     """What actions see of a run: the environment, the session, the journal, the state."""
@@ -94,6 +107,8 @@ class RunContext:
     health_checks: bool = True  # run the hosts' health checks with each diagnosis
     max_restart_hosts: int | None = None  # an alert policy's cap on hosts one run restarts
     remotes: dict[str, Any] = field(default_factory=dict)  # host → its health-check SSH
+    # of several database nodes: the one the run acts on, its role, and every node
+    follow: Follow | None = None
     _handoff: threading.Condition = field(default_factory=threading.Condition)
     _handoff_inside: int = 0
     _handoff_released: bool = False
@@ -212,7 +227,15 @@ class RunContext:
         try:
             snapshot = take_snapshot(self.session, self.environment, self.env)
         except ConnectionLost as exc:
-            self.reconnect(str(exc))
+            if not self._followed(str(exc)):
+                self.reconnect(str(exc))
+            snapshot = take_snapshot(self.session, self.environment, self.env)
+        follow = self.follow
+        if (
+            follow is not None
+            and snapshot.role != follow.role
+            and self._followed(f"{follow.node} is a {snapshot.role} now", snapshot.role)
+        ):
             snapshot = take_snapshot(self.session, self.environment, self.env)
         health = self.host_health() if self.health_checks else {}
         unhealthy = [name for name, h in health.items() if not h["ok"]]
@@ -224,6 +247,59 @@ class RunContext:
         )
         self.record(Event.DIAGNOSIS, diagnosis=self.latest.to_json())
         return self.latest
+
+    def _followed(self, why: str, role_now: str | None = None) -> bool:
+        """Of several nodes: after a lost connection or a role seen changed, ask Patroni
+        where the roles are now. The node's new role is journaled and shown; when the
+        node was the primary and another one is now, the run follows the primary there
+        (connects to it, takes the lock there) and nothing more is done on the old one.
+        Return whether the run is connected to the node to act on (else the caller
+        reconnects as usual)."""
+        from connfix.diagnosis.cluster import PatroniUnavailable, topology
+
+        follow = self.follow
+        if follow is None or follow.cluster.database.patroni is None:
+            return False
+        # a lost primary: Patroni names the new leader within its ttl (a switchover takes
+        # about 2 s); until then the old one may still be listed as leader
+        deadline = time.monotonic() + (FOLLOW_WAIT_S if role_now is None else 0)
+        while True:
+            try:
+                members = topology(follow.cluster).members
+            except PatroniUnavailable:
+                return False
+            roles = {m.node.name: m.ha_role for m in members}
+            leader = next((n for n, r in roles.items() if r == "leader"), None)
+            moved = leader is not None and leader != follow.node
+            if moved or follow.role != "primary" or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        now = role_now or ("primary" if roles.get(follow.node) == "leader" else "standby")
+        if now == follow.role and role_now is None:
+            return False  # the same role: a plain reconnect to the same node
+        target = leader if follow.role == "primary" and leader and leader != follow.node else None
+        message = (
+            f"following the primary to {target}: nothing more is done on {follow.node}"
+            if target
+            else f"the run goes on against {follow.node} as a {now}"
+        )
+        self.record(
+            Event.ROLE_CHANGED,
+            node=follow.node,
+            was=follow.role,
+            now=now,
+            message=message,
+            roles={n: r or "unknown" for n, r in roles.items()},
+        )
+        self.ui.note(f"{why}: {follow.node} was the {follow.role}, is a {now} now; {message}")
+        if target is None:
+            follow.role = now
+            return False
+        node = next(m.node for m in members if m.node.name == target)
+        self.env = self.env.model_copy(update={"database": follow.cluster.database.of_node(node)})
+        follow.node, follow.role = target, "primary"
+        self.reconnect(f"switchover: {target} is the primary now")
+        return True
 
     def reconnect(self, why: str) -> None:
         """Connect again once after losing the database (it restarted?), and take the

@@ -18,11 +18,11 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connfix import ConnfixError, ExitStatus, __version__
+from connfix import ConnectionLost, ConnfixError, ExitStatus, __version__
 from connfix.actions import ACTIONS
 from connfix.actions.base import Action, Outcome, Plan
 from connfix.engine import expressions
-from connfix.engine.context import RunContext, take_lock
+from connfix.engine.context import Follow, RunContext, take_lock
 from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
 from connfix.engine.secrets import secrets_of
@@ -86,6 +86,11 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             resume_done=dict(request.resume_done),
             health_checks=request.host_health,
             max_restart_hosts=request.max_restart_hosts,
+            follow=(
+                Follow(request.node, request.node_role or "primary", request.cluster)
+                if request.node and request.cluster is not None
+                else None
+            ),
         )
         return _walk(loop, loop.ctx)
 
@@ -208,6 +213,7 @@ class Flow(enum.Enum):
 
     NEXT = "next"  # to the next step
     HEALTHY = "healthy"  # the runbook's healthy condition holds: the escalation ends
+    REPLAN = "replan"  # the node changed under the step (a switchover): plan it again
 
 
 class StepLoop:
@@ -281,6 +287,14 @@ class StepLoop:
         step, or to its end because the runbook is healthy. The stages: whether the step
         is reached (_reached), its plan, whether it is applied (_not_applied), the
         operator's yes (_confirmed), the change and its record (_apply)."""
+        for _ in range(2):  # a step cut by a switchover is planned again, once
+            ended = self._planned_and_applied(index, step, ctx)
+            if ended is not Flow.REPLAN:
+                return ended
+        return Flow.NEXT
+
+    def _planned_and_applied(self, index: int, step: Step, ctx: RunContext) -> RunResult | Flow:
+        """One attempt at a step: reached, planned, applied."""
         reached = self._reached(index, step, ctx)
         if reached is not None:
             return reached
@@ -422,6 +436,10 @@ class StepLoop:
             outcome: Outcome = action.apply(ctx, step.params, plan)
         except expressions.ExpressionError as exc:  # an `until` that fails on live data
             outcome = Outcome(False, str(exc), {"expression_error": str(exc)})
+        except ConnectionLost as exc:
+            if ctx.follow is None:
+                raise
+            return self._cut(index, step, ctx, str(exc))
         seconds = time.monotonic() - started
         for key, count in outcome.changed.items():
             ctx.totals[key] = ctx.totals.get(key, 0) + count
@@ -455,6 +473,22 @@ class StepLoop:
                 RunStatus.HALTED, ExitStatus.UNHEALTHY, f"step {step.id} failed: {outcome.summary}"
             )
         return Flow.NEXT
+
+    def _cut(self, index: int, step: Step, ctx: RunContext, why: str) -> Flow:
+        """The connection was lost during a step of a run on several nodes: where are
+        the roles now (the run follows the primary if it moved)? The step's plan was for
+        a server that is gone or changed: it is recorded as cut, and planned again."""
+        assert ctx.follow is not None
+        node = ctx.follow.node
+        ctx.record(
+            Event.STEP_END,
+            ok=False,
+            applied=False,
+            summary=f"cut: the connection to {node} was lost ({why}); planned again",
+        )
+        self._step_ended(index, step, StepStatus.INTERRUPTED, f"cut on {node}; planned again")
+        ctx.diagnose()  # follows the primary when it moved; journals the role change
+        return Flow.REPLAN
 
     def _confirmed(
         self, step: Step, plan: Plan[Any], mutating: bool, ctx: RunContext

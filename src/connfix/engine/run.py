@@ -66,6 +66,7 @@ class RunRequest:
     node: str | None = None
     node_role: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
+    cluster: Environment | None = None  # the whole environment, every node
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ def start_run(
 
     node = node_role = None
     nodes: dict[str, str] = {}
+    cluster = None
     if env.database.several:
+        cluster = env
         env, node, node_role, nodes = _on_the_exhausted_node(environment, env, ui)
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
@@ -61,6 +63,7 @@ def start_run(
         node=node,
         node_role=node_role,
         nodes=nodes,
+        cluster=cluster,
     )
     return run_runbook(request, ui)
 

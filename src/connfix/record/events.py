@@ -35,6 +35,7 @@ class Event(enum.StrEnum):
     LOCK_REFUSED = "lock_refused"  # another run holds it
     CONNECTION_LOST = "connection_lost"
     RECONNECTED = "reconnected"
+    ROLE_CHANGED = "role_changed"  # the node's role changed mid-run (a switchover, failover)
     SLOT_GIVEN_BACK = "slot_given_back"  # a privileged session closed during a restart
     SESSION_REOPENED = "session_reopened"
     DIAGNOSIS = "diagnosis"  # a whole diagnosis

@@ -187,6 +187,11 @@ def _describe(event: dict[str, Any]) -> str | None:
         return f"healthy ({event.get('condition')}): escalation ended"
     if kind in ("confirmation_needed", "interrupted", "error"):
         return f"{kind.replace('_', ' ')}: {event.get('message')}"
+    if kind == "role_changed":
+        return (
+            f"node {event.get('node')} is a {event.get('now')} now (was the"
+            f" {event.get('was')}): {event.get('message')}"
+        )
     if kind == "run_end":
         return f"run ended: {event.get('status')} — {event.get('message')}"
     return None  # per-pid operations are in the actions table
