@@ -326,3 +326,39 @@ def test_a_switchover_in_the_middle_of_a_triage_is_followed(ha_lab: HaLab, tmp_p
         ha_lab.reset_leaks()
         # the old primary is back as a standby before the next test
         retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)
+
+
+def test_healthy_means_every_node_a_second_run_takes_the_other(
+    ha_lab: HaLab, tmp_path: Path
+) -> None:
+    """Both nodes are full. A triage acts on the worst alone and, its node healthy again,
+    says the other is not (exit 1, never "resolved"); the next triage takes the other and
+    ends with every node healthy."""
+    _, before = ha_lab.diagnose()
+    for node in before["result"]["nodes"]:
+        room = node["usable_connections"] - node["client_backends"]
+        host = 3 if node["role"] == "standby" else 1  # app3 reads from the standby
+        ha_lab.core.leak(ha_lab.paths.host_name(host), room + 1, idle_in_transaction=False)
+    try:
+        inventory = str(ha_lab.inventory)
+        first = invoke("triage", "lab", "-i", inventory, "--yes", "--incidents-dir",
+                       str(tmp_path / "1"), "--json")  # fmt: skip
+        data = json.loads(first.stdout)
+        assert first.exit_code == 1 and data["status"] == "unhealthy", data
+        (journal,) = (tmp_path / "1").glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        acted = events[0]["node"]
+        assert set(events[0]["nodes"].values()) == {"critical"}, events[0]["nodes"]
+        (end_nodes,) = [e for e in events if e["event"] == "nodes"]
+        other = next(n for n in end_nodes["severities"] if n != acted)
+        assert end_nodes["severities"][acted] == "ok", end_nodes
+        assert end_nodes["severities"][other] != "ok", end_nodes
+        assert f"not every node is healthy: {other}" in data["result"]["message"], data
+        second = invoke("triage", "lab", "-i", inventory, "--yes", "--incidents-dir",
+                        str(tmp_path / "2"), "--json")  # fmt: skip
+        assert second.exit_code == 0, second.stdout
+        (journal2,) = (tmp_path / "2").glob("*/journal.jsonl")
+        assert json.loads(journal2.read_text().splitlines()[0])["node"] == other
+        assert ha_lab.diagnose()[1]["result"]["severity"] == "ok"
+    finally:
+        ha_lab.reset_leaks()

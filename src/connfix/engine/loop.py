@@ -547,10 +547,36 @@ class StepLoop:
                 ExitStatus.OK if healthy else ExitStatus.UNHEALTHY,
                 f"nothing was changed; the environment is {state}",
             )
-        if healthy:
+        others = self._other_nodes() if healthy else []
+        if healthy and not others:
             return self.finish(RunStatus.RESOLVED, ExitStatus.OK, f"healthy: {runbook.healthy}")
+        if healthy:  # healthy means every node is: another one is not
+            return self.finish(
+                RunStatus.UNHEALTHY,
+                ExitStatus.UNHEALTHY,
+                f"{runbook.healthy} holds on {ctx.follow.node if ctx.follow else '?'}, but"
+                f" not every node is healthy: {', '.join(others)} (run again to act on it)",
+            )
         return self.finish(
             RunStatus.UNHEALTHY,
             ExitStatus.UNHEALTHY,
             f"the runbook ran out of steps and {runbook.healthy} does not hold",
         )
+
+    def _other_nodes(self) -> list[str]:
+        """Of several database nodes: the others, diagnosed again at the end (each node's
+        severity journaled); return those that are not healthy, each with its severity."""
+        ctx = self.ctx
+        if ctx is None or ctx.follow is None:
+            return []
+        from connfix.diagnosis.cluster import diagnose_all
+
+        found = diagnose_all(ctx.environment, ctx.follow.cluster)
+        severities = {d.node or "?": d.severity for d in found.nodes}
+        severities.update({name: "unreachable" for name in found.unreachable})
+        ctx.record(Event.NODES, severities=severities, acted_on=ctx.follow.node)
+        return [
+            f"{name} {severity}"
+            for name, severity in severities.items()
+            if name != ctx.follow.node and severity != "ok"
+        ]

@@ -36,6 +36,7 @@ class Event(enum.StrEnum):
     CONNECTION_LOST = "connection_lost"
     RECONNECTED = "reconnected"
     ROLE_CHANGED = "role_changed"  # the node's role changed mid-run (a switchover, failover)
+    NODES = "nodes"  # of several database nodes: each one's severity at the end of a run
     SLOT_GIVEN_BACK = "slot_given_back"  # a privileged session closed during a restart
     SESSION_REOPENED = "session_reopened"
     DIAGNOSIS = "diagnosis"  # a whole diagnosis

@@ -187,6 +187,9 @@ def _describe(event: dict[str, Any]) -> str | None:
         return f"healthy ({event.get('condition')}): escalation ended"
     if kind in ("confirmation_needed", "interrupted", "error"):
         return f"{kind.replace('_', ' ')}: {event.get('message')}"
+    if kind == "nodes":
+        said = ", ".join(f"{n} {s}" for n, s in (event.get("severities") or {}).items())
+        return f"every node diagnosed at the end: {said}"
     if kind == "role_changed":
         return (
             f"node {event.get('node')} is a {event.get('now')} now (was the"
