@@ -81,7 +81,7 @@ class Server:
     running: dict[str, str] = field(default_factory=dict)  # environment → alert key
     last_change: dict[str, float] = field(default_factory=dict)  # env → last auto run
     threads: list[threading.Thread] = field(default_factory=list)
-    latest: dict[str, tuple[float, Diagnosis | None]] = field(default_factory=dict)
+    latest: dict[str, tuple[float, list[Diagnosis] | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- authentication --------------------------------------------------------------
@@ -268,6 +268,7 @@ class Server:
     def metrics(self) -> bytes:
         from connfix import ConnfixError
         from connfix.diagnosis.analysis import diagnose
+        from connfix.diagnosis.cluster import diagnose_all
         from connfix.record import metrics
 
         names = [n for n, e in self.loaded.inventory.environments.items() if e.alerts]
@@ -276,12 +277,17 @@ class Server:
             at, _ = self.latest.get(name, (-1e12, None))
             if now - at < self.metrics_interval:
                 continue
+            env = self.loaded.inventory.environments[name]
+            found: list[Diagnosis] | None
             try:
-                found: Diagnosis | None = diagnose(name, self.loaded.inventory.environments[name])
+                if env.database.several:  # every node, each labelled with its name
+                    found = diagnose_all(name, env).nodes or None
+                else:
+                    found = [diagnose(name, env)]
             except ConnfixError:
                 found = None
             self.latest[name] = (now, found)
-        good = [d for _, d in (self.latest.get(n, (0, None)) for n in names) if d is not None]
+        good = [d for _, ds in (self.latest.get(n, (0, None)) for n in names) for d in ds or []]
         down = [n for n in names if self.latest.get(n, (0, None))[1] is None]
         return metrics.text(good, down)
 

@@ -362,3 +362,21 @@ def test_healthy_means_every_node_a_second_run_takes_the_other(
         assert ha_lab.diagnose()[1]["result"]["severity"] == "ok"
     finally:
         ha_lab.reset_leaks()
+
+
+def test_the_textfile_holds_every_node_labelled(ha_lab: HaLab, tmp_path: Path) -> None:
+    """node_exporter's textfile, read back by prometheus_client's own parser: each metric
+    once per node, labelled with it; the primary marked."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = tmp_path / "connfix.prom"
+    result = invoke("diagnose", "lab", "-i", str(ha_lab.inventory), "--prometheus-textfile",
+                    str(path), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    nodes = {n["node"]: n for n in json.loads(result.stdout)["result"]["nodes"]}
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    usable = {s.labels["node"]: s.value for s in families["connfix_usable_connections"].samples}
+    assert usable == {name: n["usable_connections"] for name, n in nodes.items()}
+    primary = {s.labels["node"]: s.value for s in families["connfix_node_primary"].samples}
+    assert primary == {name: float(n["role"] == "primary") for name, n in nodes.items()}
+    assert {s.labels["environment"] for s in families["connfix_up"].samples} == {"lab"}

@@ -122,12 +122,12 @@ def diagnose(
     if bare is None:
         _, env = resolve_environment(inventory_path, environment, inventory_search())
     if env.database.several:
-        if watch_every is not None or textfile is not None:
+        if watch_every is not None:
             raise click.UsageError(
-                f"environment {environment} has several database nodes: --watch and"
-                " --prometheus-textfile show one node and do not take several yet"
+                f"environment {environment} has several database nodes: --watch shows one"
+                " node and does not take several yet"
             )
-        sys.exit(_diagnose_nodes(environment, env, as_json))
+        sys.exit(_diagnose_nodes(environment, env, as_json, textfile))
     if watch_every is not None:
         from connfix.cli.watch import watch
 
@@ -136,15 +136,7 @@ def diagnose(
     if write_inventory is not None:
         _write_starter(write_inventory, dsn, result)
     if textfile is not None:
-        from pathlib import Path
-
-        from connfix import InputError
-        from connfix.record import metrics
-
-        try:
-            metrics.write_textfile(Path(textfile).expanduser(), [result])
-        except OSError as exc:
-            raise InputError(f"--prometheus-textfile {textfile}: {exc.strerror or exc}") from None
+        _write_textfile(textfile, [result])
     code = ExitStatus.OK if result.healthy else ExitStatus.UNHEALTHY
     if as_json:
         envelope.emit(
@@ -157,12 +149,17 @@ def diagnose(
     sys.exit(code)
 
 
-def _diagnose_nodes(environment: str, env: Environment, as_json: bool) -> ExitStatus:
+def _diagnose_nodes(
+    environment: str, env: Environment, as_json: bool, textfile: str | None
+) -> ExitStatus:
     """Every node of the environment, each diagnosed on its own; the worst severity
-    decides the exit status (3 when no node could be reached)."""
+    decides the exit status (3 when no node could be reached). The textfile holds every
+    node's metrics, labelled `node`."""
     from connfix.diagnosis.cluster import diagnose_all
 
     found = diagnose_all(environment, env)
+    if textfile is not None:
+        _write_textfile(textfile, found.nodes)
     if not found.nodes:
         code = ExitStatus.UNREACHABLE
     else:
@@ -181,6 +178,19 @@ def _diagnose_nodes(environment: str, env: Environment, as_json: bool) -> ExitSt
 
         render.nodes(terminal(), environment, found)
     return code
+
+
+def _write_textfile(textfile: str, diagnoses: list[Diagnosis]) -> None:
+    """Write node_exporter's textfile (atomically)."""
+    from pathlib import Path
+
+    from connfix import InputError
+    from connfix.record import metrics
+
+    try:
+        metrics.write_textfile(Path(textfile).expanduser(), diagnoses)
+    except OSError as exc:
+        raise InputError(f"--prometheus-textfile {textfile}: {exc.strerror or exc}") from None
 
 
 def _write_starter(path_text: str, dsn: str | None, result: Diagnosis) -> None:

@@ -38,12 +38,18 @@ def _top(counts: dict[str, int]) -> dict[str, int]:
 
 # Over 80 lines: each gauge declared with its help text, then set; a table in code.
 def registry(diagnoses: list[Diagnosis], down: list[str] | None = None) -> CollectorRegistry:
-    """A registry holding the metrics of the latest diagnosis of each environment; `down`:
-    environments whose database could not be diagnosed (connfix_up 0)."""
+    """A registry holding the metrics of the latest diagnosis of each environment (of
+    each node, labelled `node`, when an environment has several); `down`: environments
+    whose database could not be diagnosed (connfix_up 0)."""
     reg = CollectorRegistry()
+    per_node = any(d.node for d in diagnoses)
+    base = ("environment", "node") if per_node else ("environment",)
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(name, doc, ("environment", *labels), registry=reg)
+        return Gauge(name, doc, (*base, *labels), registry=reg)
+
+    def key(d: Diagnosis) -> tuple[str, ...]:
+        return (d.environment, d.node or "") if per_node else (d.environment,)
 
     usable = gauge("connfix_usable_connections", "Connections ordinary roles may open.")
     backends = gauge("connfix_client_backends", "Client backends open, connfix's own included.")
@@ -88,42 +94,49 @@ def registry(diagnoses: list[Diagnosis], down: list[str] | None = None) -> Colle
     )
     seconds = gauge("connfix_diagnosis_duration_seconds", "How long the snapshot took.")
     up = gauge("connfix_up", "1 when the environment's database could be diagnosed.")
+    primary = (
+        gauge("connfix_node_primary", "1 for the primary, 0 for a hot standby.")
+        if per_node
+        else None
+    )
     for name in down or []:
-        up.labels(name).set(0)
+        up.labels(name, *([""] if per_node else [])).set(0)
     for d in diagnoses:
-        up.labels(d.environment).set(1)
-        env = d.environment
-        usable.labels(env).set(d.usable_connections)
-        backends.labels(env).set(d.client_backends)
-        utilization.labels(env).set(d.utilization)
-        severity.labels(env).set(SEVERITY.get(d.severity, 2))
+        up.labels(*key(d)).set(1)
+        env = key(d)
+        if primary is not None:
+            primary.labels(*env).set(1 if d.role == "primary" else 0)
+        usable.labels(*env).set(d.usable_connections)
+        backends.labels(*env).set(d.client_backends)
+        utilization.labels(*env).set(d.utilization)
+        severity.labels(*env).set(SEVERITY.get(d.severity, 2))
         for state, n in d.by_state.items():
-            by_state.labels(env, state).set(n)
+            by_state.labels(*env, state).set(n)
         for h in d.by_host:
             for state, n in (
                 ("idle", h.idle),
                 ("idle in transaction", h.idle_in_transaction),
                 ("active", h.active),
             ):
-                by_host.labels(env, h.host, state).set(n)
+                by_host.labels(*env, h.host, state).set(n)
             if h.pool_size is not None:  # an inventory host
-                suspect.labels(env, h.host).set(1 if h.suspect else 0)
+                suspect.labels(*env, h.host).set(1 if h.suspect else 0)
                 if d.pgbouncers:
-                    pooled.labels(env, h.host).set(h.pooled)
+                    pooled.labels(*env, h.host).set(h.pooled)
         for app, n in _top({app_label(k): v for k, v in d.by_application.items()}).items():
-            by_app.labels(env, app).set(n)
+            by_app.labels(*env, app).set(n)
         for user, n in _top({k or "(hidden)": v for k, v in d.by_user.items()}).items():
-            by_user.labels(env, user).set(n)
-        suspects.labels(env).set(len(d.suspects))
+            by_user.labels(*env, user).set(n)
+        suspects.labels(*env).set(len(d.suspects))
         ages = [s.xact_seconds or 0 for s in d.idle_in_transaction]
-        oldest_iit.labels(env).set(max(ages, default=0))
-        iit.labels(env).set(sum(v for k, v in d.by_state.items() if "in transaction" in k))
+        oldest_iit.labels(*env).set(max(ages, default=0))
+        iit.labels(*env).set(sum(v for k, v in d.by_state.items() if "in transaction" in k))
         for b in d.pgbouncers:
-            bouncer_up.labels(env, b["name"]).set(0 if "error" in b else 1)
+            bouncer_up.labels(*env, b["name"]).set(0 if "error" in b else 1)
             if "error" not in b:
-                waiting.labels(env, b["name"]).set(b.get("clients_waiting", 0))
-        taken.labels(env).set(datetime.fromisoformat(d.taken_at).timestamp())
-        seconds.labels(env).set(d.seconds)
+                waiting.labels(*env, b["name"]).set(b.get("clients_waiting", 0))
+        taken.labels(*env).set(datetime.fromisoformat(d.taken_at).timestamp())
+        seconds.labels(*env).set(d.seconds)
     return reg
 
 
