@@ -89,16 +89,16 @@ def ha_lab(request: pytest.FixtureRequest) -> Iterator[HaLab]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CONNFIX_LAB_ID", HA_LAB_ID)
         lab.down()
-        lab.up(
-            hosts=3,
-            max_connections=None,
-            pool_size=3,
-            boot_seconds=0.2,
-            postgres=str(request.param),
-            ha=True,
-            standby_hosts=1,
-        )
         try:
+            lab.up(
+                hosts=3,
+                max_connections=None,
+                pool_size=3,
+                boot_seconds=0.2,
+                postgres=str(request.param),
+                ha=True,
+                standby_hosts=1,
+            )
             yield HaLab(request.param)
         finally:
             lab.down()
@@ -380,3 +380,15 @@ def test_the_textfile_holds_every_node_labelled(ha_lab: HaLab, tmp_path: Path) -
     primary = {s.labels["node"]: s.value for s in families["connfix_node_primary"].samples}
     assert primary == {name: float(n["role"] == "primary") for name, n in nodes.items()}
     assert {s.labels["environment"] for s in families["connfix_up"].samples} == {"lab"}
+
+
+def test_inventory_check_probes_every_node_and_its_ways_in(ha_lab: HaLab) -> None:
+    result = invoke("inventory", "check", "lab", "-i", str(ha_lab.inventory), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["result"]
+    nodes = data["nodes"]
+    assert sorted(n["target"].split(",")[0] for n in nodes) == ["node pg1", "node pg2"]
+    for node in nodes:
+        assert node["ok"] and node["via"] == "primary", node
+        assert node["ways_in"] and all(works for _, works, _ in node["ways_in"]), node
+    assert data["ok"] and len(data["hosts"]) == 3

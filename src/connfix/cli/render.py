@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from connfix.actions.base import Plan
     from connfix.diagnosis.cluster import ClusterDiagnosis
-    from connfix.diagnosis.inventory_check import EnvironmentCheck
+    from connfix.diagnosis.inventory_check import DatabaseCheck, EnvironmentCheck
     from connfix.diagnosis.model import Diagnosis
     from connfix.diagnosis.pool_sizing import PoolAdvice, PoolSizing
     from connfix.engine.run import RunResult
@@ -78,9 +78,15 @@ def _mark(ok: bool | None) -> str:
 
 
 def environment_check(term: Terminal, result: EnvironmentCheck) -> None:
-    """Print the preflight of one environment."""
-    db = result.database
-    table = Table(title=f"database of {escape(result.environment)}", title_justify="left")
+    """Print the preflight of one environment: its database (each node of several), then
+    its hosts."""
+    for db in result.nodes or [result.database]:
+        _database_check(term, result.environment, db)
+    _hosts_check(term, result)
+
+
+def _database_check(term: Terminal, environment: str, db: DatabaseCheck) -> None:
+    table = Table(title=f"database of {escape(environment)}", title_justify="left")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
@@ -114,6 +120,9 @@ def environment_check(term: Terminal, result: EnvironmentCheck) -> None:
     if not db.ways_in:
         table.add_row("way in when full", _mark(None), "not configured")
     term.out.print(table)
+
+
+def _hosts_check(term: Terminal, result: EnvironmentCheck) -> None:
     hosts = Table(title=f"hosts of {escape(result.environment)}", title_justify="left")
     for column in ("host", "address", "ssh", "host key", "service", "time", "detail"):
         hosts.add_column(column, overflow="fold")
@@ -133,7 +142,8 @@ def environment_check(term: Terminal, result: EnvironmentCheck) -> None:
         term.out.print(f"[green]all checks passed[/green] ({len(result.hosts)} hosts)")
     else:
         parts = []
-        if not db.ok or not all(works for _, works, _ in db.ways_in):
+        checks = result.nodes or [result.database]
+        if not all(db.ok and all(works for _, works, _ in db.ways_in) for db in checks):
             parts.append("database")
         if failed:
             parts.append(f"{failed} of {len(result.hosts)} hosts")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from connfix import ConnfixError
 from connfix.config.inventory import Environment, Host
@@ -51,12 +51,14 @@ class EnvironmentCheck:
     environment: str
     database: DatabaseCheck
     hosts: list[HostCheck]
+    nodes: list[DatabaseCheck] = field(default_factory=list)  # of several, each one's
 
     @property
     def ok(self) -> bool:
-        """Tell whether the database and every host passed."""
-        admin_fine = all(works for _, works, _ in self.database.ways_in)
-        return self.database.ok and admin_fine and all(h.ok for h in self.hosts)
+        """Tell whether the database (every node of it) and every host passed."""
+        checks = self.nodes or [self.database]
+        fine = all(c.ok and all(works for _, works, _ in c.ways_in) for c in checks)
+        return fine and all(h.ok for h in self.hosts)
 
 
 def check_database(env: Environment) -> DatabaseCheck:
@@ -137,4 +139,17 @@ def check_environment(name: str, env: Environment) -> EnvironmentCheck:
     from connfix.hosts import remote
 
     hosts = remote.parallel(env.hosts, lambda h: check_host(env, h))
-    return EnvironmentCheck(name, check_database(env), hosts)
+    if not env.database.several:
+        return EnvironmentCheck(name, check_database(env), hosts)
+    from dataclasses import replace
+
+    from connfix.diagnosis.cluster import topology
+
+    topo = topology(env)
+    nodes = []
+    for member in topo.members:
+        node_env = env.model_copy(update={"database": env.database.of_node(member.node)})
+        check = check_database(node_env)
+        role = f", Patroni: {member.ha_role}" if member.ha_role else ""
+        nodes.append(replace(check, target=f"node {member.node.name}{role}: {check.target}"))
+    return EnvironmentCheck(name, nodes[0] if nodes else check_database(env), hosts, nodes)

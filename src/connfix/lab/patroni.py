@@ -40,6 +40,7 @@ NODES = ("pg1", "pg2")
 # Patroni 3.0.2 takes a max_connections below 25 as invalid and starts PostgreSQL with
 # its default, 100 (patroni/postgresql/config.py: `lambda v: int(v) >= 25`)
 MIN_MAX_CONNECTIONS = 25
+MAX_LAG_BYTES = 1048576  # the lab's maximum_lag_on_failover
 SCOPE = "connfix-lab"
 PATRONI = "/usr/bin/patroni"
 PATRONICTL = "/usr/bin/patronictl"
@@ -115,7 +116,7 @@ def _config(name: str, pg_bin: Path, max_connections: int, reserved: int, major:
                 "ttl": 15,
                 "loop_wait": 2,
                 "retry_timeout": 5,
-                "maximum_lag_on_failover": 1048576,
+                "maximum_lag_on_failover": MAX_LAG_BYTES,
                 "postgresql": {"use_pg_rewind": True, "parameters": parameters},
             },
             "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, {"auth": "trust"}],
@@ -259,7 +260,7 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved: int, ma
             _wait(lambda: is_primary(NODES[0]), "pg1 primary", 120)
         else:
             _wait(_streaming, "pg2 streaming from pg1", 120)
-    _wait(_all_running, "both members running in /cluster", 60)
+    _wait(_all_running, "both members running in /cluster", 120)
     state.pg_bin = str(pg_bin)
     state.pg_data = str(node_dir(NODES[0]) / "data")
 
@@ -289,8 +290,13 @@ def _all_running() -> bool:
     except LabError:
         return False
     running = all(m.get("state") in ("running", "streaming") for m in members)
+    # streaming and caught up to within what Patroni would fail over with (its
+    # maximum_lag_on_failover): exactly 0 may take a while on a loaded machine
     replica = any(
-        m.get("role") in ("replica", "sync_standby") and m.get("lag") == 0 for m in members
+        m.get("role") in ("replica", "sync_standby")
+        and isinstance(m.get("lag"), int)
+        and m["lag"] <= MAX_LAG_BYTES
+        for m in members
     )
     return len(members) == len(NODES) and running and replica
 
