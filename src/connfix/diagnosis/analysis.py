@@ -199,22 +199,7 @@ def _bouncer_rows(join: PoolerJoin, backends: list[Backend]) -> list[HostUsage]:
         mine = [b for b in backends if join.servers.get(b.pid) == name and b.pid not in join.lent]
         if not mine:
             continue
-        rows.append(
-            HostUsage(
-                host=PGBOUNCER_ROW.format(name=name),
-                client_addr=mine[0].client_addr,
-                count=len(mine),
-                idle=sum(1 for b in mine if b.state == "idle"),
-                idle_in_transaction=sum(1 for b in mine if b.idle_in_transaction),
-                active=sum(1 for b in mine if b.state == "active"),
-                old_idle=0,
-                oldest_idle_seconds=None,
-                pool_size=None,
-                suspect=False,
-                reasons=[],
-                pgbouncer=name,
-            )
-        )
+        rows.append(replace(_plain_row(PGBOUNCER_ROW.format(name=name), mine), pgbouncer=name))
     return rows
 
 
@@ -459,7 +444,7 @@ def analyse(
     ]
     hosts = _hosts(env, sessions, join) + _bouncer_rows(join, others)
     if own:
-        hosts.append(_own_row(own))
+        hosts.append(_plain_row(CONNFIX, own))
     host_of = _host_of(hosts, join, others)
     lent_host = {
         pid: host_of.get(c.addr, NOT_IN_INVENTORY) for pid, c in join.lent.items() if c.addr
@@ -513,15 +498,16 @@ def analyse(
     )
 
 
-def _own_row(own: list[Backend]) -> HostUsage:
-    """connfix's own sessions, as a row of their own: counted, never a suspect."""
+def _plain_row(name: str, sessions: list[Backend]) -> HostUsage:
+    """A row of sessions that are no host's pool (connfix's own, a PgBouncer's unlent
+    server connections): counted by state, never a suspect."""
     return HostUsage(
-        host=CONNFIX,
-        client_addr=own[0].client_addr,
-        count=len(own),
-        idle=sum(1 for b in own if b.state == "idle"),
-        idle_in_transaction=sum(1 for b in own if b.idle_in_transaction),
-        active=sum(1 for b in own if b.state == "active"),
+        host=name,
+        client_addr=sessions[0].client_addr,
+        count=len(sessions),
+        idle=sum(1 for b in sessions if b.state == "idle"),
+        idle_in_transaction=sum(1 for b in sessions if b.idle_in_transaction),
+        active=sum(1 for b in sessions if b.state == "active"),
         old_idle=0,
         oldest_idle_seconds=None,
         pool_size=None,
