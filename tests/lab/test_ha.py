@@ -134,6 +134,14 @@ def test_each_node_is_found_through_patroni_with_its_role(ha_lab: HaLab) -> None
         rows = {u["host"]: u for u in node["by_host"]}
         assert rows["(HA agent)"]["count"] == agent and not rows["(HA agent)"]["suspect"]
     assert data["result"]["topology"]["source"].startswith("http://")
+    # `lab status` sees both nodes, and counts the standby readers' sessions too
+    from connfix.lab.status import status
+
+    now = status()
+    assert now.up and not now.problems, now.problems
+    assert now.nodes == {m: members[m]["Role"].lower() for m in members}
+    app3 = next(h for h in now.hosts if h.name == "app3")
+    assert app3.backends >= 3, app3
 
 
 def test_a_full_standby_is_named_with_the_hosts_crowding_it(ha_lab: HaLab) -> None:

@@ -186,6 +186,12 @@ def lab_status(term: Terminal, status: Status) -> None:
             f"{escape(status.pgbouncer or 'PgBouncer (version unknown)')} in front of the"
             f" database for {status.pgbouncer_hosts} host(s)"
         )
+    if status.nodes:
+        term.out.print(
+            "under Patroni: "
+            + ", ".join(f"{escape(n)} {escape(r)}" for n, r in sorted(status.nodes.items()))
+            + " (the counts below are every node's)"
+        )
     table = Table()
     for column in (
         "host",

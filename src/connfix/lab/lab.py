@@ -585,6 +585,14 @@ def problems(state: LabState) -> list[str]:
         found.append("PostgreSQL is not running")
     if state.pgbouncer_hosts and not alive(state.pgbouncer_pid):
         found.append("PgBouncer is not running")
+    if state.ha:
+        found += [
+            f"Patroni {name} is not running"
+            for name, pid in state.patroni_pids.items()
+            if not alive(pid)
+        ]
+        if not alive(state.etcd_pid):
+            found.append("etcd is not running")
     for ns in state.namespaces:
         if not Path("/run/netns", ns).exists():
             found.append(f"namespace {ns} is missing")

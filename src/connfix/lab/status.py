@@ -3,7 +3,7 @@ connections per host, read live."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from connfix import LabError
@@ -47,6 +47,7 @@ class Status:
     hosts: list[HostStatus]
     pgbouncer: str | None = None  # SHOW VERSION of the running PgBouncer, read live
     pgbouncer_hosts: int = 0
+    nodes: dict[str, str] = field(default_factory=dict)  # --ha: node → Patroni's role
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,33 @@ def status() -> Status:
     found = problems(state)
     counts: dict[str | None, _Count] = {}
     version, max_conn, total = "", 0, 0
+    nodes: dict[str, str] = {}
+    dsns = [bootstrap_dsn()]
+    if state.ha:  # every node: the apps reading from the standby hold its slots
+        from connfix.lab import patroni
+
+        dsns = [patroni.superuser_dsn(n) for n in patroni.NODES]
+        try:
+            members = patroni.cluster().get("members", [])
+            nodes = {str(m.get("name")): str(m.get("role")) for m in members}
+        except LabError as exc:
+            found.append(str(exc))
     if not found or Path(state.pg_data, "postmaster.pid").exists():
         try:
-            with pg.Session(pg.connect(bootstrap_dsn()), "admin", None) as session:
-                version = session.info.server_version
-                max_conn = session.info.max_connections
-                rows = session.all("lab_connections", _Count)
-            counts = {row.client_addr: row for row in rows}
-            total = sum(row.total for row in rows)
+            for dsn in dsns:
+                with pg.Session(pg.connect(dsn), "admin", None) as session:
+                    version = session.info.server_version
+                    max_conn = session.info.max_connections
+                    rows = session.all("lab_connections", _Count)
+                for row in rows:
+                    seen = counts.get(row.client_addr, _Count(row.client_addr, 0, 0, 0))
+                    counts[row.client_addr] = _Count(
+                        row.client_addr,
+                        seen.total + row.total,
+                        seen.idle + row.idle,
+                        seen.idle_in_transaction + row.idle_in_transaction,
+                    )
+                total += sum(row.total for row in rows)
         except Exception as exc:
             found.append(f"cannot query PostgreSQL: {str(exc).strip()}")
     result = []
@@ -138,6 +158,7 @@ def status() -> Status:
         result,
         _pgbouncer_version(state, found),
         state.pgbouncer_hosts,
+        nodes,
     )
 
 
