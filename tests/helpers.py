@@ -130,12 +130,15 @@ class Lab:
         sleeps in a statement: PostgreSQL only notices the client is gone afterwards)."""
         from connfix.lab import clients as lab_clients
 
+        others = (
+            " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND application_name <> 'labapp'"
+        )
         with self.superuser() as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                " AND application_name <> 'labapp'"
-            )
+            conn.execute("SELECT pg_terminate_backend(pid)" + others)
+            # pg_terminate_backend returns before the backend has left pg_stat_activity:
+            # a test counting sessions right after must not see one that is on its way out
+            retry(lambda: conn.execute("SELECT count(*)" + others).fetchone() == (0,))
 
         for index in range(1, LAB_HOSTS + 1):
             name = self.paths.host_name(index)

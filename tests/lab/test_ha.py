@@ -30,6 +30,15 @@ class HaLab:
         self.core, self.patroni, self.paths = lab, patroni, paths
         self.inventory = paths.lab_dir() / "inventory.yaml"
 
+    def settle(self) -> None:
+        """Every app restarted and healthy, its pool connected again: a switchover in an
+        earlier test may have left a pool broken (its sessions cut), to refill later."""
+        for index in range(1, 4):
+            self.core.systemctl(self.paths.host_name(index), "restart", self.paths.UNIT)
+        for index in range(1, 4):
+            retry(lambda i=index: self.core.app_request(i, "/health", timeout=2))  # type: ignore[misc]
+        retry(lambda: not self.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)
+
     def reset_leaks(self) -> None:
         """Restart every app that leaked (its leaked connections close with it)."""
         for index in range(1, 4):
@@ -147,6 +156,7 @@ def test_each_node_is_found_through_patroni_with_its_role(ha_lab: HaLab) -> None
 def test_a_full_standby_is_named_with_the_hosts_crowding_it(ha_lab: HaLab) -> None:
     """app3 reads from the standby and leaks until the standby is full; the primary is
     fine. The standby is named critical, app3 its suspect; the primary stays ok."""
+    ha_lab.settle()
     _, before = ha_lab.diagnose()
     standby = next(n for n in before["result"]["nodes"] if n["role"] == "standby")
     room = standby["usable_connections"] - standby["client_backends"]
@@ -190,6 +200,7 @@ def test_triage_acts_on_the_full_standby_alone(ha_lab: HaLab, tmp_path: Path) ->
     """The standby is full (app3 reads from it and leaks); the primary is fine. A triage
     picks the standby, acts on its sessions and on app3 alone, and ends healthy; the
     primary's sessions are the same ones before and after."""
+    ha_lab.settle()
     _, before = ha_lab.diagnose()
     standby = next(n for n in before["result"]["nodes"] if n["role"] == "standby")
     primary = next(n for n in before["result"]["nodes"] if n["role"] == "primary")
@@ -290,6 +301,7 @@ def test_a_switchover_in_the_middle_of_a_triage_is_followed(ha_lab: HaLab, tmp_p
     switchover makes the other node the primary. The step is cut, nothing more is done
     on the old primary, the role change is journaled and shown, the run follows the
     primary, and ends healthy; the report's timeline has the switchover."""
+    ha_lab.settle()
     from connfix.config.inventory_file import load_inventory
     from connfix.engine.runbook import resolve_runbook
     from connfix.engine.start import start_run
@@ -342,6 +354,7 @@ def test_healthy_means_every_node_a_second_run_takes_the_other(
     """Both nodes are full. A triage acts on the worst alone and, its node healthy again,
     says the other is not (exit 1, never "resolved"); the next triage takes the other and
     ends with every node healthy."""
+    ha_lab.settle()
     _, before = ha_lab.diagnose()
     for node in before["result"]["nodes"]:
         room = node["usable_connections"] - node["client_backends"]
@@ -375,6 +388,7 @@ def test_healthy_means_every_node_a_second_run_takes_the_other(
 def test_the_textfile_holds_every_node_labelled(ha_lab: HaLab, tmp_path: Path) -> None:
     """node_exporter's textfile, read back by prometheus_client's own parser: each metric
     once per node, labelled with it; the primary marked."""
+    ha_lab.settle()
     from prometheus_client.parser import text_string_to_metric_families
 
     path = tmp_path / "connfix.prom"
@@ -391,6 +405,7 @@ def test_the_textfile_holds_every_node_labelled(ha_lab: HaLab, tmp_path: Path) -
 
 
 def test_inventory_check_probes_every_node_and_its_ways_in(ha_lab: HaLab) -> None:
+    ha_lab.settle()
     result = invoke("inventory", "check", "lab", "-i", str(ha_lab.inventory), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["result"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from connfix import DsnError
@@ -37,9 +37,21 @@ secret = st.text(
 )
 
 
+def _own_words(template: str) -> str:
+    """The message for a secret that cannot be confused with anything: libpq's and
+    connfix's own words, which a drawn secret may happen to be part of ('invali')."""
+    neutral = "QQQQQQQQ"
+    try:
+        parse_dsn(template.format(s=neutral))
+    except DsnError as exc:
+        return str(exc).replace(neutral, "")
+    return ""
+
+
 @settings(max_examples=300, deadline=None)
 @given(secret=secret, template=st.sampled_from(MALFORMED))
 def test_no_parser_error_about_a_dsn_carries_its_secret(secret: str, template: str) -> None:
+    assume(secret not in _own_words(template))  # Hypothesis found 'invali' in "invalid"
     dsn = template.format(s=secret)
     try:
         parse_dsn(dsn)
