@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -50,16 +49,12 @@ class PatroniUnavailable(Exception):
 def patroni_cluster(urls: list[str], timeout: float) -> tuple[str, dict[str, Any]]:
     """GET /cluster from the first URL that answers; return (url, body). Redirects are not
     followed; a body that is not Patroni's is refused."""
+    from connfix.config import http
+
     errors = []
-
-    class _NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    opener = urllib.request.build_opener(_NoRedirect)
     for url in urls:
         try:
-            with opener.open(f"{url}/cluster", timeout=timeout) as response:
+            with http.opener().open(f"{url}/cluster", timeout=timeout) as response:
                 body = json.loads(response.read(1_000_000))
         except (urllib.error.URLError, OSError, ValueError) as exc:
             errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
@@ -117,6 +112,12 @@ class ClusterDiagnosis:
     topology: Topology
     nodes: list[Diagnosis]
     unreachable: dict[str, str]  # node name → why
+
+    @property
+    def severities(self) -> dict[str, str]:
+        """Each node's severity, `unreachable` for a node that could not be diagnosed."""
+        found = {d.node or "?": d.severity for d in self.nodes}
+        return found | {name: "unreachable" for name in self.unreachable}
 
     @property
     def severity(self) -> str:

@@ -572,8 +572,7 @@ class StepLoop:
         from connfix.diagnosis.cluster import diagnose_all
 
         found = diagnose_all(ctx.environment, ctx.follow.cluster)
-        severities = {d.node or "?": d.severity for d in found.nodes}
-        severities.update({name: "unreachable" for name in found.unreachable})
+        severities = found.severities
         ctx.record(Event.NODES, severities=severities, acted_on=ctx.follow.node)
         return [
             f"{name} {severity}"

@@ -88,8 +88,7 @@ def _on_the_exhausted_node(
     if target.severity == "ok":
         target = next((d for d in found.nodes if d.role == "primary"), target)
     member = next(m for m in found.topology.members if m.node.name == target.node)
-    severities = {d.node or "?": d.severity for d in found.nodes}
-    severities.update({name: "unreachable" for name in found.unreachable})
+    severities = found.severities
     others = ", ".join(f"{n} {s}" for n, s in severities.items() if n != target.node)
     ui.note(
         f"{environment} has {len(severities)} database nodes; this run acts on"

@@ -154,9 +154,7 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> str | None:
     import urllib.error
     import urllib.request
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None  # urlopen raises HTTPError with the 3xx
+    from connfix.config import http
 
     data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(
@@ -165,9 +163,8 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> str | None:
         method="POST",
         headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
     )
-    opener = urllib.request.build_opener(NoRedirect)
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with http.opener().open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
