@@ -415,3 +415,28 @@ def test_inventory_check_probes_every_node_and_its_ways_in(ha_lab: HaLab) -> Non
         assert node["ok"] and node["via"] == "primary", node
         assert node["ways_in"] and all(works for _, works, _ in node["ways_in"]), node
     assert data["ok"] and len(data["hosts"]) == 3
+
+
+def test_a_dry_run_on_several_nodes_plans_on_the_full_one_and_changes_nothing(
+    ha_lab: HaLab, tmp_path: Path
+) -> None:
+    ha_lab.settle()
+    _, before = ha_lab.diagnose()
+    standby = next(n for n in before["result"]["nodes"] if n["role"] == "standby")
+    ha_lab.core.leak("app3", standby["usable_connections"] - standby["client_backends"] - 1,
+                     idle_in_transaction=False)  # fmt: skip
+    try:
+        _, full = ha_lab.diagnose()
+        result = invoke("triage", "lab", "-i", str(ha_lab.inventory), "--dry-run",
+                        "--incidents-dir", str(tmp_path), "--json")  # fmt: skip
+        assert json.loads(result.stdout)["status"] == "dry_run", result.stdout
+        (journal,) = tmp_path.glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert events[0]["node"] == standby["node"] and events[0]["flags"]["dry_run"]
+        assert not [e for e in events if e["event"] in ("operation", "host_start", "nodes")]
+        _, after = ha_lab.diagnose()
+        counts = [{n["node"]: n["client_backends"] for n in d["result"]["nodes"]}
+                  for d in (full, after)]  # fmt: skip
+        assert counts[0] == counts[1]  # nothing ended, nothing restarted, on either node
+    finally:
+        ha_lab.reset_leaks()
