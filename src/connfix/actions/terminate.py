@@ -1,8 +1,10 @@
 """`terminate`: end idle sessions safely, one re-checked statement per pid.
 
-Never touched: non-client backends, connfix's own sessions, superusers, replication
-roles, protected users and applications, sessions connfix cannot see, and `active`
-sessions unless explicitly asked. A session that changed since it was planned is skipped.
+Never touched: non-client backends, connfix's own sessions, a managed platform's own
+sessions, superusers, replication roles, protected users and applications, sessions
+connfix cannot see, and `active` sessions unless explicitly asked. A session that changed
+since it was planned is skipped, and so is one the server refuses to let connfix end
+(a permission it lacks): said, never a failed run.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def _exclusion(
         return "hidden (no pg_read_all_stats)"
     if c.application_name == "connfix":
         return "connfix"
+    if c.usename in ctx.env.database.profile.roles:
+        return f"the platform's own ({ctx.env.database.platform})"
     if c.is_superuser:
         return "superuser"
     if c.is_replication:

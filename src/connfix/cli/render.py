@@ -331,12 +331,23 @@ def _header(term: Terminal, d: Diagnosis) -> None:
     term.out.print(
         f"usable {d.usable_connections} (max_connections {d.max_connections}"
         f" − superuser_reserved {d.superuser_reserved_connections}"
-        f" − reserved {d.reserved_connections})   used {d.client_backends}"
+        f" − reserved {d.reserved_connections}"
+        + (
+            f" − {d.platform}'s reserve {d.platform_reserved_connections}"
+            if d.platform_reserved_connections
+            else ""
+        )
+        + f")   used {d.client_backends}"
         + (f" (connfix's own: {d.own_sessions})" if d.own_sessions else "")
         + f"   utilization {d.utilization:.0%}   severity [{style}]{d.severity.upper()}[/{style}]"
     )
     for reason in d.severity_reasons:
         term.out.print(f"  - {escape(reason)}")
+    if d.platform != "self-managed":
+        term.out.print(
+            f"platform {d.platform}: its own {d.platform_sessions} session(s) are in the"
+            " (platform) row: counted, never a leak suspect, never terminated"
+        )
     for note in d.notes:
         term.out.print(f"[yellow]note:[/yellow] {escape(note)}")
     if not d.visibility_complete:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from connfix.config.platforms import Platform, platform
 from connfix.config.units import duration_text, parse_duration
 
 Duration = Annotated[
@@ -142,6 +143,9 @@ class Database(_Model):
     # several nodes (a primary and hot standbys): listed, or found through Patroni
     nodes: list[Node] = Field(default_factory=list, max_length=32)
     patroni: Patroni | None = None
+    # who runs the server: a managed service hands out no superuser, keeps its own
+    # sessions and reserved slots (connfix.config.platforms)
+    platform: Literal["self-managed", "rds", "aurora", "cloudsql", "azure"] = "self-managed"
 
     _v_env = field_validator(
         "password_env",
@@ -169,6 +173,22 @@ class Database(_Model):
         if not 0.1 <= value <= 300:
             raise ValueError("must be between 100ms and 5m")
         return value
+
+    @model_validator(mode="after")
+    def _no_superuser_on_a_platform(self) -> Database:
+        profile = platform(self.platform)
+        admin = self.admin_dsn or self.admin_dsn_env or any(n.admin_dsn for n in self.nodes)
+        if profile.managed and admin:
+            raise ValueError(
+                f"admin_dsn: {profile.label} hands out no superuser; for a full server use"
+                f" reserved_dsn: {profile.way_in}"
+            )
+        return self
+
+    @property
+    def profile(self) -> Platform:
+        """The platform's profile (connfix.config.platforms)."""
+        return platform(self.platform)
 
     @property
     def several(self) -> bool:

@@ -118,6 +118,7 @@ class ServerInfo:
     backend_pid: int
     database: str
     in_recovery: bool = False  # a hot standby
+    rds_superuser_reserved_connections: int = 0  # Amazon RDS / Aurora's own reserve
 
 
 class Session:
@@ -232,10 +233,17 @@ def open_session(db: Database) -> Session:
     if kind is None:
         raise DatabaseUnavailable(f"cannot connect to {where}: {message}")
     ways = db.ways_in()
+    profile = db.profile
     if not ways:
+        advice = (
+            f"no way in is configured for {profile.label}, which hands out no superuser:"
+            f" {profile.way_in}"
+            if profile.managed
+            else f"configure a way in for a full server: {WAYS_IN}"
+        )
         raise DatabaseUnavailable(
             f"the database refused connfix at {where}: {REFUSAL_TEXT[kind]}\n"
-            f"  server said: {message}\n  configure a way in for a full server: {WAYS_IN}"
+            f"  server said: {message}\n  {advice}"
         )
     failures = []
     for way in ways:
@@ -255,7 +263,8 @@ def open_session(db: Database) -> Session:
         f"the database refused connfix at {where} ({message}), and every way in failed"
         " too:\n  "
         + "\n  ".join(failures)
-        + (f"\n  the ways in for a full server: {WAYS_IN}" if unset else "")
+        + (f"\n  the ways in for a full server: {WAYS_IN}" if unset and not profile.managed else "")
+        + (f"\n  on {profile.label}: {profile.way_in}" if profile.managed else "")
     )
 
 
@@ -394,7 +403,9 @@ def terminate_if_unchanged(
 
     With `wait_ms` (PostgreSQL 14+), wait for it to exit: ("terminated", ""), else
     ("signalled", "") and the caller confirms the exit. Otherwise ("skipped", why) or
-    ("failed", error). A permission error fails this pid only; the caller goes on.
+    ("failed", error). A permission the server refuses skips this pid, with the
+    server's words (a platform's or a superuser's session, a role connfix may not
+    signal): the caller goes on.
     """
     if cancel:  # pg_cancel_backend: the statement, not the session (never waited on)
         wait_ms = None
@@ -404,7 +415,7 @@ def terminate_if_unchanged(
     except psycopg.errors.InsufficientPrivilege as exc:
         detail = exc.diag.message_detail  # PostgreSQL 16+ says why here
         text = str(exc).strip().splitlines()[0]
-        return "failed", f"permission denied: {text}" + (f" ({detail})" if detail else "")
+        return "skipped", f"refused by the server: {text}" + (f" ({detail})" if detail else "")
     except psycopg.Error as exc:
         return "failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
     if rows:

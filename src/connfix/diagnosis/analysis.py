@@ -11,14 +11,18 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from connfix.config.platforms import SELF_MANAGED
+from connfix.config.platforms import platform as profile
 from connfix.diagnosis.model import (
     CONNFIX,
     HA_AGENT,
     HIDDEN,
     HIDDEN_STATE,
     LOCAL,
+    NOT_A_HOST,
     NOT_IN_INVENTORY,
     PGBOUNCER_ROW,
+    PLATFORM_ROW,
     TOP_IDLE_IN_TRANSACTION,
     Backend,
     BlockingChain,
@@ -37,11 +41,23 @@ if TYPE_CHECKING:
     from connfix.db.pgbouncer_console import BouncerClient, BouncerState
 
 
-def usable_connections(info: ServerInfo) -> int:
-    """Return the slots ordinary roles can use: max − superuser reserved − reserved."""
+def platform_reserved(info: ServerInfo, platform: str = SELF_MANAGED) -> int:
+    """The slots a managed platform reserves beyond PostgreSQL's own settings
+    (connfix.config.platforms): RDS's rds_superuser reserve, Azure's 15 in all."""
+    return profile(platform).platform_reserved(
+        info.superuser_reserved_connections, info.rds_superuser_reserved_connections
+    )
+
+
+def usable_connections(info: ServerInfo, platform: str = SELF_MANAGED) -> int:
+    """Return the slots ordinary roles can use: max − superuser reserved − reserved
+    (16+) − what the platform reserves besides."""
     return max(
         0,
-        info.max_connections - info.superuser_reserved_connections - info.reserved_connections,
+        info.max_connections
+        - info.superuser_reserved_connections
+        - info.reserved_connections
+        - platform_reserved(info, platform),
     )
 
 
@@ -214,8 +230,15 @@ def _hosts(
     known_hosts = [] if env.zero_setup else env.hosts  # a bare DSN knows no host
     by_addr = {host.client_addr: host for host in known_hosts if host.client_addr}
     groups: dict[str | None, list[Backend]] = {}
+    theirs = set(env.database.profile.roles)
     for backend in backends:
-        key = HA_AGENT if is_ha_agent(backend) else backend.client_addr
+        key = (
+            HA_AGENT
+            if is_ha_agent(backend)
+            else PLATFORM_ROW
+            if backend.visible and backend.usename in theirs
+            else backend.client_addr
+        )
         groups.setdefault(key if backend.visible else HIDDEN, []).append(backend)
     usages = []
     for known in known_hosts:  # every inventory host, also one holding nothing
@@ -224,8 +247,9 @@ def _hosts(
     for pooled_addr in pooler.clients:
         groups.setdefault(pooled_addr, [])
     for addr, members in groups.items():
-        pooled = pooler.clients.get(addr, []) if addr not in (None, HIDDEN, HA_AGENT) else []
-        host = by_addr.get(addr) if addr not in (None, HIDDEN, HA_AGENT) else None
+        apart = addr is None or addr in NOT_A_HOST
+        pooled = pooler.clients.get(addr, []) if addr is not None and not apart else []
+        host = by_addr.get(addr) if addr is not None and not apart else None
         idle = [b for b in members if b.state == "idle"]
         iit = [b for b in members if b.idle_in_transaction]
         ages = [b.idle_seconds for b in idle + iit if b.idle_seconds is not None]
@@ -233,7 +257,7 @@ def _hosts(
         usages.append(
             HostUsage(
                 host=_row_name(host, addr),
-                client_addr=None if addr in (HIDDEN, HA_AGENT) else addr,
+                client_addr=None if addr in NOT_A_HOST else addr,
                 count=len(members),
                 idle=len(idle),
                 idle_in_transaction=len(iit),
@@ -323,7 +347,7 @@ def _row_name(host: Host | None, addr: str | None) -> str:
     """The by-host row's name: the inventory host, or what the address is."""
     if host is not None:
         return host.name
-    if addr in (HIDDEN, HA_AGENT):
+    if addr in NOT_A_HOST:
         return addr
     if addr is None:
         return LOCAL
@@ -416,7 +440,7 @@ def analyse(
     bouncers: list[BouncerState] | None = None,
 ) -> Diagnosis:
     """Turn one snapshot of pg_stat_activity (and of the PgBouncers) into the diagnosis."""
-    usable = usable_connections(info)
+    usable = usable_connections(info, env.database.platform)
     count = len(backends)  # connfix's own sessions included: they take slots too
     own = [b for b in backends if b.connfix]
     others = [b for b in backends if not b.connfix]
@@ -495,6 +519,11 @@ def analyse(
         blocking_chains=chains,
         role="standby" if info.in_recovery else "primary",
         ha_sessions=sum(1 for b in others if is_ha_agent(b)),
+        platform=env.database.platform,
+        platform_reserved_connections=platform_reserved(info, env.database.platform),
+        platform_sessions=sum(
+            1 for b in others if b.visible and b.usename in env.database.profile.roles
+        ),
     )
 
 

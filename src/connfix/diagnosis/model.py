@@ -15,6 +15,8 @@ HIDDEN_STATE = "unknown (insufficient privilege)"
 LOCAL = "(local socket)"
 HIDDEN = "(hidden)"
 HA_AGENT = "(HA agent)"  # Patroni's own sessions: application_name Patroni…
+PLATFORM_ROW = "(platform)"  # a managed service's own sessions (rdsadmin, cloudsqladmin…)
+NOT_A_HOST = (HIDDEN, HA_AGENT, PLATFORM_ROW)  # rows that hold sessions but are no address
 NOT_IN_INVENTORY = "(not in inventory)"
 CONNFIX = "(connfix)"
 PGBOUNCER_ROW = "(pgbouncer {name})"  # a PgBouncer's server connections, lent to no one
@@ -232,6 +234,9 @@ class Diagnosis:
     node: str | None = None  # the node's name, in an environment of several
     ha_role: str | None = None  # what Patroni calls the member (leader, replica, …)
     ha_sessions: int = 0  # the HA agent's own sessions (Patroni): theirs, never a leak
+    platform: str = "self-managed"  # who runs the server (database.platform)
+    platform_reserved_connections: int = 0  # the platform's reserve beyond PostgreSQL's
+    platform_sessions: int = 0  # the platform's own sessions: theirs, never a leak
 
     @property
     def healthy(self) -> bool:

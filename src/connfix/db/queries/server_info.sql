@@ -9,6 +9,10 @@ SELECT
     current_setting('max_connections')::int AS max_connections,
     current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
     coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections,
+    -- Amazon RDS and Aurora reserve slots for rds_superuser members too (0 elsewhere)
+    coalesce(
+        nullif(current_setting('rds.rds_superuser_reserved_connections', true), ''), '0'
+    )::int AS rds_superuser_reserved_connections,
     pg_backend_pid() AS backend_pid,
     current_database()::text AS database,
     pg_is_in_recovery() AS in_recovery
