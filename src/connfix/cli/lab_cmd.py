@@ -272,6 +272,33 @@ def client(host: str, kind: str, clients: int, duration: float) -> None:
     terminal().out.print(f"{host}: started {unit}: {lab_clients.describe(kind, clients, duration)}")
 
 
+@lab.command("platform")
+@click.argument("platform", type=click.Choice(["rds", "aurora", "cloudsql", "self-managed"]))
+def platform(platform: str) -> None:
+    """Emulate a managed service's role model on the running lab (one server): the
+    platform's superuser holding its own sessions, its administrator role and a
+    `master` member of it, and an inventory that gives connfix no superuser
+    (database.platform set). rds and aurora need PostgreSQL 16+: reserved_connections
+    stands in for their rds_superuser reserve. self-managed stops the emulation.
+
+    \b
+    Example:
+      connfix lab up --postgres 18
+      connfix lab platform rds    # says which inventory to give -i
+      connfix lab platform self-managed
+    """
+    from connfix.lab import managed
+
+    path = managed.emulate(platform)
+    if platform == "self-managed":
+        terminal().out.print(f"no platform emulated; the lab's inventory: {path}")
+        return
+    terminal().out.print(
+        f"emulating {platform}: its agent holds {managed.AGENT_SESSIONS} session(s);"
+        f" connfix has no superuser; inventory: {path}"
+    )
+
+
 @lab.command("status")
 @json_option
 def status(as_json: bool) -> None:

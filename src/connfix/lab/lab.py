@@ -23,11 +23,12 @@ import psycopg
 
 from connfix import LabError, LabInputError
 from connfix.config import files
-from connfix.lab import cgroups, network, paths
+from connfix.lab import cgroups, managed, network, paths
 from connfix.lab import hosts as lab_hosts
 from connfix.lab import patroni as lab_patroni
 from connfix.lab import pgbouncer as lab_bouncer
 from connfix.lab import postgres as lab_pg
+from connfix.lab.managed import EMULATED
 from connfix.lab.paths import APP_PORT, APPLICATION_NAME, UNIT, lab_dir
 from connfix.lab.postgres import bootstrap_dsn, dsn, passfile
 from connfix.lab.shell import alive, kill_all, run
@@ -531,6 +532,9 @@ def down() -> list[str]:
     if cg_dirs:
         removed += [f"cgroup {d}" for d in cgroups.remove(cg_dirs)]
     removed += network.remove(bridge, links, namespaces)
+    platform = state.platform if state is not None else ""
+    if state is not None and managed.stop(state):  # the emulated platform's agent
+        removed.append(f"the {platform} platform agent")
     if state is not None and lab_bouncer.stop(state.pgbouncer_pid):
         removed.append(f"PgBouncer (pid {state.pgbouncer_pid})")
     if state is not None and lab_pg.stop(state):
@@ -551,6 +555,8 @@ LAB_FILES = (
     "pgbouncer",
     "ssh",
     "inventory.yaml",
+    *(f"inventory-{platform}.yaml" for platform in EMULATED),
+    "platform-agent.log",
     "pgpass",
     "state.json",
     "state.tmp",

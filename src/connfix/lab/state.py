@@ -34,6 +34,8 @@ class LabState:
     standby_hosts: int = 0  # with ha: the last N hosts' apps use the standby (pg2)
     etcd_pid: int = 0
     patroni_pids: dict[str, int] = field(default_factory=dict)  # node name → Patroni's pid
+    platform: str = ""  # a managed service emulated (lab/managed.py): rds, aurora, cloudsql
+    platform_pid: int = 0  # its agent, holding the platform's own sessions
     complete: bool = False
 
     @staticmethod
