@@ -348,6 +348,106 @@ def test_a_switchover_in_the_middle_of_a_triage_is_followed(ha_lab: HaLab, tmp_p
         retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)
 
 
+class MidRollUI(SwitchoverUI):
+    """Yes to every question; once the roll's first host has passed its database gate, a
+    real `patronictl switchover`, before the roll goes on to the next host."""
+
+    def __init__(self, ha_lab: HaLab) -> None:
+        super().__init__(ha_lab)
+        self.switched_at: float | None = None
+
+    def confirm(self, question: str) -> bool:
+        return True
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        if self.switched is None and "database ok" in message:
+            import time
+
+            self.switched = self.ha_lab.patroni.switchover()
+            self.switched_at = time.time()
+
+
+ROLL = """\
+version: 1
+name: roll
+summary: restart the writers, one at a time
+healthy: "severity == 'ok' and not suspects"
+steps:
+  - id: diagnose
+    action: diagnose
+  - id: restart
+    action: rolling_restart
+    params: {hosts: [WRITERS], settle: 0s}
+  - id: verify
+    action: verify
+    params: {timeout: 30s, interval: 500ms}
+"""
+
+
+def test_a_switchover_in_the_middle_of_a_roll_is_followed(ha_lab: HaLab, tmp_path: Path) -> None:
+    """The primary is full of a writer's leak; a triage rolls the writers one at a time.
+    Between the first host and the second, a real switchover: nothing more (no restart,
+    no gate) runs against the old primary's session, the switch is journaled and in the
+    report, and the run ends healthy on the new roles."""
+    ha_lab.settle()
+    from datetime import datetime
+
+    from connfix.config.inventory_file import load_inventory
+    from connfix.engine.runbook import resolve_runbook
+    from connfix.engine.start import start_run
+
+    _, before = ha_lab.diagnose()
+    primary = next(n for n in before["result"]["nodes"] if n["role"] == "primary")
+    writers = sorted(u["host"] for u in primary["by_host"]
+                     if u["count"] and u["host"].startswith("app"))  # fmt: skip
+    assert len(writers) >= 2, primary["by_host"]
+    room = primary["usable_connections"] - primary["client_backends"]
+    ha_lab.core.leak(writers[0], room + 1, idle_in_transaction=False)
+    book = tmp_path / "roll.yaml"
+    book.write_text(ROLL.replace("WRITERS", ", ".join(writers)))
+    ui = MidRollUI(ha_lab)
+    try:
+        env = load_inventory(ha_lab.inventory).environment("lab")
+        result = start_run(
+            "lab", env, resolve_runbook(str(book)), ui,  # type: ignore[arg-type]
+            incidents_dir=str(tmp_path), inventory_path=ha_lab.inventory, interactive=True,
+        )  # fmt: skip
+        assert ui.switched is not None and ui.switched_at is not None, ui.notes
+        old, new = ui.switched
+        assert old == primary["node"] and new != old
+        (journal,) = tmp_path.glob("*/journal.jsonl")
+        events = [json.loads(line) for line in journal.read_text().splitlines()]
+        done = [e["host"] for e in events if e["event"] == "host_done"]
+        assert done[:1] == [writers[0]], done  # the first host, before the switch
+        changed = [e for e in events if e["event"] == "role_changed"]
+        assert changed and changed[0]["node"] == old and changed[0]["was"] == "primary"
+        at = events.index(changed[0])
+        # nothing of the roll after the switch, until the run follows the new primary
+        switched = ui.switched_at
+
+        def after_switch(e: dict[str, Any]) -> bool:
+            return datetime.fromisoformat(e["ts"]).timestamp() > switched
+
+        # (the first host's own end is recorded after its last, SSH-only, gate)
+        kinds = ("host_start", "host_done", "host_failed", "operation")
+        ran = [e for e in events[:at] if after_switch(e) and e.get("host") != writers[0]
+               and e["event"] in kinds]  # fmt: skip
+        assert not ran, ran
+        waited = [e for e in events if e["event"] == "nodes"]
+        assert waited and waited[0]["severities"][old] == "ok", waited  # rejoined, waited for
+        assert result.status.value == "resolved", (result.message, ui.notes)
+        report = (journal.parent / "report.md").read_text()
+        assert f"node {old} is a standby now (was the primary)" in report
+    finally:
+        ha_lab.reset_leaks()
+        retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)
+        if ui.switched is not None:  # the roles back as the other tests expect them
+            ha_lab.patroni.switchover(ui.switched[0])
+            retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60,
+                  interval=0.5)  # fmt: skip
+
+
 def test_healthy_means_every_node_a_second_run_takes_the_other(
     ha_lab: HaLab, tmp_path: Path
 ) -> None:

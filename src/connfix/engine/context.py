@@ -74,6 +74,7 @@ def take_lock(session: Session, environment: str, journal: Journal) -> str | Non
 
 
 FOLLOW_WAIT_S = 20.0  # how long a run waits for Patroni to name a new leader
+REJOIN_WAIT_S = 30.0  # at a run's end, how long it waits for a node that changed role
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Follow:
     node: str
     role: str
     cluster: Environment
+    # nodes whose role changed during the run (the old primary rejoining as a standby
+    # restarts): at the end of the run they are waited for, not judged at once
+    changed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -292,6 +296,7 @@ class RunContext:
             roles={n: r or "unknown" for n, r in roles.items()},
         )
         self.ui.note(f"{why}: {follow.node} was the {follow.role}, is a {now} now; {message}")
+        follow.changed.add(follow.node)
         if target is None:
             follow.role = now
             return False

@@ -570,8 +570,18 @@ class StepLoop:
         if ctx is None or ctx.follow is None:
             return []
         from connfix.diagnosis.cluster import diagnose_all
+        from connfix.engine.context import REJOIN_WAIT_S
 
         found = diagnose_all(ctx.environment, ctx.follow.cluster)
+        # a node whose role changed in this run (an old primary restarting as a standby)
+        # is waited for, a bounded while, before it is judged unreachable
+        deadline = time.monotonic() + REJOIN_WAIT_S
+        while set(found.unreachable) & ctx.follow.changed and time.monotonic() < deadline:
+            waiting = ", ".join(sorted(set(found.unreachable) & ctx.follow.changed))
+            ctx.ui.note(f"waiting for {waiting} to rejoin after its role changed")
+            if not ctx.sleep(1.0):
+                break
+            found = diagnose_all(ctx.environment, ctx.follow.cluster)
         severities = found.severities
         ctx.record(Event.NODES, severities=severities, acted_on=ctx.follow.node)
         return [
