@@ -253,6 +253,37 @@ def test_pool_sizes_each_node_for_its_own_hosts_standbys_first(ha_lab: HaLab) ->
     assert refused.exit_code == 2 and "several database nodes" in refused.output
 
 
+def test_pool_flags_a_standby_left_below_the_primary(ha_lab: HaLab) -> None:
+    """A cluster restarted halfway, for real: Patroni paused, max_connections raised with
+    `patronictl edit-config`, only the leader restarted. The standby still runs with the
+    old value (each server's SHOW and Patroni's "pending restart" say so) and its replay
+    is paused at the primary's change: `pool` flags it and says to raise standbys
+    first."""
+    ha_lab.settle()
+    primary, was = ha_lab.patroni.leave_standby_behind(30)
+    standby = next(n for n in ha_lab.patroni.NODES if n != primary)
+    try:
+        assert int(ha_lab.psql(primary, "SHOW max_connections")) == 30
+        assert int(ha_lab.psql(standby, "SHOW max_connections")) == was < 30
+        members = {m["Member"]: m for m in ha_lab.patronictl_list()}
+        assert members[standby].get("Pending restart") == "*", members
+        result = invoke("pool", "lab", "-i", str(ha_lab.inventory), "--json")
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)["result"]
+        assert [n["role"] for n in data["nodes"]] == ["standby", "primary"]
+        flagged = [n for n in data["cluster_notes"] if n.startswith(f"standby {standby} ")]
+        assert flagged, data["cluster_notes"]
+        assert f"max_connections {was}, below the primary's 30" in flagged[0]
+        text = " ".join(invoke("pool", "lab", "-i", str(ha_lab.inventory)).output.split())
+        assert f"standby {standby} has max_connections {was}" in text
+    finally:
+        ha_lab.patroni.catch_up(was)
+    assert int(ha_lab.psql(standby, "SHOW max_connections")) == was
+    settled = invoke("pool", "lab", "-i", str(ha_lab.inventory), "--json")
+    notes = json.loads(settled.stdout)["result"]["cluster_notes"]
+    assert not [n for n in notes if n.startswith("standby ")], notes  # equal again
+
+
 def test_roles_follow_a_real_switchover(ha_lab: HaLab) -> None:
     old, new = ha_lab.patroni.switchover()
     # at once: Patroni's /cluster is read again; the old primary restarts as a standby

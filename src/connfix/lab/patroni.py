@@ -301,12 +301,9 @@ def _all_running() -> bool:
     return len(members) == len(NODES) and running and replica
 
 
-def switchover(candidate: str | None = None) -> tuple[str, str]:
-    """`patronictl switchover` (a real one): return (old leader, new leader) once the new
-    one answers /primary."""
-    old = leader()
-    new = candidate or next(n for n in NODES if n != old)
-    config = node_dir(old) / "patroni.yml"
+def _patronictl(*args: str, node: str | None = None) -> str:
+    """Run Debian's patronictl as postgres against the lab's cluster; return its output."""
+    config = node_dir(node or leader()) / "patroni.yml"
     result = subprocess.run(
         [
             "setpriv",
@@ -316,12 +313,7 @@ def switchover(candidate: str | None = None) -> tuple[str, str]:
             PATRONICTL,
             "-c",
             str(config),
-            "switchover",
-            "--leader",
-            old,
-            "--candidate",
-            new,
-            "--force",
+            *args,
         ],
         capture_output=True,
         text=True,
@@ -330,9 +322,73 @@ def switchover(candidate: str | None = None) -> tuple[str, str]:
         check=False,
     )
     if result.returncode != 0:
-        raise LabError(f"patronictl switchover failed: {(result.stderr or result.stdout).strip()}")
+        raise LabError(f"patronictl {args[0]} failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def switchover(candidate: str | None = None) -> tuple[str, str]:
+    """`patronictl switchover` (a real one): return (old leader, new leader) once the new
+    one answers /primary."""
+    old = leader()
+    new = candidate or next(n for n in NODES if n != old)
+    _patronictl("switchover", "--leader", old, "--candidate", new, "--force", node=old)
     _wait(lambda: is_primary(new), f"{new} primary", 60)
     return old, new
+
+
+def leave_standby_behind(value: int) -> tuple[str, int]:
+    """A cluster restarted halfway, for real: Patroni paused (maintenance mode: it would
+    otherwise resume the standby's replay, which shuts it down, and restart it with the
+    new value), max_connections raised to `value` with `patronictl edit-config`, the
+    leader alone restarted. The replica keeps its old value, its WAL replay paused at the
+    primary's parameter change (PostgreSQL will not replay it with fewer slots); Patroni
+    lists it pending restart. Return (the leader, the value before)."""
+    first = leader()
+    was = _max_connections(first)
+    if was is None:
+        raise LabError(f"{first} does not answer")
+    _patronictl("pause", "--wait")
+    _set_max_connections(value)
+    _restart(first, value)
+    return first, was
+
+
+def catch_up(was: int) -> None:
+    """Undo leave_standby_behind: each replica restarted with the raised value (so it
+    replays past the change), the setting back to `was`, the leader then the replicas
+    restarted, Patroni resumed."""
+    first = leader()
+    raised = _max_connections(first) or was
+    replicas = [n for n in NODES if n != first]
+    for name in replicas:
+        _restart(name, raised)
+    _set_max_connections(was)
+    for name in [first, *replicas]:
+        _restart(name, was)
+    _patronictl("resume", "--wait")
+    _wait(_all_running, "every member running again", 60)
+
+
+def _set_max_connections(value: int) -> None:
+    _patronictl("edit-config", "--set", f"postgresql.parameters.max_connections={value}",
+                "--force")  # fmt: skip
+
+
+def _restart(name: str, value: int) -> None:
+    """`patronictl restart` of one member, until it answers with `value`."""
+    _patronictl("restart", SCOPE, name, "--force")
+    _wait(lambda: _max_connections(name) == value, f"{name} restarted", 60)
+
+
+def _max_connections(name: str) -> int | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(superuser_dsn(name), autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute("SHOW max_connections").fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else None
 
 
 def stop(state: LabState) -> list[str]:
