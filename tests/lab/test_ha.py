@@ -516,6 +516,46 @@ def test_healthy_means_every_node_a_second_run_takes_the_other(
         ha_lab.reset_leaks()
 
 
+def test_watch_shows_every_node_and_follows_a_switchover(ha_lab: HaLab) -> None:
+    """`diagnose --watch` under a real pseudo-terminal: every node with its role, each
+    refreshed through its own session; a real switchover shows as the roles changing
+    (the old primary unreachable while it restarts, then a standby)."""
+    import sys
+
+    import pexpect
+
+    ha_lab.settle()
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "connfix", "diagnose", "lab", "-i", str(ha_lab.inventory), "--watch", "0.5s"],
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(80, 160),
+        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+    )
+    old = ha_lab.patroni.leader()
+    new = next(n for n in ha_lab.patroni.NODES if n != old)
+    try:
+        child.expect_exact("2 node(s)")
+        child.expect_exact(f"node {old}: primary, Patroni: leader")
+        child.expect("refresh 2")
+        ha_lab.patroni.switchover(new)
+        child.expect_exact(f"node {new}: primary, Patroni: leader")
+        child.expect_exact(f"node {old}: standby")  # rejoined: its session opened again
+        child.send("q")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+        retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)
+        if ha_lab.patroni.leader() != old:  # the roles back as the other tests expect them
+            ha_lab.patroni.switchover(old)
+            retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60,
+                  interval=0.5)  # fmt: skip
+
+
 def test_the_textfile_holds_every_node_labelled(ha_lab: HaLab, tmp_path: Path) -> None:
     """node_exporter's textfile, read back by prometheus_client's own parser: each metric
     once per node, labelled with it; the primary marked."""

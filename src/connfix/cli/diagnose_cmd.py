@@ -121,17 +121,12 @@ def diagnose(
         )
     if bare is None:
         _, env = resolve_environment(inventory_path, environment, inventory_search())
-    if env.database.several:
-        if watch_every is not None:
-            raise click.UsageError(
-                f"environment {environment} has several database nodes: --watch shows one"
-                " node and does not take several yet"
-            )
-        sys.exit(_diagnose_nodes(environment, env, as_json, textfile))
     if watch_every is not None:
         from connfix.cli.watch import watch
 
         sys.exit(watch(terminal(), environment, env, watch_every))
+    if env.database.several:
+        sys.exit(_diagnose_nodes(environment, env, as_json, textfile))
     result = run(environment, env)
     if write_inventory is not None:
         _write_starter(write_inventory, dsn, result)

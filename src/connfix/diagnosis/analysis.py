@@ -640,15 +640,20 @@ def _bouncer(state: BouncerState, join: PoolerJoin, env: Environment, free: int)
 
 
 def take_snapshot(session: Session, environment: str, env: Environment) -> Diagnosis:
-    """Read pg_stat_activity once (autocommit: a fresh snapshot) and analyse it."""
+    """Read pg_stat_activity once (autocommit: a fresh snapshot) and analyse it. The
+    server's role is read again too: a standby promoted keeps its sessions, so what the
+    session learnt on connecting may no longer hold."""
+    from connfix.db import pg
+
     started = time.monotonic()
     backends = session.all("activity", Backend)
     limits = session.all("connection_limits", ConnectionLimit)
+    info = replace(session.info, in_recovery=pg.role_now(session) == "standby")
     bouncers = read_bouncers(env)
     d = analyse(
         environment,
         env,
-        session.info,
+        info,
         backends,
         limits,
         via=session.via,
