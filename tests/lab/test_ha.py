@@ -470,6 +470,9 @@ def test_a_switchover_in_the_middle_of_a_roll_is_followed(ha_lab: HaLab, tmp_pat
         assert result.status.value == "resolved", (result.message, ui.notes)
         report = (journal.parent / "report.md").read_text()
         assert f"node {old} is a standby now (was the primary)" in report
+        row = next(ln for ln in report.splitlines() if ln.startswith("| Database node |"))
+        assert f"following the primary to {new}" in row, row
+        assert "at the end: " in row and f"{old} ok" in row.split("at the end: ")[1], row
     finally:
         ha_lab.reset_leaks()
         retry(lambda: not ha_lab.diagnose()[1]["result"]["unreachable"], timeout=60, interval=0.5)

@@ -491,6 +491,25 @@ def _timeline(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return timeline
 
 
+def _nodes(start: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of several database nodes: the one the run acted on and its role, every node's
+    severity when the run started and at its end, and where it followed the primary."""
+    return {
+        "node": start.get("node"),
+        "node_role": start.get("node_role"),
+        "node_severities": start.get("nodes") or {},
+        "node_end": next(
+            (e.get("severities") or {} for e in reversed(events) if e["event"] == Event.NODES),
+            {},
+        ),
+        "followed": [
+            str(e.get("message"))
+            for e in events
+            if e["event"] == Event.ROLE_CHANGED and "following the primary" in str(e.get("message"))
+        ],
+    }
+
+
 def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     """Turn a journal's events into everything the report template shows."""
     if not events or events[0].get("event") != "run_start":
@@ -563,9 +582,7 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
         or bool(advice and advice["pgbouncer"]),
         "bursty": bursty,
         "start": start,
-        "node": start.get("node"),  # of several database nodes, the one the run acted on
-        "node_role": start.get("node_role"),
-        "node_severities": start.get("nodes") or {},
+        **_nodes(start, events),
         "runbook": start.get("runbook", {}),
         "journal": str(journal),
         "connected": connected,
