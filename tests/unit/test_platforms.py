@@ -80,3 +80,16 @@ def test_every_managed_profile_cites_its_provider_and_names_a_way_in() -> None:
         if profile.managed:
             assert profile.sources and all(s.startswith("https://") for s in profile.sources)
             assert profile.roles and profile.admin_role
+
+
+def test_pool_sizing_counts_the_platforms_reserve_and_its_sessions() -> None:
+    from connfix.diagnosis.pool_sizing import size_pools
+
+    server = replace(info(100, 3, 0), rds_superuser_reserved_connections=2)
+    rows = [backend(i, "10.0.0.1") for i in range(3)]
+    rows += [backend(10 + i, None, user="rdsadmin") for i in range(4)]
+    env = managed("rds")
+    sizing = size_pools(env, analyse("prod", env, server, rows, []))
+    assert sizing.usable_connections == 95 and sizing.platform_reserved_connections == 2
+    assert "− the platform's reserve 2" in sizing.notes[0]
+    assert sizing.other_clients >= 4  # the platform's sessions are kept room for

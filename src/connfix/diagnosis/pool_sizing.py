@@ -55,6 +55,7 @@ class PoolSizing:
     after_restart_overlap: int = 0  # the same overlap, at the safe size
     after_available: int = 0  # usable − buffer − other − that overlap
     notes: list[str] = field(default_factory=list)
+    platform_reserved_connections: int = 0  # a managed platform's own reserve (RDS, Azure)
     # behind PgBouncer: its server connections now (never "other clients"), the hosts
     # whose apps reach the database through it, and those still direct
     pooler_connections: int = 0
@@ -143,6 +144,7 @@ def size_pools(env: Environment, d: Diagnosis) -> PoolSizing:
         superuser_reserved_connections=d.superuser_reserved_connections,
         reserved_connections=d.reserved_connections,
         usable_connections=d.usable_connections,
+        platform_reserved_connections=d.platform_reserved_connections,
         buffer=buffer,
         other_clients=other,
         restart_overlap=overlap,
@@ -185,7 +187,12 @@ def _sizing_notes(env: Environment, s: PoolSizing) -> list[str]:
     notes = [
         f"usable {s.usable_connections} = max_connections {s.max_connections}"
         f" − superuser_reserved_connections {s.superuser_reserved_connections}"
-        f" − reserved_connections {s.reserved_connections}",
+        f" − reserved_connections {s.reserved_connections}"
+        + (
+            f" − the platform's reserve {s.platform_reserved_connections}"
+            if s.platform_reserved_connections
+            else ""
+        ),
         f"minus buffer {s.buffer}, other clients {s.other_clients} (open now, no service's),"
         + (f" PgBouncer's server connections {pooler} (now)," if pooler else "")
         + f" and what a rolling restart holds twice (max_unavailable"
