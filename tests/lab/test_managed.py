@@ -175,3 +175,30 @@ def test_terminate_never_ends_the_platforms_sessions_even_when_asked_for_all(
     assert result.exit_code == 0, result.output
     assert "2 the platform's own (rds)" in " ".join(result.output.split())
     assert agent_pids(clean_lab, "rdsadmin") == agents
+
+
+def test_zero_setup_knows_the_platform_from_a_flag(
+    clean_lab: Lab, rds: Path, tmp_path: Path
+) -> None:
+    """A DSN and --platform, no inventory: the platform's sessions are its own, not a
+    suspect by share; terminate leaves them; the starter inventory keeps the platform."""
+    agents = agent_pids(clean_lab, "rdsadmin")
+    dsn = clean_lab.core.dsn("connfix")
+    result = invoke("diagnose", "--dsn", dsn, "--platform", "rds", "--json")
+    assert result.exit_code in (0, 1), result.output
+    d = json.loads(result.stdout)["result"]
+    assert d["platform"] == "rds" and d["platform_sessions"] == 2
+    assert "(platform)" not in d["suspects"]
+    ended = invoke(
+        "terminate", "--dsn", dsn, "--platform", "rds", "--state", "idle", "--older-than",
+        "0s", "--max-fraction", "1", "--yes", "--incidents-dir", str(tmp_path / "i"),
+    )  # fmt: skip
+    assert ended.exit_code == 0, ended.output
+    assert agent_pids(clean_lab, "rdsadmin") == agents
+    starter = tmp_path / "inventory.yaml"
+    wrote = invoke("diagnose", "--dsn", dsn, "--platform", "rds", "--write-inventory",
+                   str(starter))  # fmt: skip
+    assert wrote.exit_code in (0, 1), wrote.output
+    assert "platform: rds" in starter.read_text()
+    refused = invoke("diagnose", "lab", "-i", str(rds), "--platform", "rds")
+    assert refused.exit_code == 2 and "--platform goes with --dsn" in refused.output

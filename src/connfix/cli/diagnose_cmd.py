@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 def diagnose(
     environment: str | None,
     dsn: str | None,
+    platform: str | None,
     write_inventory: str | None,
     watch_every: float | None,
     as_json: bool,
@@ -87,6 +88,7 @@ def diagnose(
     Example:
       connfix diagnose prod
       connfix diagnose --dsn "host=db1 dbname=app user=connfix"
+      connfix diagnose --dsn "host=prod.abc123.eu-west-1.rds.amazonaws.com user=ops" --platform rds
       PGSERVICE=prod connfix diagnose --write-inventory inventory.yaml
       connfix diagnose lab --json | jq .result.by_host
       connfix diagnose prod --watch 5s
@@ -95,7 +97,7 @@ def diagnose(
     from connfix.config.inventory_file import resolve_environment
     from connfix.diagnosis.analysis import diagnose as run
 
-    bare = zero_setup(environment, dsn, inventory_path)
+    bare = zero_setup(environment, dsn, inventory_path, platform)
     if write_inventory is not None and bare is None:
         raise click.UsageError("--write-inventory goes with --dsn (no inventory yet)")
     if bare is not None:

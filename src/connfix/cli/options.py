@@ -54,7 +54,14 @@ def optional_environment_argument(fn: F) -> F:
 
 
 def dsn_option(fn: F) -> F:
-    """Add --dsn (zero-setup: no inventory)."""
+    """Add --dsn and --platform (zero-setup: no inventory)."""
+    fn = click.option(
+        "--platform",
+        type=click.Choice(["self-managed", "rds", "aurora", "cloudsql", "azure"]),
+        help="Zero-setup: who runs the server (as database.platform in an inventory): a"
+        " managed service's own sessions are kept apart and its reserve counted."
+        "  [default: self-managed]",
+    )(fn)
     return click.option(
         "--dsn",
         metavar="DSN",
@@ -64,7 +71,10 @@ def dsn_option(fn: F) -> F:
 
 
 def zero_setup(
-    environment: str | None, dsn: str | None, inventory_path: str | None
+    environment: str | None,
+    dsn: str | None,
+    inventory_path: str | None,
+    platform: str | None = None,
 ) -> tuple[str, Environment] | None:
     """The zero-setup environment when the command was given a DSN and no inventory
     environment; None for an inventory environment; a usage error when neither or both.
@@ -80,13 +90,17 @@ def zero_setup(
                 "give ENVIRONMENT (from the inventory), or --dsn DSN to work from a"
                 " connection string alone (libpq's PG* variables work too)"
             )
+        if platform is not None:
+            raise click.UsageError(
+                "--platform goes with --dsn: an inventory says it as database.platform"
+            )
         return None
     if environment is not None and dsn is not None:
         raise click.UsageError("give ENVIRONMENT or --dsn, not both")
     if inventory_path is not None:
         raise click.UsageError("--inventory names an inventory: give ENVIRONMENT, not --dsn")
     try:
-        env = zero_setup.environment_for(dsn)
+        env = zero_setup.environment_for(dsn, platform or "self-managed")
     except ValidationError as exc:
         why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise click.BadParameter(why, param_hint="--dsn") from None

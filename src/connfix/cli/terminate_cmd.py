@@ -101,6 +101,7 @@ STATE_FLAGS = {name.replace("_", "-"): name for name in BY_FLAG}
 def terminate(
     environment: str | None,
     dsn: str | None,
+    platform: str | None,
     states: tuple[str, ...],
     older_than: float,
     max_count: int,
@@ -147,7 +148,7 @@ def terminate(
     from connfix.config.inventory_file import resolve_environment
     from connfix.engine.runbook import command_runbook
 
-    bare = zero_setup(environment, dsn, inventory_path)
+    bare = zero_setup(environment, dsn, inventory_path, platform)
     if bare is not None:
         needs = [
             flag

@@ -46,14 +46,14 @@ def from_environment() -> bool:
     return any(os.environ.get(v) for v in PG_VARIABLES)
 
 
-def environment_for(dsn: str | None) -> Environment:
+def environment_for(dsn: str | None, platform: str = "self-managed") -> Environment:
     """An environment with only a database: zero-setup. `dsn` None: libpq's PG*
-    variables (or a service file) say where."""
+    variables (or a service file) say where; `platform` who runs the server."""
     from connfix.config.inventory import Environment
 
     env = Environment.model_validate(
         {
-            "database": {"dsn": dsn or "connect_timeout=5"},
+            "database": {"dsn": dsn or "connect_timeout=5", "platform": platform},
             "service": {"unit": "unknown.service", "pool_size": 1},
             "hosts": [{"name": "unknown", "ssh_address": "127.0.0.1"}],
         }
@@ -199,7 +199,8 @@ def starter_inventory(d: Diagnosis, dsn: str | None, names: dict[str, str], name
         "version": 1,
         "environments": {
             name: {
-                "database": {"dsn": db_dsn or "CHANGE-ME"},
+                "database": {"dsn": db_dsn or "CHANGE-ME"}
+                | ({"platform": d.platform} if d.platform != "self-managed" else {}),
                 "service": service,
                 "hosts": hosts or [{"name": "CHANGE-ME", "ssh_address": "127.0.0.1"}],
             }
