@@ -40,10 +40,12 @@ def main() -> None:
     args = parser.parse_args()
     import diagnose
     import healthy
+    import startup
     import terminate
 
     started = time.perf_counter()
     rows: list[common.Row] = []
+    rows += startup.measure(rounds=9 if args.quick else 15)
     if args.quick:
         rows += healthy.measure(rounds=1)
         rows += diagnose.measure(runs=5)

@@ -296,3 +296,42 @@ class HookUI:
     def confirm(self, question: str) -> bool:
         self.hook()
         return True
+
+
+# What a command's path may not import: the import guard (tests/unit/test_imports.py,
+# tests/lab/test_imports.py) runs the command in a fresh interpreter and lists the
+# top-level modules loaded by the time it exits.
+SSH = {"paramiko", "fabric", "invoke", "nacl", "bcrypt", "cryptography"}
+SERVER = {"starlette", "uvicorn", "anyio", "prometheus_client", "h11", "httptools"}
+TEMPLATES = {"jinja2", "markupsafe"}
+_GUARD = """
+import atexit, json, sys
+def _dump():
+    sys.__stderr__.write("LOADED " + json.dumps(sorted(sys.modules)))
+atexit.register(_dump)
+PRELUDE
+from connfix.cli import cli
+cli(sys.argv[1:], prog_name="connfix")
+"""
+
+
+def modules_loaded(
+    argv: list[str], prelude: str = "", env: dict[str, str] | None = None
+) -> set[str]:
+    """The modules a fresh interpreter has loaded once `connfix ARGV` exits: each
+    top-level package's name, and every module's full dotted name."""
+    import os
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _GUARD.replace("PRELUDE", prelude), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    marker = proc.stderr.rfind("LOADED ")
+    assert marker >= 0, proc.stderr
+    names = set(json.loads(proc.stderr[marker + len("LOADED ") :]))
+    return names | {name.split(".")[0] for name in names}

@@ -94,7 +94,6 @@ def diagnose(
       connfix diagnose prod --watch 5s
       connfix diagnose prod --prometheus-textfile /var/lib/node_exporter/connfix.prom
     """
-    from connfix.config.inventory_file import resolve_environment
     from connfix.diagnosis.analysis import diagnose as run
 
     bare = zero_setup(environment, dsn, inventory_path, platform)
@@ -122,6 +121,8 @@ def diagnose(
             param_hint="--prometheus-textfile",
         )
     if bare is None:
+        from connfix.config.inventory_file import resolve_environment  # (yaml)
+
         _, env = resolve_environment(inventory_path, environment, inventory_search())
     if watch_every is not None:
         from connfix.cli.watch import watch

@@ -145,7 +145,6 @@ def terminate(
       connfix terminate --dsn "host=db1 dbname=app user=connfix" --state idle --older-than 30m
     """
     from connfix.cli.options import check_hosts, host_names, run_and_exit
-    from connfix.config.inventory_file import resolve_environment
     from connfix.engine.runbook import command_runbook
 
     bare = zero_setup(environment, dsn, inventory_path, platform)
@@ -169,6 +168,8 @@ def terminate(
         inventory = None
     else:
         assert environment is not None
+        from connfix.config.inventory_file import resolve_environment  # (yaml)
+
         inventory, env = resolve_environment(inventory_path, environment, inventory_search())
     if as_json:
         envelope.mark("terminate", environment)

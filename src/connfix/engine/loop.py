@@ -271,8 +271,11 @@ class StepLoop:
 
     def walk(self) -> RunResult:
         """Take the steps in order; return how the run ended."""
+        from connfix.record import report
+
         ctx = self.ctx
         assert ctx is not None
+        report.warm_up()  # while the steps wait on the database and the hosts
         for index, step in enumerate(ctx.runbook.steps, start=1):
             ctx.step = step
             ended = self._one(index, step, ctx)

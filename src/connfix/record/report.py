@@ -643,6 +643,26 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_source() -> str:
+    return (
+        resources.files("connfix.record").joinpath("templates", "report.md.j2").read_text("utf-8")
+    )
+
+
+def warm_up() -> None:
+    """Import Jinja and compile the shipped template in a background thread while a run
+    waits on its database and hosts: the report at the run's end then only renders,
+    instead of paying for both before the process may exit. A failure here is left to
+    the real render to meet and say."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):
+            _compiled(_shipped_source())
+
+    threading.Thread(target=work, name="connfix-report-warm-up", daemon=True).start()
+
+
 @functools.lru_cache(maxsize=4)
 def _compiled(source: str) -> Template:
     """A template's source compiled in the sandbox, once per source text: the shipped
@@ -689,11 +709,7 @@ def render(journal: Path, template: Path | None = None) -> str:
             reason = getattr(exc, "strerror", None) or exc
             raise InputError(f"--template {template}: {reason}") from None
     else:
-        source = (
-            resources.files("connfix.record")
-            .joinpath("templates", "report.md.j2")
-            .read_text("utf-8")
-        )
+        source = _shipped_source()
     where = f"--template {template}" if template else "the report template"
     try:
         with _time_limit(RENDER_SECONDS):

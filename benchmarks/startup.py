@@ -1,0 +1,135 @@
+"""Benchmark: each command's start-up, against what Python itself and the imports that
+command truly needs cost, measured side by side.
+
+A command's start-up is its whole process, stopped at its first real work: diagnose and
+terminate given a DSN whose port refuses at once (connfix has imported and validated
+everything it needs by then), `runbook validate` on the shipped runbook, `report` on a
+journal of a run refused at connect. The floor for each is a fresh interpreter importing only the
+third-party modules the command truly needs (listed in its row's note); the target is
+≤ 2× `python -c pass` + those imports, i.e. the floor plus one more `python -c pass`.
+Needs no lab and no root.
+
+    .venv/bin/python benchmarks/startup.py [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Row, connfix_bin, interleaved, timed
+
+ROOT = Path(__file__).resolve().parent.parent
+REFUSED = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
+
+# command → (argv after `connfix`, exit statuses it ends with, what it truly needs)
+COMMANDS = {
+    "diagnose --json": (
+        ["diagnose", "--dsn", REFUSED, "--json"],
+        (3,),
+        ["click", "pydantic", "psycopg"],
+    ),
+    "terminate --dry-run": (
+        ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
+        (3,),
+        ["click", "pydantic", "psycopg", "rich"],
+    ),
+    "runbook validate": (
+        [
+            "runbook",
+            "validate",
+            str(ROOT / "src/connfix/engine/runbooks/too-many-connections.yaml"),
+        ],
+        (0,),
+        ["click", "pydantic", "yaml", "jinja2.sandbox", "rich"],
+    ),
+    "report": (["report", "JOURNAL"], (0,), ["click", "jinja2.sandbox"]),
+}
+
+
+def refused_journal(folder: Path) -> Path:
+    """An incident directory whose journal is a run refused at connect (a shape every run
+    can leave), for `connfix report`."""
+    incident = folder / "20261204T000000Z-bench"
+    incident.mkdir(parents=True)
+    events = [
+        {
+            "event": "run_start",
+            "environment": "bench",
+            "operator": "bench",
+            "hostname": "bench",
+            "connfix_version": "0.1.0",
+            "runbook": {
+                "name": "too-many-connections",
+                "source": "connfix:runbooks/too-many-connections.yaml",
+                "sha256": "0" * 64,
+                "shadows": None,
+                "healthy": "severity == 'ok'",
+                "steps": ["diagnose"],
+            },
+            "inventory": "inventory.yaml",
+            "flags": {"dry_run": True, "yes": False, "interactive": False, "mode": "triage"},
+            "pid": 1,
+            "resumed_from": None,
+            "resume_done": {},
+        },
+        {"event": "error", "phase": "connect", "message": "connection refused"},
+        {"event": "run_end", "status": "unreachable", "exit_status": 3, "message": "refused"},
+    ]
+    lines = [
+        json.dumps({"ts": f"2026-12-04T00:00:0{i}.000Z", "seq": i, **e})
+        for i, e in enumerate(events)
+    ]
+    (incident / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    return incident
+
+
+def measure(rounds: int = 15) -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = refused_journal(Path(tmp) / "incidents")
+        python = [sys.executable, "-c", "pass"]
+        ways = {"python -c pass": lambda: timed(python)}
+        for name, (args, ok, needs) in COMMANDS.items():
+            argv = [
+                *connfix_bin(),
+                *[a.replace("INCIDENTS", tmp).replace("JOURNAL", str(journal)) for a in args],
+            ]
+            imports = [sys.executable, "-c", "; ".join(f"import {m}" for m in needs)]
+            ways[name] = lambda argv=argv, ok=ok: timed(argv, ok=ok)
+            ways[f"{name} floor"] = lambda imports=imports: timed(imports)
+        medians = interleaved(ways, rounds)
+    bare = medians["python -c pass"]
+    print(f"\nstart-up, median of {rounds} interleaved rounds (python -c pass {bare:.3f} s):")
+    rows = []
+    for name, (_, _, needs) in COMMANDS.items():
+        value, floor = medians[name], medians[f"{name} floor"]
+        target = floor + bare  # 2 × python -c pass + the imports it needs
+        print(f"  {name:22s} {value:6.3f} s   floor {floor:6.3f} s   target ≤ {target:6.3f} s")
+        rows.append(
+            Row(
+                f"start-up: connfix {name} (whole process, to its first real work)",
+                value,
+                "s",
+                "≤ 2× python -c pass + the imports it needs",
+                value <= target,
+                f"python: import {', '.join(needs)}",
+                floor,
+                f"python -c pass {bare:.3f} s; target ≤ {target:.3f} s",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    measure(args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The import guard: each command's path, run in a fresh interpreter, imports only what
+that command uses (start-up is most of a short command's time: docs/benchmarks.md). A
+heavy import added to a path fails here; the successful diagnose on a real server is
+tests/lab/test_imports.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SERVER, SSH, TEMPLATES, modules_loaded
+
+REFUSED = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
+RUNBOOK = "src/connfix/engine/runbooks/too-many-connections.yaml"
+
+# command → the modules its path must never load
+CASES = {
+    "diagnose --json": (
+        ["diagnose", "--dsn", REFUSED, "--json"],
+        SSH | SERVER | TEMPLATES | {"rich", "yaml", "pygments"},
+    ),
+    "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml"}),
+    "terminate --dry-run": (
+        ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
+        SSH | SERVER,
+    ),
+    "runbook validate": (["runbook", "validate", RUNBOOK], SSH | SERVER | {"psycopg"}),
+    "report": (["report", "INCIDENTS/none"], SSH | SERVER | {"psycopg", "pydantic"}),
+    "--help": (["--help"], SSH | SERVER | TEMPLATES | {"psycopg", "pydantic", "yaml"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_command_imports_only_what_it_uses(case: str, tmp_path: Path) -> None:
+    argv, forbidden = CASES[case]
+    argv = [a.replace("INCIDENTS", str(tmp_path)) for a in argv]
+    loaded = modules_loaded(argv)
+    assert "connfix" in loaded
+    assert not loaded & forbidden, f"{case} imports {sorted(loaded & forbidden)}"
+
+
+def test_the_guard_fails_on_a_heavy_import() -> None:
+    """The guard sees what a path imports: paramiko pulled in before diagnose is caught
+    (as a lazy import made eager would be)."""
+    argv, forbidden = CASES["diagnose --json"]
+    loaded = modules_loaded(argv, prelude="import paramiko")
+    assert "paramiko" in loaded & forbidden
+
+
+def test_the_lazy_action_registry_names_each_action_by_its_own_name() -> None:
+    from connfix.actions import ACTIONS, WHERE
+
+    assert sorted(ACTIONS) == sorted(WHERE)
+    for name in WHERE:
+        assert ACTIONS[name].name == name
+    with pytest.raises(KeyError):
+        ACTIONS["no-such-action"]
+    assert ACTIONS.get("no-such-action") is None and "terminate" in ACTIONS
+
+
+def test_a_command_imports_only_the_actions_its_runbook_uses(tmp_path: Path) -> None:
+    argv, _ = CASES["terminate --dry-run"]
+    loaded = modules_loaded([a.replace("INCIDENTS", str(tmp_path)) for a in argv])
+    actions = {m for m in loaded if m.startswith("connfix.actions.")}
+    assert "connfix.actions.terminate" in actions
+    assert not actions & {
+        "connfix.actions.rolling_restart",
+        "connfix.actions.pgbouncer_commands",
+        "connfix.actions.advise",
+    }, sorted(actions)
