@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+# libyaml's parser when PyYAML was built with it (Debian's and the wheels are): the same
+# nodes, marks and safe constructor, parsed in C
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
 MAX_NODES = 50_000
@@ -67,7 +70,7 @@ def load_text(text: str) -> Located:
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as exc:  # e.g. a control character: the reader refuses at once
         raise YamlError(f"YAML error: {exc}".splitlines()[0]) from None
     try:
@@ -81,9 +84,13 @@ def load_text(text: str) -> Located:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 0
             problem = exc.problem or exc.context or "invalid YAML"
+            if "nesting depth" in problem:  # libyaml's own limit: the same answer
+                raise YamlError(
+                    "YAML nested too deeply (connfix reads at most a few hundred levels)", line
+                ) from None
             raise YamlError(f"YAML syntax error: {problem}", line) from None
-        except yaml.YAMLError as exc:
-            raise YamlError(f"YAML error: {exc}") from None
+        except yaml.YAMLError as exc:  # libyaml's reader: a control character, say
+            raise YamlError(f"YAML error: {exc}".splitlines()[0]) from None
         located = Located(data=None)
         if node is None:
             return located
