@@ -260,9 +260,11 @@ def test_pool_flags_a_standby_left_below_the_primary(ha_lab: HaLab) -> None:
     is paused at the primary's change: `pool` flags it and says to raise standbys
     first."""
     ha_lab.settle()
-    primary, was = ha_lab.patroni.leave_standby_behind(30)
+    primary = ha_lab.patroni.leader()
     standby = next(n for n in ha_lab.patroni.NODES if n != primary)
+    was = int(ha_lab.psql(primary, "SHOW max_connections"))
     try:
+        assert ha_lab.patroni.leave_standby_behind(30) == (primary, was)
         assert int(ha_lab.psql(primary, "SHOW max_connections")) == 30
         assert int(ha_lab.psql(standby, "SHOW max_connections")) == was < 30
         members = {m["Member"]: m for m in ha_lab.patronictl_list()}

@@ -15,6 +15,7 @@ leader, then etcd, each by the pid recorded when it was started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -354,18 +355,20 @@ def leave_standby_behind(value: int) -> tuple[str, int]:
 
 
 def catch_up(was: int) -> None:
-    """Undo leave_standby_behind: each replica restarted with the raised value (so it
-    replays past the change), the setting back to `was`, the leader then the replicas
-    restarted, Patroni resumed."""
+    """Undo leave_standby_behind the way Patroni itself would: resumed, it resumes the
+    standby's replay, PostgreSQL stops the standby (too few slots for the primary's
+    change) and Patroni starts it again with the raised setting; then the setting back
+    to `was`, the leader and the replicas restarted with it."""
     first = leader()
     raised = _max_connections(first) or was
     replicas = [n for n in NODES if n != first]
+    _patronictl("resume", "--wait")
     for name in replicas:
-        _restart(name, raised)
+        _wait(lambda n=name: _max_connections(n) == raised, f"{name} back with {raised}", 90)
+    _wait(_all_running, "every member running again", 60)
     _set_max_connections(was)
     for name in [first, *replicas]:
         _restart(name, was)
-    _patronictl("resume", "--wait")
     _wait(_all_running, "every member running again", 60)
 
 
@@ -392,19 +395,32 @@ def _max_connections(name: str) -> int | None:
 
 
 def stop(state: LabState) -> list[str]:
-    """Stop what `start` started, by pid: the replicas, then the leader, then etcd."""
+    """Stop what `start` started, by pid: the replicas, then the leader, then etcd. A
+    cluster left in maintenance mode (a test that paused it and failed) is resumed
+    first: a paused Patroni leaves its PostgreSQL running when it stops; a server still
+    running in a node's data directory afterwards is stopped by that directory."""
+    from connfix.lab import postgres as lab_pg
+
     stopped = []
     pids = state.patroni_pids
     try:
         first = leader()
     except LabError:
         first = ""
+    if first and cluster().get("pause"):
+        with contextlib.suppress(LabError, subprocess.TimeoutExpired):
+            _patronictl("resume", "--wait")
     order = sorted(pids, key=lambda n: n == first)  # replicas first, the leader last
     for name in order:
         pid = pids[name]
         if alive(pid):
             kill_all([pid], grace=20)  # SIGTERM: Patroni stops its PostgreSQL (fast)
             stopped.append(f"Patroni {name} (pid {pid})")
+    for name in NODES:
+        left = lab_pg.orphaned_postmasters(node_dir(name) / "data")
+        if left:
+            kill_all(left, grace=10)
+            stopped.append(f"PostgreSQL {name} (pid {', '.join(map(str, left))})")
     if state.etcd_pid and alive(state.etcd_pid):
         kill_all([state.etcd_pid], grace=10)
         stopped.append(f"etcd (pid {state.etcd_pid})")
