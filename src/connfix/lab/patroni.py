@@ -367,9 +367,37 @@ def catch_up(was: int) -> None:
         _wait(lambda n=name: _max_connections(n) == raised, f"{name} back with {raised}", 90)
     _wait(_all_running, "every member running again", 60)
     _set_max_connections(was)
-    for name in [first, *replicas]:
+    _restart(first, was)
+    # a standby restarted replays from its last restartpoint: one before the raised
+    # setting's record would meet it again with fewer slots, and stop. A checkpoint on
+    # the primary, replayed, then one on the standby moves its restartpoint past it.
+    lsn = _sql(first, "CHECKPOINT; SELECT pg_current_wal_lsn()::text")
+    for name in replicas:
+        _wait(
+            lambda n=name: _sql(n, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t",
+            f"{name} replayed the primary's checkpoint",
+            60,
+        )
+        _sql(name, "CHECKPOINT")
         _restart(name, was)
     _wait(_all_running, "every member running again", 60)
+
+
+def _sql(name: str, statements: str) -> str | None:
+    """Run statements on a node as the bootstrap superuser; the last one's first value
+    (None when the node does not answer)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(superuser_dsn(name), autocommit=True, connect_timeout=2) as conn:
+            result = None
+            for statement in statements.split("; "):
+                cur = conn.execute(statement)
+                row = cur.fetchone() if cur.description else None
+                result = None if row is None else str(row[0])
+            return {"True": "t", "False": "f"}.get(result or "", result)
+    except psycopg.Error:
+        return None
 
 
 def _set_max_connections(value: int) -> None:
