@@ -36,7 +36,7 @@ from common import Row, connfix_bin
 from connfix.lab import lab, paths
 
 HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
-TARGET = 1.2
+TARGET = 1.5
 
 
 def app_sessions(admin: psycopg.Connection[Any], address: str) -> int:

@@ -36,7 +36,7 @@ COMMANDS = {
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
         (3,),
-        ["click", "pydantic", "psycopg", "rich"],
+        ["click", "pydantic", "psycopg", "rich", "jinja2.sandbox"],  # it writes a report
     ),
     "runbook validate": (
         [
