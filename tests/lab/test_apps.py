@@ -323,17 +323,20 @@ def filled(lab: Lab) -> Iterator[list[psycopg.Connection[Any]]]:
     """Take every ordinary slot left, for real, with `app` sessions from the machine."""
     fillers: list[psycopg.Connection[Any]] = []
     try:
-        # Twice, a moment apart: a backend a previous test ended may still hold a slot
-        # the first time (PostgreSQL frees it when the process has exited), and a slot
-        # it frees later would let connfix in the ordinary way.
-        for _ in range(2):
-            for _ in range(40):
-                try:
-                    fillers.append(psycopg.connect(lab.app_dsn(), autocommit=True))
-                except psycopg.OperationalError as exc:
-                    assert "remaining connection slots are reserved" in str(exc)
-                    break
-            time.sleep(0.3)
+        # Until refused three times in a row, a moment apart: a backend a previous test
+        # ended may still hold a slot (PostgreSQL frees it when the process has exited),
+        # and a slot it frees later would let connfix in the ordinary way (seen once in
+        # CI with two refusals 0.3 s apart).
+        refused, deadline = 0, time.monotonic() + 10
+        while refused < 3 and time.monotonic() < deadline:
+            try:
+                fillers.append(psycopg.connect(lab.app_dsn(), autocommit=True))
+                refused = 0
+            except psycopg.OperationalError as exc:
+                assert "remaining connection slots are reserved" in str(exc)
+                refused += 1
+                time.sleep(0.3)
+        assert refused == 3, "the server never stayed full"
         yield fillers
     finally:
         for conn in fillers:
