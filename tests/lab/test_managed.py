@@ -29,25 +29,26 @@ def agent_pids(lab: Lab, role: str) -> set[int]:
     return {pid for (pid,) in rows}
 
 
-@pytest.fixture
-def rds(clean_lab: Lab) -> Iterator[Path]:
-    """The lab as Amazon RDS shows it; the emulation stopped afterwards."""
+def emulated(lab: Lab, platform: str) -> Iterator[Path]:
+    """The lab as `platform` shows it, its agent's sessions open; stopped afterwards."""
+    from connfix.config.platforms import PLATFORMS
     from connfix.lab import managed
 
-    path = managed.emulate("rds")
-    retry(lambda: len(agent_pids(clean_lab, "rdsadmin")) == managed.AGENT_SESSIONS)
+    path = managed.emulate(platform)
+    agent = PLATFORMS[platform].roles[0]
+    retry(lambda: len(agent_pids(lab, agent)) == managed.AGENT_SESSIONS)
     yield path
     managed.emulate("self-managed")
+
+
+@pytest.fixture
+def rds(clean_lab: Lab) -> Iterator[Path]:
+    yield from emulated(clean_lab, "rds")
 
 
 @pytest.fixture
 def cloudsql(clean_lab: Lab) -> Iterator[Path]:
-    from connfix.lab import managed
-
-    path = managed.emulate("cloudsql")
-    retry(lambda: len(agent_pids(clean_lab, "cloudsqladmin")) == managed.AGENT_SESSIONS)
-    yield path
-    managed.emulate("self-managed")
+    yield from emulated(clean_lab, "cloudsql")
 
 
 def fill(lab: Lab) -> list[psycopg.Connection[Any]]:

@@ -10,7 +10,7 @@ reserved_connections (16+) for roles with pg_use_reserved_connections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SELF_MANAGED = "self-managed"
 # the setting RDS and Aurora add: slots reserved for members of rds_superuser
@@ -63,6 +63,17 @@ _RDS_SOURCES = (
     "https://repost.aws/knowledge-center/rds-postgresql-error-connection-slots",
 )
 
+# Aurora's role model and reserve are RDS's (the same rds_superuser page, Aurora's guide)
+_RDS = Platform(
+    name="rds",
+    label="Amazon RDS for PostgreSQL",
+    roles=("rdsadmin", "rdsrepladmin"),
+    admin_role="rds_superuser",
+    reserved_setting=RDS_SUPERUSER_RESERVED,
+    way_in=_RDS_WAY_IN,
+    sources=_RDS_SOURCES,
+)
+
 PLATFORMS: dict[str, Platform] = {
     SELF_MANAGED: Platform(
         name=SELF_MANAGED,
@@ -74,22 +85,11 @@ PLATFORMS: dict[str, Platform] = {
             " 16+) or database.admin_dsn (a superuser)"
         ),
     ),
-    "rds": Platform(
-        name="rds",
-        label="Amazon RDS for PostgreSQL",
-        roles=("rdsadmin", "rdsrepladmin"),
-        admin_role="rds_superuser",
-        reserved_setting=RDS_SUPERUSER_RESERVED,
-        way_in=_RDS_WAY_IN,
-        sources=_RDS_SOURCES,
-    ),
-    "aurora": Platform(
+    "rds": _RDS,
+    "aurora": replace(
+        _RDS,
         name="aurora",
         label="Amazon Aurora PostgreSQL",
-        roles=("rdsadmin", "rdsrepladmin"),
-        admin_role="rds_superuser",
-        reserved_setting=RDS_SUPERUSER_RESERVED,
-        way_in=_RDS_WAY_IN,
         sources=(
             "https://docs.aws.amazon.com/AmazonRDS/latest/AuroraUserGuide/"
             "Appendix.PostgreSQL.CommonDBATasks.Roles.rds_superuser.html",
