@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,12 +102,24 @@ def ssh_loop(addresses: list[str]) -> float:
 
 
 CONNFIX_SPLIT: list[tuple[float, float]] = []  # per round: (gates per host, outside the hosts)
+# per round, from the journal's timestamps: where the fixed cost goes
+PHASES: dict[str, list[float]] = {
+    "start-up (to run_start)": [],
+    "first diagnosis (SSH logins, health checks)": [],
+    "preflight and plan": [],
+    "final diagnosis, report, exit": [],
+}
+
+
+def _ts(event: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
 
 
 def connfix_roll(workdir: Path) -> float:
     exe = Path(sys.executable).with_name("connfix")
     incidents = workdir / "incidents"
     before = set(incidents.iterdir()) if incidents.is_dir() else set()
+    wall = time.time()
     started = time.perf_counter()
     proc = subprocess.run(
         [str(exe), "restart", "lab", "--yes", "--incidents-dir", str(incidents)],
@@ -118,14 +131,35 @@ def connfix_roll(workdir: Path) -> float:
     if proc.returncode != 0:
         sys.exit(f"connfix restart failed ({proc.returncode}):\n{proc.stderr}")
     (incident,) = set(incidents.iterdir()) - before
-    done = [
-        event
-        for event in map(json.loads, (incident / "journal.jsonl").read_text().splitlines())
-        if event["event"] == "host_done"
-    ]
+    events = [json.loads(line) for line in (incident / "journal.jsonl").read_text().splitlines()]
+    done = [event for event in events if event["event"] == "host_done"]
     gates = sum(d["seconds"] - d["gates"]["restart"] for d in done) / len(done)
     CONNFIX_SPLIT.append((gates, elapsed - sum(d["seconds"] for d in done)))
+    first = {}
+    for event in events:
+        first.setdefault(event["event"], event)
+    diagnosed = _ts(first["step_end"])
+    PHASES["start-up (to run_start)"].append(_ts(first["run_start"]) - wall)
+    PHASES["first diagnosis (SSH logins, health checks)"].append(
+        diagnosed - _ts(first["run_start"])
+    )
+    PHASES["preflight and plan"].append(_ts(first["host_start"]) - diagnosed)
+    PHASES["final diagnosis, report, exit"].append(wall + elapsed - _ts(done[-1]))
     return elapsed
+
+
+def import_ssh() -> float:
+    """A fresh interpreter importing what any Python tool needs to reach a host over
+    SSH as connfix does (fabric, which brings paramiko and invoke)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import fabric"], check=True)
+    return time.perf_counter() - started
+
+
+def bare_python() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - started
 
 
 def write_ansible(
@@ -228,7 +262,11 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         ansible_roll(exe, inventory, playbook, env)
         ansible_roll(exe, inventory, playbook, env_pipelining)
         CONNFIX_SPLIT.clear()
+        for phase in PHASES.values():
+            phase.clear()
+        imports: list[float] = []
         for number in range(1, args.rounds + 1):
+            imports.append(import_ssh() - bare_python())
             results["floor (sum of bare restarts)"].append(floor(addresses))
             results["connfix restart"].append(connfix_roll(workdir))
             results["plain ssh loop"].append(ssh_loop(addresses))
@@ -261,6 +299,12 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         f"connfix (from its journal): {gates * 1000:.0f} ms per host in its gates after the"
         f" restart command, {outside:.2f} s outside the hosts (start-up, preflight, report)"
     )
+    phases = {name: statistics.median(values) for name, values in PHASES.items()}
+    ssh_import = statistics.median(imports)
+    print("connfix's fixed cost by phase (journal timestamps, medians):")
+    for name, value in phases.items():
+        print(f"  {name:46s} {value:6.3f} s")
+    print(f"  of which importing fabric/paramiko (import fabric - pass) {ssh_import:.3f} s")
     print(
         f"targets: connfix's fixed cost ≤ {TARGET_FIXED_S} s and ≤"
         f" {TARGET_PER_HOST_S * 1000:.0f} ms per host, Ansible's defaults ≥ {TARGET_ANSIBLE}×"
@@ -270,8 +314,10 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
     ansible = medians["ansible serial: 1 (defaults)"]
     split = (
         f"connfix's fixed cost {outside:.2f} s (start-up, preflight, report), {gates * 1000:.0f} ms"
-        f" per host in its gates; Ansible's defaults {ansible:.2f} s are"
-        f" {ansible / base:.2f}× the floor itself"
+        f" per host in its gates; by phase: "
+        + ", ".join(f"{name} {value:.3f} s" for name, value in phases.items())
+        + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the first diagnosis);"
+        f" Ansible's defaults {ansible:.2f} s are {ansible / base:.2f}× the floor itself"
     )
     return [
         Row(
