@@ -25,12 +25,14 @@ scraped (at most once per --metrics-interval).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,36 @@ BODY_SECONDS = 10.0  # the whole body must arrive within this
 HEADER_SECONDS = 10.0  # a connection must send a whole request head within this
 MAX_CONNECTIONS = 256  # open connections at once, whatever their state (below the fd limit)
 DEDUPE_SECONDS = 24 * 3600
+SLACK_WINDOW = 300  # seconds: Slack's documented replay window for a signed request
+SLACK_ENV = "CONNFIX_SLACK_SIGNING_SECRET"
+
+
+@contextlib.contextmanager
+def shared_state(base: Path) -> Iterator[dict[str, Any]]:
+    """The state every serve replica writing to one incidents directory shares — the
+    alerts seen (duplicates) and each environment's last change (min_interval) — read
+    and written under an exclusive lock on a file beside it (flock: every replica on
+    the machine, or on a file system that honours it)."""
+    import fcntl
+
+    folder = base / ".serve"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(folder / "lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = folder / "state.json"
+        try:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict):
+                state = {}
+        except (FileNotFoundError, ValueError):
+            state = {}
+        for name in ("seen", "last_change"):
+            if not isinstance(state.get(name), dict):
+                state[name] = {}
+        yield state
+        scratch = folder / f"state.{os.getpid()}.{threading.get_ident()}"
+        scratch.write_text(json.dumps(state))
+        os.replace(scratch, path)
 
 
 @dataclass
@@ -77,9 +109,8 @@ class Server:
     hmac_secret: str | None
     label: str = "environment"
     metrics_interval: float = 10.0
-    seen: dict[str, float] = field(default_factory=dict)  # alert key → when first seen
     running: dict[str, str] = field(default_factory=dict)  # environment → alert key
-    last_change: dict[str, float] = field(default_factory=dict)  # env → last auto run
+    slack_secret: str | None = None  # Slack's signing secret, for its buttons
     threads: list[threading.Thread] = field(default_factory=list)
     latest: dict[str, tuple[float, list[Diagnosis] | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -175,36 +206,42 @@ class Server:
         env = inventory.environments[environment]
         if env.alerts is None:
             return Decision(environment, alert, "refused", "the environment has no alerts: policy")
-        now = time.monotonic()
         with self.lock:
-            self.seen = {k: t for k, t in self.seen.items() if now - t < DEDUPE_SECONDS}
-            if key in self.seen:
-                return Decision(environment, alert, "duplicate", "this alert already started a run")
             if environment in self.running:
                 return Decision(
                     environment, alert, "refused",
                     "a run of this environment is in progress (one at a time)",
                 )  # fmt: skip
-            self.seen[key] = now
-            mode = env.alerts.mode
-            reason = ""
-            if mode == "auto":
-                since = now - self.last_change.get(environment, -1e12)
-                # and what every runner journaled (a restarted serve, operators' --yes
-                # runs in the same incidents directory)
-                on_disk = last_change(self.incidents_of(environment), environment)
-                if on_disk is not None:
-                    since = min(since, time.time() - on_disk)
-                if since < env.alerts.caps.min_interval:
-                    mode, reason = (
-                        "dry-run",
-                        (
-                            f"the last change-making run was {since:.0f}s ago (min_interval"
-                            f" {env.alerts.caps.min_interval:.0f}s): a dry run instead"
-                        ),
+            # what every replica sharing the incidents directory has seen, under its lock
+            with shared_state(self.incidents_of(environment)) as state:
+                now = time.time()
+                seen = {k: t for k, t in state["seen"].items() if now - t < DEDUPE_SECONDS}
+                state["seen"] = seen
+                if key in seen:
+                    return Decision(
+                        environment, alert, "duplicate", "this alert already started a run"
                     )
-                else:
-                    self.last_change[environment] = now
+                seen[key] = now
+                mode = env.alerts.mode
+                reason = ""
+                if mode == "auto":
+                    since = now - state["last_change"].get(environment, -1e12)
+                    # and what every runner journaled (a restarted serve, operators' --yes
+                    # runs in the same incidents directory)
+                    on_disk = last_change(self.incidents_of(environment), environment)
+                    if on_disk is not None:
+                        since = min(since, now - on_disk)
+                    if since < env.alerts.caps.min_interval:
+                        mode, reason = (
+                            "dry-run",
+                            (
+                                f"the last change-making run was {since:.0f}s ago"
+                                f" (min_interval {env.alerts.caps.min_interval:.0f}s):"
+                                " a dry run instead"
+                            ),
+                        )
+                    else:
+                        state["last_change"][environment] = now
             self.running[environment] = key
         thread = threading.Thread(
             target=self._run, args=(environment, mode, alert), name=f"connfix-{environment}"
@@ -241,9 +278,11 @@ class Server:
                 incidents_dir=self.incidents_dir,
                 inventory_path=self.loaded.path,
                 dry_run=mode == "dry-run",
-                yes=mode == "auto",
+                yes=mode in ("auto", "approve"),
                 trigger=f"alert {alert}",
                 max_restart_hosts=env.alerts.caps.max_hosts if mode == "auto" else None,
+                # approve: what the caps allow goes alone, the rest waits for a person
+                approve_alone=(frozenset(env.alerts.caps.effects()) if mode == "approve" else None),
             )
             self._note(environment, alert, mode, result.status.value, str(result.incident_dir))
         except Exception as exc:  # a failed run must not take the receiver down
@@ -262,6 +301,64 @@ class Server:
             "detail": detail,
         }
         _stderr().write(json.dumps({"connfix_serve": entry}) + "\n")
+
+    # --- approvals -------------------------------------------------------------------
+
+    def incident_bases(self) -> list[Path]:
+        """Where every environment's incidents go (an approval names an incident there)."""
+        bases: list[Path] = []
+        for name in self.loaded.inventory.environments:
+            base = self.incidents_of(name)
+            if base not in bases:
+                bases.append(base)
+        return bases
+
+    def decide(
+        self,
+        incident: str,
+        decision: str,
+        identity: str,
+        via: str,
+        plan: str | None,
+        reason: str = "",
+        request_id: str | None = None,
+    ) -> Any:
+        """Decide on the request an incident's run waits for (in this replica or any
+        other sharing the incidents directory): approvals.decide under its rules."""
+        from connfix.record import approvals
+
+        req = approvals.pending(approvals.find_incident(incident, self.incident_bases()))
+        if request_id is not None and request_id != req.id:
+            raise approvals.ApprovalRefused(
+                f"request {request_id} is closed; the run now waits on {req.id} (plan"
+                f" {req.short}): decide on that one"
+            )
+        made = approvals.decide(req, decision, identity, via, plan, reason)
+        self._note(req.environment, req.step, via, f"{made.decision}d", made.by)
+        return made
+
+    def slack_ok(self, request: Request, body: bytes, now: float | None = None) -> bool:
+        """Slack's request signature: v0=HMAC-SHA256(signing secret, "v0:ts:body"), the
+        timestamp within SLACK_WINDOW of now."""
+        ts = request.headers.get("x-slack-request-timestamp", "")
+        signature = request.headers.get("x-slack-signature", "")
+        if not self.slack_secret or not ts.isdigit() or not signature.isascii():
+            return False
+        if abs((time.time() if now is None else now) - int(ts)) > SLACK_WINDOW:
+            return False
+        base = b"v0:" + ts.encode() + b":" + body
+        digest = "v0=" + hmac.new(self.slack_secret.encode(), base, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(signature.encode(), digest.encode())
+
+    def connfix_signature_ok(self, request: Request, body: bytes) -> bool:
+        """`X-Connfix-Signature: v1=HMAC-SHA256(CONNFIX_SERVE_HMAC_SECRET, body)`, as
+        PagerDuty signs: for a caller that signs rather than holds the token."""
+        signature = request.headers.get("x-connfix-signature", "")
+        if not self.hmac_secret or not signature.isascii():
+            return False
+        digest = hmac.new(self.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+        offered = [s.strip()[3:] for s in signature.split(",") if s.strip().startswith("v1=")]
+        return any(hmac.compare_digest(o.encode(), digest.encode()) for o in offered)
 
     # --- metrics ---------------------------------------------------------------------
 
@@ -425,6 +522,100 @@ def app(server: Server) -> Any:
 
         return handle
 
+    def unreadable(body: bytes | str) -> Response | None:
+        if body == "gone":
+            return refused(400, "the client went away mid-body")
+        if body == "too slow":
+            return refused(408, f"the body did not arrive within {BODY_SECONDS:g}s")
+        if not isinstance(body, bytes):
+            return refused(413, f"body over {MAX_BODY} bytes")
+        return None
+
+    async def decided(
+        incident: str, decision: object, who: str, via: str, plan: object, **more: Any
+    ) -> Response:
+        import anyio
+
+        from connfix.record.approvals import ApprovalRefused, NoRequest
+
+        if decision not in ("approve", "reject"):
+            return refused(400, "bad request: decision must be approve or reject")
+        if plan is not None and not isinstance(plan, str):
+            return refused(400, "bad request: plan must be the plan's hash (a string)")
+        try:
+            made = await anyio.to_thread.run_sync(
+                lambda: server.decide(incident, str(decision), who, via, plan, **more)
+            )
+        except NoRequest as exc:
+            return refused(404, str(exc))
+        except ApprovalRefused as exc:
+            server._note("-", incident, via, "refused", f"{who}: {exc}")
+            return refused(exc.http_status, str(exc))
+        return JSONResponse({"decision": made.fields()})
+
+    async def approval(request: Request) -> Response:
+        """POST /approvals/INCIDENT {"decision", "approver", "plan"?, "reason"?}: the
+        bearer token, or the body signed (X-Connfix-Signature, as PagerDuty signs)."""
+        who = request.client.host if request.client else "?"
+        bearer = server.bearer_ok(request)
+        if not bearer and "x-connfix-signature" not in request.headers:
+            server._note("-", "-", "approval", "unauthorized", who)
+            return refused(401, "unauthorized: a bearer token or a valid signature is required")
+        body = await body_of(request)
+        bad = unreadable(body)
+        if bad is not None:
+            return bad
+        assert isinstance(body, bytes)
+        if not bearer and not server.connfix_signature_ok(request, body):
+            server._note("-", "-", "approval", "unauthorized", who)
+            return refused(401, "unauthorized: a bearer token or a valid signature is required")
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            return refused(400, "bad request: not JSON")
+        if not isinstance(payload, dict):
+            return refused(400, "bad request: the body is not a JSON object")
+        approver, reason = payload.get("approver"), payload.get("reason", "")
+        if not _printable(approver, 100) or not str(approver).strip():
+            return refused(400, "bad request: approver must name who decides (≤ 100 characters)")
+        if not _printable(reason, 500):
+            return refused(400, "bad request: reason must be text (≤ 500 characters)")
+        return await decided(
+            request.path_params["incident"],
+            payload.get("decision"),
+            str(approver).strip(),
+            "http",
+            payload.get("plan"),
+            reason=str(reason),
+        )
+
+    async def slack(request: Request) -> Response:
+        """Slack's interactivity request (a button of an approval notification): its
+        signature checked before anything is read from it; the clicker's user id is the
+        approver."""
+        who = request.client.host if request.client else "?"
+        if "x-slack-signature" not in request.headers:
+            server._note("-", "-", "slack", "unauthorized", who)
+            return refused(401, "unauthorized: Slack's request signature is required")
+        body = await body_of(request)
+        bad = unreadable(body)
+        if bad is not None:
+            return bad
+        assert isinstance(body, bytes)
+        if not server.slack_ok(request, body):
+            server._note("-", "-", "slack", "unauthorized", who)
+            return refused(401, "unauthorized: Slack's request signature is wrong or stale")
+        try:
+            action, user = _slack_action(body)
+            value = json.loads(action["value"])
+            decision = SLACK_ACTIONS[action["action_id"]]
+            incident, plan, request_id = value["incident"], value["plan"], value["request"]
+            if not all(isinstance(v, str) for v in (incident, plan, request_id)):
+                raise ValueError("the button's value is not connfix's")
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+            return refused(400, f"bad request: not a connfix button ({exc})")
+        return await decided(incident, decision, user, "slack", plan, request_id=request_id)
+
     async def health(request: Request) -> Response:
         with server.lock:
             running = dict(server.running)
@@ -444,8 +635,37 @@ def app(server: Server) -> Any:
             Route("/pagerduty", receiver("pagerduty"), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/approvals/{incident}", approval, methods=["POST"]),
+            Route("/slack/interactive", slack, methods=["POST"]),
         ]
     )
+
+
+SLACK_ACTIONS = {"connfix_approve": "approve", "connfix_reject": "reject"}
+
+
+def _printable(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(value) <= limit and value.isprintable()
+
+
+def _slack_action(body: bytes) -> tuple[dict[str, Any], str]:
+    """The first action of a Slack `block_actions` payload (form field `payload`) and
+    the clicker: `slack:USER_ID (username)`."""
+    from urllib.parse import parse_qs
+
+    form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
+    payload = json.loads(form["payload"][0])
+    if payload.get("type") != "block_actions":
+        raise ValueError(f"a {payload.get('type')!r} payload, not block_actions")
+    user = payload["user"]
+    uid = user["id"]
+    name = user.get("username") or user.get("name") or ""
+    if not _printable(uid, 40) or not uid or not _printable(name, 100):
+        raise ValueError("no usable user id")
+    action = payload["actions"][0]
+    if not isinstance(action, dict):
+        raise TypeError("an action is not an object")
+    return action, f"slack:{uid}" + (f" ({name})" if name else "")
 
 
 PER_CLIENT = 32  # open connections from one address at once
@@ -553,7 +773,11 @@ def secrets_from_environment() -> tuple[str | None, str | None]:
 
 
 def wait_for_runs(server: Server, timeout: float) -> None:
-    """On shutdown: let the runs in progress finish (each leaves a complete journal)."""
+    """On shutdown: let the runs in progress finish (each leaves a complete journal); a
+    run waiting for an approval stops waiting and ends, nothing of that step applied."""
+    from connfix.engine import approval
+
+    approval.STOP.set()
     deadline = time.monotonic() + timeout
     for thread in list(server.threads):
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -173,6 +173,18 @@ BAD = [
     ),
     ("no steps", GOOD.split("steps:")[0] + "steps: []\n", 5, ["steps", "at least 1"]),
     (
+        "approval of a read-only step",
+        GOOD.replace("    when:", "    approval: required\n    when:"),
+        10,
+        ["steps[1].approval", "action wait changes nothing: there is nothing to approve"],
+    ),
+    (
+        "approval not required or none",
+        GOOD.replace("    when:", "    approval: maybe\n    when:"),
+        10,
+        ["steps[1].approval", "'required' or 'none'"],
+    ),
+    (
         "object-constructing tag",
         GOOD.replace("name: test", "name: !!python/name:os.system"),
         2,

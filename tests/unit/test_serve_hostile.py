@@ -124,6 +124,52 @@ def test_each_credential_opens_only_its_own_endpoint(server: dict[str, Any]) -> 
     assert request(base + "/metrics", None, token="wrong")[0] == 401
 
 
+APPROVAL = "/approvals/20261205T021500Z-prod"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "token", "headers", "expected"),
+    [
+        (APPROVAL, b'{"decision": "approve", "approver": "bob"}', None, {}, 401),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob"}', "wrong", {}, 401),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob"}', None,
+         {"X-Connfix-Signature": "v1=" + "0" * 64}, 401),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob"}', None,
+         {"X-PagerDuty-Signature": "v1=" + "0" * 64}, 401),  # PagerDuty's opens /pagerduty only
+        ("/slack/interactive", b"payload=%7B%7D", None, {}, 401),
+        # no signing secret configured: no signature is ever right
+        ("/slack/interactive", b"payload=%7B%7D", TOKEN,
+         {"X-Slack-Signature": "v0=" + "0" * 64, "X-Slack-Request-Timestamp": "1"}, 401),
+        (APPROVAL, b"not json", TOKEN, {}, 400),
+        (APPROVAL, b'["approve"]', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "maybe", "approver": "bob"}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve"}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "  "}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob\\nroot"}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "' + b"b" * 101 + b'"}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob", "plan": 7}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob", "reason": []}', TOKEN, {}, 400),
+        (APPROVAL, b'{"decision": "approve", "approver": "bob"}', TOKEN, {}, 404),
+        ("/approvals/..%2F..%2Fetc", b'{"decision": "approve", "approver": "bob"}', TOKEN, {},
+         404),
+        ("/approvals/20261205T021500Z-prod%2F..%2F..", b'{"decision": "approve",'
+         b' "approver": "bob"}', TOKEN, {}, 404),
+    ],
+)  # fmt: skip
+def test_approvals_refuse_the_unauthenticated_and_the_malformed(
+    server: dict[str, Any],
+    path: str,
+    body: bytes,
+    token: str | None,
+    headers: dict[str, str],
+    expected: int,
+) -> None:
+    """Nothing waits on this server: every request is refused for what it is, never
+    decided, never a 500."""
+    status, answer = request(server["base"] + path, body, token=token, headers=headers)
+    assert status == expected, (status, answer)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers"),
     [

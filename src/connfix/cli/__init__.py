@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from connfix import ConnfixError, ExitStatus, __version__
+from connfix.cli.approve_cmd import approve, reject
 from connfix.cli.diagnose_cmd import diagnose
 from connfix.cli.inventory_cmd import inventory
 from connfix.cli.lab_cmd import lab
@@ -80,6 +81,8 @@ cli.add_command(diagnose)
 cli.add_command(terminate)
 cli.add_command(restart)
 cli.add_command(report)
+cli.add_command(approve)
+cli.add_command(reject)
 cli.add_command(pool)
 cli.add_command(inventory)
 cli.add_command(runbook)

@@ -51,12 +51,16 @@ def serve(
 
     POST /alertmanager (Alertmanager's webhook) and POST /pagerduty (PagerDuty v3
     webhooks) start a run for the environment an alert names, under the environment's
-    `alerts:` policy in the inventory (observe, dry-run, or auto within caps); the answer
-    comes at once (202) and the run goes on in the background. GET /metrics serves the
-    diagnosis of every environment with a policy as Prometheus metrics; GET /health says
-    the receiver is up. Requests must carry the bearer token in $CONNFIX_SERVE_TOKEN
-    (or, for PagerDuty, a signature made with $CONNFIX_SERVE_HMAC_SECRET); anything else
-    is refused and nothing runs. It will not start without one of them.
+    `alerts:` policy in the inventory (observe, dry-run, auto within caps, or approve);
+    the answer comes at once (202) and the run goes on in the background. GET /metrics
+    serves the diagnosis of every environment with a policy as Prometheus metrics; GET
+    /health says the receiver is up. POST /approvals/INCIDENT approves or rejects the
+    plan a run waits for; POST /slack/interactive takes the Approve / Reject buttons of
+    a Slack notification, signed with $CONNFIX_SLACK_SIGNING_SECRET. Requests must carry
+    the bearer token in $CONNFIX_SERVE_TOKEN (or a signature made with
+    $CONNFIX_SERVE_HMAC_SECRET, or Slack's); anything else is refused and nothing runs.
+    It will not start without the token or the secret. Replicas sharing one incidents
+    directory share duplicates, min_interval and approvals.
 
     \b
     Example:
@@ -64,6 +68,8 @@ def serve(
       connfix serve --listen 0.0.0.0:9187 --label env
       connfix serve --request-timeout 5s
     """
+    import os
+
     import uvicorn
 
     from connfix import InputError
@@ -84,10 +90,12 @@ def serve(
     policies = [n for n, e in loaded.inventory.environments.items() if e.alerts is not None]
     if not policies:
         raise InputError(
-            f"{loaded.path}: no environment has an alerts: policy (observe, dry-run or auto);"
+            f"{loaded.path}: no environment has an alerts: policy (observe, dry-run, auto or"
+            " approve);"
             " serve would refuse every alert"
         )
     server = core.Server(loaded, incidents_dir, token, secret, label, metrics_interval)
+    server.slack_secret = os.environ.get(core.SLACK_ENV) or None
     click.echo(
         f"connfix serve: listening on {host}:{port} for {', '.join(policies)} ({loaded.path})",
         err=True,

@@ -476,8 +476,8 @@ class PgBouncerAccess(_Model):
     _v_dsn = field_validator("admin_dsn")(_check_secretless)
 
 
-NotifyEvent = Literal["start", "step", "end"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("start", "step", "end")
+NotifyEvent = Literal["start", "step", "end", "approval"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("start", "step", "end", "approval")
 
 
 class NotifyTarget(_Model):
@@ -549,11 +549,22 @@ class AlertCaps(_Model):
         return allowed
 
 
-class AlertPolicy(_Model):
-    """How `connfix serve` answers an alert for this environment."""
+class ApprovalPolicy(_Model):
+    """How a step that needs approval waits for it: how long (`ttl`; then the run ends
+    `expired`), and whether the person who started the run may approve it."""
 
-    mode: Literal["observe", "dry-run", "auto"] = "observe"
+    ttl: Duration = Field(default=900.0, gt=0, le=7 * 86400)
+    two_person: bool = False
+
+
+class AlertPolicy(_Model):
+    """How `connfix serve` answers an alert for this environment. `approve`: the run goes
+    as far as the caps let it alone, then waits for an approval at each step beyond them
+    (and at every step its runbook marks `approval: required`)."""
+
+    mode: Literal["observe", "dry-run", "auto", "approve"] = "observe"
     caps: AlertCaps = Field(default_factory=AlertCaps)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     runbook: str | None = None  # default: too-many-connections
     pagerduty_services: list[str] = Field(default_factory=list)  # PagerDuty service ids
 

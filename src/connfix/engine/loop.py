@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from connfix import ConnectionLost, ConnfixError, ExitStatus, __version__
 from connfix.actions import ACTIONS
 from connfix.actions.base import Action, Outcome, Plan
-from connfix.engine import expressions
+from connfix.engine import approval, expressions
 from connfix.engine.context import Follow, RunContext, take_lock
 from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
@@ -322,10 +322,35 @@ class StepLoop:
         ended = self._not_applied(index, step, action, plan, ctx)
         if ended is not None:
             return ended
-        stopped = self._confirmed(step, plan, action.mutating, ctx)
-        if stopped is not None:
-            return stopped
+        if approval.needed(self.request, step, action):
+            waited = approval.wait(self.request, step, action, plan, ctx)
+            if waited.plan is None:
+                return self._unapproved(index, step, waited)
+            plan = waited.plan
+            ended = self._not_applied(index, step, action, plan, ctx)  # now nothing to do?
+            if ended is not None:
+                return ended
+        else:
+            stopped = self._confirmed(step, plan, action.mutating, ctx)
+            if stopped is not None:
+                return stopped
         return self._apply(index, step, action, plan, ctx, started)
+
+    def _unapproved(self, index: int, step: Step, waited: approval.Waited) -> RunResult:
+        """A step not approved: rejected, expired, or Ctrl-C while waiting."""
+        assert waited.status is not None
+        status = (
+            StepStatus.INTERRUPTED if waited.status is RunStatus.INTERRUPTED else StepStatus.REFUSED
+        )
+        assert self.ctx is not None
+        self.ctx.record(Event.STEP_END, ok=False, applied=False, summary=waited.message)
+        self._step_ended(index, step, status, waited.message)
+        code = (
+            ExitStatus.INTERRUPTED
+            if waited.status is RunStatus.INTERRUPTED
+            else ExitStatus.UNHEALTHY
+        )
+        return self.finish(waited.status, code, waited.message)
 
     def _reached(self, index: int, step: Step, ctx: RunContext) -> RunResult | Flow | None:
         """Before a step: a Ctrl-C ends the run, a healthy runbook ends the walk, a false
@@ -375,7 +400,7 @@ class StepLoop:
     ) -> RunResult | Flow | None:
         """A plan that is not applied: refused (blocked), planned only (a dry run), or
         with nothing to change; None when it is to be applied."""
-        ui = self.ui
+        ui, request = self.ui, self.request
         if plan.blocked is not None:
             ui.plan(step, plan, applied=False)
             ctx.record(Event.STEP_END, ok=False, applied=False, summary=plan.blocked)
@@ -400,6 +425,8 @@ class StepLoop:
                 if after_change
                 else ""
             )
+            if action.mutating and plan.operations and approval.needed(request, step, action):
+                summary += " — after an approval (a real run waits for one here)"
             ctx.record(
                 Event.STEP_END,
                 ok=True,

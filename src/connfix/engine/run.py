@@ -62,6 +62,10 @@ class RunRequest:
     # an alert-triggered run (connfix serve): which alert, and the policy's host cap
     trigger: str | None = None
     max_restart_hosts: int | None = None
+    # an `approve` policy: the effects the run may have alone (the other steps wait for
+    # an approval); None: only the steps the runbook marks wait
+    approve_alone: frozenset[str] | None = None
+    requester: str = ""  # who asked for the run: the operator, or the alert
     # of several database nodes: the one this run acts on, its role, every node's severity
     node: str | None = None
     node_role: str | None = None

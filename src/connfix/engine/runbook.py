@@ -30,7 +30,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # pydantic's regex engine: `$` is the end of the text there (no newline before it)
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _HINT = "fields of a runbook: version, name, summary, healthy, steps; of a step: id, action,"
-_HINT += " description, params, when, confirm, on_failure"
+_HINT += " description, params, when, confirm, approval, on_failure"
 
 
 class StepModel(BaseModel):
@@ -44,6 +44,9 @@ class StepModel(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     when: str | None = None
     confirm: bool | None = None
+    # required: a real run waits for an approval before this step (connfix approve, or
+    # serve's endpoint or Slack button), whoever started it
+    approval: Literal["required", "none"] = "none"
     on_failure: Literal["halt", "continue"] = "halt"
 
 
@@ -71,6 +74,7 @@ class Step:
     confirm: bool
     on_failure: str
     line: int
+    approval: bool = False  # a real run waits for an approval before it
 
     @property
     def mutating(self) -> bool:
@@ -185,6 +189,14 @@ def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
             (*where, "params", "hosts"),
             "names no host (an empty list or an empty name); leave it out for every host",
         )
+    if raw.approval == "required" and not action.mutating:
+        raise _fail(
+            path,
+            located,
+            (*where, "approval"),
+            f"action {raw.action} changes nothing: there is nothing to approve (give"
+            " approval: required to the steps that change things)",
+        )
     checks = [("when", raw.when)] if raw.when is not None else []
     checks += [(f"params.{name}", expr) for name, expr in action.expressions(params)]
     for field_name, expression in checks:
@@ -202,6 +214,7 @@ def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
         confirm=raw.confirm if raw.confirm is not None else action.mutating,
         on_failure=raw.on_failure,
         line=located.line_of(where),
+        approval=raw.approval == "required",
     )
 
 

@@ -32,9 +32,10 @@ def start_run(
     resume: str | None = None,
     trigger: str | None = None,
     max_restart_hosts: int | None = None,
+    approve_alone: frozenset[str] | None = None,
 ) -> RunResult:
     """Run a runbook against one environment (see engine.loop.run_runbook)."""
-    from connfix.engine.loop import run_runbook
+    from connfix.engine.loop import operator, run_runbook
     from connfix.record.journal import incidents_base, resume_state
 
     node = node_role = None
@@ -60,6 +61,8 @@ def start_run(
         resume_done=done,
         trigger=trigger,
         max_restart_hosts=max_restart_hosts,
+        approve_alone=approve_alone,
+        requester=trigger or operator(),
         node=node,
         node_role=node_role,
         nodes=nodes,

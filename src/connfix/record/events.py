@@ -23,6 +23,8 @@ class RunStatus(enum.StrEnum):
     ERROR = "error"
     INTERRUPTED = "interrupted"
     DRY_RUN = "dry_run"
+    REJECTED = "rejected"  # an approver rejected a step's plan
+    EXPIRED = "expired"  # nobody decided on a step's plan within its TTL
 
 
 class Event(enum.StrEnum):
@@ -59,6 +61,13 @@ class Event(enum.StrEnum):
     HOST_FAILED = "host_failed"  # it failed a gate
     ROLL_HALTED = "roll_halted"  # the roll stopped: done, failed, untouched hosts
     NOTIFICATION = "notification"  # a notification sent (ok) or not (error); never fatal
+    # approvals (connfix.record.approvals): request, decision, and what the rules refused
+    APPROVAL_REQUESTED = "approval_requested"  # the plan, its hash, who asked, until when
+    APPROVAL_GRANTED = "approval_granted"  # who approved, how, when; the plan is applied
+    APPROVAL_REJECTED = "approval_rejected"  # who rejected, how, when, why
+    APPROVAL_EXPIRED = "approval_expired"  # nobody decided within the TTL
+    APPROVAL_REFUSED = "approval_refused"  # an attempt the rules refused (self, late, …)
+    APPROVAL_STALE = "approval_stale"  # approved, but the fresh plan differs: asked again
 
 
 # The fields of the events other modules read back (the report, --resume), typed where

@@ -71,6 +71,8 @@ class Notifier:
                     "mode": flags.get("mode"),
                 },
             )
+        elif event in APPROVAL_EVENTS:
+            self._approval(entry)
         elif event == Event.STEP_START:
             self.step = str(entry.get("step") or "")
             self.action = str(entry.get("action") or "")
@@ -85,6 +87,62 @@ class Notifier:
                 {"step": self.step, "action": self.action, "ok": ok, "summary": summary},
             )
 
+    def _approval(self, entry: dict[str, Any]) -> None:
+        """A step waits for an approval (with Approve / Reject buttons on Slack), or the
+        request was decided, went stale, expired."""
+        event, step = entry["event"], entry.get("step")
+        name = Path(self.incident).name
+        fields = {k: v for k, v in entry.items() if k not in ("ts", "seq", "event")}
+        fields["approval"] = str(event).removeprefix("approval_")
+        blocks = None
+        if event == Event.APPROVAL_REQUESTED:
+            plan = str(entry.get("plan", ""))
+            text = (
+                f"connfix {self.environment}: step {step} ({entry.get('action')}) waits for an"
+                f" approval until {entry.get('expires_at')}, asked by {entry.get('requester')}"
+                + (" (two_person: not by them)" if entry.get("two_person") else "")
+                + f" — plan {plan[:12]}: {entry.get('summary')}."
+                f" Approve: connfix approve {self.incident}"
+            )
+            listed = "\n".join(f"• {o}" for o in entry.get("operations") or [])
+            value = json.dumps({"incident": name, "request": entry.get("request"), "plan": plan})
+            blocks = [
+                {"type": "section", "text": {"type": "mrkdwn", "text": _slack(text)}},
+                *(
+                    [{"type": "section", "text": {"type": "mrkdwn", "text": _slack(listed)[:2900]}}]
+                    if listed
+                    else []
+                ),
+                {
+                    "type": "actions",
+                    "block_id": "connfix_approval",
+                    "elements": [
+                        _button("connfix_approve", "Approve", "primary", value),
+                        _button("connfix_reject", "Reject", "danger", value),
+                    ],
+                },
+            ]
+        elif event == Event.APPROVAL_STALE:
+            text = (
+                f"connfix {self.environment}: the plan of step {step} changed since"
+                f" {entry.get('by')} approved it ({entry.get('summary')}): asked again"
+            )
+        elif event == Event.APPROVAL_EXPIRED:
+            text = f"connfix {self.environment}: nobody approved step {step} in time: expired"
+        elif event == Event.APPROVAL_REFUSED:
+            text = (
+                f"connfix {self.environment}: a {entry.get('decision')} by {entry.get('by')}"
+                f" was refused: {entry.get('refused')}"
+            )
+        else:
+            verb = "approved" if event == Event.APPROVAL_GRANTED else "rejected"
+            text = (
+                f"connfix {self.environment}: step {step} {verb} by {entry.get('by')}"
+                f" via {entry.get('via')}"
+                + (f": {entry.get('reason')}" if entry.get("reason") else "")
+            )
+        self.send("approval", text, fields, blocks)
+
     def end(self, status: str, exit_status: int, message: str) -> None:
         """The run is ending (called before run_end is journaled, so a failure to
         notify is still in the journal)."""
@@ -98,7 +156,9 @@ class Notifier:
             {"status": status, "exit_status": exit_status, "message": text, "report": report},
         )
 
-    def send(self, kind: str, text: str, fields: dict[str, Any]) -> None:
+    def send(
+        self, kind: str, text: str, fields: dict[str, Any], blocks: list[Any] | None = None
+    ) -> None:
         for target in self.targets:
             if kind not in target.events:
                 continue
@@ -108,6 +168,8 @@ class Notifier:
                 continue
             if target.kind == "slack":
                 body: dict[str, Any] = {"text": text}
+                if blocks:
+                    body["blocks"] = blocks
             else:
                 body = {
                     "connfix": 1,
@@ -127,6 +189,31 @@ class Notifier:
             fields["ok"], fields["error"] = False, error
         with contextlib.suppress(Exception):  # a notification never stops the run
             self.journal.record(Event.NOTIFICATION, **fields)
+
+
+APPROVAL_EVENTS = (
+    Event.APPROVAL_REQUESTED,
+    Event.APPROVAL_GRANTED,
+    Event.APPROVAL_REJECTED,
+    Event.APPROVAL_EXPIRED,
+    Event.APPROVAL_REFUSED,
+    Event.APPROVAL_STALE,
+)
+
+
+def _slack(text: str) -> str:
+    """Text for Slack's mrkdwn: its three control characters escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _button(action_id: str, label: str, style: str, value: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "action_id": action_id,
+        "style": style,
+        "text": {"type": "plain_text", "text": label},
+        "value": value,
+    }
 
 
 def post(url: str, body: dict[str, Any], timeout: float) -> str | None:

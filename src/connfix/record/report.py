@@ -45,6 +45,8 @@ STATUS_TEXT: dict[RunStatus, str] = {
     RunStatus.ERROR: "halted (error)",
     RunStatus.INTERRUPTED: "interrupted",
     RunStatus.DRY_RUN: "DRY RUN",
+    RunStatus.REJECTED: "halted (an approver rejected a step's plan)",
+    RunStatus.EXPIRED: "expired (nobody approved a step's plan in time)",
 }
 assert set(STATUS_TEXT) == set(RunStatus), "every way a run ends has its title"
 
@@ -195,9 +197,42 @@ def _describe(event: dict[str, Any]) -> str | None:
             f"node {event.get('node')} is a {event.get('now')} now (was the"
             f" {event.get('was')}): {event.get('message')}"
         )
+    if kind.startswith("approval_"):
+        return _approval(event)
     if kind == "run_end":
         return f"run ended: {event.get('status')} — {event.get('message')}"
     return None  # per-pid operations are in the actions table
+
+
+def _approval(event: dict[str, Any]) -> str:
+    """An approval event in a sentence: who asked, who decided, how, when."""
+    kind, step = event["event"], event.get("step")
+    plan = str(event.get("plan") or "")[:12]
+    if kind == "approval_requested":
+        return (
+            f"step {step} waits for an approval of plan {plan} (asked by"
+            f" {event.get('requester')}, until {event.get('expires_at')}"
+            + (", two_person" if event.get("two_person") else "")
+            + f"): {event.get('summary')}"
+        )
+    if kind in ("approval_granted", "approval_rejected"):
+        verb = "approved" if kind == "approval_granted" else "rejected"
+        why = f": {event.get('reason')}" if event.get("reason") else ""
+        return (
+            f"step {step} {verb} by {event.get('by')} via {event.get('via')} at"
+            f" {event.get('at')} (plan {plan}){why}"
+        )
+    if kind == "approval_refused":
+        return (
+            f"a {event.get('decision')} by {event.get('by')} via {event.get('via')} was"
+            f" refused: {event.get('refused')}"
+        )
+    if kind == "approval_stale":
+        return (
+            f"step {step}: approved by {event.get('by')}, but the plan changed"
+            f" ({event.get('summary')}): asked again"
+        )
+    return f"nobody approved step {step} before {event.get('expires_at')}: expired"
 
 
 def _session_row(o: dict[str, Any]) -> dict[str, Any]:
@@ -510,6 +545,16 @@ def _nodes(start: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def _approvals(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every approval event in a sentence, and who asked for the run's approvals."""
+    return {
+        "approvals": [_approval(e) for e in events if str(e["event"]).startswith("approval_")],
+        "requester": next(
+            (e.get("requester") for e in events if e["event"] == Event.APPROVAL_REQUESTED), None
+        ),
+    }
+
+
 def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     """Turn a journal's events into everything the report template shows."""
     if not events or events[0].get("event") != "run_start":
@@ -560,15 +605,17 @@ def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
             if e["event"] == Event.STEP_END
         ),
         "timeline": _timeline(events),
+        "approvals": [_approval(e) for e in events if str(e["event"]).startswith("approval_")],
+        "requester": next(
+            (e.get("requester") for e in events if e["event"] == Event.APPROVAL_REQUESTED), None
+        ),
         "operations": sessions,
         "pooler_operations": pooler_ops,
         "other_operations": other_ops,
         "after_pgbouncers": {b.get("name"): b for b in (after or {}).get("pgbouncers") or []},
         "hosts": hosts,
         "suspects": [u for u in (before or {}).get("by_host", []) if u.get("suspect")],
-        "states": sorted(
-            set((before or {}).get("by_state", {})) | set((after or {}).get("by_state", {}))
-        ),
+        "states": sorted({*(before or {}).get("by_state", {}), *(after or {}).get("by_state", {})}),
         "host_names": host_names,
         "before_hosts": by_host(before),
         "after_hosts": by_host(after),
