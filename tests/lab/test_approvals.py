@@ -405,3 +405,51 @@ def test_two_replicas_given_the_same_alert_start_one_run_and_either_takes_the_ap
     assert events[-1]["status"] == "resolved"
     assert [e["host"] for e in events if e["event"] == "host_done"] == ["app2"]
     assert len(list(setup.incidents.glob("*/journal.jsonl"))) == 1
+
+
+@pytest.mark.parametrize("setup", [approve_policy(two_person=False)], indirect=True)
+def test_a_rejected_plan_ends_the_run_rejected_and_nothing_is_restarted(
+    setup: Any, clean_lab: Lab
+) -> None:
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    before = clean_lab.main_pids()
+    book = marked_runbook(setup.tmp)
+    argv = [
+        sys.executable, "-m", "connfix", "triage", "lab", "--yes", "--runbook", str(book),
+        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
+    ]  # fmt: skip
+    with process(argv, dict(os.environ), setup.tmp / "triage.log") as run:
+        journal = journal_of(setup.incidents)
+        waiting(journal)
+        reject = [sys.executable, "-m", "connfix", "reject", str(journal.parent), "--yes"]
+        done = subprocess.run(
+            [*reject, "--reason", "after the deploy"], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert run.wait(timeout=60) == 1
+    events = evs(journal)
+    assert events[-1]["status"] == "rejected"
+    (rejected,) = [e for e in events if e["event"] == "approval_rejected"]
+    assert rejected["reason"] == "after the deploy" and rejected["via"] == "terminal"
+    assert not [e for e in events if e["event"] == "host_start"]
+    assert clean_lab.main_pids() == before
+    report = (journal.parent / "report.md").read_text()
+    assert "halted (an approver rejected a step's plan)" in report
+    assert "rejected by" in report and "after the deploy" in report
+
+
+def test_a_dry_run_says_the_step_would_wait_and_asks_nobody(setup: Any, clean_lab: Lab) -> None:
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    book = marked_runbook(setup.tmp)
+    argv = [
+        sys.executable, "-m", "connfix", "triage", "lab", "--dry-run", "--runbook", str(book),
+        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
+    ]  # fmt: skip
+    subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    events = evs(journal_of(setup.incidents))
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "dry_run", events[-1]
+    (planned,) = [
+        e for e in events if e["event"] == "step_end" and e["step"] == "restart-leaking-hosts"
+    ]
+    assert "after an approval (a real run waits for one here)" in planned["summary"]
+    assert not [e for e in events if e["event"].startswith("approval_")]

@@ -244,3 +244,48 @@ def test_replicas_share_the_alerts_seen_under_one_lock(tmp_path: Path) -> None:
     assert len(wins) == 1
     with shared_state(tmp_path) as state:
         assert list(state["seen"]) == ["am:key"]
+
+
+def test_approve_without_a_terminal_needs_yes_and_decides_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    req = incident(tmp_path, requester="someone-else")
+    result = CliRunner().invoke(cli, ["approve", str(req.incident)])
+    assert result.exit_code == 2 and "give --yes" in result.output
+    assert approvals.read_decision(req.incident, req.id) is None
+
+
+def test_approve_shows_the_plan_and_answers_in_the_envelope(tmp_path: Path) -> None:
+    import jsonschema
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+    from tests.helpers import envelope_of, schema
+
+    req = incident(tmp_path, requester="someone-else")
+    result = CliRunner().invoke(
+        cli, ["approve", str(req.incident), "--yes", "--as", "Dana", "--reason", "r", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "restart app2" in result.stderr  # the plan's operations, shown first
+    answer = envelope_of(result.stdout)
+    jsonschema.validate(answer, schema())
+    decision = answer["result"]["decision"]
+    assert decision["by"].endswith("(as Dana)") and decision["via"] == "terminal"
+    assert approvals.read_decision(req.incident, req.id) is not None
+    again = CliRunner().invoke(cli, ["reject", str(req.incident), "--yes"])
+    assert again.exit_code == 1 and "already decided: approve by" in again.output
+
+
+def test_a_missing_or_finished_incident_is_bad_input(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+
+    result = CliRunner().invoke(cli, ["approve", str(tmp_path / "nowhere"), "--yes"])
+    assert result.exit_code == 2 and "no journal there" in result.output
+    req = incident(tmp_path, end="interrupted")
+    result = CliRunner().invoke(cli, ["reject", str(req.incident), "--yes"])
+    assert result.exit_code == 2 and "its run has ended (interrupted)" in result.output
