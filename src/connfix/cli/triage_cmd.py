@@ -50,12 +50,13 @@ def triage(
 
     Runs a runbook (default: too-many-connections). Every step first plans what it
     would do from the current state; a step that changes something asks first (or
-    proceeds with --yes; without a terminal and without --yes the run stops before it).
-    Everything is recorded in incidents/<UTC time>-<env>/journal.jsonl. One run per
+    proceeds with --yes; without a terminal and without --yes the run stops before it);
+    a step the runbook marks `approval: required` waits for `connfix approve` even with
+    --yes. Everything is recorded in incidents/<UTC time>-<env>/journal.jsonl. One run per
     environment at a time (a PostgreSQL advisory lock).
 
     Exit status: 0 healthy at the end, 1 still unhealthy / a step failed / declined /
-    another run holds the environment, 2 bad inventory, runbook or flags, 3 database
+    rejected or not approved in time / another run holds the environment, 2 bad inventory, runbook or flags, 3 database
     unreachable, 130 interrupted.
 
     \b
