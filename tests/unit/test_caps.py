@@ -106,6 +106,39 @@ def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: 
     assert "min_interval" in decision.reason
 
 
+def test_replicas_on_one_incidents_directory_share_duplicates_and_min_interval(
+    tmp_path: Path,
+) -> None:
+    """Two Servers (two serve replicas) on one incidents directory: the alert one
+    started is a duplicate at the other, and the other's next alert within min_interval
+    of the first's change-making run is a dry run — though that run changed nothing yet
+    (its database refuses): the replicas share what they started, not only journals."""
+    from connfix.config.inventory_file import load_inventory
+    from connfix.serve import Server
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "version: 1\nenvironments:\n  prod:\n    database:\n"
+        '      dsn: "host=127.0.0.1 port=1 dbname=app user=connfix connect_timeout=1"\n'
+        "    service: {unit: app.service, pool_size: 3}\n"
+        "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
+        "    alerts: {mode: auto, caps: {min_interval: 30m}}\n"
+    )
+    incidents = str(tmp_path / "incidents")
+    one, two = (Server(load_inventory(inventory), incidents, "token", None) for _ in range(2))
+    first = one.start("prod", "PostgresTooManyConnections", "am:x@1")
+    assert (first.action, first.mode) == ("started", "auto")
+    for thread in one.threads:
+        thread.join(30)
+    again = two.start("prod", "PostgresTooManyConnections", "am:x@1")
+    assert again.action == "duplicate", again
+    other = two.start("prod", "PostgresConnectionsHigh", "am:y@1")
+    for thread in two.threads:
+        thread.join(30)
+    assert (other.action, other.mode) == ("started", "dry-run"), other
+    assert "min_interval" in other.reason
+
+
 def test_the_effects_table_names_every_action_and_what_each_may_do() -> None:
     from connfix.actions import ACTIONS
     from connfix.config.effects import ACTION_EFFECTS, EFFECTS
