@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time
           prometheus prometheus-alertmanager
+          # the tests render the report's chart in a real browser (headless)
+          chromium fonts-dejavu-core
           # the HA lab (lab up --ha): Patroni with etcd, from Debian
           patroni etcd-server etcd-client
           # the lab builds PgBouncer 1.24 / 1.25 from their release sources with these

@@ -158,7 +158,7 @@ class Server:
                 continue
             ident = fingerprint if isinstance(fingerprint, str) and fingerprint else None
             key = "am:" + (ident or json.dumps(labels, sort_keys=True, default=str)) + "@" + starts
-            decisions.append(self.start(labels.get(self.label), name, key))
+            decisions.append(self.start(labels.get(self.label), name, key, starts))
         return decisions
 
     def pagerduty(self, payload: dict[str, Any]) -> list[Decision]:
@@ -195,7 +195,9 @@ class Server:
             ]
         return [self.start(env, title, f"pd:{incident}")]
 
-    def start(self, environment: object, alert: str, key: str) -> Decision:
+    def start(
+        self, environment: object, alert: str, key: str, starts_at: str | None = None
+    ) -> Decision:
         """Start the environment's run for an alert, unless it must not run."""
         inventory = self.loaded.inventory
         if not isinstance(environment, str) or environment not in inventory.environments:
@@ -244,7 +246,9 @@ class Server:
                         state["last_change"][environment] = now
             self.running[environment] = key
         thread = threading.Thread(
-            target=self._run, args=(environment, mode, alert), name=f"connfix-{environment}"
+            target=self._run,
+            args=(environment, mode, alert, starts_at),
+            name=f"connfix-{environment}",
         )
         self.threads = [t for t in self.threads if t.is_alive()]  # a long-lived receiver
         self.threads.append(thread)
@@ -257,7 +261,7 @@ class Server:
         env = self.loaded.inventory.environments[environment]
         return Path(incidents_base(self.incidents_dir, env.incidents_dir))
 
-    def _run(self, environment: str, mode: str, alert: str) -> None:
+    def _run(self, environment: str, mode: str, alert: str, starts_at: str | None = None) -> None:
         from connfix.engine.runbook import resolve_runbook
         from connfix.engine.start import start_run
 
@@ -283,6 +287,7 @@ class Server:
                 max_restart_hosts=env.alerts.caps.max_hosts if mode == "auto" else None,
                 # approve: what the caps allow goes alone, the rest waits for a person
                 approve_alone=(frozenset(env.alerts.caps.effects()) if mode == "approve" else None),
+                alert_starts_at=starts_at,
             )
             self._note(environment, alert, mode, result.status.value, str(result.incident_dir))
         except Exception as exc:  # a failed run must not take the receiver down

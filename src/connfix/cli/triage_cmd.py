@@ -56,8 +56,8 @@ def triage(
     environment at a time (a PostgreSQL advisory lock).
 
     Exit status: 0 healthy at the end, 1 still unhealthy / a step failed / declined /
-    rejected or not approved in time / another run holds the environment, 2 bad inventory, runbook or flags, 3 database
-    unreachable, 130 interrupted.
+    rejected or not approved in time / another run holds the environment, 2 bad
+    inventory, runbook or flags, 3 database unreachable, 130 interrupted.
 
     \b
     Example:

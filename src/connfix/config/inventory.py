@@ -146,6 +146,9 @@ class Database(_Model):
     # who runs the server: a managed service hands out no superuser, keeps its own
     # sessions and reserved slots (connfix.config.platforms)
     platform: Literal["self-managed", "rds", "aurora", "cloudsql", "azure"] = "self-managed"
+    # the server's log files, where connfix runs (a glob), for the refused connection
+    # attempts in the report; without it they are read through SQL (pg_ls_logdir)
+    log_files: str | None = Field(default=None, min_length=1, max_length=4096)
 
     _v_env = field_validator(
         "password_env",
@@ -549,6 +552,31 @@ class AlertCaps(_Model):
         return allowed
 
 
+class PrometheusSource(_Model):
+    """The Prometheus that scrapes this environment (connfix serve's /metrics, the
+    textfile, or postgres_exporter): the report's chart and onset start before the run."""
+
+    url: str = Field(max_length=2048)
+    lookback: Duration = Field(default=3600.0, ge=60, le=7 * 86400)  # history before a run
+    timeout: Duration = Field(default=3.0, gt=0, le=60)
+    # PromQL for the connections in use and the usable limit (default: connfix's own
+    # series for the environment); e.g. sum(pg_stat_activity_count{instance="db1:9187"})
+    connections: str | None = Field(default=None, min_length=1, max_length=2000)
+    limit: str | None = Field(default=None, min_length=1, max_length=2000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http:// or https:// URL of the Prometheus server")
+        if parts.username or parts.password:
+            raise ValueError("no credentials in the URL (it is journaled): none belong here")
+        return value.rstrip("/")
+
+
 class ApprovalPolicy(_Model):
     """How a step that needs approval waits for it: how long (`ttl`; then the run ends
     `expired`), and whether the person who started the run may approve it."""
@@ -584,6 +612,7 @@ class Environment(_Model):
     pgbouncers: list[PgBouncerAccess] = Field(default_factory=list, max_length=50)
     notify: list[NotifyTarget] = Field(default_factory=list, max_length=20)
     alerts: AlertPolicy | None = None  # absent: serve refuses this environment's alerts
+    prometheus: PrometheusSource | None = None  # the history before a run, for the report
     incidents_dir: str | None = None
     # set by connfix itself for a DSN given without an inventory (never from a file)
     _zero_setup: bool = PrivateAttr(default=False)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from connfix import ConnectionLost, ConnfixError, ExitStatus, __version__
 from connfix.actions import ACTIONS
 from connfix.actions.base import Action, Outcome, Plan
-from connfix.engine import approval, expressions
+from connfix.engine import approval, expressions, postmortem
 from connfix.engine.context import Follow, RunContext, take_lock
 from connfix.engine.interrupt import Interrupt
 from connfix.engine.run import RunMode, RunRequest, RunResult, RunStatus, StepResult, StepStatus
@@ -60,6 +60,10 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
     journal.record(Event.RUN_START, **start)
     ui.started(journal.path, request.dry_run)
     loop = StepLoop(request, ui, incident, journal, notifier)
+    if request.env.prometheus is not None:  # the incident before the run, meanwhile
+        from connfix.record.history import Fetcher
+
+        loop.history = Fetcher(request.env.prometheus, request.environment, loop.started)
     interrupt = Interrupt()
     try:
         session = pg.open_session(request.env.database)
@@ -124,6 +128,8 @@ def _run_start(request: RunRequest) -> RunStart:
     )
     if request.trigger:
         start["trigger"] = request.trigger
+    if request.alert_starts_at:
+        start["alert_starts_at"] = request.alert_starts_at
     if request.node:
         start["node"] = request.node
         start["node_role"] = request.node_role or ""
@@ -233,11 +239,15 @@ class StepLoop:
         self.steps: list[StepResult] = []
         self.total = len(request.runbook.steps)
         self.planned_changes: list[str] = []  # a dry run's change-making steps so far
+        self.started = time.time()
+        self.history: Any = None  # the Prometheus history fetch, when the inventory names one
 
     def finish(self, status: RunStatus, code: ExitStatus, message: str) -> RunResult:
         """End the run: journal `run_end`, close the journal, write the report."""
         ctx = self.ctx
         final = ctx.latest if ctx else None
+        with contextlib.suppress(JournalError):
+            postmortem.record(self.request, self.journal, ctx, self.history, self.started)
         if self.notifier is not None:  # before run_end: its outcome is journaled too
             with contextlib.suppress(Exception):
                 self.notifier.end(status.value, int(code), message)

@@ -66,6 +66,7 @@ class RunRequest:
     # an approval); None: only the steps the runbook marks wait
     approve_alone: frozenset[str] | None = None
     requester: str = ""  # who asked for the run: the operator, or the alert
+    alert_starts_at: str | None = None  # the alert's startsAt (an alert's run)
     # of several database nodes: the one this run acts on, its role, every node's severity
     node: str | None = None
     node_role: str | None = None

@@ -33,6 +33,7 @@ def start_run(
     trigger: str | None = None,
     max_restart_hosts: int | None = None,
     approve_alone: frozenset[str] | None = None,
+    alert_starts_at: str | None = None,
 ) -> RunResult:
     """Run a runbook against one environment (see engine.loop.run_runbook)."""
     from connfix.engine.loop import operator, run_runbook
@@ -63,6 +64,7 @@ def start_run(
         max_restart_hosts=max_restart_hosts,
         approve_alone=approve_alone,
         requester=trigger or operator(),
+        alert_starts_at=alert_starts_at,
         node=node,
         node_role=node_role,
         nodes=nodes,

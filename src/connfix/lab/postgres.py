@@ -135,6 +135,10 @@ def start(state: LabState, pg_bin: Path, max_connections: int, reserved_connecti
         f"-c listen_addresses='127.0.0.1,{paths.db_address()}' -c port={paths.pg_port()}"
         f" -c max_connections={max_connections} -c unix_socket_directories='{run_dir}'"
         " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        # the server's own log, in its log directory as production servers keep it: the
+        # report's refused connection attempts are read from it (pg_ls_logdir)
+        " -c logging_collector=on -c log_directory=log -c log_filename=postgresql.log"
+        " -c log_file_mode=0640"
     )
     if state.pg_major >= 16:
         options += f" -c reserved_connections={reserved_connections}"
@@ -182,6 +186,7 @@ def bootstrap(superuser_dsn: str, ports: list[int], major: int) -> None:
     ]
     files.write_private(passfile(), "".join(lines))
     pg.execute_file(superuser_dsn, "lab_bootstrap", passwords)
+    pg.execute_file(superuser_dsn.replace("dbname=postgres", "dbname=appdb"), "lab_appdb", {})
     if major >= 16:
         pg.execute_file(superuser_dsn, "lab_reserved", passwords)
 

@@ -68,6 +68,9 @@ class Event(enum.StrEnum):
     APPROVAL_EXPIRED = "approval_expired"  # nobody decided within the TTL
     APPROVAL_REFUSED = "approval_refused"  # an attempt the rules refused (self, late, …)
     APPROVAL_STALE = "approval_stale"  # approved, but the fresh plan differs: asked again
+    # the postmortem (before run_end): the incident before the run, and what it cost
+    HISTORY = "history"  # connections and the limit from Prometheus before the run
+    IMPACT = "impact"  # connection attempts the server refused, from its log
 
 
 # The fields of the events other modules read back (the report, --resume), typed where
@@ -106,6 +109,7 @@ class RunStart(TypedDict):
     resumed_from: str | None
     resume_done: dict[str, list[str]]  # per action, what an earlier run had finished
     trigger: NotRequired[str]  # what started it, when not an operator: "alert NAME"
+    alert_starts_at: NotRequired[str]  # the alert's startsAt, when an alert started it
     node: NotRequired[str]  # of several database nodes, the one the run acts on
     node_role: NotRequired[str]  # its role when the run started: primary or standby
     nodes: NotRequired[dict[str, str]]  # every node's severity when the run started

@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -555,6 +555,41 @@ def _approvals(events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _postmortem(events: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
+    """The postmortem's parts: the chart (drawn beside the report by `write`), the
+    timeline from onset, the measured impact, the action items."""
+    from connfix.record import chart, postmortem
+
+    c = chart.curve(events)
+    history = next((e for e in events if e["event"] == Event.HISTORY), None)
+    return {
+        "chart": None if c.empty else chart.CHART,
+        "chart_sources": _chart_sources(history, c),
+        "from_onset": postmortem.from_onset(events),
+        "impact": postmortem.impact(events),
+        "action_items": postmortem.action_items(
+            context["environment"],
+            bool(context["statements"]),
+            context["pooler"],
+            [u["host"] for u in context["suspects"]],
+        ),
+    }
+
+
+def _chart_sources(history: dict[str, Any] | None, c: Any) -> str:
+    """Where the chart's points come from, in a sentence."""
+    run = "connfix's own diagnoses during the run"
+    if history is None:
+        return f"{run} (the inventory names no Prometheus: nothing before the run)"
+    if history.get("error") or not c.history_from:
+        why = history.get("error") or "; ".join(
+            f"{k}: {v}" for k, v in (history.get("errors") or {}).items()
+        )
+        return f"{run}; the history from {history.get('url')} could not be read ({why})"
+    since = datetime.fromtimestamp(c.history_from, UTC).strftime("%H:%M:%S")
+    return f"Prometheus ({history.get('url')}) from {since} UTC until connfix started, then {run}"
+
+
 def build(events: list[dict[str, Any]], journal: Path) -> dict[str, Any]:
     """Turn a journal's events into everything the report template shows."""
     if not events or events[0].get("event") != "run_start":
@@ -706,6 +741,10 @@ def warm_up() -> None:
     def work() -> None:
         with contextlib.suppress(Exception):
             _compiled(_shipped_source())
+        with contextlib.suppress(Exception):
+            from connfix.record import chart
+
+            chart.load()  # the chart's library, drawn at the end
 
     threading.Thread(target=work, name="connfix-report-warm-up", daemon=True).start()
 
@@ -742,6 +781,7 @@ def render(journal: Path, template: Path | None = None) -> str:
         raise InputError(f"{journal}: the journal cannot be read: {exc}") from None
     try:
         context = build(events, journal)
+        context.update(_postmortem(events, context))
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         raise InputError(
             f"{journal}: the journal does not have the shape connfix writes"
@@ -861,8 +901,27 @@ def write(incident: Path, output: Path | None = None, template: Path | None = No
         degraded = str(exc)
         text = minimal(events, journal, degraded)
     target = files.expand(output) if output else journal.parent / REPORT
+    draw(journal, target.parent)  # first: a report that exists has its picture beside it
     try:
         files.write_private(target, text)
     except OSError as exc:
         raise InputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
     return Written(target, degraded)
+
+
+def draw(journal: Path, folder: Path) -> Path | None:
+    """Write the incident's chart (incident.svg) into `folder`, beside the report; None
+    when there is nothing to draw or it could not be written (the report says the
+    chart's file name either way: a missing picture never costs the report)."""
+    from connfix.config import files
+    from connfix.record import chart
+
+    try:
+        c = chart.curve(list(read_journal(journal)))
+        if c.empty:
+            return None
+        target = folder / chart.CHART
+        files.write_private(target, chart.svg(c))
+        return target
+    except Exception:  # the chart is a picture of the journal: the journal stays the record
+        return None

@@ -1,0 +1,244 @@
+"""The report as the postmortem, on the lab: a leak grows for a while under Debian's
+Prometheus 2.42 (scraping `connfix serve`'s /metrics) before its rule fires into
+Debian's Alertmanager 0.25 and on into serve; the database refuses connection attempts
+meanwhile. The report's chart starts before the run and is rendered by headless
+Chromium; its refusal count equals the server log's, counted here independently; its
+timeline runs onset → alert → start → mitigation → healthy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from connfix.record import chart
+from tests.helpers import TOKEN, Lab, connfix_run, free_port, process, request, retry
+from tests.lab.test_serve import _alertmanager, _ready
+from tests.render import near, pixels, screenshot
+
+pytestmark = pytest.mark.parametrize("lab", [15], indirect=True)
+
+BLUE, RED = (0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)  # connections in use, the usable limit
+REFUSED = re.compile(r"sorry, too many clients already|remaining connection slots are reserved")
+AUTO = {
+    "mode": "auto",
+    "caps": {"actions": ["rolling_restart", "terminate"], "max_hosts": 1, "min_interval": "0s"},
+}
+
+
+def server_log(lab: Lab) -> Path:
+    from connfix.lab.state import LabState
+
+    state = LabState.load()
+    assert state is not None and state.pg_data
+    return Path(state.pg_data) / "log" / "postgresql.log"
+
+
+def refusals_in_log(lab: Lab, since: str, until: str) -> int:
+    """The refused attempts the server logged between two instants, counted here: the
+    lab's log_line_prefix starts with %m ("2026-12-05 02:13:22.123 UTC")."""
+    low, high = datetime.fromisoformat(since), datetime.fromisoformat(until)
+    count = 0
+    for line in server_log(lab).read_text(errors="replace").splitlines():
+        if not REFUSED.search(line):
+            continue
+        stamp = datetime.fromisoformat(line[:23] + "+00:00")
+        assert line[24:27] == "UTC", line[:40]
+        count += low <= stamp <= high
+    return count
+
+
+def evs(journal: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+def check_chart(folder: Path, tmp: Path) -> ET.Element:
+    """The SVG beside the report: parsed, rendered in Chromium, its lines drawn."""
+    svg = folder / chart.CHART
+    assert svg.stat().st_size > 1000
+    root = ET.fromstring(svg.read_text())
+    texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    for label in ("connections in use against the usable limit", "connections in use",
+                  "usable limit"):  # fmt: skip
+        assert label in texts, texts
+    assert not list(root.iter("{http://www.w3.org/2000/svg}script"))  # js=[]: nothing runs
+    png = tmp / "chart.png"
+    screenshot(svg, png)
+    width, height, drawn = pixels(png)
+    assert (width, height) == (900, 420) and png.stat().st_size > 5000
+    assert near(BLUE, drawn, 30) > 300, "the connections line was not drawn"
+    assert near(RED, drawn, 30) > 300, "the limit line was not drawn"
+    return root
+
+
+@pytest.fixture
+def observed(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """serve (auto: one host at most) on the lab with its metrics every second, a
+    Prometheus scraping it with a rule at 85% held 6 s, an Alertmanager into serve; the
+    inventory names that Prometheus."""
+    serve_port, prom_port = free_port(), free_port()
+
+    def change(env: dict[str, Any]) -> None:
+        env["alerts"] = AUTO
+        env["prometheus"] = {"url": f"http://127.0.0.1:{prom_port}", "lookback": "3m"}
+
+    inventory = clean_lab.inventory_with(tmp_path, change)
+    incidents = tmp_path / "incidents"
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: connfix\n    rules:\n"
+        "      - alert: PostgresTooManyConnections\n"
+        '        expr: connfix_utilization_ratio{environment="lab"} > 0.85\n'
+        "        for: 6s\n        labels: {severity: page}\n"
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
+        f"rule_files: [{rules}]\n"
+        f"alerting: {{alertmanagers: [{{static_configs: [{{targets: ['AM']}}]}}]}}\n"
+        "scrape_configs:\n  - job_name: connfix\n"
+        f"    authorization: {{type: Bearer, credentials: {TOKEN}}}\n"
+        f'    static_configs: [{{targets: ["127.0.0.1:{serve_port}"]}}]\n'
+    )
+    env = {**os.environ, "CONNFIX_SERVE_TOKEN": TOKEN}
+    serve = [
+        sys.executable, "-m", "connfix", "serve", "--listen", f"127.0.0.1:{serve_port}",
+        "-i", str(inventory), "--incidents-dir", str(incidents), "--metrics-interval", "1s",
+    ]  # fmt: skip
+    am_argv, am_port = _alertmanager(tmp_path, serve_port)
+    config.write_text(config.read_text().replace("AM", f"127.0.0.1:{am_port}"))
+    prometheus = [
+        "/usr/bin/prometheus", f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+    ]  # fmt: skip
+    with (
+        process(serve, env, tmp_path / "serve.log"),
+        process(am_argv, dict(os.environ), tmp_path / "alertmanager.log"),
+        process(prometheus, dict(os.environ), tmp_path / "prometheus.log"),
+    ):
+        api = f"http://127.0.0.1:{prom_port}/api/v1"
+        retry(lambda: _ready(f"http://127.0.0.1:{am_port}/-/ready"), timeout=30)
+        retry(lambda: _ratio(api) is not None, timeout=60, interval=0.5)
+        yield {"api": api, "incidents": incidents, "inventory": inventory}
+
+
+def _ratio(api: str) -> float | None:
+    try:
+        _, data = request(
+            api + '/query?query=connfix_utilization_ratio{environment="lab"}', token=None
+        )
+        result = data["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _pending(api: str) -> bool:
+    _, data = request(api + "/alerts", token=None)
+    return any(a["state"] in ("pending", "firing") for a in data["data"]["alerts"])
+
+
+def fill_until_refused(lab: Lab, times: int = 3) -> int:
+    """Open sessions as the app's role until the server refuses `times` in a row, then
+    close them all; return how many attempts were refused."""
+    held, refused, in_a_row = [], 0, 0
+    try:
+        while in_a_row < times:
+            try:
+                held.append(psycopg.connect(lab.app_dsn(), connect_timeout=5))
+                in_a_row = 0
+            except psycopg.OperationalError as exc:
+                assert REFUSED.search(str(exc)), exc
+                refused += 1
+                in_a_row += 1
+                time.sleep(0.1)
+            assert len(held) < 40
+    finally:
+        for conn in held:
+            conn.close()
+    return refused
+
+
+def test_a_leak_that_grows_before_its_alert_is_the_whole_story_of_the_report(
+    observed: dict[str, Any], clean_lab: Lab, tmp_path: Path
+) -> None:
+    api, incidents = observed["api"], observed["incidents"]
+    time.sleep(5)  # some history of the healthy state first
+    grown = 0
+    while (_ratio(api) or 0) <= 0.85:  # one leaked connection every 3 s
+        clean_lab.core.leak("app2", 1, idle_in_transaction=False)
+        grown += 1
+        assert grown <= 10
+        time.sleep(3)
+    retry(lambda: _pending(api), timeout=15, interval=0.3)  # the rule holds; 6 s to fire
+    ours = fill_until_refused(clean_lab)
+    (journal,) = retry(lambda: sorted(incidents.glob("*/journal.jsonl")), timeout=60)
+    events = retry(lambda: (e := evs(journal)) and e[-1]["event"] == "run_end" and e, 120)
+    assert events[-1]["status"] == "resolved", events[-1]
+    start = events[0]
+    assert start["trigger"] == "alert PostgresTooManyConnections" and start["alert_starts_at"]
+    folder = journal.parent
+    report = retry(lambda: (folder / "report.md").read_text(), timeout=10)
+
+    # the chart starts before the run (Prometheus), and a real renderer draws it
+    (history,) = [e for e in events if e["event"] == "history"]
+    assert not history["errors"] and history["onset"] is not None, history.get("errors")
+    c = chart.curve(events)
+    assert c.history_from is not None and c.run_from is not None
+    assert c.history_from < history["onset"] < c.run_from
+    check_chart(folder, tmp_path)
+    picture = "![lab: connections in use against the usable limit, over the whole incident]"
+    assert f"{picture}({chart.CHART})" in report
+    assert "Points: Prometheus (http://127.0.0.1:" in report
+
+    # the refusals: connfix's count is the log's, counted here; ours are among them
+    (impact,) = [e for e in events if e["event"] == "impact"]
+    assert impact["unknown"] is None, impact["unknown"]
+    assert impact["window_from"] == "onset" and impact["files"] == ["postgresql.log"]
+    assert impact["refused"] == refusals_in_log(clean_lab, impact["since"], impact["until"])
+    assert impact["refused"] >= ours >= 3
+    assert f"Connection attempts the database refused: **{impact['refused']}**" in report
+
+    # the timeline from onset, in order, with its durations
+    section = report.split("### Timeline from onset (UTC)")[1].split("### Measured impact")[0]
+    whats = [row.split(" | ")[1] for row in section.splitlines() if re.match(r"^\| \d{4}-", row)]
+    order = [what.split(":")[0].split(" (")[0].strip() for what in whats]
+    firsts = [kind for i, kind in enumerate(order) if kind not in order[:i]]
+    assert firsts == ["onset", "alert fired", "connfix started", "mitigation", "healthy again"], (
+        order
+    )
+    for measure in ("Time to detect: **", "to mitigate: **", "to resolve: **"):
+        assert measure in section and f"{measure}–" not in section, section
+
+
+def test_without_prometheus_the_chart_is_the_runs_own_diagnoses(
+    clean_lab: Lab, tmp_path: Path
+) -> None:
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    incidents = tmp_path / "incidents"
+    result = connfix_run("triage", clean_lab.inventory, incidents, "--yes")
+    assert result.exit_code == 0, result.output
+    (journal,) = sorted(incidents.glob("*/journal.jsonl"))
+    events = evs(journal)
+    assert not [e for e in events if e["event"] == "history"]
+    c = chart.curve(events)
+    diagnoses = [e for e in events if e["event"] == "diagnosis"]
+    assert len(c.connections) == len(diagnoses) >= 2 and c.history_from is None
+    check_chart(journal.parent, tmp_path)
+    report = (journal.parent / "report.md").read_text()
+    assert "the inventory names no Prometheus: nothing before the run" in report
+    assert "onset (at the latest): connfix's first diagnosis found it" in report
+    (impact,) = [e for e in events if e["event"] == "impact"]
+    assert impact["unknown"] is None and impact["window_from"] == "3600s before the run"
+    assert impact["refused"] == refusals_in_log(clean_lab, impact["since"], impact["until"])
