@@ -234,7 +234,8 @@ def test_an_alert_under_approve_waits_before_the_restart_and_a_signed_slack_clic
     assert {h: p for h, p in after.items() if h != "app2"} == {
         h: p for h, p in before.items() if h != "app2"
     }
-    report = retry(lambda: (journal.parent / "report.md").read_text(), timeout=10)
+    written = journal.parent / "report.md"
+    report = retry(lambda: written.is_file() and written.read_text(), timeout=10)
     assert "approved by slack:U0BOB (bob) via slack" in report
     hooks = [b.get("approval") for b in setup.rx.bodies("/hook") if b["event"] == "approval"]
     assert hooks[:2] == ["requested", "granted"], hooks
@@ -295,7 +296,8 @@ def test_an_approval_after_the_ttl_is_refused_and_the_run_ends_expired(
         "approval_requested",
         "approval_expired",
     ]
-    report = retry(lambda: (journal.parent / "report.md").read_text(), timeout=10)
+    written = journal.parent / "report.md"
+    report = retry(lambda: written.is_file() and written.read_text(), timeout=10)
     assert "# Incident report: lab — expired" in report
     late = subprocess.run(
         [sys.executable, "-m", "connfix", "approve", str(journal.parent), "--yes", "--as", "bob"],

@@ -189,7 +189,9 @@ def test_a_leak_that_grows_before_its_alert_is_the_whole_story_of_the_report(
     start = events[0]
     assert start["trigger"] == "alert PostgresTooManyConnections" and start["alert_starts_at"]
     folder = journal.parent
-    report = retry(lambda: (folder / "report.md").read_text(), timeout=10)
+    report = retry(
+        lambda: (folder / "report.md").is_file() and (folder / "report.md").read_text(), timeout=10
+    )
 
     # the chart starts before the run (Prometheus), and a real renderer draws it
     (history,) = [e for e in events if e["event"] == "history"]
@@ -220,6 +222,33 @@ def test_a_leak_that_grows_before_its_alert_is_the_whole_story_of_the_report(
     )
     for measure in ("Time to detect: **", "to mitigate: **", "to resolve: **"):
         assert measure in section and f"{measure}–" not in section, section
+    if os.environ.get("CONNFIX_SAMPLE_REPORT"):  # regenerate docs/sample-report.md
+        write_sample(journal, tmp_path, Path(os.environ["CONNFIX_SAMPLE_REPORT"]))
+
+
+SAMPLE_HEAD = """<!-- A sample report, from a real lab run (tests/lab/test_postmortem.py, run with
+     CONNFIX_SAMPLE_REPORT=docs): app2 leaking one connection every 3 s under Prometheus
+     until its alert fired into `connfix serve` (auto, one host at most), the database
+     refusing connections meanwhile. See docs/commands.md, `connfix report`. -->
+
+"""
+
+
+def write_sample(journal: Path, tmp: Path, docs: Path) -> None:
+    """The run's report and chart as the docs show them: the journal with the test's
+    temporary paths made relative, rendered again (the report is the journal's)."""
+    from connfix.record import report
+
+    text = journal.read_text()
+    text = text.replace(str(tmp / "inventory.yaml"), "inventory.yaml")
+    text = text.replace(str(tmp / "incidents"), "incidents")
+    folder = tmp / "sample" / journal.parent.name
+    folder.mkdir(parents=True)
+    (folder / "journal.jsonl").write_text(text)
+    rendered = report.render(folder / "journal.jsonl")
+    rendered = rendered.replace(report.escape(str(folder.parent)), "incidents")
+    (docs / "sample-report.md").write_text(SAMPLE_HEAD + rendered)
+    report.draw(folder / "journal.jsonl", docs)
 
 
 def test_without_prometheus_the_chart_is_the_runs_own_diagnoses(

@@ -47,7 +47,7 @@ def record(
     env = request.env
     found = None
     if fetcher is not None:
-        found = fetcher.result()
+        found = fetcher.result(wait=ctx is not None)
         found["warning"] = env.thresholds.warning
         found["onset"] = onset(found, env.thresholds.warning)
         journal.record(Event.HISTORY, **found)

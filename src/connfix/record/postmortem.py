@@ -26,7 +26,7 @@ def from_onset(events: list[dict[str, Any]]) -> dict[str, Any]:
     began = _epoch(start["ts"])
     history = next((e for e in events if e.get("event") == "history"), None)
     diagnoses = [e for e in events if e.get("event") == "diagnosis"]
-    rows: list[tuple[float, str]] = []
+    rows: list[tuple[float, str]] = []  # at the same instant: in the order added
     onset = (history or {}).get("onset")
     if onset is not None:
         warning = (history or {}).get("warning") or 0.8
@@ -45,20 +45,22 @@ def from_onset(events: list[dict[str, Any]]) -> dict[str, Any]:
                                 f" it {first_bad['diagnosis']['severity']} ({why})"))  # fmt: skip
     alerted = start.get("alert_starts_at")
     if alerted:
-        rows.append((_epoch(alerted), f"alert fired: {start.get('trigger', 'alert')} (startsAt)"))
+        name = str(start.get("trigger") or "alert").removeprefix("alert ")
+        rows.append((_epoch(alerted), f"alert fired: {name} (its startsAt)"))
     rows.append((began, f"connfix started ({start.get('operator')} on {start.get('hostname')})"))
     mitigations = _mitigations(events)
     rows += mitigations
     healthy = _healthy_again(events, mitigations)
     if healthy is not None:
         rows.append((healthy, "healthy again"))
-    rows.sort(key=lambda r: r[0])
+    order = {"onset:": 0, "alert": 1, "connfix": 2, "onset (": 3, "mitigation": 4, "healthy": 5}
+    rows.sort(key=lambda r: (r[0], next(v for k, v in order.items() if r[1].startswith(k))))
     detected = _epoch(alerted) if alerted else began
 
     def since(ts: float | None) -> str | None:
         if ts is None or onset is None:
             return None
-        return format_duration(max(0.0, ts - onset))
+        return format_duration(ts - onset) if ts - onset >= 0.001 else "0s"
 
     return {
         "rows": [(_clock(ts), what, since(ts) or "–") for ts, what in rows],
