@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from connfix.config.inventory import PrometheusSource
 
 MAX_POINTS = 240  # per series: a chart's worth
+MAX_HOSTS = 10  # hosts' series kept (the chart draws the leak suspects among them)
 
 
 def _label(value: str) -> str:
@@ -57,10 +58,10 @@ def fetch(source: PrometheusSource, environment: str, start: float, end: float) 
         except (OSError, ValueError, KeyError, TypeError) as exc:
             found["errors"][name] = str(exc)[:300]
             continue
-        if name == "hosts":
-            for item in result:
-                host = str(item.get("metric", {}).get("host", "?"))
-                found["hosts"][host] = _points(item)
+        if name == "hosts":  # the MAX_HOSTS with the highest peak: a journal line, not a dump
+            by_host = {str(i.get("metric", {}).get("host", "?")): _points(i) for i in result}
+            peaks = sorted(by_host, key=lambda h: -max((v for _, v in by_host[h]), default=0))
+            found["hosts"] = {h: by_host[h] for h in peaks[:MAX_HOSTS]}
         elif result:
             found["series"][name] = _points(result[0])
         else:
