@@ -335,3 +335,14 @@ def modules_loaded(
     assert marker >= 0, proc.stderr
     names = set(json.loads(proc.stderr[marker + len("LOADED ") :]))
     return names | {name.split(".")[0] for name in names}
+
+
+def terminal_signals() -> None:
+    """In a child a test will interrupt: SIGINT (and SIGQUIT) as a terminal's shell
+    leaves them, whatever the test runner inherited (started in the background by a
+    non-interactive shell, it ignores both, and so would every child: Python then
+    installs no KeyboardInterrupt handler). For preexec_fn."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)

@@ -125,7 +125,9 @@ def test_database_full_including_superuser_slots(
     assert "every way in failed too" in result.output
     assert "sorry, too many clients already" in result.output
     evs = events(tmp_path / "incidents")
-    assert [e["event"] for e in evs] == ["run_start", "error", "run_end"]
+    # the postmortem's count of refused attempts says it could not read them (no session)
+    assert [e["event"] for e in evs] == ["run_start", "error", "impact", "run_end"]
+    assert evs[2]["unknown"] == "connfix had no session to the server at the end of the run"
     assert evs[-1]["status"] == "unreachable"
     report = complete(tmp_path / "incidents", "halted (the database could not be reached)")
     assert "too many clients already" in report

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PG_VERSIONS, invoke, retry
+from tests.helpers import PG_VERSIONS, invoke, retry, terminal_signals
 
 HA_LAB_ID = "8"  # beside the suite's lab (7), never on top of it
 
@@ -537,6 +537,7 @@ def test_watch_shows_every_node_and_follows_a_switchover(ha_lab: HaLab) -> None:
         timeout=60,
         dimensions=(80, 160),
         env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        preexec_fn=terminal_signals,
     )
     old = ha_lab.patroni.leader()
     new = next(n for n in ha_lab.patroni.NODES if n != old)

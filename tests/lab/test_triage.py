@@ -233,7 +233,7 @@ def test_second_concurrent_triage_is_refused_with_the_holder(
         b["pid"] for b in clean_lab.client_backends() if b["application_name"] == "connfix"
     )
     evs = events(tmp_path / "incidents")
-    assert names(evs) == ["run_start", "connected", "lock_refused", "run_end"]
+    assert names(evs) == ["run_start", "connected", "lock_refused", "impact", "run_end"]
     assert evs[2]["holder"]["pid"] == holder_pid
     report = assert_complete(tmp_path / "incidents", "refused (another run held the environment)")
     assert f"refused: another run holds the environment (pid {holder_pid})" in report

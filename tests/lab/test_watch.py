@@ -12,7 +12,7 @@ import pexpect
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from tests.helpers import Lab
+from tests.helpers import Lab, terminal_signals
 
 
 @contextmanager
@@ -24,6 +24,7 @@ def watching(lab: Lab, *extra: str) -> Iterator[Any]:
         timeout=30,
         dimensions=(50, 160),
         env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        preexec_fn=terminal_signals,
     )
     try:
         yield child

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from connfix.cli import cli
-from tests.helpers import envelope_of, schema
+from tests.helpers import envelope_of, schema, terminal_signals
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "inventory.example.yaml")
 RUNBOOK = str(
@@ -136,6 +136,7 @@ def test_ctrl_c_during_diagnose_with_json_is_one_envelope(tmp_path: Path) -> Non
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=terminal_signals,
         )
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
