@@ -44,4 +44,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,lab]'
+# connfix's own modules compiled once, as a wheel's are when it is installed: an editable
+# install's sources are otherwise compiled at every start wherever PYTHONDONTWRITEBYTECODE
+# is set (25-45 ms a command here; docs/benchmarks.md). A changed source is still read.
+.venv/bin/python -m compileall -q src >/dev/null
 echo "setup: ready ($(.venv/bin/connfix --version))" >&2
