@@ -497,13 +497,9 @@ def app(server: Server) -> Any:
             if not bearer and not signed:  # refused before a byte of the body is read
                 server._note("-", "-", kind, "unauthorized", who)
                 return refused(401, "unauthorized: a bearer token or a valid signature is required")
-            body = await body_of(request)
-            if body == "gone":
-                return refused(400, "the client went away mid-body")
-            if body == "too slow":
-                return refused(408, f"the body did not arrive within {BODY_SECONDS:g}s")
+            body = await read(request)
             if not isinstance(body, bytes):
-                return refused(413, f"body over {MAX_BODY} bytes")
+                return body
             if not bearer and not server.signature_ok(request, body):
                 server._note("-", "-", kind, "unauthorized", who)
                 return refused(401, "unauthorized: a bearer token or a valid signature is required")
@@ -527,14 +523,16 @@ def app(server: Server) -> Any:
 
         return handle
 
-    def unreadable(body: bytes | str) -> Response | None:
+    async def read(request: Request) -> bytes | Response:
+        """The body, or the answer to a body that could not be read."""
+        body = await body_of(request)
         if body == "gone":
             return refused(400, "the client went away mid-body")
         if body == "too slow":
             return refused(408, f"the body did not arrive within {BODY_SECONDS:g}s")
         if not isinstance(body, bytes):
             return refused(413, f"body over {MAX_BODY} bytes")
-        return None
+        return body
 
     async def decided(
         incident: str, decision: object, who: str, via: str, plan: object, **more: Any
@@ -566,11 +564,9 @@ def app(server: Server) -> Any:
         if not bearer and "x-connfix-signature" not in request.headers:
             server._note("-", "-", "approval", "unauthorized", who)
             return refused(401, "unauthorized: a bearer token or a valid signature is required")
-        body = await body_of(request)
-        bad = unreadable(body)
-        if bad is not None:
-            return bad
-        assert isinstance(body, bytes)
+        body = await read(request)
+        if not isinstance(body, bytes):
+            return body
         if not bearer and not server.connfix_signature_ok(request, body):
             server._note("-", "-", "approval", "unauthorized", who)
             return refused(401, "unauthorized: a bearer token or a valid signature is required")
@@ -602,11 +598,9 @@ def app(server: Server) -> Any:
         if "x-slack-signature" not in request.headers:
             server._note("-", "-", "slack", "unauthorized", who)
             return refused(401, "unauthorized: Slack's request signature is required")
-        body = await body_of(request)
-        bad = unreadable(body)
-        if bad is not None:
-            return bad
-        assert isinstance(body, bytes)
+        body = await read(request)
+        if not isinstance(body, bytes):
+            return body
         if not server.slack_ok(request, body):
             server._note("-", "-", "slack", "unauthorized", who)
             return refused(401, "unauthorized: Slack's request signature is wrong or stale")

@@ -49,6 +49,14 @@ def marked_runbook(folder: Path) -> Path:
     return path
 
 
+def triage(setup: Any, book: Path, *flags: str) -> list[str]:
+    """`connfix triage lab` with a runbook, on the setup's inventory and incidents."""
+    return [
+        sys.executable, "-m", "connfix", "triage", "lab", *flags, "--runbook", str(book),
+        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
+    ]  # fmt: skip
+
+
 def slack_signed(
     payload: dict[str, Any], secret: str = SLACK_SECRET, at: int | None = None
 ) -> tuple[bytes, dict[str, str]]:
@@ -249,11 +257,7 @@ def test_the_requester_cannot_approve_their_own_run_under_two_person(
     second person's approval over HTTP applies it."""
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     book = marked_runbook(setup.tmp)
-    argv = [
-        sys.executable, "-m", "connfix", "triage", "lab", "--yes", "--runbook", str(book),
-        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
-    ]  # fmt: skip
-    with process(argv, dict(os.environ), setup.tmp / "triage.log") as run:
+    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
         journal = journal_of(setup.incidents)
         asked = waiting(journal)
         me = asked["requester"]
@@ -322,11 +326,7 @@ def test_a_plan_that_changed_since_the_request_is_asked_for_again(
     approved."""
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     book = marked_runbook(setup.tmp)
-    argv = [
-        sys.executable, "-m", "connfix", "triage", "lab", "--yes", "--runbook", str(book),
-        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
-    ]  # fmt: skip
-    with process(argv, dict(os.environ), setup.tmp / "triage.log") as run:
+    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
         journal = journal_of(setup.incidents)
         first = waiting(journal)
         assert any("restart app2" in o for o in first["operations"]), first["operations"]
@@ -416,11 +416,7 @@ def test_a_rejected_plan_ends_the_run_rejected_and_nothing_is_restarted(
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     before = clean_lab.main_pids()
     book = marked_runbook(setup.tmp)
-    argv = [
-        sys.executable, "-m", "connfix", "triage", "lab", "--yes", "--runbook", str(book),
-        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
-    ]  # fmt: skip
-    with process(argv, dict(os.environ), setup.tmp / "triage.log") as run:
+    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
         journal = journal_of(setup.incidents)
         waiting(journal)
         reject = [sys.executable, "-m", "connfix", "reject", str(journal.parent), "--yes"]
@@ -443,11 +439,7 @@ def test_a_rejected_plan_ends_the_run_rejected_and_nothing_is_restarted(
 def test_a_dry_run_says_the_step_would_wait_and_asks_nobody(setup: Any, clean_lab: Lab) -> None:
     clean_lab.core.leak("app2", 6, idle_in_transaction=False)
     book = marked_runbook(setup.tmp)
-    argv = [
-        sys.executable, "-m", "connfix", "triage", "lab", "--dry-run", "--runbook", str(book),
-        "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
-    ]  # fmt: skip
-    subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    subprocess.run(triage(setup, book, "--dry-run"), capture_output=True, check=False, timeout=120)
     events = evs(journal_of(setup.incidents))
     assert events[-1]["event"] == "run_end" and events[-1]["status"] == "dry_run", events[-1]
     (planned,) = [

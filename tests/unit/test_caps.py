@@ -76,13 +76,8 @@ def test_the_last_change_is_read_from_the_journals(tmp_path: Path) -> None:
     assert last_change(tmp_path, "staging") is None  # another environment's
 
 
-def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: Path) -> None:
-    """A new Server (serve restarted) finds the change an operator's `--yes` run
-    journaled a minute ago in the shared incidents directory: an auto alert is run as a
-    dry run instead."""
-    from connfix.config.inventory_file import load_inventory
-    from connfix.serve import Server
-
+def auto_inventory(tmp_path: Path) -> Path:
+    """An inventory whose database refuses at once, under an auto policy (30m apart)."""
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(
         "version: 1\nenvironments:\n  prod:\n    database:\n"
@@ -91,6 +86,17 @@ def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: 
         "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
         "    alerts: {mode: auto, caps: {min_interval: 30m}}\n"
     )
+    return inventory
+
+
+def test_min_interval_survives_a_restart_of_serve_and_counts_cli_runs(tmp_path: Path) -> None:
+    """A new Server (serve restarted) finds the change an operator's `--yes` run
+    journaled a minute ago in the shared incidents directory: an auto alert is run as a
+    dry run instead."""
+    from connfix.config.inventory_file import load_inventory
+    from connfix.serve import Server
+
+    inventory = auto_inventory(tmp_path)
     incidents = tmp_path / "incidents"
     earlier = incidents / "20261204T020000Z-prod"
     earlier.mkdir(parents=True)
@@ -116,14 +122,7 @@ def test_replicas_on_one_incidents_directory_share_duplicates_and_min_interval(
     from connfix.config.inventory_file import load_inventory
     from connfix.serve import Server
 
-    inventory = tmp_path / "inventory.yaml"
-    inventory.write_text(
-        "version: 1\nenvironments:\n  prod:\n    database:\n"
-        '      dsn: "host=127.0.0.1 port=1 dbname=app user=connfix connect_timeout=1"\n'
-        "    service: {unit: app.service, pool_size: 3}\n"
-        "    hosts: [{name: web1, ssh_address: 127.0.0.1}]\n"
-        "    alerts: {mode: auto, caps: {min_interval: 30m}}\n"
-    )
+    inventory = auto_inventory(tmp_path)
     incidents = str(tmp_path / "incidents")
     one, two = (Server(load_inventory(inventory), incidents, "token", None) for _ in range(2))
     first = one.start("prod", "PostgresTooManyConnections", "am:x@1")

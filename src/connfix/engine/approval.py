@@ -147,15 +147,7 @@ def _ask(
 def _replan(step: Step, action: Action[Any, Any], ctx: RunContext) -> Plan[Any]:
     """The step's plan from a fresh diagnosis, journaled as any plan is."""
     ctx.diagnose()
-    fresh = action.plan(ctx, step.params)
-    ctx.record(
-        Event.PLAN,
-        summary=fresh.summary,
-        operations=fresh.operations,
-        dry_run=ctx.dry_run,
-        details=fresh.details,
-        blocked=fresh.blocked,
-    )
+    fresh: Plan[Any] = ctx.planned(action, step.params)
     return fresh
 
 

@@ -210,6 +210,19 @@ class RunContext:
         """Tell the operator how a long step is going (not journaled)."""
         self.ui.note(message)
 
+    def planned(self, action: Any, params: Any) -> Any:
+        """A step's plan from the latest diagnosis, journaled (`plan`) as every plan is."""
+        plan = action.plan(self, params)
+        self.record(
+            Event.PLAN,
+            summary=plan.summary,
+            operations=plan.operations,
+            dry_run=self.dry_run,
+            details=plan.details,
+            blocked=plan.blocked,
+        )
+        return plan
+
     def record(self, event: Event, **fields: Any) -> None:
         """Append an event to the journal, tagged with the current step."""
         if self.step is not None:

@@ -320,15 +320,7 @@ class StepLoop:
             mutating=action.mutating,
         )
         started = time.monotonic()
-        plan = action.plan(ctx, step.params)
-        ctx.record(
-            Event.PLAN,
-            summary=plan.summary,
-            operations=plan.operations,
-            dry_run=ctx.dry_run,
-            details=plan.details,
-            blocked=plan.blocked,
-        )
+        plan: Plan[Any] = ctx.planned(action, step.params)
         ended = self._not_applied(index, step, action, plan, ctx)
         if ended is not None:
             return ended
