@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from connfix.record import chart
 from tests.helpers import TOKEN, Lab, connfix_run, free_port, process, request, retry
@@ -271,3 +272,39 @@ def test_without_prometheus_the_chart_is_the_runs_own_diagnoses(
     (impact,) = [e for e in events if e["event"] == "impact"]
     assert impact["unknown"] is None and impact["window_from"] == "3600s before the run"
     assert impact["refused"] == refusals_in_log(clean_lab, impact["since"], impact["until"])
+
+
+def test_refusals_are_read_over_ssh_on_the_database_host(clean_lab: Lab, tmp_path: Path) -> None:
+    """The server's real log, refusals included, on a host reached over SSH (a lab host
+    stands for the database host: its sshd, its host key, the deploy user): connfix's
+    count over SSH is the one counted here in the same lines and window."""
+    from connfix.lab import hosts
+
+    ours = fill_until_refused(clean_lab)
+    pid = clean_lab.core.init_pid(clean_lab.paths.host_name(1))
+    copy = hosts.file_in(pid, "/var/log/connfix-db/postgresql.log")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.parent.chmod(0o755)
+    copy.write_text(server_log(clean_lab).read_text(errors="replace"))
+    copy.chmod(0o644)
+    address = yaml.safe_load(clean_lab.inventory.read_text())["environments"]["lab"]["hosts"][0]
+
+    def change(env: dict[str, Any]) -> None:
+        where = {"address": address["ssh_address"], "path": "/var/log/connfix-db/*.log"}
+        env["database"]["log_ssh"] = where
+
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    incidents = tmp_path / "incidents"
+    result = connfix_run("triage", clean_lab.inventory_with(tmp_path, change), incidents, "--yes")
+    assert result.exit_code == 0, result.output
+    (journal,) = sorted(incidents.glob("*/journal.jsonl"))
+    (impact,) = [e for e in evs(journal) if e["event"] == "impact"]
+    assert impact["unknown"] is None, impact["unknown"]
+    assert impact["source"].endswith("(over SSH)")
+    low, high = datetime.fromisoformat(impact["since"]), datetime.fromisoformat(impact["until"])
+    counted = sum(
+        low <= datetime.fromisoformat(line[:23] + "+00:00") <= high
+        for line in copy.read_text().splitlines()
+        if REFUSED.search(line)
+    )
+    assert impact["refused"] == counted >= ours >= 3

@@ -225,3 +225,17 @@ def test_the_queries_quote_the_environment_as_a_promql_label() -> None:
 
     queries = history.queries(PrometheusSource(url="http://p"), 'we"ird\\env')
     assert queries["connections"] == 'max(connfix_client_backends{environment="we\\"ird\\\\env"})'
+
+
+@pytest.mark.parametrize(
+    "path", ["var/log/*.log", "/var/log/x.log; rm -rf /", "/var/log/$(id)", "/a/../etc", "/a b"]
+)
+def test_a_log_path_over_ssh_is_a_plain_absolute_glob(path: str) -> None:
+    """It reaches the database host's shell (expanded there): nothing else gets through."""
+    from pydantic import ValidationError
+
+    from connfix.config.inventory import LogOverSsh
+
+    with pytest.raises(ValidationError, match="an absolute path or glob"):
+        LogOverSsh(address="db1.internal", path=path)
+    assert LogOverSsh(address="db1.internal", path="/var/log/postgresql/*.log[0-9]").path

@@ -127,6 +127,34 @@ class Patroni(_Model):
         return [u.rstrip("/") for u in value]
 
 
+class LogOverSsh(_Model):
+    """The server's log files on the database host, read over SSH: `grep` runs there, so
+    only the lines of refused connection attempts travel."""
+
+    address: str  # the database host's SSH address
+    path: str = Field(max_length=1024)  # an absolute glob, e.g. /var/log/postgresql/*.log
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            _ip(value)
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise ValueError(f"not an IP address or host name: {value!r}") from None
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9_./*?\[\]-]*\Z", value) or ".." in value.split("/"):
+            raise ValueError(
+                "an absolute path or glob of letters, digits and _ . / * ? [ ] - (no spaces,"
+                " no quotes, no ..)"
+            )
+        return value
+
+
 class Database(_Model):
     """How to reach the database, and how to get in when it is full."""
 
@@ -149,6 +177,8 @@ class Database(_Model):
     # the server's log files, where connfix runs (a glob), for the refused connection
     # attempts in the report; without it they are read through SQL (pg_ls_logdir)
     log_files: str | None = Field(default=None, min_length=1, max_length=4096)
+    # or on the database host over SSH (the environment's ssh: settings and known_hosts)
+    log_ssh: LogOverSsh | None = None
 
     _v_env = field_validator(
         "password_env",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from connfix.record.events import Event
 
 if TYPE_CHECKING:
+    from connfix.db import server_log
     from connfix.engine.context import RunContext
     from connfix.engine.run import RunRequest
     from connfix.record.journal import Journal
@@ -69,6 +70,8 @@ def _refusals(
     try:
         if pattern:
             return server_log.from_files(pattern, since, until).fields()
+        if request.env.database.log_ssh is not None:
+            return _over_ssh(request, since, until).fields()
         if ctx is None or ctx.session.conn.closed:
             found = server_log.Refusals("the server's log directory", since, until)
             found.unknown = "connfix had no session to the server at the end of the run"
@@ -79,3 +82,29 @@ def _refusals(
         found = server_log.Refusals("the server's log", since, until)
         found.unknown = f"could not be read: {exc}"
         return found.fields()
+
+
+def _over_ssh(request: RunRequest, since: datetime, until: datetime) -> server_log.Refusals:
+    """Count on the database host: `grep -E` runs there over the environment's SSH
+    settings (host key checked as for every host), so only the matching lines travel."""
+    from connfix.config.inventory import Host
+    from connfix.db import server_log
+    from connfix.hosts import remote
+
+    where = request.env.database.log_ssh
+    assert where is not None
+    found = server_log.Refusals(f"{where.path} on {where.address} (over SSH)", since, until)
+    host = Host(name="database", ssh_address=where.address)
+    conn = remote.Remote(host, request.env.ssh)
+    try:
+        # the path is validated to glob characters only: the remote shell expands it
+        done = conn.run(f"grep -h -E -e '{server_log.PATTERN}' -- {where.path}", timeout=30)
+    finally:
+        conn.close()
+    if done.exit_code not in (0, 1):  # 1: no line matched
+        found.unknown = f"could not be read over SSH: {done.describe()}"
+        return found
+    for line in done.stdout.splitlines():
+        found.add(line, UTC)
+    found.files.append(where.path)
+    return found
