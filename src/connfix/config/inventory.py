@@ -75,6 +75,16 @@ def dsn_has_password(dsn: str) -> bool:
     return any(k in parse_dsn(dsn) for k in SECRET_KEYWORDS)
 
 
+def _check_ssh_address(value: str) -> str:
+    """An SSH address: an IP address or a host name."""
+    try:
+        _ip(value)
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            raise ValueError(f"not an IP address or host name: {value!r}") from None
+    return value
+
+
 def _check_secretless(value: str | None) -> str | None:
     """A connection string with no secret in it (they live in passfiles and variables)."""
     if value is None:
@@ -134,15 +144,7 @@ class LogOverSsh(_Model):
     address: str  # the database host's SSH address
     path: str = Field(max_length=1024)  # an absolute glob, e.g. /var/log/postgresql/*.log
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        try:
-            _ip(value)
-        except ValueError:
-            if not _HOSTNAME.match(value):
-                raise ValueError(f"not an IP address or host name: {value!r}") from None
-        return value
+    _v_address = field_validator("address")(_check_ssh_address)
 
     @field_validator("path")
     @classmethod
@@ -424,15 +426,7 @@ class Host(_Model):
             raise ValueError(f"not a host name: {value!r} (letters, digits and ._- only)")
         return value
 
-    @field_validator("ssh_address")
-    @classmethod
-    def _ssh_address(cls, value: str) -> str:
-        try:
-            _ip(value)
-        except ValueError:
-            if not _HOSTNAME.match(value):
-                raise ValueError(f"not an IP address or host name: {value!r}") from None
-        return value
+    _v_ssh_address = field_validator("ssh_address")(_check_ssh_address)
 
     @field_validator("db_address")
     @classmethod
