@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(postgresql openssh-server openssh-client sudo curl iproute2 pgbouncer time
           prometheus prometheus-alertmanager
+          # the report's history from postgres_exporter's series (a lab test)
+          prometheus-postgres-exporter
           # the tests render the report's chart in a real browser (headless)
           chromium fonts-dejavu-core
           # the HA lab (lab up --ha): Patroni with etcd, from Debian

@@ -447,3 +447,30 @@ def test_a_dry_run_says_the_step_would_wait_and_asks_nobody(setup: Any, clean_la
     ]
     assert "after an approval (a real run waits for one here)" in planned["summary"]
     assert not [e for e in events if e["event"].startswith("approval_")]
+
+
+def test_a_run_killed_while_it_waits_takes_no_decision(setup: Any, clean_lab: Lab) -> None:
+    """SIGKILL leaves no `run_end`: the request still reads as open in the journal, but
+    nothing would read a decision. `connfix approve` and serve's endpoint both say the run
+    is gone (its pid, on this machine, has exited) and write no decision."""
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    before = clean_lab.main_pids()
+    book = marked_runbook(setup.tmp)
+    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
+        journal = journal_of(setup.incidents)
+        waiting(journal)
+        run.kill()
+        run.wait(timeout=30)
+    approve = [sys.executable, "-m", "connfix", "approve", str(journal.parent), "--yes"]
+    done = subprocess.run([*approve, "--as", "bob"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr  # as for a run that ended: nothing to decide
+    assert f"is no longer running (pid {run.pid} on " in done.stderr and "has exited" in done.stderr
+    url = f"{setup.serve.base}/approvals/{journal.parent.name}"
+    status, answer = request(url, {"decision": "approve", "approver": "bob"})
+    assert status == 404 and "no longer running" in answer["error"], (status, answer)
+    assert not (journal.parent / "approvals").exists() or not [
+        p for p in (journal.parent / "approvals").iterdir() if p.suffix == ".json"
+    ]
+    after = [e["event"] for e in evs(journal)]
+    assert "approval_requested" in after and not {"approval_granted", "run_end"} & set(after)
+    assert clean_lab.main_pids() == before

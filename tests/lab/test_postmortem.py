@@ -27,7 +27,7 @@ from tests.helpers import TOKEN, Lab, connfix_run, free_port, process, request, 
 from tests.lab.test_serve import _alertmanager, _ready
 from tests.render import near, pixels, screenshot
 
-pytestmark = pytest.mark.parametrize("lab", [15], indirect=True)
+ON_15 = pytest.mark.parametrize("lab", [15], indirect=True)
 
 BLUE, RED = (0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)  # connections in use, the usable limit
 REFUSED = re.compile(r"sorry, too many clients already|remaining connection slots are reserved")
@@ -171,6 +171,7 @@ def fill_until_refused(lab: Lab, times: int = 3) -> int:
     return refused
 
 
+@ON_15
 def test_a_leak_that_grows_before_its_alert_is_the_whole_story_of_the_report(
     observed: dict[str, Any], clean_lab: Lab, tmp_path: Path
 ) -> None:
@@ -252,6 +253,7 @@ def write_sample(journal: Path, tmp: Path, docs: Path) -> None:
     report.draw(folder / "journal.jsonl", docs)
 
 
+@ON_15
 def test_without_prometheus_the_chart_is_the_runs_own_diagnoses(
     clean_lab: Lab, tmp_path: Path
 ) -> None:
@@ -274,6 +276,7 @@ def test_without_prometheus_the_chart_is_the_runs_own_diagnoses(
     assert impact["refused"] == refusals_in_log(clean_lab, impact["since"], impact["until"])
 
 
+@ON_15
 def test_refusals_are_read_over_ssh_on_the_database_host(clean_lab: Lab, tmp_path: Path) -> None:
     """The server's real log, refusals included, on a host reached over SSH (a lab host
     stands for the database host: its sshd, its host key, the deploy user): connfix's
@@ -308,3 +311,114 @@ def test_refusals_are_read_over_ssh_on_the_database_host(clean_lab: Lab, tmp_pat
         if REFUSED.search(line)
     )
     assert impact["refused"] == counted >= ours >= 3
+
+
+EXPORTER = "/usr/bin/prometheus-postgres-exporter"  # Debian's prometheus-postgres-exporter
+# the inventory's PromQL for postgres_exporter's series: every session in a state, and
+# the slots an ordinary role can use (max_connections less the superusers' reserve)
+EXPORTER_CONNECTIONS = "sum(pg_stat_activity_count)"
+EXPORTER_LIMIT = (
+    "max(pg_settings_max_connections) - max(pg_settings_superuser_reserved_connections)"
+    " - (max(pg_settings_reserved_connections) or vector(0))"  # PostgreSQL 16+
+)
+
+
+@pytest.fixture
+def exporter(clean_lab: Lab, tmp_path: Path) -> Iterator[str]:
+    """Debian's postgres_exporter on the lab's database as connfix's monitoring role
+    (pg_monitor; its password in a file of its own), scraped every second by Debian's
+    Prometheus; yields Prometheus' API URL."""
+    from connfix.lab import paths
+
+    exporter_port, prom_port = free_port(), free_port()
+    password = next(
+        line.rsplit(":", 1)[1]
+        for line in (paths.lab_dir() / "pgpass").read_text().splitlines()
+        if line.split(":")[3] == "connfix"
+    )
+    secret = tmp_path / "exporter-password"
+    secret.write_text(password)
+    secret.chmod(0o600)
+    env = {
+        **os.environ,
+        "DATA_SOURCE_URI": f"{paths.db_address()}:{paths.pg_port()}/appdb?sslmode=disable",
+        "DATA_SOURCE_USER": "connfix",
+        "DATA_SOURCE_PASS_FILE": str(secret),
+    }
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: postgres\n"
+        f'    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]\n'
+    )
+    exporter_argv = [EXPORTER, f"--web.listen-address=127.0.0.1:{exporter_port}"]
+    prometheus = [
+        "/usr/bin/prometheus", f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+    ]  # fmt: skip
+    with (
+        process(exporter_argv, env, tmp_path / "exporter.log"),
+        process(prometheus, dict(os.environ), tmp_path / "prometheus.log"),
+    ):
+        api = f"http://127.0.0.1:{prom_port}/api/v1"
+        retry(lambda: _value(api, EXPORTER_LIMIT) is not None, timeout=60, interval=0.5)
+        yield api
+
+
+def _value(api: str, query: str) -> float | None:
+    from urllib.parse import quote
+
+    try:
+        _, data = request(api + "/query?query=" + quote(query), token=None)
+        result = data["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("lab", [15, 18], indirect=True)
+def test_the_history_can_come_from_postgres_exporter(
+    exporter: str, clean_lab: Lab, tmp_path: Path
+) -> None:
+    """The inventory's `prometheus.connections`/`limit` PromQL over the real
+    postgres_exporter's series: the history before the run is the exporter's, it ends
+    where connfix's first diagnosis begins (the same sessions, counted by both), and its
+    limit is the usable limit connfix computes."""
+    time.sleep(4)  # a healthy stretch first
+    limit = _value(exporter, EXPORTER_LIMIT)
+    assert limit == clean_lab.max_connections - 3 - clean_lab.reserved
+    grown = 0
+    while (_value(exporter, EXPORTER_CONNECTIONS) or 0) / limit < 0.85:
+        clean_lab.core.leak("app2", 1, idle_in_transaction=False)
+        grown += 1
+        assert grown <= 20
+        time.sleep(1.5)
+    time.sleep(3)  # held above the warning line for a few scrapes
+
+    def change(env: dict[str, Any]) -> None:
+        env["prometheus"] = {
+            "url": exporter.removesuffix("/api/v1"), "lookback": "2m",
+            "connections": EXPORTER_CONNECTIONS, "limit": EXPORTER_LIMIT,
+        }  # fmt: skip
+
+    incidents = tmp_path / "incidents"
+    result = connfix_run("triage", clean_lab.inventory_with(tmp_path, change), incidents, "--yes")
+    assert result.exit_code == 0, result.output
+    (journal,) = sorted(incidents.glob("*/journal.jsonl"))
+    events = evs(journal)
+    (history,) = [e for e in events if e["event"] == "history"]
+    assert not history["errors"], history["errors"]
+    used, limits = history["series"]["connections"], history["series"]["limit"]
+    assert len(used) >= 10 and len(limits) >= 10
+    first = next(e["diagnosis"] for e in events if e["event"] == "diagnosis")
+    assert {v for _, v in limits} == {first["usable_connections"]}
+    # the last scrape before the run saw the sessions connfix's first diagnosis saw (connfix
+    # counts client backends; the exporter every session in a database, autovacuum's too)
+    assert abs(used[-1][1] - first["client_backends"]) <= 1, (used[-5:], first["client_backends"])
+    assert used[0][1] < used[-1][1]  # the leak grew over the history
+    c = chart.curve(events)
+    assert history["onset"] is not None and c.history_from < history["onset"] < c.run_from
+    check_chart(journal.parent, tmp_path)
+    report = (journal.parent / "report.md").read_text()
+    assert "Points: Prometheus (http://127.0.0.1:" in report

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import urllib.parse
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -289,3 +291,34 @@ def test_a_missing_or_finished_incident_is_bad_input(tmp_path: Path) -> None:
     req = incident(tmp_path, end="interrupted")
     result = CliRunner().invoke(cli, ["reject", str(req.incident), "--yes"])
     assert result.exit_code == 2 and "its run has ended (interrupted)" in result.output
+
+
+def test_a_run_whose_pid_is_now_another_process_is_gone(tmp_path: Path) -> None:
+    """A pid reused: alive, but started after the run did (the journal's run_start is
+    moved an hour back). The same journal with this test's own pid (started before the
+    run) reads as pending; SIGKILL's case runs on the lab (tests/lab/test_approvals.py)."""
+    import socket
+    import subprocess
+    import sys
+
+    incident(tmp_path)
+    folder = tmp_path / "20261205T021500Z-prod"
+    path = folder / "journal.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for pid, ago, gone in ((os.getpid(), 0, False), (later.pid, 3600, True)):
+            start = lines[0] | {"pid": pid, "hostname": socket.gethostname()}
+            stamp = datetime.fromisoformat(start["ts"]) - timedelta(seconds=ago)
+            start["ts"] = stamp.isoformat().replace("+00:00", "Z")
+            path.write_text("".join(json.dumps(e) + "\n" for e in [start, *lines[1:]]))
+            if gone:
+                with pytest.raises(
+                    approvals.NoRequest, match=f"pid {later.pid} on .* is now another"
+                ):
+                    approvals.pending(folder)
+            else:
+                assert approvals.pending(folder).step == "restart"
+    finally:
+        later.kill()
+        later.wait()

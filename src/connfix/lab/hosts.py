@@ -44,6 +44,7 @@ MASKED = (
     "prometheus.service",
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
+    "prometheus-postgres-exporter.service",
     "cron.service",
     "getty@.service",
     "getty.target",

@@ -195,7 +195,50 @@ def pending(incident: Path) -> Request:
     if ended:
         end = next(e for e in reversed(events) if e.get("event") == Event.RUN_END)
         raise NoRequest(f"{incident.name}: its run has ended ({end.get('status')})")
+    gone = _run_gone(start)
+    if gone:
+        raise NoRequest(
+            f"{incident.name}: its run is no longer running ({gone}): it was killed while"
+            " waiting, and nothing would read a decision. Run it again (`--resume"
+            f" {incident}` skips what it finished)."
+        )
     return req
+
+
+def _run_gone(start: dict[str, Any]) -> str | None:
+    """Why the run that journaled `start` is known not to be running any more, when it
+    ran on this machine: its pid is gone, or is another process started after the run
+    began (a pid reused). None when it runs, or when it ran elsewhere (not knowable)."""
+    import socket
+
+    pid, host = start.get("pid"), start.get("hostname")
+    if not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"pid {pid} on {host} has exited"
+    except PermissionError:
+        pass  # a process of another user: alive
+    began = _process_started(pid)
+    if began is not None and "ts" in start and began > _epoch(str(start["ts"])) + 1:
+        return f"pid {pid} on {host} is now another process"
+    return None
+
+
+def _process_started(pid: int) -> float | None:
+    """When a process started (epoch seconds), from /proc; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def _decision_path(incident: Path, request_id: str) -> Path:
