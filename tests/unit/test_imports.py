@@ -13,6 +13,15 @@ from tests.helpers import SERVER, SSH, TEMPLATES, modules_loaded
 
 REFUSED = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
 RUNBOOK = "src/connfix/engine/runbooks/too-many-connections.yaml"
+JOURNAL = (  # a run refused at connect: a report connfix renders in full
+    '{"ts": "2026-12-04T00:00:00.000Z", "seq": 0, "event": "run_start", "environment": "x",'
+    ' "operator": "o", "hostname": "h", "connfix_version": "0", "runbook": {"name": "r",'
+    ' "source": "s", "sha256": "0", "shadows": null, "healthy": "true", "steps": ["d"]},'
+    ' "inventory": "i", "flags": {"dry_run": true, "yes": false, "interactive": false,'
+    ' "mode": "triage"}, "pid": 1, "resumed_from": null, "resume_done": {}}\n'
+    '{"ts": "2026-12-04T00:00:01.000Z", "seq": 1, "event": "run_end", "status":'
+    ' "unreachable", "exit_status": 3, "message": "refused"}\n'
+)
 
 # command → the modules its path must never load
 CASES = {
@@ -23,10 +32,13 @@ CASES = {
     "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml"}),
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
-        SSH | SERVER,
+        SSH | SERVER | {"yaml"},  # its runbook is built from its flags: no YAML read
     ),
     "runbook validate": (["runbook", "validate", RUNBOOK], SSH | SERVER | {"psycopg"}),
-    "report": (["report", "INCIDENTS/none"], SSH | SERVER | {"psycopg", "pydantic"}),
+    "report": (  # one line to say where the report went: no rich for that
+        ["report", "INCIDENTS/20261204T000000Z-x"],
+        SSH | SERVER | {"psycopg", "pydantic", "rich", "yaml", "connfix.diagnosis.model"},
+    ),
     "--help": (["--help"], SSH | SERVER | TEMPLATES | {"psycopg", "pydantic", "yaml"}),
 }
 
@@ -35,9 +47,17 @@ CASES = {
 def test_each_command_imports_only_what_it_uses(case: str, tmp_path: Path) -> None:
     argv, forbidden = CASES[case]
     argv = [a.replace("INCIDENTS", str(tmp_path)) for a in argv]
+    (tmp_path / "20261204T000000Z-x").mkdir()
+    (tmp_path / "20261204T000000Z-x" / "journal.jsonl").write_text(JOURNAL)
     loaded = modules_loaded(argv)
     assert "connfix" in loaded
     assert not loaded & forbidden, f"{case} imports {sorted(loaded & forbidden)}"
+    # the command's own module, and no other command's (click loads them lazily)
+    own = {m for m in loaded if m.startswith("connfix.cli.") and m.endswith("_cmd")}
+    if case != "--help":  # the help lists every command: it loads them all
+        assert own == {f"connfix.cli.{argv[0]}_cmd"}, f"{case} imports {sorted(own)}"
+    if case == "report":
+        assert (tmp_path / "20261204T000000Z-x" / "report.md").is_file()
 
 
 def test_the_guard_fails_on_a_heavy_import() -> None:

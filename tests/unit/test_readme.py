@@ -23,7 +23,10 @@ ALL = "\n".join(DOCS.values())
 
 def commands(group: click.Group = cli, prefix: str = "connfix") -> list[tuple[str, click.Command]]:
     found = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):  # loads each lazily loaded command
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         path = f"{prefix} {name}"
         if isinstance(command, click.Group):
             found += commands(command, path)

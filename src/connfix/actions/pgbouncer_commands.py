@@ -31,7 +31,7 @@ from pydantic import BeforeValidator, Field
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.config.units import between, format_duration, parse_duration
 from connfix.diagnosis.beyond_pool import beyond_the_pool
-from connfix.diagnosis.model import app_label
+from connfix.diagnosis.labels import app_label
 from connfix.record.events import Event, PoolerOperation
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.config.units import between, format_duration, parse_duration
 from connfix.db.sessions import BY_FLAG, RUNNING
-from connfix.diagnosis.model import Backend, app_label
+from connfix.diagnosis.labels import app_label
+from connfix.diagnosis.model import Backend
 from connfix.record.events import Event
 
 if TYPE_CHECKING:

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from connfix.config.units import parse_duration
-from connfix.engine.run import RunMode
 
 if TYPE_CHECKING:
     from connfix.cli.render import Terminal
     from connfix.config.inventory import Environment
     from connfix.config.inventory_file import InventorySearch, LoadedInventory
+    from connfix.engine.run import RunMode
     from connfix.engine.runbook import Runbook
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -199,6 +199,7 @@ def run_and_exit(
     from pathlib import Path
 
     from connfix.cli import render
+    from connfix.engine.run import RunMode
     from connfix.engine.start import start_run
 
     runbook.check_hosts(environment, {h.name for h in env.hosts})

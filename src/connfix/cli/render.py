@@ -13,7 +13,7 @@ from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from connfix.config.text import defang
-from connfix.diagnosis.model import app_label
+from connfix.diagnosis.labels import app_label
 
 
 def escape(text: str) -> str:
@@ -60,11 +60,20 @@ class Terminal:
         env = os.environ if environ is None else environ
         out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
         return cls(
-            Console(file=stdout, highlight=False, soft_wrap=True, width=_width(out_stream, env)),
+            # emoji=False: an application_name or host name such as ":fire:" is shown as
+            # written, never turned into a picture
+            Console(
+                file=stdout,
+                highlight=False,
+                emoji=False,
+                soft_wrap=True,
+                width=_width(out_stream, env),
+            ),
             Console(
                 file=stderr,
                 stderr=stderr is None,
                 highlight=False,
+                emoji=False,
                 soft_wrap=True,
                 width=_width(err_stream, env),
             ),

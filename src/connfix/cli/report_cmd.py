@@ -9,7 +9,6 @@ import click
 
 from connfix.cli import envelope
 from connfix.cli.envelope import json_option
-from connfix.cli.options import terminal
 
 
 @click.command()
@@ -45,15 +44,20 @@ def report(incident: str, output: str | None, template: str | None, as_json: boo
     if output == "-":
         sys.stdout.write(core.render(journal_of(Path(incident)), tmpl))
         return
+    from connfix.config.text import defang
+
     written = core.write(Path(incident), Path(output) if output else None, tmpl)
-    term = terminal()
-    term.out.print(f"report: {written.path}")
+    # plain lines (no rich needed to say where the report is); with --json on stderr
+    click.echo(defang(f"report: {written.path}"), err=as_json)
     code = 0
     if written.degraded:  # connfix's own template failed: a minimal report was written
         code = 1
-        term.err.print(
-            f"the full report could not be rendered ({written.degraded}); a minimal report"
-            " (outcome and timeline, from the journal) was written instead"
+        click.echo(
+            defang(
+                f"the full report could not be rendered ({written.degraded}); a minimal"
+                " report (outcome and timeline, from the journal) was written instead"
+            ),
+            err=True,
         )
     if as_json:
         journal = journal_of(Path(incident))

@@ -123,7 +123,7 @@ def _body(d: Diagnosis, trend: Trend, sort: str, via: str) -> list[Any]:
     """A server's way in (when not the ordinary one), its hosts with their trend, its
     sessions in a transaction."""
     from connfix.cli.render import _age, escape
-    from connfix.diagnosis.model import app_label
+    from connfix.diagnosis.labels import app_label
 
     lines: list[Any] = []
     if via != "primary":

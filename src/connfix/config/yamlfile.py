@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:  # PyYAML is imported when a document is read, not with the types here
+    import yaml
 
-# libyaml's parser when PyYAML was built with it (Debian's and the wheels are): the same
-# nodes, marks and safe constructor, parsed in C
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
 MAX_NODES = 50_000
@@ -67,10 +65,15 @@ def format_path(path: PathT) -> str:
 
 def load_text(text: str) -> Located:
     """Parse one YAML document into plain Python values with a line map."""
+    import yaml
+
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
+    # libyaml's parser when PyYAML was built with it (Debian's and the wheels are): the
+    # same nodes, marks and safe constructor, parsed in C
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        loader = _Loader(text)
+        loader = loader_class(text)
     except yaml.YAMLError as exc:  # e.g. a control character: the reader refuses at once
         raise YamlError(f"YAML error: {exc}".splitlines()[0]) from None
     try:
@@ -124,6 +127,8 @@ def _build(
     counter: list[int],
     depth: int,
 ) -> Any:
+    import yaml
+
     line = node.start_mark.line + 1
     counter[0] += 1
     if counter[0] > MAX_NODES:

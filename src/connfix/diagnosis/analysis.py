@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from connfix.config.platforms import SELF_MANAGED
 from connfix.config.platforms import platform as profile
+from connfix.diagnosis.labels import app_label
 from connfix.diagnosis.model import (
     CONNFIX,
     HA_AGENT,
@@ -32,7 +33,6 @@ from connfix.diagnosis.model import (
     IdleTransaction,
     PoolCheck,
     ServiceUsage,
-    app_label,
 )
 
 if TYPE_CHECKING:

@@ -21,13 +21,6 @@ NOT_IN_INVENTORY = "(not in inventory)"
 CONNFIX = "(connfix)"
 PGBOUNCER_ROW = "(pgbouncer {name})"  # a PgBouncer's server connections, lent to no one
 CONNFIX_APPLICATION = "connfix"  # the application_name connfix's sessions carry
-NO_APPLICATION = "(none)"  # how every table, report and metric shows an empty application_name
-
-
-def app_label(name: str | None) -> str:
-    """An application_name as connfix shows it: the empty one as (none), everywhere."""
-    return name or NO_APPLICATION
-
 
 TOP_IDLE_IN_TRANSACTION = 5
 

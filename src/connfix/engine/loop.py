@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import getpass
 import os
 import socket
 import time
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
 def operator() -> str:
     """Return who runs connfix (the sudo caller when run through sudo)."""
     try:
+        import getpass
+
         return os.environ.get("SUDO_USER") or getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"

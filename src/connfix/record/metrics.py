@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
-from connfix.diagnosis.model import app_label
+from connfix.diagnosis.labels import app_label
 
 if TYPE_CHECKING:
     from connfix.diagnosis.model import Diagnosis

@@ -21,9 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connfix import InputError
+from connfix import InputError, __version__
 from connfix.config.units import format_duration
-from connfix.diagnosis.model import app_label
 from connfix.record.events import Event, RunStatus
 from connfix.record.journal import journal_of, read_journal
 
@@ -247,6 +246,8 @@ def _session_row(o: dict[str, Any]) -> dict[str, Any]:
 def _pooler_row(o: dict[str, Any]) -> dict[str, Any]:
     """A command sent to a PgBouncer (KILL_CLIENT, RECONNECT, PAUSE, RESUME), or a
     client left alone because it changed, with every column present."""
+    from connfix.diagnosis.labels import app_label
+
     client = ""
     if o.get("addr") or o.get("host"):
         client = (
@@ -409,8 +410,6 @@ def _pool_section(
 ) -> tuple[list[PoolRow], str | None, list[str]]:
     """The pool-sizing table, its one line and its notes: from the advise step's sizing
     (room kept for other clients and a restart), else from the diagnosis's pool check."""
-    from connfix.diagnosis.pool_sizing import per_server
-
     rows: list[PoolRow] = []
     if advice:
         sizing = advice["sizing"]
@@ -440,6 +439,8 @@ def _pool_section(
         return rows, line, sizing["notes"]
     if not check:
         return rows, None, []
+    from connfix.diagnosis.pool_sizing import per_server
+
     overflow, workers = check.get("max_overflow", 0), check.get("workers", 1)
     per = per_server(check["pool_size"], overflow, workers)
     rows.append(
@@ -749,23 +750,44 @@ def warm_up() -> None:
     threading.Thread(target=work, name="connfix-report-warm-up", daemon=True).start()
 
 
+class _NotOneFile(Exception):
+    """A template asked for another template ({% include %}, {% import %}, {% extends %})."""
+
+
 @functools.lru_cache(maxsize=4)
 def _compiled(source: str) -> Template:
-    """A template's source compiled in the sandbox, once per source text: the shipped
-    template is compiled at the first report of a process, not at every one."""
-    from jinja2 import StrictUndefined
+    """A template's source compiled in the sandbox, once per source text in a process,
+    and once per machine through Jinja's bytecode cache (connfix.config.cache: compiling
+    the shipped template costs 25-30 ms, loading it back about 1 ms)."""
+    from jinja2 import BaseLoader, FileSystemBytecodeCache, StrictUndefined
 
+    from connfix.config import cache
     from connfix.config.sandbox import TemplateSandbox
 
+    # the name carries connfix's version: the environment's options below shape the
+    # compiled code, and Jinja keys its cache on the name and the source alone
+    name = f"report-{__version__}"
+
+    class OneFile(BaseLoader):
+        """This template, and no other: a report template is one file."""
+
+        def get_source(self, environment: Any, template: str) -> tuple[str, None, Any]:
+            if template != name:
+                raise _NotOneFile(template)
+            return source, None, lambda: True
+
+    where = cache.directory("templates")
     env = TemplateSandbox(
         undefined=StrictUndefined,
         finalize=_finalize,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        loader=OneFile(),
+        bytecode_cache=FileSystemBytecodeCache(str(where)) if where else None,
     )
     env.filters["md"] = lambda value: Markdown(str(value))
-    return env.from_string(source)
+    return env.get_template(name)
 
 
 def render(journal: Path, template: Path | None = None) -> str:
@@ -819,12 +841,12 @@ def render(journal: Path, template: Path | None = None) -> str:
         raise InputError(
             f"{where}: rendering took longer than {RENDER_SECONDS}s; stopped"
         ) from None
+    except _NotOneFile:
+        raise InputError(
+            f"{where}: a report template is one file: {{% include %}}, {{% import %}}"
+            " and {% extends %} are not supported"
+        ) from None
     except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-        if "no loader" in str(exc):
-            raise InputError(
-                f"{where}: a report template is one file: {{% include %}}, {{% import %}}"
-                " and {% extends %} are not supported"
-            ) from None
         raise InputError(f"{where}: {type(exc).__name__}: {exc}") from None
 
 

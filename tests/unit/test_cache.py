@@ -1,0 +1,115 @@
+"""connfix's cache (connfix.config.cache) and what uses it: the report template compiled
+once per machine by Jinja's bytecode cache, in fresh interpreters as real commands are;
+and the exit that skips CPython's teardown (connfix.cli.leave)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connfix.config import cache
+from tests.unit.test_imports import JOURNAL
+
+
+def test_the_cache_is_a_private_directory_of_this_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    where = cache.directory("templates")
+    assert where == tmp_path / "c" / "connfix" / "templates"
+    for folder in (where, where.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("how", ["group-writable", "a link", "off", "relative"])
+def test_no_cache_where_others_could_write_code_into_it(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "c"
+    base.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base))
+    if how == "group-writable":
+        (base / "connfix").mkdir(mode=0o700)
+        (base / "connfix").chmod(0o770)
+    elif how == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        (base / "connfix").symlink_to(tmp_path / "elsewhere")
+    elif how == "off":
+        monkeypatch.setenv("CONNFIX_NO_CACHE", "1")
+    else:  # the XDG spec: a relative path is ignored (then ~/.cache, here made unusable)
+        monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+        monkeypatch.setenv("HOME", str(base / "home-that-is-a-file"))
+        (base / "home-that-is-a-file").write_text("")
+    assert cache.directory("templates") is None
+
+
+def _report(incident: Path, cache_home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connfix", "report", str(incident), *extra],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_home)},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_report_template_is_compiled_once_and_loaded_after(tmp_path: Path) -> None:
+    """The first report compiles the template and stores it; the next process loads it
+    (the file is not written again) and writes the same report; a cache file damaged
+    on disk is compiled again, never trusted, never an error."""
+    incident = tmp_path / "incidents" / "20261204T000000Z-x"
+    incident.mkdir(parents=True)
+    (incident / "journal.jsonl").write_text(JOURNAL)
+    first = _report(incident, tmp_path / "c")
+    assert first.returncode == 0, first.stderr
+    report = (incident / "report.md").read_text()
+    (stored,) = (tmp_path / "c" / "connfix" / "templates").iterdir()
+    written = stored.stat().st_mtime_ns
+    second = _report(incident, tmp_path / "c")
+    assert second.returncode == 0, second.stderr
+    assert stored.stat().st_mtime_ns == written  # loaded, not compiled and stored again
+    assert (incident / "report.md").read_text() == report
+    stored.write_bytes(stored.read_bytes()[:100] + b"\x00garbage")
+    third = _report(incident, tmp_path / "c")
+    assert third.returncode == 0, third.stderr
+    assert (incident / "report.md").read_text() == report
+    assert stored.stat().st_mtime_ns != written  # compiled again and stored
+
+
+def _leave(code: str) -> subprocess.CompletedProcess[str]:
+    program = (
+        "import atexit, sys, threading, time\n"
+        "from connfix.cli import leave\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n" + code
+    )
+    return subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "out", "err"),
+    [
+        ("print('out', end=''); leave(3)", 3, "out", "atexit ran\n"),
+        ("sys.stdout.write('x' * 100000); leave(None)", 0, "x" * 100000, "atexit ran\n"),
+        ("leave('a message')", 1, "", "a message\natexit ran\n"),
+        # a non-daemon thread still running: the ordinary exit, which waits for it
+        (
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+            "leave(4)",
+            4,
+            "thread done\n",
+            "atexit ran\n",
+        ),
+    ],
+)
+def test_leaving_keeps_the_status_the_output_and_the_atexit_functions(
+    code: str, status: int, out: str, err: str
+) -> None:
+    done = _leave(code)
+    assert (done.returncode, done.stdout, done.stderr) == (status, out, err)
