@@ -241,6 +241,9 @@ class RunContext:
         from connfix import ConnectionLost
         from connfix.diagnosis.analysis import take_snapshot
 
+        # the hosts' health checks (SSH; the first also imports paramiko) run while the
+        # database answers the snapshot's queries, not after them
+        health_of = _in_background(self.host_health) if self.health_checks else None
         try:
             snapshot = take_snapshot(self.session, self.environment, self.env)
         except ConnectionLost as exc:
@@ -254,7 +257,7 @@ class RunContext:
             and self._followed(f"{follow.node} is a {snapshot.role} now", snapshot.role)
         ):
             snapshot = take_snapshot(self.session, self.environment, self.env)
-        health = self.host_health() if self.health_checks else {}
+        health = health_of() if health_of is not None else {}
         unhealthy = [name for name, h in health.items() if not h["ok"]]
         reasons = list(snapshot.severity_reasons)
         if unhealthy:
@@ -377,3 +380,27 @@ class RunContext:
         if d.suspects:
             text += f", suspects: {', '.join(d.suspects)}"
         return text
+
+
+def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
+    """Start `work` in a daemon thread; return the call that waits for its result (or
+    raises what it raised). A daemon: a run that ends on an error before waiting does
+    not wait for it either."""
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["value"] = work()
+        except BaseException as exc:  # handed to the caller, which raises it
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, name="connfix-health", daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        if "error" in done:
+            raise done["error"]
+        return done["value"]
+
+    return result

@@ -282,11 +282,8 @@ class StepLoop:
 
     def walk(self) -> RunResult:
         """Take the steps in order; return how the run ended."""
-        from connfix.record import report
-
         ctx = self.ctx
         assert ctx is not None
-        report.warm_up()  # while the steps wait on the database and the hosts
         for index, step in enumerate(ctx.runbook.steps, start=1):
             ctx.step = step
             ended = self._one(index, step, ctx)
@@ -465,6 +462,13 @@ class StepLoop:
         run on an interruption or a failure the runbook halts on."""
         self.ui.step(index, self.total, step, "running", plan.summary)
         before = ctx.latest
+        if action.mutating and plan.operations:
+            from connfix.record import report
+
+            # the report's imports while this change waits on the hosts or the server
+            # (a restart, backends exiting): CPU the run would otherwise spend competing
+            # with its own work, or at its end
+            report.warm_up()
         try:
             outcome: Outcome = action.apply(ctx, step.params, plan)
         except expressions.ExpressionError as exc:  # an `until` that fails on live data

@@ -733,11 +733,12 @@ def _shipped_source() -> str:
     )
 
 
+@functools.cache
 def warm_up() -> None:
-    """Import Jinja and compile the shipped template in a background thread while a run
-    waits on its database and hosts: the report at the run's end then only renders,
-    instead of paying for both before the process may exit. A failure here is left to
-    the real render to meet and say."""
+    """Import Jinja and load (or compile) the shipped template in a background thread
+    while a run waits on its hosts or its database: the report at the run's end then
+    only renders, instead of paying for both before the process may exit. Once per
+    process. A failure here is left to the real render to meet and say."""
 
     def work() -> None:
         with contextlib.suppress(Exception):
