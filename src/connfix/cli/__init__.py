@@ -112,8 +112,8 @@ def leave(code: object) -> None:
     command for nothing: the journal is fsynced as it is written and the report is
     written and closed before the command returns. The atexit functions still run and
     the standard streams are flushed; when another non-daemon thread is still alive (an
-    executor's worker, a server's), or a stream cannot be flushed, the ordinary exit
-    runs instead, so that nothing waited for is cut short."""
+    executor's worker, a server's), a profiler or tracer is on, or a stream cannot be
+    flushed, the ordinary exit runs instead, so that nothing waited for is cut short."""
     import atexit
     import os
     import sys
@@ -128,7 +128,8 @@ def leave(code: object) -> None:
         status = 1
     main_thread = threading.main_thread()
     waited = [t for t in threading.enumerate() if t is not main_thread and not t.daemon]
-    if waited or sys.flags.dev_mode:
+    # a profiler, a tracer (a debugger, coverage) or dev mode: they finish at the exit
+    if waited or sys.flags.dev_mode or sys.getprofile() or sys.gettrace():
         sys.exit(status)
     atexit._run_exitfuncs()
     try:

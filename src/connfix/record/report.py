@@ -56,8 +56,9 @@ class Markdown(str):
 
 def escape(value: object) -> str:
     """Make any text safe inside Markdown, table cells included: one line, no HTML."""
-    text = str(value)
-    text = "".join(ch if ch.isprintable() else " " for ch in text.replace("\r\n", " "))
+    text = str(value).replace("\r\n", " ")
+    if not text.isprintable():  # the character walk only for the rare text that needs it
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _ESCAPE.sub(r"\\\1", text)
     return "\\" + text if text[:1] in ("-", "+") else text  # not a list item
