@@ -249,8 +249,10 @@ def _four_substitutions(text: str) -> str:
 
 
 _NEAR = "password=PASSWORD oauth_client_secret sslpassword ?&:/@'$ \u017f\u0131\u0130\u212a"
-_WORDS = ["://", "password", "PaSsWoRd ", "pa\u017f\u017fword=", "oauth_client_secret=",
-          "OAUTH_CLIENT_SECRET = ", "sslpassword='", "?password=", "postgresql://u:p@h"]  # fmt: skip
+_WORDS = [
+    "://", "password", "PaSsWoRd ", "pa\u017f\u017fword=", "oauth_client_secret=",
+    "OAUTH_CLIENT_SECRET = ", "sslpassword='", "?password=", "postgresql://u:p@h",
+]  # fmt: skip
 
 
 @settings(max_examples=3000, deadline=None)
@@ -263,5 +265,5 @@ _WORDS = ["://", "password", "PaSsWoRd ", "pa\u017f\u017fword=", "oauth_client_s
 def test_the_pre_filter_never_changes_what_is_masked(text: str) -> None:
     """The cheap checks before the four patterns (a "w", a "_", "://", then one search)
     skip only strings none of the patterns could match: Unicode's case folding
-    included (ſ, ı, İ, the Kelvin sign)."""
+    included (the long s, the dotless i, the dotted capital I, the Kelvin sign)."""
     assert redact.mask_secrets(text) == _four_substitutions(text)
