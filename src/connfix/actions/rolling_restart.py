@@ -16,12 +16,11 @@ from pydantic import BeforeValidator, Field
 
 from connfix import ExitStatus
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.actions.restart.host import GateTimeouts, restart_host
-from connfix.actions.restart.preflight import Preflight, preflight
-from connfix.actions.restart.roll import roll
 from connfix.config.units import between, parse_duration
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the restart's machinery is imported when a roll is planned, not
+    # when a runbook that names one is validated
+    from connfix.actions.restart.preflight import Preflight
     from connfix.config.inventory import Host, Service
     from connfix.engine.context import RunContext
 
@@ -193,6 +192,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
     ) -> list[Preflight]:
         """Check every target in parallel (read-only), show the table and the warnings;
         the connections opened are closed when the run ends."""
+        from connfix.actions.restart.preflight import preflight
         from connfix.hosts import remote
 
         ctx.progress(f"preflight of {len(targets)} host(s), in parallel (read-only)")
@@ -280,6 +280,8 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
         return operations
 
     def apply(self, ctx: RunContext, params: RestartParams, plan: Plan[RollPlan]) -> Outcome:
+        from connfix.actions.restart.host import GateTimeouts, restart_host
+        from connfix.actions.restart.roll import roll
         from connfix.hosts import remote
 
         assert plan.data is not None  # a plan with operations carries its data

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape as _markup_escape
-from rich.table import Table
 
 from connfix.config.text import defang
 from connfix.diagnosis.labels import app_label
@@ -25,6 +24,8 @@ def escape(text: str) -> str:
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rich.table import Table
+
     from connfix.actions.base import Plan
     from connfix.diagnosis.cluster import ClusterDiagnosis
     from connfix.diagnosis.inventory_check import DatabaseCheck, EnvironmentCheck
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
     from connfix.engine.runbook import Runbook, Step
     from connfix.lab.lab import UpResult
     from connfix.lab.status import Status
+
+
+def _table(*args: Any, **kwargs: Any) -> Table:
+    """A rich Table, its module imported on the first table (a command that prints only
+    lines never loads it)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
 
 
 def _width(stream: TextIO, environ: Mapping[str, str]) -> int | None:
@@ -95,7 +104,7 @@ def environment_check(term: Terminal, result: EnvironmentCheck) -> None:
 
 
 def _database_check(term: Terminal, environment: str, db: DatabaseCheck) -> None:
-    table = Table(title=f"database of {escape(environment)}", title_justify="left")
+    table = _table(title=f"database of {escape(environment)}", title_justify="left")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
@@ -132,7 +141,7 @@ def _database_check(term: Terminal, environment: str, db: DatabaseCheck) -> None
 
 
 def _hosts_check(term: Terminal, result: EnvironmentCheck) -> None:
-    hosts = Table(title=f"hosts of {escape(result.environment)}", title_justify="left")
+    hosts = _table(title=f"hosts of {escape(result.environment)}", title_justify="left")
     for column in ("host", "address", "ssh", "host key", "service", "time", "detail"):
         hosts.add_column(column, overflow="fold")
     for h in result.hosts:
@@ -201,7 +210,7 @@ def lab_status(term: Terminal, status: Status) -> None:
             + ", ".join(f"{escape(n)} {escape(r)}" for n, r in sorted(status.nodes.items()))
             + " (the counts below are every node's)"
         )
-    table = Table()
+    table = _table()
     for column in (
         "host",
         "address",
@@ -249,7 +258,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _counts_table(title: str, counts: dict[str, int], lower_bound: bool) -> Table:
-    table = Table(title=title + (" (lower bounds)" if lower_bound else ""), title_justify="left")
+    table = _table(title=title + (" (lower bounds)" if lower_bound else ""), title_justify="left")
     table.add_column(title.split()[-1])
     table.add_column("connections", justify="right")
     for key, value in counts.items():
@@ -272,7 +281,7 @@ def diagnosis(term: Terminal, d: Diagnosis) -> None:
     if d.blocking_chains:
         term.out.print(_chains_table(d))
     if d.connection_limits:
-        limits = Table(title="CONNECTION LIMITs", title_justify="left")
+        limits = _table(title="CONNECTION LIMITs", title_justify="left")
         for column in ("kind", "name", "used", "limit"):
             limits.add_column(column)
         for item in d.connection_limits:
@@ -370,7 +379,7 @@ def _header(term: Terminal, d: Diagnosis) -> None:
 
 def _hosts_table(d: Diagnosis, lower: bool) -> Table:
     """The inventory's hosts: connections, pool, what no service owns, states, suspects."""
-    hosts = Table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
+    hosts = _table(title="by host" + (" (lower bounds)" if lower else ""), title_justify="left")
     pooled = bool(d.pgbouncers)
     for column in (
         "host",
@@ -411,7 +420,7 @@ def _hosts_table(d: Diagnosis, lower: bool) -> Table:
 
 def _idle_in_transaction_table(d: Diagnosis) -> Table:
     """The oldest sessions idle in a transaction, with what they block."""
-    iit = Table(title="oldest idle in transaction", title_justify="left")
+    iit = _table(title="oldest idle in transaction", title_justify="left")
     for column in (
         "pid",
         "user",
@@ -439,7 +448,7 @@ def _idle_in_transaction_table(d: Diagnosis) -> Table:
 
 def _chains_table(d: Diagnosis) -> Table:
     """Each root blocker and every session waiting behind it."""
-    chains = Table(
+    chains = _table(
         title="blocking chains (root blocker → every session behind it)", title_justify="left"
     )
     for column in ("root pid", "host", "user", "state", "in transaction", "waiting", "query"):
@@ -460,7 +469,7 @@ def _chains_table(d: Diagnosis) -> Table:
 def _zero_hosts(term: Terminal, d: Diagnosis, lower: bool) -> None:
     """The by-host table with no inventory: client addresses (and their reverse DNS
     names); no pool or service columns, nothing is known of them."""
-    table = Table(
+    table = _table(
         title="by client address" + (" (lower bounds)" if lower else ""), title_justify="left"
     )
     for column in ("address", "name", "conns", "idle", "idle in tx", "active", "oldest idle"):
@@ -505,7 +514,7 @@ def bouncer(term: Terminal, state: dict[str, Any]) -> None:
     if "error" in state:
         term.out.print(f"[yellow]PgBouncer {name}:[/yellow] {escape(state['error'])}")
         return
-    table = Table(
+    table = _table(
         title=f"PgBouncer {name} pools ({escape(state.get('version') or 'version unknown')})",
         title_justify="left",
     )
@@ -639,7 +648,7 @@ class RichUI:
         self.term.err.print(escape(message))
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
-        table = Table(title=escape(title), title_justify="left")
+        table = _table(title=escape(title), title_justify="left")
         for column in columns:
             table.add_column(escape(column))
         for row in rows:
@@ -694,7 +703,7 @@ def pool_nodes(term: Terminal, advice: PoolAdvice) -> None:
 
 def pool(term: Terminal, sizing: PoolSizing, bouncer_config: dict[str, Any] | None) -> None:
     """Print the pool sizing, before → after, and the PgBouncer config written."""
-    table = Table(title="pool sizing", title_justify="left")
+    table = _table(title="pool sizing", title_justify="left")
     for column in ("", "servers", "pool size per server", "total", "available", "safe?"):
         table.add_column(column, justify="left" if not column else "right")
     for row in sizing.table():
