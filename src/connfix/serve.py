@@ -427,6 +427,9 @@ class LogUI:
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         self._say(f"{title}: {len(rows)} row(s)")
 
+    def ended(self, result: Any) -> None:
+        self._say(f"{result.status.value}: {result.message}")
+
 
 def _within_caps(book: Any, allowed: set[str]) -> Any:
     """The runbook with only the steps whose effect the caps allow (read-only steps

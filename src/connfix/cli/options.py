@@ -230,7 +230,7 @@ def run_and_exit(
         host_health=host_health,
         resume=resume,
     )
-    render.triage_result(term, result, single)
+    render.report_written(term, result)  # the verdict was printed as the run ended
     if as_json:
         from connfix.cli import envelope
 

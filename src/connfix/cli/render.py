@@ -588,6 +588,9 @@ class RichUI:
         self.term = term
         self.command = command  # a single command (restart, terminate), not a runbook
 
+    def ended(self, result: RunResult) -> None:
+        verdict(self.term, result, self.command)
+
     def started(self, journal: Path, dry_run: bool) -> None:
         if dry_run:
             self.term.err.print(
@@ -656,28 +659,27 @@ class RichUI:
         self.term.err.print(table)
 
 
-def triage_result(term: Terminal, result: RunResult, command: str | None = None) -> None:
-    """Print how a run ended and where its record is; a single command's reads like
-    the command (`restart refused: …`, not `halted: step restart refused: …`)."""
+def verdict(term: Terminal, result: RunResult, command: str | None = None) -> None:
+    """Print how a run ended and its incident, as soon as it ended (the report is
+    rendered after); a single command's reads like the command (`restart refused: …`,
+    not `halted: step restart refused: …`)."""
     from connfix.engine.run import RunStatus
 
+    colour = "green" if result.exit_status == 0 else "red"
     if command and result.message.startswith(f"step {command} "):
         message = result.message.removeprefix("step ")
-        colour = "green" if result.exit_status == 0 else "red"
         term.out.print(f"[{colour}]{escape(message)}[/{colour}]")
-        term.out.print(f"incident: {escape(str(result.incident_dir))}")
-        if result.report is not None:
-            term.out.print(f"report: {escape(str(result.report))}")
-        return
-
-    colour = "green" if result.exit_status == 0 else "red"
-    if result.status is RunStatus.DRY_RUN:
+    elif result.status is RunStatus.DRY_RUN:
         term.out.print(f"[bold yellow]DRY RUN[/bold yellow] — {escape(result.message)}")
     else:
         if result.dry_run:
             term.out.print("[bold yellow]DRY RUN[/bold yellow] — nothing was changed")
         term.out.print(f"[{colour}]{result.status.value}[/{colour}]: {escape(result.message)}")
     term.out.print(f"incident: {escape(str(result.incident_dir))}")
+
+
+def report_written(term: Terminal, result: RunResult) -> None:
+    """Print where the run's report is, or why it could not be written in full."""
     if result.report is not None:
         term.out.print(f"report: {escape(str(result.report))}")
     if result.report_error:

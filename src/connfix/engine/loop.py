@@ -192,6 +192,7 @@ def _walk(loop: StepLoop, ctx: RunContext) -> RunResult:
             request.dry_run,
             f"{exc}; the run stopped",
         )
+        loop.ui.ended(result)
         result.write_report()
         return result
     except KeyboardInterrupt:
@@ -271,6 +272,7 @@ class StepLoop:
             final,
             self.steps,
         )
+        self.ui.ended(result)  # the verdict first: the report is for afterwards
         result.write_report()
         return result
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from connfix.actions.base import Plan
     from connfix.diagnosis.model import Diagnosis
+    from connfix.engine.run import RunResult
     from connfix.engine.runbook import Step
 
 
@@ -21,3 +22,5 @@ class UI(Protocol):
     def confirm(self, question: str) -> bool: ...
     def note(self, message: str) -> None: ...
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None: ...
+    # how the run ended, said as soon as it is journaled: before the report is rendered
+    def ended(self, result: RunResult) -> None: ...

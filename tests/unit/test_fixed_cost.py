@@ -1,6 +1,8 @@
-"""connfix's cache (connfix.config.cache) and what uses it: the report template compiled
-once per machine by Jinja's bytecode cache, in fresh interpreters as real commands are;
-and the exit that skips CPython's teardown (connfix.cli.leave)."""
+"""What every command pays at its start and its end (docs/benchmarks.md), and that it
+stays correct while paying less: connfix's cache (connfix.config.cache) and the report
+template compiled once per machine through it, in fresh interpreters as real commands
+are; the exit that skips CPython's teardown (connfix.cli.leave); the verdict said
+before the report is rendered."""
 
 from __future__ import annotations
 
@@ -113,3 +115,33 @@ def test_leaving_keeps_the_status_the_output_and_the_atexit_functions(
 ) -> None:
     done = _leave(code)
     assert (done.returncode, done.stdout, done.stderr) == (status, out, err)
+
+
+def test_the_verdict_is_printed_before_the_report_is_rendered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's outcome reaches the operator as soon as it is journaled; the report
+    is written after it, and still before the command exits (its path printed last)."""
+    from click.testing import CliRunner
+
+    from connfix.cli import cli
+    from connfix.record import report
+
+    seen: list[str] = []
+    real = report.write
+
+    def write(*args: object, **kwargs: object) -> report.Written:
+        sys.stdout.flush()
+        seen.append(sys.stdout.buffer.getvalue().decode())  # type: ignore[attr-defined]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report, "write", write)
+    refused = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
+    argv = ["terminate", "--dsn", refused, "--dry-run", "--incidents-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 3, result.output
+    (before,) = seen
+    assert "unreachable:" in before and "incident: " in before and "report:" not in before
+    assert result.stdout.index("report: ") > result.stdout.index("unreachable:")
+    (incident,) = tmp_path.iterdir()
+    assert (incident / "report.md").is_file()
