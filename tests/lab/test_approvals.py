@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,21 @@ def triage(setup: Any, book: Path, *flags: str) -> list[str]:
         sys.executable, "-m", "connfix", "triage", "lab", *flags, "--runbook", str(book),
         "-i", str(setup.inventory), "--incidents-dir", str(setup.incidents),
     ]  # fmt: skip
+
+
+@contextmanager
+def a_waiting_run(
+    setup: Any, clean_lab: Lab
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, dict[str, int]]]:
+    """app2 leaking, and `triage --yes` with its restart marked for approval, started and
+    waiting for it: the run, its journal, the hosts' main pids before."""
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    before = clean_lab.main_pids()
+    book = marked_runbook(setup.tmp)
+    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
+        journal = journal_of(setup.incidents)
+        waiting(journal)
+        yield run, journal, before
 
 
 def slack_signed(
@@ -413,12 +428,7 @@ def test_two_replicas_given_the_same_alert_start_one_run_and_either_takes_the_ap
 def test_a_rejected_plan_ends_the_run_rejected_and_nothing_is_restarted(
     setup: Any, clean_lab: Lab
 ) -> None:
-    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
-    before = clean_lab.main_pids()
-    book = marked_runbook(setup.tmp)
-    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
-        journal = journal_of(setup.incidents)
-        waiting(journal)
+    with a_waiting_run(setup, clean_lab) as (run, journal, before):
         reject = [sys.executable, "-m", "connfix", "reject", str(journal.parent), "--yes"]
         done = subprocess.run(
             [*reject, "--reason", "after the deploy"], capture_output=True, text=True, check=False
@@ -453,12 +463,7 @@ def test_a_run_killed_while_it_waits_takes_no_decision(setup: Any, clean_lab: La
     """SIGKILL leaves no `run_end`: the request still reads as open in the journal, but
     nothing would read a decision. `connfix approve` and serve's endpoint both say the run
     is gone (its pid, on this machine, has exited) and write no decision."""
-    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
-    before = clean_lab.main_pids()
-    book = marked_runbook(setup.tmp)
-    with process(triage(setup, book, "--yes"), dict(os.environ), setup.tmp / "triage.log") as run:
-        journal = journal_of(setup.incidents)
-        waiting(journal)
+    with a_waiting_run(setup, clean_lab) as (run, journal, before):
         run.kill()
         run.wait(timeout=30)
     approve = [sys.executable, "-m", "connfix", "approve", str(journal.parent), "--yes"]

@@ -82,6 +82,14 @@ def check_chart(folder: Path, tmp: Path) -> ET.Element:
     return root
 
 
+def prometheus_argv(config: Path, tmp_path: Path, port: int) -> list[str]:
+    """Debian's Prometheus with this config, its data in the test's folder."""
+    return [
+        "/usr/bin/prometheus", f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def observed(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """serve (auto: one host at most) on the lab with its metrics every second, a
@@ -118,11 +126,7 @@ def observed(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
     ]  # fmt: skip
     am_argv, am_port = _alertmanager(tmp_path, serve_port)
     config.write_text(config.read_text().replace("AM", f"127.0.0.1:{am_port}"))
-    prometheus = [
-        "/usr/bin/prometheus", f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}",
-    ]  # fmt: skip
+    prometheus = prometheus_argv(config, tmp_path, prom_port)
     with (
         process(serve, env, tmp_path / "serve.log"),
         process(am_argv, dict(os.environ), tmp_path / "alertmanager.log"),
@@ -135,14 +139,7 @@ def observed(clean_lab: Lab, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _ratio(api: str) -> float | None:
-    try:
-        _, data = request(
-            api + '/query?query=connfix_utilization_ratio{environment="lab"}', token=None
-        )
-        result = data["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
+    return _value(api, 'connfix_utilization_ratio{environment="lab"}')
 
 
 def _pending(api: str) -> bool:
@@ -352,11 +349,7 @@ def exporter(clean_lab: Lab, tmp_path: Path) -> Iterator[str]:
         f'    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]\n'
     )
     exporter_argv = [EXPORTER, f"--web.listen-address=127.0.0.1:{exporter_port}"]
-    prometheus = [
-        "/usr/bin/prometheus", f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}",
-    ]  # fmt: skip
+    prometheus = prometheus_argv(config, tmp_path, prom_port)
     with (
         process(exporter_argv, env, tmp_path / "exporter.log"),
         process(prometheus, dict(os.environ), tmp_path / "prometheus.log"),
