@@ -320,9 +320,9 @@ def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
     says so in the output and the journal."""
     import paramiko
 
-    from connfix.actions import rolling_restart
+    from connfix.actions.restart import preflight as where
 
-    real = rolling_restart.preflight  # the name the action calls
+    real = where.preflight  # the action imports it from there when it plans a roll
 
     def preflight_then_stale(host: Any, ctx: Any, *args: Any) -> Any:
         check = real(host, ctx, *args)
@@ -335,7 +335,7 @@ def test_a_connection_gone_stale_after_the_preflight_is_reopened_and_journaled(
             monkeypatch.setattr(transport, "open_session", refuse)
         return check
 
-    monkeypatch.setattr(rolling_restart, "preflight", preflight_then_stale)
+    monkeypatch.setattr(where, "preflight", preflight_then_stale)
     before = clean_lab.main_pids()
     result = restart(clean_lab, tmp_path, "--yes")
     assert result.exit_code == 0, result.output
