@@ -386,21 +386,15 @@ def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
     """Start `work` in a daemon thread; return the call that waits for its result (or
     raises what it raised). A daemon: a run that ends on an error before waiting does
     not wait for it either."""
-    done: dict[str, Any] = {}
+    from concurrent.futures import Future
+
+    done: Future[Any] = Future()
 
     def run() -> None:
         try:
-            done["value"] = work()
+            done.set_result(work())
         except BaseException as exc:  # handed to the caller, which raises it
-            done["error"] = exc
+            done.set_exception(exc)
 
-    thread = threading.Thread(target=run, name="connfix-health", daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        if "error" in done:
-            raise done["error"]
-        return done["value"]
-
-    return result
+    threading.Thread(target=run, name="connfix-health", daemon=True).start()
+    return done.result

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from connfix import InputError, __version__
 from connfix.config.units import format_duration
+from connfix.diagnosis.labels import app_label
 from connfix.record.events import Event, RunStatus
 from connfix.record.journal import journal_of, read_journal
 
@@ -247,8 +248,6 @@ def _session_row(o: dict[str, Any]) -> dict[str, Any]:
 def _pooler_row(o: dict[str, Any]) -> dict[str, Any]:
     """A command sent to a PgBouncer (KILL_CLIENT, RECONNECT, PAUSE, RESUME), or a
     client left alone because it changed, with every column present."""
-    from connfix.diagnosis.labels import app_label
-
     client = ""
     if o.get("addr") or o.get("host"):
         client = (
