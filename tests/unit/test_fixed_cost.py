@@ -145,3 +145,50 @@ def test_the_verdict_is_printed_before_the_report_is_rendered(
     assert result.stdout.index("report: ") > result.stdout.index("unreachable:")
     (incident,) = tmp_path.iterdir()
     assert (incident / "report.md").is_file()
+
+
+# Before anything of the command line is imported (click, here), the collector's first
+# threshold is already raised; and it still collects: a cycle made afterwards is freed.
+_THRESHOLD_AT_IMPORT = """
+import gc, sys, weakref
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click" and not seen:
+            seen.append(gc.get_threshold()[0])
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["connfix", "--version"]
+import atexit
+def after():
+    class Node: pass
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    kept = [[] for _ in range(200_001)]  # twice the threshold: the collector has run
+    print(seen[0], gc.get_threshold()[0], gone() is None, len(kept))
+atexit.register(after)
+from connfix.__main__ import run
+run()
+"""
+
+
+def test_the_collector_threshold_is_raised_before_the_command_line_is_imported() -> None:
+    from importlib.metadata import entry_points
+
+    from connfix.__main__ import GC_THRESHOLD
+
+    (script,) = entry_points(group="console_scripts", name="connfix")
+    assert script.value == "connfix.__main__:run"  # the installed command goes through it
+    proc = subprocess.run(
+        [sys.executable, "-c", _THRESHOLD_AT_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    at_import, at_exit, cycle_freed, _ = proc.stdout.split()[-4:]
+    assert int(at_import) == int(at_exit) == GC_THRESHOLD
+    assert cycle_freed == "True"
