@@ -34,7 +34,7 @@ def test_the_wheel_is_complete_and_runs_on_its_own(tmp_path: Path) -> None:
         points = configparser.ConfigParser()
         points.read_string(archive.read(entry).decode())
         archive.extractall(tmp_path / "installed")
-    assert points["console_scripts"]["connfix"] == "connfix.cli:main"
+    assert points["console_scripts"]["connfix"] == "connfix.__main__:run"
     shipped = {
         p.relative_to(ROOT / "src").as_posix()
         for p in (ROOT / "src/connfix").rglob("*")
