@@ -285,3 +285,24 @@ def test_a_cancel_step_validates_and_refuses_idle_states(tmp_path: Path) -> None
     bad.write_text(good.read_text().replace("older_than: 5m", "states: [idle]"))
     with pytest.raises(RunbookError, match="cancel ends a running statement"):
         load_runbook_file(bad)
+
+
+def test_a_condition_names_exactly_the_diagnosis_fields_and_the_extra_names() -> None:
+    import dataclasses
+
+    from connfix.diagnosis.model import Diagnosis
+
+    fields = [f.name for f in dataclasses.fields(Diagnosis)]
+    assert list(expressions.DIAGNOSIS_FIELDS) == fields  # written out: kept equal here
+    assert {*fields, *expressions.EXTRA_NAMES} == expressions.NAMES
+
+
+def test_a_compiled_condition_is_reused_and_still_sees_each_call_s_names() -> None:
+    expressions._compiled.cache_clear()
+    assert expressions.evaluate("client_backends > 3", {"client_backends": 4})
+    assert not expressions.evaluate("client_backends > 3", {"client_backends": 2})
+    assert expressions._compiled.cache_info().hits == 1
+    with pytest.raises(expressions.ExpressionError):  # a bad one is refused every time
+        expressions.check("client_backends >")
+    with pytest.raises(expressions.ExpressionError):
+        expressions.check("client_backends >")

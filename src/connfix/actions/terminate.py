@@ -22,11 +22,11 @@ from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.config.units import between, format_duration, parse_duration
 from connfix.db.sessions import BY_FLAG, RUNNING
 from connfix.diagnosis.labels import app_label
-from connfix.diagnosis.model import Backend
 from connfix.record.events import Event
 
 if TYPE_CHECKING:
     from connfix.config.inventory import Host
+    from connfix.diagnosis.model import Backend
     from connfix.engine.context import RunContext
 
 STATES = BY_FLAG
@@ -198,6 +198,8 @@ class TerminateAction(Action[TerminateParams, TerminatePlan]):
         """The stages: every client backend read again, the excluded set aside (_chosen),
         root blockers first, only what is beyond each pool with --excess-only, the caps,
         then one re-checked statement per session (_operation)."""
+        from connfix.diagnosis.model import Backend
+
         rows = [b for b in ctx.session.all("activity", Backend) if not b.own]
         host_of = _host_of(ctx)
         chosen, excluded = self._chosen(ctx, params, rows)

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from connfix.record import approvals
 from connfix.record.events import Event, RunStatus
 
 if TYPE_CHECKING:
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from connfix.engine.context import RunContext
     from connfix.engine.run import RunRequest
     from connfix.engine.runbook import Step
+    from connfix.record import approvals
 
 MAX_LISTED = 50  # operations listed in the request (the plan's hash covers them all)
 # set when the process stops (serve's shutdown): a waiting run ends, nothing applied
@@ -59,6 +59,8 @@ def wait(
     """Ask for an approval of `plan` and wait. Approved: plan again from a fresh
     diagnosis; the same plan is returned to be applied, a different one is asked for
     again (a plan with nothing to do or refused is returned as it is: never applied)."""
+    from connfix.record import approvals  # only a run that waits for one
+
     rules = policy(ctx.env)
     while True:
         req = _ask(request, step, plan, ctx, rules)
@@ -118,6 +120,8 @@ def _ask(
     request: RunRequest, step: Step, plan: Plan[Any], ctx: RunContext, rules: ApprovalPolicy
 ) -> approvals.Request:
     """Show the plan, journal the request (notified from there), say how to answer it."""
+    from connfix.record import approvals  # only a run that waits for one
+
     incident = ctx.journal.path.parent
     now = time.time()
     req = approvals.Request(
@@ -154,6 +158,8 @@ def _replan(step: Step, action: Action[Any, Any], ctx: RunContext) -> Plan[Any]:
 def _decision(req: approvals.Request, ctx: RunContext) -> approvals.Decision | None:
     """Wait for a valid decision; None at the TTL or on Ctrl-C. Refused attempts (and a
     decision file the rules refuse) are journaled as they are seen."""
+    from connfix.record import approvals  # only a run that waits for one
+
     seen = 0
     while True:
         found, seen = approvals.attempts(req.incident, seen)

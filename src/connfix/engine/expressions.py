@@ -6,17 +6,18 @@ loaded, not at 2 AM when the step is reached.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 
 from connfix import ConnfixError, ExitStatus
 from connfix.config.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
 from connfix.db.sessions import in_transaction
-from connfix.diagnosis.model import Diagnosis
+
+if TYPE_CHECKING:
+    from connfix.diagnosis.model import Diagnosis
 
 MAX_LENGTH = 500
 MAX_DEPTH = 40  # nesting of the expression's syntax tree
@@ -32,7 +33,21 @@ EXTRA_NAMES = {
     "pooled_suspects": "leak suspects holding client connections in a PgBouncer",
     "pgbouncer_clients_killed": "PgBouncer clients ended so far in this run (KILL_CLIENT)",
 }
-NAMES = frozenset(f.name for f in dataclasses.fields(Diagnosis)) | set(EXTRA_NAMES)
+# The fields of connfix.diagnosis.model.Diagnosis (a unit test keeps the two equal):
+# written out, so that checking a runbook's conditions does not import the model.
+DIAGNOSIS_FIELDS = (
+    "environment", "taken_at", "seconds", "connected_as", "via", "refusal",
+    "server_version", "server_version_num", "max_connections",
+    "superuser_reserved_connections", "reserved_connections", "usable_connections",
+    "client_backends", "utilization", "severity", "severity_reasons",
+    "visibility_complete", "hidden_sessions", "by_state", "by_host", "by_application",
+    "by_user", "by_database", "idle_in_transaction", "connection_limits", "pool_check",
+    "suspects", "pgbouncers", "pooler_sessions", "zero_setup", "notes", "own_sessions",
+    "host_health", "unhealthy_hosts", "unowned_connections", "blocking_chains", "role",
+    "node", "ha_role", "ha_sessions", "platform", "platform_reserved_connections",
+    "platform_sessions",
+)  # fmt: skip
+NAMES = frozenset(DIAGNOSIS_FIELDS) | set(EXTRA_NAMES)
 
 
 class ExpressionError(ValueError, ConnfixError):
@@ -85,7 +100,7 @@ def check(expression: str) -> None:
     env = _environment()
     try:
         ast = env.parse("{{ (" + expression + ") }}")
-        env.compile_expression(expression)
+        _compiled(expression)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.message}") from None
     except RecursionError:
@@ -127,11 +142,19 @@ def context(
     return data
 
 
-def evaluate(expression: str, names: dict[str, Any]) -> bool:
-    """Evaluate an expression to a boolean; raise ExpressionError if it fails."""
+@lru_cache(maxsize=256)
+def _compiled(expression: str) -> Callable[..., Any]:
+    """The expression compiled once per process: a run evaluates the same few conditions
+    at every step and poll (Jinja compiles an expression anew at each call)."""
     compiled: Callable[..., Any] = _environment().compile_expression(
         expression, undefined_to_none=False
     )
+    return compiled
+
+
+def evaluate(expression: str, names: dict[str, Any]) -> bool:
+    """Evaluate an expression to a boolean; raise ExpressionError if it fails."""
+    compiled = _compiled(expression)
     try:
         return bool(compiled(**names))
     except RecursionError:
