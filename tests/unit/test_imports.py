@@ -89,3 +89,13 @@ def test_a_command_imports_only_the_actions_its_runbook_uses(tmp_path: Path) -> 
         "connfix.actions.pgbouncer_commands",
         "connfix.actions.advise",
     }, sorted(actions)
+
+
+def test_a_runbook_read_before_is_not_parsed_again(tmp_path: Path) -> None:
+    """The second command that reads the same runbook loads its parse from connfix's
+    cache (connfix.config.yamlfile): PyYAML is not imported at all."""
+    argv = ["runbook", "validate", RUNBOOK]
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert "yaml" in modules_loaded(argv, env=env)  # parsed, and kept
+    assert "yaml" not in modules_loaded(argv, env=env)
+    assert "yaml" in modules_loaded(argv, env={**env, "CONNFIX_NO_CACHE": "1"})

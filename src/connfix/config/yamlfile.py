@@ -4,6 +4,12 @@ PyYAML's SafeLoader already refuses tags that construct objects; on top of it th
 refuses duplicate keys (PyYAML silently keeps the last), non-scalar keys, documents
 that are huge or nested absurdly deep, and alias bombs. Every value is located by its
 path, so validation errors can name the file, the line and the field.
+
+A document parsed once is kept in connfix's cache (connfix.config.cache), keyed by its
+text, PyYAML's installed files and this module's own: the next command that reads the
+same text loads it from there without importing PyYAML (about 8 ms of every command
+that reads an inventory or a runbook). Only what parsed without an error is kept, and
+only plain values (a timestamp is parsed every time).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ if TYPE_CHECKING:  # PyYAML is imported when a document is read, not with the ty
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
 MAX_NODES = 50_000
+CACHE_ENTRIES = 64  # documents kept; the oldest go first
 
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:" + name
@@ -64,11 +71,79 @@ def format_path(path: PathT) -> str:
 
 
 def load_text(text: str) -> Located:
-    """Parse one YAML document into plain Python values with a line map."""
+    """Parse one YAML document into plain Python values with a line map (from connfix's
+    cache when the same text was parsed before)."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) > MAX_BYTES:
+        raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
+    where = _cache_file(encoded)
+    if where is not None:
+        cached = _from_cache(where)
+        if cached is not None:
+            return cached
+    located = _parse(text)
+    if where is not None:
+        _to_cache(where, located)
+    return located
+
+
+def _cache_file(encoded: bytes) -> Path | None:
+    """Where the parse of this text is kept: named by a hash of the text, of PyYAML's
+    installed files and of this module's (a change in either parses again)."""
+    import hashlib
+    import importlib.util
+    import os
+
+    from connfix.config import cache
+
+    folder = cache.directory("yaml")
+    if folder is None:
+        return None
+    digest = hashlib.sha256(encoded)
+    try:
+        spec = importlib.util.find_spec("yaml")
+        for source in (spec.origin if spec else None, __file__):
+            info = os.stat(source or "")
+            digest.update(f"\0{source}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    except (OSError, ValueError, ImportError):
+        return None
+    return folder / f"{digest.hexdigest()}.marshal"
+
+
+def _from_cache(where: Path) -> Located | None:
+    import marshal
+
+    try:
+        data, lines = marshal.loads(where.read_bytes())
+    except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged: parse
+        return None
+    return Located(data=data, lines=lines)
+
+
+def _to_cache(where: Path, located: Located) -> None:
+    import marshal
+    import os
+
+    try:
+        blob = marshal.dumps((located.data, located.lines))
+    except ValueError:  # a timestamp, say: not a plain value, parsed every time
+        return
+    temporary = where.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(blob)
+        os.replace(temporary, where)
+        kept = sorted(where.parent.glob("*.marshal"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-CACHE_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except OSError:  # a full disk, a race with another connfix: no cache this time
+        temporary.unlink(missing_ok=True)
+
+
+def _parse(text: str) -> Located:
     import yaml
 
-    if len(text.encode("utf-8", "replace")) > MAX_BYTES:
-        raise YamlError(f"file is larger than {MAX_BYTES // 1000} kB")
     # libyaml's parser when PyYAML was built with it (Debian's and the wheels are): the
     # same nodes, marks and safe constructor, parsed in C
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
