@@ -1,5 +1,6 @@
 """connfix's cache on this machine: what is computed the same way at every start and
-costs more to compute than to load (today: the report template compiled by Jinja).
+costs more to compute than to load (the report template compiled by Jinja, the parse of
+each YAML document read: connfix.config.yamlfile).
 
 `$XDG_CACHE_HOME/connfix/KIND`, else `~/.cache/connfix/KIND`, made private (0700) on
 first use. A cache holds code this process will run, so it is used only when every
