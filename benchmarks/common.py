@@ -107,6 +107,37 @@ def usage(argv: Sequence[str], ok: tuple[int, ...] = (0,)) -> Usage:
     return Usage(elapsed, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime, machine)
 
 
+def run_measured(argv: Sequence[str]) -> tuple[float, float, int, str, str]:
+    """Run a whole process to its end: (wall seconds, its own CPU seconds — user and
+    system, from wait4 — exit status, stdout, stderr)."""
+    import threading
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[str, bytes] = {}
+    readers = [
+        threading.Thread(target=lambda n=name, f=pipe: chunks.__setitem__(n, f.read()))
+        for name, pipe in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for reader in readers:
+        reader.start()
+    _, status, ru = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    for reader in readers:
+        reader.join()
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return (
+        elapsed,
+        ru.ru_utime + ru.ru_stime,
+        proc.returncode,
+        chunks.get("out", b"").decode(errors="replace"),
+        chunks.get("err", b"").decode(errors="replace"),
+    )
+
+
 def interleaved(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """Run each way once per round, interleaved (all see the same machine); medians."""
     times: dict[str, list[float]] = {name: [] for name in ways}

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row
+from common import Row, run_measured
 
 from connfix.db import pg
 from connfix.lab import lab
@@ -52,6 +52,11 @@ conn = psycopg.connect(sys.argv[1], autocommit=True)
 for path in sys.argv[2:]:
     conn.execute(open(path).read()).fetchall()
 """
+# the floor, as a program written with connfix's stack would be: click parses its
+# arguments and one pydantic model with one field is defined (no connfix code)
+STACK_FLOOR = (
+    "import click\nfrom pydantic import BaseModel\nclass M(BaseModel):\n    x: int\n" + FLOOR
+)
 
 
 def measure(runs: int = 9, keep: bool = False) -> list[Row]:
@@ -91,17 +96,30 @@ def measure(runs: int = 9, keep: bool = False) -> list[Row]:
             str(queries / "activity.sql"),
             str(queries / "connection_limits.sql"),
         ]
+        stack_floor = [sys.executable, "-c", STACK_FLOOR, *floor[3:]]
         rounds: dict[str, list[float]] = {
             "connfix diagnose --json": [],
             "python floor": [],
+            "floor + click + 1 model": [],
             "psql, same queries": [],
             "python -c pass": [],
             "connfix --help": [],
         }
+        cpu: dict[str, list[float]] = {"connfix": [], "floor": []}
         # interleaved, so all see the same machine
         for _ in range(runs):
-            rounds["connfix diagnose --json"] += timed(connfix, 1, ok=(0, 1))
-            rounds["python floor"] += timed(floor, 1)
+            for name, argv, ok in (
+                ("connfix", connfix, (0, 1)),
+                ("floor", floor, (0,)),
+            ):
+                wall, used, code, _, err = run_measured(argv)
+                if code not in ok:
+                    sys.exit(f"{' '.join(argv)} failed ({code}): {err}")
+                rounds["connfix diagnose --json" if name == "connfix" else "python floor"].append(
+                    wall
+                )
+                cpu[name].append(used)
+            rounds["floor + click + 1 model"] += timed(stack_floor, 1)
             rounds["psql, same queries"] += timed(psql, 1)
             rounds["python -c pass"] += timed([sys.executable, "-c", "pass"], 1)
             rounds["connfix --help"] += timed([*connfix_bin(), "--help"], 1)
@@ -111,6 +129,10 @@ def measure(runs: int = 9, keep: bool = False) -> list[Row]:
             print(f"  {name:26s} {value:6.3f} s")
         ratio = medians["connfix diagnose --json"] / medians["python floor"]
         print(f"  ratio connfix / floor      {ratio:6.2f}×")
+        print(
+            f"  own CPU: connfix {statistics.median(cpu['connfix']):.3f} s,"
+            f" the floor {statistics.median(cpu['floor']):.3f} s"
+        )
         print(f"target: diagnose ≤ {TARGET_RATIO}× the Python floor and ≤ {TARGET_S} s")
     finally:
         if not keep:
@@ -126,7 +148,12 @@ def measure(runs: int = 9, keep: bool = False) -> list[Row]:
             "python: import psycopg, connect, the same queries",
             floor_s,
             f"psql, same queries {medians['psql, same queries']:.3f} s; python -c pass"
-            f" {medians['python -c pass']:.3f} s; connfix --help {medians['connfix --help']:.3f} s",
+            f" {medians['python -c pass']:.3f} s; connfix --help {medians['connfix --help']:.3f} s;"
+            f" own CPU: connfix {statistics.median(cpu['connfix']):.3f} s, the floor"
+            f" {statistics.median(cpu['floor']):.3f} s; the floor with click imported and one"
+            f" pydantic model defined (no connfix code)"
+            f" {medians['floor + click + 1 model']:.3f} s ="
+            f" {medians['floor + click + 1 model'] / floor_s:.2f}× the floor",
         )
     ]
 
