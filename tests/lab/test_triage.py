@@ -498,3 +498,38 @@ def test_a_bug_in_an_action_still_finishes_the_journal_and_the_report(
     assert "internal error in connfix (TypeError: injected)" in result.output
     report = assert_complete(tmp_path / "incidents", "halted (error)")
     assert "internal error in connfix" in report
+
+
+def test_a_real_triage_says_its_outcome_before_the_report_is_rendered(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The standard incident, the shipped runbook, a real restart: the outcome is on the
+    terminal as soon as run_end is journaled, the report rendered after it (the same
+    report, complete: a change, its chart), its path printed last, before the command
+    returns. The same order on a refused run:
+    tests/unit/test_fixed_cost.py::test_the_verdict_is_printed_before_the_report_is_rendered."""
+    import sys
+
+    from connfix.record import report
+
+    clean_lab.core.leak("app2", 6, idle_in_transaction=False)
+    seen: list[tuple[str, list[str]]] = []
+    real = report.write
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        sys.stdout.flush()
+        journal = next((tmp_path / "incidents").glob("*/journal.jsonl"))
+        ended = [e["event"] for e in read_journal(journal)][-1:]
+        seen.append((sys.stdout.buffer.getvalue().decode(), ended))  # type: ignore[attr-defined]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write", write)
+    result = triage(clean_lab, tmp_path, "--yes")
+    assert result.exit_code == 0, result.output
+    ((before, last_event),) = seen
+    assert last_event == ["run_end"]  # the journal was complete when the report began
+    assert "resolved: " in before and "incident: " in before and "report:" not in before
+    assert result.output.index("report: ") > result.output.index("resolved: ")
+    (written,) = (tmp_path / "incidents").glob("*/report.md")
+    assert "connfix restarted app2" in written.read_text()  # the change is in it
+    assert (written.parent / "incident.svg").read_text().startswith("<?xml")  # the chart
