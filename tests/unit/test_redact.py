@@ -4,9 +4,12 @@ malformed or not — and the places that used to leak, end to end through the CL
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -267,3 +270,83 @@ def test_the_pre_filter_never_changes_what_is_masked(text: str) -> None:
     skip only strings none of the patterns could match: Unicode's case folding
     included (the long s, the dotless i, the dotted capital I, the Kelvin sign)."""
     assert redact.mask_secrets(text) == _four_substitutions(text)
+
+
+def _three_passes(entry: dict[str, object], redactor: object) -> str:
+    """A journal line as it was written before the one-pass conversion: json.dumps with
+    _plain, json.loads, Redactor.value, json.dumps (the reference it must equal)."""
+    import json
+
+    from connfix.record import journal
+
+    plain = json.loads(json.dumps(entry, default=journal._plain, ensure_ascii=False))
+    return json.dumps(redactor.value(plain), ensure_ascii=False)  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    name: str
+    when: datetime
+    tags: frozenset[str]
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+class _Old(str, enum.Enum):  # noqa: UP042 (the mixin on purpose: str() gives its name, JSON its text)
+    ONE = "one password=x"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Opaque:  # no JSON form: written as its str()
+    def __str__(self) -> str:
+        return "opaque password=hunter2"
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+    st.sampled_from([float("inf"), -float("inf")]),
+    st.text(), st.sampled_from([*_WORDS, "s3cretpassw0rd", "x s3cretpassw0rd y"]),
+    st.sampled_from([_Colour.RED, _Old.ONE, _Level.HIGH, Path("/a/b")]),
+    st.builds(_Opaque),
+    st.datetimes(timezones=st.just(UTC)),
+    st.builds(_Inner, st.text(), st.datetimes(timezones=st.just(UTC)),
+              st.frozensets(st.text(max_size=5), max_size=3)),
+    st.sets(st.integers(), max_size=4),
+)  # fmt: skip
+_KEYS = st.one_of(  # enum keys are fixed in the test (one equal to "red" would collide)
+    st.text(), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False),
+)  # fmt: skip
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(_KEYS, inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(st.text(), _VALUES, max_size=6))
+def test_a_journal_line_is_what_the_three_passes_wrote(fields: dict[str, object]) -> None:
+    """The journal converts and redacts an event in one pass over it: its line is the
+    one json.dumps → json.loads → Redactor.value → json.dumps wrote, byte for byte
+    (keys of every JSON kind, str-mixin enums, dataclasses, datetimes, sets, paths,
+    secrets inside text), and the entry it returns is that line read back."""
+    import json
+
+    from connfix.record import journal
+
+    redactor = journal.Redactor(["s3cretpassw0rd", "lab"])
+    entry = {"ts": "2026-12-05T00:00:00.000Z", "seq": 1, "event": "operation", **fields}
+    entry["enum_keys"] = {_Colour.RED: 1, _Old.ONE: [_Old.ONE], _Level.HIGH: _Level.HIGH}
+    expected = _three_passes(entry, redactor)
+    plain = journal._redacted_plain(entry, redactor)
+    assert json.dumps(plain, ensure_ascii=False) == expected
+    assert plain == json.loads(expected)

@@ -81,6 +81,43 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _redacted_plain(value: Any, redact: Redactor) -> Any:
+    """`value` as JSON would read it back, every string redacted: one pass over it
+    (json.dumps with _plain, json.loads, then Redactor.value, as it was, took three).
+    Keys become what JSON makes of them; a value JSON cannot hold goes through _plain
+    and is converted again."""
+    if isinstance(value, str):  # str.__str__: an enum's text, not its name (as JSON)
+        return redact(str.__str__(value))
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return {_json_key(k): _redacted_plain(v, redact) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted_plain(v, redact) for v in value]
+    return _redacted_plain(_plain(value), redact)
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as json.dumps writes it."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return json.dumps(float(key))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
 def incidents_base(flag: str | None, configured: str | None) -> Path:
     """Return where incidents go: --incidents-dir, the inventory, $CONNFIX_INCIDENTS_DIR."""
     from connfix.config.files import expand
@@ -147,21 +184,21 @@ class Journal:
         each is still one complete line; all are durable before returning."""
         if events:
             with self._lock:
-                self._write(b"".join(self._line(event, fields) for event, fields in events))
+                self._write(b"".join(self._line(event, fields)[0] for event, fields in events))
 
-    def _line(self, event: Event, fields: dict[str, Any]) -> bytes:
+    def _line(self, event: Event, fields: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        """One event as its journal line, and as the line reads back (plain, redacted)."""
         if self._fd is None:
             raise JournalError(f"the journal {self.path} is closed")
         self.seq += 1
         entry = {"ts": utc_now(), "seq": self.seq, "event": event, **fields}
-        plain = json.loads(json.dumps(entry, default=_plain, ensure_ascii=False))
-        line = json.dumps(self.redact.value(plain), ensure_ascii=False) + "\n"
-        return line.encode("utf-8")
+        plain: dict[str, Any] = _redacted_plain(entry, self.redact)
+        return (json.dumps(plain, ensure_ascii=False) + "\n").encode("utf-8"), plain
 
     def _record(self, event: Event, fields: dict[str, Any]) -> dict[str, Any]:
-        data = self._line(event, fields)
+        data, plain = self._line(event, fields)
         self._write(data)
-        return json.loads(data)  # type: ignore[no-any-return]
+        return plain
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
