@@ -290,3 +290,39 @@ def test_a_journal_the_template_cannot_render_still_gets_a_minimal_report(
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 1, result.output
     assert "a minimal report (outcome and timeline, from the journal) was written" in result.output
+
+
+# The sessions' table as the template's loop wrote it, cell by cell, before its rows
+# were built in Python (report._session_rows): the reference they must equal.
+_LOOP = """{% for o in operations %}
+| {{ o.pid }} | {{ o.usename }} | {{ o.application_name or "(none)" }} | {{ o.host or o.client_addr }} | {{ o.state }} | {{ age(o.idle_seconds) }} | {{ o.result }} | {{ o.reason or None }} |
+{% endfor %}"""  # noqa: E501
+_JSON = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(), st.just(""),
+    st.floats(allow_nan=True, allow_infinity=True),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "pid": st.one_of(st.integers(0, 2**31), _JSON),
+                "usename": _JSON,
+                "application_name": _JSON,
+                "host": _JSON,
+                "client_addr": _JSON,
+                "state": _JSON,
+                "idle_seconds": _JSON,
+                "result": _JSON,
+                "reason": _JSON,
+            }
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_sessions_rows_are_what_the_template_loop_wrote(rows: list[dict[str, Any]]) -> None:
+    loop = report._compiled(_LOOP).render(operations=rows, age=report._age)
+    assert report._session_rows(rows) + "\n" == loop
