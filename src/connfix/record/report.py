@@ -812,17 +812,16 @@ def _compiled(source: str) -> Template:
     return env.get_template(name)
 
 
-def render(journal: Path, template: Path | None = None) -> str:
-    """Render the report of one journal, with the shipped or a user template."""
+def render(
+    journal: Path, template: Path | None = None, events: list[dict[str, Any]] | None = None
+) -> str:
+    """Render the report of one journal, with the shipped or a user template (`events`:
+    the journal already read, by write)."""
     from jinja2 import TemplateError
     from jinja2.exceptions import SecurityError
 
-    try:
-        events = list(read_journal(journal))
-    except FileNotFoundError:
-        raise InputError(f"{journal}: no such journal") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{journal}: the journal cannot be read: {exc}") from None
+    if events is None:
+        events = _read(journal)
     try:
         context = build(events, journal)
         context.update(_postmortem(events, context))
@@ -931,21 +930,16 @@ def write(incident: Path, output: Path | None = None, template: Path | None = No
 
     journal = journal_of(incident)
     degraded = None
+    events = _read(journal)  # once, for the report and its chart
     try:
-        text = render(journal, template)
+        text = render(journal, template, events)
     except InputError as exc:
-        if template is not None:
-            raise
-        try:
-            events = list(read_journal(journal))
-        except (OSError, ValueError):
-            raise exc from None  # no journal to write even a minimal report from
-        if not events:
+        if template is not None or not events:
             raise
         degraded = str(exc)
         text = minimal(events, journal, degraded)
     target = files.expand(output) if output else journal.parent / REPORT
-    draw(journal, target.parent)  # first: a report that exists has its picture beside it
+    draw(journal, target.parent, events)  # first: a report that exists has its picture
     try:
         files.write_private(target, text)
     except OSError as exc:
@@ -953,7 +947,17 @@ def write(incident: Path, output: Path | None = None, template: Path | None = No
     return Written(target, degraded)
 
 
-def draw(journal: Path, folder: Path) -> Path | None:
+def _read(journal: Path) -> list[dict[str, Any]]:
+    """The journal's events, or InputError saying why they cannot be read."""
+    try:
+        return list(read_journal(journal))
+    except FileNotFoundError:
+        raise InputError(f"{journal}: no such journal") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{journal}: the journal cannot be read: {exc}") from None
+
+
+def draw(journal: Path, folder: Path, events: list[dict[str, Any]] | None = None) -> Path | None:
     """Write the incident's chart (incident.svg) into `folder`, beside the report; None
     when there is nothing to draw or it could not be written (the report says the
     chart's file name either way: a missing picture never costs the report)."""
@@ -961,7 +965,7 @@ def draw(journal: Path, folder: Path) -> Path | None:
     from connfix.record import chart
 
     try:
-        c = chart.curve(list(read_journal(journal)))
+        c = chart.curve(events if events is not None else list(read_journal(journal)))
         if c.empty:
             return None
         target = folder / chart.CHART
