@@ -350,3 +350,21 @@ def test_a_journal_line_is_what_the_three_passes_wrote(fields: dict[str, object]
     plain = journal._redacted_plain(entry, redactor)
     assert json.dumps(plain, ensure_ascii=False) == expected
     assert plain == json.loads(expected)
+
+
+def test_a_redactor_remembers_a_bounded_number_of_short_strings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connfix.record import journal
+
+    redactor = journal.Redactor(["s3cretpassw0rd"])
+    for _ in range(2):  # the same answer from memory
+        assert redactor("x s3cretpassw0rd password=hunter2") == "x *** password=***"
+    assert list(redactor._done) == ["x s3cretpassw0rd password=hunter2"]
+    assert redactor("s3cretpassw0rd" * 20) == "***" * 20  # too long to remember
+    assert len(redactor._done) == 1
+    monkeypatch.setattr(journal, "MEMO_ENTRIES", 3)
+    for text in ("a", "b", "c", "d"):
+        redactor(text)
+    assert list(redactor._done) == ["c", "d"]  # full at "c": forgotten, then remembered
+    assert journal.Redactor(["other-secret"])("x s3cretpassw0rd") == "x s3cretpassw0rd"

@@ -23,6 +23,7 @@ from connfix.record.events import Event
 
 JOURNAL = "journal.jsonl"
 MIN_SUBSTRING_SECRET = 8  # shorter secrets are redacted as whole values only
+MEMO_CHARS, MEMO_ENTRIES = 200, 10_000  # the strings a Redactor remembers, how many
 
 
 class JournalError(ConnfixError):
@@ -46,9 +47,23 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # a run journals the same names and states over and over (1,000 sessions of one
+        # application): each short string is redacted once (the secrets never change)
+        self._done: dict[str, str] = {}
 
     def __call__(self, text: str) -> str:
         """Redact one string."""
+        done = self._done.get(text)
+        if done is not None:
+            return done
+        redacted = self._redact(text)
+        if len(text) <= MEMO_CHARS:
+            if len(self._done) >= MEMO_ENTRIES:
+                self._done.clear()
+            self._done[text] = redacted
+        return redacted
+
+    def _redact(self, text: str) -> str:
         if text in self.secrets:
             return "***"
         for secret in self.secrets:
@@ -86,9 +101,19 @@ def _redacted_plain(value: Any, redact: Redactor) -> Any:
     (json.dumps with _plain, json.loads, then Redactor.value, as it was, took three).
     Keys become what JSON makes of them; a value JSON cannot hold goes through _plain
     and is converted again."""
+    kind = type(value)
+    if kind is str:
+        return redact(value)
+    if kind is dict:  # the common shapes first: a journal line is mostly these
+        return {
+            k if type(k) is str else _json_key(k): _redacted_plain(v, redact)
+            for k, v in value.items()
+        }
+    if value is None or kind is int or kind is bool or kind is float:
+        return value
     if isinstance(value, str):  # str.__str__: an enum's text, not its name (as JSON)
         return redact(str.__str__(value))
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return int(value)
