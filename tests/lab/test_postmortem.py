@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connfix.record import chart
 from tests.helpers import TOKEN, Lab, connfix_run, free_port, process, request, retry
@@ -415,3 +417,39 @@ def test_the_history_can_come_from_postgres_exporter(
     check_chart(journal.parent, tmp_path)
     report = (journal.parent / "report.md").read_text()
     assert "Points: Prometheus (http://127.0.0.1:" in report
+
+
+_LINES = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(blacklist_characters="\n\x00"), max_size=40),
+        st.sampled_from([
+            "2026-12-05 08:00:00.123 UTC [12] FATAL:  sorry, too many clients already",
+            "x remaining connection slots are reserved for roles with SUPERUSER",
+            "sorry, too many clients already", "remaining connection slots are reserved",
+            "sorry, too many clients", "", "\r", "sorry, too many clients already\r",
+        ]),
+    ),
+    max_size=12,
+).map("\n".join)  # fmt: skip
+
+
+@ON_15
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=_LINES)
+def test_the_log_is_scanned_for_whole_lines_as_line_by_line(lab: Lab, text: str) -> None:
+    """connfix reads the server's log through SQL with one newline-sensitive scan
+    (server_log.LINE_PATTERN); on the real server it finds exactly the lines the file
+    split into rows and each row matched found (the query it replaced)."""
+    from connfix.db.server_log import LINE_PATTERN, PATTERN
+
+    with lab.superuser() as conn:
+        scanned = conn.execute(
+            "SELECT m[1] FROM regexp_matches(%s, %s, 'gn') AS m", (text, LINE_PATTERN)
+        ).fetchall()
+        split = conn.execute(
+            "SELECT line FROM regexp_split_to_table(%s, E'\\n') AS line WHERE line ~ %s",
+            (text, PATTERN),
+        ).fetchall()
+    assert scanned == split

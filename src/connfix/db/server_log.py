@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # English server messages (lc_messages): what a refused connection attempt logs
 PATTERN = r"(sorry, too many clients already|remaining connection slots are reserved)"
 KINDS = {"sorry, too many clients": "too many clients", "remaining connection": "reserved slots"}
+LINE_PATTERN = f"^([^\\n]*{PATTERN}[^\\n]*)$"  # a whole line holding PATTERN
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a log file larger than this is not read (said so)
 _STAMP = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)(?: ([A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?))?"
@@ -139,11 +140,12 @@ def through_sql(session: Session, since: datetime, until: datetime) -> Refusals:
                 if size > MAX_FILE_BYTES:
                     found.skipped.append(f"{name}: {size} bytes, over {MAX_FILE_BYTES}")
                     continue
+                # one newline-sensitive scan of the file for its matching lines (the file
+                # split into a row per line, each row matched, took 7× as long)
                 rows = session.conn.execute(
-                    "SELECT line FROM regexp_split_to_table(pg_read_file("
-                    "current_setting('log_directory') || '/' || %s), E'\\n') AS line"
-                    " WHERE line ~ %s",
-                    (name, PATTERN),
+                    "SELECT m[1] FROM regexp_matches(pg_read_file("
+                    "current_setting('log_directory') || '/' || %s), %s, 'gn') AS m",
+                    (name, LINE_PATTERN),
                 ).fetchall()
                 found.files.append(str(name))
                 for (line,) in rows:
