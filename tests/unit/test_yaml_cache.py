@@ -3,6 +3,7 @@ from connfix's cache, without importing PyYAML, and only when nothing changed.""
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def test_a_damaged_entry_is_parsed_again_and_a_timestamp_is_not_kept(cache_home:
     yamlfile.load_text("b: [1, 2]\n")
     (entry,) = _entries(cache_home)
     entry.write_bytes(b"\x00garbage")
+    assert yamlfile.load_text("b: [1, 2]\n").data == {"b": [1, 2]}
+    entry.write_bytes(marshal.dumps(({"b": "forged"}, ["not", "a", "line", "map"])))
     assert yamlfile.load_text("b: [1, 2]\n").data == {"b": [1, 2]}
     entry.unlink()
     located = yamlfile.load_text("when: 2026-12-05 08:00:00\n")

@@ -117,6 +117,8 @@ def _from_cache(where: Path) -> Located | None:
         data, lines = marshal.loads(where.read_bytes())
     except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged: parse
         return None
+    if not isinstance(lines, dict):  # not what _to_cache writes: parse
+        return None
     return Located(data=data, lines=lines)
 
 
