@@ -59,19 +59,6 @@ def timed(
     return elapsed
 
 
-def peak_rss_mb(argv: Sequence[str], ok: tuple[int, ...] = (0, 1)) -> tuple[float, float]:
-    """Run a whole process; return (wall seconds, its peak RSS in MB, from wait4)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code not in ok:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        sys.exit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
-
-
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy since boot, all cores (/proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -93,23 +80,26 @@ class Usage:
 def usage(argv: Sequence[str], ok: tuple[int, ...] = (0,)) -> Usage:
     """Run a whole process and measure it (see Usage); stop the benchmark if it fails."""
     busy = machine_busy()
-    started = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
+    ran = _run(argv)
     machine = machine_busy() - busy
-    code = os.waitstatus_to_exitcode(status)
-    if code not in ok:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        sys.exit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
-    if proc.stderr:
-        proc.stderr.close()
-    return Usage(elapsed, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime, machine)
+    if ran.code not in ok:
+        sys.exit(f"{' '.join(argv)} failed ({ran.code}): {ran.err[-2000:]}")
+    return Usage(ran.seconds, ran.rss_mb, ran.cpu, machine)
 
 
-def run_measured(argv: Sequence[str]) -> tuple[float, float, int, str, str]:
-    """Run a whole process to its end: (wall seconds, its own CPU seconds — user and
-    system, from wait4 — exit status, stdout, stderr)."""
+@dataclass(frozen=True)
+class _Ran:
+    seconds: float
+    rss_mb: float  # peak, from wait4
+    cpu: float  # user + system seconds, from wait4
+    code: int
+    out: str
+    err: str
+
+
+def _run(argv: Sequence[str]) -> _Ran:
+    """Run a whole process to its end, its output read while it runs (a full pipe would
+    stop it), its resources from wait4."""
     import threading
 
     started = time.perf_counter()
@@ -129,13 +119,21 @@ def run_measured(argv: Sequence[str]) -> tuple[float, float, int, str, str]:
     proc.stdout.close()
     proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return (
+    return _Ran(
         elapsed,
+        ru.ru_maxrss / 1024,
         ru.ru_utime + ru.ru_stime,
         proc.returncode,
         chunks.get("out", b"").decode(errors="replace"),
         chunks.get("err", b"").decode(errors="replace"),
     )
+
+
+def run_measured(argv: Sequence[str]) -> tuple[float, float, int, str, str]:
+    """Run a whole process to its end: (wall seconds, its own CPU seconds, exit status,
+    stdout, stderr)."""
+    ran = _run(argv)
+    return ran.seconds, ran.cpu, ran.code, ran.out, ran.err
 
 
 def interleaved(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ only plain values (a timestamp is parsed every time).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,23 +92,32 @@ def _cache_file(encoded: bytes) -> Path | None:
     """Where the parse of this text is kept: named by a hash of the text, of PyYAML's
     installed files and of this module's (a change in either parses again)."""
     import hashlib
-    import importlib.util
-    import os
 
     from connfix.config import cache
 
+    loader = _loader()
     folder = cache.directory("yaml")
-    if folder is None:
+    if loader is None or folder is None:
         return None
-    digest = hashlib.sha256(encoded)
+    return folder / f"{hashlib.sha256(loader + encoded).hexdigest()}.marshal"
+
+
+@functools.cache
+def _loader() -> bytes | None:
+    """What the parse depends on besides the text — PyYAML's installed module and this
+    one, by path, size and time — once per process; None when it cannot be told."""
+    import importlib.util
+    import os
+
     try:
         spec = importlib.util.find_spec("yaml")
+        said = b""
         for source in (spec.origin if spec else None, __file__):
             info = os.stat(source or "")
-            digest.update(f"\0{source}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+            said += f"{source}\0{info.st_size}\0{info.st_mtime_ns}\0".encode()
     except (OSError, ValueError, ImportError):
         return None
-    return folder / f"{digest.hexdigest()}.marshal"
+    return said
 
 
 def _from_cache(where: Path) -> Located | None:

@@ -104,25 +104,21 @@ def _redacted_plain(value: Any, redact: Redactor) -> Any:
     kind = type(value)
     if kind is str:
         return redact(value)
-    if kind is dict:  # the common shapes first: a journal line is mostly these
+    if value is None or kind is int or kind is bool or kind is float:
+        return value
+    if isinstance(value, dict):
         return {
             k if type(k) is str else _json_key(k): _redacted_plain(v, redact)
             for k, v in value.items()
         }
-    if value is None or kind is int or kind is bool or kind is float:
-        return value
+    if isinstance(value, list | tuple):
+        return [_redacted_plain(v, redact) for v in value]
     if isinstance(value, str):  # str.__str__: an enum's text, not its name (as JSON)
         return redact(str.__str__(value))
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
+    if isinstance(value, int):  # an IntEnum: its number (bool is not subclassable)
         return int(value)
     if isinstance(value, float):
         return float(value)
-    if isinstance(value, dict):
-        return {_json_key(k): _redacted_plain(v, redact) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted_plain(v, redact) for v in value]
     return _redacted_plain(_plain(value), redact)
 
 
