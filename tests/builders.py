@@ -24,7 +24,7 @@ NAME = "10.231.7.11"  # the host the SSH keys and certificates are for
 
 
 def env(**thresholds: Any) -> Environment:
-    return Environment.model_validate(
+    return Environment.validate(
         {
             "database": {"dsn": "host=db dbname=app user=connfix"},
             "service": {"unit": "app.service", "pool_size": 4},
@@ -81,7 +81,7 @@ def backend(
 
 
 def environment(**extra: Any) -> Environment:
-    return Environment.model_validate(
+    return Environment.validate(
         {
             "database": {"dsn": "host=db dbname=app user=connfix"},
             "service": {

@@ -143,7 +143,7 @@ class FakeRun:
 
 def environment(hosts: int = 3, **service: Any) -> Environment:
     """A small inventory environment: app1…appN, one service."""
-    return Environment.model_validate(
+    return Environment.validate(
         {
             "database": {"dsn": "host=db dbname=app user=connfix"},
             "service": {

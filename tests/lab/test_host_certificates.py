@@ -93,9 +93,7 @@ def _openssh_accepts(lab: Lab, lab_env: Any, known: Path) -> bool:
 
 
 def _connfix(lab_env: Any, known: Path) -> tuple[bool, str]:
-    conn = remote.Remote(
-        lab_env.hosts[0], lab_env.ssh.model_copy(update={"known_hosts_file": str(known)})
-    )
+    conn = remote.Remote(lab_env.hosts[0], lab_env.ssh.replace(known_hosts_file=str(known)))
     try:
         result = conn.run("hostname")
         transport = conn.conn.client.get_transport()

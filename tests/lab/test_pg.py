@@ -46,9 +46,7 @@ def test_full_server_falls_back_to_the_least_privileged_way_in(
 def test_full_server_without_admin_says_what_to_configure(
     full_server: list[Any], lab_env: Any
 ) -> None:
-    db = lab_env.database.model_copy(
-        update={"admin_dsn": None, "admin_dsn_env": None, "reserved_dsn": None}
-    )
+    db = lab_env.database.replace(admin_dsn=None, admin_dsn_env=None, reserved_dsn=None)
     with pytest.raises(DatabaseUnavailable) as caught:
         pg.open_session(db)
     message = str(caught.value)
@@ -76,15 +74,13 @@ def test_admin_dsn_from_the_environment_wins(
         "CONNFIX_LAB_ADMIN_DSN",
         lab_env.database.admin_dsn.replace("user=connfix_admin", "user=nosuchrole"),
     )
-    db = lab_env.database.model_copy(update={"reserved_dsn": None})
+    db = lab_env.database.replace(reserved_dsn=None)
     with pytest.raises(DatabaseUnavailable, match="admin connection to nosuchrole@"):
         pg.open_session(db)
 
 
 def test_unreachable_database_is_exit_3(lab_env: Any, tmp_path: Path) -> None:
-    db = lab_env.database.model_copy(
-        update={"dsn": "host=127.0.0.1 port=1 dbname=x user=y", "connect_timeout": 1.0}
-    )
+    db = lab_env.database.replace(dsn="host=127.0.0.1 port=1 dbname=x user=y", connect_timeout=1.0)
     with pytest.raises(DatabaseUnavailable, match=r"cannot connect to y@127\.0\.0\.1:1/x"):
         pg.open_session(db)
 

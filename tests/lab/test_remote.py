@@ -100,7 +100,7 @@ def test_changed_host_key_is_refused(lab: Lab, lab_env: Any, tmp_path: Path) -> 
 
 def test_unreachable_host_is_a_result_not_an_exception(lab_env: Any) -> None:
     ghost = Host(name="ghost", ssh_address=lab_env.hosts[0].ssh_address.rsplit(".", 1)[0] + ".99")
-    conn = remote.Remote(ghost, lab_env.ssh.model_copy(update={"connect_timeout": 1.0}))
+    conn = remote.Remote(ghost, lab_env.ssh.replace(connect_timeout=1.0))
     result = conn.run("true")
     assert result.exit_code is None and not result.ok
     assert result.error is not None and "ghost" not in result.error  # names the address
@@ -124,9 +124,7 @@ def test_ssh_config_is_honoured(
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     conn = remote.Remote(
         lab_env.hosts[1],
-        lab_env.ssh.model_copy(
-            update={"user": None, "identity_file": None, "known_hosts_file": None}
-        ),
+        lab_env.ssh.replace(user=None, identity_file=None, known_hosts_file=None),
     )
     try:
         assert conn.known_hosts == ssh_dir / "known_hosts"
@@ -240,9 +238,7 @@ def test_unknown_jump_host_key_is_refused(
     jump_known = tmp_path / "jump_known_hosts"
     jump_known.write_text("")  # the jump host's key is not known
     _ssh_home(lab, tmp_path, monkeypatch, _jump_config(lab, lab_env, jump_known))
-    conn = remote.Remote(
-        lab_env.hosts[1], lab_env.ssh.model_copy(update={"known_hosts_file": None})
-    )
+    conn = remote.Remote(lab_env.hosts[1], lab_env.ssh.replace(known_hosts_file=None))
     conn.known_hosts = ssh_dir / "known_hosts"  # the target's key is known
     jump = lab_env.hosts[0].ssh_address
     with pytest.raises(
@@ -266,9 +262,7 @@ def test_changed_jump_host_key_is_refused(
     jump_known = tmp_path / "jump_known_hosts"
     jump_known.write_text(f"{jump} {other_key}\n")  # app3's key, claimed for app1
     _ssh_home(lab, tmp_path, monkeypatch, _jump_config(lab, lab_env, jump_known))
-    conn = remote.Remote(
-        lab_env.hosts[1], lab_env.ssh.model_copy(update={"known_hosts_file": None})
-    )
+    conn = remote.Remote(lab_env.hosts[1], lab_env.ssh.replace(known_hosts_file=None))
     conn.known_hosts = ssh_dir / "known_hosts"
     result = conn.run("true")
     assert not result.ok and result.error is not None

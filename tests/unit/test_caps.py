@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from connfix.config.inventory import AlertCaps
+from connfix.config.records import Invalid
 from connfix.engine.runbook import parse_runbook
 from connfix.record.events import Event
 from connfix.record.journal import Journal, Redactor, last_change
@@ -51,8 +51,8 @@ def test_a_cancel_step_that_terminates_needs_the_right_to_end_sessions() -> None
 
 
 def test_an_unknown_cap_is_refused_naming_what_exists() -> None:
-    with pytest.raises(ValidationError, match="unknown 'restart'"):
-        AlertCaps(actions=["restart"])
+    with pytest.raises(Invalid, match="unknown 'restart'"):
+        AlertCaps.validate({"actions": ["restart"]})
 
 
 def test_the_last_change_is_read_from_the_journals(tmp_path: Path) -> None:

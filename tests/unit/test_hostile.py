@@ -330,7 +330,7 @@ def test_every_secret_environment_variable_is_in_the_redaction_list(
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    environment = Environment.model_validate(
+    environment = Environment.validate(
         {
             "database": {
                 "dsn": "host=db dbname=app user=connfix",

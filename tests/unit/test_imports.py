@@ -23,13 +23,14 @@ JOURNAL = (  # a run refused at connect: a report connfix renders in full
     ' "unreachable", "exit_status": 3, "message": "refused"}\n'
 )
 
-# command → the modules its path must never load
+# command → the modules its path must never load (once its inputs are in connfix's cache:
+# each case runs once before it is checked, as a user's second command would)
 CASES = {
     "diagnose --json": (
         ["diagnose", "--dsn", REFUSED, "--json"],
-        SSH | SERVER | TEMPLATES | {"rich", "yaml", "pygments"},
+        SSH | SERVER | TEMPLATES | {"rich", "yaml", "pygments", "pydantic"},
     ),
-    "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml"}),
+    "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml", "pydantic"}),
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
         SSH | SERVER | {"yaml"},  # its runbook is built from its flags: no YAML read
@@ -49,7 +50,9 @@ def test_each_command_imports_only_what_it_uses(case: str, tmp_path: Path) -> No
     argv = [a.replace("INCIDENTS", str(tmp_path)) for a in argv]
     (tmp_path / "20261204T000000Z-x").mkdir()
     (tmp_path / "20261204T000000Z-x" / "journal.jsonl").write_text(JOURNAL)
-    loaded = modules_loaded(argv)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    modules_loaded(argv, env=env)  # the first: what it validates is kept
+    loaded = modules_loaded(argv, env=env)
     assert "connfix" in loaded
     assert not loaded & forbidden, f"{case} imports {sorted(loaded & forbidden)}"
     # the command's own module, and no other command's (click loads them lazily)
@@ -62,10 +65,13 @@ def test_each_command_imports_only_what_it_uses(case: str, tmp_path: Path) -> No
 
 def test_the_guard_fails_on_a_heavy_import() -> None:
     """The guard sees what a path imports: paramiko pulled in before diagnose is caught
-    (as a lazy import made eager would be)."""
+    (as a lazy import made eager would be), and so is pydantic when the environment is
+    validated rather than built from the cache."""
     argv, forbidden = CASES["diagnose --json"]
     loaded = modules_loaded(argv, prelude="import paramiko")
     assert "paramiko" in loaded & forbidden
+    cold = modules_loaded(argv, env={"CONNFIX_NO_CACHE": "1"})  # validated every time
+    assert "pydantic" in cold & forbidden
 
 
 def test_the_lazy_action_registry_names_each_action_by_its_own_name() -> None:

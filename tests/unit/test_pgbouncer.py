@@ -8,10 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from connfix.actions.pgbouncer_commands import KillClientsAction, KillClientsParams
 from connfix.config.inventory import Environment
+from connfix.config.records import Invalid
 from connfix.db.pgbouncer_console import (
     BouncerClient,
     BouncerServer,
@@ -167,12 +167,12 @@ def test_inventory_takes_one_pgbouncer_or_a_list_not_both() -> None:
         "service": {"unit": "app.service", "pool_size": 3},
         "hosts": [{"name": "web1", "ssh_address": "10.0.0.1"}],
     }
-    one = Environment.model_validate({**base, "pgbouncer": {"admin_dsn": "host=p dbname=x"}})
+    one = Environment.validate({**base, "pgbouncer": {"admin_dsn": "host=p dbname=x"}})
     assert [b.name for b in one.pgbouncers] == ["pgbouncer"]
-    with pytest.raises(ValidationError, match="not both"):
-        Environment.model_validate({**base, "pgbouncer": {"admin_dsn": "host=p"}, "pgbouncers": []})
-    with pytest.raises(ValidationError, match="given twice"):
-        Environment.model_validate(
+    with pytest.raises(Invalid, match="not both"):
+        Environment.validate({**base, "pgbouncer": {"admin_dsn": "host=p"}, "pgbouncers": []})
+    with pytest.raises(Invalid, match="given twice"):
+        Environment.validate(
             {
                 **base,
                 "pgbouncers": [

@@ -8,17 +8,17 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from connfix.config.inventory import Environment
 from connfix.config.platforms import NAMES, PLATFORMS
+from connfix.config.records import Invalid
 from connfix.diagnosis.analysis import analyse, usable_connections
 from connfix.diagnosis.model import PLATFORM_ROW
 from tests.builders import backend, info
 
 
 def managed(platform: str, **database: Any) -> Environment:
-    return Environment.model_validate(
+    return Environment.validate(
         {
             "database": {"dsn": "host=db dbname=app user=ops", "platform": platform, **database},
             "service": {"unit": "app.service", "pool_size": 4},
@@ -60,7 +60,7 @@ def test_the_platforms_sessions_are_theirs_never_a_suspect() -> None:
 
 @pytest.mark.parametrize("platform", [p for p in NAMES if p != "self-managed"])
 def test_a_superuser_way_in_is_refused_on_a_managed_platform(platform: str) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(Invalid) as caught:
         managed(platform, admin_dsn="host=db dbname=app user=postgres")
     message = str(caught.value)
     assert "admin_dsn" in message and "hands out no superuser" in message
@@ -69,7 +69,7 @@ def test_a_superuser_way_in_is_refused_on_a_managed_platform(platform: str) -> N
 
 
 def test_an_unknown_platform_is_refused_naming_the_choices() -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(Invalid) as caught:
         managed("heroku")
     assert "platform" in str(caught.value) and "cloudsql" in str(caught.value)
 

@@ -23,7 +23,7 @@ def env(
     max_unavailable: int = 1,
     max_overflow: int = 0,
 ) -> Environment:
-    return Environment.model_validate(
+    return Environment.validate(
         {
             "database": {"dsn": "host=db dbname=app user=connfix"},
             "service": {

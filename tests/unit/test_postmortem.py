@@ -197,7 +197,7 @@ def test_the_chart_starts_before_the_run_and_is_the_same_for_the_same_journal(
 def test_an_unreachable_prometheus_is_said_never_raised() -> None:
     from connfix.config.inventory import PrometheusSource
 
-    source = PrometheusSource(url="http://127.0.0.1:1", timeout="1s")
+    source = PrometheusSource.validate({"url": "http://127.0.0.1:1", "timeout": "1s"})
     found = history.fetch(source, "lab", time.time() - 60, time.time())
     assert set(found["errors"]) == {"connections", "limit", "hosts"} and not found["series"]
 
@@ -212,12 +212,11 @@ def test_an_unreachable_prometheus_is_said_never_raised() -> None:
 def test_a_prometheus_url_with_a_secret_or_another_scheme_is_refused(
     url: str, message: str
 ) -> None:
-    from pydantic import ValidationError
-
     from connfix.config.inventory import PrometheusSource
+    from connfix.config.records import Invalid
 
-    with pytest.raises(ValidationError, match=message):
-        PrometheusSource(url=url)
+    with pytest.raises(Invalid, match=message):
+        PrometheusSource.validate({"url": url})
 
 
 def test_the_queries_quote_the_environment_as_a_promql_label() -> None:
@@ -232,10 +231,11 @@ def test_the_queries_quote_the_environment_as_a_promql_label() -> None:
 )
 def test_a_log_path_over_ssh_is_a_plain_absolute_glob(path: str) -> None:
     """It reaches the database host's shell (expanded there): nothing else gets through."""
-    from pydantic import ValidationError
-
     from connfix.config.inventory import LogOverSsh
+    from connfix.config.records import Invalid
 
-    with pytest.raises(ValidationError, match="an absolute path or glob"):
-        LogOverSsh(address="db1.internal", path=path)
-    assert LogOverSsh(address="db1.internal", path="/var/log/postgresql/*.log[0-9]").path
+    with pytest.raises(Invalid, match="an absolute path or glob"):
+        LogOverSsh.validate({"address": "db1.internal", "path": path})
+    assert LogOverSsh.validate(
+        {"address": "db1.internal", "path": "/var/log/postgresql/*.log[0-9]"}
+    )

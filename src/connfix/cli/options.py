@@ -80,8 +80,7 @@ def zero_setup(
     environment; None for an inventory environment; a usage error when neither or both.
     The password goes in ~/.pgpass or PGPASSWORD: a DSN on a command line is visible to
     every user of the machine, so one with a password is refused."""
-    from pydantic import ValidationError
-
+    from connfix.config.records import Invalid
     from connfix.diagnosis import zero_setup
 
     if dsn is None and (environment is not None or not zero_setup.from_environment()):
@@ -101,8 +100,8 @@ def zero_setup(
         raise click.UsageError("--inventory names an inventory: give ENVIRONMENT, not --dsn")
     try:
         env = zero_setup.environment_for(dsn, platform or "self-managed")
-    except ValidationError as exc:
-        why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    except Invalid as exc:
+        why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors)
         raise click.BadParameter(why, param_hint="--dsn") from None
     return zero_setup.label(dsn), env
 

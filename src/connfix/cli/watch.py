@@ -208,9 +208,7 @@ class Nodes:
         unreachable: dict[str, str] = {}
         for member in members:
             name = member.node.name
-            node_env = self.env.model_copy(
-                update={"database": self.env.database.of_node(member.node)}
-            )
+            node_env = self.env.replace(database=self.env.database.of_node(member.node))
             try:
                 if name not in self.sessions:
                     self.sessions[name] = pg.open_session(node_env.database)

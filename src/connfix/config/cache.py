@@ -1,6 +1,7 @@
 """connfix's cache on this machine: what is computed the same way at every start and
 costs more to compute than to load (the report template compiled by Jinja, the parse of
-each YAML document read: connfix.config.yamlfile).
+each YAML document read: connfix.config.yamlfile, the records validated from each:
+connfix.config.records).
 
 `$XDG_CACHE_HOME/connfix/KIND`, else `~/.cache/connfix/KIND`, made private (0700) on
 first use. A cache holds code this process will run, so it is used only when every
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -50,3 +52,33 @@ def _private(folder: Path) -> bool:
         and info.st_uid == os.geteuid()
         and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     )
+
+
+def signature(sources: Iterable[str]) -> bytes | None:
+    """What an entry depends on besides its input: these files, by path, size and
+    modification time (as Python's own .pyc are checked); None when one cannot be read."""
+    said = b""
+    try:
+        for source in sources:
+            info = os.stat(source)
+            said += f"{source}\0{info.st_size}\0{info.st_mtime_ns}\0".encode()
+    except (OSError, ValueError):
+        return None
+    return said
+
+
+def store(where: Path, blob: bytes, keep: int) -> None:
+    """Write an entry atomically (private to this user), then keep only the newest
+    `keep` entries of its directory. A full disk or a race with another connfix: no
+    entry this time."""
+    temporary = where.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(blob)
+        os.replace(temporary, where)
+        kept = sorted(where.parent.glob(f"*{where.suffix}"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        temporary.unlink(missing_ok=True)

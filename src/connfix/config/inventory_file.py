@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from connfix import InventoryError
 from connfix.config.inventory import LAB_ENVIRONMENT, NAME_RE, Environment, Inventory
+from connfix.config.records import Invalid, validate_cached
 from connfix.config.yamlfile import (
     Located,
     PathT,
@@ -87,10 +86,10 @@ def parse_inventory(path: Path, located: Located) -> Inventory:
             f"{path}:1: the inventory must be a mapping with an 'environments' key"
         )
     try:
-        inventory = Inventory.model_validate(located.data)
-    except ValidationError as exc:
+        inventory = validate_cached(Inventory, located.data)
+    except Invalid as exc:
         hint = "check the spelling; inventory.example.yaml lists every field"
-        raise InventoryError(describe_validation(path, located, list(exc.errors()), hint)) from None
+        raise InventoryError(describe_validation(path, located, exc.errors, hint)) from None
     for env_name, env in inventory.environments.items():
         if not NAME_RE.match(env_name):
             raise _error_at(

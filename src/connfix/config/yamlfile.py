@@ -107,17 +107,14 @@ def _loader() -> bytes | None:
     """What the parse depends on besides the text — PyYAML's installed module and this
     one, by path, size and time — once per process; None when it cannot be told."""
     import importlib.util
-    import os
+
+    from connfix.config import cache
 
     try:
         spec = importlib.util.find_spec("yaml")
-        said = b""
-        for source in (spec.origin if spec else None, __file__):
-            info = os.stat(source or "")
-            said += f"{source}\0{info.st_size}\0{info.st_mtime_ns}\0".encode()
-    except (OSError, ValueError, ImportError):
+    except (ValueError, ImportError):
         return None
-    return said
+    return cache.signature([spec.origin if spec and spec.origin else "", __file__])
 
 
 def _from_cache(where: Path) -> Located | None:
@@ -134,23 +131,14 @@ def _from_cache(where: Path) -> Located | None:
 
 def _to_cache(where: Path, located: Located) -> None:
     import marshal
-    import os
+
+    from connfix.config import cache
 
     try:
         blob = marshal.dumps((located.data, located.lines))
     except ValueError:  # a timestamp, say: not a plain value, parsed every time
         return
-    temporary = where.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(blob)
-        os.replace(temporary, where)
-        kept = sorted(where.parent.glob("*.marshal"), key=lambda p: p.stat().st_mtime)
-        for old in kept[:-CACHE_ENTRIES]:
-            old.unlink(missing_ok=True)
-    except OSError:  # a full disk, a race with another connfix: no cache this time
-        temporary.unlink(missing_ok=True)
+    cache.store(where, blob, CACHE_ENTRIES)
 
 
 def _parse(text: str) -> Located:
@@ -267,7 +255,7 @@ def describe_at(path: Path, located: Located, loc: PathT, message: str) -> str:
 
 def _validation_message(error: Any, unknown_hint: str) -> str:
     kind = error.get("type", "")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a record's
         return f"unknown field ({unknown_hint})"
     if kind == "missing":
         return "required field is missing"

@@ -100,7 +100,7 @@ def diagnose_node(environment: str, env: Environment, member: Member) -> Diagnos
     """Diagnose one node through its own DSN and ways in."""
     from connfix.diagnosis.analysis import diagnose
 
-    node_env = env.model_copy(update={"database": env.database.of_node(member.node)})
+    node_env = env.replace(database=env.database.of_node(member.node))
     d = diagnose(environment, node_env)
     return replace(d, node=member.node.name, ha_role=member.ha_role)
 

@@ -148,7 +148,7 @@ def check_environment(name: str, env: Environment) -> EnvironmentCheck:
     topo = topology(env)
     nodes = []
     for member in topo.members:
-        node_env = env.model_copy(update={"database": env.database.of_node(member.node)})
+        node_env = env.replace(database=env.database.of_node(member.node))
         check = check_database(node_env)
         role = f", Patroni: {member.ha_role}" if member.ha_role else ""
         nodes.append(replace(check, target=f"node {member.node.name}{role}: {check.target}"))

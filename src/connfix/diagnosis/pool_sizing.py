@@ -820,7 +820,7 @@ def _advise_nodes(environment: str, env: Environment) -> PoolAdvice:
             {h.name for h in env.hosts} - anywhere if d is primary else set()
         )
         hosts = [h for h in env.hosts if h.name in names]
-        node_env = env.model_copy(update={"hosts": hosts})
+        node_env = env.replace(hosts=hosts)
         sized.append(
             NodeSizing(
                 d.node or "?", d.role, d.max_connections, [h.name for h in hosts],

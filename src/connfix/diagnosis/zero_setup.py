@@ -50,16 +50,17 @@ def environment_for(dsn: str | None, platform: str = "self-managed") -> Environm
     """An environment with only a database: zero-setup. `dsn` None: libpq's PG*
     variables (or a service file) say where; `platform` who runs the server."""
     from connfix.config.inventory import Environment
+    from connfix.config.records import validate_cached
 
-    env = Environment.model_validate(
+    env = validate_cached(
+        Environment,
         {
             "database": {"dsn": dsn or "connect_timeout=5", "platform": platform},
             "service": {"unit": "unknown.service", "pool_size": 1},
             "hosts": [{"name": "unknown", "ssh_address": "127.0.0.1"}],
-        }
+        },
     )
-    env._zero_setup = True
-    return env
+    return env.as_zero_setup()
 
 
 def label(dsn: str | None) -> str:
@@ -225,19 +226,18 @@ def _valid_or_dropped(data: dict[str, Any], name: str, service: dict[str, Any]) 
     """Validate the starter inventory; a name seen in the sessions that an inventory
     cannot hold (an application_name or role with a control character, say) is left out
     and said (as comments); anything else invalid is an input error, never a traceback."""
-    from pydantic import ValidationError
-
     from connfix import InputError
     from connfix.config.inventory import Inventory
+    from connfix.config.records import Invalid
     from connfix.config.text import defang
 
     dropped: list[str] = []
     while True:
         try:
-            Inventory.model_validate(data)
+            Inventory.validate(data)
             return dropped
-        except ValidationError as exc:
-            errors = exc.errors()
+        except Invalid as exc:
+            errors = exc.errors
         optional = {("environments", name, "service", k) for k in ("application_name", "user")}
         bad = [e for e in errors if tuple(e["loc"]) in optional]
         if not bad or len(bad) != len(errors):

@@ -317,7 +317,7 @@ class RunContext:
             follow.role = now
             return False
         node = next(m.node for m in members if m.node.name == target)
-        self.env = self.env.model_copy(update={"database": follow.cluster.database.of_node(node)})
+        self.env = self.env.replace(database=follow.cluster.database.of_node(node))
         follow.node, follow.role = target, "primary"
         self.reconnect(f"switchover: {target} is the primary now")
         return True
@@ -342,7 +342,7 @@ class RunContext:
     def names(self, d: Diagnosis) -> dict[str, Any]:
         """Return the names an expression sees for a diagnosis."""
         return expressions.context(
-            d, [h.name for h in self.env.hosts], self.env.thresholds.model_dump(), self.totals
+            d, [h.name for h in self.env.hosts], self.env.thresholds.dump(), self.totals
         )
 
     def holds(self, condition: str, d: Diagnosis) -> bool:

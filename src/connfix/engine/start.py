@@ -100,5 +100,5 @@ def _on_the_exhausted_node(
         f" {target.node} ({target.role}, {target.severity}) alone"
         + (f"; {others}" if others else "")
     )
-    node_env = env.model_copy(update={"database": env.database.of_node(member.node)})
+    node_env = env.replace(database=env.database.of_node(member.node))
     return node_env, member.node.name, target.role, severities

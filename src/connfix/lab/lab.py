@@ -122,7 +122,7 @@ def write_inventory(
     pgbouncer_hosts: int = 0,
     ha: bool = False,
 ) -> Path:
-    """Write the inventory of environment `lab`, built from the inventory model."""
+    """Write the inventory of environment `lab`, checked against the inventory's records."""
     import yaml
 
     from connfix.config.inventory import Inventory
@@ -180,8 +180,8 @@ def write_inventory(
                 ),
             }
         ]
-    model = Inventory.model_validate({"version": 1, "environments": {"lab": env}})
-    data = model.model_dump(mode="json", exclude_unset=True)
+    data = {"version": 1, "environments": {"lab": env}}
+    Inventory.validate(data)  # what connfix writes, connfix reads
     text = (
         "# Written by `connfix lab up`: the incident lab's environment. Passwords are in\n"
         "# the lab's passfile, never here. An admin DSN in $CONNFIX_LAB_ADMIN_DSN takes\n"

@@ -182,7 +182,7 @@ def _write_inventory(platform: str, reserve: bool) -> Path:
     database["platform"] = platform
     if reserve:
         database["reserved_dsn"] = dsn(MASTER)
-    Inventory.model_validate(data)
+    Inventory.validate(data)
     path = inventory_path(platform)
     path.write_text(
         f"# Written by `connfix lab platform {platform}`: the lab's environment as a managed"
