@@ -33,9 +33,12 @@ CASES = {
     "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml", "pydantic"}),
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
-        SSH | SERVER | {"yaml"},  # its runbook is built from its flags: no YAML read
+        SSH | SERVER | {"yaml", "pydantic"},  # its runbook is built from its flags: no YAML
     ),
-    "runbook validate": (["runbook", "validate", RUNBOOK], SSH | SERVER | {"psycopg"}),
+    "runbook validate": (
+        ["runbook", "validate", RUNBOOK],
+        SSH | SERVER | {"psycopg", "pydantic", "yaml"},
+    ),
     "report": (  # one line to say where the report went: no rich for that
         ["report", "INCIDENTS/20261204T000000Z-x"],
         SSH | SERVER | {"psycopg", "pydantic", "rich", "yaml", "connfix.diagnosis.model"},

@@ -64,7 +64,10 @@ def _kill_choice(clients: list[Any], env: Environment) -> tuple[list[int], dict[
     d = diagnosis(env, [backend(101, "10.9.9.9", "active")], bouncer)
     assert d.suspects == ["web1"]
     chosen, excluded = KillClientsAction._choose(
-        _ctx(env, d), KillClientsParams(older_than="1m"), [bouncer], {"10.0.0.1": env.hosts[0]}
+        _ctx(env, d),
+        KillClientsParams.validate({"older_than": "1m"}),
+        [bouncer],
+        {"10.0.0.1": env.hosts[0]},
     )
     return [c.client.id for c in chosen if c.client.id is not None], excluded
 

@@ -154,11 +154,19 @@ def test_refused_data_is_never_kept(cache_home: Path) -> None:
     assert _entries(cache_home) == []
 
 
-def test_the_entry_depends_on_the_config_package_pydantic_and_psycopg(tmp_path: Path) -> None:
-    said = records._depends()
+def test_the_entry_depends_on_the_code_that_validates_it(tmp_path: Path) -> None:
+    """The config package (rules, checks), the record's own module and its bases',
+    pydantic and psycopg: a change to any is a new entry."""
+    from connfix.actions.terminate import CancelParams
+
+    said = records._depends(Inventory)
     assert said is not None
     for source in ("inventory.py", "records.py", "dsn.py", "pydantic", "psycopg"):
         assert source.encode() in said
+    params = records._depends(CancelParams)
+    assert params is not None
+    for source in ("actions/terminate.py", "actions/base.py", "config/units.py"):
+        assert source.encode() in params
     one = tmp_path / "one.py"
     one.write_text("x = 1\n")
     before = cache.signature([str(one)])
@@ -208,3 +216,28 @@ def test_a_record_made_by_connfix_runs_its_checks_and_data_from_outside_is_valid
     assert node.name == "pg-2" and {"host=10.0.0.2", "port=5433"} <= set(node.dsn.split())
     with pytest.raises(Invalid, match="a node name is letters"):
         db.node_at("not a name; rm -rf", "10.0.0.2", 5432)
+
+
+@pytest.mark.parametrize("name", ["too-many-connections", "observe"])
+def test_a_shipped_runbook_and_its_params_are_built_back_equal(name: str) -> None:
+    """What a runbook's validation keeps (the runbook as written, each step's typed
+    params) comes back from its plain form the same."""
+    from connfix.config.yamlfile import load_text
+    from connfix.engine.runbook import RunbookModel, resolve_runbook
+
+    book = resolve_runbook(name)
+    for step in book.steps:
+        assert from_plain(marshal.loads(marshal.dumps(to_plain(step.params)))) == step.params
+    text = (ROOT / "src/connfix/engine/runbooks" / f"{name}.yaml").read_text()
+    model = RunbookModel.validate(load_text(text).data)
+    assert from_plain(marshal.loads(marshal.dumps(to_plain(model)))) == model
+
+
+def test_every_action_s_params_are_built_back_equal() -> None:
+    from connfix.actions import ACTIONS
+
+    required = {"wait": {"duration": "5s"}}
+    for name in ACTIONS:
+        params = ACTIONS[name].params_model.validate(required.get(name, {}))
+        again = from_plain(to_plain(params))
+        assert again == params and type(again) is type(params), name

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from connfix.config.records import Record
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
 
 
-class Params(BaseModel):
-    """Parameters of an action, validated when the runbook is loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Params(Record):
+    """Parameters of an action, validated when the runbook is loaded (a record:
+    connfix.config.records)."""
 
 
 @dataclass(frozen=True)

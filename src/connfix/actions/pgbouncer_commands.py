@@ -23,13 +23,12 @@ database it paused is still paused resumes it on the way out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import BeforeValidator, Field
-
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.config.units import between, format_duration, parse_duration
+from connfix.config.records import Rule
+from connfix.config.units import between, format_duration
 from connfix.diagnosis.beyond_pool import beyond_the_pool
 from connfix.diagnosis.labels import app_label
 from connfix.record.events import Event, PoolerOperation
@@ -39,8 +38,8 @@ if TYPE_CHECKING:
     from connfix.db.pgbouncer_console import BouncerClient, BouncerState
     from connfix.engine.context import RunContext
 
-Age = Annotated[float, BeforeValidator(parse_duration), between(0, 7 * 86400)]
-PauseTimeout = Annotated[float, BeforeValidator(parse_duration), between(1, 600)]
+Age = Annotated[float, between(0, 7 * 86400)]
+PauseTimeout = Annotated[float, between(1, 600)]
 OLDER_VERSIONS = (
     "KILL_CLIENT came with PgBouncer 1.24. What this version offers instead: a client in"
     " a transaction holds a server connection, and ending that backend (the terminate"
@@ -98,14 +97,15 @@ def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any
 # --- KILL_CLIENT ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
 class KillClientsParams(Params):
     """Whose idle client connections to end, through which PgBouncers."""
 
-    pgbouncers: list[str] = Field(default_factory=list)  # default: every one
-    hosts: list[str] = Field(default_factory=list)  # default: the leak suspects
+    pgbouncers: list[str] = field(default_factory=list)  # default: every one
+    hosts: list[str] = field(default_factory=list)  # default: the leak suspects
     older_than: Age = 60.0  # idle in the pooler at least this long
     excess_only: bool = True  # keep as many as the host's pool keeps (pool size × workers)
-    max: int = Field(default=200, ge=1, le=10_000)
+    max: Annotated[int, Rule(ge=1, le=10_000)] = 200
 
 
 @dataclass(frozen=True)
@@ -331,13 +331,15 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
 # --- RECONNECT, PAUSE, RESUME ----------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
 class PoolParams(Params):
     """Which database's pool, in which PgBouncers."""
 
-    pgbouncers: list[str] = Field(default_factory=list)  # default: every one
+    pgbouncers: list[str] = field(default_factory=list)  # default: every one
     database: str | None = None  # default: the environment's database
 
 
+@dataclass(frozen=True, kw_only=True)
 class PauseParams(PoolParams):
     timeout: PauseTimeout = 30.0  # undone (RESUME) if not paused by then
 

@@ -9,14 +9,13 @@ gates (`connfix.actions.restart.gates`) by `connfix.actions.restart.host`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
-
-from pydantic import BeforeValidator, Field
 
 from connfix import ExitStatus
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.config.units import between, parse_duration
+from connfix.config.records import Rule
+from connfix.config.units import between
 
 if TYPE_CHECKING:  # the restart's machinery is imported when a roll is planned, not
     # when a runbook that names one is validated
@@ -24,16 +23,17 @@ if TYPE_CHECKING:  # the restart's machinery is imported when a roll is planned,
     from connfix.config.inventory import Host, Service
     from connfix.engine.context import RunContext
 
-Gate = Annotated[float, BeforeValidator(parse_duration), between(1, 3600)]
-Pause = Annotated[float, BeforeValidator(parse_duration), between(0, 3600)]
+Gate = Annotated[float, between(1, 3600)]
+Pause = Annotated[float, between(0, 3600)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class RestartParams(Params):
     """Which hosts, how many at once, and how long each gate may take."""
 
-    hosts: list[str] = Field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
     only_suspects: bool = False
-    batch: int = Field(default=1, ge=1, le=100)
+    batch: Annotated[int, Rule(ge=1, le=100)] = 1
     pause: Pause = 0.0
     active_timeout: Gate = 60.0
     health_timeout: Gate | None = None  # default: the inventory's service.health_timeout

@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-from pydantic import BeforeValidator, Field, model_validator
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
-from connfix.config.units import between, format_duration, parse_duration
+from connfix.config.records import Rule
+from connfix.config.units import between, format_duration
 from connfix.db.sessions import BY_FLAG, RUNNING
 from connfix.diagnosis.labels import app_label
 from connfix.record.events import Event
@@ -33,8 +32,8 @@ STATES = BY_FLAG
 StateName = Literal[
     "idle", "idle_in_transaction", "idle_in_transaction_aborted", "active", "fastpath"
 ]
-Age = Annotated[float, BeforeValidator(parse_duration), between(0, 7 * 86400)]
-ExitTimeout = Annotated[float, BeforeValidator(parse_duration), between(0.1, 300)]
+Age = Annotated[float, between(0, 7 * 86400)]
+ExitTimeout = Annotated[float, between(0.1, 300)]
 
 
 WAIT_EACH_MAX = 5  # plans up to this size wait on each pid (≤ 0.5 s in all, 14+)
@@ -45,16 +44,17 @@ def _default_states() -> list[StateName]:
     return ["idle_in_transaction"]
 
 
+@dataclass(frozen=True, kw_only=True)
 class TerminateParams(Params):
     """Which sessions to end, and how many at most."""
 
-    states: list[StateName] = Field(default_factory=_default_states, min_length=1)
+    states: Annotated[list[StateName], Rule(min_length=1)] = field(default_factory=_default_states)
     older_than: Age = 300.0
-    max: int = Field(default=TERMINATE_MAX, ge=1, le=100_000)
-    max_fraction: float = Field(default=TERMINATE_MAX_FRACTION, gt=0, le=1)
-    until_free: int | None = Field(default=None, ge=1, le=100_000)
+    max: Annotated[int, Rule(ge=1, le=100_000)] = TERMINATE_MAX
+    max_fraction: Annotated[float, Rule(gt=0, le=1)] = TERMINATE_MAX_FRACTION
+    until_free: Annotated[int | None, Rule(ge=1, le=100_000)] = None
     include_active: bool = False
-    hosts: list[str] = Field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
     only_suspects: bool = False
     excess_only: bool = False
     # whose sessions: any; service (the inventory service's, by address, application name
@@ -65,20 +65,18 @@ class TerminateParams(Params):
     # the gentler remedy for a session stuck on a long query
     signal: Literal["terminate", "cancel"] = "terminate"
 
-    @model_validator(mode="after")
-    def _active_is_explicit(self) -> TerminateParams:
+    def __post_init__(self) -> None:
         if self.signal == "cancel":
             if any(s not in ("active", "fastpath") for s in self.states):
                 raise ValueError(
                     "cancel ends a running statement: states must be active or fastpath"
                 )
-            return self
+            return
         if ("active" in self.states or "fastpath" in self.states) and not self.include_active:
             raise ValueError(
                 "terminating sessions that are running a statement needs"
                 " include_active: true (--include-active)"
             )
-        return self
 
 
 def _exclusion(
@@ -497,10 +495,11 @@ def _active_states() -> list[StateName]:
     return ["active"]
 
 
+@dataclass(frozen=True, kw_only=True)
 class CancelParams(TerminateParams):
     """Which running statements to cancel, and how many at most."""
 
-    states: list[StateName] = Field(default_factory=_active_states, min_length=1)
+    states: Annotated[list[StateName], Rule(min_length=1)] = field(default_factory=_active_states)
     signal: Literal["terminate", "cancel"] = "cancel"
 
 

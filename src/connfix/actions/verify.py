@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BeforeValidator
-
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.config.units import between, format_duration, parse_duration
+from connfix.config.units import between, format_duration
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
 
 
-Timeout = Annotated[float, BeforeValidator(parse_duration), between(1, 3600)]
-Pause = Annotated[float, BeforeValidator(parse_duration), between(0.1, 3600)]
-Interval = Annotated[float, BeforeValidator(parse_duration), between(0.2, 300)]
+Timeout = Annotated[float, between(1, 3600)]
+Pause = Annotated[float, between(0.1, 3600)]
+Interval = Annotated[float, between(0.2, 300)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class VerifyParams(Params):
     """How long to poll, how often, and for what (default: the runbook's healthy)."""
 

@@ -4,6 +4,7 @@ condition holds."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from connfix.engine.context import RunContext
 
 
+@dataclass(frozen=True, kw_only=True)
 class WaitParams(Params):
     """How long to wait; with `until`, stop early once it holds (polling every interval)."""
 

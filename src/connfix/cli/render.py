@@ -576,7 +576,7 @@ def runbook(term: Terminal, book: Runbook) -> None:
             term.out.print(f"   {escape(step.description)}")
         if step.when:
             term.out.print(f"   only when: {escape(step.when)}")
-        params = step.params.model_dump(exclude_none=True)
+        params = {k: v for k, v in step.params.dump().items() if v is not None}
         if params:
             term.out.print("   " + escape(", ".join(f"{k}={v}" for k, v in params.items())))
 

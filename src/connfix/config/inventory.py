@@ -10,19 +10,12 @@ import ipaddress
 import os
 import re
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from connfix.config.platforms import Platform, platform
 from connfix.config.records import Record, Rule
-from connfix.config.units import parse_duration
-
-
-def duration(check: Callable[[Any], Any] | None = None, **constraints: Any) -> Rule:
-    """A duration field: seconds, or a text such as "5s", "2m" (connfix.config.units)."""
-    return Rule(check, before=parse_duration, **constraints)
-
+from connfix.config.units import duration
 
 # full-string matches (\Z, not $: `$` also matches before a trailing newline)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")

@@ -1,11 +1,12 @@
 """Frozen records validated by pydantic only when something is validated.
 
-The inventory's types are standard frozen dataclasses (`Record`): each field's
-constraints and checks are `Rule`s in its annotation, read by pydantic when it builds a
-validator for the class (pydantic validates standard dataclasses: their fields, the
-`__pydantic_config__` of the class, and `__post_init__` for checks across fields). So a
-command that only reads an inventory it has read before — every diagnosis, every run —
-neither imports pydantic nor builds its models (about 50 ms of each command: see
+The inventory's types, a runbook as written and each action's parameters are standard
+frozen dataclasses (`Record`): each field's constraints and checks are `Rule`s in its
+annotation, read by pydantic when it builds a validator for the class (pydantic
+validates standard dataclasses: their fields, the `__pydantic_config__` of the class,
+and `__post_init__` for checks across fields). So a command whose inventory and
+runbook were read before — every diagnosis, every run after the first — neither
+imports pydantic nor builds its validators (about 50 ms of each command: see
 docs/benchmarks.md): `validate_cached` keeps what pydantic made of each document in
 connfix's cache (connfix.config.cache) and builds the same records from it.
 
@@ -16,7 +17,6 @@ fields' rules: data that comes from outside connfix goes through `validate`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -126,8 +126,8 @@ def _adapter(cls: type) -> TypeAdapter[Any]:
 
 
 def validate_cached(cls: type[R], data: object) -> R:
-    """`cls.validate(data)`, kept in connfix's cache: the same data validated before (by
-    the same connfix, pydantic and psycopg, which parses connection strings) is built
+    """`cls.validate(data)`, kept in connfix's cache: the same data validated before by
+    the same code (connfix's rules and the record's module, pydantic, psycopg) is built
     from there, without pydantic. Only a document that validated is kept."""
     where = _cache_file(cls, data)
     if where is not None:
@@ -179,14 +179,14 @@ def _init_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 
 
-def _cache_file(cls: type, data: object) -> Path | None:
+def _cache_file(cls: type[Record], data: object) -> Path | None:
     """Where the records made of `data` are kept: named by a hash of the data, the
     record class and what validation depends on."""
     import hashlib
 
     from connfix.config import cache
 
-    depends = _depends()
+    depends = _depends(cls)
     folder = cache.directory("records")
     if depends is None or folder is None:
         return None
@@ -194,24 +194,34 @@ def _cache_file(cls: type, data: object) -> Path | None:
     return folder / f"{hashlib.sha256(key).hexdigest()}.marshal"
 
 
-@functools.cache
-def _depends() -> bytes | None:
-    """What validation depends on besides the data — connfix's config package (the
-    records and their checks), pydantic, pydantic-core and psycopg (connection strings
-    are parsed by libpq through it), by path, size and time — once per process; None
-    when it cannot be told."""
+def _depends(cls: type) -> bytes | None:
+    """What validating `cls` depends on besides the data — connfix's config package (the
+    rules and checks), the modules that define the record and its bases, pydantic,
+    pydantic-core and psycopg (connection strings are parsed by libpq through it), by
+    path, size and time — once per process and class; None when it cannot be told."""
+    if cls in _DEPENDS:
+        return _DEPENDS[cls]
     import importlib.util
+    import sys
 
     from connfix.config import cache
 
     sources = sorted(str(p) for p in Path(__file__).parent.glob("*.py"))
+    for base in cls.__mro__:
+        module = sys.modules.get(base.__module__)
+        if issubclass(base, Record) and module is not None and module.__file__:
+            sources.append(module.__file__)
     try:
         for name in ("pydantic", "pydantic_core", "psycopg"):
             spec = importlib.util.find_spec(name)
             sources.append(spec.origin if spec and spec.origin else "")
     except (ValueError, ImportError):
         return None
-    return cache.signature(sources)
+    said = _DEPENDS[cls] = cache.signature(sources)
+    return said
+
+
+_DEPENDS: dict[type, bytes | None] = {}
 
 
 def _from_cache(where: Path, cls: type[R]) -> R | None:

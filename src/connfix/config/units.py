@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from pydantic import AfterValidator
+from connfix.config.records import Rule
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _FACTOR = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -62,8 +62,12 @@ def check_between(seconds: float, low: float, high: float) -> float:
     return seconds
 
 
-def between(low: float, high: float) -> AfterValidator:
-    """A pydantic validator bounding a duration (seconds) to [low, high]."""
-    from pydantic import AfterValidator
+def duration(check: Callable[[float], float] | None = None, **constraints: Any) -> Rule:
+    """A duration field's rule: seconds, or a text such as "5s", "2m", then `check` and
+    pydantic.Field's `constraints` (connfix.config.records)."""
+    return Rule(check, before=parse_duration, **constraints)
 
-    return AfterValidator(lambda seconds: check_between(seconds, low, high))
+
+def between(low: float, high: float) -> Rule:
+    """A duration field bounded to [low, high], its error saying the bounds."""
+    return duration(lambda seconds: check_between(seconds, low, high))

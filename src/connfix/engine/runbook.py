@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, Literal
 
 from connfix import RunbookError
 from connfix.actions import ACTIONS
 from connfix.actions.base import Params
+from connfix.config.records import Invalid, Record, Rule, validate_cached
 from connfix.config.yamlfile import (
     Located,
     PathT,
@@ -33,15 +32,14 @@ _HINT = "fields of a runbook: version, name, summary, healthy, steps; of a step:
 _HINT += " description, params, when, confirm, approval, on_failure"
 
 
-class StepModel(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class StepModel(Record):
     """A step as written in the file (params checked against the action afterwards)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(pattern=_ID_PATTERN)
+    id: Annotated[str, Rule(pattern=_ID_PATTERN)]
     action: str
     description: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     when: str | None = None
     confirm: bool | None = None
     # required: a real run waits for an approval before this step (connfix approve, or
@@ -50,16 +48,15 @@ class StepModel(BaseModel):
     on_failure: Literal["halt", "continue"] = "halt"
 
 
-class RunbookModel(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RunbookModel(Record):
     """A runbook as written in the file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     version: Literal[1] = 1
-    name: str = Field(min_length=1, max_length=100)
-    summary: str = Field(min_length=1)
+    name: Annotated[str, Rule(min_length=1, max_length=100)]
+    summary: Annotated[str, Rule(min_length=1)]
     healthy: str
-    steps: list[StepModel] = Field(min_length=1, max_length=100)
+    steps: Annotated[list[StepModel], Rule(min_length=1, max_length=100)]
 
 
 @dataclass(frozen=True)
@@ -119,9 +116,9 @@ def parse_runbook(text: str, path: Path) -> Runbook:
     if not isinstance(located.data, dict):
         raise RunbookError(f"{path}:1: a runbook must be a mapping with name, healthy, steps")
     try:
-        model = RunbookModel.model_validate(located.data)
-    except ValidationError as exc:
-        raise RunbookError(describe_validation(path, located, list(exc.errors()), _HINT)) from None
+        model = validate_cached(RunbookModel, located.data)
+    except Invalid as exc:
+        raise RunbookError(describe_validation(path, located, exc.errors, _HINT)) from None
     try:
         expressions.check(model.healthy)
     except expressions.ExpressionError as exc:
@@ -168,21 +165,22 @@ def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
             f"unknown action {raw.action!r}; actions: {', '.join(sorted(ACTIONS))}",
         )
     try:
-        params = action.params_model.model_validate(raw.params)
-    except ValidationError as exc:
+        params = validate_cached(action.params_model, raw.params)
+    except Invalid as exc:
+        takes = [f.name for f in dataclasses.fields(action.params_model)]
         raise RunbookError(
             describe_validation(
                 path,
                 located,
-                list(exc.errors()),
-                f"action {raw.action} takes: {', '.join(action.params_model.model_fields)}"
-                if action.params_model.model_fields
+                exc.errors,
+                f"action {raw.action} takes: {', '.join(takes)}"
+                if takes
                 else f"action {raw.action} takes none",
                 prefix=(*where, "params"),
             )
         ) from None
     named = getattr(params, "hosts", None)
-    if "hosts" in params.model_fields_set and (not named or any(not str(n).strip() for n in named)):
+    if "hosts" in raw.params and (not named or any(not str(n).strip() for n in named)):
         raise _fail(
             path,
             located,
@@ -270,18 +268,18 @@ def command_runbook(command: str, action: str, params: dict[str, Any]) -> Runboo
 
     model = ACTIONS[action].params_model
     try:
-        typed = model.model_validate(params)
-    except ValidationError as exc:
+        typed = validate_cached(model, params)
+    except Invalid as exc:
         problems = "; ".join(
             f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
             f"{str(e['msg']).removeprefix('Value error, ')}"
             if e["loc"]
             else str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
+            for e in exc.errors
         )
         raise RunbookError(f"connfix {command}: {problems}") from None
     canonical = json.dumps(
-        {"command": command, "params": typed.model_dump()}, sort_keys=True, default=str
+        {"command": command, "params": typed.dump()}, sort_keys=True, default=str
     )
     steps = [
         Step(
