@@ -6,6 +6,7 @@ before the report is rendered."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -192,3 +193,47 @@ def test_the_collector_threshold_is_raised_before_the_command_line_is_imported()
     at_import, at_exit, cycle_freed, _ = proc.stdout.split()[-4:]
     assert int(at_import) == int(at_exit) == GC_THRESHOLD
     assert cycle_freed == "True"
+
+
+CHECKS = """
+import sys
+from connfix.engine import expressions
+compiled = []
+real = expressions._check
+expressions._check = lambda e: (compiled.append(e), real(e))[1]
+for text in sys.argv[1:]:
+    try:
+        expressions.check(text)
+    except expressions.ExpressionError as exc:
+        compiled.append("refused: " + str(exc)[:20])
+expressions.remember_checked()
+print(repr(compiled))
+"""
+
+
+def test_a_condition_checked_before_is_not_compiled_again_to_be_checked(tmp_path: Path) -> None:
+    """The second process finds the expressions a runbook's check found valid in
+    connfix's cache; one never checked, or refused, is checked (and refused) each time;
+    a damaged entry means checking again."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("CONNFIX_NO_CACHE", None)
+
+    def run(*texts: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", CHECKS, *texts],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return ast.literal_eval(out)  # a list of str printed with repr
+
+    good, bad = "free_slots > 2 and idle > 0", "nope > 1"
+    assert run(good, bad) == [good, bad, "refused: unknown name(s) nope"]
+    assert run(good, bad) == [bad, "refused: unknown name(s) nope"]  # good: not compiled
+    assert run("severity == 'ok'", good) == ["severity == 'ok'"]
+    (entry,) = (tmp_path / "cache" / "connfix" / "expressions").glob("*.marshal")
+    entry.write_bytes(b"damaged")
+    assert run(good) == [good]
+    env["CONNFIX_NO_CACHE"] = "1"
+    assert run(good) == [good]

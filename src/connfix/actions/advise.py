@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
-from connfix.record.events import Event
 
 if TYPE_CHECKING:
     from connfix.engine.context import RunContext
@@ -26,6 +25,7 @@ class AdviseAction(Action[Params, None]):
 
     def apply(self, ctx: RunContext, params: Params, plan: Plan[None]) -> Outcome:
         from connfix.diagnosis.pool_sizing import size_pools
+        from connfix.record.events import Event
 
         assert ctx.latest is not None  # the first step is a diagnose
         sizing = size_pools(ctx.env, ctx.latest)

@@ -29,9 +29,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from connfix.actions.base import Action, Operation, Outcome, Params, Plan
 from connfix.config.records import Rule
 from connfix.config.units import between, format_duration
-from connfix.diagnosis.beyond_pool import beyond_the_pool
-from connfix.diagnosis.labels import app_label
-from connfix.record.events import Event, PoolerOperation
 
 if TYPE_CHECKING:
     from connfix.config.inventory import Environment, Host, PgBouncerAccess
@@ -84,6 +81,8 @@ def _command(access: PgBouncerAccess, statement: str) -> str | None:
 def _send(ctx: RunContext, access: PgBouncerAccess, statement: str, **about: Any) -> str | None:
     """Send one admin command and journal it (with `about`: whom it is for); return the
     error, if any."""
+    from connfix.record.events import Event, PoolerOperation
+
     error = _command(access, statement)
     fields = PoolerOperation(**{**about, "pgbouncer": access.name, "command": statement})  # type: ignore[typeddict-item]
     if error:
@@ -152,6 +151,8 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
     mutating = True
 
     def plan(self, ctx: RunContext, params: KillClientsParams) -> Plan[KillPlan]:
+        from connfix.diagnosis.labels import app_label
+
         env = ctx.env
         refused = _unknown(env, params.pgbouncers)
         if refused:
@@ -214,6 +215,8 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
         states: list[BouncerState],
         targets: dict[str, Host],
     ) -> tuple[list[ClientChoice], dict[str, int]]:
+        from connfix.diagnosis.beyond_pool import beyond_the_pool
+
         env, protected = ctx.env, ctx.env.protected
         excluded: dict[str, int] = {}
         per_host: dict[str, list[ClientChoice]] = {}
@@ -279,6 +282,8 @@ class KillClientsAction(Action[KillClientsParams, KillPlan]):
         return chosen, excluded
 
     def apply(self, ctx: RunContext, params: KillClientsParams, plan: Plan[KillPlan]) -> Outcome:
+        from connfix.record.events import Event
+
         assert plan.data is not None
         accesses = {a.name: a for a in ctx.env.pgbouncers}
         fresh = {name: _read(accesses[name]) for name in {c.pgbouncer for c in plan.data.chosen}}
@@ -423,6 +428,8 @@ class PauseAction(_PoolCommand[PauseParams]):
 
     def apply(self, ctx: RunContext, params: PauseParams, plan: Plan[None]) -> Outcome:
         import threading
+
+        from connfix.record.events import Event, PoolerOperation
 
         accesses = {a.name: a for a in ctx.env.pgbouncers}
         paused: list[str] = []

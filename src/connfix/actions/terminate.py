@@ -20,8 +20,6 @@ from connfix.config.defaults import TERMINATE_MAX, TERMINATE_MAX_FRACTION
 from connfix.config.records import Rule
 from connfix.config.units import between, format_duration
 from connfix.db.sessions import BY_FLAG, RUNNING
-from connfix.diagnosis.labels import app_label
-from connfix.record.events import Event
 
 if TYPE_CHECKING:
     from connfix.config.inventory import Host
@@ -147,6 +145,8 @@ def _identity(c: Backend) -> dict[str, Any]:
 
 def _operation(c: Backend, cancel: bool, host: str | None, waiting: dict[int, int]) -> Operation:
     """One planned statement: what it ends, from where, and the re-check it carries."""
+    from connfix.diagnosis.labels import app_label
+
     verb, function = (
         ("cancel the statement of", "pg_cancel_backend")
         if cancel
@@ -400,6 +400,7 @@ def _signal(
     signalled and awaiting their exit, whether a Ctrl-C stopped it, and why it stopped
     otherwise (the rest journaled as not attempted)."""
     from connfix.db import pg
+    from connfix.record.events import Event
 
     signalled: dict[int, Operation] = {}
     size = 1 if wait_ms is not None else BATCH
@@ -459,6 +460,7 @@ def _confirm(
     """Poll until every signalled session is gone (or its statement ended, for a
     cancel), up to exit_timeout; journal each as done or failed."""
     from connfix.db import pg
+    from connfix.record.events import Event
 
     cancel = params.signal == "cancel"
     deadline = time.monotonic() + params.exit_timeout

@@ -17,6 +17,7 @@ fields' rules: data that comes from outside connfix goes through `validate`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -90,11 +91,11 @@ class Record:
     def validate(cls, data: object) -> Self:
         """Validate plain data (a parsed document) into this record; raise Invalid with
         every error and where it is."""
-        from pydantic import ValidationError
+        from pydantic import TypeAdapter, ValidationError
 
         adapter = _ADAPTERS.get(cls)
         if adapter is None:
-            adapter = _ADAPTERS[cls] = _adapter(cls)
+            adapter = _ADAPTERS[cls] = TypeAdapter(cls)
         try:
             return adapter.validate_python(data)  # type: ignore[no-any-return]
         except ValidationError as exc:
@@ -114,12 +115,6 @@ def _tag(cls: type) -> str:
 
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}  # one validator per record class a process uses
-
-
-def _adapter(cls: type) -> TypeAdapter[Any]:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(cls)
 
 
 # -- the cache: what pydantic made of a document, kept as plain values ------------------
@@ -199,29 +194,36 @@ def _depends(cls: type) -> bytes | None:
     rules and checks), the modules that define the record and its bases, pydantic,
     pydantic-core and psycopg (connection strings are parsed by libpq through it), by
     path, size and time — once per process and class; None when it cannot be told."""
-    if cls in _DEPENDS:
-        return _DEPENDS[cls]
-    import importlib.util
     import sys
 
     from connfix.config import cache
 
+    if cls not in _DEPENDS:
+        shared = _shared_depends()
+        modules = [sys.modules.get(base.__module__) for base in cls.__mro__ if base is not object]
+        own = cache.signature(sorted({m.__file__ for m in modules if m and m.__file__}))
+        _DEPENDS[cls] = None if shared is None or own is None else shared + own
+    return _DEPENDS[cls]
+
+
+_DEPENDS: dict[type, bytes | None] = {}
+
+
+@functools.cache
+def _shared_depends() -> bytes | None:
+    """The part every record shares: the config package and the libraries' files."""
+    import importlib.util
+
+    from connfix.config import cache
+
     sources = sorted(str(p) for p in Path(__file__).parent.glob("*.py"))
-    for base in cls.__mro__:
-        module = sys.modules.get(base.__module__)
-        if issubclass(base, Record) and module is not None and module.__file__:
-            sources.append(module.__file__)
     try:
         for name in ("pydantic", "pydantic_core", "psycopg"):
             spec = importlib.util.find_spec(name)
             sources.append(spec.origin if spec and spec.origin else "")
     except (ValueError, ImportError):
         return None
-    said = _DEPENDS[cls] = cache.signature(sources)
-    return said
-
-
-_DEPENDS: dict[type, bytes | None] = {}
+    return cache.signature(sources)
 
 
 def _from_cache(where: Path, cls: type[R]) -> R | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
@@ -92,11 +93,75 @@ def _refusals(ast: nodes.Node) -> list[str]:
 
 
 def check(expression: str) -> None:
-    """Raise ExpressionError unless `expression` compiles and uses only known names."""
+    """Raise ExpressionError unless `expression` compiles and uses only known names (an
+    expression this code checked before, kept in connfix's cache, is not compiled
+    again to be checked: `remember_checked`)."""
     if not isinstance(expression, str) or not expression.strip():
         raise ExpressionError("an expression must be a non-empty string")
     if len(expression) > MAX_LENGTH:
         raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
+    known = _checked()
+    if expression in known.texts:
+        return
+    _check(expression)
+    known.texts.add(expression)
+    known.changed = True
+
+
+class _Checked:
+    """The expressions this code found valid, as kept in connfix's cache."""
+
+    def __init__(self, where: Path | None, texts: set[str]) -> None:
+        self.where = where
+        self.texts = texts
+        self.changed = False
+
+
+CHECKED_KEPT = 1_000  # expressions; past it the list starts again
+
+
+@cache
+def _checked() -> _Checked:
+    """The expressions found valid before by this code — this module, the sandbox's and
+    Jinja's installed files, by path, size and time — read once per process."""
+    import hashlib
+    import importlib.util
+    import marshal
+
+    from connfix.config import cache as kept
+    from connfix.config import sandbox
+
+    folder = kept.directory("expressions")
+    spec = importlib.util.find_spec("jinja2")
+    said = kept.signature([__file__, sandbox.__file__, spec.origin if spec and spec.origin else ""])
+    if folder is None or said is None:
+        return _Checked(None, set())
+    where = folder / f"{hashlib.sha256(said).hexdigest()}.marshal"
+    try:
+        texts = marshal.loads(where.read_bytes())
+    except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged
+        texts = set()
+    if not isinstance(texts, set) or not all(type(t) is str for t in texts):
+        texts = set()
+    return _Checked(where, texts)
+
+
+def remember_checked() -> None:
+    """Keep the expressions found valid in this process for the next (once a runbook
+    has been checked whole)."""
+    import marshal
+
+    from connfix.config import cache as kept
+
+    known = _checked()
+    if known.where is None or not known.changed:
+        return
+    texts = known.texts if len(known.texts) <= CHECKED_KEPT else set()
+    kept.store(known.where, marshal.dumps(texts), 8)
+    known.changed = False
+
+
+def _check(expression: str) -> None:
     env = _environment()
     try:
         ast = env.parse("{{ (" + expression + ") }}")

@@ -135,6 +135,7 @@ def parse_runbook(text: str, path: Path) -> Runbook:
             )
         seen[raw.id] = index
         steps.append(_step(raw, index, path, located))
+    expressions.remember_checked()
     if steps[0].action != "diagnose":
         raise _fail(
             path,
