@@ -241,3 +241,12 @@ def test_every_action_s_params_are_built_back_equal() -> None:
         params = ACTIONS[name].params_model.validate(required.get(name, {}))
         again = from_plain(to_plain(params))
         assert again == params and type(again) is type(params), name
+
+
+def test_a_refusal_never_quotes_the_value_refused() -> None:
+    """A connection string refused for its password is named by its field, never shown."""
+    with pytest.raises(Invalid) as caught:
+        Database.validate({"dsn": "host=db password=hunter2", "statement_timeout": "9"})
+    assert "hunter2" not in str(caught.value) and "hunter2" not in repr(caught.value.errors)
+    assert str(caught.value).startswith("dsn: Value error, the connection string contains")
+    assert "; statement_timeout: Value error, not a duration" in str(caught.value)

@@ -31,8 +31,9 @@ R = TypeVar("R", bound="Record")
 
 
 class Invalid(ValueError):
-    """Data a record refused: pydantic's message, and its errors (each a dict with the
-    field's `loc`, a `type` and a `msg`), caught without importing pydantic."""
+    """Data a record refused: each error's field and message, and the errors (each a
+    dict with the field's `loc`, a `type` and a `msg`; no input), caught without
+    importing pydantic."""
 
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
@@ -99,7 +100,11 @@ class Record:
         try:
             return adapter.validate_python(data)  # type: ignore[no-any-return]
         except ValidationError as exc:
-            raise Invalid(str(exc), [dict(e) for e in exc.errors()]) from None
+            # each error's field and message, never the value refused (a connection
+            # string refused for its password would be quoted in pydantic's own text)
+            errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
+            said = [f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in errors]
+            raise Invalid("; ".join(said), errors) from None
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (not validated: the values are connfix's)."""
