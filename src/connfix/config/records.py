@@ -102,8 +102,9 @@ class Record:
         except ValidationError as exc:
             # each error's field and message, never the value refused (a connection
             # string refused for its password would be quoted in pydantic's own text)
-            errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
-            said = [f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in errors]
+            found = exc.errors(include_url=False, include_input=False)
+            said = [f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in found]
+            errors: list[dict[str, Any]] = [dict(e) for e in found]
             raise Invalid("; ".join(said), errors) from None
 
     def replace(self, **changes: Any) -> Self:
