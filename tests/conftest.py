@@ -48,3 +48,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests in the wrong folder (a lab test belongs in tests/lab/, every other test in"
             " tests/unit/): " + ", ".join(misplaced)
         )
+
+
+@pytest.fixture
+def connfix_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """connfix's cache for this test alone (on, under the test's directory); the folder
+    its kinds (yaml, records, …) are made in."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONNFIX_NO_CACHE", raising=False)
+    return tmp_path / "cache" / "connfix"

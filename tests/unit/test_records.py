@@ -17,6 +17,7 @@ from connfix.config import cache, records
 from connfix.config.inventory import Database, Environment, Inventory, Node
 from connfix.config.records import Invalid, from_plain, to_plain, validate_cached
 from tests import builders
+from tests.helpers import cache_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,20 +111,14 @@ def test_only_plain_values_and_records_have_a_plain_form() -> None:
 
 
 @pytest.fixture
-def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONNFIX_NO_CACHE", raising=False)
-    return tmp_path / "cache" / "connfix" / "records"
-
-
-def _entries(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.marshal")) if folder.is_dir() else []
+def cache_home(connfix_cache: Path) -> Path:
+    return connfix_cache / "records"
 
 
 def test_validated_data_is_kept_and_built_back_equal(cache_home: Path) -> None:
     data = {"environments": {"full": FULL}}
     first = validate_cached(Inventory, data)
-    (entry,) = _entries(cache_home)
+    (entry,) = cache_entries(cache_home)
     assert validate_cached(Inventory, data) == first
     entry.write_bytes(b"not marshal")  # damaged: validated again, and kept again
     assert validate_cached(Inventory, data) == first
@@ -133,7 +128,7 @@ def test_validated_data_is_kept_and_built_back_equal(cache_home: Path) -> None:
 def test_an_entry_of_another_record_or_shape_is_validated_again(cache_home: Path) -> None:
     data = {"environments": {"full": FULL}}
     first = validate_cached(Inventory, data)
-    (entry,) = _entries(cache_home)
+    (entry,) = cache_entries(cache_home)
     for foreign in (
         to_plain(first.environments["full"]),  # a record, of another class
         ("connfix.config.inventory:Nope", {}),  # a class that does not exist
@@ -151,7 +146,7 @@ def test_refused_data_is_never_kept(cache_home: Path) -> None:
         with pytest.raises(Invalid) as caught:
             validate_cached(Inventory, bad)
         assert caught.value.errors[0]["loc"] == ("environments", "x", "hosts")
-    assert _entries(cache_home) == []
+    assert cache_entries(cache_home) == []
 
 
 def test_the_entry_depends_on_the_code_that_validates_it(tmp_path: Path) -> None:

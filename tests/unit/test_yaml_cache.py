@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from connfix.config import yamlfile
+from tests.helpers import cache_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "src/connfix/engine/runbooks/too-many-connections.yaml"
@@ -19,21 +20,15 @@ INVENTORY = ROOT / "inventory.example.yaml"
 
 
 @pytest.fixture
-def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONNFIX_NO_CACHE", raising=False)
-    return tmp_path / "cache" / "connfix" / "yaml"
-
-
-def _entries(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.marshal")) if folder.exists() else []
+def cache_home(connfix_cache: Path) -> Path:
+    return connfix_cache / "yaml"
 
 
 @pytest.mark.parametrize("document", [RUNBOOK, INVENTORY], ids=["runbook", "inventory"])
 def test_a_cached_document_is_the_document_parsed(document: Path, cache_home: Path) -> None:
     text = document.read_text()
     parsed = yamlfile.load_text(text)  # parsed, then kept
-    assert len(_entries(cache_home)) == 1
+    assert len(cache_entries(cache_home)) == 1
     again = yamlfile.load_text(text)  # from the cache
     assert (again.data, again.lines) == (parsed.data, parsed.lines)
     assert again.data is not parsed.data  # read back, not the same objects
@@ -64,16 +59,16 @@ def test_a_command_that_reads_a_cached_document_does_not_import_pyyaml(cache_hom
 def test_another_text_is_parsed_again_and_errors_are_never_kept(cache_home: Path) -> None:
     assert yamlfile.load_text("a: 1\n").data == {"a": 1}
     assert yamlfile.load_text("a: 2\n").data == {"a": 2}
-    assert len(_entries(cache_home)) == 2
+    assert len(cache_entries(cache_home)) == 2
     for _ in range(2):  # refused both times: nothing kept
         with pytest.raises(yamlfile.YamlError, match="duplicate key"):
             yamlfile.load_text("a: 1\na: 2\n")
-    assert len(_entries(cache_home)) == 2
+    assert len(cache_entries(cache_home)) == 2
 
 
 def test_a_damaged_entry_is_parsed_again_and_a_timestamp_is_not_kept(cache_home: Path) -> None:
     yamlfile.load_text("b: [1, 2]\n")
-    (entry,) = _entries(cache_home)
+    (entry,) = cache_entries(cache_home)
     entry.write_bytes(b"\x00garbage")
     assert yamlfile.load_text("b: [1, 2]\n").data == {"b": [1, 2]}
     entry.write_bytes(marshal.dumps(({"b": "forged"}, ["not", "a", "line", "map"])))
@@ -81,7 +76,7 @@ def test_a_damaged_entry_is_parsed_again_and_a_timestamp_is_not_kept(cache_home:
     entry.unlink()
     located = yamlfile.load_text("when: 2026-12-05 08:00:00\n")
     assert located.data["when"].year == 2026
-    assert _entries(cache_home) == []  # a datetime is no plain value: parsed each time
+    assert cache_entries(cache_home) == []  # a datetime is no plain value: parsed each time
 
 
 def test_the_cache_keeps_its_newest_entries_only(
@@ -90,11 +85,11 @@ def test_the_cache_keeps_its_newest_entries_only(
     monkeypatch.setattr(yamlfile, "CACHE_ENTRIES", 3)
     for n in range(5):
         yamlfile.load_text(f"n: {n}\n")
-    assert len(_entries(cache_home)) == 3
+    assert len(cache_entries(cache_home)) == 3
 
 
 def test_no_cache_in_a_directory_others_may_write(cache_home: Path) -> None:
     cache_home.parent.mkdir(parents=True, mode=0o700)
     cache_home.parent.chmod(0o777)
     assert yamlfile.load_text("c: 3\n").data == {"c": 3}
-    assert _entries(cache_home) == []
+    assert cache_entries(cache_home) == []
