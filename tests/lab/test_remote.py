@@ -14,7 +14,7 @@ from tests.helpers import Lab
 
 
 def _remote(lab_env: Any, index: int = 0, **ssh: Any) -> remote.Remote:
-    return remote.Remote(lab_env.hosts[index], lab_env.ssh.model_copy(update=ssh))
+    return remote.Remote(lab_env.hosts[index], lab_env.ssh.replace(**ssh))
 
 
 def test_run_returns_exit_code_output_and_duration(lab_env: Any) -> None:
