@@ -245,3 +245,21 @@ def test_a_refusal_never_quotes_the_value_refused() -> None:
     assert "hunter2" not in str(caught.value) and "hunter2" not in repr(caught.value.errors)
     assert str(caught.value).startswith("dsn: Value error, the connection string contains")
     assert "; statement_timeout: Value error, not a duration" in str(caught.value)
+
+
+def test_a_zero_setup_environment_stays_one_when_copied(connfix_cache: Path) -> None:
+    """Marked by connfix, never read from a file; its copies (a node's database, a
+    host list) keep the mark, and the one from the cache is marked the same."""
+    from connfix.diagnosis.zero_setup import environment_for
+
+    first, cached = environment_for("host=db dbname=app"), environment_for("host=db dbname=app")
+    assert first.zero_setup and cached.zero_setup and first == cached
+    copy = first.replace(hosts=first.hosts[:1])
+    assert (
+        copy.zero_setup
+        and not Environment.validate({**FULL, "pgbouncer": None})
+        .replace(description="x")
+        .zero_setup
+    )
+    with pytest.raises(Invalid, match="zero_setup: Unexpected keyword argument"):
+        Environment.validate({**FULL, "zero_setup": True})
