@@ -54,6 +54,18 @@ def _private(folder: Path) -> bool:
     )
 
 
+def entry(kind: str, depends: bytes | None, key: bytes) -> Path | None:
+    """The file of one entry of `kind`: named by a hash of what it depends on (a
+    `signature`) and of its input; None when there is no cache or the dependencies
+    could not be told."""
+    import hashlib
+
+    folder = directory(kind)
+    if folder is None or depends is None:
+        return None
+    return folder / f"{hashlib.sha256(depends + key).hexdigest()}.marshal"
+
+
 def signature(sources: Iterable[str]) -> bytes | None:
     """What an entry depends on besides its input: these files, by path, size and
     modification time (as Python's own .pyc are checked); None when one cannot be read."""

@@ -183,16 +183,10 @@ _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 def _cache_file(cls: type[Record], data: object) -> Path | None:
     """Where the records made of `data` are kept: named by a hash of the data, the
     record class and what validation depends on."""
-    import hashlib
-
     from connfix.config import cache
 
-    depends = _depends(cls)
-    folder = cache.directory("records")
-    if depends is None or folder is None:
-        return None
-    key = depends + _tag(cls).encode() + b"\0" + repr(data).encode("utf-8", "surrogatepass")
-    return folder / f"{hashlib.sha256(key).hexdigest()}.marshal"
+    key = _tag(cls).encode() + b"\0" + repr(data).encode("utf-8", "surrogatepass")
+    return cache.entry("records", _depends(cls), key)
 
 
 def _depends(cls: type) -> bytes | None:

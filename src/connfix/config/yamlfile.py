@@ -91,15 +91,9 @@ def load_text(text: str) -> Located:
 def _cache_file(encoded: bytes) -> Path | None:
     """Where the parse of this text is kept: named by a hash of the text, of PyYAML's
     installed files and of this module's (a change in either parses again)."""
-    import hashlib
-
     from connfix.config import cache
 
-    loader = _loader()
-    folder = cache.directory("yaml")
-    if loader is None or folder is None:
-        return None
-    return folder / f"{hashlib.sha256(loader + encoded).hexdigest()}.marshal"
+    return cache.entry("yaml", _loader(), encoded)
 
 
 @functools.cache

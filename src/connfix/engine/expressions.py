@@ -124,19 +124,17 @@ CHECKED_KEPT = 1_000  # expressions; past it the list starts again
 def _checked() -> _Checked:
     """The expressions found valid before by this code — this module, the sandbox's and
     Jinja's installed files, by path, size and time — read once per process."""
-    import hashlib
     import importlib.util
     import marshal
 
     from connfix.config import cache as kept
     from connfix.config import sandbox
 
-    folder = kept.directory("expressions")
     spec = importlib.util.find_spec("jinja2")
     said = kept.signature([__file__, sandbox.__file__, spec.origin if spec and spec.origin else ""])
-    if folder is None or said is None:
+    where = kept.entry("expressions", said, b"")
+    if where is None:
         return _Checked(None, set())
-    where = folder / f"{hashlib.sha256(said).hexdigest()}.marshal"
     try:
         texts = marshal.loads(where.read_bytes())
     except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged
