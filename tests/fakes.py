@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,18 @@ class ScriptedRemote:
     reconnects: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        sent: Callable[[], None] | None = None,
+    ) -> CommandResult:
+        result = self._answer(command)
+        if sent is not None and result.error is None:
+            sent()  # as the real one calls it: the host has the command
+        return result
+
+    def _answer(self, command: str) -> CommandResult:
         with self.lock:
             self.sent.append(command)
             if "journalctl" in command:  # a failed unit's log, read after any failure
@@ -124,6 +135,9 @@ class FakeRun:
     def sleep(self, seconds: float) -> bool:
         self.slept += 1
         return not self.interrupted
+
+    def waiting(self) -> None:
+        self.said.append("(waiting)")
 
     def record(self, event: Event, **fields: Any) -> None:
         self.events.append({"event": event, **fields})

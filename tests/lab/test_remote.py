@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +404,63 @@ def test_known_hosts_with_marker_lines_as_organisations_write_them(
     failed = bad.run("true")
     assert not failed.ok and failed.error is not None
     assert "cannot read known_hosts" in failed.error
+
+
+def test_a_login_begun_early_is_the_connection_the_command_uses(lab_env: Any) -> None:
+    """open_early() logs in in the background; the first command waits for it and runs
+    on that connection (one login), and the host's session setup is then behind it."""
+    conn = _remote(lab_env)
+    try:
+        conn.open_early()
+        early = conn._early
+        assert early is not None and early.name == "connfix-login-app1"
+        early.join(timeout=10)
+        transport = conn.conn.client.get_transport()
+        assert transport is not None and transport.is_active()
+        result = conn.run("hostname")
+        assert result.ok and result.stdout.strip() == "app1"
+        assert conn.conn.client.get_transport() is transport  # no second login
+        assert conn._early is None
+    finally:
+        conn.close()
+
+
+def test_an_early_login_that_fails_is_the_first_command_s_answer_then_tried_again(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that refused the early login is not tried twice for the same command (its
+    error is the command's result, worded as open() words it); the next command tries."""
+    ghost = Host(name="ghost", ssh_address=lab_env.hosts[0].ssh_address.rsplit(".", 1)[0] + ".99")
+    conn = remote.Remote(ghost, lab_env.ssh.replace(connect_timeout=1.0))
+    attempts: list[float] = []
+    real_open = remote.Remote._open
+
+    def counted(self: remote.Remote) -> None:
+        attempts.append(time.monotonic())
+        real_open(self)
+
+    monkeypatch.setattr(remote.Remote, "_open", counted)
+    conn.open_early()
+    assert conn._early is not None
+    conn._early.join(timeout=10)  # it failed in the background
+    first = conn.run("true")
+    assert not first.ok and first.error is not None and ghost.ssh_address in first.error
+    assert len(attempts) == 1  # the early attempt's answer, not a second attempt
+    second = conn.run("true")
+    assert not second.ok and second.error is not None and ghost.ssh_address in second.error
+    assert len(attempts) == 2  # the next command tried again
+    conn.close()
+
+
+def test_an_early_login_closed_while_under_way_leaves_nothing_open(lab_env: Any) -> None:
+    """The run can end while a login begun early is still under way (the database was
+    unreachable): close() then, and the login closes what it opened when it is done."""
+    conn = _remote(lab_env)
+    conn.open_early()
+    conn.close()  # at once: the handshake has hardly begun
+    early = conn._early
+    assert early is not None
+    early.join(timeout=10)
+    assert not early.is_alive()
+    transport = conn.conn.client.get_transport()
+    assert transport is None or not transport.is_active()

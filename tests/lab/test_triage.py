@@ -533,3 +533,53 @@ def test_a_real_triage_says_its_outcome_before_the_report_is_rendered(
     (written,) = (tmp_path / "incidents").glob("*/report.md")
     assert "connfix restarted app2" in written.read_text()  # the change is in it
     assert (written.parent / "incident.svg").read_text().startswith("<?xml")  # the chart
+
+
+def test_each_host_is_logged_into_once_and_before_the_first_diagnosis(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine.start begins the SSH logins of the first diagnosis's health checks before
+    the run connects to the database: one connection per health-checked host, begun
+    early, used by every health check and the restart's preflight of the run."""
+    from connfix.hosts import remote
+
+    made: list[str] = []
+    early: list[str] = []
+    real_init, real_early = remote.Remote.__init__, remote.Remote.open_early
+
+    def init(self: remote.Remote, host: Any, ssh: Any) -> None:
+        made.append(host.name)
+        real_init(self, host, ssh)
+
+    def open_early(self: remote.Remote) -> None:
+        early.append(self.host.name)
+        real_early(self)
+
+    monkeypatch.setattr(remote.Remote, "__init__", init)
+    monkeypatch.setattr(remote.Remote, "open_early", open_early)
+    clean_lab.core.leak("app2", 4, idle_in_transaction=False)  # a suspect: a restart planned
+    result = triage(clean_lab, tmp_path, "--dry-run")
+    evs = events(tmp_path / "incidents")
+    assert evs[-1]["event"] == "run_end", result.output
+    assert any(e["event"] == "plan" and e["step"] == "restart-leaking-hosts" for e in evs)
+    assert sorted(early) == ["app1", "app2", "app3"]
+    assert sorted(made) == sorted(early)  # no second connection to any host
+    first = next(e for e in evs if e["event"] == "diagnosis")["diagnosis"]
+    assert {h: v["ok"] for h, v in first["host_health"].items()} == {
+        "app1": True,
+        "app2": True,
+        "app3": True,
+    }
+
+
+def test_a_command_that_does_not_judge_the_hosts_logs_into_none(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """terminate (no host health checks) begins no login."""
+    from connfix.hosts import remote
+
+    made: list[str] = []
+    monkeypatch.setattr(remote.Remote, "open_early", lambda self: made.append(self.host.name))
+    result = connfix_run("terminate", clean_lab.inventory, tmp_path / "incidents", "--dry-run")
+    assert result.exit_code in (0, 1), result.output
+    assert made == []

@@ -80,6 +80,19 @@ def test_a_host_passes_its_gates_in_order() -> None:
     assert conn.finished()
 
 
+def test_the_run_waits_from_when_the_host_has_the_restart_command() -> None:
+    """The run's work off the critical path (the report's warm-up, RunContext.waiting)
+    begins once the host has the restart command, not before the command is sent (it
+    would compete with what leads to it) and not after the restart (the wait is then
+    over)."""
+    run = FakeRun(environment(), sessions=[{"app.service": set()}])
+    conn = ScriptedRemote("app1", healthy_host())
+    assert run_host(conn, run).ok
+    restarting = next(i for i, s in enumerate(run.said) if "restarting" in s)
+    assert run.said[restarting + 1] == "(waiting)"
+    assert run.said.count("(waiting)") == 1  # the restart command alone
+
+
 def test_a_simple_unit_must_settle_before_its_health_check() -> None:
     """Lab: test_systemd_units.py (Type=simple units settle)."""
     run = FakeRun(environment(), sessions=[{"app.service": set()}])

@@ -68,6 +68,10 @@ class Action(Generic[P, D]):
     params_model: ClassVar[type[Params]] = Params
     mutating: ClassVar[bool] = False  # changes something: confirmed, skipped in dry-run
     runs_in_dry_run: ClassVar[bool] = True  # read-only and quick: applied in dry-run too
+    # a change that waits on the outside from its start (signals sent to the server, a
+    # pooler's command): the run's work off the critical path may begin with the step.
+    # One that first prepares (a roll) says itself when it waits: ctx.waiting()
+    waits_from_start: ClassVar[bool] = True
     # what it may change (connfix.config.effects), by its class; `effect` may look at its params
     effect_name: ClassVar[str | None] = None
 

@@ -59,6 +59,7 @@ class RollingRestartAction(Action[RestartParams, RollPlan]):
     description = "restart app hosts one batch at a time, each gated before the next"
     params_model = RestartParams
     mutating = True
+    waits_from_start = False  # the restart gate says when a host's restart is under way
 
     def targets(self, ctx: RunContext, p: RestartParams) -> list[Host]:
         """Return the hosts to restart, leakiest first.

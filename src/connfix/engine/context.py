@@ -360,6 +360,15 @@ class RunContext:
         except expressions.ExpressionError:
             return None
 
+    def waiting(self) -> None:
+        """The step's change is under way and the run waits on the outside (a host
+        restarting, backends exiting): begin the report's warm-up (once a run), which
+        would otherwise compete for the interpreter with the run's own work or wait
+        until its end."""
+        from connfix.record import report
+
+        report.warm_up()
+
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on Ctrl-C; return False if interrupted."""
         deadline = time.monotonic() + seconds

@@ -90,6 +90,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
             ui,
             resume_done=dict(request.resume_done),
             health_checks=request.host_health,
+            remotes=dict(request.logins),
             max_restart_hosts=request.max_restart_hosts,
             follow=(
                 Follow(request.node, request.node_role or "primary", request.cluster)
@@ -464,13 +465,8 @@ class StepLoop:
         run on an interruption or a failure the runbook halts on."""
         self.ui.step(index, self.total, step, "running", plan.summary)
         before = ctx.latest
-        if action.mutating and plan.operations:
-            from connfix.record import report
-
-            # the report's imports while this change waits on the hosts or the server
-            # (a restart, backends exiting): CPU the run would otherwise spend competing
-            # with its own work, or at its end
-            report.warm_up()
+        if action.mutating and plan.operations and action.waits_from_start:
+            ctx.waiting()
         try:
             outcome: Outcome = action.apply(ctx, step.params, plan)
         except expressions.ExpressionError as exc:  # an `until` that fails on live data

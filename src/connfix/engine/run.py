@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connfix import ConnfixError, ExitStatus
 from connfix.record.events import RunStatus as RunStatus  # the journal's vocabulary, re-exported
@@ -72,6 +72,9 @@ class RunRequest:
     node_role: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     cluster: Environment | None = None  # the whole environment, every node
+    # the SSH connections of the first diagnosis's health checks, begun before the run
+    # (engine.start): host → connfix.hosts.remote.Remote; the run closes them
+    logins: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

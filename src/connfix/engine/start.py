@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from connfix.engine.run import RunResult
     from connfix.engine.runbook import Runbook
     from connfix.engine.ui import UI
+    from connfix.hosts.remote import Remote
 
 
 def start_run(
@@ -36,41 +37,68 @@ def start_run(
     alert_starts_at: str | None = None,
 ) -> RunResult:
     """Run a runbook against one environment (see engine.loop.run_runbook)."""
-    from connfix.engine.loop import operator, run_runbook
     from connfix.record.journal import incidents_base, resume_state
 
-    node = node_role = None
-    nodes: dict[str, str] = {}
-    cluster = None
-    if env.database.several:
-        cluster = env
-        env, node, node_role, nodes = _on_the_exhausted_node(environment, env, ui)
     runbook.check_hosts(environment, {h.name for h in env.hosts})
     resumed_from, done = resume_state(Path(resume), environment) if resume else (None, {})
-    request = RunRequest(
-        environment=environment,
-        env=env,
-        runbook=runbook,
-        incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
-        inventory_path=inventory_path,
-        mode=mode,
-        dry_run=dry_run,
-        yes=yes,
-        interactive=interactive,
-        host_health=host_health,
-        resumed_from=resumed_from,
-        resume_done=done,
-        trigger=trigger,
-        max_restart_hosts=max_restart_hosts,
-        approve_alone=approve_alone,
-        requester=trigger or operator(),
-        alert_starts_at=alert_starts_at,
-        node=node,
-        node_role=node_role,
-        nodes=nodes,
-        cluster=cluster,
-    )
-    return run_runbook(request, ui)
+    logins = _log_in_early(env) if host_health else {}
+    try:
+        from connfix.engine.loop import operator, run_runbook
+
+        node = node_role = None
+        nodes: dict[str, str] = {}
+        cluster = None
+        if env.database.several:
+            cluster = env
+            env, node, node_role, nodes = _on_the_exhausted_node(environment, env, ui)
+        request = RunRequest(
+            environment=environment,
+            env=env,
+            runbook=runbook,
+            incidents_dir=incidents_base(incidents_dir, env.incidents_dir),
+            inventory_path=inventory_path,
+            mode=mode,
+            dry_run=dry_run,
+            yes=yes,
+            interactive=interactive,
+            host_health=host_health,
+            resumed_from=resumed_from,
+            resume_done=done,
+            trigger=trigger,
+            max_restart_hosts=max_restart_hosts,
+            approve_alone=approve_alone,
+            requester=trigger or operator(),
+            alert_starts_at=alert_starts_at,
+            node=node,
+            node_role=node_role,
+            nodes=nodes,
+            cluster=cluster,
+            logins=logins,
+        )
+        return run_runbook(request, ui)
+    finally:
+        for conn in logins.values():
+            conn.close()
+
+
+def _log_in_early(env: Environment) -> dict[str, Remote]:
+    """Begin the SSH logins of the run's first diagnosis now.
+
+    The first step diagnoses, and a diagnosis checks the health of every host with a
+    health check, over SSH. Those logins begin here, in the background, while the rest of
+    connfix loads and connects to the database: the SSH stack's import is paid first, and
+    each host's side of its login (sshd's session, PAM, logind: 30–90 ms on the lab's
+    hosts) no longer waits in the first diagnosis. Read-only, as the checks themselves;
+    the run uses these connections and closes them when it ends."""
+    hosts = [h for h in env.hosts if any(s.health_check for s in env.services_on(h))]
+    if not hosts:
+        return {}
+    from connfix.hosts import remote
+
+    logins = {h.name: remote.Remote(h, env.ssh) for h in hosts}
+    for conn in logins.values():
+        conn.open_early()
+    return logins
 
 
 def _on_the_exhausted_node(

@@ -246,15 +246,52 @@ class Remote:
         for conn in (self.conn, *self.hops):
             self.policies[id(conn)] = _RefuseUnknown(conn.host)
             conn.client.set_missing_host_key_policy(self.policies[id(conn)])
+        self._early: threading.Thread | None = None  # a login begun ahead (open_early)
+        self._early_error: HostKeyRefused | ConnectionError | None = None
+        self._abandoned = False  # closed while that login was under way
+        self._early_lock = threading.Lock()
+
+    def open_early(self) -> None:
+        """Begin the login now, in a daemon thread, for a command that comes later: the
+        next open() waits for it and takes its outcome (a host refused or unreachable is
+        not tried twice in a row for the same command). After a login the host's sshd
+        still sets the session up (PAM, logind: 30–90 ms on the lab's hosts) before it
+        runs the first command; begun ahead, that happens while connfix does other work."""
+        thread = threading.Thread(
+            target=self._log_in, name=f"connfix-login-{self.host.name}", daemon=True
+        )
+        self._early = thread
+        thread.start()
+
+    def _log_in(self) -> None:
+        try:
+            self._connect()
+        except (HostKeyRefused, ConnectionError) as exc:
+            self._early_error = exc
+        except Exception as exc:  # what a transport may raise beyond those: as open() words it
+            self._early_error = ConnectionError(f"SSH to {_key_name(self.conn)} failed: {exc}")
+        with self._early_lock:
+            abandoned = self._abandoned
+        if abandoned:  # the run ended while this logged in: nothing may stay open
+            self._close()
 
     def open(self) -> None:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.join()
+            error, self._early_error = self._early_error, None
+            if error is not None:
+                raise error
+        self._connect()
+
+    def _connect(self) -> None:
         if self.conn.is_connected:
             return
         try:
             self._open()
         except (HostKeyRefused, ConnectionError):
-            self.close()  # a half-open transport must not linger
+            self._close()  # a half-open transport must not linger
             raise
 
     # Over 80 lines: the known_hosts of every host on the way (jump hosts too) loaded and
@@ -354,8 +391,11 @@ class Remote:
     def _port(self) -> int:
         return int(self.conn.port)
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        """Run one command; never raises for remote failures, returns what happened."""
+    def run(
+        self, command: str, timeout: float | None = None, sent: Callable[[], None] | None = None
+    ) -> CommandResult:
+        """Run one command; never raises for remote failures, returns what happened.
+        `sent` is called once the host has the command, before its end is waited for."""
         started = time.monotonic()
         limit = timeout if timeout is not None else self.ssh.command_timeout
 
@@ -371,7 +411,7 @@ class Remote:
             except (HostKeyRefused, ConnectionError) as exc:
                 return result(None, error=str(exc))
             try:
-                exit_code, stdout, stderr, timed_out = self._exec(command, limit)
+                exit_code, stdout, stderr, timed_out = self._exec(command, limit, sent)
                 break
             except _NotSent as stale:
                 if attempt == 2:
@@ -390,7 +430,9 @@ class Remote:
             return result(None, stdout, stderr, "ended without an exit status (connection closed?)")
         return result(exit_code, stdout, stderr)
 
-    def _exec(self, command: str, limit: float) -> tuple[int | None, str, str, bool]:
+    def _exec(
+        self, command: str, limit: float, sent: Callable[[], None] | None = None
+    ) -> tuple[int | None, str, str, bool]:
         """Run a command on a channel of the open connection, with a deadline.
 
         The timeout is kept here, in the calling thread: invoke's runner enforces it with
@@ -407,6 +449,8 @@ class Remote:
         deadline = time.monotonic() + limit
         try:
             channel.exec_command(command)
+            if sent is not None:
+                sent()
             while True:
                 while channel.recv_ready():
                     stdout += channel.recv(65536)
@@ -435,7 +479,15 @@ class Remote:
             channel.close()
 
     def close(self) -> None:
-        """Close the connection, and reap the ProxyCommand process if one carried it."""
+        """Close the connection, and reap the ProxyCommand process if one carried it; a
+        login begun ahead and still under way closes what it opens when it is done."""
+        with self._early_lock:
+            early = self._early
+            if early is not None and early.is_alive():
+                self._abandoned = True
+        self._close()
+
+    def _close(self) -> None:
         transport = self.conn.client.get_transport()
         sock = transport.sock if transport is not None else None
         with contextlib.suppress(Exception):

@@ -48,6 +48,8 @@ class GateContext(Protocol):
 
     def sleep(self, seconds: float) -> bool: ...
 
+    def waiting(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -117,7 +119,9 @@ def restart_gate(
     may still be starting a slow unit: the active gate follows the unit's own state); a
     command that fails fails the gate, with the unit's state as systemd says it."""
     ctx.progress(f"{label}: restarting ({command})")
-    restarted = conn.run(command, timeout=restart_timeout(command_timeout, old))
+    # the host restarts for a while now: the run's work off the critical path (the
+    # report's warm-up) may use the wait, not compete with what led to the command
+    restarted = conn.run(command, timeout=restart_timeout(command_timeout, old), sent=ctx.waiting)
     if restarted.error and restarted.error.startswith("timed out"):
         ctx.progress(
             f"{label}: the restart command is still running after"
