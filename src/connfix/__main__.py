@@ -13,8 +13,12 @@ GC_THRESHOLD = 100_000
 
 
 def run() -> None:
-    """The command line, with the collector's threshold set first."""
+    """The command line, with the collector's threshold set first and the dataclasses'
+    generated code from connfix's cache (connfix.config.generated)."""
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    from connfix.config import generated
+
+    generated.install()
     from connfix.cli import main
 
     main()
