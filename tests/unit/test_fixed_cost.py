@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,3 +238,60 @@ def test_a_condition_checked_before_is_not_compiled_again_to_be_checked(tmp_path
     assert run(good) == [good]
     env["CONNFIX_NO_CACHE"] = "1"
     assert run(good) == [good]
+
+
+def test_a_diagnosis_s_names_are_built_once_for_all_its_conditions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step's conditions and the healthy check evaluate over the same picture: its
+    names are built once per diagnosis and totals, again when either changes."""
+    from typing import cast
+
+    from connfix.diagnosis.analysis import analyse
+    from connfix.engine import context, expressions
+    from tests.builders import backend, env, info
+
+    environment = env()
+    first = analyse("prod", environment, info(), [backend(1, "10.0.0.11")], [])
+    ctx = context.RunContext("prod", environment, *cast(Any, [None, None, None, True, None, None]))
+    built: list[int] = []
+    real = expressions.context
+    monkeypatch.setattr(expressions, "context", lambda *a: (built.append(1), real(*a))[1])
+    assert ctx.holds("client_backends == 1", first)
+    assert ctx.holds("severity == 'ok' and terminated == 0", first)
+    assert len(built) == 1
+    ctx.totals["terminated"] = 3
+    assert ctx.holds("terminated == 3", first)  # the totals changed: built again
+    assert len(built) == 2
+    second = analyse("prod", environment, info(), [], [])
+    assert ctx.holds("client_backends == 0", second)  # a new diagnosis: built again
+    assert ctx.holds("client_backends == 1", first)
+    assert len(built) == 4
+
+
+STARTED_UP = """
+import gc, sys
+from connfix import started_up
+if sys.argv[1] == "command":
+    gc.set_threshold(100_000)
+started_up()
+first = gc.get_freeze_count()
+kept = [object() for _ in range(10)]
+started_up()
+print(first, gc.get_freeze_count())
+"""
+
+
+def test_a_run_s_start_up_is_frozen_once_and_only_in_the_installed_command() -> None:
+    """connfix.started_up: gc.freeze once per process where connfix.__main__ raised the
+    collector's threshold (the installed command); a library or the tests: untouched."""
+
+    def counts(mode: str) -> list[int]:
+        out = subprocess.run(
+            [sys.executable, "-c", STARTED_UP, mode], capture_output=True, text=True, check=True
+        )
+        return [int(n) for n in out.stdout.split()]
+
+    first, again = counts("command")
+    assert first > 1_000 and again == first  # frozen, and only once
+    assert counts("library") == [0, 0]

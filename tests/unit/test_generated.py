@@ -111,6 +111,8 @@ def test_a_damaged_or_foreign_entry_is_compiled_again(tmp_path: Path) -> None:
         b"\x00not marshal at all",
         marshal.dumps([1, 2, 3]),
         marshal.dumps(dict.fromkeys(texts, "print('not code')")),
+        marshal.dumps(dict.fromkeys(texts, marshal.dumps("not code either"))),
+        marshal.dumps(dict.fromkeys(texts, b"\x00not marshal")),
     ):
         entry.write_bytes(damage)
         again = made("on", cache)

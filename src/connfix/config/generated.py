@@ -11,6 +11,11 @@ inherited from the caller, the same file name, the interpreter's optimization le
 kept when the process exits. The same text compiled the same way is the same code; the
 entry is keyed by the interpreter's bytecode and the dataclasses module's own file, so a
 new Python starts a new one. A damaged entry, or no cache, means compiling as before.
+
+The entry maps each text to its code's marshal bytes, each read back when its text comes:
+loading every code object at once made some 40,000 objects the garbage collector then
+scanned (a 30-40 ms collection in the middle of a triage, measured); strings and bytes
+are not tracked by it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ KIND = "dataclasses"
 KEEP = 4  # entries: one per interpreter that ran connfix lately
 MOST = 5_000  # texts kept in one entry; past this it starts again (old code gone)
 
-_codes: dict[str, CodeType] = {}
-_new: dict[str, CodeType] = {}
+_codes: dict[str, bytes] = {}  # text → marshal bytes of its code
+_new: dict[str, bytes] = {}  # compiled by this process
 
 
 def install() -> None:
@@ -47,7 +52,7 @@ def install() -> None:
         _codes.update(
             (text, code)
             for text, code in loaded.items()
-            if isinstance(text, str) and isinstance(code, CodeType)
+            if isinstance(text, str) and isinstance(code, bytes)
         )
     dataclasses.exec = _exec  # type: ignore[attr-defined]
 
@@ -64,12 +69,23 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
         if locals is None:
             locals = caller.f_locals
     if isinstance(source, str):
-        code = _codes.get(source)
-        if code is None:
-            code = compile(source, "<string>", "exec", dont_inherit=True)
-            _codes[source] = _new[source] = code
-        source = code
+        source = _code(source)
     builtins.exec(source, globals, locals)
+
+
+def _code(text: str) -> CodeType:
+    """The code of a text: as kept, or compiled as exec() compiles a string."""
+    kept = _codes.get(text)
+    if kept is not None:
+        try:
+            code = marshal.loads(kept)
+        except (EOFError, ValueError, TypeError):
+            code = None
+        if isinstance(code, CodeType):
+            return code
+    code = compile(text, "<string>", "exec", dont_inherit=True)
+    _codes[text] = _new[text] = marshal.dumps(code)
+    return code
 
 
 def _entry(dataclasses_file: str | None) -> Any:
@@ -91,8 +107,4 @@ def _keep(where: Any) -> None:
     from connfix.config import cache
 
     kept = dict(_codes) if len(_codes) <= MOST else dict(_new)
-    try:
-        blob = marshal.dumps(kept)
-    except ValueError:
-        return
-    cache.store(where, blob, KEEP)
+    cache.store(where, marshal.dumps(kept), KEEP)

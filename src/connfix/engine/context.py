@@ -116,6 +116,7 @@ class RunContext:
     _handoff: threading.Condition = field(default_factory=threading.Condition)
     _handoff_inside: int = 0
     _handoff_released: bool = False
+    _names: tuple[Diagnosis, tuple[tuple[str, int], ...], dict[str, Any]] | None = None
 
     @contextlib.contextmanager
     def slot_given_back(self, why: str) -> Iterator[None]:
@@ -340,10 +341,16 @@ class RunContext:
                 raise LockLost(f"after reconnecting, {refused}")
 
     def names(self, d: Diagnosis) -> dict[str, Any]:
-        """Return the names an expression sees for a diagnosis."""
-        return expressions.context(
-            d, [h.name for h in self.env.hosts], self.env.thresholds.dump(), self.totals
-        )
+        """Return the names an expression sees for a diagnosis: built once per diagnosis
+        and totals (a step's conditions and the healthy check see the same picture; the
+        sandbox lets no expression change them)."""
+        key = (d, tuple(sorted(self.totals.items())))
+        if self._names is None or self._names[0] is not key[0] or self._names[1] != key[1]:
+            built = expressions.context(
+                d, [h.name for h in self.env.hosts], self.env.thresholds.dump(), self.totals
+            )
+            self._names = (key[0], key[1], built)
+        return self._names[2]
 
     def holds(self, condition: str, d: Diagnosis) -> bool:
         """Evaluate a runbook expression over a diagnosis."""

@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connfix import ConnectionLost, ConnfixError, ExitStatus, __version__
+from connfix import ConnectionLost, ConnfixError, ExitStatus, __version__, started_up
 from connfix.actions import ACTIONS
 from connfix.actions.base import Action, Outcome, Plan
 from connfix.engine import approval, expressions, postmortem
@@ -79,6 +79,7 @@ def run_runbook(request: RunRequest, ui: UI) -> RunResult:
         refused = _connected(session, request, start, incident, journal, ui)
         if refused is not None:
             return loop.finish(RunStatus.LOCKED, ExitStatus.UNHEALTHY, refused)
+        started_up()
         loop.ctx = RunContext(
             request.environment,
             request.env,

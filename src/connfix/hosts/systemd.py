@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from connfix.hosts.remote import Remote
+    from connfix.hosts.remote import CommandResult, Remote
 
 # What connfix reads of a service, for the preflight, the gates and `inventory check`.
 PROPERTIES = (
@@ -236,7 +236,11 @@ def resolve_units(conn: Remote, specs: list[str]) -> tuple[list[str], str | None
 
 def show_units(conn: Remote, units: list[str]) -> tuple[list[UnitState], str | None]:
     """Read the units' state by property name; return them in order, or an error."""
-    shown = conn.run(show_command(units))
+    return read_units(conn.run(show_command(units)), units)
+
+
+def read_units(shown: CommandResult, units: list[str]) -> tuple[list[UnitState], str | None]:
+    """The units' state from what show_command(units) printed, in order, or an error."""
     if not shown.ok:
         return [], shown.describe()
     blocks = parse_show(shown.stdout)
