@@ -125,13 +125,10 @@ def breakdown(events: list[dict[str, Any]], spawned: float, exited: float) -> di
     for end in (e for e in events if e["event"] == "step_end" and "seconds" in e):
         name = f"step {end['step']}"
         parts[name] = parts.get(name, 0) + end["seconds"]
-    plans = [e for e in events if e["event"] == "plan" and e.get("step") == "restart"]
+    rolls = [e for e in events if e["event"] == "step_start" and e["action"] == "rolling_restart"]
     starts = [e for e in events if e["event"] == "host_start"]
-    if plans and starts:
-        step_start = next(
-            e for e in events if e["event"] == "step_start" and e.get("step") == "restart"
-        )
-        parts["  of which: preflight (plan)"] = _ts(starts[0]) - _ts(step_start)
+    if rolls and starts:
+        parts["  of which: preflight and plan"] = _ts(starts[0]) - _ts(rolls[0])
     for done in (e for e in events if e["event"] == "host_done"):
         for gate, seconds in done["gates"].items():
             parts[f"  of which: {done['host']} gate {gate}"] = seconds
@@ -181,9 +178,11 @@ def measure(rounds: int = 3) -> list[Row]:
             connfix / floor <= TARGET,
             "diagnosis query + bare restart until the pool is back",
             floor,
-            f"connfix's own CPU {cpu:.3f} s (start-up to run_start"
-            f" {medians['start-up, imports, inventory, runbook']:.3f} s, first diagnosis with"
-            f" the hosts' SSH logins and health checks {medians['step diagnose']:.3f} s);"
+            f"connfix's own CPU {cpu:.3f} s (start-up to run_start, the SSH stack's import"
+            f" and the hosts' logins begun in it,"
+            f" {medians['start-up, imports, inventory, runbook']:.3f} s; first diagnosis, the"
+            f" health checks on those logins, {medians['step diagnose']:.3f} s; the roll's"
+            f" preflight and plan {medians.get('  of which: preflight and plan', 0):.3f} s);"
             f" the restart itself {waited:.3f} s: even with every other wait hidden,"
             f" restart + CPU = {waited + cpu:.3f} s = {(waited + cpu) / floor:.2f}× the floor",
         )

@@ -104,8 +104,8 @@ def ssh_loop(addresses: list[str]) -> float:
 CONNFIX_SPLIT: list[tuple[float, float]] = []  # per round: (gates per host, outside the hosts)
 # per round, from the journal's timestamps: where the fixed cost goes
 PHASES: dict[str, list[float]] = {
-    "start-up (to run_start)": [],
-    "first diagnosis (SSH logins, health checks)": [],
+    "start-up (to run_start; the SSH stack, logins begun)": [],
+    "first diagnosis (health checks)": [],
     "preflight and plan": [],
     "final diagnosis, report, exit": [],
 }
@@ -139,10 +139,10 @@ def connfix_roll(workdir: Path) -> float:
     for event in events:
         first.setdefault(event["event"], event)
     diagnosed = _ts(first["step_end"])
-    PHASES["start-up (to run_start)"].append(_ts(first["run_start"]) - wall)
-    PHASES["first diagnosis (SSH logins, health checks)"].append(
-        diagnosed - _ts(first["run_start"])
+    PHASES["start-up (to run_start; the SSH stack, logins begun)"].append(
+        _ts(first["run_start"]) - wall
     )
+    PHASES["first diagnosis (health checks)"].append(diagnosed - _ts(first["run_start"]))
     PHASES["preflight and plan"].append(_ts(first["host_start"]) - diagnosed)
     PHASES["final diagnosis, report, exit"].append(wall + elapsed - _ts(done[-1]))
     return elapsed
@@ -316,7 +316,7 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         f"connfix's fixed cost {outside:.2f} s (start-up, preflight, report), {gates * 1000:.0f} ms"
         f" per host in its gates; by phase: "
         + ", ".join(f"{name} {value:.3f} s" for name, value in phases.items())
-        + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the first diagnosis);"
+        + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the start-up);"
         f" Ansible's defaults {ansible:.2f} s are {ansible / base:.2f}× the floor itself"
     )
     return [

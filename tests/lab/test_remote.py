@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -413,8 +414,7 @@ def test_a_login_begun_early_is_the_connection_the_command_uses(lab_env: Any) ->
     try:
         conn.open_early()
         early = conn._early
-        assert early is not None and early.name == "connfix-login-app1"
-        early.join(timeout=10)
+        assert early is not None and early.wait(timeout=10)
         transport = conn.conn.client.get_transport()
         assert transport is not None and transport.is_active()
         result = conn.run("hostname")
@@ -442,7 +442,7 @@ def test_an_early_login_that_fails_is_the_first_command_s_answer_then_tried_agai
     monkeypatch.setattr(remote.Remote, "_open", counted)
     conn.open_early()
     assert conn._early is not None
-    conn._early.join(timeout=10)  # it failed in the background
+    assert conn._early.wait(timeout=10)  # it failed in the background
     first = conn.run("true")
     assert not first.ok and first.error is not None and ghost.ssh_address in first.error
     assert len(attempts) == 1  # the early attempt's answer, not a second attempt
@@ -459,8 +459,38 @@ def test_an_early_login_closed_while_under_way_leaves_nothing_open(lab_env: Any)
     conn.open_early()
     conn.close()  # at once: the handshake has hardly begun
     early = conn._early
-    assert early is not None
-    early.join(timeout=10)
-    assert not early.is_alive()
+    assert early is not None and early.wait(timeout=10)
     transport = conn.conn.client.get_transport()
     assert transport is None or not transport.is_active()
+
+
+def test_early_logins_are_at_most_workers_at_once(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log_in_early bounds the logins under way as parallel() does (16 by default): 200
+    endpoints are not 200 handshakes at once."""
+    lock = threading.Lock()
+    inside, most = [0], [0]
+    real = remote.Remote._connect
+
+    def counted(self: remote.Remote) -> None:
+        if not threading.current_thread().name.startswith("connfix-login-"):
+            return real(self)
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            real(self)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(remote.Remote, "_connect", counted)
+    conns = [_remote(lab_env, i % 3) for i in range(6)]
+    try:
+        remote.log_in_early(conns, workers=2)
+        assert all(c.run("true").ok for c in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert most[0] == 2

@@ -545,18 +545,19 @@ def test_each_host_is_logged_into_once_and_before_the_first_diagnosis(
 
     made: list[str] = []
     early: list[str] = []
-    real_init, real_early = remote.Remote.__init__, remote.Remote.open_early
+    real_init, real_early = remote.Remote.__init__, remote.log_in_early
 
     def init(self: remote.Remote, host: Any, ssh: Any) -> None:
         made.append(host.name)
         real_init(self, host, ssh)
 
-    def open_early(self: remote.Remote) -> None:
-        early.append(self.host.name)
-        real_early(self)
+    def log_in_early(conns: Any, workers: int = 16) -> None:
+        conns = list(conns)
+        early.extend(c.host.name for c in conns)
+        real_early(conns, workers)
 
     monkeypatch.setattr(remote.Remote, "__init__", init)
-    monkeypatch.setattr(remote.Remote, "open_early", open_early)
+    monkeypatch.setattr(remote, "log_in_early", log_in_early)
     clean_lab.core.leak("app2", 4, idle_in_transaction=False)  # a suspect: a restart planned
     result = triage(clean_lab, tmp_path, "--dry-run")
     evs = events(tmp_path / "incidents")
@@ -579,7 +580,7 @@ def test_a_command_that_does_not_judge_the_hosts_logs_into_none(
     from connfix.hosts import remote
 
     made: list[str] = []
-    monkeypatch.setattr(remote.Remote, "open_early", lambda self: made.append(self.host.name))
+    monkeypatch.setattr(remote, "log_in_early", lambda conns, workers=16: made.append("any"))
     result = connfix_run("terminate", clean_lab.inventory, tmp_path / "incidents", "--dry-run")
     assert result.exit_code in (0, 1), result.output
     assert made == []

@@ -1,7 +1,8 @@
 """connfix's cache on this machine: what is computed the same way at every start and
 costs more to compute than to load (the report template compiled by Jinja, the parse of
 each YAML document read: connfix.config.yamlfile, the records validated from each:
-connfix.config.records, the runbook conditions found valid: connfix.engine.expressions).
+connfix.config.records, the runbook conditions found valid: connfix.engine.expressions,
+the code Python generates for dataclasses: connfix.config.generated).
 
 `$XDG_CACHE_HOME/connfix/KIND`, else `~/.cache/connfix/KIND`, made private (0700) on
 first use. A cache holds code this process will run, so it is used only when every

@@ -96,8 +96,7 @@ def _log_in_early(env: Environment) -> dict[str, Remote]:
     from connfix.hosts import remote
 
     logins = {h.name: remote.Remote(h, env.ssh) for h in hosts}
-    for conn in logins.values():
-        conn.open_early()
+    remote.log_in_early(logins.values())
     return logins
 
 

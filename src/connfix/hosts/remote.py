@@ -6,6 +6,7 @@ Every call returns a CommandResult per host instead of raising from deep inside.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -246,32 +247,31 @@ class Remote:
         for conn in (self.conn, *self.hops):
             self.policies[id(conn)] = _RefuseUnknown(conn.host)
             conn.client.set_missing_host_key_policy(self.policies[id(conn)])
-        self._early: threading.Thread | None = None  # a login begun ahead (open_early)
+        self._early: threading.Event | None = None  # set when a login begun ahead is done
         self._early_error: HostKeyRefused | ConnectionError | None = None
-        self._abandoned = False  # closed while that login was under way
+        self._abandoned = False  # closed before that login was done
         self._early_lock = threading.Lock()
 
     def open_early(self) -> None:
-        """Begin the login now, in a daemon thread, for a command that comes later: the
-        next open() waits for it and takes its outcome (a host refused or unreachable is
-        not tried twice in a row for the same command). After a login the host's sshd
-        still sets the session up (PAM, logind: 30–90 ms on the lab's hosts) before it
-        runs the first command; begun ahead, that happens while connfix does other work."""
-        thread = threading.Thread(
-            target=self._log_in, name=f"connfix-login-{self.host.name}", daemon=True
-        )
-        self._early = thread
-        thread.start()
+        """Begin the login now, in the background (log_in_early)."""
+        log_in_early([self])
 
-    def _log_in(self) -> None:
+    def _log_in(self, done: threading.Event) -> None:
+        """The login begun ahead, in a worker of log_in_early; its outcome is kept for
+        the next open(), which waits for `done`."""
         try:
+            with self._early_lock:
+                if self._abandoned:  # closed before its turn came: no login at all
+                    return
             self._connect()
         except (HostKeyRefused, ConnectionError) as exc:
             self._early_error = exc
         except Exception as exc:  # what a transport may raise beyond those: as open() words it
             self._early_error = ConnectionError(f"SSH to {_key_name(self.conn)} failed: {exc}")
-        with self._early_lock:
-            abandoned = self._abandoned
+        finally:
+            with self._early_lock:
+                abandoned = self._abandoned
+                done.set()
         if abandoned:  # the run ended while this logged in: nothing may stay open
             self._close()
 
@@ -279,7 +279,7 @@ class Remote:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
         early, self._early = self._early, None
         if early is not None:
-            early.join()
+            early.wait()
             error, self._early_error = self._early_error, None
             if error is not None:
                 raise error
@@ -483,7 +483,7 @@ class Remote:
         login begun ahead and still under way closes what it opens when it is done."""
         with self._early_lock:
             early = self._early
-            if early is not None and early.is_alive():
+            if early is not None and not early.is_set():
                 self._abandoned = True
         self._close()
 
@@ -517,6 +517,30 @@ def open_checked(host: Host, ssh: Ssh) -> tuple[Remote, bool, str, str | None]:
     except ConnectionError as exc:
         return conn, False, "n/a", str(exc)
     return conn, True, "known", None
+
+
+def log_in_early(conns: Iterable[Remote], workers: int = 16) -> None:
+    """Begin these connections' logins now, for commands that come later, at most
+    `workers` at once (as `parallel`), in daemon threads: a run that ends before it needs
+    them does not wait for them. Each connection's next open() waits for its own login
+    and takes its outcome (a host refused or unreachable is not tried twice in a row for
+    one command). After a login the host's sshd still sets the session up (PAM, logind:
+    30–90 ms on the lab's hosts) before it runs the first command: begun ahead, that
+    happens while connfix does other work."""
+    waiting = collections.deque((conn, threading.Event()) for conn in conns)
+    for conn, done in waiting:
+        conn._early = done
+
+    def work() -> None:
+        while True:
+            try:
+                conn, done = waiting.popleft()
+            except IndexError:
+                return
+            conn._log_in(done)
+
+    for number in range(min(workers, len(waiting))):
+        threading.Thread(target=work, name=f"connfix-login-{number + 1}", daemon=True).start()
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 16) -> list[Any]:
