@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row
+from common import Row, connfix_bin, usage
 
 from connfix.lab import hosts, lab, paths
 
@@ -281,6 +281,12 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
                 + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}s" for k, v in results.items()),
                 flush=True,
             )
+        # the fixed phases alone (start-up, first diagnosis, preflight, report: a dry
+        # run), whole process: its own CPU, and every core's meanwhile
+        dry = [
+            usage([*connfix_bin(), "restart", "lab", "--dry-run", "--incidents-dir", str(workdir)])
+            for _ in range(3)
+        ]
     finally:
         close_masters(workdir / "cp")
         shutil.rmtree(workdir, ignore_errors=True)
@@ -312,11 +318,22 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
     )
     connfix = medians["connfix restart"]
     ansible = medians["ansible serial: 1 (defaults)"]
+    dry_wall = statistics.median(u.seconds for u in dry)
+    dry_cpu = statistics.median(u.own_cpu for u in dry)
+    dry_hosts = statistics.median(u.machine_cpu - u.own_cpu for u in dry)
+    print(
+        f"a dry run (the fixed phases alone): {dry_wall:.3f} s; connfix's own CPU"
+        f" {dry_cpu:.3f} s, the hosts' side {dry_hosts:.3f} s of CPU on the same 2 cores"
+    )
     split = (
         f"connfix's fixed cost {outside:.2f} s (start-up, preflight, report), {gates * 1000:.0f} ms"
         f" per host in its gates; by phase: "
         + ", ".join(f"{name} {value:.3f} s" for name, value in phases.items())
         + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the start-up);"
+        + f" a dry run (the fixed phases alone, median of 3) {dry_wall:.3f} s: connfix's"
+        f" own CPU {dry_cpu:.3f} s, the hosts' side (sshd, PAM, logind, sudo, the health"
+        f" checks' curl and app, on the same 2 cores) {dry_hosts:.3f} s of CPU, so"
+        f" (CPU of both) / 2 cores = {(dry_cpu + dry_hosts) / 2:.3f} s at best;"
         f" Ansible's defaults {ansible:.2f} s are {ansible / base:.2f}× the floor itself"
     )
     return [
