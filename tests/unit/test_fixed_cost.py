@@ -295,3 +295,21 @@ def test_a_run_s_start_up_is_frozen_once_and_only_in_the_installed_command() -> 
     first, again = counts("command")
     assert first > 1_000 and again == first  # frozen, and only once
     assert counts("library") == [0, 0]
+
+
+def test_a_host_whose_connection_cannot_be_set_up_is_left_to_the_diagnosis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine.start begins the health checks' logins early; a host whose connection
+    cannot even be made (its ~/.ssh/config gives a port that is no number) is skipped
+    there, not an error before the run's journal exists: the first diagnosis meets it
+    again and reports it, as it did before the logins began early."""
+    from connfix.engine import start
+    from tests.fakes import environment
+
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host *\n  Port not-a-number\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = environment()
+    assert env.ssh.port is None  # the port comes from ~/.ssh/config
+    assert start._log_in_early(env) == {}

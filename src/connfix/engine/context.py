@@ -374,7 +374,8 @@ class RunContext:
         until its end."""
         from connfix.record import report
 
-        report.warm_up()
+        with contextlib.suppress(RuntimeError):  # no thread to be had: the report pays at the end
+            report.warm_up()
 
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on Ctrl-C; return False if interrupted."""

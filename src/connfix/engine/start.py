@@ -95,7 +95,12 @@ def _log_in_early(env: Environment) -> dict[str, Remote]:
         return {}
     from connfix.hosts import remote
 
-    logins = {h.name: remote.Remote(h, env.ssh) for h in hosts}
+    logins: dict[str, Remote] = {}
+    for host in hosts:
+        try:
+            logins[host.name] = remote.Remote(host, env.ssh)
+        except Exception:  # a connection that cannot even be set up (its ~/.ssh/config,
+            continue  # say) is left to the diagnosis, which meets it again and says so
     remote.log_in_early(logins.values())
     return logins
 
