@@ -408,11 +408,11 @@ def test_known_hosts_with_marker_lines_as_organisations_write_them(
 
 
 def test_a_login_begun_early_is_the_connection_the_command_uses(lab_env: Any) -> None:
-    """open_early() logs in in the background; the first command waits for it and runs
+    """log_in_early() logs in in the background; the first command waits for it and runs
     on that connection (one login), and the host's session setup is then behind it."""
     conn = _remote(lab_env)
     try:
-        conn.open_early()
+        remote.log_in_early([conn])
         early = conn._early
         assert early is not None and early.wait(timeout=10)
         transport = conn.conn.client.get_transport()
@@ -440,7 +440,7 @@ def test_an_early_login_that_fails_is_the_first_command_s_answer_then_tried_agai
         real_open(self)
 
     monkeypatch.setattr(remote.Remote, "_open", counted)
-    conn.open_early()
+    remote.log_in_early([conn])
     assert conn._early is not None
     assert conn._early.wait(timeout=10)  # it failed in the background
     first = conn.run("true")
@@ -456,7 +456,7 @@ def test_an_early_login_closed_while_under_way_leaves_nothing_open(lab_env: Any)
     """The run can end while a login begun early is still under way (the database was
     unreachable): close() then, and the login closes what it opened when it is done."""
     conn = _remote(lab_env)
-    conn.open_early()
+    remote.log_in_early([conn])
     conn.close()  # at once: the handshake has hardly begun
     early = conn._early
     assert early is not None and early.wait(timeout=10)

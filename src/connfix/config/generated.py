@@ -24,7 +24,10 @@ import builtins
 import marshal
 import sys
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KIND = "dataclasses"
 KEEP = 4  # entries: one per interpreter that ran connfix lately
@@ -88,7 +91,7 @@ def _code(text: str) -> CodeType:
     return code
 
 
-def _entry(dataclasses_file: str | None) -> Any:
+def _entry(dataclasses_file: str | None) -> Path | None:
     from importlib.util import MAGIC_NUMBER
 
     from connfix.config import cache
@@ -100,7 +103,7 @@ def _entry(dataclasses_file: str | None) -> Any:
     return cache.entry(KIND, depends, b"code")
 
 
-def _keep(where: Any) -> None:
+def _keep(where: Path) -> None:
     """At exit: write the entry again when this process compiled texts it lacked."""
     if not _new:
         return

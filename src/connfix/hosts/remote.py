@@ -252,10 +252,6 @@ class Remote:
         self._abandoned = False  # closed before that login was done
         self._early_lock = threading.Lock()
 
-    def open_early(self) -> None:
-        """Begin the login now, in the background (log_in_early)."""
-        log_in_early([self])
-
     def _log_in(self, done: threading.Event) -> None:
         """The login begun ahead, in a worker of log_in_early; its outcome is kept for
         the next open(), which waits for `done`."""
