@@ -494,3 +494,43 @@ def test_the_host_cap_counts_every_roll_of_the_run(clean_lab: Lab, tmp_path: Pat
     refused = next(e for e in of(evs, "plan") if e["step"] == "roll-2")
     assert "after 1 this run already restarted" in refused["blocked"]
     assert clean_lab.main_pids()["app2"] == pids["app2"]
+
+
+def test_the_report_s_warm_up_begins_once_the_host_has_the_restart_command(
+    clean_lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On real systemd hosts: the warm-up (RunContext.waiting) starts inside the
+    restart command's run, after the host has it, not while the preflight and the
+    host's preparation still need the interpreter; a dry run, which restarts nothing,
+    never starts it during its steps. The report is written either way. Scripted:
+    tests/unit/test_gates.py::test_the_run_waits_from_when_the_host_has_the_restart_command."""
+    from connfix.hosts import remote
+    from connfix.record import report
+
+    seen: list[str] = []
+    real_run, real_warm_up = remote.Remote.run, report.warm_up
+
+    def run(self: remote.Remote, command: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f"> {command}")
+        result = real_run(self, command, *args, **kwargs)
+        seen.append(f"< {command}")
+        return result
+
+    def warm_up() -> None:
+        seen.append("warm-up")
+        real_warm_up()
+
+    monkeypatch.setattr(remote.Remote, "run", run)
+    monkeypatch.setattr(report, "warm_up", warm_up)
+    dry = restart(clean_lab, tmp_path / "dry", "--hosts", "app1", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "warm-up" not in seen
+    assert list((tmp_path / "dry" / "incidents").glob("*/report.md"))
+    seen.clear()
+    result = restart(clean_lab, tmp_path, "--hosts", "app1", "--yes")
+    assert result.exit_code == 0, result.output
+    (command,) = [s[2:] for s in seen if s.startswith("> sudo -n systemctl restart")]
+    at = seen.index("warm-up")
+    assert seen.index(f"> {command}") < at < seen.index(f"< {command}")
+    assert seen.count("warm-up") == 1
+    assert list((tmp_path / "incidents").glob("*/report.md"))
