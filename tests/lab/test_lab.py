@@ -65,6 +65,29 @@ def test_sudo_systemctl_restart_over_ssh_gives_a_new_main_pid(clean_lab: Lab, la
         conn.close()
 
 
+def test_a_host_runs_only_its_own_services(lab: Lab, lab_env: Any) -> None:
+    """A lab host boots the machine's own systemd configuration: every service a package
+    enabled there (etcd, Patroni, a PostgreSQL, ...) would run on each host too, taking
+    CPU from the lab's measurements, unless masked. What runs is what an app host runs."""
+    from connfix.hosts import remote
+
+    conn = remote.Remote(lab_env.hosts[0], lab_env.ssh)
+    try:
+        shown = conn.run("systemctl list-units --type=service --state=running --no-legend --plain")
+        assert shown.ok, shown.describe()
+    finally:
+        conn.close()
+    running = {line.split()[0] for line in shown.stdout.splitlines() if line.strip()}
+    assert running == {
+        "dbus.service",
+        "labapp.service",
+        "ssh.service",
+        "systemd-journald.service",
+        "systemd-logind.service",
+        "user@2001.service",  # the deploy user's manager, for this very login
+    }
+
+
 def test_up_refuses_a_different_shape_while_up(lab: Lab) -> None:
     with pytest.raises(core.LabError, match="already up with 3 hosts"):
         core.up(hosts=5, max_connections=20, pool_size=3)

@@ -45,6 +45,10 @@ MASKED = (
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
     "prometheus-postgres-exporter.service",
+    # the HA shape's etcd and Patroni run beside the lab's database, never on an app host
+    "etcd.service",
+    "patroni.service",
+    "patroni@.service",
     "cron.service",
     "getty@.service",
     "getty.target",
