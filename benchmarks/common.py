@@ -59,6 +59,21 @@ def timed(
     return elapsed
 
 
+# a library as a command needs it: "rich" stands for rich.console
+_IMPORTS = {"rich": "import rich.console"}
+
+
+def floor_code(needs: Sequence[str]) -> str:
+    """A bare python's program that imports only these libraries, nothing of connfix."""
+    return "\n".join(_IMPORTS.get(m, f"import {m}") for m in needs)
+
+
+def imports_alone(needs: Sequence[str]) -> float:
+    """A bare python importing only the libraries a command needs, whole process: what
+    any Python tool built on them pays before its first real work."""
+    return timed([sys.executable, "-c", floor_code(needs)])
+
+
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy since boot, all cores (/proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]

@@ -31,13 +31,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
-from common import Row, connfix_bin, run_measured
+from common import Row, connfix_bin, imports_alone, run_measured
 
 from connfix.lab import lab, paths
 
 HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
 TARGET = 1.5
 CPU = "connfix's own CPU (user + system, all of the run)"
+# the libraries a triage needs before its first real work ("rich": rich.console)
+NEEDS = ["click", "rich", "jinja2.sandbox", "psycopg", "fabric"]
 
 
 def app_sessions(admin: psycopg.Connection[Any], address: str) -> int:
@@ -147,7 +149,7 @@ def measure(rounds: int = 3) -> list[Row]:
         # warm-up, untimed: caches, the deploy user's first login on the host
         incident(admin)
         connfix_once(admin, address)
-        connfix_times, floor_times, parts = [], [], []
+        connfix_times, floor_times, parts, libraries = [], [], [], []
         for _ in range(rounds):
             leaked = incident(admin)
             wall, where = connfix_once(admin, address)
@@ -155,6 +157,7 @@ def measure(rounds: int = 3) -> list[Row]:
             parts.append(where)
             incident(admin)
             floor_times.append(floor_once(admin, address))
+            libraries.append(imports_alone(NEEDS))
         admin.close()
     finally:
         lab.down()
@@ -169,6 +172,11 @@ def measure(rounds: int = 3) -> list[Row]:
         print(f"    {key:48s} {value:6.3f} s")
     waited = medians["  of which: app2 gate restart"]
     cpu = medians[CPU]
+    imported = statistics.median(libraries)
+    print(
+        f"  a bare python importing what a triage needs ({', '.join(NEEDS)}):"
+        f" {imported:.3f} s; the floor + that = {(floor + imported) / floor:.2f}× the floor"
+    )
     return [
         Row(
             "time to healthy, standard lab incident (triage --yes)",
@@ -184,7 +192,10 @@ def measure(rounds: int = 3) -> list[Row]:
             f" health checks on those logins, {medians['step diagnose']:.3f} s; the roll's"
             f" preflight and plan {medians.get('  of which: preflight and plan', 0):.3f} s);"
             f" the restart itself {waited:.3f} s: even with every other wait hidden,"
-            f" restart + CPU = {waited + cpu:.3f} s = {(waited + cpu) / floor:.2f}× the floor",
+            f" restart + CPU = {waited + cpu:.3f} s = {(waited + cpu) / floor:.2f}× the floor;"
+            f" a bare python importing the libraries a triage needs ({', '.join(NEEDS)})"
+            f" {imported:.3f} s, so the floor + those imports alone ="
+            f" {(floor + imported) / floor:.2f}× the floor",
         )
     ]
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, connfix_bin, usage
+from common import Row, connfix_bin, imports_alone, usage
 
 from connfix.lab import hosts, lab, paths
 
@@ -232,6 +232,8 @@ def close_masters(control_dir: Path) -> None:
         )
 
 
+# the libraries a roll needs before its first real work ("rich": rich.console)
+NEEDS = ["click", "rich", "jinja2.sandbox", "psycopg", "fabric"]
 TARGET_FIXED_S = 0.5  # connfix's fixed cost: everything but the hosts' own restarts
 TARGET_PER_HOST_S = 0.040  # connfix's own time per host, in its gates
 TARGET_ANSIBLE = 1.4  # Ansible's defaults ≥ 1.4× connfix
@@ -265,8 +267,10 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         for phase in PHASES.values():
             phase.clear()
         imports: list[float] = []
+        libraries: list[float] = []
         for number in range(1, args.rounds + 1):
             imports.append(import_ssh() - bare_python())
+            libraries.append(imports_alone(NEEDS))
             results["floor (sum of bare restarts)"].append(floor(addresses))
             results["connfix restart"].append(connfix_roll(workdir))
             results["plain ssh loop"].append(ssh_loop(addresses))
@@ -311,6 +315,8 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
     for name, value in phases.items():
         print(f"  {name:46s} {value:6.3f} s")
     print(f"  of which importing fabric/paramiko (import fabric - pass) {ssh_import:.3f} s")
+    imported = statistics.median(libraries)
+    print(f"  a bare python importing what a roll needs ({', '.join(NEEDS)}) {imported:.3f} s")
     print(
         f"targets: connfix's fixed cost ≤ {TARGET_FIXED_S} s and ≤"
         f" {TARGET_PER_HOST_S * 1000:.0f} ms per host, Ansible's defaults ≥ {TARGET_ANSIBLE}×"
@@ -329,7 +335,8 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         f"connfix's fixed cost {outside:.2f} s (start-up, preflight, report), {gates * 1000:.0f} ms"
         f" per host in its gates; by phase: "
         + ", ".join(f"{name} {value:.3f} s" for name, value in phases.items())
-        + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the start-up);"
+        + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the start-up), a bare"
+        f" python importing every library a roll needs ({', '.join(NEEDS)}) {imported:.3f} s;"
         + f" a dry run (the fixed phases alone, median of 3) {dry_wall:.3f} s: connfix's"
         f" own CPU {dry_cpu:.3f} s, the hosts' side (sshd, PAM, logind, sudo, the health"
         f" checks' curl and app, on the same 2 cores) {dry_hosts:.3f} s of CPU, so"

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, connfix_bin, interleaved, timed
+from common import Row, connfix_bin, floor_code, interleaved, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUSED = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
@@ -57,12 +57,6 @@ COMMANDS = {
     ),
     "report": (["report", "JOURNAL"], (0,), ["click", "jinja2.sandbox"]),
 }
-IMPORTS = {"rich": "import rich.console"}
-
-
-def floor_code(needs: list[str]) -> str:
-    """The floor's program: the imports a command truly needs, and nothing of connfix."""
-    return "\n".join(IMPORTS.get(m, f"import {m}") for m in needs)
 
 
 def refused_journal(folder: Path) -> Path:
