@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -238,6 +237,8 @@ def _looks_like_path(ref: str) -> bool:
 
 def resolve_runbook(ref: str | None) -> Runbook:
     """Find a runbook by NAME (./runbooks/NAME.yaml, then the shipped one) or PATH."""
+    from importlib import resources  # only to find a runbook by name (3-5 ms to import)
+
     ref = ref or DEFAULT_RUNBOOK
     if _looks_like_path(ref):
         return load_runbook_file(Path(ref))
