@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from jinja2 import Template
 
 REPORT = "report.md"
-_ESCAPE = re.compile(r"([\\`*_\[\]|~#])")
+# one pass over the text: HTML's three, and a backslash before each character Markdown
+# would read as formatting (a table's `|` included)
+_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {c: "\\" + c for c in "\\`*_[]|~#"}
+)
 
 STATUS_TEXT: dict[RunStatus, str] = {
     RunStatus.RESOLVED: "resolved",
@@ -59,8 +63,7 @@ def escape(value: object) -> str:
     text = str(value).replace("\r\n", " ")
     if not text.isprintable():  # the character walk only for the rare text that needs it
         text = "".join(ch if ch.isprintable() else " " for ch in text)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _ESCAPE.sub(r"\\\1", text)
+    text = text.translate(_ESCAPES)
     return "\\" + text if text[:1] in ("-", "+") else text  # not a list item
 
 
