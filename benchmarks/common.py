@@ -61,6 +61,10 @@ def timed(
 
 # a library as a command needs it: "rich" stands for rich.console
 _IMPORTS = {"rich": "import rich.console"}
+# what a command truly needs before its first real work: terminate (it writes a report),
+# and a run that reaches hosts (a triage, a roll) — the SSH stack too
+TERMINATE_NEEDS = ["click", "psycopg", "rich", "jinja2.sandbox"]
+HOST_RUN_NEEDS = [*TERMINATE_NEEDS, "fabric"]
 
 
 def floor_code(needs: Sequence[str]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
+from common import HOST_RUN_NEEDS as NEEDS
 from common import Row, connfix_bin, imports_alone, run_measured
 
 from connfix.lab import lab, paths
@@ -38,8 +39,6 @@ from connfix.lab import lab, paths
 HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
 TARGET = 1.5
 CPU = "connfix's own CPU (user + system, all of the run)"
-# the libraries a triage needs before its first real work ("rich": rich.console)
-NEEDS = ["click", "rich", "jinja2.sandbox", "psycopg", "fabric"]
 
 
 def app_sessions(admin: psycopg.Connection[Any], address: str) -> int:

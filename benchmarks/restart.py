@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HOST_RUN_NEEDS as NEEDS
 from common import Row, connfix_bin, imports_alone, usage
 
 from connfix.lab import hosts, lab, paths
@@ -232,8 +233,6 @@ def close_masters(control_dir: Path) -> None:
         )
 
 
-# the libraries a roll needs before its first real work ("rich": rich.console)
-NEEDS = ["click", "rich", "jinja2.sandbox", "psycopg", "fabric"]
 TARGET_FIXED_S = 0.5  # connfix's fixed cost: everything but the hosts' own restarts
 TARGET_PER_HOST_S = 0.040  # connfix's own time per host, in its gates
 TARGET_ANSIBLE = 1.4  # Ansible's defaults ≥ 1.4× connfix

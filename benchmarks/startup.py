@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, connfix_bin, floor_code, interleaved, timed
+from common import TERMINATE_NEEDS, Row, connfix_bin, floor_code, interleaved, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUSED = "host=127.0.0.1 port=1 connect_timeout=1 dbname=app user=connfix"
@@ -42,7 +42,7 @@ COMMANDS = {
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
         (3,),
-        ["click", "psycopg", "rich", "jinja2.sandbox"],  # it writes a report
+        TERMINATE_NEEDS,
     ),
     "runbook validate": (
         [

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
+from common import TERMINATE_NEEDS as NEEDS
 from common import Row, imports_alone, run_measured
 
 from connfix.lab import lab
@@ -51,8 +52,6 @@ def close_all(conns: list[psycopg.Connection[Any]]) -> None:
 
 
 TARGET_RATIO = 1.3  # × the naive set-based statement
-# the libraries terminate needs before its first real work ("rich": rich.console)
-NEEDS = ["click", "psycopg", "rich", "jinja2.sandbox"]
 
 
 def _ts(event: dict[str, Any]) -> float:
