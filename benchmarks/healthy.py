@@ -6,7 +6,9 @@ ordinary connections. Measured, interleaved, on a fresh incident each time:
 - `connfix triage lab --yes`, from the process starting to it exiting healthy;
 - the floor a perfect operator could reach: one diagnosis query (psql, the admin way
   in, the same query connfix runs) plus app2's bare `systemctl restart` until its pool
-  is back in pg_stat_activity.
+  is back in pg_stat_activity;
+- a bare Python triage (bare_triage.py: connfix's libraries, the same query, one SSH
+  login and the restart command, nothing else): what Python allows.
 
 Prints the medians, the ratio, and where connfix's time went, read from its journal
 (start-up and imports, connecting, each step, the preflight and the host's gates, the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +37,7 @@ import psycopg
 from common import HOST_RUN_NEEDS as NEEDS
 from common import Row, connfix_bin, imports_alone, run_measured
 
-from connfix.lab import lab, paths
+from connfix.lab import hosts, lab, paths
 
 HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
 TARGET = 1.5
@@ -92,6 +95,43 @@ def floor_once(admin: psycopg.Connection[Any], address: str) -> float:
     return time.perf_counter() - started
 
 
+def bare_once(admin: psycopg.Connection[Any], address: str, spec: Path) -> float:
+    """A bare Python triage, whole process, until the pool is back."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("bare_triage.py")), str(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0 or json.loads(proc.stdout)["restarted"] != address:
+        raise SystemExit(f"bare_triage.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    pool_back(admin, address, 10)
+    return elapsed
+
+
+def bare_spec(folder: Path) -> Path:
+    """What bare_triage.py needs to fix the lab's incident as connfix does."""
+    ssh = lab.lab_dir() / "ssh"
+    spec = folder / "bare-triage.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "dsn": lab.dsn("connfix_admin", "127.0.0.1"),
+                "query": str(resources.files("connfix.db").joinpath("queries", "activity.sql")),
+                "user": hosts.DEPLOY_USER,
+                "key": str(ssh / "id_ed25519"),
+                "known_hosts": str(ssh / "known_hosts"),
+                "restart": "sudo -n systemctl restart labapp.service",
+                "app": "labapp",
+                "pool": POOL,
+            }
+        )
+    )
+    return spec
+
+
 def connfix_once(admin: psycopg.Connection[Any], address: str) -> tuple[float, dict[str, float]]:
     """`connfix triage lab --yes`, whole process; and where its time went (its own CPU
     among it)."""
@@ -143,12 +183,16 @@ def measure(rounds: int = 3) -> list[Row]:
     lab.down()
     lab.up(hosts=HOSTS, max_connections=None, pool_size=POOL)  # as `connfix lab up`
     address = paths.host_address(INDEX)
+    folder = Path(tempfile.mkdtemp(prefix="connfix-bench-"))
     try:
         admin = psycopg.connect(lab.bootstrap_dsn(), autocommit=True)
+        spec = bare_spec(folder)
         # warm-up, untimed: caches, the deploy user's first login on the host
         incident(admin)
         connfix_once(admin, address)
-        connfix_times, floor_times, parts, libraries = [], [], [], []
+        incident(admin)
+        bare_once(admin, address, spec)
+        connfix_times, floor_times, parts, libraries, bare = [], [], [], [], []
         for _ in range(rounds):
             leaked = incident(admin)
             wall, where = connfix_once(admin, address)
@@ -156,15 +200,23 @@ def measure(rounds: int = 3) -> list[Row]:
             parts.append(where)
             incident(admin)
             floor_times.append(floor_once(admin, address))
+            incident(admin)
+            bare.append(bare_once(admin, address, spec))
             libraries.append(imports_alone(NEEDS))
         admin.close()
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
         lab.down()
     connfix, floor = statistics.median(connfix_times), statistics.median(floor_times)
     print(f"\ntime to healthy, {HOSTS} hosts, {LEAKER} leaked {leaked} sessions (server full):")
     print(f"  connfix triage --yes     {connfix:6.3f} s   (runs: {_list(connfix_times)})")
     print(f"  floor                    {floor:6.3f} s   (runs: {_list(floor_times)})")
+    python = statistics.median(bare)
     print(f"  ratio                    {connfix / floor:6.2f}×   target ≤ {TARGET}×")
+    print(
+        f"  a bare Python triage     {python:6.3f} s   (runs: {_list(bare)}):"
+        f" {python / floor:.2f}× the floor; connfix {connfix / python:.2f}× it"
+    )
     print("  where connfix's time went (median over the rounds):")
     medians = {key: statistics.median(p.get(key, 0.0) for p in parts) for key in parts[0]}
     for key, value in medians.items():
@@ -185,7 +237,10 @@ def measure(rounds: int = 3) -> list[Row]:
             connfix / floor <= TARGET,
             "diagnosis query + bare restart until the pool is back",
             floor,
-            f"connfix's own CPU {cpu:.3f} s (start-up to run_start, the SSH stack's import"
+            f"a bare Python triage (connfix's libraries, the same query, one SSH login and the"
+            f" restart command, nothing else: benchmarks/bare_triage.py) {python:.3f} s ="
+            f" {python / floor:.2f}× the floor, connfix {connfix / python:.2f}× it;"
+            f" connfix's own CPU {cpu:.3f} s (start-up to run_start, the SSH stack's import"
             f" and the hosts' logins begun in it,"
             f" {medians['start-up, imports, inventory, runbook']:.3f} s; first diagnosis, the"
             f" health checks on those logins, {medians['step diagnose']:.3f} s; the roll's"

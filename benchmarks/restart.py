@@ -2,9 +2,11 @@
 
 After one untimed warm-up run of each, in each round, interleaved: the floor (the sum of
 the bare `systemctl restart` times, measured on each host), `connfix restart`, a plain
-`ssh` loop doing the same restart and health commands, and `ansible-playbook` with
-`serial: 1` doing the same (with Ansible's defaults, and with pipelining on). Prints
-medians and ratios, and connfix's per-host and fixed cost from its journal. Needs root;
+`ssh` loop doing the same restart and health commands, `ansible-playbook` with
+`serial: 1` doing the same (with Ansible's defaults, and with pipelining on), and a bare
+Python roll (bare_roll.py: the same libraries and commands, nothing else) whose fixed
+cost is the floor of connfix's. Prints medians and ratios, and connfix's per-host and
+fixed cost from its journal. Needs root;
 builds lab 5 (8 hosts) and removes it unless --keep. ansible-core is installed from PyPI
 into benchmarks/.ansible-venv, for this benchmark only.
 
@@ -149,6 +151,52 @@ def connfix_roll(workdir: Path) -> float:
     return elapsed
 
 
+def bare_roll_spec(workdir: Path, addresses: list[str]) -> Path:
+    """What bare_roll.py needs to roll the lab's hosts as connfix does."""
+    ssh = lab.lab_dir() / "ssh"
+    spec = workdir / "bare-roll.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "dsn": lab.dsn("connfix_admin", "127.0.0.1"),
+                "addresses": addresses,
+                "user": hosts.DEPLOY_USER,
+                "key": str(ssh / "id_ed25519"),
+                "known_hosts": str(ssh / "known_hosts"),
+                "unit": UNIT,
+                "restart": RESTART,
+                "health": HEALTH,
+                "pool": 3,
+                "app": "labapp",
+            }
+        )
+    )
+    return spec
+
+
+BARE_PHASES: dict[str, list[float]] = {}
+
+
+def bare_roll(spec: Path) -> float:
+    """A bare Python roll, whole process: its fixed cost (its wall time but the seconds
+    it spent host by host)."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "bare_roll.py"), str(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"bare_roll.py failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout)
+    for name, value in out["since_start"].items():
+        BARE_PHASES.setdefault(f"{name} done at", []).append(value)
+    BARE_PHASES.setdefault("then the final diagnosis", []).append(out["final_diagnosis"])
+    return elapsed - float(out["per_host"])
+
+
 def import_ssh() -> float:
     """A fresh interpreter importing what any Python tool needs to reach a host over
     SSH as connfix does (fabric, which brings paramiko and invoke)."""
@@ -262,16 +310,21 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         ssh_loop(addresses)
         ansible_roll(exe, inventory, playbook, env)
         ansible_roll(exe, inventory, playbook, env_pipelining)
+        spec = bare_roll_spec(workdir, addresses)
+        bare_roll(spec)
+        BARE_PHASES.clear()
         CONNFIX_SPLIT.clear()
         for phase in PHASES.values():
             phase.clear()
         imports: list[float] = []
         libraries: list[float] = []
+        bare: list[float] = []
         for number in range(1, args.rounds + 1):
             imports.append(import_ssh() - bare_python())
             libraries.append(imports_alone(NEEDS))
             results["floor (sum of bare restarts)"].append(floor(addresses))
             results["connfix restart"].append(connfix_roll(workdir))
+            bare.append(bare_roll(spec))
             results["plain ssh loop"].append(ssh_loop(addresses))
             results["ansible serial: 1 (defaults)"].append(
                 ansible_roll(exe, inventory, playbook, env)
@@ -281,7 +334,8 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
             )
             print(
                 f"round {number}: "
-                + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}s" for k, v in results.items()),
+                + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}s" for k, v in results.items())
+                + f"; fixed cost: connfix {CONNFIX_SPLIT[-1][1]:.3f}s, bare Python {bare[-1]:.3f}s",
                 flush=True,
             )
         # the fixed phases alone (start-up, first diagnosis, preflight, report: a dry
@@ -326,12 +380,27 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
     dry_wall = statistics.median(u.seconds for u in dry)
     dry_cpu = statistics.median(u.own_cpu for u in dry)
     dry_hosts = statistics.median(u.machine_cpu - u.own_cpu for u in dry)
+    floor_fixed = statistics.median(bare)
+    bare_phases = ", ".join(
+        f"{name} {statistics.median(values):.3f} s" for name, values in BARE_PHASES.items()
+    )
+    print(
+        f"a bare Python roll (bare_roll.py: psycopg and fabric, the same commands, nothing"
+        f" else): fixed cost {floor_fixed:.3f} s ({bare_phases}); connfix's"
+        f" {outside:.3f} s = {outside / floor_fixed:.2f}× it"
+    )
     print(
         f"a dry run (the fixed phases alone): {dry_wall:.3f} s; connfix's own CPU"
         f" {dry_cpu:.3f} s, the hosts' side {dry_hosts:.3f} s of CPU on the same 2 cores"
     )
     split = (
-        f"connfix's fixed cost {outside:.2f} s (start-up, preflight, report), {gates * 1000:.0f} ms"
+        f"a bare Python roll with connfix's libraries and the same commands on the hosts, and"
+        f" nothing else (no journal, report, terminal, inventory, lock or re-checks:"
+        f" benchmarks/bare_roll.py), has a fixed cost of {floor_fixed:.3f} s ({bare_phases}),"
+        f" measured in the same rounds"
+        + (f", over the {TARGET_FIXED_S} s target itself;" if floor_fixed > TARGET_FIXED_S else ";")
+        + f" connfix's fixed cost {outside:.2f} s (start-up, preflight, report),"
+        f" {gates * 1000:.0f} ms"
         f" per host in its gates; by phase: "
         + ", ".join(f"{name} {value:.3f} s" for name, value in phases.items())
         + f"; importing fabric/paramiko alone {ssh_import:.3f} s (in the start-up), a bare"
@@ -340,7 +409,7 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         f" own CPU {dry_cpu:.3f} s, the hosts' side (sshd, PAM, logind, sudo, the health"
         f" checks' curl and app, on the same 2 cores) {dry_hosts:.3f} s of CPU, so"
         f" (CPU of both) / 2 cores = {(dry_cpu + dry_hosts) / 2:.3f} s at best;"
-        f" Ansible's defaults {ansible:.2f} s are {ansible / base:.2f}× the floor itself"
+        f" Ansible's defaults {ansible:.2f} s are {ansible / base:.2f}× the sum of bare restarts"
     )
     return [
         Row(
@@ -350,9 +419,10 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
             "s",
             f"≤ {TARGET_FIXED_S} s, ≤ {TARGET_PER_HOST_S * 1000:.0f} ms per host",
             outside <= TARGET_FIXED_S and gates <= TARGET_PER_HOST_S,
-            f"the whole roll {connfix:.3f} s; floor: sum of bare systemctl restarts",
-            base,
-            split,
+            "a bare Python roll's fixed cost (the same libraries and commands, nothing else)",
+            floor_fixed,
+            f"the whole roll {connfix:.3f} s, the sum of bare systemctl restarts {base:.3f} s; "
+            + split,
         ),
         Row(
             f"rolling restart, {args.hosts} hosts, vs ansible-playbook serial: 1",

@@ -2,8 +2,9 @@
 
 Opens 1,000 idle sessions on a lab PostgreSQL, runs a whole `connfix terminate` process
 on them (one re-checked statement per pid, exits confirmed in pg_stat_activity), and
-prints its wall time next to a naive set-based psql one-liner (no re-check, no
-confirmation) and the per-pid cost of pg_terminate_backend(pid, timeout). Needs root;
+prints its wall time next to the naive set-based statement sent on an open session (no
+re-check, then polled until the sessions are gone) and next to a bare Python process
+doing just that (import psycopg, connect, the statement, the poll): what Python allows. Needs root;
 builds lab 5 and removes it unless --keep.
 
     .venv/bin/python benchmarks/terminate.py [--sessions 1000]
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,12 +104,34 @@ def naive_terminate(admin: psycopg.Connection[Any]) -> float:
     return time.perf_counter() - started
 
 
+BARE = """
+import sys, time
+import psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as admin:
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (sys.argv[2],),
+    )
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    while admin.execute(count, (sys.argv[2],)).fetchone()[0]:
+        time.sleep(0.005)
+"""
+
+
+def bare_terminate() -> float:
+    """The naive statement and its poll from a bare Python process, whole: its start-up,
+    psycopg's import and the connection included."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE, lab.bootstrap_dsn(), APP], check=True)
+    return time.perf_counter() - started
+
+
 def measure(sessions: int = 1000, keep: bool = False, rounds: int = 3) -> list[Row]:
     lab.down()
     lab.up(hosts=1, max_connections=sessions + 100, pool_size=1)
     try:
         admin = psycopg.connect(lab.bootstrap_dsn(), autocommit=True)
-        walls, naives, steps, libraries = [], [], [], []
+        walls, naives, steps, libraries, bare = [], [], [], [], []
         with tempfile.TemporaryDirectory() as incidents:
             inventory = Path(incidents) / "inventory.yaml"  # the app's own pool is protected
             inventory.write_text(
@@ -126,6 +150,10 @@ def measure(sessions: int = 1000, keep: bool = False, rounds: int = 3) -> list[R
                 conns = open_idle(sessions)
                 time.sleep(0.5)
                 naives.append(naive_terminate(admin))
+                close_all(conns)
+                conns = open_idle(sessions)
+                time.sleep(0.5)
+                bare.append(bare_terminate())
                 close_all(conns)
                 libraries.append(imports_alone(NEEDS))
         wall, naive = statistics.median(walls), statistics.median(naives)
@@ -146,6 +174,12 @@ def measure(sessions: int = 1000, keep: bool = False, rounds: int = 3) -> list[R
             " (no re-check, one permission error would abort all)"
         )
         imported = statistics.median(libraries)
+        python = statistics.median(bare)
+        print(
+            f"a bare Python process doing the naive statement (import psycopg, connect, the"
+            f" statement, poll until gone): {python:.3f} s = {python / naive:.2f}× the naive"
+            f" statement; connfix {wall / python:.2f}× it"
+        )
         print(
             f"a bare python importing what terminate needs ({', '.join(NEEDS)}):"
             f" {imported:.3f} s; the naive statement + that = {(naive + imported) / naive:.2f}×"
@@ -164,6 +198,9 @@ def measure(sessions: int = 1000, keep: bool = False, rounds: int = 3) -> list[R
             wall <= TARGET_RATIO * naive,
             "naive set-based statement",
             naive,
+            f"a bare Python process doing the naive statement (import psycopg, connect, the"
+            f" statement, poll until gone) {python:.3f} s = {python / naive:.2f}× it, connfix"
+            f" {wall / python:.2f}× that; "
             f"the terminate step itself {statistics.median(s['seconds'] for s in steps):.3f} s"
             f" (signals re-checked per pid, exits confirmed), of which from the plan to the"
             f" last exit confirmed {ended:.3f} s (the naive statement from an open session:"

@@ -1,0 +1,74 @@
+"""A bare Python triage: the least a Python tool built on connfix's libraries does to
+fix the standard lab incident, for the time-to-healthy benchmark.
+
+With the same libraries as connfix (psycopg, fabric/paramiko) and nothing else: the
+diagnosis query (connfix's own, as the floor's psql runs it), the app host holding the
+most of the service's sessions chosen, one SSH login to it (host key checked), its
+restart command, then the database polled until that host's old sessions are gone and
+its pool is back. No journal, report, terminal, inventory, runbook, lock, preflight or
+health gates.
+
+    python benchmarks/bare_triage.py SPEC.json
+
+SPEC: {"dsn", "query" (the diagnosis query's file), "user", "key", "known_hosts",
+"restart", "app", "pool"}.
+"""
+
+import json
+import sys
+import time
+from collections import Counter
+
+import psycopg
+from fabric import Connection
+from paramiko import RejectPolicy
+
+SESSIONS = (
+    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    " AND client_addr = %s::inet AND application_name = %s"
+)
+
+
+def main() -> None:
+    with open(sys.argv[1]) as file:
+        spec = json.load(file)
+    with open(spec["query"]) as file:
+        query = file.read()
+    db = psycopg.connect(spec["dsn"], autocommit=True)
+    cursor = db.execute(query)
+    names = [column.name for column in cursor.description or []]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    held = Counter(
+        str(row["client_addr"]) for row in rows if row["application_name"] == spec["app"]
+    )
+    leaker = held.most_common(1)[0][0]
+
+    def sessions() -> set[int]:
+        return {row[0] for row in db.execute(SESSIONS, (leaker, spec["app"]))}
+
+    old = sessions()
+    conn = Connection(
+        leaker,
+        user=spec["user"],
+        connect_timeout=5,
+        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
+    )
+    conn.client.load_host_keys(spec["known_hosts"])
+    conn.client.set_missing_host_key_policy(RejectPolicy())
+    conn.open()
+    _, out, _ = conn.client.exec_command(spec["restart"])
+    out.read()
+    if out.channel.recv_exit_status() != 0:
+        sys.exit("the restart command failed")
+    while True:  # its old sessions gone, its pool back
+        now = sessions()
+        if not now & old and len(now) == spec["pool"]:
+            break
+        time.sleep(0.005)
+    conn.close()
+    db.close()
+    print(json.dumps({"restarted": leaker}))
+
+
+if __name__ == "__main__":
+    main()
