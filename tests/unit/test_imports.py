@@ -108,3 +108,27 @@ def test_a_runbook_read_before_is_not_parsed_again(tmp_path: Path) -> None:
     assert "yaml" in modules_loaded(argv, env=env)  # parsed, and kept
     assert "yaml" not in modules_loaded(argv, env=env)
     assert "yaml" in modules_loaded(argv, env={**env, "CONNFIX_NO_CACHE": "1"})
+
+
+def test_a_commands_own_runbook_leaves_jinja_to_the_report_warm_up() -> None:
+    """A terminate or a restart builds its runbook from its flags and evaluates its one
+    condition at its end: Jinja (about 25 ms) is not imported before the run's first
+    step, but by the report's warm-up while the run waits (docs/benchmarks.md, round
+    eight), or by the first condition checked or evaluated."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from connfix.engine.runbook import command_runbook\n"
+        "command_runbook('terminate', 'terminate', {})\n"
+        "command_runbook('restart', 'rolling_restart', {})\n"
+        "print('jinja2' in sys.modules)\n"
+        "from connfix.engine import expressions\n"
+        "print(expressions.evaluate(\"severity == 'ok'\", {'severity': 'ok'}))\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["False", "True", "True"], out

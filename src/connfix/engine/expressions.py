@@ -11,13 +11,13 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-
 from connfix import ConnfixError, ExitStatus
-from connfix.config.sandbox import CONDITION_FILTERS, SAFE_METHODS, ConditionSandbox
 from connfix.db.sessions import in_transaction
 
 if TYPE_CHECKING:
+    from jinja2 import nodes
+
+    from connfix.config.sandbox import ConditionSandbox
     from connfix.diagnosis.model import Diagnosis
 
 MAX_LENGTH = 500
@@ -59,6 +59,15 @@ class ExpressionError(ValueError, ConnfixError):
 
 @cache
 def _environment() -> ConditionSandbox:
+    """The sandbox conditions are compiled in. Jinja is imported here, when a condition
+    is first checked or evaluated, not with the runbook: a command's own runbook (a
+    terminate, a restart) evaluates its one condition at its end, and Jinja's import
+    (about 25 ms) is then paid by the report's warm-up while the run waits on the
+    database or a host, not before the run's first step."""
+    from jinja2 import StrictUndefined
+
+    from connfix.config.sandbox import ConditionSandbox
+
     return ConditionSandbox(undefined=StrictUndefined, autoescape=False)
 
 
@@ -76,6 +85,10 @@ def _depth(node: nodes.Node, limit: int) -> int:
 
 def _refusals(ast: nodes.Node) -> list[str]:
     """Filters and method calls a condition may not use."""
+    from jinja2 import nodes
+
+    from connfix.config.sandbox import CONDITION_FILTERS, SAFE_METHODS
+
     found = []
     for attr in ast.find_all(nodes.Getattr):
         if attr.attr.startswith("_"):
@@ -160,6 +173,8 @@ def remember_checked() -> None:
 
 
 def _check(expression: str) -> None:
+    from jinja2 import TemplateSyntaxError, meta
+
     env = _environment()
     try:
         ast = env.parse("{{ (" + expression + ") }}")
