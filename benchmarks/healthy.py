@@ -97,16 +97,11 @@ def floor_once(admin: psycopg.Connection[Any], address: str) -> float:
 
 def bare_once(admin: psycopg.Connection[Any], address: str, spec: Path) -> float:
     """A bare Python triage, whole process, until the pool is back."""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("bare_triage.py")), str(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
+    elapsed, _, code, stdout, stderr = run_measured(
+        [sys.executable, str(Path(__file__).with_name("bare_triage.py")), str(spec)]
     )
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0 or json.loads(proc.stdout)["restarted"] != address:
-        raise SystemExit(f"bare_triage.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    if code != 0 or json.loads(stdout)["restarted"] != address:
+        raise SystemExit(f"bare_triage.py failed ({code}):\n{stderr[-3000:]}")
     pool_back(admin, address, 10)
     return elapsed
 

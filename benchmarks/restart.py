@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HOST_RUN_NEEDS as NEEDS
-from common import Row, connfix_bin, imports_alone, usage
+from common import Row, connfix_bin, imports_alone, run_measured, usage
 
 from connfix.lab import hosts, lab, paths
 
@@ -180,17 +180,12 @@ BARE_PHASES: dict[str, list[float]] = {}
 def bare_roll(spec: Path) -> float:
     """A bare Python roll, whole process: its fixed cost (its wall time but the seconds
     it spent host by host)."""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "bare_roll.py"), str(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
+    elapsed, _, code, stdout, stderr = run_measured(
+        [sys.executable, str(HERE / "bare_roll.py"), str(spec)]
     )
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.exit(f"bare_roll.py failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout)
+    if code != 0:
+        sys.exit(f"bare_roll.py failed ({code}):\n{stderr[-2000:]}")
+    out = json.loads(stdout)
     for name, value in out["since_start"].items():
         BARE_PHASES.setdefault(f"{name} done at", []).append(value)
     BARE_PHASES.setdefault("then the final diagnosis", []).append(out["final_diagnosis"])
