@@ -47,6 +47,21 @@ def props(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
+def login(address: str, spec: dict[str, str]) -> Connection:
+    """One SSH login, as connfix logs in: the key given, the host key checked against
+    the known_hosts file, an unknown one refused."""
+    conn = Connection(
+        address,
+        user=spec["user"],
+        connect_timeout=5,
+        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
+    )
+    conn.client.load_host_keys(spec["known_hosts"])
+    conn.client.set_missing_host_key_policy(RejectPolicy())
+    conn.open()
+    return conn
+
+
 def need(passed: bool, what: str) -> None:
     """Stop the roll, as any tool would, when a host or the database says no."""
     if not passed:
@@ -56,22 +71,6 @@ def need(passed: bool, what: str) -> None:
 def main() -> None:
     with open(sys.argv[1]) as file:
         spec = json.load(file)
-
-    def login(address: str) -> Connection:
-        conn = Connection(
-            address,
-            user=spec["user"],
-            connect_timeout=5,
-            connect_kwargs={
-                "key_filename": spec["key"],
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-        )
-        conn.client.load_host_keys(spec["known_hosts"])
-        conn.client.set_missing_host_key_policy(RejectPolicy())
-        conn.open()
-        return conn
 
     def pids(address: str) -> set[int]:
         return {row[0] for row in db.execute(BACKENDS, (address, spec["app"]))}
@@ -84,7 +83,7 @@ def main() -> None:
         # the first diagnosis: the database and every host's health, at once; the logins
         # begin as soon as the SSH stack is imported, psycopg's import and the database
         # meanwhile
-        logins = pool.map(login, spec["addresses"])
+        logins = pool.map(lambda address: login(address, spec), spec["addresses"])
         import psycopg
 
         db = psycopg.connect(spec["dsn"], autocommit=True)

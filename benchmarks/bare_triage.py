@@ -20,13 +20,7 @@ import time
 from collections import Counter
 
 import psycopg
-from fabric import Connection
-from paramiko import RejectPolicy
-
-SESSIONS = (
-    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
-    " AND client_addr = %s::inet AND application_name = %s"
-)
+from bare_roll import BACKENDS, login, run
 
 
 def main() -> None:
@@ -44,21 +38,11 @@ def main() -> None:
     leaker = held.most_common(1)[0][0]
 
     def sessions() -> set[int]:
-        return {row[0] for row in db.execute(SESSIONS, (leaker, spec["app"]))}
+        return {row[0] for row in db.execute(BACKENDS, (leaker, spec["app"]))}
 
     old = sessions()
-    conn = Connection(
-        leaker,
-        user=spec["user"],
-        connect_timeout=5,
-        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
-    )
-    conn.client.load_host_keys(spec["known_hosts"])
-    conn.client.set_missing_host_key_policy(RejectPolicy())
-    conn.open()
-    _, out, _ = conn.client.exec_command(spec["restart"])
-    out.read()
-    if out.channel.recv_exit_status() != 0:
+    conn = login(leaker, spec)
+    if run(conn, spec["restart"])[0] != 0:
         sys.exit("the restart command failed")
     while True:  # its old sessions gone, its pool back
         now = sessions()

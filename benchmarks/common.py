@@ -3,6 +3,7 @@ prints."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -76,6 +77,25 @@ def imports_alone(needs: Sequence[str]) -> float:
     """A bare python importing only the libraries a command needs, whole process: what
     any Python tool built on them pays before its first real work."""
     return timed([sys.executable, "-c", floor_code(needs)])
+
+
+def bare_spec(folder: Path, name: str, **fields: object) -> Path:
+    """A bare program's spec (bare_roll.py, bare_triage.py) as a JSON file in `folder`:
+    how it reaches lab 5 as connfix does — the admin way into the database, the deploy
+    user's key and known_hosts, the app's sessions — and `fields`."""
+    from connfix.lab import hosts, lab
+
+    ssh = lab.lab_dir() / "ssh"
+    spec = folder / f"{name}.json"
+    common = {
+        "dsn": lab.dsn("connfix_admin", "127.0.0.1"),
+        "user": hosts.DEPLOY_USER,
+        "key": str(ssh / "id_ed25519"),
+        "known_hosts": str(ssh / "known_hosts"),
+        "app": "labapp",
+    }
+    spec.write_text(json.dumps(common | fields))
+    return spec
 
 
 def machine_busy() -> float:

@@ -35,9 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
 from common import HOST_RUN_NEEDS as NEEDS
-from common import Row, connfix_bin, imports_alone, run_measured
+from common import Row, bare_spec, connfix_bin, imports_alone, run_measured
 
-from connfix.lab import hosts, lab, paths
+from connfix.lab import lab, paths
 
 HOSTS, POOL, LEAKER, INDEX = 3, 3, "app2", 2
 TARGET = 1.5
@@ -106,27 +106,6 @@ def bare_once(admin: psycopg.Connection[Any], address: str, spec: Path) -> float
     return elapsed
 
 
-def bare_spec(folder: Path) -> Path:
-    """What bare_triage.py needs to fix the lab's incident as connfix does."""
-    ssh = lab.lab_dir() / "ssh"
-    spec = folder / "bare-triage.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "dsn": lab.dsn("connfix_admin", "127.0.0.1"),
-                "query": str(resources.files("connfix.db").joinpath("queries", "activity.sql")),
-                "user": hosts.DEPLOY_USER,
-                "key": str(ssh / "id_ed25519"),
-                "known_hosts": str(ssh / "known_hosts"),
-                "restart": "sudo -n systemctl restart labapp.service",
-                "app": "labapp",
-                "pool": POOL,
-            }
-        )
-    )
-    return spec
-
-
 def connfix_once(admin: psycopg.Connection[Any], address: str) -> tuple[float, dict[str, float]]:
     """`connfix triage lab --yes`, whole process; and where its time went (its own CPU
     among it)."""
@@ -181,7 +160,10 @@ def measure(rounds: int = 3) -> list[Row]:
     folder = Path(tempfile.mkdtemp(prefix="connfix-bench-"))
     try:
         admin = psycopg.connect(lab.bootstrap_dsn(), autocommit=True)
-        spec = bare_spec(folder)
+        spec = bare_spec(
+            folder, "bare-triage", pool=POOL, restart="sudo -n systemctl restart labapp.service",
+            query=str(resources.files("connfix.db").joinpath("queries", "activity.sql")),
+        )  # fmt: skip
         # warm-up, untimed: caches, the deploy user's first login on the host
         incident(admin)
         connfix_once(admin, address)

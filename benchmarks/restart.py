@@ -6,9 +6,9 @@ the bare `systemctl restart` times, measured on each host), `connfix restart`, a
 `serial: 1` doing the same (with Ansible's defaults, and with pipelining on), and a bare
 Python roll (bare_roll.py: the same libraries and commands, nothing else) whose fixed
 cost is the floor of connfix's. Prints medians and ratios, and connfix's per-host and
-fixed cost from its journal. Needs root;
-builds lab 5 (8 hosts) and removes it unless --keep. ansible-core is installed from PyPI
-into benchmarks/.ansible-venv, for this benchmark only.
+fixed cost from its journal. Needs root; builds lab 5 (8 hosts) and removes it unless
+--keep. ansible-core is installed from PyPI into benchmarks/.ansible-venv, for this
+benchmark only.
 
     .venv/bin/python benchmarks/restart.py [--hosts 8] [--rounds 3]
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HOST_RUN_NEEDS as NEEDS
-from common import Row, connfix_bin, imports_alone, run_measured, usage
+from common import Row, bare_spec, connfix_bin, imports_alone, run_measured, usage
 
 from connfix.lab import hosts, lab, paths
 
@@ -149,29 +149,6 @@ def connfix_roll(workdir: Path) -> float:
     PHASES["preflight and plan"].append(_ts(first["host_start"]) - diagnosed)
     PHASES["final diagnosis, report, exit"].append(wall + elapsed - _ts(done[-1]))
     return elapsed
-
-
-def bare_roll_spec(workdir: Path, addresses: list[str]) -> Path:
-    """What bare_roll.py needs to roll the lab's hosts as connfix does."""
-    ssh = lab.lab_dir() / "ssh"
-    spec = workdir / "bare-roll.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "dsn": lab.dsn("connfix_admin", "127.0.0.1"),
-                "addresses": addresses,
-                "user": hosts.DEPLOY_USER,
-                "key": str(ssh / "id_ed25519"),
-                "known_hosts": str(ssh / "known_hosts"),
-                "unit": UNIT,
-                "restart": RESTART,
-                "health": HEALTH,
-                "pool": 3,
-                "app": "labapp",
-            }
-        )
-    )
-    return spec
 
 
 BARE_PHASES: dict[str, list[float]] = {}
@@ -305,7 +282,10 @@ def measure(host_count: int = 8, rounds: int = 3, keep: bool = False) -> list[Ro
         ssh_loop(addresses)
         ansible_roll(exe, inventory, playbook, env)
         ansible_roll(exe, inventory, playbook, env_pipelining)
-        spec = bare_roll_spec(workdir, addresses)
+        spec = bare_spec(
+            workdir, "bare-roll", addresses=addresses, unit=UNIT, restart=RESTART,
+            health=HEALTH, pool=3,
+        )  # fmt: skip
         bare_roll(spec)
         BARE_PHASES.clear()
         CONNFIX_SPLIT.clear()

@@ -4,8 +4,8 @@ Opens 1,000 idle sessions on a lab PostgreSQL, runs a whole `connfix terminate` 
 on them (one re-checked statement per pid, exits confirmed in pg_stat_activity), and
 prints its wall time next to the naive set-based statement sent on an open session (no
 re-check, then polled until the sessions are gone) and next to a bare Python process
-doing just that (import psycopg, connect, the statement, the poll): what Python allows. Needs root;
-builds lab 5 and removes it unless --keep.
+doing just that (import psycopg, connect, the statement, the poll): what Python allows.
+Needs root; builds lab 5 and removes it unless --keep.
 
     .venv/bin/python benchmarks/terminate.py [--sessions 1000]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
 from common import TERMINATE_NEEDS as NEEDS
-from common import Row, imports_alone, run_measured
+from common import Row, imports_alone, run_measured, timed
 
 from connfix.lab import lab
 
@@ -41,10 +40,13 @@ def open_idle(count: int) -> list[psycopg.Connection[Any]]:
         return list(pool.map(one, range(count)))
 
 
+# the naive way: every session of the app signalled in one statement, then counted
+NAIVE = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
+COUNT = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+
+
 def count_idle(admin: psycopg.Connection[Any]) -> int:
-    row = admin.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APP,)
-    ).fetchone()
+    row = admin.execute(COUNT, (APP,)).fetchone()
     return int(row[0]) if row else -1
 
 
@@ -95,25 +97,18 @@ def connfix_terminate(
 
 def naive_terminate(admin: psycopg.Connection[Any]) -> float:
     started = time.perf_counter()
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-        (APP,),
-    )
+    admin.execute(NAIVE, (APP,))
     while count_idle(admin):
         time.sleep(0.005)
     return time.perf_counter() - started
 
 
-BARE = """
+BARE = f"""
 import sys, time
 import psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as admin:
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-        (sys.argv[2],),
-    )
-    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-    while admin.execute(count, (sys.argv[2],)).fetchone()[0]:
+    admin.execute({NAIVE!r}, (sys.argv[2],))
+    while admin.execute({COUNT!r}, (sys.argv[2],)).fetchone()[0]:
         time.sleep(0.005)
 """
 
@@ -121,9 +116,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as admin:
 def bare_terminate() -> float:
     """The naive statement and its poll from a bare Python process, whole: its start-up,
     psycopg's import and the connection included."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BARE, lab.bootstrap_dsn(), APP], check=True)
-    return time.perf_counter() - started
+    return timed([sys.executable, "-c", BARE, lab.bootstrap_dsn(), APP])
 
 
 def measure(sessions: int = 1000, keep: bool = False, rounds: int = 3) -> list[Row]:
