@@ -9,11 +9,14 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connfix.db import server_log
 from connfix.engine.postmortem import onset
@@ -87,6 +90,98 @@ def test_no_log_file_is_unknown_with_the_reason(tmp_path: Path) -> None:
     found = server_log.from_files(str(tmp_path / "none-*.log"), now, now)
     assert found.refused == 0 and found.unknown and "no file matches" in found.unknown
     assert found.fields()["refused"] is None  # unknown is not zero
+
+
+_LOG_LINES = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=400),  # seconds since the previous entry
+        st.integers(min_value=-120, max_value=0),  # written this much out of order
+        st.integers(min_value=10, max_value=700),  # the entry's length
+        st.integers(min_value=0, max_value=2),  # continuation lines (no time)
+    ),
+    min_size=1,
+    max_size=300,
+)
+
+
+def _log(entries: list[tuple[int, int, int, int]], began: datetime) -> tuple[bytes, list[Any]]:
+    """A log of stamped entries (each maybe with continuation lines); its bytes and each
+    stamped line's (offset, time)."""
+    out, stamped, at, when = [], [], 0, began
+    for gap, skew, length, more in entries:
+        when += timedelta(seconds=gap)
+        written = when + timedelta(seconds=skew)
+        line = f"{written:%Y-%m-%d %H:%M:%S}.000 UTC [1] LOG:  ".encode() + b"x" * length
+        stamped.append((at, written))
+        for text in (line, *([b"\tcontinued"] * more)):
+            out.append(text + b"\n")
+            at += len(text) + 1
+    return b"".join(out), stamped
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=_LOG_LINES, pick=st.floats(min_value=-0.1, max_value=1.1))
+def test_the_window_of_a_log_starts_before_its_first_line_and_not_much_before(
+    entries: list[tuple[int, int, int, int]], pick: float
+) -> None:
+    """window_start, on files where connfix runs: the offset is a line's start, no line
+    from `since` on is before it, and what is read before the window is at most the
+    SLACK's lines and two probes."""
+    import io
+
+    began = datetime(2026, 12, 5, tzinfo=UTC)
+    data, stamped = _log(entries, began)
+    span = (stamped[-1][1] - began).total_seconds()
+    since = began + timedelta(seconds=span * pick)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_log, "PROBE_BYTES", 1024)
+        raw = io.BytesIO(data)
+        start = server_log.window_start(server_log._local_probe(raw, UTC), len(data), since)
+    assert start == 0 or data[start - 1 : start] == b"\n"
+    assert all(at >= start for at, when in stamped if when >= since)
+    cutoff = since - server_log.SLACK - timedelta(seconds=120)  # and the skew
+    early = [at for at, when in stamped if when >= cutoff]
+    if early and start:
+        assert start >= early[0] - 2 * 1024 - 800
+
+
+def test_a_large_local_log_is_read_from_its_window(tmp_path: Path) -> None:
+    """A day of log where connfix runs, refusals all along it: the last hour's are
+    counted as a plain reading counts them, and the reading began near the window."""
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=24)
+    lines = []
+    for i in range(20_000):
+        when = began + timedelta(seconds=24 * 3600 * i / 20_000)
+        what = "sorry, too many clients already" if i % 7 == 0 else "terminating connection"
+        lines.append(f"{when:%Y-%m-%d %H:%M:%S}.000 UTC [{i}] FATAL:  {what}")
+    path = tmp_path / "postgresql.log"
+    path.write_text("\n".join(lines) + "\n")
+    since, until = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
+    plain = sum(
+        1
+        for line in lines
+        if "sorry" in line and since <= (server_log.line_time(line, UTC) or began) <= until
+    )
+    starts: list[int] = []
+    window_start = server_log.window_start
+
+    def spy(*args: Any) -> int:
+        starts.append(window_start(*args))
+        return starts[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_log, "CHUNK_BYTES", 64 * 1024)
+        patch.setattr(server_log, "window_start", spy)
+        found = server_log.from_files(str(path), since, until)
+    assert found.refused == plain > 100
+    offsets = list(accumulate((len(line) + 1 for line in lines), initial=0))
+    times = [server_log.line_time(line, UTC) or began for line in lines]
+    first = next(at for at, when in zip(offsets, times, strict=False) if when >= since)
+    slack = next(
+        at for at, when in zip(offsets, times, strict=False) if when >= since - server_log.SLACK
+    )
+    assert starts and slack - 2 * server_log.PROBE_BYTES <= starts[0] <= first, (starts, slack)
+    assert starts[0] > offsets[-1] * 0.9  # a tenth of the file read, at most
 
 
 def points(values: list[float], limit: float = 10) -> dict[str, Any]:

@@ -2,10 +2,15 @@
 `FATAL:  sorry, too many clients already` and `FATAL:  remaining connection slots are
 reserved for …` between two instants.
 
-Two ways to the log: through SQL — `pg_ls_logdir()` (pg_monitor) and `pg_read_file()`
-on the files of the log directory (EXECUTE on it, or pg_read_server_files), the
-matching done by the server so no other line of the log ever leaves it — or the files
-themselves where connfix runs (`database.log_files`, a glob). Only each matching line's
+Two ways to the log: through SQL — `pg_ls_logdir()` (pg_monitor) lists the log
+directory's files and `pg_read_binary_file(text, bigint, bigint)` (EXECUTE on it) reads
+each from where the window begins (a binary search on its lines' times: only those
+times leave the server), a bounded piece at a time, the matching done by the server so
+no other line of the log ever leaves it (without that grant, `pg_read_file(text)`
+reads a file whole, up to WHOLE_FILE_BYTES) — or the files themselves where connfix
+runs (`database.log_files`, a glob), read from the window on as well. A large log costs
+a run's end what its window holds, not the file's size, and never puts more than a
+piece of it in the server's memory. Only each matching line's
 time and kind are kept: a log holds queries, names and sometimes secrets, and none of
 it goes into the journal or the report. stderr, csvlog and jsonlog lines are read; a
 line's time is its `%m`/`%t` prefix (log_line_prefix must start with one of them)."""
@@ -15,10 +20,11 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from connfix.db.pg import Session
@@ -27,7 +33,14 @@ if TYPE_CHECKING:
 PATTERN = r"(sorry, too many clients already|remaining connection slots are reserved)"
 KINDS = {"sorry, too many clients": "too many clients", "remaining connection": "reserved slots"}
 LINE_PATTERN = f"^([^\\n]*{PATTERN}[^\\n]*)$"  # a whole line holding PATTERN
-MAX_FILE_BYTES = 512 * 1024 * 1024  # a log file larger than this is not read (said so)
+MAX_FILE_BYTES = 512 * 1024 * 1024  # more of a file than this in the window: not read (said so)
+# through SQL, the server holds one piece of the log at a time: this many bytes at most
+# (plus the rest of a line), as text and as the matcher's wide characters, ~5× that
+CHUNK_BYTES = 8 * 1024 * 1024
+PROBE_BYTES = 64 * 1024  # one probe for where a line starts and the time of a line
+SLACK = timedelta(minutes=5)  # log lines written this much out of order still counted
+# without pg_read_binary_file, a file is read whole (pg_read_file(text)) up to this size
+WHOLE_FILE_BYTES = 16 * 1024 * 1024
 _STAMP = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)(?: ([A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?))?"
 )
@@ -121,40 +134,121 @@ def zone_of(name: str | None) -> tzinfo:
         return UTC
 
 
+def window_start(
+    probe: Callable[[int], tuple[int | None, datetime | None]], size: int, since: datetime
+) -> int:
+    """Where to begin reading a log file of `size` bytes so that every line from `since`
+    on is read: a line start whose line is older than `since` less SLACK (lines are
+    written a little out of order), found by a binary search on the lines' times.
+    `probe(offset)` reads PROBE_BYTES from `offset`: where the first line after it
+    starts and the time of the first line in it that has one (None when there is none:
+    in the middle of a long line, the probes go on past it). 0 when the file begins
+    inside the window or its times cannot be read; about 17 probes for 512 MB."""
+    cutoff = since - SLACK
+    low, high, start = 0, size, 0  # the line at `start` is older than the cutoff
+
+    def first_time(offset: int) -> tuple[int | None, datetime | None]:
+        line, when = probe(offset)
+        at = offset
+        while when is None and at + PROBE_BYTES < high:  # a long line, or no time in it
+            at += PROBE_BYTES - 1  # a line starting just after the probe's last byte too
+            found, when = probe(at)
+            line = line if line is not None else found
+        return line, when
+
+    while high - low > PROBE_BYTES:
+        middle = (low + high) // 2
+        line, when = first_time(middle)
+        if line is None or when is None or when >= cutoff:
+            high = middle
+        else:
+            low, start = middle, line
+    return start
+
+
+_READ_BINARY = "pg_read_binary_file(text, bigint, bigint)"
+_PROBE = (
+    "SELECT position('\\x0a'::bytea IN p),"
+    " substring(encode(substring(p FROM position('\\x0a'::bytea IN p) + 1), 'escape')"
+    " FROM %(stamp)s::text)"
+    " FROM pg_read_binary_file(current_setting('log_directory') || '/' || %(name)s,"
+    " %(offset)s, %(length)s) AS f(p)"
+)
+# the bytes as text: a piece cut anywhere is still text (encode's escapes for bytes
+# over 127), matched line by line; only the matching lines leave the server
+_SCAN = (
+    "SELECT m[1] FROM pg_read_binary_file(current_setting('log_directory') || '/' ||"
+    " %(name)s, %(offset)s, %(length)s) AS f(b),"
+    " regexp_matches(encode(b, 'escape'), %(pattern)s, 'gn') AS m"
+)
+_SCAN_WHOLE = (
+    "SELECT m[1] FROM regexp_matches(pg_read_file("
+    "current_setting('log_directory') || '/' || %(name)s), %(pattern)s, 'gn') AS m"
+)
+# a line's time as the server finds it at the start of a line (stderr, csvlog) or as
+# jsonlog's first member: only the time leaves the server, never the line
+_LINE_STAMP = (
+    r'(?n)^(?:\{"timestamp":")?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?'
+    r"(?: (?:[A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?))?)"
+)
+_ESCAPED = re.compile(rb"\\(\\|[0-7]{3})")  # encode's \\ and \ooo
+
+
+def _unescaped(line: str) -> str:
+    """A line as encode(…, 'escape') gave it, back to its text."""
+    raw = _ESCAPED.sub(
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 8)]),
+        line.encode("ascii", "replace"),
+    )
+    return raw.decode("utf-8", "replace")
+
+
 def through_sql(session: Session, since: datetime, until: datetime) -> Refusals:
-    """Count through SQL: the log directory's files modified since `since`, each
-    filtered by the server; `unknown` with the reason when the role may not."""
+    """Count through SQL: the log directory's files modified since `since`, each read
+    by the server from where the window begins (window_start) in pieces of CHUNK_BYTES
+    ending at a line's end, and filtered there; `unknown` with the reason when the role
+    may not. Without EXECUTE on pg_read_binary_file(text, bigint, bigint), a file is
+    read whole with pg_read_file(text), up to WHOLE_FILE_BYTES."""
     import psycopg
 
-    found = Refusals("the server's log directory (pg_ls_logdir, pg_read_file)", since, until)
+    found = Refusals("the server's log directory (pg_ls_logdir, read by the server)", since, until)
+    conn = session.conn
     try:
-        with session.conn.transaction():
-            zone = session.conn.execute("SELECT current_setting('log_timezone')").fetchone()
-            listed = session.conn.execute(
+        with conn.transaction():
+            zone, in_pieces = conn.execute(
+                "SELECT current_setting('log_timezone'), has_function_privilege(%s, 'EXECUTE')",
+                (_READ_BINARY,),
+            ).fetchone() or (None, False)
+            listed = conn.execute(
                 "SELECT name, size FROM pg_ls_logdir()"
                 " WHERE modification >= %s ORDER BY modification",
                 (since,),
             ).fetchall()
-            tz = zone_of(zone[0] if zone else None)
+            tz = zone_of(zone)
             for name, size in listed:
-                if size > MAX_FILE_BYTES:
-                    found.skipped.append(f"{name}: {size} bytes, over {MAX_FILE_BYTES}")
+                if in_pieces:
+                    lines = _in_pieces(conn, name, size, since, tz, found)
+                elif size > WHOLE_FILE_BYTES:
+                    found.skipped.append(
+                        f"{name}: {size} bytes; without EXECUTE on {_READ_BINARY}, which"
+                        f" reads the window in pieces, a file is read whole up to"
+                        f" {WHOLE_FILE_BYTES} bytes"
+                    )
                     continue
-                # one newline-sensitive scan of the file for its matching lines (the file
-                # split into a row per line, each row matched, took 7× as long)
-                rows = session.conn.execute(
-                    "SELECT m[1] FROM regexp_matches(pg_read_file("
-                    "current_setting('log_directory') || '/' || %s), %s, 'gn') AS m",
-                    (name, LINE_PATTERN),
-                ).fetchall()
+                else:
+                    params = {"name": name, "pattern": LINE_PATTERN}
+                    lines = [row[0] for row in conn.execute(_SCAN_WHOLE, params)]
+                if lines is None:
+                    continue
                 found.files.append(str(name))
-                for (line,) in rows:
+                for line in lines:
                     found.add(line, tz)
     except psycopg.errors.InsufficientPrivilege as exc:
         found.unknown = (
             f"the server refused to show its log ({exc.diag.message_primary}): grant"
-            " connfix's role pg_monitor and EXECUTE on pg_read_file(text), or give"
-            " database.log_files"
+            f" connfix's role pg_monitor and EXECUTE on {_READ_BINARY} (or on"
+            " pg_read_file(text), for files up to"
+            f" {WHOLE_FILE_BYTES // (1024 * 1024)} MB), or give database.log_files"
         )
     except psycopg.Error as exc:
         found.unknown = f"the server's log could not be read: {exc.diag.message_primary or exc}"
@@ -164,6 +258,63 @@ def through_sql(session: Session, since: datetime, until: datetime) -> Refusals:
             " (logging_collector off? give database.log_files)"
         )
     return found
+
+
+def _in_pieces(
+    conn: Any, name: str, size: int, since: datetime, zone: tzinfo, found: Refusals
+) -> list[str] | None:
+    """The matching lines of one file from where the window begins, each piece of at
+    most CHUNK_BYTES (plus the rest of its last line) scanned by the server: what it
+    holds at once stays bounded whatever the file's size. None: skipped (said why)."""
+
+    def probe(offset: int) -> tuple[int | None, datetime | None]:
+        row = conn.execute(
+            _PROBE, {"name": name, "offset": offset, "length": PROBE_BYTES, "stamp": _LINE_STAMP}
+        ).fetchone()
+        newline, stamp = row if row else (0, None)
+        if not newline:
+            return None, None
+        return offset + newline, line_time(stamp, zone) if stamp else None
+
+    start = window_start(probe, size, since) if size > CHUNK_BYTES else 0
+    if size - start > MAX_FILE_BYTES:
+        found.skipped.append(
+            f"{name}: {size - start} bytes from the window's start, over {MAX_FILE_BYTES}"
+        )
+        return None
+    lines: list[str] = []
+    while start < size:
+        end = min(start + CHUNK_BYTES, size)
+        while end < size:  # on to the end of the line the piece would cut
+            line, _ = probe(end)
+            if line is not None:
+                end = min(line, size)
+                break
+            end = min(end + PROBE_BYTES, size)
+        params = {"name": name, "offset": start, "length": end - start, "pattern": LINE_PATTERN}
+        lines += [_unescaped(row[0]) for row in conn.execute(_SCAN, params)]
+        start = end
+    return lines
+
+
+def _local_probe(
+    raw: BinaryIO, zone: tzinfo
+) -> Callable[[int], tuple[int | None, datetime | None]]:
+    """window_start's probe on a file read where connfix runs."""
+
+    def probe(offset: int) -> tuple[int | None, datetime | None]:
+        raw.seek(offset)
+        piece = raw.read(PROBE_BYTES)
+        newline = piece.find(b"\n")
+        if newline < 0:
+            return None, None
+        for line in piece[newline + 1 :].split(b"\n")[:-1]:  # whole lines only
+            when = line_time(line.decode("utf-8", "replace"), zone)
+            if when is not None:
+                return offset + newline + 1, when
+        return offset + newline + 1, None
+
+    return probe
 
 
 def from_files(pattern: str, since: datetime, until: datetime, zone: tzinfo = UTC) -> Refusals:
@@ -176,15 +327,23 @@ def from_files(pattern: str, since: datetime, until: datetime, zone: tzinfo = UT
     for path in paths:
         file = Path(path)
         try:
-            if file.stat().st_size > MAX_FILE_BYTES:
-                found.skipped.append(f"{path}: over {MAX_FILE_BYTES} bytes")
+            status = file.stat()
+            if datetime.fromtimestamp(status.st_mtime, UTC) < since:
                 continue
-            if datetime.fromtimestamp(file.stat().st_mtime, UTC) < since:
-                continue
-            with file.open("r", encoding="utf-8", errors="replace") as lines:
-                for line in lines:
-                    if "FATAL" in line or line.startswith("{"):
-                        found.add(line, zone)
+            with file.open("rb") as raw:
+                start = 0
+                if status.st_size > CHUNK_BYTES:
+                    start = window_start(_local_probe(raw, zone), status.st_size, since)
+                if status.st_size - start > MAX_FILE_BYTES:
+                    found.skipped.append(
+                        f"{path}: {status.st_size - start} bytes from the window's start,"
+                        f" over {MAX_FILE_BYTES}"
+                    )
+                    continue
+                raw.seek(start)
+                for line in raw:
+                    if b"FATAL" in line or line.startswith(b"{"):
+                        found.add(line.decode("utf-8", "replace"), zone)
             found.files.append(path)
         except OSError as exc:
             found.skipped.append(f"{path}: {exc.strerror or exc}")
