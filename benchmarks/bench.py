@@ -54,6 +54,7 @@ def main() -> None:
         import fanout
         import restart
         import scale
+        import server_log
 
         rows += healthy.measure(rounds=3)
         rows += diagnose.measure(runs=9)
@@ -61,6 +62,7 @@ def main() -> None:
         rows += restart.measure(host_count=8, rounds=3)
         rows += scale.measure()
         rows += fanout.measure(rounds=3)
+        rows += server_log.measure(megabytes=200, rounds=3)
     print()
     print(common.table(rows, postgres_version(), started))
     sys.exit(0 if all(r.passed for r in rows) else 1)
