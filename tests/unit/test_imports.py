@@ -110,6 +110,17 @@ def test_a_runbook_read_before_is_not_parsed_again(tmp_path: Path) -> None:
     assert "yaml" in modules_loaded(argv, env={**env, "CONNFIX_NO_CACHE": "1"})
 
 
+def test_a_runbooks_expressions_checked_before_leave_jinja_unloaded(tmp_path: Path) -> None:
+    """The second command that validates the same runbook finds its expressions in
+    connfix's cache (connfix.engine.expressions): Jinja (about 25 ms) is not imported to
+    check them again, nor to know which files the cache depends on."""
+    argv = ["runbook", "validate", RUNBOOK]
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert "jinja2" in modules_loaded(argv, env=env)  # checked, and kept
+    assert "jinja2" not in modules_loaded(argv, env=env)
+    assert "jinja2" in modules_loaded(argv, env={**env, "CONNFIX_NO_CACHE": "1"})
+
+
 def test_a_commands_own_runbook_leaves_jinja_to_the_report_warm_up() -> None:
     """A terminate or a restart builds its runbook from its flags and evaluates its one
     condition at its end: Jinja (about 25 ms) is not imported before the run's first

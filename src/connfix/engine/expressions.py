@@ -141,10 +141,11 @@ def _checked() -> _Checked:
     import marshal
 
     from connfix.config import cache as kept
-    from connfix.config import sandbox
 
-    spec = importlib.util.find_spec("jinja2")
-    said = kept.signature([__file__, sandbox.__file__, spec.origin if spec and spec.origin else ""])
+    # the files by path alone: importing the sandbox would import Jinja, which a
+    # runbook whose expressions were all checked before does not need to load
+    files = [importlib.util.find_spec(m) for m in ("connfix.config.sandbox", "jinja2")]
+    said = kept.signature([__file__, *(f.origin if f and f.origin else "" for f in files)])
     where = kept.entry("expressions", said, b"")
     if where is None:
         return _Checked(None, set())
