@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -82,7 +81,10 @@ def envelope(
 
 
 def emit(command: str, status: str, exit_status: int, **fields: Any) -> None:
-    """Print the envelope on stdout, one line of JSON."""
+    """Print the envelope on stdout, one line of JSON (json imported here: a command
+    without --json does not load it)."""
+    import json
+
     data = envelope(command, status, exit_status, **fields)
     sys.stdout.write(json.dumps(data, default=_plain) + "\n")
     sys.stdout.flush()
