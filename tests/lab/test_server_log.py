@@ -84,7 +84,10 @@ def counted_here(directory: Path, since: datetime, until: datetime) -> int:
 
 
 @pytest.fixture
-def big_log(lab: Lab) -> Iterator[dict[str, Any]]:
+def big_log(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A day of log in the server's log directory, read in small pieces and probes."""
+    monkeypatch.setattr(server_log, "CHUNK_BYTES", CHUNK)
+    monkeypatch.setattr(server_log, "PROBE_BYTES", PROBE)
     directory = log_directory(lab)
     path = directory / f"connfix-test-{uuid.uuid4().hex[:8]}.log"
     now = datetime.now(UTC)
@@ -115,10 +118,8 @@ def scans_of(conn: psycopg.Connection[Any], name: str) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("hours", [1, HOURS + 1])
 def test_a_large_log_is_read_from_its_window_in_bounded_pieces(
-    lab: Lab, big_log: dict[str, Any], hours: int, monkeypatch: pytest.MonkeyPatch
+    lab: Lab, big_log: dict[str, Any], hours: int
 ) -> None:
-    monkeypatch.setattr(server_log, "CHUNK_BYTES", CHUNK)
-    monkeypatch.setattr(server_log, "PROBE_BYTES", PROBE)
     path: Path = big_log["path"]
     since, until = big_log["now"] - timedelta(hours=hours), datetime.now(UTC) + timedelta(seconds=5)
     with lab.superuser() as conn:
@@ -163,8 +164,6 @@ def log_reader(lab: Lab) -> Iterator[str]:
 def test_each_grant_reads_what_it_can_and_says_what_it_left_out(
     lab: Lab, big_log: dict[str, Any], log_reader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_log, "CHUNK_BYTES", CHUNK)
-    monkeypatch.setattr(server_log, "PROBE_BYTES", PROBE)
     path: Path = big_log["path"]
     # between the others' sizes (which grow: a refused read is logged) and this one's
     others = max((f.stat().st_size for f in path.parent.iterdir() if f != path), default=0)
