@@ -31,10 +31,6 @@ from connfix.db.pg import Session
 from connfix.lab import lab
 
 TARGET = 0.25  # s, the window's count at a run's end: this round's own guard
-WHOLE = (
-    "SELECT m[1] FROM regexp_matches(pg_read_file(current_setting('log_directory')"
-    " || '/' || %s), %s, 'gn') AS m"
-)
 
 
 def write_day(path: Path, megabytes: int) -> None:
@@ -116,7 +112,8 @@ def measure(megabytes: int = 200, rounds: int = 3, keep: bool = False) -> list[R
             def whole_file(conn: psycopg.Connection[Any]) -> int:
                 total = 0
                 for (name,) in conn.execute("SELECT name FROM pg_ls_logdir()").fetchall():
-                    for (line,) in conn.execute(WHOLE, (name, server_log.LINE_PATTERN)):
+                    params = {"name": name, "pattern": server_log.LINE_PATTERN}
+                    for (line,) in conn.execute(server_log._SCAN_WHOLE, params):
                         when = server_log.line_time(line, UTC)
                         total += when is not None and since <= when <= until
                 return total

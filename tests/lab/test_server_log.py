@@ -20,18 +20,10 @@ import pytest
 from connfix.db import server_log
 from connfix.db.pg import Session
 from tests.helpers import Lab
+from tests.lab.test_postmortem import server_log as lab_log_file
 
 CHUNK, PROBE = 32 * 1024, 2 * 1024  # small, so that a file of 700 KB takes many of each
 HOURS = 24
-
-
-def log_directory(lab: Lab) -> Path:
-    with lab.superuser() as conn:
-        row = conn.execute(
-            "SELECT current_setting('data_directory'), current_setting('log_directory')"
-        ).fetchone()
-    assert row is not None
-    return Path(row[0]) / row[1]
 
 
 def write_log(
@@ -88,7 +80,7 @@ def big_log(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any
     """A day of log in the server's log directory, read in small pieces and probes."""
     monkeypatch.setattr(server_log, "CHUNK_BYTES", CHUNK)
     monkeypatch.setattr(server_log, "PROBE_BYTES", PROBE)
-    directory = log_directory(lab)
+    directory = lab_log_file(lab).parent
     path = directory / f"connfix-test-{uuid.uuid4().hex[:8]}.log"
     now = datetime.now(UTC)
     # larger than every other file there (the test of the grants relies on it)

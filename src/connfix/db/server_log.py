@@ -166,6 +166,25 @@ def window_start(
     return start
 
 
+def _read_from(
+    probe: Callable[[int], tuple[int | None, datetime | None]],
+    name: str,
+    size: int,
+    since: datetime,
+    found: Refusals,
+) -> int | None:
+    """Where one file is read from: its window's start (a file of one piece from its
+    beginning); None when more than MAX_FILE_BYTES of it are in the window (said in
+    `found`)."""
+    start = window_start(probe, size, since) if size > CHUNK_BYTES else 0
+    if size - start > MAX_FILE_BYTES:
+        found.skipped.append(
+            f"{name}: {size - start} bytes from the window's start, over {MAX_FILE_BYTES}"
+        )
+        return None
+    return start
+
+
 _READ_BINARY = "pg_read_binary_file(text, bigint, bigint)"
 _PROBE = (
     "SELECT position('\\x0a'::bytea IN p),"
@@ -276,11 +295,8 @@ def _in_pieces(
             return None, None
         return offset + newline, line_time(stamp, zone) if stamp else None
 
-    start = window_start(probe, size, since) if size > CHUNK_BYTES else 0
-    if size - start > MAX_FILE_BYTES:
-        found.skipped.append(
-            f"{name}: {size - start} bytes from the window's start, over {MAX_FILE_BYTES}"
-        )
+    start = _read_from(probe, name, size, since, found)
+    if start is None:
         return None
     lines: list[str] = []
     while start < size:
@@ -331,14 +347,8 @@ def from_files(pattern: str, since: datetime, until: datetime, zone: tzinfo = UT
             if datetime.fromtimestamp(status.st_mtime, UTC) < since:
                 continue
             with file.open("rb") as raw:
-                start = 0
-                if status.st_size > CHUNK_BYTES:
-                    start = window_start(_local_probe(raw, zone), status.st_size, since)
-                if status.st_size - start > MAX_FILE_BYTES:
-                    found.skipped.append(
-                        f"{path}: {status.st_size - start} bytes from the window's start,"
-                        f" over {MAX_FILE_BYTES}"
-                    )
+                start = _read_from(_local_probe(raw, zone), path, status.st_size, since, found)
+                if start is None:
                     continue
                 raw.seek(start)
                 for line in raw:
