@@ -3,7 +3,8 @@ fix the standard lab incident, for the time-to-healthy benchmark.
 
 With the same libraries as connfix (psycopg, fabric/paramiko) and nothing else: the
 diagnosis query (connfix's own, as the floor's psql runs it), the app host holding the
-most of the service's sessions chosen, one SSH login to it (host key checked), its
+most of the service's sessions chosen, one SSH login to it (host key checked, on
+bare_roll's socket without Nagle or delayed ACKs, as connfix's), its
 restart command, then the database polled until that host's old sessions are gone and
 its pool is back. No journal, report, terminal, inventory, runbook, lock, preflight or
 health gates.
