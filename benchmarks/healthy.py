@@ -153,7 +153,7 @@ def breakdown(events: list[dict[str, Any]], spawned: float, exited: float) -> di
     return parts
 
 
-def measure(rounds: int = 3) -> list[Row]:
+def measure(rounds: int = 3, keep: bool = False) -> list[Row]:
     lab.down()
     lab.up(hosts=HOSTS, max_connections=None, pool_size=POOL)  # as `connfix lab up`
     address = paths.host_address(INDEX)
@@ -183,7 +183,8 @@ def measure(rounds: int = 3) -> list[Row]:
         admin.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        lab.down()
+        if not keep:
+            lab.down()
     connfix, floor = statistics.median(connfix_times), statistics.median(floor_times)
     print(f"\ntime to healthy, {HOSTS} hosts, {LEAKER} leaked {leaked} sessions (server full):")
     print(f"  connfix triage --yes     {connfix:6.3f} s   (runs: {_list(connfix_times)})")
@@ -238,8 +239,9 @@ def _list(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="leave lab 5 up afterwards")
     args = parser.parse_args()
-    measure(args.rounds)
+    measure(args.rounds, args.keep)
 
 
 if __name__ == "__main__":
