@@ -770,6 +770,8 @@ def warm_up() -> None:
             from connfix.record import chart
 
             chart.load()  # the chart's library, drawn at the end
+        with contextlib.suppress(Exception):
+            from connfix.diagnosis import pool_sizing  # noqa: F401  the pool section's
 
     threading.Thread(target=work, name="connfix-report-warm-up", daemon=True).start()
 
