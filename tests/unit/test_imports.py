@@ -5,6 +5,7 @@ tests/lab/test_imports.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,34 @@ def test_a_commands_own_runbook_leaves_jinja_to_the_report_warm_up() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert out == ["False", "True", "True"], out
+
+
+def test_the_report_s_warm_up_loads_what_the_report_imports(tmp_path: Path) -> None:
+    """The warm-up a run begins while it waits on its hosts or the server imports what
+    rendering the report would import at the run's end: Jinja with the compiled
+    template, the chart's pygal and the pool section's sizing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from connfix.record import report\n"
+        "before = {m for m in ('jinja2', 'pygal', 'connfix.diagnosis.pool_sizing')"
+        " if m in sys.modules}\n"
+        "report.warm_up()\n"
+        "for t in threading.enumerate():\n"
+        "    if t.name == 'connfix-report-warm-up':\n"
+        "        t.join(60)\n"
+        "print(sorted(before), all(m in sys.modules for m in"
+        " ('jinja2', 'pygal', 'connfix.diagnosis.pool_sizing')))\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    ).stdout.strip()
+    assert out == "[] True", out
