@@ -759,9 +759,10 @@ def _shipped_source() -> str:
 @functools.cache
 def warm_up() -> None:
     """Import Jinja and load (or compile) the shipped template in a background thread
-    while a run waits on its hosts or its database: the report at the run's end then
-    only renders, instead of paying for both before the process may exit. Once per
-    process. A failure here is left to the real render to meet and say."""
+    while a run waits on its hosts or its database, with the modules the report's
+    chart and pool section import: the report at the run's end then only renders,
+    instead of paying for them before the process may exit. Once per process. A
+    failure here is left to the real render to meet and say."""
 
     def work() -> None:
         with contextlib.suppress(Exception):
@@ -771,7 +772,7 @@ def warm_up() -> None:
 
             chart.load()  # the chart's library, drawn at the end
         with contextlib.suppress(Exception):
-            from connfix.diagnosis import pool_sizing  # noqa: F401  the pool section's
+            from connfix.diagnosis import pool_sizing  # noqa: F401  the pool section
 
     threading.Thread(target=work, name="connfix-report-warm-up", daemon=True).start()
 
