@@ -112,10 +112,27 @@ def _self_times(argv: list[str], ok: tuple[int, ...]) -> dict[str, int]:
     return times
 
 
+def _loaded(argv: list[str], ok: tuple[int, ...]) -> set[str]:
+    """Every module a process imports (python -v), those importlib.import_module loads
+    among them: -X importtime times only the import statement's, so connfix's lazy
+    command and action modules are missing from _self_times."""
+    proc = subprocess.run(
+        [sys.executable, "-v", *argv], capture_output=True, text=True, check=False
+    )
+    if proc.returncode not in ok:
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return {
+        line.split("'")[1]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import '") and line.count("'") >= 2
+    }
+
+
 def beyond_floor(argv: list[str], ok: tuple[int, ...], needs: list[str]) -> str:
     """What a command imports that its floor does not, by each module's own import time
     in one more run (its inputs cached): connfix's modules, and the others (the largest
-    named)."""
+    named); and the modules importlib.import_module loaded, which -X importtime does not
+    time (counted from python -v in one more run)."""
     script = argv[0] if argv[0].endswith("connfix") else None
     command = [script, *argv[1:]] if script else ["-m", "connfix", *argv[3:]]
     mine = _self_times(command, ok)
@@ -126,10 +143,18 @@ def beyond_floor(argv: list[str], ok: tuple[int, ...], needs: list[str]) -> str:
         ((t, m) for m, t in extra.items() if m.split(".")[0] != "connfix"), reverse=True
     )
     named = ", ".join(f"{m} {t / 1000:.1f}" for t, m in others[:4])
+    untimed = sorted(_loaded(command, ok) - set(mine) - _loaded(["-c", floor_code(needs)], (0,)))
+    unseen = (
+        f"; not timed by it, loaded through importlib.import_module: {len(untimed)}"
+        f" module{'s' if len(untimed) > 1 else ''}"
+        f" ({', '.join(untimed)})"
+        if untimed
+        else ""
+    )
     return (
         f"imported beyond the floor's (-X importtime, one more run): connfix's own modules"
         f" {own / 1000:.1f} ms, the others {sum(t for t, _ in others) / 1000:.1f} ms"
-        f" ({named} ms)"
+        f" ({named} ms){unseen}"
     )
 
 
