@@ -49,9 +49,11 @@ def props(text: str) -> dict[str, str]:
 
 
 class PromptAckSocket(socket.socket):
-    """What any tool making short SSH exchanges needs (connfix's socket does the same):
-    no Nagle, and no delayed ACKs (TCP_QUICKACK after each read). Without them each
-    command waits about 40 ms on the lab for an ACK."""
+    """What any tool making short SSH exchanges needs, as connfix.hosts.remote's
+    _PromptAckSocket does (written out here: importing connfix's would load connfix into
+    the program that stands for none of it): no Nagle, and no delayed ACKs (TCP_QUICKACK
+    after each read). Without them each command waits about 40 ms on the lab for an
+    ACK."""
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data = super().recv(bufsize, flags)

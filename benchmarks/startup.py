@@ -97,15 +97,18 @@ def refused_journal(folder: Path) -> Path:
     return incident
 
 
-def _self_times(argv: list[str], ok: tuple[int, ...]) -> dict[str, int]:
-    """Each module a process imports, with its own import time (µs, -X importtime)."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, check=False
-    )
+def _stderr(flag: str, argv: list[str], ok: tuple[int, ...]) -> str:
+    """Run python with one diagnostic flag; return what it wrote on stderr."""
+    proc = subprocess.run([sys.executable, flag, *argv], capture_output=True, text=True)
     if proc.returncode not in ok:
         sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stderr
+
+
+def _self_times(argv: list[str], ok: tuple[int, ...]) -> dict[str, int]:
+    """Each module a process imports, with its own import time (µs, -X importtime)."""
     times: dict[str, int] = {}
-    for line in proc.stderr.splitlines():
+    for line in _stderr("-Ximporttime", argv, ok).splitlines():
         parts = line.removeprefix("import time:").split("|")
         if line.startswith("import time:") and len(parts) == 3 and parts[0].strip().isdigit():
             times[parts[2].strip()] = int(parts[0])
@@ -116,14 +119,9 @@ def _loaded(argv: list[str], ok: tuple[int, ...]) -> set[str]:
     """Every module a process imports (python -v), those importlib.import_module loads
     among them: -X importtime times only the import statement's, so connfix's lazy
     command and action modules are missing from _self_times."""
-    proc = subprocess.run(
-        [sys.executable, "-v", *argv], capture_output=True, text=True, check=False
-    )
-    if proc.returncode not in ok:
-        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return {
         line.split("'")[1]
-        for line in proc.stderr.splitlines()
+        for line in _stderr("-v", argv, ok).splitlines()
         if line.startswith("import '") and line.count("'") >= 2
     }
 
@@ -163,22 +161,21 @@ def measure(rounds: int = 15) -> list[Row]:
         journal = refused_journal(Path(tmp) / "incidents")
         python = [sys.executable, "-c", "pass"]
         ways = {"python -c pass": lambda: timed(python)}
-        for name, (args, ok, needs) in COMMANDS.items():
-            argv = [
+        argvs = {
+            name: [
                 *connfix_bin(),
                 *[a.replace("INCIDENTS", tmp).replace("JOURNAL", str(journal)) for a in args],
             ]
+            for name, (args, _, _) in COMMANDS.items()
+        }
+        for name, (_, ok, needs) in COMMANDS.items():
             imports = [sys.executable, "-c", floor_code(needs)]
-            ways[name] = lambda argv=argv, ok=ok: timed(argv, ok=ok)
+            ways[name] = lambda argv=argvs[name], ok=ok: timed(argv, ok=ok)
             ways[f"{name} floor"] = lambda imports=imports: timed(imports)
         medians = interleaved(ways, rounds)
-        beyond = {}
-        for name, (args, ok, needs) in COMMANDS.items():
-            argv = [
-                *connfix_bin(),
-                *[a.replace("INCIDENTS", tmp).replace("JOURNAL", str(journal)) for a in args],
-            ]
-            beyond[name] = beyond_floor(argv, ok, needs)
+        beyond = {
+            name: beyond_floor(argvs[name], ok, needs) for name, (_, ok, needs) in COMMANDS.items()
+        }
     bare = medians["python -c pass"]
     print(f"\nstart-up, median of {rounds} interleaved rounds (python -c pass {bare:.3f} s):")
     rows = []
