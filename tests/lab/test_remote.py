@@ -464,6 +464,24 @@ def test_an_early_login_closed_while_under_way_leaves_nothing_open(lab_env: Any)
     assert transport is None or not transport.is_active()
 
 
+def test_a_command_whose_connection_is_closed_under_it_ends_at_once(lab_env: Any) -> None:
+    """The connection closed while a command runs (the run ending, the transport lost):
+    the command ends then, without an exit status, instead of waiting out its timeout."""
+    conn = _remote(lab_env)
+    try:
+        assert conn.run("true").ok
+        transport = conn.conn.client.get_transport()
+        assert transport is not None
+        threading.Timer(0.5, transport.close).start()
+        began = time.monotonic()
+        result = conn.run("sleep 20", timeout=30)
+        assert time.monotonic() - began < 5
+        assert not result.ok and result.exit_code is None
+        assert result.error == "ended without an exit status (connection closed?)"
+    finally:
+        conn.close()
+
+
 def test_early_logins_are_at_most_workers_at_once(
     lab_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -455,8 +455,13 @@ class Remote:
                 if channel.exit_status_ready() and not (
                     channel.recv_ready() or channel.recv_stderr_ready()
                 ):
-                    # drain what arrived with the exit status, then stop
-                    while not channel.eof_received and time.monotonic() < deadline:
+                    # drain what arrived with the exit status, then stop; a channel
+                    # closed under it (the connection lost or closed) sends nothing more
+                    while (
+                        not channel.eof_received
+                        and not channel.closed
+                        and time.monotonic() < deadline
+                    ):
                         if channel.recv_ready():
                             stdout += channel.recv(65536)
                         elif channel.recv_stderr_ready():
