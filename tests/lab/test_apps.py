@@ -146,7 +146,10 @@ def test_verify_fails_while_a_host_fails_its_health_check(clean_lab: Lab, tmp_pa
         "triage", clean_lab.inventory, tmp_path / "incidents", "--yes", "--runbook", str(book)
     )
     assert result.exit_code == 1, result.output
-    last = of(events(tmp_path / "incidents"), "diagnosis")[-1]["diagnosis"]
+    diagnoses = of(events(tmp_path / "incidents"), "diagnosis")
+    first, last = diagnoses[0]["diagnosis"], diagnoses[-1]["diagnosis"]
+    # the first diagnosis's checks ran ahead, on the early logins: a failure as it was
+    assert first["unhealthy_hosts"] == ["app1"] and not first["host_health"]["app1"]["ok"]
     assert last["severity"] == "ok" and last["unhealthy_hosts"] == ["app1"]
     assert "health check failing on app1" in last["severity_reasons"]
     assert not last["host_health"]["app1"]["ok"] and last["host_health"]["app2"]["ok"]

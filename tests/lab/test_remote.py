@@ -464,6 +464,77 @@ def test_an_early_login_closed_while_under_way_leaves_nothing_open(lab_env: Any)
     assert transport is None or not transport.is_active()
 
 
+def test_commands_run_ahead_on_an_early_login_are_taken_once_while_fresh(
+    lab_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log_in_early(ahead=...) runs a host's read-only commands on its login as soon as
+    it is made, in the login's worker; take_ahead() waits for them and gives each result
+    once, failures as they are; a command not run ahead, or taken twice, runs when asked."""
+    ran: list[tuple[str, str]] = []
+    real = remote.Remote._exec
+
+    def counted(self: remote.Remote, command: str, limit: float, sent: Any = None) -> Any:
+        ran.append((threading.current_thread().name, command))
+        return real(self, command, limit, sent)
+
+    monkeypatch.setattr(remote.Remote, "_exec", counted)
+    conn = _remote(lab_env)
+    try:
+        remote.log_in_early([conn], ahead={"app1": ["hostname", "echo no >&2; exit 3"]}, limit=5)
+        first = conn.take_ahead("hostname", fresh=30)
+        assert first is not None and first.ok and first.stdout.strip() == "app1"
+        assert first.host == "app1" and first.command == "hostname"
+        failing = conn.take_ahead("echo no >&2; exit 3", fresh=30)
+        assert failing is not None and not failing.ok
+        assert failing.exit_code == 3 and failing.stderr.strip() == "no"
+        assert [c for _, c in ran] == ["hostname", "echo no >&2; exit 3"]
+        assert all(name.startswith("connfix-login-") for name, _ in ran)
+        assert conn.take_ahead("hostname", fresh=30) is None  # taken once
+        assert conn.take_ahead("uptime", fresh=30) is None  # never run ahead
+        transport = conn.conn.client.get_transport()
+        assert conn.run("hostname").ok
+        assert conn.conn.client.get_transport() is transport  # on the same login
+        assert [c for _, c in ran][2:] == ["hostname"]
+    finally:
+        conn.close()
+
+
+def test_a_result_run_ahead_longer_ago_than_fresh_is_not_taken(lab_env: Any) -> None:
+    """A result run ahead stands for the caller's only when it began at most `fresh`
+    seconds before: an older one is dropped, and the caller runs the command itself."""
+    conn = _remote(lab_env)
+    try:
+        remote.log_in_early([conn], ahead={"app1": ["hostname"]})
+        assert conn._early is not None and conn._early.wait(timeout=10)
+        time.sleep(0.3)
+        assert conn.take_ahead("hostname", fresh=0.2) is None
+        assert conn.take_ahead("hostname", fresh=30) is None  # dropped, not kept
+    finally:
+        conn.close()
+
+
+def test_closing_while_a_command_runs_ahead_leaves_nothing_open(lab_env: Any) -> None:
+    """The run can end (the database unreachable) while a command runs ahead on an
+    early login: close() cuts it, the worker keeps no result and leaves nothing open."""
+    conn = _remote(lab_env)
+    remote.log_in_early([conn], ahead={"app1": ["sleep 20"]}, limit=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # logged in: the command is under way
+        transport = conn.conn.client.get_transport()
+        if transport is not None and transport.is_active():
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)
+    closed = time.monotonic()
+    conn.close()
+    early = conn._early
+    assert early is not None and early.wait(timeout=15)
+    assert time.monotonic() - closed < 5  # cut, not waited out
+    transport = conn.conn.client.get_transport()
+    assert transport is None or not transport.is_active()
+    assert conn.take_ahead("sleep 20", fresh=60) is None
+
+
 def test_a_command_whose_connection_is_closed_under_it_ends_at_once(lab_env: Any) -> None:
     """The connection closed while a command runs (the run ending, the transport lost):
     the command ends then, without an exit status, instead of waiting out its timeout."""

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -540,24 +541,37 @@ def test_each_host_is_logged_into_once_and_before_the_first_diagnosis(
 ) -> None:
     """engine.start begins the SSH logins of the first diagnosis's health checks before
     the run connects to the database: one connection per health-checked host, begun
-    early, used by every health check and the restart's preflight of the run."""
+    early, used by every health check and the restart's preflight of the run. The
+    health checks themselves run on those logins as soon as they are made, and the
+    first diagnosis takes them rather than running them again."""
     from connfix.hosts import remote
 
     made: list[str] = []
     early: list[str] = []
-    real_init, real_early = remote.Remote.__init__, remote.log_in_early
+    checks: list[tuple[str, str]] = []  # (thread, host) of each health check run
+    real_init, real_early, real_exec = (
+        remote.Remote.__init__,
+        remote.log_in_early,
+        remote.Remote._exec,
+    )
 
     def init(self: remote.Remote, host: Any, ssh: Any) -> None:
         made.append(host.name)
         real_init(self, host, ssh)
 
-    def log_in_early(conns: Any, workers: int = 16) -> None:
+    def log_in_early(conns: Any, workers: int = 16, **kwargs: Any) -> None:
         conns = list(conns)
         early.extend(c.host.name for c in conns)
-        real_early(conns, workers)
+        real_early(conns, workers, **kwargs)
+
+    def exec_(self: remote.Remote, command: str, limit: float, sent: Any = None) -> Any:
+        if "/health" in command:
+            checks.append((threading.current_thread().name, self.host.name))
+        return real_exec(self, command, limit, sent)
 
     monkeypatch.setattr(remote.Remote, "__init__", init)
     monkeypatch.setattr(remote, "log_in_early", log_in_early)
+    monkeypatch.setattr(remote.Remote, "_exec", exec_)
     clean_lab.core.leak("app2", 4, idle_in_transaction=False)  # a suspect: a restart planned
     result = triage(clean_lab, tmp_path, "--dry-run")
     evs = events(tmp_path / "incidents")
@@ -571,6 +585,10 @@ def test_each_host_is_logged_into_once_and_before_the_first_diagnosis(
         "app2": True,
         "app3": True,
     }
+    ahead = sorted(h for t, h in checks if t.startswith("connfix-login-"))
+    assert ahead == ["app1", "app2", "app3"]  # the first diagnosis's, run ahead
+    diagnoses = sum(e["event"] == "diagnosis" for e in evs)
+    assert len(checks) == 3 * diagnoses  # and not run again by it
 
 
 def test_a_command_that_does_not_judge_the_hosts_logs_into_none(
@@ -580,7 +598,7 @@ def test_a_command_that_does_not_judge_the_hosts_logs_into_none(
     from connfix.hosts import remote
 
     made: list[str] = []
-    monkeypatch.setattr(remote, "log_in_early", lambda conns, workers=16: made.append("any"))
+    monkeypatch.setattr(remote, "log_in_early", lambda conns, **kwargs: made.append("any"))
     result = connfix_run("terminate", clean_lab.inventory, tmp_path / "incidents", "--dry-run")
     assert result.exit_code in (0, 1), result.output
     assert made == []

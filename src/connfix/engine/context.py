@@ -168,7 +168,10 @@ class RunContext:
 
     def host_health(self) -> dict[str, dict[str, Any]]:
         """Run every host's health check, in parallel (read-only), on connections kept for
-        the run; {} when the inventory has none."""
+        the run; {} when the inventory has none. A check already run ahead on the run's
+        early login (engine.start), begun at most HEALTH_AHEAD_FRESH_S ago, is taken as
+        it ended instead of being run again: that is the first diagnosis's."""
+        from connfix.config.defaults import HEALTH_AHEAD_FRESH_S, HEALTH_CHECK_S
         from connfix.hosts import remote
 
         if not any(s.health_check for s in self.env.all_services()):
@@ -183,7 +186,9 @@ class RunContext:
             for service in self.env.services_on(host):
                 if not service.health_check:
                     continue
-                result = conn.run(service.health_check, timeout=10)
+                result = conn.take_ahead(service.health_check, HEALTH_AHEAD_FRESH_S)
+                if result is None:
+                    result = conn.run(service.health_check, timeout=HEALTH_CHECK_S)
                 if not result.ok:
                     failing.append(service.label)
                     details.append(result.describe())

@@ -14,7 +14,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,14 +247,17 @@ class Remote:
         for conn in (self.conn, *self.hops):
             self.policies[id(conn)] = _RefuseUnknown(conn.host)
             conn.client.set_missing_host_key_policy(self.policies[id(conn)])
-        self._early: threading.Event | None = None  # set when a login begun ahead is done
+        # set when a login begun ahead is done, with the commands run ahead on it
+        self._early: threading.Event | None = None
         self._early_error: HostKeyRefused | ConnectionError | None = None
         self._abandoned = False  # closed before that login was done
         self._early_lock = threading.Lock()
+        self._ahead: dict[str, tuple[float, CommandResult]] = {}  # command → (began, result)
 
-    def _log_in(self, done: threading.Event) -> None:
-        """The login begun ahead, in a worker of log_in_early; its outcome is kept for
-        the next open(), which waits for `done`."""
+    def _log_in(self, done: threading.Event, ahead: Sequence[str] = (), limit: float = 10) -> None:
+        """The login begun ahead, in a worker of log_in_early, then the commands `ahead`
+        on it; its outcome is kept for the next open(), which waits for `done`, and each
+        command's result for take_ahead()."""
         try:
             with self._early_lock:
                 if self._abandoned:  # closed before its turn came: no login at all
@@ -264,12 +267,45 @@ class Remote:
             self._early_error = exc
         except Exception as exc:  # what a transport may raise beyond those: as open() words it
             self._early_error = ConnectionError(f"SSH to {_key_name(self.conn)} failed: {exc}")
+        else:
+            self._run_ahead(ahead, limit)
         finally:
             with self._early_lock:
                 abandoned = self._abandoned
                 done.set()
         if abandoned:  # the run ended while this logged in: nothing may stay open
             self._close()
+
+    def _run_ahead(self, commands: Sequence[str], limit: float) -> None:
+        """Run read-only commands the run will ask for first, on the login just made,
+        before anyone else may use it. A command that did not run to an end of its own
+        here (the connection failed under it, or the run closed it) keeps no result: when
+        asked for, it runs then, as any command."""
+        for command in commands:
+            with self._early_lock:
+                if self._abandoned:
+                    return
+            began = time.monotonic()
+            try:
+                ended = self._exec(command, limit)
+            except (_NotSent, paramiko.SSHException, OSError, EOFError):
+                return
+            transport = self.conn.client.get_transport()
+            if transport is None or not transport.is_active():  # lost or closed under it
+                return
+            self._ahead[command] = (began, self._result(command, began, limit, *ended))
+
+    def take_ahead(self, command: str, fresh: float) -> CommandResult | None:
+        """The result of `command` run ahead on the login begun early (waiting for it if
+        it is still under way), when it began at most `fresh` seconds ago; else None (and
+        the caller runs it). Each result is taken once."""
+        early = self._early
+        if early is not None:
+            early.wait()
+        kept = self._ahead.pop(command, None)
+        if kept is None or time.monotonic() - kept[0] > fresh:
+            return None
+        return kept[1]
 
     def open(self) -> None:
         """Connect and authenticate; raise HostKeyRefused or a ConnectionError with a reason."""
@@ -395,36 +431,49 @@ class Remote:
         started = time.monotonic()
         limit = timeout if timeout is not None else self.ssh.command_timeout
 
-        def result(
-            exit_code: int | None, stdout: str = "", stderr: str = "", error: str | None = None
-        ) -> CommandResult:
+        def failed(error: str) -> CommandResult:
             elapsed = time.monotonic() - started
-            return CommandResult(self.host.name, command, exit_code, stdout, stderr, elapsed, error)
+            return CommandResult(self.host.name, command, None, "", "", elapsed, error)
 
         for attempt in (1, 2):
             try:
                 self.open()
             except (HostKeyRefused, ConnectionError) as exc:
-                return result(None, error=str(exc))
+                return failed(str(exc))
             try:
-                exit_code, stdout, stderr, timed_out = self._exec(command, limit, sent)
+                ended = self._exec(command, limit, sent)
                 break
             except _NotSent as stale:
                 if attempt == 2:
                     self.close()
-                    return result(None, error=f"SSH connection lost: {stale}")
+                    return failed(f"SSH connection lost: {stale}")
                 # The connection went stale (a long wait in a roll, a dropped idle flow)
                 # and the command never reached the host: reconnect once and send it.
                 self.reconnects.append(str(stale) or "the connection was closed")
                 self.close()
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 self.close()
-                return result(None, error=f"SSH connection lost: {exc}")
+                return failed(f"SSH connection lost: {exc}")
+        return self._result(command, started, limit, *ended)
+
+    def _result(
+        self,
+        command: str,
+        started: float,
+        limit: float,
+        exit_code: int | None,
+        stdout: str,
+        stderr: str,
+        timed_out: bool,
+    ) -> CommandResult:
+        """What a command that ran on a channel did, as _exec returned it."""
+        elapsed = time.monotonic() - started
+        error = None
         if timed_out:
-            return result(None, stdout, stderr, f"timed out after {limit:.0f}s")
-        if exit_code is None or exit_code < 0:
-            return result(None, stdout, stderr, "ended without an exit status (connection closed?)")
-        return result(exit_code, stdout, stderr)
+            exit_code, error = None, f"timed out after {limit:.0f}s"
+        elif exit_code is None or exit_code < 0:
+            exit_code, error = None, "ended without an exit status (connection closed?)"
+        return CommandResult(self.host.name, command, exit_code, stdout, stderr, elapsed, error)
 
     def _exec(
         self, command: str, limit: float, sent: Callable[[], None] | None = None
@@ -520,14 +569,23 @@ def open_checked(host: Host, ssh: Ssh) -> tuple[Remote, bool, str, str | None]:
     return conn, True, "known", None
 
 
-def log_in_early(conns: Iterable[Remote], workers: int = 16) -> None:
+def log_in_early(
+    conns: Iterable[Remote],
+    workers: int = 16,
+    ahead: Mapping[str, Sequence[str]] | None = None,
+    limit: float = 10,
+) -> None:
     """Begin these connections' logins now, for commands that come later, at most
     `workers` at once (as `parallel`), in daemon threads: a run that ends before it needs
     them does not wait for them. Each connection's next open() waits for its own login
     and takes its outcome (a host refused or unreachable is not tried twice in a row for
     one command). After a login the host's sshd still sets the session up (PAM, logind:
     30–90 ms on the lab's hosts) before it runs the first command: begun ahead, that
-    happens while connfix does other work."""
+    happens while connfix does other work.
+
+    `ahead` (host name → commands): read-only commands run on each login as soon as it
+    is made (each with `limit` seconds), their results kept for take_ahead(); the next
+    open() waits for them too, so no one else uses the connection meanwhile."""
     waiting = collections.deque((conn, threading.Event()) for conn in conns)
     for conn, done in waiting:
         conn._early = done
@@ -538,7 +596,7 @@ def log_in_early(conns: Iterable[Remote], workers: int = 16) -> None:
                 conn, done = waiting.popleft()
             except IndexError:
                 return
-            conn._log_in(done)
+            conn._log_in(done, (ahead or {}).get(conn.host.name, ()), limit)
 
     for number in range(min(workers, len(waiting))):
         threading.Thread(target=work, name=f"connfix-login-{number + 1}", daemon=True).start()
