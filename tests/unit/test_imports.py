@@ -25,20 +25,25 @@ JOURNAL = (  # a run refused at connect: a report connfix renders in full
 )
 
 # command → the modules its path must never load (once its inputs are in connfix's cache:
-# each case runs once before it is checked, as a user's second command would)
+# each case runs once before it is checked, as a user's second command would). hashlib
+# loads OpenSSL's library: connfix.config.digest names cache entries and runbooks without
+# it (a report still loads it, through Jinja's bytecode cache)
 CASES = {
     "diagnose --json": (
         ["diagnose", "--dsn", REFUSED, "--json"],
-        SSH | SERVER | TEMPLATES | {"rich", "yaml", "pygments", "pydantic"},
+        SSH | SERVER | TEMPLATES | {"rich", "yaml", "pygments", "pydantic", "hashlib"},
     ),
-    "diagnose": (["diagnose", "--dsn", REFUSED], SSH | SERVER | TEMPLATES | {"yaml", "pydantic"}),
+    "diagnose": (
+        ["diagnose", "--dsn", REFUSED],
+        SSH | SERVER | TEMPLATES | {"yaml", "pydantic", "hashlib"},
+    ),
     "terminate --dry-run": (
         ["terminate", "--dsn", REFUSED, "--dry-run", "--incidents-dir", "INCIDENTS"],
         SSH | SERVER | {"yaml", "pydantic"},  # its runbook is built from its flags: no YAML
     ),
     "runbook validate": (
         ["runbook", "validate", RUNBOOK],
-        SSH | SERVER | {"psycopg", "pydantic", "yaml"},
+        SSH | SERVER | {"psycopg", "pydantic", "yaml", "hashlib"},
     ),
     "report": (  # one line to say where the report went: no rich for that
         ["report", "INCIDENTS/20261204T000000Z-x"],

@@ -59,12 +59,12 @@ def entry(kind: str, depends: bytes | None, key: bytes) -> Path | None:
     """The file of one entry of `kind`: named by a hash of what it depends on (a
     `signature`) and of its input; None when there is no cache or the dependencies
     could not be told."""
-    import hashlib
+    from connfix.config.digest import sha256_hex
 
     folder = directory(kind)
     if folder is None or depends is None:
         return None
-    return folder / f"{hashlib.sha256(depends + key).hexdigest()}.marshal"
+    return folder / f"{sha256_hex(depends + key)}.marshal"
 
 
 def signature(sources: Iterable[str]) -> bytes | None:

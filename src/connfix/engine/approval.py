@@ -5,7 +5,6 @@ and the store the deciders share)."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -120,6 +119,8 @@ def _ask(
     request: RunRequest, step: Step, plan: Plan[Any], ctx: RunContext, rules: ApprovalPolicy
 ) -> approvals.Request:
     """Show the plan, journal the request (notified from there), say how to answer it."""
+    import secrets  # with hmac and hashlib, OpenSSL's library: for a run that asks
+
     from connfix.record import approvals  # only a run that waits for one
 
     incident = ctx.journal.path.parent

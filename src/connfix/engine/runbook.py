@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Annotated, Any, Literal
 from connfix import RunbookError
 from connfix.actions import ACTIONS
 from connfix.actions.base import Params
+from connfix.config.digest import sha256_hex
 from connfix.config.records import Invalid, Record, Rule, validate_cached
 from connfix.config.yamlfile import (
     Located,
@@ -148,7 +148,7 @@ def parse_runbook(text: str, path: Path) -> Runbook:
         healthy=model.healthy,
         steps=steps,
         source=str(path),
-        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        sha256=sha256_hex(text.encode("utf-8")),
     )
 
 
@@ -296,5 +296,5 @@ def command_runbook(command: str, action: str, params: dict[str, Any]) -> Runboo
         healthy="severity == 'ok'",
         steps=steps,
         source=f"connfix {command} (command line)",
-        sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+        sha256=sha256_hex(canonical.encode()),
     )
