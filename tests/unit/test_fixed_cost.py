@@ -24,8 +24,8 @@ def test_the_cache_is_a_private_directory_of_this_user(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     where = cache.directory("templates")
-    assert where == tmp_path / "c" / "connfix" / "templates"
-    for folder in (where, where.parent):
+    assert where == str(tmp_path / "c" / "connfix" / "templates")
+    for folder in (Path(where), Path(where).parent):
         assert folder.stat().st_mode & 0o777 == 0o700
 
 

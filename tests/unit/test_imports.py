@@ -27,7 +27,9 @@ JOURNAL = (  # a run refused at connect: a report connfix renders in full
 # command → the modules its path must never load (once its inputs are in connfix's cache:
 # each case runs once before it is checked, as a user's second command would). hashlib
 # loads OpenSSL's library: connfix.config.digest names cache entries and runbooks without
-# it (a report still loads it, through Jinja's bytecode cache)
+# it (a report still loads it, through Jinja's bytecode cache); pathlib is 4.5 ms of
+# validate's start-up, whose files connfix.config.cache and the runbook's reader name by
+# strings
 CASES = {
     "diagnose --json": (
         ["diagnose", "--dsn", REFUSED, "--json"],
@@ -43,7 +45,7 @@ CASES = {
     ),
     "runbook validate": (
         ["runbook", "validate", RUNBOOK],
-        SSH | SERVER | {"psycopg", "pydantic", "yaml", "hashlib"},
+        SSH | SERVER | {"psycopg", "pydantic", "yaml", "hashlib", "pathlib"},
     ),
     "report": (  # one line to say where the report went: no rich for that
         ["report", "INCIDENTS/20261204T000000Z-x"],

@@ -7,6 +7,7 @@ import marshal
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,12 @@ def test_the_cache_keeps_its_newest_entries_only(
     monkeypatch.setattr(yamlfile, "CACHE_ENTRIES", 3)
     for n in range(5):
         yamlfile.load_text(f"n: {n}\n")
-    assert len(cache_entries(cache_home)) == 3
+        time.sleep(0.01)  # entries told apart by their modification times
+    kept = cache_entries(cache_home)
+    assert len(kept) == 3
+    assert not list(cache_home.rglob("*.tmp"))  # each written through a renamed temporary
+    newest = yamlfile._cache_file(b"n: 4\n")
+    assert newest is not None and Path(newest) in kept
 
 
 def test_no_cache_in_a_directory_others_may_write(cache_home: Path) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import sys
 from datetime import date, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SCHEMA = "connfix/1"
 
@@ -41,8 +44,8 @@ def marked() -> dict[str, Any] | None:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):  # a Path, without importing pathlib for the test
+        return os.fspath(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, enum.Enum):

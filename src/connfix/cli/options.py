@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -126,6 +125,8 @@ def interactive() -> bool:
 def inventory_search() -> InventorySearch:
     """Where this process looks for an inventory: $CONNFIX_INVENTORY, the working
     directory, then the lab's (the CLI knows the lab; the inventory module does not)."""
+    from pathlib import Path
+
     from connfix.config.inventory_file import InventorySearch
     from connfix.lab.paths import lab_dir
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -39,7 +38,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
     files: list[dict[str, object]] = []
     for path in paths:
         try:
-            book = load_runbook_file(Path(path))
+            book = load_runbook_file(path)
         except RunbookError as exc:
             failed += 1
             terminal().err.print(f"[red]invalid[/red] {escape(str(exc))}")

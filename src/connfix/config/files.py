@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MAX_READ_BYTES = 10_000_000
 
@@ -19,6 +22,8 @@ class FileRefused(OSError):
 
 def expand(path: str | Path) -> Path:
     """Expand a leading `~` (configured paths, flags, environment variables)."""
+    from pathlib import Path  # imported here: read_text serves commands that need none
+
     return Path(os.path.expanduser(str(path)))
 
 
@@ -36,7 +41,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_text(path: Path, limit: int = MAX_READ_BYTES) -> str:
+def read_text(path: str | Path, limit: int = MAX_READ_BYTES) -> str:
     """Read a regular file as UTF-8; refuse at once anything else (no FIFO can hang it)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:

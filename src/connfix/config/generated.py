@@ -24,10 +24,7 @@ import builtins
 import marshal
 import sys
 from types import CodeType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from typing import Any
 
 KIND = "dataclasses"
 KEEP = 4  # entries: one per interpreter that ran connfix lately
@@ -44,11 +41,13 @@ def install() -> None:
 
     if "exec" in vars(dataclasses):
         return
+    from connfix.config import cache
+
     where = _entry(dataclasses.__file__)
     if where is None:
         return
     try:
-        loaded = marshal.loads(where.read_bytes())
+        loaded = marshal.loads(cache.read(where))
     except (OSError, EOFError, ValueError, TypeError):
         loaded = {}
     if isinstance(loaded, dict):
@@ -91,7 +90,7 @@ def _code(text: str) -> CodeType:
     return code
 
 
-def _entry(dataclasses_file: str | None) -> Path | None:
+def _entry(dataclasses_file: str | None) -> str | None:
     from importlib.util import MAGIC_NUMBER
 
     from connfix.config import cache
@@ -103,7 +102,7 @@ def _entry(dataclasses_file: str | None) -> Path | None:
     return cache.entry(KIND, depends, b"code")
 
 
-def _keep(where: Path) -> None:
+def _keep(where: str) -> None:
     """At exit: write the entry again when this process compiled texts it lacked."""
     if not _new:
         return

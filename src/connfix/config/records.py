@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 if TYPE_CHECKING:
@@ -180,7 +179,7 @@ def _init_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 
 
-def _cache_file(cls: type[Record], data: object) -> Path | None:
+def _cache_file(cls: type[Record], data: object) -> str | None:
     """Where the records made of `data` are kept: named by a hash of the data, the
     record class and what validation depends on."""
     from connfix.config import cache
@@ -213,10 +212,12 @@ _DEPENDS: dict[type, bytes | None] = {}
 def _shared_depends() -> bytes | None:
     """The part every record shares: the config package and the libraries' files."""
     import importlib.util
+    import os
 
     from connfix.config import cache
 
-    sources = sorted(str(p) for p in Path(__file__).parent.glob("*.py"))
+    here = os.path.dirname(__file__)
+    sources = sorted(os.path.join(here, n) for n in os.listdir(here) if n.endswith(".py"))
     try:
         for name in ("pydantic", "pydantic_core", "psycopg"):
             spec = importlib.util.find_spec(name)
@@ -226,11 +227,13 @@ def _shared_depends() -> bytes | None:
     return cache.signature(sources)
 
 
-def _from_cache(where: Path, cls: type[R]) -> R | None:
+def _from_cache(where: str, cls: type[R]) -> R | None:
     import marshal
 
+    from connfix.config import cache
+
     try:
-        plain = marshal.loads(where.read_bytes())
+        plain = marshal.loads(cache.read(where))
     except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged: validate
         return None
     try:
@@ -240,7 +243,7 @@ def _from_cache(where: Path, cls: type[R]) -> R | None:
     return built if type(built) is cls else None
 
 
-def _to_cache(where: Path, record: Record) -> None:
+def _to_cache(where: str, record: Record) -> None:
     import marshal
 
     from connfix.config import cache

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # PyYAML is imported when a document is read, not with the types here
+    from pathlib import Path
+
     import yaml
 
 MAX_BYTES = 1_000_000
@@ -88,7 +89,7 @@ def load_text(text: str) -> Located:
     return located
 
 
-def _cache_file(encoded: bytes) -> Path | None:
+def _cache_file(encoded: bytes) -> str | None:
     """Where the parse of this text is kept: named by a hash of the text, of PyYAML's
     installed files and of this module's (a change in either parses again)."""
     from connfix.config import cache
@@ -111,11 +112,13 @@ def _loader() -> bytes | None:
     return cache.signature([spec.origin if spec and spec.origin else "", __file__])
 
 
-def _from_cache(where: Path) -> Located | None:
+def _from_cache(where: str) -> Located | None:
     import marshal
 
+    from connfix.config import cache
+
     try:
-        data, lines = marshal.loads(where.read_bytes())
+        data, lines = marshal.loads(cache.read(where))
     except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged: parse
         return None
     if not isinstance(lines, dict):  # not what _to_cache writes: parse
@@ -123,7 +126,7 @@ def _from_cache(where: Path) -> Located | None:
     return Located(data=data, lines=lines)
 
 
-def _to_cache(where: Path, located: Located) -> None:
+def _to_cache(where: str, located: Located) -> None:
     import marshal
 
     from connfix.config import cache
@@ -173,7 +176,7 @@ def _parse(text: str) -> Located:
         loader.dispose()
 
 
-def load_file(path: Path) -> Located:
+def load_file(path: str | Path) -> Located:
     """Read and parse `path`; raise YamlError for anything unreadable."""
     from connfix.config import files
 
@@ -241,7 +244,7 @@ def _build(
         raise YamlError(f"bad value: {exc}", line) from None
 
 
-def describe_at(path: Path, located: Located, loc: PathT, message: str) -> str:
+def describe_at(path: str | Path, located: Located, loc: PathT, message: str) -> str:
     """Return 'file:line: field.path: message'."""
     where = format_path(loc) or "(top level)"
     return f"{path}:{located.line_of(loc)}: {where}: {message}"
@@ -257,7 +260,7 @@ def _validation_message(error: Any, unknown_hint: str) -> str:
 
 
 def describe_validation(
-    path: Path, located: Located, errors: list[Any], unknown_hint: str, prefix: PathT = ()
+    path: str | Path, located: Located, errors: list[Any], unknown_hint: str, prefix: PathT = ()
 ) -> str:
     """Turn pydantic errors into one message, first error first, each with file:line."""
     located_errors = sorted(errors, key=lambda e: located.line_of((*prefix, *tuple(e["loc"]))))

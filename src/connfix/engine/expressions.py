@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache, lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connfix import ConnfixError, ExitStatus
@@ -124,7 +123,7 @@ def check(expression: str) -> None:
 class _Checked:
     """The expressions this code found valid, as kept in connfix's cache."""
 
-    def __init__(self, where: Path | None, texts: set[str]) -> None:
+    def __init__(self, where: str | None, texts: set[str]) -> None:
         self.where = where
         self.texts = texts
         self.changed = False
@@ -150,7 +149,7 @@ def _checked() -> _Checked:
     if where is None:
         return _Checked(None, set())
     try:
-        texts = marshal.loads(where.read_bytes())
+        texts = marshal.loads(kept.read(where))
     except (OSError, EOFError, ValueError, TypeError):  # none yet, or damaged
         texts = set()
     if not isinstance(texts, set) or not all(type(t) is str for t in texts):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from connfix import RunbookError
 from connfix.actions import ACTIONS
@@ -22,6 +21,9 @@ from connfix.config.yamlfile import (
     load_text,
 )
 from connfix.engine import expressions
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_RUNBOOK = "too-many-connections"
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -102,11 +104,11 @@ class Runbook:
                     )
 
 
-def _fail(path: Path, located: Located, loc: PathT, message: str) -> RunbookError:
+def _fail(path: str | Path, located: Located, loc: PathT, message: str) -> RunbookError:
     return RunbookError(describe_at(path, located, loc, message))
 
 
-def parse_runbook(text: str, path: Path) -> Runbook:
+def parse_runbook(text: str, path: str | Path) -> Runbook:
     """Validate a runbook's text; raise one RunbookError naming file, line and field."""
     try:
         located = load_text(text)
@@ -152,7 +154,7 @@ def parse_runbook(text: str, path: Path) -> Runbook:
     )
 
 
-def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
+def _step(raw: StepModel, index: int, path: str | Path, located: Located) -> Step:
     """One step checked against its action: the action exists, its params are the
     action's, a `hosts:` names a host, every condition compiles."""
     where: PathT = ("steps", index)
@@ -216,12 +218,14 @@ def _step(raw: StepModel, index: int, path: Path, located: Located) -> Step:
     )
 
 
-def load_runbook_file(path: Path) -> Runbook:
-    """Read and validate one runbook file."""
+def load_runbook_file(path: str | Path) -> Runbook:
+    """Read and validate one runbook file (`~` expanded)."""
+    import os
+
     from connfix.config import files
 
     try:
-        text = files.read_text(files.expand(path), 1_000_000)
+        text = files.read_text(os.path.expanduser(path), 1_000_000)
     except FileNotFoundError:
         raise RunbookError(f"{path}: no such runbook file") from None
     except IsADirectoryError:
@@ -238,6 +242,7 @@ def _looks_like_path(ref: str) -> bool:
 def resolve_runbook(ref: str | None) -> Runbook:
     """Find a runbook by NAME (./runbooks/NAME.yaml, then the shipped one) or PATH."""
     from importlib import resources  # only to find a runbook by name (3-5 ms to import)
+    from pathlib import Path
 
     ref = ref or DEFAULT_RUNBOOK
     if _looks_like_path(ref):
