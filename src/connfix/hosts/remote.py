@@ -254,7 +254,7 @@ class Remote:
         self._early_lock = threading.Lock()
         self._ahead: dict[str, tuple[float, CommandResult]] = {}  # command → (began, result)
 
-    def _log_in(self, done: threading.Event, ahead: Sequence[str] = (), limit: float = 10) -> None:
+    def _log_in(self, done: threading.Event, ahead: Sequence[str], limit: float) -> None:
         """The login begun ahead, in a worker of log_in_early, then the commands `ahead`
         on it; its outcome is kept for the next open(), which waits for `done`, and each
         command's result for take_ahead()."""
@@ -586,6 +586,7 @@ def log_in_early(
     `ahead` (host name → commands): read-only commands run on each login as soon as it
     is made (each with `limit` seconds), their results kept for take_ahead(); the next
     open() waits for them too, so no one else uses the connection meanwhile."""
+    commands = ahead or {}
     waiting = collections.deque((conn, threading.Event()) for conn in conns)
     for conn, done in waiting:
         conn._early = done
@@ -596,7 +597,7 @@ def log_in_early(
                 conn, done = waiting.popleft()
             except IndexError:
                 return
-            conn._log_in(done, (ahead or {}).get(conn.host.name, ()), limit)
+            conn._log_in(done, commands.get(conn.host.name, ()), limit)
 
     for number in range(min(workers, len(waiting))):
         threading.Thread(target=work, name=f"connfix-login-{number + 1}", daemon=True).start()
