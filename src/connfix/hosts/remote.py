@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 from fabric import Connection
 
+from connfix.config.defaults import HEALTH_CHECK_S
 from connfix.hosts import known_hosts
 
 if TYPE_CHECKING:
@@ -573,7 +574,7 @@ def log_in_early(
     conns: Iterable[Remote],
     workers: int = 16,
     ahead: Mapping[str, Sequence[str]] | None = None,
-    limit: float = 10,
+    limit: float = HEALTH_CHECK_S,
 ) -> None:
     """Begin these connections' logins now, for commands that come later, at most
     `workers` at once (as `parallel`), in daemon threads: a run that ends before it needs
