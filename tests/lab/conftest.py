@@ -34,30 +34,6 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     core.down()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run test_pooled_fleet.py one PgBouncer version after another on each PostgreSQL
-    version. pytest orders its function-scoped version parameter test by test, and the
-    fixture then swapped PgBouncer and restarted the pooled apps before nearly every test
-    (about 6 s each: 48 swaps, about 5 minutes of the suite). Each test still gets the
-    version it names; only the order changes."""
-    slots = [i for i, item in enumerate(items) if item.path.name == "test_pooled_fleet.py"]
-    first_seen: dict[object, int] = {}
-
-    def key(item: pytest.Item) -> tuple[int, int]:
-        params = getattr(item, "callspec", None)
-        values = params.params if params is not None else {}
-        pg = first_seen.setdefault(("pg", values.get("pooled_lab")), len(first_seen))
-        bouncer = first_seen.setdefault(
-            ("bouncer", values.get("pgbouncer_version")), len(first_seen)
-        )
-        return pg, bouncer
-
-    keys = {id(items[i]): key(items[i]) for i in slots}
-    ordered = sorted((items[i] for i in slots), key=lambda item: keys[id(item)])
-    for i, item in zip(slots, ordered, strict=True):
-        items[i] = item
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say how each PostgreSQL version fared, so a CI log shows both."""
     outcomes = ("passed", "failed", "error", "skipped")
